@@ -1,0 +1,222 @@
+//! Per-VM families from /proc (and the eBPF maps): the host-local VM metrics of pvemon and
+//! pve_local_exporter, under their Go names, with `id` labels.
+
+use std::collections::HashSet;
+
+use crate::{
+    host::{HostRoot, is_gone},
+    metrics::MetricSet,
+    sources::{ebpf::EbpfCounters, procfs},
+    vm::Vm,
+};
+
+fn id(vm: &Vm) -> [(&'static str, String); 1] {
+    [("id", vm.id.clone())]
+}
+
+/// Read every VM's process files and add its families. VMs whose process is gone by now are
+/// removed from `vms` (they stopped mid-scrape: not an error). Err when some file could not
+/// be read or parsed for a running VM (its other series are still reported).
+pub fn collect(host: &HostRoot, vms: &mut Vec<Vm>, out: &mut MetricSet) -> Result<(), String> {
+    let mut errors = Vec::new();
+    let memtotal = host
+        .read("proc/meminfo")
+        .map_err(|e| e.to_string())
+        .and_then(|t| procfs::parse_memtotal(&t))
+        .map_err(|e| errors.push(format!("meminfo: {e}")))
+        .ok();
+
+    let mut stats = Vec::with_capacity(vms.len());
+    vms.retain(|vm| match procfs::read_process(host, vm.pid, &mut errors) {
+        Ok(s) => {
+            stats.push(s);
+            true
+        }
+        Err(e) if is_gone(&e) => false,
+        Err(e) => {
+            errors.push(format!("VM {} (pid {}): {e}", vm.id, vm.pid));
+            false
+        }
+    });
+
+    // Families are created in a fixed order so the output order does not depend on the data.
+    out.gauge(
+        "kvm_info",
+        "VM information (1 for every running VM); name and pool come from here",
+    );
+    out.counter(
+        "kvm_cpu_seconds_total",
+        "CPU time of the VM's QEMU process by mode (user, system, iowait)",
+    );
+    out.gauge("kvm_vcores", "vCPUs allocated to the VM (-smp)");
+    out.gauge(
+        "kvm_maxmem_bytes",
+        "Memory allocated to the VM (-m, or the sum of its memory backends)",
+    );
+    out.gauge(
+        "kvm_memory_percent",
+        "Resident memory of the VM's QEMU process as a percentage of host memory",
+    );
+    out.gauge(
+        "kvm_memory_extended",
+        "Memory figures of the VM's QEMU process from /proc/<pid>/status, in bytes, by type",
+    );
+    out.gauge("kvm_threads", "Threads of the VM's QEMU process");
+    out.counter(
+        "kvm_ctx_switches_total",
+        "Context switches of the VM's QEMU process by type (voluntary, involuntary)",
+    );
+    for (name, help) in IO_FAMILIES {
+        out.counter(name, *help);
+    }
+
+    for (vm, st) in vms.iter().zip(&stats) {
+        let pool = vm.pool.clone().unwrap_or_default();
+        let level = |i: usize| pool.levels.get(i).cloned().unwrap_or_default();
+        out.gauge("kvm_info", "").push(
+            [
+                ("id", vm.id.clone()),
+                ("name", vm.name.clone()),
+                ("cpu", vm.cpu.clone()),
+                ("pid", vm.pid.to_string()),
+                ("pool", pool.name.clone()),
+                ("pool_levels", pool.levels.len().to_string()),
+                ("pool1", level(0)),
+                ("pool2", level(1)),
+                ("pool3", level(2)),
+            ],
+            1u64,
+        );
+        if let Some(cpu) = &st.cpu {
+            let f = out.counter("kvm_cpu_seconds_total", "");
+            for (mode, d) in [
+                ("user", cpu.user),
+                ("system", cpu.system),
+                ("iowait", cpu.iowait),
+            ] {
+                f.push(
+                    [("id", vm.id.clone()), ("mode", mode.to_string())],
+                    d.as_secs_f64(),
+                );
+            }
+        }
+        out.gauge("kvm_vcores", "").push(id(vm), vm.vcores);
+        out.gauge("kvm_maxmem_bytes", "")
+            .push(id(vm), vm.maxmem_bytes);
+        if let Some(status) = &st.status {
+            if let (Some(rss), Some(total)) = (status.memory("vmrss"), memtotal.filter(|t| *t > 0))
+            {
+                out.gauge("kvm_memory_percent", "")
+                    .push(id(vm), rss as f64 * 100.0 / total as f64);
+            }
+            let f = out.gauge("kvm_memory_extended", "");
+            for (k, v) in &status.memory {
+                f.push([("id", vm.id.clone()), ("type", k.clone())], *v);
+            }
+            let threads = status.threads.or(st.cpu.map(|c| c.num_threads));
+            if let Some(t) = threads {
+                out.gauge("kvm_threads", "").push(id(vm), t);
+            }
+            let f = out.counter("kvm_ctx_switches_total", "");
+            for (ty, v) in [
+                ("voluntary", status.voluntary_ctxt_switches),
+                ("involuntary", status.nonvoluntary_ctxt_switches),
+            ] {
+                if let Some(v) = v {
+                    f.push([("id", vm.id.clone()), ("type", ty.to_string())], v);
+                }
+            }
+        }
+        if let Some(io) = &st.io {
+            for ((name, _), v) in IO_FAMILIES.iter().zip([
+                io.syscr,
+                io.read_bytes,
+                io.rchar,
+                io.syscw,
+                io.write_bytes,
+                io.wchar,
+            ]) {
+                out.counter(name, "").push(id(vm), v);
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
+const IO_FAMILIES: &[(&str, &str)] = &[
+    (
+        "kvm_io_read_count_total",
+        "Read system calls of the VM's QEMU process (syscr)",
+    ),
+    (
+        "kvm_io_read_bytes_total",
+        "Bytes the VM's QEMU process read from storage (read_bytes)",
+    ),
+    (
+        "kvm_io_read_chars_total",
+        "Bytes the VM's QEMU process read through system calls (rchar)",
+    ),
+    (
+        "kvm_io_write_count_total",
+        "Write system calls of the VM's QEMU process (syscw)",
+    ),
+    (
+        "kvm_io_write_bytes_total",
+        "Bytes the VM's QEMU process wrote to storage (write_bytes)",
+    ),
+    (
+        "kvm_io_write_chars_total",
+        "Bytes the VM's QEMU process wrote through system calls (wchar)",
+    ),
+];
+
+/// Tracepoint event counts per VM from the eBPF maps. Counters of processes that no longer
+/// exist are removed from the map.
+pub fn collect_ebpf(
+    host: &HostRoot,
+    counters: &mut EbpfCounters,
+    vms: &[Vm],
+    out: &mut MetricSet,
+) -> Result<(), String> {
+    let counts = counters.read()?;
+    let names = counters.event_names();
+    let f = out.counter(
+        "kvm_tracepoint_events_total",
+        "KVM tracepoint events that fired in the VM's threads, by tracepoint (eBPF)",
+    );
+    for vm in vms {
+        let mut per_vm: Vec<(&str, u64)> = counts
+            .counts
+            .iter()
+            .filter(|((tgid, _), _)| *tgid == vm.pid)
+            .filter_map(|((_, ev), n)| names.get(ev).map(|name| (name.as_str(), *n)))
+            .collect();
+        per_vm.sort_unstable();
+        for (event, n) in per_vm {
+            f.push([("id", vm.id.clone()), ("event", event.to_string())], n);
+        }
+    }
+    let f = out.counter(
+        "exporter_ebpf_uncounted_events_total",
+        "Events the eBPF programs saw but could not count, by cause",
+    );
+    for (kind, n) in &counts.errors {
+        f.push([("cause", kind.to_string())], *n);
+    }
+
+    let vm_pids: HashSet<u32> = vms.iter().map(|v| v.pid).collect();
+    let dead: Vec<(u32, u32)> = counts
+        .counts
+        .keys()
+        .filter(|(tgid, _)| !vm_pids.contains(tgid) && !host.path(format!("proc/{tgid}")).exists())
+        .copied()
+        .collect();
+    if !dead.is_empty() {
+        counters.forget(dead);
+    }
+    Ok(())
+}

@@ -1,0 +1,212 @@
+//! The one exposition path: a [`MetricSet`] is encoded with prometheus-client's OpenMetrics
+//! encoder; scrapers that do not ask for OpenMetrics get the classic Prometheus text format
+//! (0.0.4), derived line by line from the OpenMetrics text.
+
+use std::{fmt::Write as _, sync::Arc};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, text::encode},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+
+use crate::metrics::{Kind, MetricSet, Value};
+
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    OpenMetrics,
+    Text,
+}
+
+impl Format {
+    /// Pick the format from an HTTP `Accept` header: OpenMetrics only when asked for.
+    pub fn from_accept(accept: Option<&str>) -> Self {
+        match accept {
+            Some(a) if a.contains("application/openmetrics-text") => Format::OpenMetrics,
+            _ => Format::Text,
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => OPENMETRICS_CONTENT_TYPE,
+            Format::Text => TEXT_CONTENT_TYPE,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct SetCollector(Arc<MetricSet>);
+
+impl Collector for SetCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for fam in self.0.families() {
+            if fam.samples.is_empty() {
+                continue;
+            }
+            let (name, ty) = match fam.kind {
+                // The OpenMetrics encoder names a counter family without `_total` and adds it
+                // to the samples.
+                Kind::Counter => (
+                    fam.name.strip_suffix("_total").unwrap_or(&fam.name),
+                    MetricType::Counter,
+                ),
+                Kind::Gauge => (fam.name.as_str(), MetricType::Gauge),
+            };
+            let mut fam_enc = encoder.encode_descriptor(name, &fam.help, None, ty)?;
+            // A label-less sample is encoded on the family itself: `name 1`, not `name{} 1`.
+            if let [s] = fam.samples.as_slice()
+                && s.labels.is_empty()
+            {
+                encode_value(fam.kind, s.value, fam_enc)?;
+                continue;
+            }
+            for s in &fam.samples {
+                encode_value(fam.kind, s.value, fam_enc.encode_family(&s.labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn encode_value(kind: Kind, value: Value, enc: MetricEncoder) -> Result<(), std::fmt::Error> {
+    match (kind, value) {
+        (Kind::Counter, Value::Int(v)) => ConstCounter::new(v).encode(enc),
+        (Kind::Counter, Value::Float(v)) => ConstCounter::new(v).encode(enc),
+        (Kind::Gauge, Value::Int(v)) => ConstGauge::new(v).encode(enc),
+        (Kind::Gauge, Value::Float(v)) => ConstGauge::new(v).encode(enc),
+    }
+}
+
+/// Encode a scrape in the requested format.
+pub fn render(set: Arc<MetricSet>, format: Format) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(SetCollector(set)));
+    let mut om = String::new();
+    // Writing into a String cannot fail; an error here would be a bug in a label value
+    // encoder, and the scrape still answers with what was written.
+    if let Err(e) = encode(&mut om, &registry) {
+        log::error!("encoding metrics failed: {e}");
+    }
+    match format {
+        Format::OpenMetrics => om,
+        Format::Text => openmetrics_to_text(&om),
+    }
+}
+
+/// Prometheus text format 0.0.4 from OpenMetrics text: drop `# EOF` and `# UNIT`, and name
+/// counter families by their sample name (`x_total`), as the classic format does.
+pub fn openmetrics_to_text(om: &str) -> String {
+    let mut out = String::with_capacity(om.len());
+    let mut pending_help: Option<&str> = None;
+    for line in om.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            if let Some(h) = pending_help.take() {
+                out.push_str(h);
+                out.push('\n');
+            }
+            pending_help = Some(line);
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, ty) = rest.rsplit_once(' ').unwrap_or((rest, ""));
+            let name_total = if ty == "counter" && !name.ends_with("_total") {
+                format!("{name}_total")
+            } else {
+                name.to_string()
+            };
+            if let Some(h) = pending_help.take() {
+                let help = h.strip_prefix("# HELP ").and_then(|r| r.split_once(' '));
+                match help {
+                    Some((_, text)) => {
+                        let _ = writeln!(out, "# HELP {name_total} {text}");
+                    }
+                    None => {
+                        let _ = writeln!(out, "# HELP {name_total}");
+                    }
+                }
+            }
+            let _ = writeln!(out, "# TYPE {name_total} {ty}");
+            continue;
+        }
+        if let Some(h) = pending_help.take() {
+            out.push_str(h);
+            out.push('\n');
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    if let Some(h) = pending_help {
+        out.push_str(h);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_set() -> Arc<MetricSet> {
+        let mut m = MetricSet::new("pve");
+        m.counter("kvm_cpu_seconds_total", "KVM CPU time").push(
+            [("id", "100".to_string()), ("mode", "user".to_string())],
+            1.5,
+        );
+        m.gauge("kvm_vcores", "vCores allocated")
+            .push([("id", "100".to_string())], 4u64);
+        m.gauge("kvm_info", "VM info").push(
+            [
+                ("id", "100".to_string()),
+                ("name", "a \"quoted\"\\name".to_string()),
+            ],
+            1u64,
+        );
+        m.gauge("empty", "no samples: not printed");
+        m.gauge("up", "no labels")
+            .push(Vec::<(&str, String)>::new(), 1u64);
+        Arc::new(m)
+    }
+
+    #[test]
+    fn openmetrics_output() {
+        let om = render(sample_set(), Format::OpenMetrics);
+        assert!(om.contains("# TYPE pve_kvm_cpu_seconds counter\n"), "{om}");
+        assert!(
+            om.contains("pve_kvm_cpu_seconds_total{id=\"100\",mode=\"user\"} 1.5\n"),
+            "{om}"
+        );
+        assert!(om.ends_with("# EOF\n"));
+        assert!(!om.contains("pve_empty"));
+    }
+
+    #[test]
+    fn text_output() {
+        let t = render(sample_set(), Format::Text);
+        assert!(t.contains("# HELP pve_kvm_cpu_seconds_total KVM CPU time\n# TYPE pve_kvm_cpu_seconds_total counter\n"), "{t}");
+        assert!(t.contains("pve_kvm_vcores{id=\"100\"} 4\n"), "{t}");
+        assert!(t.contains(r#"name="a \"quoted\"\\name""#), "{t}");
+        assert!(!t.contains("# EOF"));
+        assert!(t.contains("\npve_up 1\n"), "{t}");
+    }
+
+    #[test]
+    fn accept_header() {
+        assert_eq!(Format::from_accept(None), Format::Text);
+        assert_eq!(
+            Format::from_accept(Some(
+                "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+            )),
+            Format::OpenMetrics
+        );
+        assert_eq!(Format::from_accept(Some("text/plain")), Format::Text);
+    }
+}

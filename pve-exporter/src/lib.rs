@@ -1,0 +1,15 @@
+//! pve-exporter: per-VM and per-host metrics of Proxmox VE / KVM hosts for Prometheus.
+//!
+//! Layout: `sources::*` read one data source each (pure parsers plus thin readers), `vm`
+//! turns processes into VMs, `collector` turns sources into metric families, `exposition`
+//! is the one path to the wire format, `server` is HTTP.
+
+pub mod collector;
+pub mod config;
+pub mod exposition;
+pub mod host;
+pub mod metrics;
+pub mod server;
+pub mod sources;
+pub mod testguest;
+pub mod vm;

@@ -1,0 +1,434 @@
+//! /proc: process discovery, the QEMU command line, and per-process CPU, memory, threads,
+//! context switches and I/O. Parsers are pure functions from file contents to types; the
+//! reading functions do one read per file.
+
+use std::{io, time::Duration};
+
+use procfs::{FromBufRead, FromRead};
+
+use crate::host::HostRoot;
+
+/// argv of a process from `/proc/<pid>/cmdline` (NUL-separated, trailing NUL optional).
+pub fn parse_cmdline(raw: &[u8]) -> Vec<String> {
+    let raw = raw.strip_suffix(b"\0").unwrap_or(raw);
+    if raw.is_empty() {
+        return Vec::new();
+    }
+    raw.split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// Whether an executable path or argv[0] names QEMU: `kvm`, `qemu-system-*`, also after a
+/// package upgrade replaced the binary (`/proc/<pid>/exe` then reads `... (deleted)`).
+pub fn is_qemu_binary(path: &str) -> bool {
+    let path = path.strip_suffix(" (deleted)").unwrap_or(path);
+    let base = path.rsplit('/').next().unwrap_or(path);
+    base == "kvm" || base.starts_with("qemu-system-")
+}
+
+/// What the QEMU command line tells about a VM.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QemuCmdline {
+    /// `-id <vmid>` (a PVE patch to QEMU).
+    pub id: Option<String>,
+    /// `-name` up to the first comma (`guest=` prefix of libvirt removed).
+    pub name: String,
+    /// `-cpu` up to the first comma.
+    pub cpu: String,
+    /// vCPUs from `-smp`.
+    pub vcores: u64,
+    /// Guest memory from `-m` (or the sum of memory backends with the NUMA/hotplug form).
+    pub maxmem_bytes: u64,
+}
+
+fn option_values<'a>(args: &'a [String], opt: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    args.windows(2)
+        .filter(move |w| w[0] == opt)
+        .map(|w| w[1].as_str())
+}
+
+fn first_field(v: &str) -> &str {
+    v.split(',').next().unwrap_or("")
+}
+
+fn kv<'a>(v: &'a str, key: &str) -> Option<&'a str> {
+    v.split(',')
+        .find_map(|p| p.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+}
+
+/// A QEMU size (`2048`, `2048M`, `4G`, `512k`); `default_unit` applies to a bare number.
+pub fn parse_qemu_size(v: &str, default_unit: u64) -> Option<u64> {
+    let v = v.trim();
+    let (num, unit) = match v.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => (&v[..i], &v[i..]),
+        None => (v, ""),
+    };
+    let n: u64 = num.parse().ok()?;
+    let mult = match unit {
+        "" => default_unit,
+        "b" | "B" => 1,
+        "k" | "K" => 1 << 10,
+        "M" | "m" => 1 << 20,
+        "G" | "g" => 1 << 30,
+        "T" | "t" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+fn parse_smp(v: &str) -> u64 {
+    let first = first_field(v);
+    if let Ok(n) = first.parse::<u64>() {
+        return n;
+    }
+    if let Some(n) = kv(v, "cpus").and_then(|c| c.parse().ok()) {
+        return n;
+    }
+    // Topology only: QEMU multiplies it out.
+    let get = |k| kv(v, k).and_then(|c| c.parse::<u64>().ok()).unwrap_or(1);
+    get("sockets") * get("dies") * get("cores") * get("threads")
+}
+
+fn parse_maxmem(args: &[String]) -> u64 {
+    let Some(m) = option_values(args, "-m").next() else {
+        return 0;
+    };
+    let first = first_field(m);
+    if !first.contains('=') {
+        return parse_qemu_size(first, 1 << 20).unwrap_or(0);
+    }
+    // `-m size=...,slots=...,maxmem=...`: the guest's memory is spread over memory backend
+    // objects (one per NUMA node, plus hotplugged DIMMs).
+    let backends: u64 = option_values(args, "-object")
+        .filter(|o| first_field(o).starts_with("memory-backend-"))
+        .filter_map(|o| kv(o, "size").and_then(|s| parse_qemu_size(s, 1)))
+        .sum();
+    if backends > 0 {
+        return backends;
+    }
+    kv(m, "size")
+        .and_then(|s| parse_qemu_size(s, 1 << 20))
+        .unwrap_or(0)
+}
+
+/// Parse a QEMU command line (argv without the NULs).
+pub fn parse_qemu_cmdline(args: &[String]) -> QemuCmdline {
+    let name = option_values(args, "-name")
+        .next()
+        .map(first_field)
+        .unwrap_or("");
+    let name = name.strip_prefix("guest=").unwrap_or(name);
+    QemuCmdline {
+        id: option_values(args, "-id").next().map(str::to_string),
+        name: name.to_string(),
+        cpu: option_values(args, "-cpu")
+            .next()
+            .map(first_field)
+            .unwrap_or("")
+            .to_string(),
+        vcores: option_values(args, "-smp")
+            .next()
+            .map(parse_smp)
+            .unwrap_or(1),
+        maxmem_bytes: parse_maxmem(args),
+    }
+}
+
+/// A QEMU process found in /proc.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuProcess {
+    pub pid: u32,
+    pub cmdline: QemuCmdline,
+}
+
+/// Scan `/proc` for QEMU processes. Processes that exit while we look are skipped.
+pub fn find_qemu_processes(host: &HostRoot) -> io::Result<Vec<QemuProcess>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(host.path("proc"))? {
+        let Ok(entry) = entry else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(raw) = host.read(format!("proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args = parse_cmdline(&raw);
+        let Some(argv0) = args.first() else { continue }; // kernel threads
+        let qemu = is_qemu_binary(argv0)
+            || std::fs::read_link(host.path(format!("proc/{pid}/exe")))
+                .is_ok_and(|p| is_qemu_binary(&p.to_string_lossy()));
+        if qemu {
+            out.push(QemuProcess {
+                pid,
+                cmdline: parse_qemu_cmdline(&args),
+            });
+        }
+    }
+    out.sort_by_key(|p| p.pid);
+    Ok(out)
+}
+
+/// CPU times from `/proc/<pid>/stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct CpuTimes {
+    pub user: Duration,
+    pub system: Duration,
+    /// Block I/O delay (delayacct_blkio_ticks).
+    pub iowait: Duration,
+    pub num_threads: u64,
+}
+
+pub fn parse_stat(text: &[u8], ticks_per_second: u64) -> Result<CpuTimes, String> {
+    let st = procfs::process::Stat::from_read(text).map_err(|e| format!("stat: {e}"))?;
+    let tps = ticks_per_second.max(1) as f64;
+    let d = |t: u64| Duration::from_secs_f64(t as f64 / tps);
+    Ok(CpuTimes {
+        user: d(st.utime),
+        system: d(st.stime),
+        iowait: d(st.delayacct_blkio_ticks.unwrap_or(0)),
+        num_threads: st.num_threads.max(0) as u64,
+    })
+}
+
+/// The lines of `/proc/<pid>/status` we export.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Status {
+    pub threads: Option<u64>,
+    pub voluntary_ctxt_switches: Option<u64>,
+    pub nonvoluntary_ctxt_switches: Option<u64>,
+    /// `Vm*`, `Rss*` and `Hugetlb*` lines: key lowercased without the colon, value in bytes.
+    pub memory: Vec<(String, u64)>,
+}
+
+impl Status {
+    pub fn memory(&self, key: &str) -> Option<u64> {
+        self.memory.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+}
+
+/// Our own parser rather than procfs' `Status`: that one requires some thirty lines to be
+/// present and fails as a whole when a kernel lacks one; we need only a few and take what
+/// is there.
+pub fn parse_status(text: &str) -> Status {
+    let mut st = Status::default();
+    for line in text.lines() {
+        let Some((key, rest)) = line.split_once(':') else {
+            continue;
+        };
+        let mut words = rest.split_whitespace();
+        let Some(num) = words.next().and_then(|n| n.parse::<u64>().ok()) else {
+            continue;
+        };
+        match key {
+            "Threads" => st.threads = Some(num),
+            "voluntary_ctxt_switches" => st.voluntary_ctxt_switches = Some(num),
+            "nonvoluntary_ctxt_switches" => st.nonvoluntary_ctxt_switches = Some(num),
+            k if k.starts_with("Vm") || k.starts_with("Rss") || k.starts_with("Hugetlb") => {
+                let bytes = match words.next() {
+                    Some("kB") => num.saturating_mul(1024),
+                    _ => num,
+                };
+                st.memory.push((k.to_ascii_lowercase(), bytes));
+            }
+            _ => {}
+        }
+    }
+    st
+}
+
+pub use procfs::process::Io;
+
+pub fn parse_io(text: &[u8]) -> Result<Io, String> {
+    Io::from_buf_read(text).map_err(|e| format!("io: {e}"))
+}
+
+/// `MemTotal` of `/proc/meminfo`, in bytes.
+pub fn parse_memtotal(text: &[u8]) -> Result<u64, String> {
+    let mi = procfs::Meminfo::from_buf_read(text).map_err(|e| format!("meminfo: {e}"))?;
+    Ok(mi.mem_total)
+}
+
+/// Everything we read about one process: each file read once.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessStats {
+    pub cpu: Option<CpuTimes>,
+    pub status: Option<Status>,
+    pub io: Option<Io>,
+}
+
+/// Read stat, status and io of `pid`. Err only when the process is gone; a file that cannot
+/// be read or parsed leaves its part empty and is reported in `errors`.
+pub fn read_process(
+    host: &HostRoot,
+    pid: u32,
+    errors: &mut Vec<String>,
+) -> io::Result<ProcessStats> {
+    let stat = host.read(format!("proc/{pid}/stat"))?; // gone: the caller drops the VM
+    let mut st = ProcessStats::default();
+    match parse_stat(&stat, procfs::ticks_per_second()) {
+        Ok(c) => st.cpu = Some(c),
+        Err(e) => errors.push(format!("pid {pid}: {e}")),
+    }
+    match host.read_to_string(format!("proc/{pid}/status")) {
+        Ok(t) => st.status = Some(parse_status(&t)),
+        Err(e) if crate::host::is_gone(&e) => return Err(e),
+        Err(e) => errors.push(format!("pid {pid}: status: {e}")),
+    }
+    match host.read(format!("proc/{pid}/io")) {
+        Ok(t) => match parse_io(&t) {
+            Ok(io) => st.io = Some(io),
+            Err(e) => errors.push(format!("pid {pid}: {e}")),
+        },
+        Err(e) if crate::host::is_gone(&e) => return Err(e),
+        Err(e) => errors.push(format!("pid {pid}: io: {e}")),
+    }
+    Ok(st)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split(' ').map(str::to_string).collect()
+    }
+
+    #[test]
+    fn cmdline_split() {
+        assert_eq!(
+            parse_cmdline(b"/usr/bin/kvm\0-id\0100\0"),
+            vec!["/usr/bin/kvm", "-id", "100"]
+        );
+        assert_eq!(parse_cmdline(b"a\0b"), vec!["a", "b"]);
+        assert!(parse_cmdline(b"").is_empty());
+        assert_eq!(parse_cmdline(b"\xff\0"), vec!["\u{fffd}"]);
+    }
+
+    #[test]
+    fn qemu_binaries() {
+        assert!(is_qemu_binary("/usr/bin/kvm"));
+        assert!(is_qemu_binary("kvm"));
+        assert!(is_qemu_binary("/usr/bin/qemu-system-x86_64"));
+        assert!(is_qemu_binary("/usr/bin/qemu-system-x86_64 (deleted)"));
+        assert!(!is_qemu_binary("/usr/bin/kvm-ok"));
+        assert!(!is_qemu_binary("/usr/bin/bash"));
+        assert!(!is_qemu_binary(""));
+    }
+
+    #[test]
+    fn spec_cmdline() {
+        let c = parse_qemu_cmdline(&parse_cmdline(
+            b"/usr/bin/qemu-system-x86_64\x00-id\x00100\x00-name\x00myvm\x00-cpu\x00host\x00-smp\x004\x00-m\x002048\x00",
+        ));
+        assert_eq!(
+            c,
+            QemuCmdline {
+                id: Some("100".into()),
+                name: "myvm".into(),
+                cpu: "host".into(),
+                vcores: 4,
+                maxmem_bytes: 2048 << 20,
+            }
+        );
+    }
+
+    #[test]
+    fn name_cpu_smp_forms() {
+        let c = parse_qemu_cmdline(&args(
+            "kvm -id 101 -name vm100,debug-threads=on -cpu host,+kvm_pv_eoi,+kvm_pv_unhalt -smp 4,sockets=1,cores=4,maxcpus=4",
+        ));
+        assert_eq!(
+            (c.name.as_str(), c.cpu.as_str(), c.vcores),
+            ("vm100", "host", 4)
+        );
+        assert_eq!(
+            parse_qemu_cmdline(&args("kvm -smp cpus=6,sockets=2")).vcores,
+            6
+        );
+        assert_eq!(
+            parse_qemu_cmdline(&args("kvm -smp sockets=2,cores=3,threads=2")).vcores,
+            12
+        );
+        assert_eq!(
+            parse_qemu_cmdline(&args("kvm -name guest=inst-1,debug-threads=on")).name,
+            "inst-1"
+        );
+        // No -smp: QEMU's default of one vCPU. No -id: not a PVE VM.
+        let c = parse_qemu_cmdline(&args("qemu-system-x86_64 -m 512"));
+        assert_eq!((c.id, c.vcores, c.maxmem_bytes), (None, 1, 512 << 20));
+        // Option at the very end without a value.
+        assert_eq!(parse_qemu_cmdline(&args("kvm -id")).id, None);
+    }
+
+    #[test]
+    fn numa_memory() {
+        let c = parse_qemu_cmdline(&args(
+            "kvm -m size=4096M,slots=255,maxmem=524288M -object memory-backend-ram,id=ram-node0,size=2048M -object memory-backend-ram,id=ram-node1,size=2048M",
+        ));
+        assert_eq!(c.maxmem_bytes, 4096 << 20);
+        // Hotplug form without backend objects: size= of -m.
+        assert_eq!(
+            parse_qemu_cmdline(&args("kvm -m size=1024,slots=255,maxmem=4096M")).maxmem_bytes,
+            1024 << 20
+        );
+        assert_eq!(parse_qemu_cmdline(&args("kvm -m 4G")).maxmem_bytes, 4 << 30);
+        assert_eq!(parse_qemu_cmdline(&args("kvm -m lots")).maxmem_bytes, 0);
+        assert_eq!(parse_qemu_size("99999999999999999999", 1), None);
+    }
+
+    #[test]
+    fn stat_of_the_spec() {
+        let text = b"12345 (qemu-system-x86) S 1 12345 12345 0 -1 4194304 1000 0 0 0 500 200 0 0 20 0 50 0 100 1000000 500 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 42";
+        let c = parse_stat(text, 100).unwrap();
+        assert_eq!(c.user, Duration::from_secs(5));
+        assert_eq!(c.system, Duration::from_secs(2));
+        assert_eq!(c.iowait, Duration::from_millis(420));
+        assert_eq!(c.num_threads, 50);
+        // A comm with spaces and parentheses.
+        let text = b"7 (CPU 0/KVM) (x) R 1 7 7 0 -1 0 0 0 0 0 3 4 0 0 20 0 1 0 100 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0";
+        assert_eq!(
+            parse_stat(text, 100).unwrap().user,
+            Duration::from_millis(30)
+        );
+        assert!(parse_stat(b"garbage", 100).is_err());
+        assert!(parse_stat(b"", 100).is_err());
+    }
+
+    #[test]
+    fn status_of_the_spec() {
+        let s = parse_status(
+            "Name:\tqemu-system-x86\nThreads:\t50\nVmPeak:\t1000 kB\nVmRSS:\t500 kB\nVmData:\t200 kB\nRssAnon:\t100 kB\nHugetlbPages:\t0 kB\nvoluntary_ctxt_switches:\t1234\nnonvoluntary_ctxt_switches:\t56\n",
+        );
+        assert_eq!(s.threads, Some(50));
+        assert_eq!(s.voluntary_ctxt_switches, Some(1234));
+        assert_eq!(s.nonvoluntary_ctxt_switches, Some(56));
+        assert_eq!(s.memory("vmrss"), Some(500 * 1024));
+        assert_eq!(s.memory("vmpeak"), Some(1000 * 1024));
+        assert_eq!(s.memory("hugetlbpages"), Some(0));
+        assert_eq!(s.memory.len(), 5);
+        let s = parse_status("VmRSS:\tlots kB\nThreads\n::\n");
+        assert_eq!(s, Status::default());
+    }
+
+    #[test]
+    fn io_of_the_spec() {
+        let io = parse_io(b"rchar: 123456\nwchar: 789012\nsyscr: 100\nsyscw: 200\nread_bytes: 4096\nwrite_bytes: 8192\ncancelled_write_bytes: 0\n").unwrap();
+        assert_eq!(
+            (
+                io.rchar,
+                io.wchar,
+                io.syscr,
+                io.syscw,
+                io.read_bytes,
+                io.write_bytes
+            ),
+            (123456, 789012, 100, 200, 4096, 8192)
+        );
+        assert!(parse_io(b"rchar: x\n").is_err());
+    }
+}

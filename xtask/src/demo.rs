@@ -1,0 +1,171 @@
+//! `cargo xtask run|demo`: run the exporter; on a host without PVE VMs, first start two demo
+//! VMs (real KVM test guests presenting PVE command lines) and a demo host root for them.
+
+use std::{
+    fs,
+    os::unix::{fs::symlink, process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, Command},
+};
+
+use anyhow::{Context, Result};
+
+use crate::run_cmd;
+
+/// The demo VMs: vmid, name, test-guest arguments.
+const DEMO_VMS: &[(&str, &str, &[&str])] = &[
+    (
+        "100",
+        "demo-web",
+        &[
+            "-smp",
+            "2,sockets=1,cores=2,maxcpus=2",
+            "-m",
+            "256",
+            "-cpu",
+            "host",
+            "-pio-writes",
+            "500",
+        ],
+    ),
+    (
+        "101",
+        "demo-db",
+        &[
+            "-smp",
+            "1",
+            "-m",
+            "128",
+            "-cpu",
+            "kvm64,+lahf_lm",
+            "-pio-writes",
+            "2000",
+        ],
+    ),
+];
+
+fn host_has_vms() -> bool {
+    fs::read_dir("/etc/pve/qemu-server")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .any(|e| e.file_name().to_string_lossy().ends_with(".conf"))
+        })
+        .unwrap_or(false)
+}
+
+fn target_dir(ws: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| ws.join("target"))
+}
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+/// Kill the children when dropped (also on an error path).
+struct Guests(Vec<Child>);
+
+impl Drop for Guests {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A fake host root whose /proc and /sys are the real ones and whose /etc/pve describes the
+/// demo VMs (configs and a nested pool).
+pub fn make_demo_root(root: &Path) -> Result<()> {
+    if root.exists() {
+        fs::remove_dir_all(root).with_context(|| format!("removing {}", root.display()))?;
+    }
+    fs::create_dir_all(root.join("etc/pve/qemu-server"))?;
+    symlink("/proc", root.join("proc"))?;
+    symlink("/sys", root.join("sys"))?;
+    for (id, name, _) in DEMO_VMS {
+        fs::write(
+            root.join(format!("etc/pve/qemu-server/{id}.conf")),
+            format!("name: {name}\nostype: l26\nmemory: 256\n"),
+        )?;
+    }
+    fs::write(
+        root.join("etc/pve/user.cfg"),
+        "user:root@pam:1:0:::root@pam:\npool:demo:Demo VMs:100:\npool:demo/databases:Demo DBs:101:\n",
+    )?;
+    Ok(())
+}
+
+pub fn run(ws: &Path, daemon_args: &[String], force_demo: bool) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run_cmd(
+        Command::new(&cargo)
+            .current_dir(ws)
+            .args(["build", "-p", "pve-exporter", "--bins"]),
+    )?;
+    let bin = target_dir(ws).join("debug");
+
+    // Ctrl-C reaches the whole process group: the daemon shuts down, and we stay to clean up.
+    // SAFETY: installing a handler that does nothing.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            ignore_signal as *const () as libc::sighandler_t,
+        )
+    };
+
+    let mut daemon = Command::new(bin.join("pve-exporter"));
+    daemon.args(daemon_args);
+    let _guests = if force_demo || !host_has_vms() {
+        let root = target_dir(ws).join("demo-root");
+        make_demo_root(&root)?;
+        let mut guests = Guests(Vec::new());
+        for (id, name, extra) in DEMO_VMS {
+            let mut c = Command::new(bin.join("pve-test-guest"));
+            // argv[0] as PVE starts QEMU, so the exporter finds it like a real VM.
+            c.arg0("/usr/bin/kvm")
+                .args([
+                    "-id",
+                    id,
+                    "-name",
+                    &format!("{name},debug-threads=on"),
+                    "-machine",
+                    "type=pc+pve0",
+                ])
+                .args(*extra)
+                .args(["-pio-interval-ms", "1000"]);
+            // SAFETY: prctl in the child before exec; the guest dies with us.
+            unsafe {
+                c.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                    Ok(())
+                });
+            }
+            guests.0.push(
+                c.spawn()
+                    .context("starting a demo VM (pve-test-guest); is /dev/kvm there?")?,
+            );
+            println!(
+                "demo VM {id} ({name}) started: {}",
+                guests.0.last().map_or(0, |c| c.id())
+            );
+        }
+        daemon.arg("--root").arg(&root);
+        println!(
+            "demo host root: {} (/proc and /sys are the real ones)",
+            root.display()
+        );
+        guests
+    } else {
+        Guests(Vec::new())
+    };
+    let port = daemon_args
+        .iter()
+        .position(|a| a == "--port")
+        .and_then(|i| daemon_args.get(i + 1))
+        .map_or("9116", |p| p.as_str());
+    println!("pve-exporter: http://localhost:{port}/metrics (Ctrl-C stops it)");
+    let status = daemon.status().context("starting pve-exporter")?;
+    println!("pve-exporter exited: {status}");
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! Developer tasks. `cargo xtask setup | run | demo | test`; see README.md.
+
+mod demo;
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+
+const USAGE: &str = "\
+usage: cargo xtask <task> [args]
+
+  setup            install everything the build and the tests need (idempotent):
+                   apt packages, nightly rust-src, bpf-linker
+  run [-- ARGS]    setup, build, and run the exporter on :9116; on a host without VMs
+                   (no /etc/pve/qemu-server/*.conf) it starts two demo VMs first
+  demo [-- ARGS]   like run, but always with the demo VMs
+  test             setup, then the whole test suite: fmt, clippy, unit, fixture, golden,
+                   promtool and the privileged eBPF/KVM tests, and the procfs-only build";
+
+/// Debian packages the build and the tests use.
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev", // bpf-linker links against it
+    "prometheus",  // promtool checks a real scrape
+];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("xtask: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let (task, rest) = args
+        .split_first()
+        .map(|(t, r)| (t.as_str(), r))
+        .unwrap_or(("help", &[]));
+    let passthrough: Vec<String> = match rest.iter().position(|a| a == "--") {
+        Some(i) => rest[i + 1..].to_vec(),
+        None => rest.to_vec(),
+    };
+    match task {
+        "setup" => setup(),
+        "run" => {
+            setup()?;
+            demo::run(&workspace_root(), &passthrough, false)
+        }
+        "demo" => {
+            setup()?;
+            demo::run(&workspace_root(), &passthrough, true)
+        }
+        "test" => {
+            setup()?;
+            test()
+        }
+        "help" | "-h" | "--help" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown task {other:?}\n{USAGE}"),
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn step(what: &str) {
+    println!("==> {what}");
+}
+
+/// Run a command, failing with its command line when it fails.
+pub fn run_cmd(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn setup() -> Result<()> {
+    step("setup: apt packages");
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        println!("    present: {}", APT_PACKAGES.join(" "));
+    } else {
+        let sudo: &[&str] = if is_root() { &[] } else { &["sudo"] };
+        let apt = |args: &[&str]| {
+            let mut all: Vec<&str> = sudo.to_vec();
+            all.push("apt-get");
+            all.extend_from_slice(args);
+            let mut c = Command::new(all[0]);
+            c.args(&all[1..]).env("DEBIAN_FRONTEND", "noninteractive");
+            run_cmd(&mut c)
+        };
+        apt(&["update", "-qq"])?;
+        let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+        args.extend(&missing);
+        apt(&args)?;
+    }
+
+    step("setup: nightly toolchain with rust-src (builds the eBPF programs)");
+    let has_nightly = Command::new("rustup")
+        .args(["toolchain", "list"])
+        .output()
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.starts_with("nightly"))
+        });
+    if !has_nightly {
+        run_cmd(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    run_cmd(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        "nightly",
+    ]))?;
+
+    step("setup: bpf-linker");
+    let linker_ok = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
+        });
+    if linker_ok {
+        println!("    present: bpf-linker {BPF_LINKER_VERSION}");
+    } else {
+        // LLVM_PREFIX: Debian's default llvm-config may be an older LLVM; bpf-linker must link
+        // against the LLVM 22 it was built for.
+        run_cmd(
+            Command::new("cargo")
+                .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+                .args(["--no-default-features", "--features", "llvm-22"])
+                .env("LLVM_PREFIX", LLVM_PREFIX),
+        )?;
+    }
+    Ok(())
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    let mut c = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.args(args).current_dir(workspace_root());
+    run_cmd(&mut c)
+}
+
+fn test() -> Result<()> {
+    if !is_root() {
+        eprintln!(
+            "xtask: warning: not root: the privileged eBPF/KVM tests will fail (they need root and /dev/kvm)"
+        );
+    }
+    step("cargo fmt --check");
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    step("cargo clippy (warnings are errors)");
+    cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+    step("cargo test (unit, fixture, golden, promtool, privileged eBPF/KVM)");
+    cargo(&["test", "--no-fail-fast"])?;
+    step("procfs-only build (--no-default-features)");
+    cargo(&["build", "-p", "pve-exporter", "--no-default-features"])?;
+    println!("==> all tests passed");
+    Ok(())
+}
