@@ -27,15 +27,10 @@ fn check_toolchain() -> anyhow::Result<()> {
         .output()
         .map_err(|e| missing(&format!("cannot run rustup ({e})")))?;
     if !sysroot.status.success() {
-        return Err(missing(
-            "no nightly toolchain (rustup run nightly rustc failed)",
-        ));
+        return Err(missing("no nightly toolchain (rustup run nightly rustc failed)"));
     }
     let sysroot = String::from_utf8_lossy(&sysroot.stdout).trim().to_string();
-    if !Path::new(&sysroot)
-        .join("lib/rustlib/src/rust/library/core")
-        .is_dir()
-    {
+    if !Path::new(&sysroot).join("lib/rustlib/src/rust/library/core").is_dir() {
         return Err(missing("the nightly toolchain has no rust-src component"));
     }
     Ok(())
@@ -49,16 +44,10 @@ fn main() -> anyhow::Result<()> {
     check_toolchain()?;
     let manifest = env::var("CARGO_MANIFEST_DIR")?;
     let ebpf_dir = Path::new(&manifest).join("../pve-exporter-ebpf");
-    let ebpf_dir = ebpf_dir
-        .to_str()
-        .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path"))?;
+    let ebpf_dir = ebpf_dir.to_str().ok_or_else(|| anyhow::anyhow!("non-UTF-8 path"))?;
     println!("cargo:rerun-if-changed=../pve-exporter-common/src");
     aya_build::build_ebpf(
-        [aya_build::Package {
-            name: "pve-exporter-ebpf",
-            root_dir: ebpf_dir,
-            ..Default::default()
-        }],
+        [aya_build::Package { name: "pve-exporter-ebpf", root_dir: ebpf_dir, ..Default::default() }],
         aya_build::Toolchain::default(),
     )
 }

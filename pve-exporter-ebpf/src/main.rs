@@ -20,18 +20,14 @@ mod programs {
     use pve_exporter_common::{ERR_MAP_FULL, ERR_SLOTS, EventKey, MAX_EVENT_KEYS};
 
     #[map]
-    static EVENT_COUNTS: PerCpuHashMap<EventKey, u64> =
-        PerCpuHashMap::with_max_entries(MAX_EVENT_KEYS, 0);
+    static EVENT_COUNTS: PerCpuHashMap<EventKey, u64> = PerCpuHashMap::with_max_entries(MAX_EVENT_KEYS, 0);
 
     #[map]
     static COUNTER_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ERR_SLOTS, 0);
 
     #[inline(always)]
     fn count(slot: u32) -> u32 {
-        let key = EventKey {
-            tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
-            slot,
-        };
+        let key = EventKey { tgid: (bpf_get_current_pid_tgid() >> 32) as u32, slot };
         if let Some(p) = EVENT_COUNTS.get_ptr_mut(key) {
             // SAFETY: this CPU's value; tracepoint programs do not nest on one CPU.
             unsafe { *p += 1 };

@@ -44,11 +44,7 @@ kvm:kvm_userspace_exit,kvm:kvm_emulate_insn,kvm:kvm_fpu,kvm:kvm_msr,kvm:kvm_inj_
 kvm:kvm_vcpu_wakeup,kvm:kvm_halt_poll_ns";
 
 #[derive(Debug, Clone, Parser)]
-#[command(
-    name = "pve-exporter",
-    version,
-    about = "Prometheus exporter for Proxmox VE and KVM hosts"
-)]
+#[command(name = "pve-exporter", version, about = "Prometheus exporter for Proxmox VE and KVM hosts")]
 pub struct Config {
     /// HTTP listen port.
     #[arg(long, env = "PVE_EXPORTER_PORT", default_value_t = 9116)]
@@ -71,13 +67,7 @@ pub struct Config {
     pub metrics_prefix: String,
 
     /// Log level.
-    #[arg(
-        long,
-        env = "PVE_EXPORTER_LOGLEVEL",
-        value_enum,
-        default_value = "INFO",
-        ignore_case = true
-    )]
+    #[arg(long, env = "PVE_EXPORTER_LOGLEVEL", value_enum, default_value = "INFO", ignore_case = true)]
     pub loglevel: LogLevel,
 
     /// Time limit of each step of a qm monitor / QMP exchange.
@@ -126,16 +116,12 @@ impl Config {
 
 fn parse_prefix(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
-        && s.chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
     if ok {
         Ok(s.to_string())
     } else {
-        Err(format!(
-            "{s:?} is not a valid metric name prefix ([a-zA-Z_][a-zA-Z0-9_]*)"
-        ))
+        Err(format!("{s:?} is not a valid metric name prefix ([a-zA-Z_][a-zA-Z0-9_]*)"))
     }
 }
 
@@ -158,12 +144,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         if num_end == 0 {
             return Err(format!("{s:?}: expected a number"));
         }
-        let value: f64 = rest[..num_end]
-            .parse()
-            .map_err(|_| format!("{s:?}: bad number"))?;
-        let unit_end = rest[num_end..]
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .map_or(rest.len(), |i| num_end + i);
+        let value: f64 = rest[..num_end].parse().map_err(|_| format!("{s:?}: bad number"))?;
+        let unit_end =
+            rest[num_end..].find(|c: char| c.is_ascii_digit() || c == '.').map_or(rest.len(), |i| num_end + i);
         let scale = match &rest[num_end..unit_end] {
             "ns" => 1e-9,
             "us" | "µs" => 1e-6,

@@ -13,8 +13,7 @@ use prometheus_client::{
 
 use crate::metrics::{Kind, MetricSet, Value};
 
-pub const OPENMETRICS_CONTENT_TYPE: &str =
-    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,25 +48,22 @@ impl Collector for SetCollector {
             if fam.samples.is_empty() {
                 continue;
             }
-            let (name, ty) = match fam.kind {
+            let (name, ty) = match fam.kind() {
                 // The OpenMetrics encoder names a counter family without `_total` and adds it
                 // to the samples.
-                Kind::Counter => (
-                    fam.name.strip_suffix("_total").unwrap_or(&fam.name),
-                    MetricType::Counter,
-                ),
+                Kind::Counter => (fam.name.strip_suffix("_total").unwrap_or(&fam.name), MetricType::Counter),
                 Kind::Gauge => (fam.name.as_str(), MetricType::Gauge),
             };
-            let mut fam_enc = encoder.encode_descriptor(name, &fam.help, None, ty)?;
+            let mut fam_enc = encoder.encode_descriptor(name, fam.help(), None, ty)?;
             // A label-less sample is encoded on the family itself: `name 1`, not `name{} 1`.
             if let [s] = fam.samples.as_slice()
                 && s.labels.is_empty()
             {
-                encode_value(fam.kind, s.value, fam_enc)?;
+                encode_value(fam.kind(), s.value, fam_enc)?;
                 continue;
             }
             for s in &fam.samples {
-                encode_value(fam.kind, s.value, fam_enc.encode_family(&s.labels)?)?;
+                encode_value(fam.kind(), s.value, fam_enc.encode_family(&s.labels)?)?;
             }
         }
         Ok(())
@@ -118,11 +114,8 @@ pub fn openmetrics_to_text(om: &str) -> String {
         }
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, ty) = rest.rsplit_once(' ').unwrap_or((rest, ""));
-            let name_total = if ty == "counter" && !name.ends_with("_total") {
-                format!("{name}_total")
-            } else {
-                name.to_string()
-            };
+            let name_total =
+                if ty == "counter" && !name.ends_with("_total") { format!("{name}_total") } else { name.to_string() };
             if let Some(h) = pending_help.take() {
                 let help = h.strip_prefix("# HELP ").and_then(|r| r.split_once(' '));
                 match help {
@@ -156,23 +149,13 @@ mod tests {
     use super::*;
 
     fn sample_set() -> Arc<MetricSet> {
+        use crate::catalog::*;
         let mut m = MetricSet::new("pve");
-        m.counter("kvm_cpu_seconds_total", "KVM CPU time").push(
-            [("id", "100".to_string()), ("mode", "user".to_string())],
-            1.5,
-        );
-        m.gauge("kvm_vcores", "vCores allocated")
-            .push([("id", "100".to_string())], 4u64);
-        m.gauge("kvm_info", "VM info").push(
-            [
-                ("id", "100".to_string()),
-                ("name", "a \"quoted\"\\name".to_string()),
-            ],
-            1u64,
-        );
-        m.gauge("empty", "no samples: not printed");
-        m.gauge("up", "no labels")
-            .push(Vec::<(&str, String)>::new(), 1u64);
+        m.family(&KVM_CPU_SECONDS).push([("id", "100".to_string()), ("mode", "user".to_string())], 1.5);
+        m.family(&KVM_VCORES).push([("id", "100".to_string())], 4u64);
+        m.family(&EBPF_INFO).push([("mode", "a \"quoted\"\\name".to_string()), ("reason", "x".to_string())], 1u64);
+        m.family(&KVM_THREADS); // no samples: not printed
+        m.family(&EBPF_ENABLED).push(Vec::<(&str, String)>::new(), 1u64);
         Arc::new(m)
     }
 
@@ -180,31 +163,27 @@ mod tests {
     fn openmetrics_output() {
         let om = render(sample_set(), Format::OpenMetrics);
         assert!(om.contains("# TYPE pve_kvm_cpu_seconds counter\n"), "{om}");
-        assert!(
-            om.contains("pve_kvm_cpu_seconds_total{id=\"100\",mode=\"user\"} 1.5\n"),
-            "{om}"
-        );
+        assert!(om.contains("# HELP pve_kvm_cpu_seconds CPU time"), "{om}");
+        assert!(om.contains("pve_kvm_cpu_seconds_total{id=\"100\",mode=\"user\"} 1.5\n"), "{om}");
         assert!(om.ends_with("# EOF\n"));
-        assert!(!om.contains("pve_empty"));
+        assert!(!om.contains("pve_kvm_threads"));
     }
 
     #[test]
     fn text_output() {
         let t = render(sample_set(), Format::Text);
-        assert!(t.contains("# HELP pve_kvm_cpu_seconds_total KVM CPU time\n# TYPE pve_kvm_cpu_seconds_total counter\n"), "{t}");
+        assert!(t.contains("# HELP pve_kvm_cpu_seconds_total CPU time of the VM's QEMU process by mode (user, system, iowait)\n# TYPE pve_kvm_cpu_seconds_total counter\n"), "{t}");
         assert!(t.contains("pve_kvm_vcores{id=\"100\"} 4\n"), "{t}");
-        assert!(t.contains(r#"name="a \"quoted\"\\name""#), "{t}");
+        assert!(t.contains(r#"mode="a \"quoted\"\\name""#), "{t}");
         assert!(!t.contains("# EOF"));
-        assert!(t.contains("\npve_up 1\n"), "{t}");
+        assert!(t.contains("\npve_exporter_ebpf_enabled 1\n"), "{t}");
     }
 
     #[test]
     fn accept_header() {
         assert_eq!(Format::from_accept(None), Format::Text);
         assert_eq!(
-            Format::from_accept(Some(
-                "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
-            )),
+            Format::from_accept(Some("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5")),
             Format::OpenMetrics
         );
         assert_eq!(Format::from_accept(Some("text/plain")), Format::Text);

@@ -57,17 +57,11 @@ pub fn call_with_timeout<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> io::Result<T> {
     let (tx, rx) = mpsc::sync_channel(1);
-    thread::Builder::new()
-        .name(format!("io-{what}"))
-        .spawn(move || {
-            let _ = tx.send(f());
-        })?;
-    rx.recv_timeout(timeout).map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("{what}: no answer within {timeout:?}"),
-        )
-    })
+    thread::Builder::new().name(format!("io-{what}")).spawn(move || {
+        let _ = tx.send(f());
+    })?;
+    rx.recv_timeout(timeout)
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("{what}: no answer within {timeout:?}")))
 }
 
 /// At most one call in flight per source: while an earlier call is still hung, new calls fail

@@ -4,6 +4,7 @@
 //! turns processes into VMs, `collector` turns sources into metric families, `exposition`
 //! is the one path to the wire format, `server` is HTTP.
 
+pub mod catalog;
 pub mod collector;
 pub mod config;
 pub mod exposition;

@@ -3,6 +3,8 @@
 
 use std::borrow::Cow;
 
+pub use crate::catalog::Def;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Gauge,
@@ -57,21 +59,34 @@ pub struct Sample {
 pub struct Family {
     /// Full name, prefix included; counters end in `_total`.
     pub name: String,
-    pub help: Cow<'static, str>,
-    pub kind: Kind,
+    pub def: &'static Def,
     pub samples: Vec<Sample>,
 }
 
 impl Family {
+    pub fn kind(&self) -> Kind {
+        self.def.kind
+    }
+
+    pub fn help(&self) -> &'static str {
+        self.def.help
+    }
+
+    /// Add a sample; its labels are the def's label names, in order.
     pub fn push<L, K>(&mut self, labels: L, value: impl Into<Value>)
     where
         L: IntoIterator<Item = (K, String)>,
         K: Into<Cow<'static, str>>,
     {
-        self.samples.push(Sample {
-            labels: labels.into_iter().map(|(k, v)| (k.into(), v)).collect(),
-            value: value.into(),
-        });
+        let labels: Vec<Label> = labels.into_iter().map(|(k, v)| (k.into(), v)).collect();
+        debug_assert!(
+            labels.iter().map(|(k, _)| k.as_ref()).eq(self.def.labels.iter().copied()),
+            "{}: labels {:?} differ from the catalogue's {:?}",
+            self.name,
+            labels,
+            self.def.labels
+        );
+        self.samples.push(Sample { labels, value: value.into() });
     }
 }
 
@@ -84,50 +99,25 @@ pub struct MetricSet {
 
 impl MetricSet {
     pub fn new(prefix: &str) -> Self {
-        Self {
-            prefix: prefix.to_string(),
-            families: Vec::new(),
-        }
+        Self { prefix: prefix.to_string(), families: Vec::new() }
     }
 
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
 
-    /// The family `<prefix>_<name>`, created on first use. Asking again for the same name
-    /// returns the same family (collectors may add to it from several places).
-    pub fn family(
-        &mut self,
-        name: &str,
-        help: impl Into<Cow<'static, str>>,
-        kind: Kind,
-    ) -> &mut Family {
-        let full = format!("{}_{}", self.prefix, name);
-        debug_assert!(
-            kind != Kind::Counter || full.ends_with("_total"),
-            "{full}: counters end in _total"
-        );
-        match self.families.iter().position(|f| f.name == full) {
+    /// The family of `def`, created on first use. Asking again returns the same family
+    /// (collectors may add to it from several places).
+    pub fn family(&mut self, def: &'static Def) -> &mut Family {
+        match self.families.iter().position(|f| std::ptr::eq(f.def, def)) {
             Some(i) => &mut self.families[i],
             None => {
-                self.families.push(Family {
-                    name: full,
-                    help: help.into(),
-                    kind,
-                    samples: Vec::new(),
-                });
+                let name = format!("{}_{}", self.prefix, def.name);
+                self.families.push(Family { name, def, samples: Vec::new() });
                 let last = self.families.len() - 1;
                 &mut self.families[last]
             }
         }
-    }
-
-    pub fn gauge(&mut self, name: &str, help: impl Into<Cow<'static, str>>) -> &mut Family {
-        self.family(name, help, Kind::Gauge)
-    }
-
-    pub fn counter(&mut self, name: &str, help: impl Into<Cow<'static, str>>) -> &mut Family {
-        self.family(name, help, Kind::Counter)
     }
 
     pub fn families(&self) -> &[Family] {
@@ -136,15 +126,5 @@ impl MetricSet {
 
     pub fn get(&self, full_name: &str) -> Option<&Family> {
         self.families.iter().find(|f| f.name == full_name)
-    }
-
-    /// Move every family of `other` into `self` (merging same-named families).
-    pub fn extend(&mut self, other: MetricSet) {
-        for f in other.families {
-            match self.families.iter_mut().find(|g| g.name == f.name) {
-                Some(g) => g.samples.extend(f.samples),
-                None => self.families.push(f),
-            }
-        }
     }
 }

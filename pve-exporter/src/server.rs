@@ -31,10 +31,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(engine: SharedEngine) -> Self {
-        Self {
-            engine,
-            inflight: Arc::default(),
-        }
+        Self { engine, inflight: Arc::default() }
     }
 
     /// The current collection: joins the one in flight or starts one.
@@ -95,11 +92,7 @@ async fn healthz() -> impl IntoResponse {
 
 async fn index(State(state): State<AppState>) -> Html<String> {
     let (mode, reason) = state.engine.ebpf_mode();
-    let esc = |s: &str| {
-        s.replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
-    };
+    let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
     Html(format!(
         "<!doctype html><html><head><title>pve-exporter</title></head><body>\
          <h1>pve-exporter {}</h1><p>Mode: <b>{}</b> ({})</p>\
@@ -121,13 +114,7 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen on {addr} (is another exporter already using the port? see --port/--host)")
     })?;
-    log::info!(
-        "listening on http://{}",
-        listener.local_addr().unwrap_or(addr)
-    );
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("HTTP server")?;
+    log::info!("listening on http://{}", listener.local_addr().unwrap_or(addr));
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await.context("HTTP server")?;
     Ok(())
 }

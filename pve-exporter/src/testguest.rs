@@ -149,11 +149,7 @@ pub fn parse_args(args: &[String]) -> Result<GuestConfig, String> {
 
     // Every vCPU needs its own code page below the end of guest memory (see the module docs).
     let needed = (u64::from(cfg.vcpus) + 1) * PAGE_SIZE;
-    if cfg
-        .mem_mib
-        .checked_mul(MIB)
-        .is_none_or(|bytes| bytes < needed)
-    {
+    if cfg.mem_mib.checked_mul(MIB).is_none_or(|bytes| bytes < needed) {
         return Err(format!(
             "-m {} MiB: must be at least {needed} bytes for {} vCPUs, and at most {} MiB",
             cfg.mem_mib,
@@ -162,19 +158,14 @@ pub fn parse_args(args: &[String]) -> Result<GuestConfig, String> {
         ));
     }
     if cfg.pio_writes.checked_mul(u64::from(cfg.vcpus)).is_none() {
-        return Err(format!(
-            "-pio-writes {}: total over {} vCPUs overflows",
-            cfg.pio_writes, cfg.vcpus
-        ));
+        return Err(format!("-pio-writes {}: total over {} vCPUs overflows", cfg.pio_writes, cfg.vcpus));
     }
     Ok(cfg)
 }
 
 /// The value of known option `opt`: the next argument, whatever it looks like.
 fn value_of<'a>(opt: &str, args: &mut impl Iterator<Item = &'a String>) -> Result<&'a str, String> {
-    args.next()
-        .map(String::as_str)
-        .ok_or_else(|| format!("option -{opt} needs a value"))
+    args.next().map(String::as_str).ok_or_else(|| format!("option -{opt} needs a value"))
 }
 
 /// `-foo` or `--foo` -> `foo`; anything else (including `-` and `--`) is not an option.
@@ -187,22 +178,17 @@ fn parse_num<T: std::str::FromStr>(what: &str, value: &str) -> Result<T, String>
     // FromStr for integers accepts a leading '+'; QEMU does not, and neither do we.
     if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
         // Only fails on overflow now.
-        value
-            .parse()
-            .map_err(|_| format!("-{what}: number '{value}' too large"))
+        value.parse().map_err(|_| format!("-{what}: number '{value}' too large"))
     } else {
         Err(format!("-{what}: invalid number '{value}'"))
     }
 }
 
 fn parse_port(value: &str) -> Result<u16, String> {
-    let hex = value
-        .strip_prefix("0x")
-        .or_else(|| value.strip_prefix("0X"));
+    let hex = value.strip_prefix("0x").or_else(|| value.strip_prefix("0X"));
     match hex {
         Some(digits) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_hexdigit()) => {
-            u16::from_str_radix(digits, 16)
-                .map_err(|_| format!("-pio-port: port '{value}' out of range"))
+            u16::from_str_radix(digits, 16).map_err(|_| format!("-pio-port: port '{value}' out of range"))
         }
         Some(_) => Err(format!("-pio-port: invalid port '{value}'")),
         None => parse_num("pio-port", value),
@@ -229,9 +215,7 @@ fn parse_name(value: &str) -> Result<String, String> {
         match key {
             "guest" => name = Some(val),
             "debug-threads" if !matches!(val, "on" | "off") => {
-                return Err(format!(
-                    "-name: debug-threads must be on or off, not '{val}'"
-                ));
+                return Err(format!("-name: debug-threads must be on or off, not '{val}'"));
             }
             // debug-threads=on|off (vCPU threads are always named), process=, ...: ignored.
             _ => {}
@@ -266,9 +250,7 @@ fn parse_smp(value: &str) -> Result<u32, String> {
     }
     let cpus = cpus.or(topology).unwrap_or(1);
     if !(1..=MAX_VCPUS).contains(&cpus) {
-        return Err(format!(
-            "-smp '{value}': vCPU count {cpus} not in 1..={MAX_VCPUS}"
-        ));
+        return Err(format!("-smp '{value}': vCPU count {cpus} not in 1..={MAX_VCPUS}"));
     }
     Ok(cpus)
 }
@@ -286,9 +268,8 @@ fn parse_mem(value: &str) -> Result<u64, String> {
         Some(b'T' | b't') => (&size[..size.len() - 1], 1 << 20),
         _ => (size, 1),
     };
-    let mib = parse_num::<u64>("m", digits)?
-        .checked_mul(factor)
-        .ok_or_else(|| format!("-m '{value}': size too large"))?;
+    let mib =
+        parse_num::<u64>("m", digits)?.checked_mul(factor).ok_or_else(|| format!("-m '{value}': size too large"))?;
     if mib == 0 {
         return Err(format!("-m '{value}': size must not be 0"));
     }
@@ -341,9 +322,7 @@ pub fn run(cfg: &GuestConfig) -> Result<Infallible> {
     let mut vcpus = Vec::new();
     for index in 0..cfg.vcpus {
         let page = pages.next().context("missing code page")?;
-        let fd = vm
-            .create_vcpu(u64::from(index))
-            .with_context(|| format!("KVM_CREATE_VCPU {index} failed"))?;
+        let fd = vm.create_vcpu(u64::from(index)).with_context(|| format!("KVM_CREATE_VCPU {index} failed"))?;
         vcpus.push(Vcpu::new(index, fd, page, cfg.pio_port)?);
     }
 
@@ -411,10 +390,7 @@ fn reset_exit_signals() -> Result<()> {
 /// Prints `line` to stdout (flushed) and, if given, atomically writes it to `file`.
 fn report(line: &str, file: Option<&Path>) -> Result<()> {
     let mut stdout = io::stdout().lock();
-    stdout
-        .write_all(line.as_bytes())
-        .and_then(|()| stdout.flush())
-        .context("cannot write to stdout")?;
+    stdout.write_all(line.as_bytes()).and_then(|()| stdout.flush()).context("cannot write to stdout")?;
     if let Some(path) = file {
         write_atomically(path, line)?;
     }
@@ -424,17 +400,14 @@ fn report(line: &str, file: Option<&Path>) -> Result<()> {
 /// Writes via a temporary file in the same directory and a rename, so a reader polling for
 /// `path` never sees a partial file.
 fn write_atomically(path: &Path, text: &str) -> Result<()> {
-    let mut tmp_name: OsString = path
-        .file_name()
-        .with_context(|| format!("ready file {} has no file name", path.display()))?
-        .to_os_string();
+    let mut tmp_name: OsString =
+        path.file_name().with_context(|| format!("ready file {} has no file name", path.display()))?.to_os_string();
     tmp_name.push(format!(".tmp.{}", std::process::id()));
     let tmp = path.with_file_name(tmp_name);
     fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
     if let Err(err) = fs::rename(&tmp, path) {
         let _ = fs::remove_file(&tmp);
-        return Err(err)
-            .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()));
+        return Err(err).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()));
     }
     Ok(())
 }
@@ -481,8 +454,7 @@ impl GuestMemory {
             )
         };
         if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error())
-                .with_context(|| format!("cannot map {len} bytes of guest memory"));
+            return Err(io::Error::last_os_error()).with_context(|| format!("cannot map {len} bytes of guest memory"));
         }
         let ptr = NonNull::new(ptr.cast()).context("mmap returned NULL")?;
         Ok(GuestMemory { ptr, len })
@@ -509,14 +481,8 @@ impl CodePage {
         (0..vcpus)
             .map(|index| {
                 let gpa = PAGE_SIZE * (u64::from(index) + 1);
-                ensure!(
-                    gpa + PAGE_SIZE <= mem.len as u64,
-                    "guest memory too small for code page of vCPU {index}"
-                );
-                Ok(CodePage {
-                    mem: Arc::clone(mem),
-                    gpa,
-                })
+                ensure!(gpa + PAGE_SIZE <= mem.len as u64, "guest memory too small for code page of vCPU {index}");
+                Ok(CodePage { mem: Arc::clone(mem), gpa })
             })
             .collect()
     }
@@ -580,20 +546,11 @@ impl Vcpu {
     fn new(index: u32, fd: VcpuFd, page: CodePage, port: u16) -> Result<Self> {
         // Real mode (the reset state) with CS pointing at the code page: selector = base >> 4 as
         // real mode requires, so the program starts at IP 0 (the page is at most 0xff000).
-        let mut sregs = fd
-            .get_sregs()
-            .with_context(|| format!("KVM_GET_SREGS on vCPU {index} failed"))?;
+        let mut sregs = fd.get_sregs().with_context(|| format!("KVM_GET_SREGS on vCPU {index} failed"))?;
         sregs.cs.base = page.gpa;
         sregs.cs.selector = u16::try_from(page.gpa >> 4).context("code page above 1 MiB")?;
-        fd.set_sregs(&sregs)
-            .with_context(|| format!("KVM_SET_SREGS on vCPU {index} failed"))?;
-        Ok(Vcpu {
-            index,
-            fd,
-            page,
-            port,
-            loaded_count: None,
-        })
+        fd.set_sregs(&sregs).with_context(|| format!("KVM_SET_SREGS on vCPU {index} failed"))?;
+        Ok(Vcpu { index, fd, page, port, loaded_count: None })
     }
 
     /// The vCPU thread's body: bursts of `writes` port writes, reported on `tx`, every
@@ -603,11 +560,7 @@ impl Vcpu {
             let result = self
                 .run_burst(writes)
                 .with_context(|| format!("vCPU {} burst {burst}", self.index))
-                .map(|writes| BurstDone {
-                    index: self.index,
-                    burst,
-                    writes,
-                });
+                .map(|writes| BurstDone { index: self.index, burst, writes });
             let failed = result.is_err();
             // If the main thread is gone the process is exiting anyway.
             if tx.send(result).is_err() || failed {
@@ -631,10 +584,7 @@ impl Vcpu {
         while done < writes {
             let chunk = u16::try_from(writes - done).unwrap_or(u16::MAX);
             let outs = self.run_chunk(chunk)?;
-            ensure!(
-                outs == u64::from(chunk),
-                "guest made {outs} port writes, expected {chunk}"
-            );
+            ensure!(outs == u64::from(chunk), "guest made {outs} port writes, expected {chunk}");
             done += outs;
         }
         Ok(done)
@@ -740,9 +690,7 @@ mod tests {
 
     #[test]
     fn unknown_options_and_flags_are_ignored() {
-        let cfg =
-            parse("-nodefaults -machine q35 -S -enable-kvm -id 7 --daemonize disk.img -smp 2")
-                .unwrap();
+        let cfg = parse("-nodefaults -machine q35 -S -enable-kvm -id 7 --daemonize disk.img -smp 2").unwrap();
         assert_eq!(cfg.vmid, Some(7));
         assert_eq!(cfg.vcpus, 2);
         // An unknown flag right before a known option does not swallow it.
@@ -765,20 +713,8 @@ mod tests {
     #[test]
     fn name_forms() {
         assert_eq!(parse("-name demo").unwrap().name.as_deref(), Some("demo"));
-        assert_eq!(
-            parse("-name guest=vm1,debug-threads=on")
-                .unwrap()
-                .name
-                .as_deref(),
-            Some("vm1")
-        );
-        assert_eq!(
-            parse("-name vm2,debug-threads=off,process=x")
-                .unwrap()
-                .name
-                .as_deref(),
-            Some("vm2")
-        );
+        assert_eq!(parse("-name guest=vm1,debug-threads=on").unwrap().name.as_deref(), Some("vm1"));
+        assert_eq!(parse("-name vm2,debug-threads=off,process=x").unwrap().name.as_deref(), Some("vm2"));
         assert!(parse("-name ,debug-threads=on").is_err());
         assert!(parse("-name debug-threads=on").is_err());
         assert!(parse("-name demo,debug-threads=yes").is_err());
@@ -803,12 +739,7 @@ mod tests {
         assert_eq!(parse("-m 512M").unwrap().mem_mib, 512);
         assert_eq!(parse("-m 2G").unwrap().mem_mib, 2048);
         assert_eq!(parse("-m 1T").unwrap().mem_mib, 1 << 20);
-        assert_eq!(
-            parse("-m size=4096,slots=255,maxmem=524288M")
-                .unwrap()
-                .mem_mib,
-            4096
-        );
+        assert_eq!(parse("-m size=4096,slots=255,maxmem=524288M").unwrap().mem_mib, 4096);
         assert!(parse("-m 0").is_err());
         assert!(parse("-m G").is_err());
         assert!(parse("-m 1.5G").is_err());
@@ -841,17 +772,8 @@ mod tests {
 
     #[test]
     fn missing_values() {
-        for opt in [
-            "-id",
-            "-name",
-            "-smp",
-            "-m",
-            "-cpu",
-            "-pio-writes",
-            "-pio-port",
-            "-pio-interval-ms",
-            "-ready-file",
-        ] {
+        for opt in ["-id", "-name", "-smp", "-m", "-cpu", "-pio-writes", "-pio-port", "-pio-interval-ms", "-ready-file"]
+        {
             let err = parse(&format!("-id 1 {opt}")).unwrap_err();
             assert!(err.contains("needs a value"), "{opt}: {err}");
         }
@@ -859,16 +781,7 @@ mod tests {
         assert!(parse("-pio-writes -machine q35").is_err());
         // ...and empty values are rejected.
         let empty = |opt: &str| parse_args(&[opt.to_string(), String::new()]);
-        for opt in [
-            "-id",
-            "-name",
-            "-smp",
-            "-m",
-            "-cpu",
-            "-pio-writes",
-            "-pio-port",
-            "-ready-file",
-        ] {
+        for opt in ["-id", "-name", "-smp", "-m", "-cpu", "-pio-writes", "-pio-port", "-ready-file"] {
             assert!(empty(opt).is_err(), "{opt} with empty value");
         }
     }
@@ -876,12 +789,7 @@ mod tests {
     #[test]
     fn guest_code_bytes() {
         let code = guest_code(0x1234, 0x3f8);
-        assert_eq!(
-            code,
-            [
-                0xb9, 0x34, 0x12, 0xba, 0xf8, 0x03, 0xee, 0x49, 0x75, 0xfc, 0xf4
-            ]
-        );
+        assert_eq!(code, [0xb9, 0x34, 0x12, 0xba, 0xf8, 0x03, 0xee, 0x49, 0x75, 0xfc, 0xf4]);
         assert_eq!(code[HLT_OFFSET as usize], 0xf4);
         // jnz's target (offset after the jump + rel8) is the out.
         assert_eq!((HLT_OFFSET as i64 + i64::from(code[9] as i8)) as usize, 6);

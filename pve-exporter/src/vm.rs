@@ -76,8 +76,7 @@ impl VmSource for PveSource<'_> {
             });
         }
         // Numeric vmid order: stable output, and what operators expect to read.
-        out.vms
-            .sort_by(|a, b| (a.id.len(), &a.id).cmp(&(b.id.len(), &b.id)));
+        out.vms.sort_by(|a, b| (a.id.len(), &a.id).cmp(&(b.id.len(), &b.id)));
     }
 }
 

@@ -14,49 +14,18 @@ use crate::run_cmd;
 
 /// The demo VMs: vmid, name, test-guest arguments.
 const DEMO_VMS: &[(&str, &str, &[&str])] = &[
-    (
-        "100",
-        "demo-web",
-        &[
-            "-smp",
-            "2,sockets=1,cores=2,maxcpus=2",
-            "-m",
-            "256",
-            "-cpu",
-            "host",
-            "-pio-writes",
-            "500",
-        ],
-    ),
-    (
-        "101",
-        "demo-db",
-        &[
-            "-smp",
-            "1",
-            "-m",
-            "128",
-            "-cpu",
-            "kvm64,+lahf_lm",
-            "-pio-writes",
-            "2000",
-        ],
-    ),
+    ("100", "demo-web", &["-smp", "2,sockets=1,cores=2,maxcpus=2", "-m", "256", "-cpu", "host", "-pio-writes", "500"]),
+    ("101", "demo-db", &["-smp", "1", "-m", "128", "-cpu", "kvm64,+lahf_lm", "-pio-writes", "2000"]),
 ];
 
 fn host_has_vms() -> bool {
     fs::read_dir("/etc/pve/qemu-server")
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .any(|e| e.file_name().to_string_lossy().ends_with(".conf"))
-        })
+        .map(|rd| rd.filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().ends_with(".conf")))
         .unwrap_or(false)
 }
 
 fn target_dir(ws: &Path) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| ws.join("target"))
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| ws.join("target"))
 }
 
 extern "C" fn ignore_signal(_: libc::c_int) {}
@@ -98,21 +67,12 @@ pub fn make_demo_root(root: &Path) -> Result<()> {
 
 pub fn run(ws: &Path, daemon_args: &[String], force_demo: bool) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run_cmd(
-        Command::new(&cargo)
-            .current_dir(ws)
-            .args(["build", "-p", "pve-exporter", "--bins"]),
-    )?;
+    run_cmd(Command::new(&cargo).current_dir(ws).args(["build", "-p", "pve-exporter", "--bins"]))?;
     let bin = target_dir(ws).join("debug");
 
     // Ctrl-C reaches the whole process group: the daemon shuts down, and we stay to clean up.
     // SAFETY: installing a handler that does nothing.
-    unsafe {
-        libc::signal(
-            libc::SIGINT,
-            ignore_signal as *const () as libc::sighandler_t,
-        )
-    };
+    unsafe { libc::signal(libc::SIGINT, ignore_signal as *const () as libc::sighandler_t) };
 
     let mut daemon = Command::new(bin.join("pve-exporter"));
     daemon.args(daemon_args);
@@ -124,14 +84,7 @@ pub fn run(ws: &Path, daemon_args: &[String], force_demo: bool) -> Result<()> {
             let mut c = Command::new(bin.join("pve-test-guest"));
             // argv[0] as PVE starts QEMU, so the exporter finds it like a real VM.
             c.arg0("/usr/bin/kvm")
-                .args([
-                    "-id",
-                    id,
-                    "-name",
-                    &format!("{name},debug-threads=on"),
-                    "-machine",
-                    "type=pc+pve0",
-                ])
+                .args(["-id", id, "-name", &format!("{name},debug-threads=on"), "-machine", "type=pc+pve0"])
                 .args(*extra)
                 .args(["-pio-interval-ms", "1000"]);
             // SAFETY: prctl in the child before exec; the guest dies with us.
@@ -141,20 +94,11 @@ pub fn run(ws: &Path, daemon_args: &[String], force_demo: bool) -> Result<()> {
                     Ok(())
                 });
             }
-            guests.0.push(
-                c.spawn()
-                    .context("starting a demo VM (pve-test-guest); is /dev/kvm there?")?,
-            );
-            println!(
-                "demo VM {id} ({name}) started: {}",
-                guests.0.last().map_or(0, |c| c.id())
-            );
+            guests.0.push(c.spawn().context("starting a demo VM (pve-test-guest); is /dev/kvm there?")?);
+            println!("demo VM {id} ({name}) started: {}", guests.0.last().map_or(0, |c| c.id()));
         }
         daemon.arg("--root").arg(&root);
-        println!(
-            "demo host root: {} (/proc and /sys are the real ones)",
-            root.display()
-        );
+        println!("demo host root: {} (/proc and /sys are the real ones)", root.display());
         guests
     } else {
         Guests(Vec::new())

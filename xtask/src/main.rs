@@ -38,10 +38,7 @@ fn main() {
 
 fn real_main() -> Result<()> {
     let args: Vec<String> = env::args().skip(1).collect();
-    let (task, rest) = args
-        .split_first()
-        .map(|(t, r)| (t.as_str(), r))
-        .unwrap_or(("help", &[]));
+    let (task, rest) = args.split_first().map(|(t, r)| (t.as_str(), r)).unwrap_or(("help", &[]));
     let passthrough: Vec<String> = match rest.iter().position(|a| a == "--") {
         Some(i) => rest[i + 1..].to_vec(),
         None => rest.to_vec(),
@@ -69,10 +66,7 @@ fn real_main() -> Result<()> {
 }
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
 }
 
 fn step(what: &str) {
@@ -81,9 +75,7 @@ fn step(what: &str) {
 
 /// Run a command, failing with its command line when it fails.
 pub fn run_cmd(cmd: &mut Command) -> Result<()> {
-    let status = cmd
-        .status()
-        .with_context(|| format!("cannot start {cmd:?}"))?;
+    let status = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
     }
@@ -129,35 +121,17 @@ fn setup() -> Result<()> {
     let has_nightly = Command::new("rustup")
         .args(["toolchain", "list"])
         .output()
-        .is_ok_and(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .any(|l| l.starts_with("nightly"))
-        });
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.starts_with("nightly")));
     if !has_nightly {
-        run_cmd(Command::new("rustup").args([
-            "toolchain",
-            "install",
-            "nightly",
-            "--profile",
-            "minimal",
-        ]))?;
+        run_cmd(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
     }
-    run_cmd(Command::new("rustup").args([
-        "component",
-        "add",
-        "rust-src",
-        "--toolchain",
-        "nightly",
-    ]))?;
+    run_cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
 
     step("setup: bpf-linker");
     let linker_ok = Command::new("bpf-linker")
         .arg("--version")
         .output()
-        .is_ok_and(|o| {
-            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
-        });
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION));
     if linker_ok {
         println!("    present: bpf-linker {BPF_LINKER_VERSION}");
     } else {
@@ -181,9 +155,7 @@ fn cargo(args: &[&str]) -> Result<()> {
 
 fn test() -> Result<()> {
     if !is_root() {
-        eprintln!(
-            "xtask: warning: not root: the privileged eBPF/KVM tests will fail (they need root and /dev/kvm)"
-        );
+        eprintln!("xtask: warning: not root: the privileged eBPF/KVM tests will fail (they need root and /dev/kvm)");
     }
     step("cargo fmt --check");
     cargo(&["fmt", "--all", "--", "--check"])?;

@@ -7,19 +7,14 @@
 
 use std::process::ExitCode;
 
-// Included by path rather than through the library so this binary does not depend on lib.rs.
-#[path = "../testguest.rs"]
-mod testguest;
+use pve_exporter::testguest;
 
 const USAGE: &str = "usage: pve-test-guest [-id VMID] [-name NAME[,debug-threads=on]] \
     [-smp N[,...]] [-m MiB] [-cpu MODEL] [-pio-writes N] [-pio-port PORT] \
     [-pio-interval-ms MS] [-ready-file PATH] [other QEMU options, ignored]";
 
 fn main() -> ExitCode {
-    let args: Result<Vec<String>, _> = std::env::args_os()
-        .skip(1)
-        .map(|a| a.into_string())
-        .collect();
+    let args: Result<Vec<String>, _> = std::env::args_os().skip(1).map(|a| a.into_string()).collect();
     let config = match args {
         Ok(args) => testguest::parse_args(&args),
         Err(arg) => Err(format!("argument {arg:?} is not valid UTF-8")),

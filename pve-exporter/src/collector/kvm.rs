@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 
 use crate::{
+    catalog::*,
     host::{HostRoot, is_gone},
     metrics::MetricSet,
     sources::{ebpf::EbpfCounters, procfs},
@@ -39,41 +40,15 @@ pub fn collect(host: &HostRoot, vms: &mut Vec<Vm>, out: &mut MetricSet) -> Resul
         }
     });
 
-    // Families are created in a fixed order so the output order does not depend on the data.
-    out.gauge(
-        "kvm_info",
-        "VM information (1 for every running VM); name and pool come from here",
-    );
-    out.counter(
-        "kvm_cpu_seconds_total",
-        "CPU time of the VM's QEMU process by mode (user, system, iowait)",
-    );
-    out.gauge("kvm_vcores", "vCPUs allocated to the VM (-smp)");
-    out.gauge(
-        "kvm_maxmem_bytes",
-        "Memory allocated to the VM (-m, or the sum of its memory backends)",
-    );
-    out.gauge(
-        "kvm_memory_percent",
-        "Resident memory of the VM's QEMU process as a percentage of host memory",
-    );
-    out.gauge(
-        "kvm_memory_extended",
-        "Memory figures of the VM's QEMU process from /proc/<pid>/status, in bytes, by type",
-    );
-    out.gauge("kvm_threads", "Threads of the VM's QEMU process");
-    out.counter(
-        "kvm_ctx_switches_total",
-        "Context switches of the VM's QEMU process by type (voluntary, involuntary)",
-    );
-    for (name, help) in IO_FAMILIES {
-        out.counter(name, *help);
+    // Families are created in catalogue order so the output order does not depend on the data.
+    for def in FAMILIES {
+        out.family(def);
     }
 
     for (vm, st) in vms.iter().zip(&stats) {
         let pool = vm.pool.clone().unwrap_or_default();
         let level = |i: usize| pool.levels.get(i).cloned().unwrap_or_default();
-        out.gauge("kvm_info", "").push(
+        out.family(&KVM_INFO).push(
             [
                 ("id", vm.id.clone()),
                 ("name", vm.name.clone()),
@@ -88,90 +63,69 @@ pub fn collect(host: &HostRoot, vms: &mut Vec<Vm>, out: &mut MetricSet) -> Resul
             1u64,
         );
         if let Some(cpu) = &st.cpu {
-            let f = out.counter("kvm_cpu_seconds_total", "");
-            for (mode, d) in [
-                ("user", cpu.user),
-                ("system", cpu.system),
-                ("iowait", cpu.iowait),
-            ] {
-                f.push(
-                    [("id", vm.id.clone()), ("mode", mode.to_string())],
-                    d.as_secs_f64(),
-                );
+            let f = out.family(&KVM_CPU_SECONDS);
+            for (mode, d) in [("user", cpu.user), ("system", cpu.system), ("iowait", cpu.iowait)] {
+                f.push([("id", vm.id.clone()), ("mode", mode.to_string())], d.as_secs_f64());
             }
         }
-        out.gauge("kvm_vcores", "").push(id(vm), vm.vcores);
-        out.gauge("kvm_maxmem_bytes", "")
-            .push(id(vm), vm.maxmem_bytes);
+        out.family(&KVM_VCORES).push(id(vm), vm.vcores);
+        out.family(&KVM_MAXMEM_BYTES).push(id(vm), vm.maxmem_bytes);
         if let Some(status) = &st.status {
-            if let (Some(rss), Some(total)) = (status.memory("vmrss"), memtotal.filter(|t| *t > 0))
-            {
-                out.gauge("kvm_memory_percent", "")
-                    .push(id(vm), rss as f64 * 100.0 / total as f64);
+            if let (Some(rss), Some(total)) = (status.memory("vmrss"), memtotal.filter(|t| *t > 0)) {
+                out.family(&KVM_MEMORY_PERCENT).push(id(vm), rss as f64 * 100.0 / total as f64);
             }
-            let f = out.gauge("kvm_memory_extended", "");
+            let f = out.family(&KVM_MEMORY_EXTENDED);
             for (k, v) in &status.memory {
                 f.push([("id", vm.id.clone()), ("type", k.clone())], *v);
             }
             let threads = status.threads.or(st.cpu.map(|c| c.num_threads));
             if let Some(t) = threads {
-                out.gauge("kvm_threads", "").push(id(vm), t);
+                out.family(&KVM_THREADS).push(id(vm), t);
             }
-            let f = out.counter("kvm_ctx_switches_total", "");
-            for (ty, v) in [
-                ("voluntary", status.voluntary_ctxt_switches),
-                ("involuntary", status.nonvoluntary_ctxt_switches),
-            ] {
+            let f = out.family(&KVM_CTX_SWITCHES);
+            for (ty, v) in
+                [("voluntary", status.voluntary_ctxt_switches), ("involuntary", status.nonvoluntary_ctxt_switches)]
+            {
                 if let Some(v) = v {
                     f.push([("id", vm.id.clone()), ("type", ty.to_string())], v);
                 }
             }
         }
         if let Some(io) = &st.io {
-            for ((name, _), v) in IO_FAMILIES.iter().zip([
-                io.syscr,
-                io.read_bytes,
-                io.rchar,
-                io.syscw,
-                io.write_bytes,
-                io.wchar,
-            ]) {
-                out.counter(name, "").push(id(vm), v);
+            for (def, v) in
+                IO_FAMILIES.iter().zip([io.syscr, io.read_bytes, io.rchar, io.syscw, io.write_bytes, io.wchar])
+            {
+                out.family(def).push(id(vm), v);
             }
         }
     }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors.join("; "))
-    }
+    if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
 }
 
-const IO_FAMILIES: &[(&str, &str)] = &[
-    (
-        "kvm_io_read_count_total",
-        "Read system calls of the VM's QEMU process (syscr)",
-    ),
-    (
-        "kvm_io_read_bytes_total",
-        "Bytes the VM's QEMU process read from storage (read_bytes)",
-    ),
-    (
-        "kvm_io_read_chars_total",
-        "Bytes the VM's QEMU process read through system calls (rchar)",
-    ),
-    (
-        "kvm_io_write_count_total",
-        "Write system calls of the VM's QEMU process (syscw)",
-    ),
-    (
-        "kvm_io_write_bytes_total",
-        "Bytes the VM's QEMU process wrote to storage (write_bytes)",
-    ),
-    (
-        "kvm_io_write_chars_total",
-        "Bytes the VM's QEMU process wrote through system calls (wchar)",
-    ),
+const IO_FAMILIES: [&Def; 6] = [
+    &KVM_IO_READ_COUNT,
+    &KVM_IO_READ_BYTES,
+    &KVM_IO_READ_CHARS,
+    &KVM_IO_WRITE_COUNT,
+    &KVM_IO_WRITE_BYTES,
+    &KVM_IO_WRITE_CHARS,
+];
+
+const FAMILIES: [&Def; 14] = [
+    &KVM_INFO,
+    &KVM_CPU_SECONDS,
+    &KVM_VCORES,
+    &KVM_MAXMEM_BYTES,
+    &KVM_MEMORY_PERCENT,
+    &KVM_MEMORY_EXTENDED,
+    &KVM_THREADS,
+    &KVM_CTX_SWITCHES,
+    &KVM_IO_READ_COUNT,
+    &KVM_IO_READ_BYTES,
+    &KVM_IO_READ_CHARS,
+    &KVM_IO_WRITE_COUNT,
+    &KVM_IO_WRITE_BYTES,
+    &KVM_IO_WRITE_CHARS,
 ];
 
 /// Tracepoint event counts per VM from the eBPF maps. Counters of processes that no longer
@@ -184,10 +138,7 @@ pub fn collect_ebpf(
 ) -> Result<(), String> {
     let counts = counters.read()?;
     let names = counters.event_names();
-    let f = out.counter(
-        "kvm_tracepoint_events_total",
-        "KVM tracepoint events that fired in the VM's threads, by tracepoint (eBPF)",
-    );
+    let f = out.family(&KVM_TRACEPOINT_EVENTS);
     for vm in vms {
         let mut per_vm: Vec<(&str, u64)> = counts
             .counts
@@ -200,10 +151,7 @@ pub fn collect_ebpf(
             f.push([("id", vm.id.clone()), ("event", event.to_string())], n);
         }
     }
-    let f = out.counter(
-        "exporter_ebpf_uncounted_events_total",
-        "Events the eBPF programs saw but could not count, by cause",
-    );
+    let f = out.family(&EBPF_UNCOUNTED);
     for (kind, n) in &counts.errors {
         f.push([("cause", kind.to_string())], *n);
     }

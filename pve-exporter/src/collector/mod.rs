@@ -43,12 +43,7 @@ impl Engine {
     pub fn new(config: Config) -> Result<Self, String> {
         let host = HostRoot::new(&config.root);
         let ebpf = ebpf::start(&host, config.ebpf, &config.ebpf_events)?;
-        Ok(Self {
-            host,
-            pve_config: PveConfigReader::new(),
-            ebpf: Mutex::new(ebpf),
-            config,
-        })
+        Ok(Self { host, pve_config: PveConfigReader::new(), ebpf: Mutex::new(ebpf), config })
     }
 
     pub fn ebpf_mode(&self) -> (String, String) {
@@ -65,22 +60,14 @@ impl Engine {
         if self.config.collect_running_vms {
             let mut pve: Option<PveConfig> = None;
             timed(&mut runs, "pve_config", || {
-                let c = self
-                    .pve_config
-                    .read(&self.host, self.config.pmxcfs_timeout)
-                    .map_err(|e| e.to_string())?;
+                let c = self.pve_config.read(&self.host, self.config.pmxcfs_timeout).map_err(|e| e.to_string())?;
                 pve = Some(c);
                 Ok(())
             });
             let mut vms: Vec<Vm> = Vec::new();
             timed(&mut runs, "kvm", || {
-                let found = vm::discover(
-                    &self.host,
-                    &PveSource {
-                        config: pve.as_ref(),
-                    },
-                )
-                .map_err(|e| format!("listing /proc: {e}"))?;
+                let found = vm::discover(&self.host, &PveSource { config: pve.as_ref() })
+                    .map_err(|e| format!("listing /proc: {e}"))?;
                 for (pid, why) in &found.skipped {
                     log::debug!("pid {pid}: not reported: {why}");
                 }
@@ -89,9 +76,7 @@ impl Engine {
             });
             let mut st = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(counters) = st.counters.as_mut() {
-                timed(&mut runs, "ebpf", || {
-                    kvm::collect_ebpf(&self.host, counters, &vms, &mut out)
-                });
+                timed(&mut runs, "ebpf", || kvm::collect_ebpf(&self.host, counters, &vms, &mut out));
             }
         }
 
@@ -107,11 +92,7 @@ fn timed(runs: &mut Vec<CollectorRun>, name: &'static str, f: impl FnOnce() -> R
     if let Err(e) = &r {
         log::warn!("collector {name} failed: {e}");
     }
-    runs.push(CollectorRun {
-        name,
-        duration: t.elapsed(),
-        success: r.is_ok(),
-    });
+    runs.push(CollectorRun { name, duration: t.elapsed(), success: r.is_ok() });
 }
 
 /// Shared handle.

@@ -17,10 +17,8 @@ use crate::{config::EbpfMode, host::HostRoot, sources::tracefs};
 
 /// The compiled `pve-exporter-ebpf` object, when this binary was built with the `ebpf` feature.
 #[cfg(feature = "ebpf")]
-pub static EBPF_OBJECT: Option<&[u8]> = Some(aya::include_bytes_aligned!(concat!(
-    env!("OUT_DIR"),
-    "/pve-exporter-ebpf"
-)));
+pub static EBPF_OBJECT: Option<&[u8]> =
+    Some(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pve-exporter-ebpf")));
 #[cfg(not(feature = "ebpf"))]
 pub static EBPF_OBJECT: Option<&[u8]> = None;
 
@@ -47,9 +45,7 @@ pub struct EbpfCounters {
 
 impl std::fmt::Debug for EbpfCounters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EbpfCounters")
-            .field("events", &self.events)
-            .finish()
+        f.debug_struct("EbpfCounters").field("events", &self.events).finish()
     }
 }
 
@@ -63,20 +59,12 @@ pub struct EbpfStatus {
 
 impl EbpfStatus {
     fn procfs(reason: impl Into<String>) -> Self {
-        Self {
-            mode: "procfs",
-            reason: reason.into(),
-            counters: None,
-        }
+        Self { mode: "procfs", reason: reason.into(), counters: None }
     }
 }
 
 /// Start eBPF as `mode` asks. Err only in `on` mode, with the reason.
-pub fn start(
-    host: &HostRoot,
-    mode: EbpfMode,
-    event_specs: &[String],
-) -> Result<EbpfStatus, String> {
+pub fn start(host: &HostRoot, mode: EbpfMode, event_specs: &[String]) -> Result<EbpfStatus, String> {
     if mode == EbpfMode::Off {
         return Ok(EbpfStatus::procfs("disabled by --ebpf off"));
     }
@@ -97,34 +85,19 @@ pub fn start(
     match load(host, object, event_specs) {
         Ok(c) if c.events.iter().any(|e| e.attached) => {
             let n = c.events.iter().filter(|e| e.attached).count();
-            let skipped: Vec<_> = c
-                .events
-                .iter()
-                .filter(|e| !e.attached)
-                .map(|e| e.spec.as_str())
-                .collect();
+            let skipped: Vec<_> = c.events.iter().filter(|e| !e.attached).map(|e| e.spec.as_str()).collect();
             let reason = if skipped.is_empty() {
                 format!("{n} tracepoints attached")
             } else {
                 format!("{n} tracepoints attached, skipped: {}", skipped.join(","))
             };
             log::info!("eBPF mode: {reason}");
-            Ok(EbpfStatus {
-                mode: "ebpf",
-                reason,
-                counters: Some(c),
-            })
+            Ok(EbpfStatus { mode: "ebpf", reason, counters: Some(c) })
         }
         Ok(c) => {
-            let why: Vec<_> = c
-                .events
-                .iter()
-                .map(|e| format!("{}: {}", e.spec, e.error.as_deref().unwrap_or("?")))
-                .collect();
-            fail(format!(
-                "no tracepoint could be attached ({})",
-                why.join("; ")
-            ))
+            let why: Vec<_> =
+                c.events.iter().map(|e| format!("{}: {}", e.spec, e.error.as_deref().unwrap_or("?"))).collect();
+            fail(format!("no tracepoint could be attached ({})", why.join("; ")))
         }
         Err(e) => fail(e),
     }
@@ -132,16 +105,10 @@ pub fn start(
 
 fn raise_memlock_limit() {
     // Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
-    let lim = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
+    let lim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: plain syscall with a valid struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) } != 0 {
-        log::debug!(
-            "setrlimit(RLIMIT_MEMLOCK): {}",
-            std::io::Error::last_os_error()
-        );
+        log::debug!("setrlimit(RLIMIT_MEMLOCK): {}", std::io::Error::last_os_error());
     }
 }
 
@@ -173,10 +140,7 @@ fn load(host: &HostRoot, object: &[u8], event_specs: &[String]) -> Result<EbpfCo
         events.push(ev);
     }
     if events.iter().all(|e| e.id.is_none()) {
-        let why: Vec<_> = events
-            .iter()
-            .map(|e| format!("{}: {}", e.spec, e.error.as_deref().unwrap_or("?")))
-            .collect();
+        let why: Vec<_> = events.iter().map(|e| format!("{}: {}", e.spec, e.error.as_deref().unwrap_or("?"))).collect();
         return Err(format!(
             "none of the requested tracepoints exists (is the kvm module loaded?): {}",
             why.join("; ")
@@ -184,9 +148,7 @@ fn load(host: &HostRoot, object: &[u8], event_specs: &[String]) -> Result<EbpfCo
     }
 
     raise_memlock_limit();
-    let mut bpf = EbpfLoader::new()
-        .load(object)
-        .map_err(|e| format!("loading the eBPF object: {e}"))?;
+    let mut bpf = EbpfLoader::new().load(object).map_err(|e| format!("loading the eBPF object: {e}"))?;
     if let Err(e) = aya_log::EbpfLogger::init(&mut bpf) {
         // The counter programs log nothing per event by design.
         log::debug!("aya-log not active: {e}");
@@ -206,8 +168,7 @@ fn load(host: &HostRoot, object: &[u8], event_specs: &[String]) -> Result<EbpfCo
                 .ok_or_else(|| format!("program {prog_name} missing from the object"))?
                 .try_into()
                 .map_err(|e| format!("{prog_name}: {e}"))?;
-            prog.load()
-                .map_err(|e| format!("loading {prog_name} (verifier or rights): {e}"))?;
+            prog.load().map_err(|e| format!("loading {prog_name} (verifier or rights): {e}"))?;
             prog.attach(cat, name).map_err(|e| format!("attach: {e}"))?;
             Ok(())
         })();
@@ -235,12 +196,8 @@ pub struct EventCounts {
 impl EbpfCounters {
     /// Read every counter.
     pub fn read(&self) -> Result<EventCounts, String> {
-        let map = self
-            .bpf
-            .map("EVENT_COUNTS")
-            .ok_or("map EVENT_COUNTS missing")?;
-        let counts_map: PerCpuHashMap<_, EventKey, u64> =
-            PerCpuHashMap::try_from(map).map_err(|e| e.to_string())?;
+        let map = self.bpf.map("EVENT_COUNTS").ok_or("map EVENT_COUNTS missing")?;
+        let counts_map: PerCpuHashMap<_, EventKey, u64> = PerCpuHashMap::try_from(map).map_err(|e| e.to_string())?;
         let mut out = EventCounts::default();
         for item in counts_map.iter() {
             match item {
@@ -252,12 +209,9 @@ impl EbpfCounters {
             }
         }
         if let Some(map) = self.bpf.map("COUNTER_ERRORS") {
-            let errs: PerCpuArray<_, u64> =
-                PerCpuArray::try_from(map).map_err(|e| e.to_string())?;
-            for (slot, kind) in [(ERR_MAP_FULL, "map_full")] {
-                let v = errs.get(&slot, 0).map(|v| v.iter().sum()).unwrap_or(0);
-                out.errors.push((kind, v));
-            }
+            let errs: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(|e| e.to_string())?;
+            let full = errs.get(&ERR_MAP_FULL, 0).map(|v| v.iter().sum()).unwrap_or(0);
+            out.errors.push(("map_full", full));
         }
         Ok(out)
     }
@@ -280,9 +234,6 @@ impl EbpfCounters {
 
     /// slot -> event name, for the attached events.
     pub fn event_names(&self) -> HashMap<u32, String> {
-        self.events
-            .iter()
-            .filter_map(|e| e.slot.map(|s| (s, e.name.clone())))
-            .collect()
+        self.events.iter().filter_map(|e| e.slot.map(|s| (s, e.name.clone()))).collect()
     }
 }

@@ -14,9 +14,7 @@ pub fn parse_cmdline(raw: &[u8]) -> Vec<String> {
     if raw.is_empty() {
         return Vec::new();
     }
-    raw.split(|&b| b == 0)
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect()
+    raw.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
 }
 
 /// Whether an executable path or argv[0] names QEMU: `kvm`, `qemu-system-*`, also after a
@@ -43,9 +41,7 @@ pub struct QemuCmdline {
 }
 
 fn option_values<'a>(args: &'a [String], opt: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-    args.windows(2)
-        .filter(move |w| w[0] == opt)
-        .map(|w| w[1].as_str())
+    args.windows(2).filter(move |w| w[0] == opt).map(|w| w[1].as_str())
 }
 
 fn first_field(v: &str) -> &str {
@@ -53,8 +49,7 @@ fn first_field(v: &str) -> &str {
 }
 
 fn kv<'a>(v: &'a str, key: &str) -> Option<&'a str> {
-    v.split(',')
-        .find_map(|p| p.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+    v.split(',').find_map(|p| p.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
 }
 
 /// A QEMU size (`2048`, `2048M`, `4G`, `512k`); `default_unit` applies to a bare number.
@@ -107,30 +102,18 @@ fn parse_maxmem(args: &[String]) -> u64 {
     if backends > 0 {
         return backends;
     }
-    kv(m, "size")
-        .and_then(|s| parse_qemu_size(s, 1 << 20))
-        .unwrap_or(0)
+    kv(m, "size").and_then(|s| parse_qemu_size(s, 1 << 20)).unwrap_or(0)
 }
 
 /// Parse a QEMU command line (argv without the NULs).
 pub fn parse_qemu_cmdline(args: &[String]) -> QemuCmdline {
-    let name = option_values(args, "-name")
-        .next()
-        .map(first_field)
-        .unwrap_or("");
+    let name = option_values(args, "-name").next().map(first_field).unwrap_or("");
     let name = name.strip_prefix("guest=").unwrap_or(name);
     QemuCmdline {
         id: option_values(args, "-id").next().map(str::to_string),
         name: name.to_string(),
-        cpu: option_values(args, "-cpu")
-            .next()
-            .map(first_field)
-            .unwrap_or("")
-            .to_string(),
-        vcores: option_values(args, "-smp")
-            .next()
-            .map(parse_smp)
-            .unwrap_or(1),
+        cpu: option_values(args, "-cpu").next().map(first_field).unwrap_or("").to_string(),
+        vcores: option_values(args, "-smp").next().map(parse_smp).unwrap_or(1),
         maxmem_bytes: parse_maxmem(args),
     }
 }
@@ -147,11 +130,7 @@ pub fn find_qemu_processes(host: &HostRoot) -> io::Result<Vec<QemuProcess>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(host.path("proc"))? {
         let Ok(entry) = entry else { continue };
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
         let Ok(raw) = host.read(format!("proc/{pid}/cmdline")) else {
@@ -163,10 +142,7 @@ pub fn find_qemu_processes(host: &HostRoot) -> io::Result<Vec<QemuProcess>> {
             || std::fs::read_link(host.path(format!("proc/{pid}/exe")))
                 .is_ok_and(|p| is_qemu_binary(&p.to_string_lossy()));
         if qemu {
-            out.push(QemuProcess {
-                pid,
-                cmdline: parse_qemu_cmdline(&args),
-            });
+            out.push(QemuProcess { pid, cmdline: parse_qemu_cmdline(&args) });
         }
     }
     out.sort_by_key(|p| p.pid);
@@ -263,11 +239,7 @@ pub struct ProcessStats {
 
 /// Read stat, status and io of `pid`. Err only when the process is gone; a file that cannot
 /// be read or parsed leaves its part empty and is reported in `errors`.
-pub fn read_process(
-    host: &HostRoot,
-    pid: u32,
-    errors: &mut Vec<String>,
-) -> io::Result<ProcessStats> {
+pub fn read_process(host: &HostRoot, pid: u32, errors: &mut Vec<String>) -> io::Result<ProcessStats> {
     let stat = host.read(format!("proc/{pid}/stat"))?; // gone: the caller drops the VM
     let mut st = ProcessStats::default();
     match parse_stat(&stat, procfs::ticks_per_second()) {
@@ -300,10 +272,7 @@ mod tests {
 
     #[test]
     fn cmdline_split() {
-        assert_eq!(
-            parse_cmdline(b"/usr/bin/kvm\0-id\0100\0"),
-            vec!["/usr/bin/kvm", "-id", "100"]
-        );
+        assert_eq!(parse_cmdline(b"/usr/bin/kvm\x00-id\x00100\x00"), vec!["/usr/bin/kvm", "-id", "100"]);
         assert_eq!(parse_cmdline(b"a\0b"), vec!["a", "b"]);
         assert!(parse_cmdline(b"").is_empty());
         assert_eq!(parse_cmdline(b"\xff\0"), vec!["\u{fffd}"]);
@@ -342,22 +311,10 @@ mod tests {
         let c = parse_qemu_cmdline(&args(
             "kvm -id 101 -name vm100,debug-threads=on -cpu host,+kvm_pv_eoi,+kvm_pv_unhalt -smp 4,sockets=1,cores=4,maxcpus=4",
         ));
-        assert_eq!(
-            (c.name.as_str(), c.cpu.as_str(), c.vcores),
-            ("vm100", "host", 4)
-        );
-        assert_eq!(
-            parse_qemu_cmdline(&args("kvm -smp cpus=6,sockets=2")).vcores,
-            6
-        );
-        assert_eq!(
-            parse_qemu_cmdline(&args("kvm -smp sockets=2,cores=3,threads=2")).vcores,
-            12
-        );
-        assert_eq!(
-            parse_qemu_cmdline(&args("kvm -name guest=inst-1,debug-threads=on")).name,
-            "inst-1"
-        );
+        assert_eq!((c.name.as_str(), c.cpu.as_str(), c.vcores), ("vm100", "host", 4));
+        assert_eq!(parse_qemu_cmdline(&args("kvm -smp cpus=6,sockets=2")).vcores, 6);
+        assert_eq!(parse_qemu_cmdline(&args("kvm -smp sockets=2,cores=3,threads=2")).vcores, 12);
+        assert_eq!(parse_qemu_cmdline(&args("kvm -name guest=inst-1,debug-threads=on")).name, "inst-1");
         // No -smp: QEMU's default of one vCPU. No -id: not a PVE VM.
         let c = parse_qemu_cmdline(&args("qemu-system-x86_64 -m 512"));
         assert_eq!((c.id, c.vcores, c.maxmem_bytes), (None, 1, 512 << 20));
@@ -372,10 +329,7 @@ mod tests {
         ));
         assert_eq!(c.maxmem_bytes, 4096 << 20);
         // Hotplug form without backend objects: size= of -m.
-        assert_eq!(
-            parse_qemu_cmdline(&args("kvm -m size=1024,slots=255,maxmem=4096M")).maxmem_bytes,
-            1024 << 20
-        );
+        assert_eq!(parse_qemu_cmdline(&args("kvm -m size=1024,slots=255,maxmem=4096M")).maxmem_bytes, 1024 << 20);
         assert_eq!(parse_qemu_cmdline(&args("kvm -m 4G")).maxmem_bytes, 4 << 30);
         assert_eq!(parse_qemu_cmdline(&args("kvm -m lots")).maxmem_bytes, 0);
         assert_eq!(parse_qemu_size("99999999999999999999", 1), None);
@@ -391,10 +345,7 @@ mod tests {
         assert_eq!(c.num_threads, 50);
         // A comm with spaces and parentheses.
         let text = b"7 (CPU 0/KVM) (x) R 1 7 7 0 -1 0 0 0 0 0 3 4 0 0 20 0 1 0 100 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0";
-        assert_eq!(
-            parse_stat(text, 100).unwrap().user,
-            Duration::from_millis(30)
-        );
+        assert_eq!(parse_stat(text, 100).unwrap().user, Duration::from_millis(30));
         assert!(parse_stat(b"garbage", 100).is_err());
         assert!(parse_stat(b"", 100).is_err());
     }
@@ -419,14 +370,7 @@ mod tests {
     fn io_of_the_spec() {
         let io = parse_io(b"rchar: 123456\nwchar: 789012\nsyscr: 100\nsyscw: 200\nread_bytes: 4096\nwrite_bytes: 8192\ncancelled_write_bytes: 0\n").unwrap();
         assert_eq!(
-            (
-                io.rchar,
-                io.wchar,
-                io.syscr,
-                io.syscw,
-                io.read_bytes,
-                io.write_bytes
-            ),
+            (io.rchar, io.wchar, io.syscr, io.syscw, io.read_bytes, io.write_bytes),
             (123456, 789012, 100, 200, 4096, 8192)
         );
         assert!(parse_io(b"rchar: x\n").is_err());

@@ -11,6 +11,9 @@ use std::{
 
 use crate::host::{BlockingGate, HostRoot};
 
+/// vmid -> pool.
+pub type Pools = Arc<HashMap<String, PoolInfo>>;
+
 /// A resource pool's place in the pool tree, as exported on `pve_kvm_info`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PoolInfo {
@@ -36,11 +39,7 @@ pub fn parse_user_cfg_pools(text: &str) -> HashMap<String, PoolInfo> {
         let vmlist = parts.next().unwrap_or("");
         let info = PoolInfo {
             name: name.to_string(),
-            levels: name
-                .split('/')
-                .filter(|l| !l.is_empty())
-                .map(str::to_string)
-                .collect(),
+            levels: name.split('/').filter(|l| !l.is_empty()).map(str::to_string).collect(),
         };
         for vmid in vmlist.split(',').map(str::trim).filter(|v| !v.is_empty()) {
             // A VM belongs to one pool; should a file list it twice, the first wins.
@@ -79,18 +78,14 @@ struct FileStamp {
 
 fn stamp(meta: &std::fs::Metadata) -> FileStamp {
     use std::os::unix::fs::MetadataExt;
-    FileStamp {
-        mtime: meta.modified().ok(),
-        len: meta.len(),
-        ino: meta.ino(),
-    }
+    FileStamp { mtime: meta.modified().ok(), len: meta.len(), ino: meta.ino() }
 }
 
 /// Reads /etc/pve with a time limit and caches user.cfg by (mtime, size, inode).
 #[derive(Debug, Default)]
 pub struct PveConfigReader {
     gate: BlockingGate,
-    pools: Mutex<Option<(FileStamp, Arc<HashMap<String, PoolInfo>>)>>,
+    pools: Mutex<Option<(FileStamp, Pools)>>,
 }
 
 impl PveConfigReader {
@@ -102,22 +97,17 @@ impl PveConfigReader {
     pub fn read(self: &Arc<Self>, host: &HostRoot, timeout: Duration) -> io::Result<PveConfig> {
         let me = self.clone();
         let host = host.clone();
-        self.gate
-            .call("pmxcfs", timeout, move || me.read_blocking(&host))?
+        self.gate.call("pmxcfs", timeout, move || me.read_blocking(&host))?
     }
 
     fn read_blocking(&self, host: &HostRoot) -> io::Result<PveConfig> {
         let vm_configs = match std::fs::read_dir(host.path("etc/pve/qemu-server")) {
-            Ok(rd) => Some(vmids_from_listing(
-                rd.filter_map(|e| e.ok())
-                    .filter_map(|e| e.file_name().into_string().ok()),
-            )),
+            Ok(rd) => {
+                Some(vmids_from_listing(rd.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok())))
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => {
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("etc/pve/qemu-server: {e}"),
-                ));
+                return Err(io::Error::new(e.kind(), format!("etc/pve/qemu-server: {e}")));
             }
         };
         let pools = self.pools(host)?;
@@ -138,8 +128,8 @@ impl PveConfigReader {
         {
             return Ok(pools.clone());
         }
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
         let pools = Arc::new(parse_user_cfg_pools(&text));
         *cache = Some((st, pools.clone()));
         Ok(pools)
@@ -179,17 +169,8 @@ mod tests {
 
     #[test]
     fn config_listing() {
-        let ids = vmids_from_listing(
-            [
-                "100.conf",
-                "101.conf",
-                "x.conf",
-                ".conf",
-                "102.conf.tmp",
-                "lock",
-            ]
-            .map(String::from),
-        );
+        let ids =
+            vmids_from_listing(["100.conf", "101.conf", "x.conf", ".conf", "102.conf.tmp", "lock"].map(String::from));
         assert_eq!(ids, HashSet::from(["100".to_string(), "101".to_string()]));
     }
 
@@ -203,19 +184,14 @@ mod tests {
         let r = PveConfigReader::new();
         let c1 = r.read(&host, Duration::from_secs(5)).unwrap();
         let c2 = r.read(&host, Duration::from_secs(5)).unwrap();
-        assert!(
-            Arc::ptr_eq(&c1.pools, &c2.pools),
-            "unchanged file is not parsed again"
-        );
+        assert!(Arc::ptr_eq(&c1.pools, &c2.pools), "unchanged file is not parsed again");
         assert_eq!(c1.vm_configs.unwrap(), HashSet::from(["100".to_string()]));
         std::fs::write(dir.path().join("etc/pve/user.cfg"), "pool:bb::100,101\n").unwrap();
         let c3 = r.read(&host, Duration::from_secs(5)).unwrap();
         assert_eq!(c3.pools["101"].name, "bb");
         // No /etc/pve at all: no filter, no pools.
         let empty = tempfile::tempdir().unwrap();
-        let c = PveConfigReader::new()
-            .read(&HostRoot::new(empty.path()), Duration::from_secs(5))
-            .unwrap();
+        let c = PveConfigReader::new().read(&HostRoot::new(empty.path()), Duration::from_secs(5)).unwrap();
         assert!(c.vm_configs.is_none() && c.pools.is_empty());
     }
 }

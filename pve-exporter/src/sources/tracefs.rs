@@ -38,10 +38,7 @@ impl TraceFormat {
     pub fn checked_field(&self, name: &str, size: u32) -> Result<&FieldDesc, String> {
         match self.field(name) {
             Some(f) if f.size == size => Ok(f),
-            Some(f) => Err(format!(
-                "{}: field {name} has size {} (expected {size})",
-                self.name, f.size
-            )),
+            Some(f) => Err(format!("{}: field {name} has size {} (expected {size})", self.name, f.size)),
             None => Err(format!("{}: no field {name}", self.name)),
         }
     }
@@ -75,13 +72,7 @@ fn parse_field(line: &str) -> Option<FieldDesc> {
         return None;
     }
     let ty = format!("{}{}", head[..split + 1].trim(), array);
-    Some(FieldDesc {
-        ty,
-        name: name.to_string(),
-        offset: offset?,
-        size: size?,
-        signed: signed.unwrap_or(false),
-    })
+    Some(FieldDesc { ty, name: name.to_string(), offset: offset?, size: size?, signed: signed.unwrap_or(false) })
 }
 
 /// Parse a tracepoint `format` file.
@@ -102,12 +93,7 @@ pub fn parse_format(text: &str) -> Result<TraceFormat, String> {
             print_fmt = v.trim().to_string();
         }
     }
-    Ok(TraceFormat {
-        name: name.ok_or("format has no name")?,
-        id: id.ok_or("format has no ID")?,
-        fields,
-        print_fmt,
-    })
+    Ok(TraceFormat { name: name.ok_or("format has no name")?, id: id.ok_or("format has no ID")?, fields, print_fmt })
 }
 
 /// The tracefs mount below `host`: `/sys/kernel/tracing`, else the older
@@ -125,10 +111,7 @@ pub fn find_or_mount(host: &HostRoot) -> io::Result<PathBuf> {
         log::info!("mounted tracefs at {}", target.display());
         Ok(target)
     } else {
-        Err(io::Error::other(format!(
-            "mounted tracefs at {} but it has no events/",
-            target.display()
-        )))
+        Err(io::Error::other(format!("mounted tracefs at {} but it has no events/", target.display())))
     }
 }
 
@@ -137,35 +120,19 @@ fn mount_tracefs(target: &Path) -> io::Result<()> {
     let target_c = c(target.as_os_str().as_bytes())?;
     let (src, fstype) = (c(b"nodev")?, c(b"tracefs")?);
     // SAFETY: valid NUL-terminated strings; no data argument.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            target_c.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
+    let rc = unsafe { libc::mount(src.as_ptr(), target_c.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
         let e = io::Error::last_os_error();
-        return Err(io::Error::new(
-            e.kind(),
-            format!("mount tracefs at {}: {e}", target.display()),
-        ));
+        return Err(io::Error::new(e.kind(), format!("mount tracefs at {}: {e}", target.display())));
     }
     Ok(())
 }
 
 /// Read and parse `events/<category>/<name>/format`.
 pub fn read_format(tracefs: &Path, category: &str, name: &str) -> io::Result<TraceFormat> {
-    let p = tracefs
-        .join("events")
-        .join(category)
-        .join(name)
-        .join("format");
+    let p = tracefs.join("events").join(category).join(name).join("format");
     let text = std::fs::read_to_string(&p)?;
-    parse_format(&text)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", p.display())))
+    parse_format(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", p.display())))
 }
 
 #[cfg(test)]
@@ -180,10 +147,7 @@ mod tests {
         assert_eq!(f.name, "kvm_pio");
         assert_eq!(f.id, 110);
         let ct = f.checked_field("common_type", 2).unwrap();
-        assert_eq!(
-            (ct.offset, ct.ty.as_str(), ct.signed),
-            (0, "unsigned short", false)
-        );
+        assert_eq!((ct.offset, ct.ty.as_str(), ct.signed), (0, "unsigned short", false));
         let port = f.checked_field("port", 4).unwrap();
         assert_eq!(port.offset, 12);
         assert!(f.checked_field("port", 8).is_err());
@@ -207,10 +171,7 @@ mod tests {
     #[test]
     fn array_and_odd_fields() {
         let f = parse_field("field:char prev_comm[16];	offset:8;	size:16;	signed:0;").unwrap();
-        assert_eq!(
-            (f.name.as_str(), f.ty.as_str(), f.size),
-            ("prev_comm", "char[16]", 16)
-        );
+        assert_eq!((f.name.as_str(), f.ty.as_str(), f.size), ("prev_comm", "char[16]", 16));
         let f = parse_field("field:__data_loc char[] name;	offset:8;	size:4;	signed:0;").unwrap();
         assert_eq!(f.name, "name");
         assert!(parse_field("field:;offset:x;").is_none());
