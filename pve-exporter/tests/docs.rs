@@ -1,0 +1,53 @@
+//! docs/metrics.md lists exactly the families of `catalog::ALL`, with the same type and labels.
+
+use std::collections::BTreeMap;
+
+use pve_exporter::catalog::{ALL, Def};
+
+fn doc_rows() -> BTreeMap<String, (String, Vec<String>)> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md");
+    let text = std::fs::read_to_string(path).expect("docs/metrics.md");
+    let section = text.split("## Families").nth(1).expect("a '## Families' section");
+    let section = section.split("\n## ").next().unwrap_or(section);
+    let mut rows = BTreeMap::new();
+    for line in section.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        // ["", name, type, labels, source, ""]
+        assert!(cells.len() >= 5, "malformed row: {line}");
+        let name = cells[1].trim_matches('`').to_string();
+        let labels = cells[3].split(',').map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+        assert!(!cells[4].is_empty(), "{name}: the Source column is empty");
+        assert!(rows.insert(name.clone(), (cells[2].to_string(), labels)).is_none(), "{name} listed twice");
+    }
+    rows
+}
+
+fn kind(d: &Def) -> &'static str {
+    d.kind.as_str()
+}
+
+#[test]
+fn docs_list_every_family_with_its_type_and_labels() {
+    let rows = doc_rows();
+    let mut problems = Vec::new();
+    for d in ALL {
+        let name = format!("pve_{}", d.name);
+        match rows.get(&name) {
+            None => problems.push(format!("{name}: in the code, missing from docs/metrics.md")),
+            Some((ty, labels)) => {
+                if ty != kind(d) {
+                    problems.push(format!("{name}: docs say {ty}, code says {}", kind(d)));
+                }
+                if labels.iter().map(String::as_str).ne(d.labels.iter().copied()) {
+                    problems.push(format!("{name}: docs say labels {labels:?}, code says {:?}", d.labels));
+                }
+            }
+        }
+    }
+    for name in rows.keys() {
+        if !ALL.iter().any(|d| format!("pve_{}", d.name) == *name) {
+            problems.push(format!("{name}: in docs/metrics.md, not in the code"));
+        }
+    }
+    assert!(problems.is_empty(), "docs/metrics.md and catalog.rs disagree:\n{}", problems.join("\n"));
+}
