@@ -41,7 +41,11 @@ fn main() -> anyhow::Result<()> {
     if env::var_os("CARGO_FEATURE_EBPF").is_none() {
         return Ok(());
     }
-    check_toolchain()?;
+    if let Err(e) = check_toolchain() {
+        // A plain message, not an error value with a backtrace: this is advice for a person.
+        eprintln!("\n{e}\n");
+        std::process::exit(1);
+    }
     let manifest = env::var("CARGO_MANIFEST_DIR")?;
     let ebpf_dir = Path::new(&manifest).join("../pve-exporter-ebpf");
     let ebpf_dir = ebpf_dir.to_str().ok_or_else(|| anyhow::anyhow!("non-UTF-8 path"))?;
