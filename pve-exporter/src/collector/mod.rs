@@ -6,6 +6,7 @@ mod kvm;
 mod selfmetrics;
 
 use std::{
+    collections::HashSet,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -36,6 +37,9 @@ pub struct Engine {
     pve_config: Arc<PveConfigReader>,
     /// eBPF state; the lock is held only while a scrape reads the maps.
     ebpf: Mutex<EbpfStatus>,
+    /// Collectors that failed in the last scrape: failures are logged when they start and
+    /// end, not on every scrape.
+    failing: Mutex<HashSet<&'static str>>,
 }
 
 impl Engine {
@@ -43,7 +47,7 @@ impl Engine {
     pub fn new(config: Config) -> Result<Self, String> {
         let host = HostRoot::new(&config.root);
         let ebpf = ebpf::start(&host, config.ebpf, &config.ebpf_events)?;
-        Ok(Self { host, pve_config: PveConfigReader::new(), ebpf: Mutex::new(ebpf), config })
+        Ok(Self { host, pve_config: PveConfigReader::new(), ebpf: Mutex::new(ebpf), failing: Mutex::default(), config })
     }
 
     pub fn ebpf_mode(&self) -> (String, String) {
@@ -59,13 +63,13 @@ impl Engine {
 
         if self.config.collect_running_vms {
             let mut pve: Option<PveConfig> = None;
-            timed(&mut runs, "pve_config", || {
+            self.timed(&mut runs, "pve_config", || {
                 let c = self.pve_config.read(&self.host, self.config.pmxcfs_timeout).map_err(|e| e.to_string())?;
                 pve = Some(c);
                 Ok(())
             });
             let mut vms: Vec<Vm> = Vec::new();
-            timed(&mut runs, "kvm", || {
+            self.timed(&mut runs, "kvm", || {
                 let found = vm::discover(&self.host, &PveSource { config: pve.as_ref() })
                     .map_err(|e| format!("listing /proc: {e}"))?;
                 for (pid, why) in &found.skipped {
@@ -76,7 +80,7 @@ impl Engine {
             });
             let mut st = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(counters) = st.counters.as_mut() {
-                timed(&mut runs, "ebpf", || kvm::collect_ebpf(&self.host, counters, &vms, &mut out));
+                self.timed(&mut runs, "ebpf", || kvm::collect_ebpf(&self.host, counters, &vms, &mut out));
             }
         }
 
@@ -86,13 +90,19 @@ impl Engine {
     }
 }
 
-fn timed(runs: &mut Vec<CollectorRun>, name: &'static str, f: impl FnOnce() -> Result<(), String>) {
-    let t = Instant::now();
-    let r = f();
-    if let Err(e) = &r {
-        log::warn!("collector {name} failed: {e}");
+impl Engine {
+    fn timed(&self, runs: &mut Vec<CollectorRun>, name: &'static str, f: impl FnOnce() -> Result<(), String>) {
+        let t = Instant::now();
+        let r = f();
+        let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        match &r {
+            Err(e) if failing.insert(name) => log::warn!("collector {name} failed: {e}"),
+            Err(e) => log::debug!("collector {name} still failing: {e}"),
+            Ok(()) if failing.remove(name) => log::info!("collector {name} works again"),
+            Ok(()) => {}
+        }
+        runs.push(CollectorRun { name, duration: t.elapsed(), success: r.is_ok() });
     }
-    runs.push(CollectorRun { name, duration: t.elapsed(), success: r.is_ok() });
 }
 
 /// Shared handle.
