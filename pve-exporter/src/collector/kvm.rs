@@ -78,10 +78,13 @@ pub fn collect(host: &HostRoot, vms: &mut Vec<Vm>, out: &mut MetricSet) -> Resul
             for (k, v) in &status.memory {
                 f.push([("id", vm.id.clone()), ("type", k.clone())], *v);
             }
-            let threads = status.threads.or(st.cpu.map(|c| c.num_threads));
-            if let Some(t) = threads {
-                out.family(&KVM_THREADS).push(id(vm), t);
-            }
+        }
+        // Threads from status, else from stat.
+        let threads = st.status.as_ref().and_then(|s| s.threads).or(st.cpu.map(|c| c.num_threads));
+        if let Some(t) = threads {
+            out.family(&KVM_THREADS).push(id(vm), t);
+        }
+        if let Some(status) = &st.status {
             let f = out.family(&KVM_CTX_SWITCHES);
             for (ty, v) in
                 [("voluntary", status.voluntary_ctxt_switches), ("involuntary", status.nonvoluntary_ctxt_switches)]

@@ -17,12 +17,13 @@ pub fn parse_cmdline(raw: &[u8]) -> Vec<String> {
     raw.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
 }
 
-/// Whether an executable path or argv[0] names QEMU: `kvm`, `qemu-system-*`, also after a
+/// Whether an executable path or argv[0] names QEMU: `kvm`, `qemu-kvm` (RHEL's libexec name),
+/// `qemu-system-*`, also after a
 /// package upgrade replaced the binary (`/proc/<pid>/exe` then reads `... (deleted)`).
 pub fn is_qemu_binary(path: &str) -> bool {
     let path = path.strip_suffix(" (deleted)").unwrap_or(path);
     let base = path.rsplit('/').next().unwrap_or(path);
-    base == "kvm" || base.starts_with("qemu-system-")
+    base == "kvm" || base == "qemu-kvm" || base.starts_with("qemu-system-")
 }
 
 /// What the QEMU command line tells about a VM.
@@ -160,7 +161,8 @@ pub struct CpuTimes {
 }
 
 pub fn parse_stat(text: &[u8], ticks_per_second: u64) -> Result<CpuTimes, String> {
-    let st = procfs::process::Stat::from_read(text).map_err(|e| format!("stat: {e}"))?;
+    // procfs' own message for a malformed line reads like a bug in procfs; say what it is.
+    let st = procfs::process::Stat::from_read(text).map_err(|e| format!("stat: unparseable ({e})"))?;
     let tps = ticks_per_second.max(1) as f64;
     let d = |t: u64| Duration::from_secs_f64(t as f64 / tps);
     Ok(CpuTimes {
@@ -246,18 +248,25 @@ pub fn read_process(host: &HostRoot, pid: u32, errors: &mut Vec<String>) -> io::
         Ok(c) => st.cpu = Some(c),
         Err(e) => errors.push(format!("pid {pid}: {e}")),
     }
+    // A file missing while /proc/<pid> is still there (io without CONFIG_TASK_IO_ACCOUNTING)
+    // is a missing file, not a process that exited.
+    let failed = |e: io::Error, file: &str, errors: &mut Vec<String>| -> io::Result<()> {
+        if crate::host::is_gone(&e) && !host.path(format!("proc/{pid}")).exists() {
+            return Err(e);
+        }
+        errors.push(format!("pid {pid}: {file}: {e}"));
+        Ok(())
+    };
     match host.read_to_string(format!("proc/{pid}/status")) {
         Ok(t) => st.status = Some(parse_status(&t)),
-        Err(e) if crate::host::is_gone(&e) => return Err(e),
-        Err(e) => errors.push(format!("pid {pid}: status: {e}")),
+        Err(e) => failed(e, "status", errors)?,
     }
     match host.read(format!("proc/{pid}/io")) {
         Ok(t) => match parse_io(&t) {
             Ok(io) => st.io = Some(io),
             Err(e) => errors.push(format!("pid {pid}: {e}")),
         },
-        Err(e) if crate::host::is_gone(&e) => return Err(e),
-        Err(e) => errors.push(format!("pid {pid}: io: {e}")),
+        Err(e) => failed(e, "io", errors)?,
     }
     Ok(st)
 }
@@ -284,6 +293,7 @@ mod tests {
         assert!(is_qemu_binary("kvm"));
         assert!(is_qemu_binary("/usr/bin/qemu-system-x86_64"));
         assert!(is_qemu_binary("/usr/bin/qemu-system-x86_64 (deleted)"));
+        assert!(is_qemu_binary("/usr/libexec/qemu-kvm"));
         assert!(!is_qemu_binary("/usr/bin/kvm-ok"));
         assert!(!is_qemu_binary("/usr/bin/bash"));
         assert!(!is_qemu_binary(""));
