@@ -1,0 +1,578 @@
+//! Whole scrapes of the fixture host trees in `fixtures/hosts/` (see the README there), through
+//! the library API: `Config` -> `Engine::collect` -> `exposition::render`, no HTTP server.
+//!
+//! Golden files: `fixtures/golden/pve-basic.prom` (Prometheus text 0.0.4) and
+//! `fixtures/golden/pve-basic.om` (OpenMetrics) hold the complete /metrics output of the
+//! `pve-basic` tree. Before comparing, the value of every sample whose name ends in
+//! `_duration_seconds` is replaced with `0` (timings vary), and the `ebpf_programs` label of
+//! `*_exporter_build_info` is set to `absent` (it depends on the `ebpf` cargo feature; the
+//! targeted test checks its real value).
+//!
+//! After an intended change of the output, regenerate the golden files with
+//!
+//! ```sh
+//! UPDATE_GOLDEN=1 cargo test -p pve-exporter --no-default-features --test fixtures
+//! ```
+//!
+//! and review the diff of `fixtures/golden/` before committing it. The targeted tests below do
+//! not depend on the golden files, so a wrong golden file cannot hide a bug they cover.
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use pve_exporter::{
+    collector::Engine,
+    config::Config,
+    exposition::{self, Format},
+};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures");
+
+fn host_root(name: &str) -> String {
+    format!("{FIXTURES}/hosts/{name}")
+}
+
+/// One scrape of the host tree at `root`, rendered in `format`.
+fn scrape_root(root: &str, extra_args: &[&str], format: Format) -> String {
+    let mut args = vec!["pve-exporter", "--root", root, "--ebpf", "off"];
+    args.extend_from_slice(extra_args);
+    let cfg = Config::from_args(args).expect("flags parse");
+    let engine = Engine::new(cfg).expect("engine starts with --ebpf off");
+    let set = Arc::new(engine.collect());
+    exposition::render(set, format)
+}
+
+fn scrape(fixture: &str, format: Format) -> String {
+    scrape_root(&host_root(fixture), &[], format)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parsing the text format: `name{l="v",...} value` and `name value`.
+
+#[derive(Debug, Clone, PartialEq)]
+struct Sample {
+    name: String,
+    labels: Vec<(String, String)>,
+    value: String,
+}
+
+impl Sample {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.labels.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    fn value(&self) -> f64 {
+        self.value.parse().unwrap_or_else(|e| panic!("{self:?}: value is not a number: {e}"))
+    }
+
+    fn matches(&self, name: &str, labels: &[(&str, &str)]) -> bool {
+        self.name == name && labels.iter().all(|(k, v)| self.label(k) == Some(*v))
+    }
+}
+
+/// Parse one sample line; None for comments and blank lines. Panics on a malformed line: the
+/// exporter must never write one.
+fn parse_sample(line: &str) -> Option<Sample> {
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let name_end = line.find(['{', ' ']).unwrap_or_else(|| panic!("no value: {line:?}"));
+    let name = line[..name_end].to_string();
+    let mut labels = Vec::new();
+    let mut rest = &line[name_end..];
+    if let Some(r) = rest.strip_prefix('{') {
+        let mut chars = r.char_indices();
+        let mut key = String::new();
+        loop {
+            let (_, c) = chars.next().unwrap_or_else(|| panic!("unterminated labels: {line:?}"));
+            match c {
+                '}' if key.is_empty() => break,
+                ',' if key.is_empty() => continue,
+                '=' => {
+                    let (_, q) = chars.next().expect("label value");
+                    assert_eq!(q, '"', "label value not quoted: {line:?}");
+                    let mut value = String::new();
+                    loop {
+                        match chars.next().map(|(_, c)| c) {
+                            Some('"') => break,
+                            Some('\\') => match chars.next().map(|(_, c)| c) {
+                                Some('n') => value.push('\n'),
+                                Some(c @ ('\\' | '"')) => value.push(c),
+                                other => panic!("bad escape {other:?} in {line:?}"),
+                            },
+                            Some(c) => value.push(c),
+                            None => panic!("unterminated label value: {line:?}"),
+                        }
+                    }
+                    labels.push((std::mem::take(&mut key), value));
+                }
+                c => key.push(c),
+            }
+        }
+        // What follows the closing brace: ` <value>`.
+        rest = chars.as_str();
+        assert!(rest.starts_with(' '), "no space before the value: {line:?}");
+    }
+    let value = rest.trim_start();
+    assert!(!value.is_empty() && !value.contains(' '), "expected exactly one value (no timestamps) in {line:?}");
+    Some(Sample { name, labels, value: value.to_string() })
+}
+
+fn samples(text: &str) -> Vec<Sample> {
+    text.lines().filter_map(parse_sample).collect()
+}
+
+/// Every sample of `name` whose labels include `labels`.
+fn series(text: &str, name: &str, labels: &[(&str, &str)]) -> Vec<Sample> {
+    samples(text).into_iter().filter(|s| s.matches(name, labels)).collect()
+}
+
+/// The value of the one sample of `name` with `labels`; None when there is none, panics when
+/// there are several.
+fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let found = series(text, name, labels);
+    assert!(found.len() <= 1, "{name}{labels:?} matches {} samples: {found:?}", found.len());
+    found.first().map(Sample::value)
+}
+
+#[track_caller]
+fn assert_value(text: &str, name: &str, labels: &[(&str, &str)], want: f64) {
+    match value(text, name, labels) {
+        Some(v) => assert_eq!(v, want, "{name}{labels:?}"),
+        None => panic!("{name}{labels:?} missing; output:\n{text}"),
+    }
+}
+
+/// The `id` labels of the samples of `name`, in output order, deduplicated.
+fn ids(text: &str, name: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for s in series(text, name, &[]) {
+        let id = s.label("id").unwrap_or("").to_string();
+        if !out.contains(&id) {
+            out.push(id);
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Golden files.
+
+/// Make a scrape comparable: timings become 0, the feature-dependent build label a constant.
+fn normalize(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let mut line = line.to_string();
+        if let Some(s) = parse_sample(&line) {
+            if s.name.ends_with("_duration_seconds") {
+                let (head, _) = line.rsplit_once(' ').expect("sample has a value");
+                line = format!("{head} 0");
+            }
+            if s.name.ends_with("_exporter_build_info") {
+                line = line.replace("ebpf_programs=\"built\"", "ebpf_programs=\"absent\"");
+            }
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+/// A readable account of how `actual` differs from `expected`: the first differing line with
+/// context, then the lines only one side has.
+fn describe_diff(expected: &str, actual: &str) -> String {
+    let exp: Vec<&str> = expected.lines().collect();
+    let act: Vec<&str> = actual.lines().collect();
+    let mut out = format!("expected {} lines, got {} lines\n", exp.len(), act.len());
+    let first = (0..exp.len().max(act.len())).find(|&i| exp.get(i) != act.get(i)).unwrap_or(0);
+    out.push_str(&format!("first difference at line {}:\n", first + 1));
+    for i in first.saturating_sub(2)..(first + 3).min(exp.len().max(act.len())) {
+        let (e, a) = (exp.get(i), act.get(i));
+        if e == a {
+            out.push_str(&format!("  {:>4}   {}\n", i + 1, e.unwrap_or(&"")));
+        } else {
+            out.push_str(&format!("  {:>4} - {}\n", i + 1, e.unwrap_or(&"<end of file>")));
+            out.push_str(&format!("  {:>4} + {}\n", i + 1, a.unwrap_or(&"<end of file>")));
+        }
+    }
+    let exp_set: BTreeSet<&str> = exp.iter().copied().collect();
+    let act_set: BTreeSet<&str> = act.iter().copied().collect();
+    const MAX: usize = 40;
+    for (title, mine, other, mark) in
+        [("only in the golden file", &exp, &act_set, '-'), ("only in the output", &act, &exp_set, '+')]
+    {
+        let only: Vec<&&str> = mine.iter().filter(|l| !other.contains(**l)).collect();
+        if only.is_empty() {
+            continue;
+        }
+        out.push_str(&format!("{title} ({}):\n", only.len()));
+        for l in only.iter().take(MAX) {
+            out.push_str(&format!("  {mark} {l}\n"));
+        }
+        if only.len() > MAX {
+            out.push_str(&format!("  ... {} more\n", only.len() - MAX));
+        }
+    }
+    out
+}
+
+fn check_golden(actual: &str, golden: &Path) {
+    let actual = normalize(actual);
+    if std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1") {
+        std::fs::create_dir_all(golden.parent().unwrap()).unwrap();
+        std::fs::write(golden, &actual).unwrap();
+        eprintln!("wrote {}", golden.display());
+        return;
+    }
+    let expected = std::fs::read_to_string(golden).unwrap_or_else(|e| {
+        panic!("{}: {e}; create it with UPDATE_GOLDEN=1 (see the top of tests/fixtures.rs)", golden.display())
+    });
+    if expected != actual {
+        panic!(
+            "output differs from {} (UPDATE_GOLDEN=1 rewrites it after an intended change)\n{}",
+            golden.display(),
+            describe_diff(&expected, &actual)
+        );
+    }
+}
+
+fn golden_path(file: &str) -> PathBuf {
+    Path::new(FIXTURES).join("golden").join(file)
+}
+
+#[test]
+fn golden_pve_basic_text() {
+    check_golden(&scrape("pve-basic", Format::Text), &golden_path("pve-basic.prom"));
+}
+
+#[test]
+fn golden_pve_basic_openmetrics() {
+    let om = scrape("pve-basic", Format::OpenMetrics);
+    assert!(om.ends_with("# EOF\n"), "OpenMetrics output ends in # EOF");
+    check_golden(&om, &golden_path("pve-basic.om"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Targeted assertions on pve-basic.
+
+const GIB: f64 = (1u64 << 30) as f64;
+const MIB: f64 = (1u64 << 20) as f64;
+
+#[test]
+fn pve_basic_reports_exactly_the_pve_vms() {
+    let t = scrape("pve-basic", Format::Text);
+    assert_eq!(ids(&t, "pve_kvm_info"), ["100", "200", "300"], "{t}");
+    // Every per-VM family has these VMs and no others.
+    for fam in [
+        "pve_kvm_cpu_seconds_total",
+        "pve_kvm_vcores",
+        "pve_kvm_maxmem_bytes",
+        "pve_kvm_memory_percent",
+        "pve_kvm_memory_extended",
+        "pve_kvm_threads",
+        "pve_kvm_ctx_switches_total",
+        "pve_kvm_io_read_count_total",
+        "pve_kvm_io_read_bytes_total",
+        "pve_kvm_io_read_chars_total",
+        "pve_kvm_io_write_count_total",
+        "pve_kvm_io_write_bytes_total",
+        "pve_kvm_io_write_chars_total",
+    ] {
+        assert_eq!(ids(&t, fam), ["100", "200", "300"], "{fam}");
+    }
+    // VM 400 runs without a config (migrating in); pid 1500 is sshd; pid 1600 is QEMU
+    // without -id; pid 2 is a kernel thread.
+    for s in samples(&t) {
+        assert_ne!(s.label("id"), Some("400"), "{s:?}");
+        assert!(!matches!(s.label("pid"), Some("1400" | "1500" | "1600" | "2")), "{s:?}");
+    }
+    for absent in ["plain-test", "incoming01", "sshd", "staging"] {
+        assert!(!t.contains(absent), "{absent:?} in the output:\n{t}");
+    }
+}
+
+#[test]
+fn pve_basic_vm_info_and_pools() {
+    let t = scrape("pve-basic", Format::Text);
+    let info = |id: &str| {
+        let s = series(&t, "pve_kvm_info", &[("id", id)]);
+        assert_eq!(s.len(), 1, "kvm_info of {id}");
+        assert_eq!(s[0].value(), 1.0);
+        s[0].clone()
+    };
+    let labels = |s: &Sample, keys: &[&str]| -> Vec<String> {
+        keys.iter().map(|k| s.label(k).unwrap_or_else(|| panic!("{k} missing in {s:?}")).to_string()).collect()
+    };
+    let keys = ["name", "cpu", "pid", "pool", "pool_levels", "pool1", "pool2", "pool3"];
+    assert_eq!(labels(&info("100"), &keys), ["web01", "host", "1100", "production", "1", "production", "", ""]);
+    assert_eq!(
+        labels(&info("200"), &keys),
+        ["db01", "EPYC-Milan", "1200", "production/tier1/db", "3", "production", "tier1", "db"]
+    );
+    // VM 300: its binary was replaced by an upgrade (exe reads "... (deleted)"); in no pool.
+    assert_eq!(labels(&info("300"), &keys), ["legacy01", "qemu64", "1300", "", "0", "", "", ""]);
+}
+
+#[test]
+fn pve_basic_values() {
+    let t = scrape("pve-basic", Format::Text);
+    // CPU: ticks / 100 (utime 123400, stime 56700, delayacct_blkio_ticks 890).
+    for (id, user, system, iowait) in
+        [("100", 1234.0, 567.0, 8.9), ("200", 2500.0, 750.0, 12.5), ("300", 42.0, 18.0, 0.05)]
+    {
+        let cpu = |mode| value(&t, "pve_kvm_cpu_seconds_total", &[("id", id), ("mode", mode)]);
+        assert_eq!((cpu("user"), cpu("system"), cpu("iowait")), (Some(user), Some(system), Some(iowait)), "VM {id}");
+    }
+    // -smp first field; -m in MiB; VM 200: the two NUMA memory backends, 4096M each.
+    for (id, vcores, maxmem) in [("100", 4.0, 4.0 * GIB), ("200", 4.0, 8192.0 * MIB), ("300", 2.0, 2.0 * GIB)] {
+        assert_value(&t, "pve_kvm_vcores", &[("id", id)], vcores);
+        assert_value(&t, "pve_kvm_maxmem_bytes", &[("id", id)], maxmem);
+    }
+    assert_value(&t, "pve_kvm_maxmem_bytes", &[("id", "200")], 8_589_934_592.0);
+    // VmRSS / MemTotal (65536000 kB) * 100.
+    for (id, pct) in [("100", 5.0), ("200", 10.0), ("300", 2.5)] {
+        assert_value(&t, "pve_kvm_memory_percent", &[("id", id)], pct);
+    }
+    // /proc/<pid>/status in bytes, type lowercased without the colon.
+    let mem = series(&t, "pve_kvm_memory_extended", &[("id", "100")]);
+    let types: Vec<&str> = mem.iter().map(|s| s.label("type").unwrap()).collect();
+    assert_eq!(
+        types,
+        [
+            "vmpeak",
+            "vmsize",
+            "vmlck",
+            "vmpin",
+            "vmhwm",
+            "vmrss",
+            "rssanon",
+            "rssfile",
+            "rssshmem",
+            "vmdata",
+            "vmstk",
+            "vmexe",
+            "vmlib",
+            "vmpte",
+            "vmswap",
+            "hugetlbpages"
+        ]
+    );
+    for s in series(&t, "pve_kvm_memory_extended", &[]) {
+        assert!(!s.label("type").unwrap().contains(':'), "{s:?}");
+    }
+    assert_value(&t, "pve_kvm_memory_extended", &[("id", "100"), ("type", "vmrss")], 3_276_800.0 * 1024.0);
+    assert_value(&t, "pve_kvm_memory_extended", &[("id", "100"), ("type", "vmpeak")], 5_632_000.0 * 1024.0);
+    assert_value(&t, "pve_kvm_memory_extended", &[("id", "300"), ("type", "vmswap")], 10_240.0 * 1024.0);
+    // Threads and context switches from status.
+    for (id, threads, vol, invol) in
+        [("100", 12.0, 1_234_567.0, 8_910.0), ("200", 14.0, 2_345_678.0, 12_345.0), ("300", 8.0, 34_567.0, 890.0)]
+    {
+        assert_value(&t, "pve_kvm_threads", &[("id", id)], threads);
+        assert_value(&t, "pve_kvm_ctx_switches_total", &[("id", id), ("type", "voluntary")], vol);
+        assert_value(&t, "pve_kvm_ctx_switches_total", &[("id", id), ("type", "involuntary")], invol);
+    }
+    // /proc/<pid>/io of VM 100.
+    for (fam, v) in [
+        ("pve_kvm_io_read_count_total", 1_500_000.0),
+        ("pve_kvm_io_read_bytes_total", 4.0 * GIB),
+        ("pve_kvm_io_read_chars_total", 5.0 * GIB),
+        ("pve_kvm_io_write_count_total", 750_000.0),
+        ("pve_kvm_io_write_bytes_total", 1.0 * GIB),
+        ("pve_kvm_io_write_chars_total", 2.0 * GIB),
+    ] {
+        assert_value(&t, fam, &[("id", "100")], v);
+    }
+}
+
+#[test]
+fn pve_basic_self_metrics() {
+    let t = scrape("pve-basic", Format::Text);
+    assert!(t.contains("\npve_exporter_collector_success{collector=\"kvm\"} 1\n"), "{t}");
+    assert_value(&t, "pve_exporter_collector_success", &[("collector", "pve_config")], 1.0);
+    assert_value(&t, "pve_exporter_ebpf_enabled", &[], 0.0);
+    assert_value(&t, "pve_exporter_ebpf_info", &[("mode", "procfs"), ("reason", "disabled by --ebpf off")], 1.0);
+    let built = if pve_exporter::sources::ebpf::EBPF_OBJECT.is_some() { "built" } else { "absent" };
+    assert_value(
+        &t,
+        "pve_exporter_build_info",
+        &[("version", env!("CARGO_PKG_VERSION")), ("ebpf_programs", built)],
+        1.0,
+    );
+    for name in ["pve_scrape_duration_seconds", "pve_exporter_collector_duration_seconds"] {
+        let s = series(&t, name, &[]);
+        assert!(!s.is_empty(), "{name} missing");
+        for s in s {
+            assert!(s.value() >= 0.0 && s.value() < 60.0, "{s:?}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// pve-broken: one bad VM must not take the others down.
+
+/// The lines of `text` that carry `id="<id>"`, other than kvm_info (pools differ per tree).
+fn vm_lines<'a>(text: &'a str, id: &str) -> Vec<&'a str> {
+    let needle = format!("id=\"{id}\"");
+    text.lines().filter(|l| l.contains(&needle) && !l.starts_with("pve_kvm_info{")).collect()
+}
+
+#[test]
+fn pve_broken_isolates_failures() {
+    let t = scrape("pve-broken", Format::Text);
+
+    // VM 100 is intact: the same series and values as in pve-basic.
+    let basic = scrape("pve-basic", Format::Text);
+    let (got, want) = (vm_lines(&t, "100"), vm_lines(&basic, "100"));
+    assert_eq!(got, want, "VM 100 in pve-broken vs pve-basic");
+    assert_eq!(want.len(), 3 + 1 + 1 + 1 + 16 + 1 + 2 + 6);
+    let info = series(&t, "pve_kvm_info", &[("id", "100")]);
+    assert_eq!(info.len(), 1);
+    // The one valid pool line among the garbage of user.cfg.
+    assert_eq!(info[0].label("pool"), Some("lab"));
+
+    // VM 101: stat is garbage -> no CPU series; status and io are fine.
+    assert!(series(&t, "pve_kvm_cpu_seconds_total", &[("id", "101")]).is_empty(), "{t}");
+    let info = series(&t, "pve_kvm_info", &[("id", "101")]);
+    assert_eq!(info.len(), 1, "VM 101 is reported");
+    assert_eq!(info[0].label("pool"), Some("lab"));
+    assert_eq!(info[0].label("name"), Some("broken-stat"));
+    assert_value(&t, "pve_kvm_threads", &[("id", "101")], 6.0);
+    assert_value(&t, "pve_kvm_memory_extended", &[("id", "101"), ("type", "vmrss")], 1_048_576.0 * 1024.0);
+    assert_value(&t, "pve_kvm_memory_percent", &[("id", "101")], 1.6);
+    assert_value(&t, "pve_kvm_ctx_switches_total", &[("id", "101"), ("type", "voluntary")], 11_111.0);
+    assert_value(&t, "pve_kvm_io_read_bytes_total", &[("id", "101")], 268_435_456.0);
+    assert_value(&t, "pve_kvm_vcores", &[("id", "101")], 2.0);
+
+    // VM 102 has no io file: no io series.
+    for s in samples(&t) {
+        if s.name.starts_with("pve_kvm_io_") {
+            assert_ne!(s.label("id"), Some("102"), "{s:?}");
+        }
+    }
+
+    // VM 103 vanished (cmdline, no stat): gone without a trace.
+    assert!(vm_lines(&t, "103").is_empty(), "{t}");
+    assert!(series(&t, "pve_kvm_info", &[("id", "103")]).is_empty());
+    assert!(!t.contains("vanished"));
+
+    // The unparseable stat is a failure of the kvm collector; /etc/pve read fine.
+    assert_value(&t, "pve_exporter_collector_success", &[("collector", "kvm")], 0.0);
+    assert_value(&t, "pve_exporter_collector_success", &[("collector", "pve_config")], 1.0);
+}
+
+/// VM 102 of pve-broken: its process is alive (stat is readable) but it has no `io` file and
+/// half a `status` (it ends at VmExe). Expected: reported with what can be read, without io
+/// series, and the kvm collector failing (a missing file of a live process is not "gone").
+#[test]
+fn pve_broken_vm_without_io_is_still_reported() {
+    let t = scrape("pve-broken", Format::Text);
+    let info = series(&t, "pve_kvm_info", &[("id", "102")]);
+    assert_eq!(info.len(), 1, "VM 102 is reported:\n{t}");
+    assert_eq!(info[0].label("name"), Some("no-io"));
+    // stat is fine.
+    assert_value(&t, "pve_kvm_cpu_seconds_total", &[("id", "102"), ("mode", "user")], 60.0);
+    // The half status still has the Vm* lines up to VmExe, but no Threads line: the thread
+    // count comes from stat; no context switches.
+    assert_value(&t, "pve_kvm_memory_extended", &[("id", "102"), ("type", "vmrss")], 1_048_576.0 * 1024.0);
+    assert_value(&t, "pve_kvm_threads", &[("id", "102")], 6.0);
+    assert!(series(&t, "pve_kvm_ctx_switches_total", &[("id", "102")]).is_empty());
+    assert!(vm_lines(&t, "102").iter().all(|l| !l.starts_with("pve_kvm_io_")));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Variations built from pve-basic in a temporary directory.
+
+/// Copy a fixture tree, keeping symlinks as symlinks (`exe`).
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let ty = entry.file_type().unwrap();
+        if ty.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src).unwrap(), &dst).unwrap();
+        } else if ty.is_dir() {
+            copy_tree(&src, &dst);
+        } else {
+            std::fs::copy(&src, &dst).unwrap();
+        }
+    }
+}
+
+#[test]
+fn vm_that_exits_mid_scrape_is_not_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(Path::new(&host_root("pve-basic")), dir.path());
+    // VM 300 exited after /proc was listed: its cmdline was read, the rest is gone.
+    for f in ["stat", "status", "io"] {
+        std::fs::remove_file(dir.path().join("proc/1300").join(f)).unwrap();
+    }
+    let t = scrape_root(dir.path().to_str().unwrap(), &[], Format::Text);
+    assert_eq!(ids(&t, "pve_kvm_info"), ["100", "200"], "{t}");
+    assert!(vm_lines(&t, "300").is_empty(), "{t}");
+    assert_value(&t, "pve_exporter_collector_success", &[("collector", "kvm")], 1.0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// --metrics-prefix
+
+#[test]
+fn metrics_prefix_renames_every_family() {
+    let root = host_root("pve-basic");
+    for format in [Format::Text, Format::OpenMetrics] {
+        let renamed = scrape_root(&root, &["--metrics-prefix", "pvex"], format);
+        for line in renamed.lines() {
+            assert!(!line.starts_with("pve_"), "{line}");
+            if let Some(rest) = line.strip_prefix("# HELP ").or_else(|| line.strip_prefix("# TYPE ")) {
+                assert!(rest.starts_with("pvex_"), "{line}");
+            } else if line != "# EOF" {
+                assert!(line.starts_with("pvex_"), "{line}");
+            }
+        }
+        // Nothing else changes: the default output with its names renamed is the same.
+        let default = normalize(&scrape_root(&root, &[], format));
+        let expected: String = default
+            .lines()
+            .map(|l| {
+                for p in ["# HELP ", "# TYPE ", ""] {
+                    if let Some(rest) = l.strip_prefix(p).and_then(|r| r.strip_prefix("pve_")) {
+                        return format!("{p}pvex_{rest}\n");
+                    }
+                }
+                format!("{l}\n")
+            })
+            .collect();
+        let got = normalize(&renamed);
+        assert!(expected == got, "{format:?}:\n{}", describe_diff(&expected, &got));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The helpers themselves.
+
+#[test]
+fn sample_parser() {
+    let s = parse_sample(r#"pve_x{a="1",b="with \"quotes\", commas and } braces",c=""} 2.5"#).unwrap();
+    assert_eq!(s.name, "pve_x");
+    assert_eq!(
+        s.labels,
+        [
+            ("a".to_string(), "1".to_string()),
+            ("b".to_string(), "with \"quotes\", commas and } braces".to_string()),
+            ("c".to_string(), String::new()),
+        ]
+    );
+    assert_eq!(s.value(), 2.5);
+    let s = parse_sample("pve_up 1").unwrap();
+    assert!(s.labels.is_empty());
+    assert_eq!(s.value, "1");
+    assert!(parse_sample("# HELP pve_up x").is_none());
+    assert!(s.matches("pve_up", &[]));
+    assert_eq!(
+        normalize("a_duration_seconds{x=\"a b\"} 0.123\nb_duration_seconds 5\nc 1\n"),
+        "a_duration_seconds{x=\"a b\"} 0\nb_duration_seconds 0\nc 1\n"
+    );
+}
