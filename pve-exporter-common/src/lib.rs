@@ -26,6 +26,27 @@ pub struct EventKey {
 /// not attach tracepoints with a BPF cookie.
 pub const EVENT_SLOTS: u32 = 24;
 
+/// Key of `USERSPACE_EXITS`: exits to user space per process and reason.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ReasonKey {
+    pub tgid: u32,
+    /// KVM_EXIT_* number, or [`REASON_ERROR`] / [`REASON_RESTART`] when the exit carried an errno.
+    pub reason: u32,
+}
+
+/// `kvm_userspace_exit` with errno -EINTR (the run was interrupted and is restarted).
+pub const REASON_RESTART: u32 = u32::MAX - 1;
+/// `kvm_userspace_exit` with another negative errno.
+pub const REASON_ERROR: u32 = u32::MAX;
+
+/// Globals the loader sets from the `kvm_userspace_exit` format file.
+pub const GLOBAL_UEXIT_REASON_OFFSET: &str = "UEXIT_REASON_OFFSET";
+pub const GLOBAL_UEXIT_ERRNO_OFFSET: &str = "UEXIT_ERRNO_OFFSET";
+
+/// Upper bound of `USERSPACE_EXITS`.
+pub const MAX_REASON_KEYS: u32 = 8192;
+
 /// Upper bound of `EVENT_COUNTS`: processes x attached events (682 VMs x 24 events).
 pub const MAX_EVENT_KEYS: u32 = 16384;
 
@@ -53,4 +74,6 @@ pub fn event_program_name(slot: u32, buf: &mut [u8; 16]) -> &str {
 mod user {
     // SAFETY: EventKey is repr(C), Copy, and has no padding (two u32).
     unsafe impl aya::Pod for super::EventKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ReasonKey {}
 }

@@ -69,6 +69,11 @@ pub const KVM_TRACEPOINT_EVENTS: Def = counter(
     &["id", "event"],
     "KVM tracepoint events that fired in the VM's threads, by tracepoint (eBPF)",
 );
+pub const KVM_USERSPACE_EXITS: Def = counter(
+    "kvm_userspace_exits_total",
+    &["id", "reason"],
+    "Exits of the VM's vCPUs to user space (QEMU) by reason (io, mmio, hlt, shutdown, ...; eBPF)",
+);
 
 // The exporter itself.
 pub const BUILD_INFO: Def = gauge("exporter_build_info", &["version", "ebpf_programs"], "pve-exporter build (1)");
@@ -80,6 +85,11 @@ pub const EBPF_TRACEPOINT_ATTACHED: Def = gauge(
     "exporter_ebpf_tracepoint_attached",
     &["event"],
     "1 when the tracepoint is counted, 0 when it was requested but skipped",
+);
+pub const EBPF_PROGRAM_ATTACHED: Def = gauge(
+    "exporter_ebpf_program_attached",
+    &["program"],
+    "1 when the eBPF program is loaded and attached, 0 when it could not be (the log says why)",
 );
 pub const EBPF_UNCOUNTED: Def = counter(
     "exporter_ebpf_uncounted_events_total",
@@ -109,10 +119,12 @@ pub const ALL: &[&Def] = &[
     &KVM_IO_WRITE_BYTES,
     &KVM_IO_WRITE_CHARS,
     &KVM_TRACEPOINT_EVENTS,
+    &KVM_USERSPACE_EXITS,
     &BUILD_INFO,
     &EBPF_ENABLED,
     &EBPF_INFO,
     &EBPF_TRACEPOINT_ATTACHED,
+    &EBPF_PROGRAM_ATTACHED,
     &EBPF_UNCOUNTED,
     &COLLECTOR_DURATION,
     &COLLECTOR_SUCCESS,

@@ -36,6 +36,16 @@ fn ebpf_counts_port_writes_exactly_per_vm() {
     let uexit = |id| sample(&m, "pve_kvm_tracepoint_events_total", &[("id", id), ("event", "kvm_userspace_exit")]);
     assert_eq!(uexit("100"), Some(1001.0), "{m}");
     assert_eq!(uexit("101"), Some(602.0), "{m}");
+    // The same exits by reason, read at the format file's offsets.
+    let by_reason = |id, reason| sample(&m, "pve_kvm_userspace_exits_total", &[("id", id), ("reason", reason)]);
+    assert_eq!(by_reason("100", "io"), Some(1000.0), "{m}");
+    assert_eq!(by_reason("100", "hlt"), Some(1.0), "{m}");
+    assert_eq!(by_reason("101", "io"), Some(600.0), "{m}");
+    assert_eq!(by_reason("101", "hlt"), Some(2.0), "{m}");
+    assert_eq!(
+        sample(&m, "pve_exporter_ebpf_program_attached", &[("program", "userspace_exits_by_reason")]),
+        Some(1.0)
+    );
     // The procfs families of the same VMs.
     assert_eq!(sample(&m, "pve_kvm_vcores", &[("id", "101")]), Some(2.0));
     assert_eq!(sample(&m, "pve_kvm_maxmem_bytes", &[("id", "100")]), Some((32u64 << 20) as f64));

@@ -125,7 +125,7 @@ fn setup() -> Result<()> {
     if !has_nightly {
         run_cmd(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
     }
-    run_cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    run_cmd(Command::new("rustup").args(["component", "add", "rust-src", "clippy", "--toolchain", "nightly"]))?;
 
     step("setup: bpf-linker");
     let linker_ok = Command::new("bpf-linker")
@@ -161,6 +161,18 @@ fn test() -> Result<()> {
     cargo(&["fmt", "--all", "--", "--check"])?;
     step("cargo clippy (warnings are errors)");
     cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+    step("clippy of the eBPF programs for the bpf target (warnings are errors)");
+    run_cmd(
+        Command::new("rustup")
+            .args(["run", "nightly", "cargo", "clippy", "-p", "pve-exporter-ebpf", "--release"])
+            .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core", "--target-dir", "target/ebpf-lint"])
+            .args(["--", "-D", "warnings"])
+            .current_dir(workspace_root())
+            // The outer cargo's variables would pin the inner one to the stable toolchain.
+            .env_remove("RUSTC")
+            .env_remove("CARGO")
+            .env_remove("RUSTUP_TOOLCHAIN"),
+    )?;
     step("cargo test (unit, fixture, golden, promtool, privileged eBPF/KVM)");
     cargo(&["test", "--no-fail-fast"])?;
     step("procfs-only build (--no-default-features)");

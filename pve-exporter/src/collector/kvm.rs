@@ -159,15 +159,30 @@ pub fn collect_ebpf(
         f.push([("cause", kind.to_string())], *n);
     }
 
+    let f = out.family(&KVM_USERSPACE_EXITS);
+    for vm in vms {
+        let mut per_vm: Vec<(String, u64)> = counts
+            .userspace_exits
+            .iter()
+            .filter(|((tgid, _), _)| *tgid == vm.pid)
+            .map(|((_, reason), n)| (counters.userspace_exits.reason_label(*reason), *n))
+            .collect();
+        per_vm.sort_unstable();
+        for (reason, n) in per_vm {
+            f.push([("id", vm.id.clone()), ("reason", reason)], n);
+        }
+    }
+
     let vm_pids: HashSet<u32> = vms.iter().map(|v| v.pid).collect();
-    let dead: Vec<(u32, u32)> = counts
+    let dead: HashSet<u32> = counts
         .counts
         .keys()
-        .filter(|(tgid, _)| !vm_pids.contains(tgid) && !host.path(format!("proc/{tgid}")).exists())
-        .copied()
+        .chain(counts.userspace_exits.keys())
+        .map(|(tgid, _)| *tgid)
+        .filter(|tgid| !vm_pids.contains(tgid) && !host.path(format!("proc/{tgid}")).exists())
         .collect();
     if !dead.is_empty() {
-        counters.forget(dead);
+        counters.forget(&dead, &counts);
     }
     Ok(())
 }

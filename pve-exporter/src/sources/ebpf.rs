@@ -4,14 +4,17 @@
 //! or a program the verifier refuses all lead to procfs mode with the reason exported; in
 //! `on` they are fatal.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{PerCpuArray, PerCpuHashMap},
     programs::TracePoint,
 };
-use pve_exporter_common::{ERR_MAP_FULL, EVENT_SLOTS, EventKey, event_program_name};
+use pve_exporter_common::{
+    ERR_MAP_FULL, EVENT_SLOTS, EventKey, GLOBAL_UEXIT_ERRNO_OFFSET, GLOBAL_UEXIT_REASON_OFFSET, REASON_ERROR,
+    REASON_RESTART, ReasonKey, event_program_name,
+};
 
 use crate::{config::EbpfMode, host::HostRoot, sources::tracefs};
 
@@ -37,10 +40,32 @@ pub struct TraceEvent {
     pub error: Option<String>,
 }
 
+/// The by-reason counter of `kvm_userspace_exit`.
+#[derive(Debug, Clone, Default)]
+pub struct UserspaceExits {
+    pub attached: bool,
+    /// Why not.
+    pub error: Option<String>,
+    /// KVM_EXIT_* number -> label (`io`, `hlt`, ...), from the kernel's own print fmt.
+    pub reason_names: HashMap<u32, String>,
+}
+
+impl UserspaceExits {
+    /// The `reason` label of a map key.
+    pub fn reason_label(&self, reason: u32) -> String {
+        match reason {
+            REASON_RESTART => "restart".to_string(),
+            REASON_ERROR => "error".to_string(),
+            r => self.reason_names.get(&r).cloned().unwrap_or_else(|| r.to_string()),
+        }
+    }
+}
+
 /// Live eBPF state: the loaded object (dropping it detaches every program) and what is attached.
 pub struct EbpfCounters {
     bpf: Ebpf,
     pub events: Vec<TraceEvent>,
+    pub userspace_exits: UserspaceExits,
 }
 
 impl std::fmt::Debug for EbpfCounters {
@@ -147,8 +172,27 @@ fn load(host: &HostRoot, object: &[u8], event_specs: &[String]) -> Result<EbpfCo
         ));
     }
 
+    // kvm_userspace_exit by reason: its field offsets come from the format file.
+    let mut uexit = UserspaceExits::default();
+    let mut uexit_offsets = None;
+    match tracefs::read_format(&tracefs, "kvm", "kvm_userspace_exit") {
+        Ok(fmt) => match (fmt.checked_field("reason", 4), fmt.checked_field("errno", 4)) {
+            (Ok(r), Ok(e)) => {
+                uexit_offsets = Some((r.offset, e.offset));
+                uexit.reason_names = userspace_exit_names(&fmt.print_fmt);
+            }
+            (Err(e), _) | (_, Err(e)) => uexit.error = Some(e),
+        },
+        Err(e) => uexit.error = Some(format!("no kvm_userspace_exit tracepoint ({e})")),
+    }
+
     raise_memlock_limit();
-    let mut bpf = EbpfLoader::new().load(object).map_err(|e| format!("loading the eBPF object: {e}"))?;
+    let (reason_off, errno_off) = uexit_offsets.unwrap_or((0, 0));
+    let mut bpf = EbpfLoader::new()
+        .override_global(GLOBAL_UEXIT_REASON_OFFSET, &reason_off, true)
+        .override_global(GLOBAL_UEXIT_ERRNO_OFFSET, &errno_off, true)
+        .load(object)
+        .map_err(|e| format!("loading the eBPF object: {e}"))?;
     if let Err(e) = aya_log::EbpfLogger::init(&mut bpf) {
         // The counter programs log nothing per event by design.
         log::debug!("aya-log not active: {e}");
@@ -162,17 +206,7 @@ fn load(host: &HostRoot, object: &[u8], event_specs: &[String]) -> Result<EbpfCo
         let (cat, name) = ev.spec.split_once(':').unwrap_or(("kvm", &ev.name));
         let mut buf = [0u8; 16];
         let prog_name = event_program_name(slot, &mut buf);
-        let attached = (|| -> Result<(), String> {
-            let prog: &mut TracePoint = bpf
-                .program_mut(prog_name)
-                .ok_or_else(|| format!("program {prog_name} missing from the object"))?
-                .try_into()
-                .map_err(|e| format!("{prog_name}: {e}"))?;
-            prog.load().map_err(|e| format!("loading {prog_name} (verifier or rights): {e}"))?;
-            prog.attach(cat, name).map_err(|e| format!("attach: {e}"))?;
-            Ok(())
-        })();
-        match attached {
+        match attach(&mut bpf, prog_name, cat, name) {
             Ok(()) => {
                 ev.slot = Some(slot);
                 ev.attached = true;
@@ -181,7 +215,39 @@ fn load(host: &HostRoot, object: &[u8], event_specs: &[String]) -> Result<EbpfCo
             Err(e) => ev.error = Some(e),
         }
     }
-    Ok(EbpfCounters { bpf, events })
+    if uexit_offsets.is_some() {
+        match attach(&mut bpf, "count_userspace_exit", "kvm", "kvm_userspace_exit") {
+            Ok(()) => uexit.attached = true,
+            Err(e) => uexit.error = Some(e),
+        }
+    }
+    if let Some(e) = &uexit.error {
+        log::warn!("kvm_userspace_exit by reason not counted: {e}");
+    }
+    Ok(EbpfCounters { bpf, events, userspace_exits: uexit })
+}
+
+fn attach(bpf: &mut Ebpf, prog_name: &str, cat: &str, name: &str) -> Result<(), String> {
+    let prog: &mut TracePoint = bpf
+        .program_mut(prog_name)
+        .ok_or_else(|| format!("program {prog_name} missing from the object"))?
+        .try_into()
+        .map_err(|e| format!("{prog_name}: {e}"))?;
+    prog.load().map_err(|e| format!("loading {prog_name} (verifier or rights): {e}"))?;
+    prog.attach(cat, name).map_err(|e| format!("attaching {prog_name} to {cat}:{name}: {e}"))?;
+    Ok(())
+}
+
+/// KVM_EXIT_* number -> label (`KVM_EXIT_IO` -> `io`), from kvm_userspace_exit's print fmt.
+pub fn userspace_exit_names(print_fmt: &str) -> HashMap<u32, String> {
+    tracefs::print_symbolic_tables(print_fmt, "reason")
+        .into_iter()
+        .flatten()
+        .filter_map(|(n, name)| {
+            let n = u32::try_from(n).ok()?;
+            Some((n, name.strip_prefix("KVM_EXIT_").unwrap_or(&name).to_ascii_lowercase()))
+        })
+        .collect()
 }
 
 /// Per-process event counts read from the maps.
@@ -189,6 +255,8 @@ fn load(host: &HostRoot, object: &[u8], event_specs: &[String]) -> Result<EbpfCo
 pub struct EventCounts {
     /// (tgid, slot) -> events, summed over CPUs.
     pub counts: HashMap<(u32, u32), u64>,
+    /// (tgid, KVM_EXIT_* or REASON_*) -> exits to user space, summed over CPUs.
+    pub userspace_exits: HashMap<(u32, u32), u64>,
     /// Events the program could not count, by kind.
     pub errors: Vec<(&'static str, u64)>,
 }
@@ -208,6 +276,13 @@ impl EbpfCounters {
                 Err(e) => log::debug!("EVENT_COUNTS iteration: {e}"),
             }
         }
+        if self.userspace_exits.attached {
+            let map = self.bpf.map("USERSPACE_EXITS").ok_or("map USERSPACE_EXITS missing")?;
+            let m: PerCpuHashMap<_, ReasonKey, u64> = PerCpuHashMap::try_from(map).map_err(|e| e.to_string())?;
+            for (k, per_cpu) in m.iter().filter_map(Result::ok) {
+                out.userspace_exits.insert((k.tgid, k.reason), per_cpu.iter().sum());
+            }
+        }
         if let Some(map) = self.bpf.map("COUNTER_ERRORS") {
             let errs: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(|e| e.to_string())?;
             let full = errs.get(&ERR_MAP_FULL, 0).map(|v| v.iter().sum()).unwrap_or(0);
@@ -216,18 +291,25 @@ impl EbpfCounters {
         Ok(out)
     }
 
-    /// Drop the counters of the given (tgid, slot) keys (processes that exited), so the
-    /// bounded map never fills with the dead.
-    pub fn forget(&mut self, keys: impl IntoIterator<Item = (u32, u32)>) {
-        let Some(map) = self.bpf.map_mut("EVENT_COUNTS") else {
-            return;
-        };
-        let Ok(mut counts_map) = PerCpuHashMap::<_, EventKey, u64>::try_from(map) else {
-            return;
-        };
-        for (tgid, slot) in keys {
-            if let Err(e) = counts_map.remove(&EventKey { tgid, slot }) {
-                log::debug!("EVENT_COUNTS remove ({tgid}, {slot}): {e}");
+    /// Drop every counter of the given processes (they exited), so the bounded maps never
+    /// fill with the dead.
+    pub fn forget(&mut self, tgids: &HashSet<u32>, counts: &EventCounts) {
+        if let Some(map) = self.bpf.map_mut("EVENT_COUNTS")
+            && let Ok(mut m) = PerCpuHashMap::<_, EventKey, u64>::try_from(map)
+        {
+            for &(tgid, slot) in counts.counts.keys().filter(|(t, _)| tgids.contains(t)) {
+                if let Err(e) = m.remove(&EventKey { tgid, slot }) {
+                    log::debug!("EVENT_COUNTS remove ({tgid}, {slot}): {e}");
+                }
+            }
+        }
+        if let Some(map) = self.bpf.map_mut("USERSPACE_EXITS")
+            && let Ok(mut m) = PerCpuHashMap::<_, ReasonKey, u64>::try_from(map)
+        {
+            for &(tgid, reason) in counts.userspace_exits.keys().filter(|(t, _)| tgids.contains(t)) {
+                if let Err(e) = m.remove(&ReasonKey { tgid, reason }) {
+                    log::debug!("USERSPACE_EXITS remove ({tgid}, {reason}): {e}");
+                }
             }
         }
     }

@@ -44,6 +44,87 @@ impl TraceFormat {
     }
 }
 
+/// The symbol tables of `__print_symbolic(REC-><field>..., { N, "NAME" }, ...)` in a print
+/// fmt line, in order of appearance (kvm_exit has one for VMX and one for SVM). Adjacent string
+/// literals are joined as C does (`"KVM_EXIT_" "IO"` is `KVM_EXIT_IO`); an entry whose number
+/// is not a literal is skipped.
+pub fn print_symbolic_tables(print_fmt: &str, field: &str) -> Vec<Vec<(u64, String)>> {
+    let needle = format!("__print_symbolic(REC->{field}");
+    let mut tables = Vec::new();
+    let mut rest = print_fmt;
+    while let Some(i) = rest.find(&needle) {
+        rest = &rest[i + needle.len()..];
+        // The next character must end the field name (`REC->reason,` not `REC->reasons`).
+        if rest.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+            continue;
+        }
+        let mut table = Vec::new();
+        let mut depth = 1; // inside __print_symbolic(
+        let mut chars = rest.char_indices().peekable();
+        let mut entry: Option<(String, String)> = None; // (number text, joined name)
+        let mut in_str = false;
+        let mut after_comma = false;
+        while let Some((_, c)) = chars.next() {
+            if in_str {
+                match c {
+                    '\\' => {
+                        if let Some((_, n)) = chars.next()
+                            && let Some(e) = entry.as_mut()
+                        {
+                            e.1.push(n);
+                        }
+                    }
+                    '"' => in_str = false,
+                    _ => {
+                        if let Some(e) = entry.as_mut() {
+                            e.1.push(c);
+                        }
+                    }
+                }
+                continue;
+            }
+            match c {
+                '"' => in_str = true,
+                '(' => depth += 1,
+                ')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        break;
+                    }
+                }
+                '{' => {
+                    entry = Some((String::new(), String::new()));
+                    after_comma = false;
+                }
+                ',' if entry.is_some() => after_comma = true,
+                '}' => {
+                    if let Some((num, name)) = entry.take() {
+                        let num = num.trim();
+                        let v = match num.strip_prefix("0x").or_else(|| num.strip_prefix("0X")) {
+                            Some(h) => u64::from_str_radix(h, 16).ok(),
+                            None => num.parse().ok(),
+                        };
+                        if let Some(v) = v
+                            && !name.is_empty()
+                        {
+                            table.push((v, name));
+                        }
+                    }
+                }
+                _ => {
+                    if let Some(e) = entry.as_mut()
+                        && !after_comma
+                    {
+                        e.0.push(c);
+                    }
+                }
+            }
+        }
+        tables.push(table);
+    }
+    tables
+}
+
 fn parse_field(line: &str) -> Option<FieldDesc> {
     // `field:unsigned int exit_reason;	offset:8;	size:4;	signed:0;`
     let mut decl = None;
@@ -166,6 +247,46 @@ mod tests {
             n += 1;
         }
         assert!(n >= 10);
+    }
+
+    #[test]
+    fn userspace_exit_reason_names() {
+        let f = parse_format(include_str!("../../../fixtures/tracepoints/kvm_kvm_userspace_exit.format")).unwrap();
+        let t = print_symbolic_tables(&f.print_fmt, "reason");
+        assert_eq!(t.len(), 1);
+        let names: std::collections::HashMap<u64, &str> = t[0].iter().map(|(n, s)| (*n, s.as_str())).collect();
+        assert_eq!(names[&2], "KVM_EXIT_IO");
+        assert_eq!(names[&5], "KVM_EXIT_HLT");
+        assert_eq!(names[&6], "KVM_EXIT_MMIO");
+        assert_eq!(names[&30], "KVM_EXIT_X86_WRMSR");
+        assert_eq!(names.len(), 31);
+    }
+
+    #[test]
+    fn exit_reason_tables_for_vmx_and_svm() {
+        let f = parse_format(include_str!("../../../fixtures/tracepoints/kvm_kvm_exit.format")).unwrap();
+        let t = print_symbolic_tables(&f.print_fmt, "exit_reason");
+        assert_eq!(t.len(), 2, "VMX and SVM tables");
+        assert!(t[0].contains(&(12, "HLT".to_string())), "{:?}", &t[0][..5]);
+        assert!(t[0].contains(&(30, "IO_INSTRUCTION".to_string())));
+        assert!(t[1].iter().any(|(_, n)| n == "hlt" || n == "HLT"), "{:?}", &t[1][..5]);
+    }
+
+    #[test]
+    fn print_symbolic_edge_cases() {
+        assert!(print_symbolic_tables("", "reason").is_empty());
+        assert!(print_symbolic_tables("\"%d\", REC->reasons", "reason").is_empty());
+        // Unterminated, junk numbers, escaped quotes: no panic, what parses is kept.
+        let t = print_symbolic_tables(
+            r#"__print_symbolic(REC->reason, { 1, "A\"B" }, { x, "C" }, { 0x10, "D" "E" }"#,
+            "reason",
+        );
+        assert_eq!(t, vec![vec![(1, "A\"B".to_string()), (16, "DE".to_string())]]);
+        let t = print_symbolic_tables(
+            "__print_symbolic(REC->reasons, { 1, \"A\" }), __print_symbolic(REC->reason, { 2, \"B\" })",
+            "reason",
+        );
+        assert_eq!(t, vec![vec![(2, "B".to_string())]]);
     }
 
     #[test]
