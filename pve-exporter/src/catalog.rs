@@ -102,8 +102,17 @@ pub const COLLECTOR_SUCCESS: Def =
     gauge("exporter_collector_success", &["collector"], "1 when the collector worked in this scrape, 0 when it failed");
 pub const SCRAPE_DURATION: Def = gauge("scrape_duration_seconds", &[], "Time this scrape's collection took");
 
-/// Every family, in exposition order.
-pub const ALL: &[&Def] = &[
+/// The I/O counters of `/proc/<pid>/io`, in the order `collector::kvm` fills them.
+pub const KVM_IO: &[&Def] = &[
+    &KVM_IO_READ_COUNT,
+    &KVM_IO_READ_BYTES,
+    &KVM_IO_READ_CHARS,
+    &KVM_IO_WRITE_COUNT,
+    &KVM_IO_WRITE_BYTES,
+    &KVM_IO_WRITE_CHARS,
+];
+
+const KVM_PROC: &[&Def] = &[
     &KVM_INFO,
     &KVM_CPU_SECONDS,
     &KVM_VCORES,
@@ -112,14 +121,11 @@ pub const ALL: &[&Def] = &[
     &KVM_MEMORY_EXTENDED,
     &KVM_THREADS,
     &KVM_CTX_SWITCHES,
-    &KVM_IO_READ_COUNT,
-    &KVM_IO_READ_BYTES,
-    &KVM_IO_READ_CHARS,
-    &KVM_IO_WRITE_COUNT,
-    &KVM_IO_WRITE_BYTES,
-    &KVM_IO_WRITE_CHARS,
-    &KVM_TRACEPOINT_EVENTS,
-    &KVM_USERSPACE_EXITS,
+];
+
+const KVM_EBPF: &[&Def] = &[&KVM_TRACEPOINT_EVENTS, &KVM_USERSPACE_EXITS];
+
+const EXPORTER: &[&Def] = &[
     &BUILD_INFO,
     &EBPF_ENABLED,
     &EBPF_INFO,
@@ -131,6 +137,17 @@ pub const ALL: &[&Def] = &[
     &SCRAPE_DURATION,
 ];
 
+/// Every family, in exposition order (a scrape prints its families in this order, whatever
+/// order collectors fill them in).
+pub fn all() -> impl Iterator<Item = &'static Def> {
+    [KVM_PROC, KVM_IO, KVM_EBPF, EXPORTER].into_iter().flatten().copied()
+}
+
+/// Position of `def` in [`all`]; families not in the catalogue sort last.
+pub fn order(def: &Def) -> usize {
+    all().position(|d| std::ptr::eq(d, def)).unwrap_or(usize::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,7 +155,7 @@ mod tests {
     #[test]
     fn names_follow_the_conventions() {
         let mut seen = std::collections::HashSet::new();
-        for d in ALL {
+        for d in all() {
             assert!(seen.insert(d.name), "{} listed twice", d.name);
             assert_eq!(
                 d.kind == Kind::Counter,

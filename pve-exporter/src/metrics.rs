@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 
+use crate::catalog;
 pub use crate::catalog::Def;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,17 +108,20 @@ impl MetricSet {
     }
 
     /// The family of `def`, created on first use. Asking again returns the same family
-    /// (collectors may add to it from several places).
+    /// (collectors may add to it from several places). Families are kept in catalogue order,
+    /// so the output order does not depend on the order collectors run in.
     pub fn family(&mut self, def: &'static Def) -> &mut Family {
-        match self.families.iter().position(|f| std::ptr::eq(f.def, def)) {
-            Some(i) => &mut self.families[i],
+        let i = match self.families.iter().position(|f| std::ptr::eq(f.def, def)) {
+            Some(i) => i,
             None => {
                 let name = format!("{}_{}", self.prefix, def.name);
-                self.families.push(Family { name, def, samples: Vec::new() });
-                let last = self.families.len() - 1;
-                &mut self.families[last]
+                let rank = catalog::order(def);
+                let at = self.families.partition_point(|f| catalog::order(f.def) <= rank);
+                self.families.insert(at, Family { name, def, samples: Vec::new() });
+                at
             }
-        }
+        };
+        &mut self.families[i]
     }
 
     pub fn families(&self) -> &[Family] {
@@ -126,5 +130,23 @@ impl MetricSet {
 
     pub fn get(&self, full_name: &str) -> Option<&Family> {
         self.families.iter().find(|f| f.name == full_name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::*;
+
+    #[test]
+    fn families_come_out_in_catalogue_order() {
+        let mut m = MetricSet::new("pve");
+        m.family(&SCRAPE_DURATION);
+        m.family(&KVM_THREADS);
+        m.family(&KVM_INFO);
+        m.family(&KVM_THREADS).push([("id", "1".to_string())], 2u64);
+        let names: Vec<&str> = m.families().iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["pve_kvm_info", "pve_kvm_threads", "pve_scrape_duration_seconds"]);
+        assert_eq!(m.get("pve_kvm_threads").map(|f| f.samples.len()), Some(1));
     }
 }

@@ -40,11 +40,6 @@ pub fn collect(host: &HostRoot, vms: &mut Vec<Vm>, out: &mut MetricSet) -> Resul
         }
     });
 
-    // Families are created in catalogue order so the output order does not depend on the data.
-    for def in FAMILIES {
-        out.family(def);
-    }
-
     for (vm, st) in vms.iter().zip(&stats) {
         let pool = vm.pool.clone().unwrap_or_default();
         let level = |i: usize| pool.levels.get(i).cloned().unwrap_or_default();
@@ -95,41 +90,13 @@ pub fn collect(host: &HostRoot, vms: &mut Vec<Vm>, out: &mut MetricSet) -> Resul
             }
         }
         if let Some(io) = &st.io {
-            for (def, v) in
-                IO_FAMILIES.iter().zip([io.syscr, io.read_bytes, io.rchar, io.syscw, io.write_bytes, io.wchar])
-            {
+            for (def, v) in KVM_IO.iter().zip([io.syscr, io.read_bytes, io.rchar, io.syscw, io.write_bytes, io.wchar]) {
                 out.family(def).push(id(vm), v);
             }
         }
     }
     if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
 }
-
-const IO_FAMILIES: [&Def; 6] = [
-    &KVM_IO_READ_COUNT,
-    &KVM_IO_READ_BYTES,
-    &KVM_IO_READ_CHARS,
-    &KVM_IO_WRITE_COUNT,
-    &KVM_IO_WRITE_BYTES,
-    &KVM_IO_WRITE_CHARS,
-];
-
-const FAMILIES: [&Def; 14] = [
-    &KVM_INFO,
-    &KVM_CPU_SECONDS,
-    &KVM_VCORES,
-    &KVM_MAXMEM_BYTES,
-    &KVM_MEMORY_PERCENT,
-    &KVM_MEMORY_EXTENDED,
-    &KVM_THREADS,
-    &KVM_CTX_SWITCHES,
-    &KVM_IO_READ_COUNT,
-    &KVM_IO_READ_BYTES,
-    &KVM_IO_READ_CHARS,
-    &KVM_IO_WRITE_COUNT,
-    &KVM_IO_WRITE_BYTES,
-    &KVM_IO_WRITE_CHARS,
-];
 
 /// Tracepoint event counts per VM from the eBPF maps. Counters of processes that no longer
 /// exist are removed from the map.
