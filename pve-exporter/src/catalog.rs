@@ -24,86 +24,86 @@ const fn counter(name: &'static str, labels: &'static [&'static str], help: &'st
 const ID: &[&str] = &["id"];
 
 // Per-VM, from /proc and the QEMU command line.
-pub const KVM_INFO: Def = gauge(
+pub static KVM_INFO: Def = gauge(
     "kvm_info",
     &["id", "name", "cpu", "pid", "pool", "pool_levels", "pool1", "pool2", "pool3"],
     "VM information (1 for every running VM); name and pool come from here",
 );
-pub const KVM_CPU_SECONDS: Def = counter(
+pub static KVM_CPU_SECONDS: Def = counter(
     "kvm_cpu_seconds_total",
     &["id", "mode"],
     "CPU time of the VM's QEMU process by mode (user, system, iowait)",
 );
-pub const KVM_VCORES: Def = gauge("kvm_vcores", ID, "vCPUs allocated to the VM (-smp)");
-pub const KVM_MAXMEM_BYTES: Def =
+pub static KVM_VCORES: Def = gauge("kvm_vcores", ID, "vCPUs allocated to the VM (-smp)");
+pub static KVM_MAXMEM_BYTES: Def =
     gauge("kvm_maxmem_bytes", ID, "Memory allocated to the VM (-m, or the sum of its memory backends)");
-pub const KVM_MEMORY_PERCENT: Def =
+pub static KVM_MEMORY_PERCENT: Def =
     gauge("kvm_memory_percent", ID, "Resident memory of the VM's QEMU process as a percentage of host memory");
-pub const KVM_MEMORY_EXTENDED: Def = gauge(
+pub static KVM_MEMORY_EXTENDED: Def = gauge(
     "kvm_memory_extended",
     &["id", "type"],
     "Memory figures of the VM's QEMU process from /proc/<pid>/status, in bytes, by type",
 );
-pub const KVM_THREADS: Def = gauge("kvm_threads", ID, "Threads of the VM's QEMU process");
-pub const KVM_CTX_SWITCHES: Def = counter(
+pub static KVM_THREADS: Def = gauge("kvm_threads", ID, "Threads of the VM's QEMU process");
+pub static KVM_CTX_SWITCHES: Def = counter(
     "kvm_ctx_switches_total",
     &["id", "type"],
     "Context switches of the VM's QEMU process by type (voluntary, involuntary)",
 );
-pub const KVM_IO_READ_COUNT: Def =
+pub static KVM_IO_READ_COUNT: Def =
     counter("kvm_io_read_count_total", ID, "Read system calls of the VM's QEMU process (syscr)");
-pub const KVM_IO_READ_BYTES: Def =
+pub static KVM_IO_READ_BYTES: Def =
     counter("kvm_io_read_bytes_total", ID, "Bytes the VM's QEMU process read from storage (read_bytes)");
-pub const KVM_IO_READ_CHARS: Def =
+pub static KVM_IO_READ_CHARS: Def =
     counter("kvm_io_read_chars_total", ID, "Bytes the VM's QEMU process read through system calls (rchar)");
-pub const KVM_IO_WRITE_COUNT: Def =
+pub static KVM_IO_WRITE_COUNT: Def =
     counter("kvm_io_write_count_total", ID, "Write system calls of the VM's QEMU process (syscw)");
-pub const KVM_IO_WRITE_BYTES: Def =
+pub static KVM_IO_WRITE_BYTES: Def =
     counter("kvm_io_write_bytes_total", ID, "Bytes the VM's QEMU process wrote to storage (write_bytes)");
-pub const KVM_IO_WRITE_CHARS: Def =
+pub static KVM_IO_WRITE_CHARS: Def =
     counter("kvm_io_write_chars_total", ID, "Bytes the VM's QEMU process wrote through system calls (wchar)");
 
 // Per-VM, from the eBPF maps.
-pub const KVM_TRACEPOINT_EVENTS: Def = counter(
+pub static KVM_TRACEPOINT_EVENTS: Def = counter(
     "kvm_tracepoint_events_total",
     &["id", "event"],
     "KVM tracepoint events that fired in the VM's threads, by tracepoint (eBPF)",
 );
-pub const KVM_USERSPACE_EXITS: Def = counter(
+pub static KVM_USERSPACE_EXITS: Def = counter(
     "kvm_userspace_exits_total",
     &["id", "reason"],
     "Exits of the VM's vCPUs to user space (QEMU) by reason (io, mmio, hlt, shutdown, ...; eBPF)",
 );
 
 // The exporter itself.
-pub const BUILD_INFO: Def = gauge("exporter_build_info", &["version", "ebpf_programs"], "pve-exporter build (1)");
-pub const EBPF_ENABLED: Def =
+pub static BUILD_INFO: Def = gauge("exporter_build_info", &["version", "ebpf_programs"], "pve-exporter build (1)");
+pub static EBPF_ENABLED: Def =
     gauge("exporter_ebpf_enabled", &[], "1 when eBPF programs are attached, 0 in procfs mode");
-pub const EBPF_INFO: Def =
+pub static EBPF_INFO: Def =
     gauge("exporter_ebpf_info", &["mode", "reason"], "eBPF mode (ebpf or procfs) and the reason (1)");
-pub const EBPF_TRACEPOINT_ATTACHED: Def = gauge(
+pub static EBPF_TRACEPOINT_ATTACHED: Def = gauge(
     "exporter_ebpf_tracepoint_attached",
     &["event"],
     "1 when the tracepoint is counted, 0 when it was requested but skipped",
 );
-pub const EBPF_PROGRAM_ATTACHED: Def = gauge(
+pub static EBPF_PROGRAM_ATTACHED: Def = gauge(
     "exporter_ebpf_program_attached",
     &["program"],
     "1 when the eBPF program is loaded and attached, 0 when it could not be (the log says why)",
 );
-pub const EBPF_UNCOUNTED: Def = counter(
+pub static EBPF_UNCOUNTED: Def = counter(
     "exporter_ebpf_uncounted_events_total",
     &["cause"],
     "Events the eBPF programs saw but could not count, by cause",
 );
-pub const COLLECTOR_DURATION: Def =
+pub static COLLECTOR_DURATION: Def =
     gauge("exporter_collector_duration_seconds", &["collector"], "Time each collector took in this scrape");
-pub const COLLECTOR_SUCCESS: Def =
+pub static COLLECTOR_SUCCESS: Def =
     gauge("exporter_collector_success", &["collector"], "1 when the collector worked in this scrape, 0 when it failed");
-pub const SCRAPE_DURATION: Def = gauge("scrape_duration_seconds", &[], "Time this scrape's collection took");
+pub static SCRAPE_DURATION: Def = gauge("scrape_duration_seconds", &[], "Time this scrape's collection took");
 
 /// The I/O counters of `/proc/<pid>/io`, in the order `collector::kvm` fills them.
-pub const KVM_IO: &[&Def] = &[
+pub static KVM_IO: &[&Def] = &[
     &KVM_IO_READ_COUNT,
     &KVM_IO_READ_BYTES,
     &KVM_IO_READ_CHARS,
@@ -112,7 +112,7 @@ pub const KVM_IO: &[&Def] = &[
     &KVM_IO_WRITE_CHARS,
 ];
 
-const KVM_PROC: &[&Def] = &[
+static KVM_PROC: &[&Def] = &[
     &KVM_INFO,
     &KVM_CPU_SECONDS,
     &KVM_VCORES,
@@ -123,9 +123,9 @@ const KVM_PROC: &[&Def] = &[
     &KVM_CTX_SWITCHES,
 ];
 
-const KVM_EBPF: &[&Def] = &[&KVM_TRACEPOINT_EVENTS, &KVM_USERSPACE_EXITS];
+static KVM_EBPF: &[&Def] = &[&KVM_TRACEPOINT_EVENTS, &KVM_USERSPACE_EXITS];
 
-const EXPORTER: &[&Def] = &[
+static EXPORTER: &[&Def] = &[
     &BUILD_INFO,
     &EBPF_ENABLED,
     &EBPF_INFO,
@@ -143,9 +143,10 @@ pub fn all() -> impl Iterator<Item = &'static Def> {
     [KVM_PROC, KVM_IO, KVM_EBPF, EXPORTER].into_iter().flatten().copied()
 }
 
-/// Position of `def` in [`all`]; families not in the catalogue sort last.
+/// Position of `def` in [`all`]; families not in the catalogue sort last. (By name, which is
+/// unique: identity of a `Def` is its name.)
 pub fn order(def: &Def) -> usize {
-    all().position(|d| std::ptr::eq(d, def)).unwrap_or(usize::MAX)
+    all().position(|d| d.name == def.name).unwrap_or(usize::MAX)
 }
 
 #[cfg(test)]

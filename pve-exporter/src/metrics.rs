@@ -111,7 +111,7 @@ impl MetricSet {
     /// (collectors may add to it from several places). Families are kept in catalogue order,
     /// so the output order does not depend on the order collectors run in.
     pub fn family(&mut self, def: &'static Def) -> &mut Family {
-        let i = match self.families.iter().position(|f| std::ptr::eq(f.def, def)) {
+        let i = match self.families.iter().position(|f| f.def.name == def.name) {
             Some(i) => i,
             None => {
                 let name = format!("{}_{}", self.prefix, def.name);
