@@ -93,7 +93,9 @@ impl Engine {
 impl Engine {
     fn timed(&self, runs: &mut Vec<CollectorRun>, name: &'static str, f: impl FnOnce() -> Result<(), String>) {
         let t = Instant::now();
-        let r = f();
+        // A bug that panics in one collector costs that collector, not the scrape.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+            .unwrap_or_else(|p| Err(format!("panicked: {}", panic_message(&p))));
         let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
         match &r {
             Err(e) if failing.insert(name) => log::warn!("collector {name} failed: {e}"),
@@ -105,5 +107,28 @@ impl Engine {
     }
 }
 
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default()
+}
+
 /// Shared handle.
 pub type SharedEngine = Arc<Engine>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_collector_costs_only_itself() {
+        let cfg = Config::from_args(["pve-exporter", "--ebpf", "off", "--root", "/nonexistent"]).unwrap();
+        let engine = Engine::new(cfg).unwrap();
+        let mut runs = Vec::new();
+        engine.timed(&mut runs, "boom", || panic!("bad input"));
+        engine.timed(&mut runs, "fine", || Ok(()));
+        assert_eq!(runs.iter().map(|r| (r.name, r.success)).collect::<Vec<_>>(), [("boom", false), ("fine", true)]);
+        // A whole collection over a root without /proc: kvm fails, the scrape still answers.
+        let set = engine.collect();
+        let ok = set.get("pve_exporter_collector_success").unwrap();
+        assert!(ok.samples.iter().any(|s| s.labels[0].1 == "kvm" && s.value == crate::metrics::Value::Int(0)));
+    }
+}
