@@ -39,10 +39,33 @@ pub trait VmSource: Send + Sync {
     fn vms(&self, procs: Vec<QemuProcess>, out: &mut Discovered);
 }
 
+/// Keep one VM per id: two processes claiming one vmid would give duplicate series, which
+/// makes Prometheus reject the whole scrape. `preferred(id)` names the pid to keep (PVE's pid
+/// file); else the oldest process (lowest pid from a sorted scan) stays.
+pub fn dedup_ids(out: &mut Discovered, preferred: impl Fn(&str) -> Option<u32>) {
+    let mut kept: Vec<Vm> = Vec::with_capacity(out.vms.len());
+    for vm in out.vms.drain(..) {
+        match kept.iter_mut().find(|k| k.id == vm.id) {
+            None => kept.push(vm),
+            Some(k) => {
+                let loser = if preferred(&vm.id) == Some(vm.pid) { std::mem::replace(k, vm) } else { vm };
+                out.skipped.push((loser.pid, "another process has the same vmid"));
+            }
+        }
+    }
+    out.vms = kept;
+}
+
 /// PVE: QEMU processes with `-id <vmid>` whose `/etc/pve/qemu-server/<vmid>.conf` exists
 /// (a VM without it is migrating in and belongs to the other node until it is done).
 pub struct PveSource<'a> {
+    pub host: &'a HostRoot,
     pub config: Option<&'a PveConfig>,
+}
+
+/// The pid in `/var/run/qemu-server/<vmid>.pid`.
+fn pid_file(host: &HostRoot, id: &str) -> Option<u32> {
+    host.read_to_string(format!("var/run/qemu-server/{id}.pid")).ok()?.trim().parse().ok()
 }
 
 impl VmSource for PveSource<'_> {
@@ -75,6 +98,7 @@ impl VmSource for PveSource<'_> {
                 maxmem_bytes: c.maxmem_bytes,
             });
         }
+        dedup_ids(out, |id| pid_file(self.host, id));
         // Numeric vmid order: stable output, and what operators expect to read.
         out.vms.sort_by(|a, b| (a.id.len(), &a.id).cmp(&(b.id.len(), &b.id)));
     }
@@ -86,4 +110,26 @@ pub fn discover(host: &HostRoot, source: &dyn VmSource) -> std::io::Result<Disco
     let mut out = Discovered::default();
     source.vms(procs, &mut out);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm(id: &str, pid: u32) -> Vm {
+        Vm { id: id.into(), pid, name: String::new(), cpu: String::new(), vcores: 1, maxmem_bytes: 0, pool: None }
+    }
+
+    #[test]
+    fn one_vm_per_id() {
+        let mut d = Discovered { vms: vec![vm("100", 10), vm("100", 20), vm("101", 30)], skipped: vec![] };
+        dedup_ids(&mut d, |_| None);
+        assert_eq!(d.vms.iter().map(|v| (v.id.as_str(), v.pid)).collect::<Vec<_>>(), [("100", 10), ("101", 30)]);
+        assert_eq!(d.skipped, [(20, "another process has the same vmid")]);
+        // The pid file wins.
+        let mut d = Discovered { vms: vec![vm("100", 10), vm("100", 20)], skipped: vec![] };
+        dedup_ids(&mut d, |id| (id == "100").then_some(20));
+        assert_eq!(d.vms[0].pid, 20);
+        assert_eq!(d.skipped[0].0, 10);
+    }
 }

@@ -81,15 +81,27 @@ fn procfs_mode_when_ebpf_is_off() {
 }
 
 #[test]
-fn a_vm_without_config_is_not_reported() {
+fn a_vm_without_config_is_not_reported_and_a_vmid_is_reported_once() {
     require_privileges();
     let root = host_root(&[103]); // no config for 104: migrating in
     let daemon = Daemon::start(root.path(), &["--ebpf", "off"]);
-    let _a = Guest::start(103, 1, 1, root.path());
+    let a = Guest::start(103, 1, 1, root.path());
     let _b = Guest::start(104, 1, 1, root.path());
     let m = daemon.get("/metrics");
     assert!(sample(&m, "pve_kvm_info", &[("id", "103")]).is_some(), "{m}");
     assert!(!m.contains("id=\"104\""), "{m}");
+    // A second process claiming vmid 103 must not duplicate its series (Prometheus would
+    // reject the whole scrape): the older one stays, unless PVE's pid file names the other.
+    let dup_dir = tempfile::tempdir().expect("tempdir");
+    let dup = Guest::start(103, 1, 1, dup_dir.path());
+    let m = daemon.get("/metrics");
+    assert_eq!(m.matches("pve_kvm_info{id=\"103\"").count(), 1, "{m}");
+    assert!(sample(&m, "pve_kvm_info", &[("id", "103"), ("pid", &a.pid.to_string())]).is_some(), "{m}");
+    std::fs::create_dir_all(root.path().join("var/run/qemu-server")).expect("mkdir");
+    std::fs::write(root.path().join("var/run/qemu-server/103.pid"), format!("{}\n", dup.pid)).expect("pid file");
+    let m = daemon.get("/metrics");
+    assert_eq!(m.matches("pve_kvm_info{id=\"103\"").count(), 1, "{m}");
+    assert!(sample(&m, "pve_kvm_info", &[("id", "103"), ("pid", &dup.pid.to_string())]).is_some(), "{m}");
 }
 
 #[test]

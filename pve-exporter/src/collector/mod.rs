@@ -70,7 +70,7 @@ impl Engine {
             });
             let mut vms: Vec<Vm> = Vec::new();
             self.timed(&mut runs, "kvm", || {
-                let found = vm::discover(&self.host, &PveSource { config: pve.as_ref() })
+                let found = vm::discover(&self.host, &PveSource { host: &self.host, config: pve.as_ref() })
                     .map_err(|e| format!("listing /proc: {e}"))?;
                 for (pid, why) in &found.skipped {
                     log::debug!("pid {pid}: not reported: {why}");

@@ -14,8 +14,30 @@ use std::{
 pub const DAEMON: &str = env!("CARGO_BIN_EXE_pve-exporter");
 pub const GUEST: &str = env!("CARGO_BIN_EXE_pve-test-guest");
 
-/// A host root: real /proc and /sys, our own /etc/pve with configs for `vmids`.
+/// Panic with a clear message if a process on this host already claims one of `vmids`
+/// (a left-over test guest, or a real VM): the live tests count per vmid.
+fn require_vmids_free(vmids: &[u32]) {
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
+        for w in args.windows(2) {
+            if w[0] == b"-id"
+                && let Some(id) = std::str::from_utf8(w[1]).ok().and_then(|s| s.parse::<u32>().ok())
+            {
+                assert!(
+                    !vmids.contains(&id),
+                    "vmid {id} is already used on this host by pid {:?}; the live tests need it free",
+                    e.file_name()
+                );
+            }
+        }
+    }
+}
+
+/// A host root: real /proc and /sys, our own /etc/pve with configs for `vmids` (which must not
+/// be in use on the host).
 pub fn host_root(vmids: &[u32]) -> tempfile::TempDir {
+    require_vmids_free(vmids);
     let dir = tempfile::tempdir().expect("tempdir");
     symlink("/proc", dir.path().join("proc")).expect("symlink proc");
     symlink("/sys", dir.path().join("sys")).expect("symlink sys");
