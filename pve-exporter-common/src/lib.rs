@@ -1,19 +1,83 @@
 //! Types shared by the eBPF programs (kernel side) and the daemon (user side).
 //!
-//! Everything here is `#[repr(C)]` plain data: the same bytes are written by the BPF
-//! program and read back by aya, so layout changes must be made on both sides at once
-//! (they are, because both sides compile this crate).
+//! Everything here is `#[repr(C)]` plain data without padding: the same bytes are written by
+//! the BPF programs and read back by aya, so a layout change is made on both sides at once
+//! (it is, because both sides compile this crate).
 #![no_std]
 
-/// Key of the per-process tracepoint event counter map (`EVENT_COUNTS`).
+/// Key of the per-process counter maps: a process (the QEMU pid) and a sub-key whose meaning
+/// depends on the map (tracepoint slot, exit reason, halt outcome, histogram bucket, ...).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct EventKey {
-    /// Thread group id (the QEMU process id) of the task the event fired in.
+pub struct TgidKey {
+    /// Thread group id (the QEMU process id) of the vCPU thread.
     pub tgid: u32,
-    /// The counter slot of the tracepoint: program `count_event_<slot>` counts into it, and
-    /// user space knows which tracepoint it attached that program to.
-    pub slot: u32,
+    pub sub: u32,
+}
+
+/// Key of `EXITS`: kvm_exit per process, instruction set and reason.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ExitKey {
+    pub tgid: u32,
+    /// `isa` of the record: 1 = VMX (Intel), 2 = SVM (AMD), [`ISA_UNKNOWN`] when the kernel's
+    /// kvm_exit has no isa field (user space then decides by CPU vendor).
+    pub isa: u32,
+    /// The exit reason as recorded (VMX: low 16 bits only; the high bits are flags).
+    pub reason: u32,
+}
+
+pub const ISA_VMX: u32 = 1;
+pub const ISA_SVM: u32 = 2;
+pub const ISA_UNKNOWN: u32 = 0;
+
+/// Per-CPU state between a vCPU thread's kvm_exit and its next kvm_entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExitSlot {
+    /// The thread that exited (0: no exit pending on this CPU).
+    pub tid: u32,
+    pub tgid: u32,
+    pub isa: u32,
+    pub reason: u32,
+    /// bpf_ktime_get_ns() at the exit.
+    pub ts: u64,
+}
+
+/// Sub-keys of `HIST`: which histogram.
+pub const HIST_RUNQUEUE_WAIT: u32 = 0;
+pub const HIST_EXIT_HANDLING: u32 = 1;
+/// Buckets of a [`Hist`]: bucket b counts durations in [2^b, 2^(b+1)) ns (bucket 0 also 0 ns);
+/// the last bucket takes everything from 2^39 ns (~9 min) up.
+pub const HIST_BUCKETS: usize = 40;
+
+/// Value of `HIST`: one histogram of durations per (process, kind), so a scrape reads one
+/// map entry per VM and kind rather than one per bucket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hist {
+    pub buckets: [u64; HIST_BUCKETS],
+    pub sum_ns: u64,
+}
+
+impl Default for Hist {
+    fn default() -> Self {
+        Self { buckets: [0; HIST_BUCKETS], sum_ns: 0 }
+    }
+}
+
+/// Sub-keys of `HALT`: the outcome of a vCPU wakeup from halt.
+pub const HALT_POLLED: u32 = 0;
+pub const HALT_WAITED: u32 = 1;
+pub const HALT_INVALID: u32 = 2;
+
+/// Value of `HALT` (wakeups, nanoseconds halted) and of `EXITS` (exits, nanoseconds from the
+/// exit to the vCPU's next entry).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CountNs {
+    pub count: u64,
+    pub ns: u64,
 }
 
 /// Counter programs in the object (`count_event_0` .. `count_event_<EVENT_SLOTS-1>`), so at
@@ -26,34 +90,92 @@ pub struct EventKey {
 /// not attach tracepoints with a BPF cookie.
 pub const EVENT_SLOTS: u32 = 24;
 
-/// Key of `USERSPACE_EXITS`: exits to user space per process and reason.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct ReasonKey {
-    pub tgid: u32,
-    /// KVM_EXIT_* number, or [`REASON_ERROR`] / [`REASON_RESTART`] when the exit carried an errno.
-    pub reason: u32,
-}
-
 /// `kvm_userspace_exit` with errno -EINTR (the run was interrupted and is restarted).
 pub const REASON_RESTART: u32 = u32::MAX - 1;
 /// `kvm_userspace_exit` with another negative errno.
 pub const REASON_ERROR: u32 = u32::MAX;
 
-/// Globals the loader sets from the `kvm_userspace_exit` format file.
-pub const GLOBAL_UEXIT_REASON_OFFSET: &str = "UEXIT_REASON_OFFSET";
-pub const GLOBAL_UEXIT_ERRNO_OFFSET: &str = "UEXIT_ERRNO_OFFSET";
+/// Map sizes. Every map is bounded; user space removes the entries of processes that exited.
+pub const MAX_EVENT_KEYS: u32 = 16384; // 682 VMs x 24 tracepoints
+pub const MAX_REASON_KEYS: u32 = 8192; // user-space exit reasons x VMs
+pub const MAX_EXIT_KEYS: u32 = 16384; // exit reasons x VMs
+pub const MAX_VCPU_THREADS: u32 = 32768;
+pub const MAX_HIST_KEYS: u32 = 2048; // 2 kinds x VMs
+pub const MAX_HALT_KEYS: u32 = 4096; // 3 outcomes x VMs
 
-/// Upper bound of `USERSPACE_EXITS`.
-pub const MAX_REASON_KEYS: u32 = 8192;
+/// Entries of `VCPU_FILTER`: a count of registered vCPU threads per `tid & (size - 1)`. The
+/// scheduler programs run on every context switch of the host; the filter (an array lookup
+/// the verifier inlines) answers "not a vCPU" for almost all of them before any hash lookup.
+pub const VCPU_FILTER_SIZE: u32 = 65536;
 
-/// Upper bound of `EVENT_COUNTS`: processes x attached events (682 VMs x 24 events).
-pub const MAX_EVENT_KEYS: u32 = 16384;
+pub const fn vcpu_filter_slot(tid: u32) -> u32 {
+    tid & (VCPU_FILTER_SIZE - 1)
+}
 
 /// Slots of the `COUNTER_ERRORS` per-CPU array.
-/// The map was full: an event could not be counted.
+/// A map was full: an event could not be counted.
 pub const ERR_MAP_FULL: u32 = 0;
-pub const ERR_SLOTS: u32 = 1;
+/// A run-queue wait or exit handling time came out negative (timestamps out of order across
+/// CPUs) and was discarded.
+pub const ERR_NEGATIVE_DELTA: u32 = 1;
+/// A kvm_entry found the per-CPU exit slot empty or holding another thread (the vCPU migrated
+/// or was preempted by another vCPU between exit and entry): no handling time for that exit.
+pub const ERR_UNMATCHED_ENTRY: u32 = 2;
+pub const ERR_SLOTS: u32 = 3;
+
+/// Names of the globals the loader sets from the tracepoints' format files.
+pub mod globals {
+    pub const UEXIT_REASON: &str = "UEXIT_REASON_OFFSET";
+    pub const UEXIT_ERRNO: &str = "UEXIT_ERRNO_OFFSET";
+    pub const EXIT_REASON: &str = "EXIT_REASON_OFFSET";
+    /// u32::MAX when the kernel's kvm_exit has no isa field.
+    pub const EXIT_ISA: &str = "EXIT_ISA_OFFSET";
+    pub const WAKEUP_NS: &str = "WAKEUP_NS_OFFSET";
+    pub const WAKEUP_WAITED: &str = "WAKEUP_WAITED_OFFSET";
+    pub const WAKEUP_VALID: &str = "WAKEUP_VALID_OFFSET";
+    pub const SCHED_WAKEUP_PID: &str = "SCHED_WAKEUP_PID_OFFSET";
+    pub const SCHED_WAKEUP_NEW_PID: &str = "SCHED_WAKEUP_NEW_PID_OFFSET";
+    pub const SWITCH_PREV_PID: &str = "SWITCH_PREV_PID_OFFSET";
+    pub const SWITCH_PREV_STATE: &str = "SWITCH_PREV_STATE_OFFSET";
+    pub const SWITCH_NEXT_PID: &str = "SWITCH_NEXT_PID_OFFSET";
+}
+
+/// `prev_state` of sched_switch: the task is still runnable (it was preempted) when the state
+/// is TASK_RUNNING (0) or carries the preemption marker (TASK_REPORT_MAX, 0x100, since 4.14).
+pub const fn preempted(prev_state: u64) -> bool {
+    prev_state == 0 || prev_state & 0x100 != 0
+}
+
+/// floor(log2(ns)), 0 for 0: the histogram bucket of a duration. Branch-only, no loop, so the
+/// verifier accepts it and it costs a handful of instructions.
+#[inline(always)]
+pub const fn log2_bucket(mut v: u64) -> u32 {
+    let mut b = 0;
+    if v >= 1 << 32 {
+        v >>= 32;
+        b += 32;
+    }
+    if v >= 1 << 16 {
+        v >>= 16;
+        b += 16;
+    }
+    if v >= 1 << 8 {
+        v >>= 8;
+        b += 8;
+    }
+    if v >= 1 << 4 {
+        v >>= 4;
+        b += 4;
+    }
+    if v >= 1 << 2 {
+        v >>= 2;
+        b += 2;
+    }
+    if v >= 1 << 1 {
+        b += 1;
+    }
+    b
+}
 
 /// Name of the counter program of `slot`.
 pub fn event_program_name(slot: u32, buf: &mut [u8; 16]) -> &str {
@@ -72,8 +194,45 @@ pub fn event_program_name(slot: u32, buf: &mut [u8; 16]) -> &str {
 
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY: EventKey is repr(C), Copy, and has no padding (two u32).
-    unsafe impl aya::Pod for super::EventKey {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::ReasonKey {}
+    // SAFETY (all): repr(C) plain data of u32/u64 fields without padding.
+    unsafe impl aya::Pod for super::TgidKey {}
+    unsafe impl aya::Pod for super::ExitKey {}
+    unsafe impl aya::Pod for super::ExitSlot {}
+    unsafe impl aya::Pod for super::CountNs {}
+    unsafe impl aya::Pod for super::Hist {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets() {
+        assert_eq!(log2_bucket(0), 0);
+        assert_eq!(log2_bucket(1), 0);
+        assert_eq!(log2_bucket(2), 1);
+        assert_eq!(log2_bucket(3), 1);
+        assert_eq!(log2_bucket(1023), 9);
+        assert_eq!(log2_bucket(1024), 10);
+        assert_eq!(log2_bucket(u64::MAX), 63);
+        for b in 0..64 {
+            assert_eq!(log2_bucket(1 << b), b);
+        }
+    }
+
+    #[test]
+    fn preemption() {
+        assert!(preempted(0));
+        assert!(preempted(0x100));
+        assert!(preempted(0x101));
+        assert!(!preempted(1)); // TASK_INTERRUPTIBLE: went to sleep
+        assert!(!preempted(2));
+    }
+
+    #[test]
+    fn program_names() {
+        let mut b = [0u8; 16];
+        assert_eq!(event_program_name(0, &mut b), "count_event_0");
+        assert_eq!(event_program_name(23, &mut b), "count_event_23");
+    }
 }

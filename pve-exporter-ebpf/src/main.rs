@@ -1,14 +1,19 @@
-//! eBPF programs of pve-exporter.
+//! eBPF programs of pve-exporter. docs/ebpf.md explains each program, its maps and its cost.
 //!
-//! - `count_event_<slot>`: one tiny program per counted tracepoint (kvm_pio,
-//!   kvm_userspace_exit, ...). Each counts events per (process, slot); user space attaches
-//!   slot N to the N-th requested tracepoint. (Why a slot per program: see
-//!   `pve_exporter_common::EVENT_SLOTS`.)
-//! - `count_userspace_exit`: kvm_userspace_exit per (process, reason), reading the record at
-//!   the offsets user space found in the tracepoint's format file.
+//! - `count_event_<slot>`: one tiny program per counted tracepoint; counts per (process, slot).
+//!   (Why a slot per program: see `pve_exporter_common::EVENT_SLOTS`.)
+//! - `count_userspace_exit`: kvm_userspace_exit per (process, reason).
+//! - `kvm_exit` / `kvm_entry`: exits per (process, isa, reason), and the time from a vCPU's
+//!   exit to its next entry (exit handling time) as a histogram and per reason.
+//! - `vcpu_wakeup`: halt-polling outcome (polled, waited) and time halted.
+//! - `sched_wakeup`, `sched_wakeup_new`, `sched_switch`: run-queue wait of vCPU threads.
 //!
-//! Counters live in per-CPU hash maps, so the hot path takes no lock and no atomic; user
-//! space sums the per-CPU values and maps the process (the QEMU pid) to a VM.
+//! Rules: VM identity is the thread's tgid (user space maps it to a vmid); state is per CPU
+//! where the event pair stays on one CPU (exit -> entry) and keyed by thread where it does not
+//! (wakeup on one CPU, switch-in on another); counters live in per-CPU maps (no locks, no
+//! atomics); every map is bounded; no program sleeps or loops. Field offsets are globals the
+//! loader sets from the tracepoints' format files. aya-log reports rare anomalies (a full map,
+//! out-of-order timestamps) once per CPU, never per event.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -17,70 +22,194 @@ mod programs {
     use aya_ebpf::{
         Global,
         bindings::BPF_NOEXIST,
-        helpers::bpf_get_current_pid_tgid,
+        helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
         macros::{map, tracepoint},
-        maps::{PerCpuArray, PerCpuHashMap},
+        maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
         programs::TracePointContext,
     };
+    use aya_log_ebpf::warn;
     use pve_exporter_common::{
-        ERR_MAP_FULL, ERR_SLOTS, EventKey, MAX_EVENT_KEYS, MAX_REASON_KEYS, REASON_ERROR, REASON_RESTART, ReasonKey,
+        CountNs, ERR_MAP_FULL, ERR_NEGATIVE_DELTA, ERR_SLOTS, ERR_UNMATCHED_ENTRY, ExitKey, ExitSlot, HALT_INVALID,
+        HALT_POLLED, HALT_WAITED, HIST_BUCKETS, HIST_EXIT_HANDLING, HIST_RUNQUEUE_WAIT, Hist, ISA_SVM, ISA_UNKNOWN,
+        MAX_EVENT_KEYS, MAX_EXIT_KEYS, MAX_HALT_KEYS, MAX_HIST_KEYS, MAX_REASON_KEYS, MAX_VCPU_THREADS, REASON_ERROR,
+        REASON_RESTART, TgidKey, VCPU_FILTER_SIZE, log2_bucket, preempted, vcpu_filter_slot,
     };
 
-    #[map]
-    static EVENT_COUNTS: PerCpuHashMap<EventKey, u64> = PerCpuHashMap::with_max_entries(MAX_EVENT_KEYS, 0);
+    // ---- maps ------------------------------------------------------------------------------
 
     #[map]
-    static USERSPACE_EXITS: PerCpuHashMap<ReasonKey, u64> = PerCpuHashMap::with_max_entries(MAX_REASON_KEYS, 0);
-
+    static EVENT_COUNTS: PerCpuHashMap<TgidKey, u64> = PerCpuHashMap::with_max_entries(MAX_EVENT_KEYS, 0);
+    #[map]
+    static USERSPACE_EXITS: PerCpuHashMap<TgidKey, u64> = PerCpuHashMap::with_max_entries(MAX_REASON_KEYS, 0);
+    /// Exits and nanoseconds from each exit to the vCPU's next entry, per (process, isa, reason).
+    #[map]
+    static EXITS: PerCpuHashMap<ExitKey, CountNs> = PerCpuHashMap::with_max_entries(MAX_EXIT_KEYS, 0);
+    /// The exit pending on this CPU.
+    #[map]
+    static EXIT_SLOT: PerCpuArray<ExitSlot> = PerCpuArray::with_max_entries(1, 0);
+    /// Histograms: (process, kind) -> buckets and sum.
+    #[map]
+    static HIST: PerCpuHashMap<TgidKey, Hist> = PerCpuHashMap::with_max_entries(MAX_HIST_KEYS, 0);
+    /// A zeroed Hist to insert from (too big for the 512-byte BPF stack). Never written.
+    #[map]
+    static HIST_ZERO: Array<Hist> = Array::with_max_entries(1, 0);
+    #[map]
+    static HALT: PerCpuHashMap<TgidKey, CountNs> = PerCpuHashMap::with_max_entries(MAX_HALT_KEYS, 0);
+    /// vCPU thread id -> its process. Written only by user space (from thread names,
+    /// `CPU n/KVM`), which also removes the entries of stopped VMs: exact, no scans.
+    #[map]
+    static VCPU_THREADS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_VCPU_THREADS, 0);
+    /// Registered vCPU threads per `tid & 0xffff` (see `VCPU_FILTER_SIZE`); written by user space.
+    #[map]
+    static VCPU_FILTER: Array<u8> = Array::with_max_entries(VCPU_FILTER_SIZE, 0);
+    /// vCPU thread id -> when it became runnable (woken, or preempted while runnable).
+    #[map]
+    static WAIT_START: HashMap<u32, u64> = HashMap::with_max_entries(MAX_VCPU_THREADS, 0);
     #[map]
     static COUNTER_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ERR_SLOTS, 0);
 
-    /// Field offsets of `kvm_userspace_exit`, set by the loader from the tracepoint's format file.
+    // ---- field offsets, set by the loader from the format files -----------------------------
+
     #[unsafe(no_mangle)]
     static UEXIT_REASON_OFFSET: Global<u32> = Global::new(8);
     #[unsafe(no_mangle)]
     static UEXIT_ERRNO_OFFSET: Global<u32> = Global::new(12);
+    #[unsafe(no_mangle)]
+    static EXIT_REASON_OFFSET: Global<u32> = Global::new(8);
+    #[unsafe(no_mangle)]
+    static EXIT_ISA_OFFSET: Global<u32> = Global::new(24);
+    #[unsafe(no_mangle)]
+    static WAKEUP_NS_OFFSET: Global<u32> = Global::new(8);
+    #[unsafe(no_mangle)]
+    static WAKEUP_WAITED_OFFSET: Global<u32> = Global::new(16);
+    #[unsafe(no_mangle)]
+    static WAKEUP_VALID_OFFSET: Global<u32> = Global::new(17);
+    #[unsafe(no_mangle)]
+    static SCHED_WAKEUP_PID_OFFSET: Global<u32> = Global::new(24);
+    #[unsafe(no_mangle)]
+    static SCHED_WAKEUP_NEW_PID_OFFSET: Global<u32> = Global::new(24);
+    #[unsafe(no_mangle)]
+    static SWITCH_PREV_PID_OFFSET: Global<u32> = Global::new(24);
+    #[unsafe(no_mangle)]
+    static SWITCH_PREV_STATE_OFFSET: Global<u32> = Global::new(32);
+    #[unsafe(no_mangle)]
+    static SWITCH_NEXT_PID_OFFSET: Global<u32> = Global::new(56);
 
-    /// Add 1 to `key` of a per-CPU counter map.
-    macro_rules! bump {
-        ($map:expr, $key:expr) => {{
+    // ---- helpers ----------------------------------------------------------------------------
+
+    /// Count an anomaly; log it the first time it happens on this CPU (never per event).
+    #[inline(always)]
+    fn anomaly(ctx: &TracePointContext, slot: u32) {
+        if let Some(p) = COUNTER_ERRORS.get_ptr_mut(slot) {
+            // SAFETY: this CPU's slot; tracepoint programs do not nest on one CPU.
+            let n = unsafe {
+                *p += 1;
+                *p
+            };
+            if n == 1 {
+                warn!(ctx, "pve-exporter: anomaly {} seen on this CPU (counted from now on)", slot);
+            }
+        }
+    }
+
+    /// Add `n` to `key` of a per-CPU u64 counter map.
+    macro_rules! add {
+        ($ctx:expr, $map:expr, $key:expr, $n:expr) => {{
             let key = $key;
+            let n: u64 = $n;
             if let Some(p) = $map.get_ptr_mut(key) {
                 // SAFETY: this CPU's value; tracepoint programs do not nest on one CPU.
-                unsafe { *p += 1 };
-            } else if $map.insert(key, 1u64, BPF_NOEXIST as u64).is_err() {
+                unsafe { *p += n };
+            } else if $map.insert(key, n, BPF_NOEXIST as u64).is_err() {
                 // First event of this key on any CPU: NOEXIST so that a concurrent first insert
                 // from another CPU is not overwritten; on EEXIST the element exists now.
                 match $map.get_ptr_mut(key) {
                     // SAFETY: as above.
-                    Some(p) => unsafe { *p += 1 },
-                    None => {
-                        if let Some(p) = COUNTER_ERRORS.get_ptr_mut(ERR_MAP_FULL) {
-                            // SAFETY: this CPU's slot.
-                            unsafe { *p += 1 };
-                        }
-                    }
+                    Some(p) => unsafe { *p += n },
+                    None => anomaly($ctx, ERR_MAP_FULL),
                 }
             }
         }};
     }
 
     #[inline(always)]
-    fn tgid() -> u32 {
-        (bpf_get_current_pid_tgid() >> 32) as u32
+    fn ids() -> (u32, u32) {
+        let v = bpf_get_current_pid_tgid();
+        ((v >> 32) as u32, v as u32)
     }
 
     #[inline(always)]
-    fn count(slot: u32) -> u32 {
-        bump!(EVENT_COUNTS, EventKey { tgid: tgid(), slot });
+    fn now() -> u64 {
+        // SAFETY: helper without preconditions.
+        unsafe { bpf_ktime_get_ns() }
+    }
+
+    #[inline(always)]
+    fn read<T>(ctx: &TracePointContext, offset: &Global<u32>) -> Option<T> {
+        // SAFETY: a read within the record at an offset the loader validated against the
+        // format file, through bpf_probe_read_kernel.
+        unsafe { ctx.read_at::<T>(offset.load() as usize) }.ok()
+    }
+
+    #[inline(always)]
+    fn record_hist(ctx: &TracePointContext, tgid: u32, kind: u32, ns: u64) {
+        let key = TgidKey { tgid, sub: kind };
+        let mut p = HIST.get_ptr_mut(key);
+        if p.is_none() {
+            if let Some(zero) = HIST_ZERO.get(0) {
+                // NOEXIST: never reset a histogram another CPU just created.
+                let _ = HIST.insert(key, zero, BPF_NOEXIST as u64);
+            }
+            p = HIST.get_ptr_mut(key);
+        }
+        let Some(p) = p else {
+            anomaly(ctx, ERR_MAP_FULL);
+            return;
+        };
+        let b = (log2_bucket(ns) as usize).min(HIST_BUCKETS - 1);
+        // SAFETY: this CPU's value; tracepoint programs do not nest on one CPU.
+        unsafe {
+            if let Some(c) = (*p).buckets.get_mut(b) {
+                *c += 1;
+            }
+            (*p).sum_ns += ns;
+        }
+    }
+
+    /// Add to a per-CPU CountNs value.
+    #[inline(always)]
+    fn add_count_ns<K>(ctx: &TracePointContext, map: &PerCpuHashMap<K, CountNs>, key: K, count: u64, ns: u64) {
+        if let Some(p) = map.get_ptr_mut(&key) {
+            // SAFETY: this CPU's value.
+            unsafe {
+                (*p).count += count;
+                (*p).ns += ns;
+            }
+        } else if map.insert(&key, CountNs { count, ns }, BPF_NOEXIST as u64).is_err() {
+            match map.get_ptr_mut(&key) {
+                // SAFETY: as above.
+                Some(p) => unsafe {
+                    (*p).count += count;
+                    (*p).ns += ns;
+                },
+                None => anomaly(ctx, ERR_MAP_FULL),
+            }
+        }
+    }
+
+    // ---- per-tracepoint counters ------------------------------------------------------------
+
+    #[inline(always)]
+    fn count(ctx: &TracePointContext, slot: u32) -> u32 {
+        add!(ctx, EVENT_COUNTS, TgidKey { tgid: ids().0, sub: slot }, 1);
         0
     }
 
     macro_rules! slot_programs {
         ($($name:ident = $slot:literal),* $(,)?) => {$(
             #[tracepoint]
-            pub fn $name(_ctx: TracePointContext) -> u32 {
-                count($slot)
+            pub fn $name(ctx: TracePointContext) -> u32 {
+                count(&ctx, $slot)
             }
         )*};
     }
@@ -113,16 +242,15 @@ mod programs {
         count_event_23 = 23,
     );
 
+    // ---- KVM --------------------------------------------------------------------------------
+
     /// kvm_userspace_exit by reason. As the kernel prints it, a negative errno makes the exit
     /// a restart (-EINTR) or an error rather than an exit with a reason.
     #[tracepoint]
     pub fn count_userspace_exit(ctx: TracePointContext) -> u32 {
-        // SAFETY: 4-byte reads within the record (offsets validated by the loader) through
-        // bpf_probe_read_kernel.
-        let reason = unsafe { ctx.read_at::<u32>(UEXIT_REASON_OFFSET.load() as usize) };
-        // SAFETY: as above.
-        let errno = unsafe { ctx.read_at::<i32>(UEXIT_ERRNO_OFFSET.load() as usize) };
-        let (Ok(reason), Ok(errno)) = (reason, errno) else {
+        let (Some(reason), Some(errno)) =
+            (read::<u32>(&ctx, &UEXIT_REASON_OFFSET), read::<i32>(&ctx, &UEXIT_ERRNO_OFFSET))
+        else {
             return 0;
         };
         let reason = match errno {
@@ -130,7 +258,140 @@ mod programs {
             -4 => REASON_RESTART,
             _ => REASON_ERROR,
         };
-        bump!(USERSPACE_EXITS, ReasonKey { tgid: tgid(), reason });
+        add!(&ctx, USERSPACE_EXITS, TgidKey { tgid: ids().0, sub: reason }, 1);
+        0
+    }
+
+    #[tracepoint]
+    pub fn kvm_exit(ctx: TracePointContext) -> u32 {
+        let Some(reason) = read::<u32>(&ctx, &EXIT_REASON_OFFSET) else { return 0 };
+        let isa = if EXIT_ISA_OFFSET.load() == u32::MAX {
+            ISA_UNKNOWN
+        } else {
+            read::<u32>(&ctx, &EXIT_ISA_OFFSET).unwrap_or(0)
+        };
+        // VMX keeps flags (FAILED_VMENTRY, ...) in the high bits; SVM codes use them (VMGEXIT).
+        let reason = if isa == ISA_SVM { reason } else { reason & 0xffff };
+        let (tgid, tid) = ids();
+        add_count_ns(&ctx, &EXITS, ExitKey { tgid, isa, reason }, 1, 0);
+        if let Some(slot) = EXIT_SLOT.get_ptr_mut(0) {
+            // SAFETY: this CPU's slot.
+            unsafe { *slot = ExitSlot { tid, tgid, isa, reason, ts: now() } };
+        }
+        0
+    }
+
+    #[tracepoint]
+    pub fn kvm_entry(ctx: TracePointContext) -> u32 {
+        let Some(slot) = EXIT_SLOT.get_ptr_mut(0) else { return 0 };
+        // SAFETY: this CPU's slot.
+        let s = unsafe { *slot };
+        if s.tid == 0 {
+            return 0; // first entry since attach, or already matched
+        }
+        let (_, tid) = ids();
+        if s.tid != tid {
+            anomaly(&ctx, ERR_UNMATCHED_ENTRY);
+            return 0;
+        }
+        // SAFETY: as above.
+        unsafe { (*slot).tid = 0 };
+        let t = now();
+        if t < s.ts {
+            anomaly(&ctx, ERR_NEGATIVE_DELTA);
+            return 0;
+        }
+        let ns = t - s.ts;
+        record_hist(&ctx, s.tgid, HIST_EXIT_HANDLING, ns);
+        add_count_ns(&ctx, &EXITS, ExitKey { tgid: s.tgid, isa: s.isa, reason: s.reason }, 0, ns);
+        0
+    }
+
+    /// Halt polling: `waited` false means polling caught the wakeup (no sleep).
+    #[tracepoint]
+    pub fn vcpu_wakeup(ctx: TracePointContext) -> u32 {
+        let (Some(ns), Some(waited), Some(valid)) = (
+            read::<u64>(&ctx, &WAKEUP_NS_OFFSET),
+            read::<u8>(&ctx, &WAKEUP_WAITED_OFFSET),
+            read::<u8>(&ctx, &WAKEUP_VALID_OFFSET),
+        ) else {
+            return 0;
+        };
+        let outcome = match (valid != 0, waited != 0) {
+            (false, _) => HALT_INVALID,
+            (true, false) => HALT_POLLED,
+            (true, true) => HALT_WAITED,
+        };
+        add_count_ns(&ctx, &HALT, TgidKey { tgid: ids().0, sub: outcome }, 1, ns);
+        0
+    }
+
+    // ---- scheduler: run-queue wait of vCPU threads -------------------------------------------
+
+    /// Whether `pid` may be a registered vCPU thread: false for almost every thread of the host
+    /// at the cost of an inlined array lookup.
+    #[inline(always)]
+    fn maybe_vcpu(pid: i32) -> bool {
+        pid > 0 && VCPU_FILTER.get(vcpu_filter_slot(pid as u32)).is_some_and(|n| *n != 0)
+    }
+
+    /// The woken thread is in the record (this runs in the waker's context: never use the
+    /// current task for it).
+    #[inline(always)]
+    fn wakeup(ctx: &TracePointContext, pid_offset: &Global<u32>) -> u32 {
+        let Some(pid) = read::<i32>(ctx, pid_offset) else { return 0 };
+        if maybe_vcpu(pid) && VCPU_THREADS.get_ptr(pid as u32).is_some() {
+            let _ = WAIT_START.insert(pid as u32, now(), 0);
+        }
+        0
+    }
+
+    #[tracepoint]
+    pub fn sched_wakeup(ctx: TracePointContext) -> u32 {
+        wakeup(&ctx, &SCHED_WAKEUP_PID_OFFSET)
+    }
+
+    #[tracepoint]
+    pub fn sched_wakeup_new(ctx: TracePointContext) -> u32 {
+        wakeup(&ctx, &SCHED_WAKEUP_NEW_PID_OFFSET)
+    }
+
+    #[tracepoint]
+    pub fn sched_switch(ctx: TracePointContext) -> u32 {
+        let (Some(prev), Some(next)) =
+            (read::<i32>(&ctx, &SWITCH_PREV_PID_OFFSET), read::<i32>(&ctx, &SWITCH_NEXT_PID_OFFSET))
+        else {
+            return 0;
+        };
+        let (prev_vcpu, next_vcpu) = (maybe_vcpu(prev), maybe_vcpu(next));
+        if !prev_vcpu && !next_vcpu {
+            return 0; // the common case: two threads that are not vCPUs
+        }
+        // A vCPU thread switched out while still runnable waits on the run queue from now.
+        if prev_vcpu
+            && VCPU_THREADS.get_ptr(prev as u32).is_some()
+            && read::<u64>(&ctx, &SWITCH_PREV_STATE_OFFSET).is_some_and(preempted)
+        {
+            let _ = WAIT_START.insert(prev as u32, now(), 0);
+        }
+        if !next_vcpu {
+            return 0;
+        }
+        let next = next as u32;
+        let Some(tgid) = VCPU_THREADS.get_ptr(next) else { return 0 };
+        // SAFETY: a value pointer of this map, read once.
+        let tgid = unsafe { *tgid };
+        let Some(start) = WAIT_START.get_ptr(next) else { return 0 };
+        // SAFETY: as above.
+        let start = unsafe { *start };
+        let _ = WAIT_START.remove(next);
+        let t = now();
+        // Timestamps taken on different CPUs can be slightly out of order.
+        if t < start {
+            anomaly(&ctx, ERR_NEGATIVE_DELTA);
+            return 0;
+        }
+        record_hist(&ctx, tgid, HIST_RUNQUEUE_WAIT, t - start);
         0
     }
 

@@ -6,7 +6,7 @@ use std::{fmt::Write as _, sync::Arc};
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, text::encode},
+    encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet, text::encode},
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
 };
@@ -53,29 +53,31 @@ impl Collector for SetCollector {
                 // to the samples.
                 Kind::Counter => (fam.name.strip_suffix("_total").unwrap_or(&fam.name), MetricType::Counter),
                 Kind::Gauge => (fam.name.as_str(), MetricType::Gauge),
+                Kind::Histogram => (fam.name.as_str(), MetricType::Histogram),
             };
             let mut fam_enc = encoder.encode_descriptor(name, fam.help(), None, ty)?;
             // A label-less sample is encoded on the family itself: `name 1`, not `name{} 1`.
             if let [s] = fam.samples.as_slice()
                 && s.labels.is_empty()
             {
-                encode_value(fam.kind(), s.value, fam_enc)?;
+                encode_value(fam.kind(), &s.value, fam_enc)?;
                 continue;
             }
             for s in &fam.samples {
-                encode_value(fam.kind(), s.value, fam_enc.encode_family(&s.labels)?)?;
+                encode_value(fam.kind(), &s.value, fam_enc.encode_family(&s.labels)?)?;
             }
         }
         Ok(())
     }
 }
 
-fn encode_value(kind: Kind, value: Value, enc: MetricEncoder) -> Result<(), std::fmt::Error> {
+fn encode_value(kind: Kind, value: &Value, mut enc: MetricEncoder) -> Result<(), std::fmt::Error> {
     match (kind, value) {
-        (Kind::Counter, Value::Int(v)) => ConstCounter::new(v).encode(enc),
-        (Kind::Counter, Value::Float(v)) => ConstCounter::new(v).encode(enc),
-        (Kind::Gauge, Value::Int(v)) => ConstGauge::new(v).encode(enc),
-        (Kind::Gauge, Value::Float(v)) => ConstGauge::new(v).encode(enc),
+        (Kind::Counter, Value::Int(v)) => ConstCounter::new(*v).encode(enc),
+        (Kind::Counter, Value::Float(v)) => ConstCounter::new(*v).encode(enc),
+        (Kind::Gauge | Kind::Histogram, Value::Int(v)) => ConstGauge::new(*v).encode(enc),
+        (Kind::Gauge | Kind::Histogram, Value::Float(v)) => ConstGauge::new(*v).encode(enc),
+        (_, Value::Histogram(h)) => enc.encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets, None),
     }
 }
 
@@ -156,6 +158,12 @@ mod tests {
         m.family(&EBPF_INFO).push([("mode", "a \"quoted\"\\name".to_string()), ("reason", "x".to_string())], 1u64);
         m.family(&KVM_THREADS); // no samples: not printed
         m.family(&EBPF_ENABLED).push(Vec::<(&str, String)>::new(), 1u64);
+        let h = crate::metrics::HistogramValue {
+            buckets: vec![(0.5, 1), (1.0, 2), (f64::INFINITY, 1)],
+            sum: 3.5,
+            count: 4,
+        };
+        m.family(&KVM_EXIT_HANDLING_SECONDS).push([("id", "100".to_string())], h);
         Arc::new(m)
     }
 
@@ -177,6 +185,12 @@ mod tests {
         assert!(t.contains(r#"mode="a \"quoted\"\\name""#), "{t}");
         assert!(!t.contains("# EOF"));
         assert!(t.contains("\npve_exporter_ebpf_enabled 1\n"), "{t}");
+        // Histograms: cumulative buckets, +Inf equal to the count.
+        assert!(t.contains("# TYPE pve_kvm_exit_handling_seconds histogram\n"), "{t}");
+        assert!(t.contains("pve_kvm_exit_handling_seconds_bucket{le=\"1.0\",id=\"100\"} 3\n"), "{t}");
+        assert!(t.contains("pve_kvm_exit_handling_seconds_bucket{le=\"+Inf\",id=\"100\"} 4\n"), "{t}");
+        assert!(t.contains("pve_kvm_exit_handling_seconds_sum{id=\"100\"} 3.5\n"), "{t}");
+        assert!(t.contains("pve_kvm_exit_handling_seconds_count{id=\"100\"} 4\n"), "{t}");
     }
 
     #[test]

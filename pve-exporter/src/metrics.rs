@@ -10,6 +10,7 @@ pub use crate::catalog::Def;
 pub enum Kind {
     Gauge,
     Counter,
+    Histogram,
 }
 
 impl Kind {
@@ -17,14 +18,30 @@ impl Kind {
         match self {
             Kind::Gauge => "gauge",
             Kind::Counter => "counter",
+            Kind::Histogram => "histogram",
         }
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     Int(u64),
     Float(f64),
+    Histogram(Box<HistogramValue>),
+}
+
+/// A histogram sample: per-bucket counts (not cumulative) with their upper bounds, +Inf last.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramValue {
+    pub buckets: Vec<(f64, u64)>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl From<HistogramValue> for Value {
+    fn from(v: HistogramValue) -> Self {
+        Value::Histogram(Box::new(v))
+    }
 }
 
 impl From<u64> for Value {

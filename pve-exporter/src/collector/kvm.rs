@@ -1,13 +1,11 @@
 //! Per-VM families from /proc (and the eBPF maps): the host-local VM metrics of pvemon and
 //! pve_local_exporter, under their Go names, with `id` labels.
 
-use std::collections::HashSet;
-
 use crate::{
     catalog::*,
     host::{HostRoot, is_gone},
     metrics::MetricSet,
-    sources::{ebpf::EbpfCounters, procfs},
+    sources::procfs,
     vm::Vm,
 };
 
@@ -96,60 +94,4 @@ pub fn collect(host: &HostRoot, vms: &mut Vec<Vm>, out: &mut MetricSet) -> Resul
         }
     }
     if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
-}
-
-/// Tracepoint event counts per VM from the eBPF maps. Counters of processes that no longer
-/// exist are removed from the map.
-pub fn collect_ebpf(
-    host: &HostRoot,
-    counters: &mut EbpfCounters,
-    vms: &[Vm],
-    out: &mut MetricSet,
-) -> Result<(), String> {
-    let counts = counters.read()?;
-    let names = counters.event_names();
-    let f = out.family(&KVM_TRACEPOINT_EVENTS);
-    for vm in vms {
-        let mut per_vm: Vec<(&str, u64)> = counts
-            .counts
-            .iter()
-            .filter(|((tgid, _), _)| *tgid == vm.pid)
-            .filter_map(|((_, ev), n)| names.get(ev).map(|name| (name.as_str(), *n)))
-            .collect();
-        per_vm.sort_unstable();
-        for (event, n) in per_vm {
-            f.push([("id", vm.id.clone()), ("event", event.to_string())], n);
-        }
-    }
-    let f = out.family(&EBPF_UNCOUNTED);
-    for (kind, n) in &counts.errors {
-        f.push([("cause", kind.to_string())], *n);
-    }
-
-    let f = out.family(&KVM_USERSPACE_EXITS);
-    for vm in vms {
-        let mut per_vm: Vec<(String, u64)> = counts
-            .userspace_exits
-            .iter()
-            .filter(|((tgid, _), _)| *tgid == vm.pid)
-            .map(|((_, reason), n)| (counters.userspace_exits.reason_label(*reason), *n))
-            .collect();
-        per_vm.sort_unstable();
-        for (reason, n) in per_vm {
-            f.push([("id", vm.id.clone()), ("reason", reason)], n);
-        }
-    }
-
-    let vm_pids: HashSet<u32> = vms.iter().map(|v| v.pid).collect();
-    let dead: HashSet<u32> = counts
-        .counts
-        .keys()
-        .chain(counts.userspace_exits.keys())
-        .map(|(tgid, _)| *tgid)
-        .filter(|tgid| !vm_pids.contains(tgid) && !host.path(format!("proc/{tgid}")).exists())
-        .collect();
-    if !dead.is_empty() {
-        counters.forget(&dead, &counts);
-    }
-    Ok(())
 }

@@ -22,8 +22,10 @@ pub fn collect(ebpf: &EbpfStatus, runs: &[CollectorRun], elapsed: Duration, out:
         for e in &c.events {
             f.push([("event", e.spec.clone())], e.attached);
         }
-        out.family(&EBPF_PROGRAM_ATTACHED)
-            .push([("program", "userspace_exits_by_reason".to_string())], c.userspace_exits.attached);
+        let f = out.family(&EBPF_PROGRAM_ATTACHED);
+        for p in &c.programs {
+            f.push([("program", p.program.to_string())], p.attached);
+        }
     }
     let f = out.family(&COLLECTOR_DURATION);
     for r in runs {

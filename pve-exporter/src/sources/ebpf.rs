@@ -1,22 +1,32 @@
 //! eBPF: load the embedded programs, attach them to tracepoints, and read their maps.
+//! docs/ebpf.md describes every program, map and cost.
 //!
 //! `start` decides the mode once at start-up. In `auto` a kernel without BTF, missing rights
-//! or a program the verifier refuses all lead to procfs mode with the reason exported; in
-//! `on` they are fatal.
+//! or an object the kernel refuses lead to procfs mode with the reason exported; in `on`
+//! they are fatal. A single program whose tracepoint or fields are missing is skipped (and
+//! reported) while the others carry on.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{PerCpuArray, PerCpuHashMap},
-    programs::TracePoint,
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    programs::{Program, TracePoint},
 };
 use pve_exporter_common::{
-    ERR_MAP_FULL, EVENT_SLOTS, EventKey, GLOBAL_UEXIT_ERRNO_OFFSET, GLOBAL_UEXIT_REASON_OFFSET, REASON_ERROR,
-    REASON_RESTART, ReasonKey, event_program_name,
+    CountNs, ERR_MAP_FULL, ERR_NEGATIVE_DELTA, ERR_UNMATCHED_ENTRY, EVENT_SLOTS, ExitKey, HIST_BUCKETS, Hist, ISA_SVM,
+    ISA_UNKNOWN, ISA_VMX, REASON_ERROR, REASON_RESTART, TgidKey, event_program_name, globals, vcpu_filter_slot,
 };
 
-use crate::{config::EbpfMode, host::HostRoot, sources::tracefs};
+use crate::{
+    config::EbpfMode,
+    host::HostRoot,
+    sources::tracefs::{self, TraceFormat},
+};
 
 /// The compiled `pve-exporter-ebpf` object, when this binary was built with the `ebpf` feature.
 #[cfg(feature = "ebpf")]
@@ -25,14 +35,110 @@ pub static EBPF_OBJECT: Option<&[u8]> =
 #[cfg(not(feature = "ebpf"))]
 pub static EBPF_OBJECT: Option<&[u8]> = None;
 
-/// One tracepoint we were asked to count.
+/// A record field a program reads: its name, the sizes accepted, and the global the loader
+/// sets to its offset.
+#[derive(Debug)]
+pub struct FieldSpec {
+    pub field: &'static str,
+    pub sizes: &'static [u32],
+    pub global: &'static str,
+    /// When missing, the global is set to u32::MAX and the program copes (kvm_exit's isa).
+    pub optional: bool,
+}
+
+/// A program of the object with the tracepoint it attaches to.
+#[derive(Debug)]
+pub struct ProgSpec {
+    pub program: &'static str,
+    pub category: &'static str,
+    pub event: &'static str,
+    pub fields: &'static [FieldSpec],
+    /// Attached only when this other program is (kvm_entry pairs with kvm_exit).
+    pub requires: Option<&'static str>,
+}
+
+const fn field(field: &'static str, sizes: &'static [u32], global: &'static str) -> FieldSpec {
+    FieldSpec { field, sizes, global, optional: false }
+}
+
+/// Every program besides the per-tracepoint counters.
+pub const PROGRAMS: &[ProgSpec] = &[
+    ProgSpec {
+        program: "count_userspace_exit",
+        category: "kvm",
+        event: "kvm_userspace_exit",
+        fields: &[field("reason", &[4], globals::UEXIT_REASON), field("errno", &[4], globals::UEXIT_ERRNO)],
+        requires: None,
+    },
+    ProgSpec {
+        program: "kvm_exit",
+        category: "kvm",
+        event: "kvm_exit",
+        fields: &[
+            field("exit_reason", &[4], globals::EXIT_REASON),
+            FieldSpec { field: "isa", sizes: &[4], global: globals::EXIT_ISA, optional: true },
+        ],
+        requires: None,
+    },
+    ProgSpec { program: "kvm_entry", category: "kvm", event: "kvm_entry", fields: &[], requires: Some("kvm_exit") },
+    ProgSpec {
+        program: "vcpu_wakeup",
+        category: "kvm",
+        event: "kvm_vcpu_wakeup",
+        fields: &[
+            field("ns", &[8], globals::WAKEUP_NS),
+            field("waited", &[1], globals::WAKEUP_WAITED),
+            field("valid", &[1], globals::WAKEUP_VALID),
+        ],
+        requires: None,
+    },
+    ProgSpec {
+        program: "sched_switch",
+        category: "sched",
+        event: "sched_switch",
+        fields: &[
+            field("prev_pid", &[4], globals::SWITCH_PREV_PID),
+            field("prev_state", &[8], globals::SWITCH_PREV_STATE),
+            field("next_pid", &[4], globals::SWITCH_NEXT_PID),
+        ],
+        requires: None,
+    },
+    ProgSpec {
+        program: "sched_wakeup",
+        category: "sched",
+        event: "sched_wakeup",
+        fields: &[field("pid", &[4], globals::SCHED_WAKEUP_PID)],
+        requires: Some("sched_switch"),
+    },
+    ProgSpec {
+        program: "sched_wakeup_new",
+        category: "sched",
+        event: "sched_wakeup_new",
+        fields: &[field("pid", &[4], globals::SCHED_WAKEUP_NEW_PID)],
+        requires: Some("sched_switch"),
+    },
+];
+
+/// The globals of `spec` from the tracepoint's format: Err when a field is missing or has an
+/// unexpected size (the program is then not loaded).
+pub fn resolve_offsets(spec: &ProgSpec, fmt: &TraceFormat) -> Result<Vec<(&'static str, u32)>, String> {
+    spec.fields
+        .iter()
+        .map(|f| match fmt.field(f.field) {
+            Some(d) if f.sizes.contains(&d.size) => Ok((f.global, d.offset)),
+            Some(d) => Err(format!("{}: field {} has size {} (expected {:?})", fmt.name, f.field, d.size, f.sizes)),
+            None if f.optional => Ok((f.global, u32::MAX)),
+            None => Err(format!("{}: no field {}", fmt.name, f.field)),
+        })
+        .collect()
+}
+
+/// One tracepoint counted per VM by a slot program.
 #[derive(Debug, Clone)]
 pub struct TraceEvent {
     /// `category:name` as given.
     pub spec: String,
     pub name: String,
-    /// The tracepoint id (`common_type`), when its format file was found.
-    pub id: Option<u32>,
     /// The counter slot (program) it is attached with.
     pub slot: Option<u32>,
     pub attached: bool,
@@ -40,24 +146,84 @@ pub struct TraceEvent {
     pub error: Option<String>,
 }
 
-/// The by-reason counter of `kvm_userspace_exit`.
-#[derive(Debug, Clone, Default)]
-pub struct UserspaceExits {
+/// One of [`PROGRAMS`] after start-up.
+#[derive(Debug, Clone)]
+pub struct ProgramStatus {
+    pub program: &'static str,
     pub attached: bool,
-    /// Why not.
     pub error: Option<String>,
-    /// KVM_EXIT_* number -> label (`io`, `hlt`, ...), from the kernel's own print fmt.
-    pub reason_names: HashMap<u32, String>,
 }
 
-impl UserspaceExits {
-    /// The `reason` label of a map key.
-    pub fn reason_label(&self, reason: u32) -> String {
-        match reason {
-            REASON_RESTART => "restart".to_string(),
-            REASON_ERROR => "error".to_string(),
-            r => self.reason_names.get(&r).cloned().unwrap_or_else(|| r.to_string()),
-        }
+/// Exit reason names from kvm_exit's print fmt: the kernel's own VMX and SVM tables.
+#[derive(Debug, Clone, Default)]
+pub struct ExitReasons {
+    pub vmx: HashMap<u32, String>,
+    pub svm: HashMap<u32, String>,
+    /// The isa to assume when records carry none (old kernels): from the CPU vendor.
+    pub host_isa: u32,
+}
+
+impl ExitReasons {
+    /// Tables from kvm_exit's print fmt: `(REC->isa == 1) ? <VMX table> : <SVM table>`.
+    pub fn from_print_fmt(print_fmt: &str, host_isa: u32) -> Self {
+        let mut tables = tracefs::print_symbolic_tables(print_fmt, "exit_reason").into_iter();
+        let mut table = || -> HashMap<u32, String> {
+            tables
+                .next()
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(n, s)| Some((u32::try_from(n).ok()?, s.to_ascii_lowercase())))
+                .collect()
+        };
+        let vmx = table();
+        let svm = table();
+        Self { vmx, svm, host_isa }
+    }
+
+    /// The `reason` label: the kernel's name lowercased, else the number.
+    pub fn label(&self, isa: u32, reason: u32) -> String {
+        let isa = if isa == ISA_UNKNOWN { self.host_isa } else { isa };
+        let table = match isa {
+            ISA_VMX => Some(&self.vmx),
+            ISA_SVM => Some(&self.svm),
+            _ => None,
+        };
+        table.and_then(|t| t.get(&reason)).cloned().unwrap_or_else(|| reason.to_string())
+    }
+}
+
+/// The isa of this host's CPU from /proc/cpuinfo's vendor_id.
+pub fn host_isa(cpuinfo: &str) -> u32 {
+    let vendor = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("vendor_id").and_then(|r| r.split(':').nth(1)))
+        .map(str::trim)
+        .unwrap_or("");
+    match vendor {
+        "GenuineIntel" => ISA_VMX,
+        "AuthenticAMD" | "HygonGenuine" => ISA_SVM,
+        _ => ISA_UNKNOWN,
+    }
+}
+
+/// KVM_EXIT_* number -> label (`KVM_EXIT_IO` -> `io`), from kvm_userspace_exit's print fmt.
+pub fn userspace_exit_names(print_fmt: &str) -> HashMap<u32, String> {
+    tracefs::print_symbolic_tables(print_fmt, "reason")
+        .into_iter()
+        .flatten()
+        .filter_map(|(n, name)| {
+            let n = u32::try_from(n).ok()?;
+            Some((n, name.strip_prefix("KVM_EXIT_").unwrap_or(&name).to_ascii_lowercase()))
+        })
+        .collect()
+}
+
+/// The `reason` label of a user-space exit.
+pub fn userspace_exit_label(names: &HashMap<u32, String>, reason: u32) -> String {
+    match reason {
+        REASON_RESTART => "restart".to_string(),
+        REASON_ERROR => "error".to_string(),
+        r => names.get(&r).cloned().unwrap_or_else(|| r.to_string()),
     }
 }
 
@@ -65,12 +231,20 @@ impl UserspaceExits {
 pub struct EbpfCounters {
     bpf: Ebpf,
     pub events: Vec<TraceEvent>,
-    pub userspace_exits: UserspaceExits,
+    pub programs: Vec<ProgramStatus>,
+    pub userspace_exit_names: HashMap<u32, String>,
+    pub exit_reasons: ExitReasons,
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// vCPU thread -> process, as written to VCPU_THREADS (user space is its only writer).
+    vcpus: HashMap<u32, u32>,
+    /// Keeps kernel.bpf_stats_enabled on while held (`--ebpf-stats`).
+    _stats: Option<std::os::fd::OwnedFd>,
+    stats_on: bool,
 }
 
 impl std::fmt::Debug for EbpfCounters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EbpfCounters").field("events", &self.events).finish()
+        f.debug_struct("EbpfCounters").field("events", &self.events).field("programs", &self.programs).finish()
     }
 }
 
@@ -88,13 +262,24 @@ impl EbpfStatus {
     }
 }
 
-/// Start eBPF as `mode` asks. Err only in `on` mode, with the reason.
-pub fn start(host: &HostRoot, mode: EbpfMode, event_specs: &[String]) -> Result<EbpfStatus, String> {
-    if mode == EbpfMode::Off {
+/// What `start` needs besides the host root.
+#[derive(Debug, Clone)]
+pub struct EbpfOptions {
+    pub mode: EbpfMode,
+    pub events: Vec<String>,
+    /// Where BTF is looked for (a flag, so tests can hide it).
+    pub btf_path: PathBuf,
+    /// Turn the kernel's per-program run-time accounting on while the daemon runs.
+    pub stats: bool,
+}
+
+/// Start eBPF as `opts.mode` asks. Err only in `on` mode, with the reason.
+pub fn start(host: &HostRoot, opts: &EbpfOptions) -> Result<EbpfStatus, String> {
+    if opts.mode == EbpfMode::Off {
         return Ok(EbpfStatus::procfs("disabled by --ebpf off"));
     }
     let fail = |reason: String| -> Result<EbpfStatus, String> {
-        if mode == EbpfMode::On {
+        if opts.mode == EbpfMode::On {
             Err(reason)
         } else {
             log::warn!("eBPF unavailable, running in procfs mode: {reason}");
@@ -104,26 +289,29 @@ pub fn start(host: &HostRoot, mode: EbpfMode, event_specs: &[String]) -> Result<
     let Some(object) = EBPF_OBJECT else {
         return fail("this binary was built without eBPF programs (--no-default-features)".into());
     };
-    if !host.path("sys/kernel/btf/vmlinux").exists() {
-        return fail("the kernel has no BTF (/sys/kernel/btf/vmlinux missing)".into());
+    let btf = host.path(&opts.btf_path);
+    if !btf.exists() {
+        return fail(format!("the kernel has no BTF ({} missing)", btf.display()));
     }
-    match load(host, object, event_specs) {
-        Ok(c) if c.events.iter().any(|e| e.attached) => {
+    match load(host, object, opts) {
+        Ok(c) if c.events.iter().any(|e| e.attached) || c.programs.iter().any(|p| p.attached) => {
             let n = c.events.iter().filter(|e| e.attached).count();
-            let skipped: Vec<_> = c.events.iter().filter(|e| !e.attached).map(|e| e.spec.as_str()).collect();
-            let reason = if skipped.is_empty() {
-                format!("{n} tracepoints attached")
-            } else {
-                format!("{n} tracepoints attached, skipped: {}", skipped.join(","))
-            };
+            let progs: Vec<_> = c.programs.iter().filter(|p| p.attached).map(|p| p.program).collect();
+            let skipped: Vec<_> = c
+                .events
+                .iter()
+                .filter(|e| !e.attached)
+                .map(|e| e.spec.as_str())
+                .chain(c.programs.iter().filter(|p| !p.attached).map(|p| p.program))
+                .collect();
+            let mut reason = format!("{n} tracepoints counted; programs {}", progs.join(","));
+            if !skipped.is_empty() {
+                reason += &format!("; skipped {}", skipped.join(","));
+            }
             log::info!("eBPF mode: {reason}");
             Ok(EbpfStatus { mode: "ebpf", reason, counters: Some(c) })
         }
-        Ok(c) => {
-            let why: Vec<_> =
-                c.events.iter().map(|e| format!("{}: {}", e.spec, e.error.as_deref().unwrap_or("?"))).collect();
-            fail(format!("no tracepoint could be attached ({})", why.join("; ")))
-        }
+        Ok(_) => fail("no program could be attached (is the kvm module loaded?)".into()),
         Err(e) => fail(e),
     }
 }
@@ -137,76 +325,90 @@ fn raise_memlock_limit() {
     }
 }
 
-fn load(host: &HostRoot, object: &[u8], event_specs: &[String]) -> Result<EbpfCounters, String> {
+fn tracepoint<'a>(bpf: &'a mut Ebpf, prog_name: &str) -> Result<&'a mut TracePoint, String> {
+    bpf.program_mut(prog_name)
+        .ok_or_else(|| format!("program {prog_name} missing from the object"))?
+        .try_into()
+        .map_err(|e| format!("{prog_name}: {e}"))
+}
+
+fn attach(bpf: &mut Ebpf, prog_name: &str, cat: &str, name: &str) -> Result<(), String> {
+    let prog = tracepoint(bpf, prog_name)?;
+    prog.load().map_err(|e| format!("loading {prog_name} (verifier or rights): {e}"))?;
+    prog.attach(cat, name).map_err(|e| format!("attaching {prog_name} to {cat}:{name}: {e}"))?;
+    Ok(())
+}
+
+fn load(host: &HostRoot, object: &[u8], opts: &EbpfOptions) -> Result<EbpfCounters, String> {
     let tracefs = tracefs::find_or_mount(host).map_err(|e| format!("tracefs: {e}"))?;
+
+    // Per-tracepoint counters: which of the requested tracepoints exist here.
     let mut events: Vec<TraceEvent> = Vec::new();
-    for spec in event_specs {
+    for spec in &opts.events {
         let spec = spec.trim();
-        if spec.is_empty() {
+        let (cat, name) = spec.split_once(':').unwrap_or(("kvm", spec));
+        if spec.is_empty() || events.iter().any(|e| e.spec == format!("{cat}:{name}")) {
             continue;
         }
-        let (cat, name) = spec.split_once(':').unwrap_or(("kvm", spec));
-        let mut ev = TraceEvent {
+        let error = tracefs::read_format(&tracefs, cat, name).err().map(|e| format!("not on this kernel ({e})"));
+        events.push(TraceEvent {
             spec: format!("{cat}:{name}"),
             name: name.to_string(),
-            id: None,
             slot: None,
             attached: false,
-            error: None,
-        };
-        if events.iter().any(|e| e.spec == ev.spec) {
-            continue;
-        }
-        // The format file tells whether the tracepoint exists on this kernel (and its id).
-        match tracefs::read_format(&tracefs, cat, name) {
-            Ok(fmt) => ev.id = Some(fmt.id),
-            Err(e) => ev.error = Some(format!("not on this kernel ({e})")),
-        }
-        events.push(ev);
-    }
-    if events.iter().all(|e| e.id.is_none()) {
-        let why: Vec<_> = events.iter().map(|e| format!("{}: {}", e.spec, e.error.as_deref().unwrap_or("?"))).collect();
-        return Err(format!(
-            "none of the requested tracepoints exists (is the kvm module loaded?): {}",
-            why.join("; ")
-        ));
+            error,
+        });
     }
 
-    // kvm_userspace_exit by reason: its field offsets come from the format file.
-    let mut uexit = UserspaceExits::default();
-    let mut uexit_offsets = None;
-    match tracefs::read_format(&tracefs, "kvm", "kvm_userspace_exit") {
-        Ok(fmt) => match (fmt.checked_field("reason", 4), fmt.checked_field("errno", 4)) {
-            (Ok(r), Ok(e)) => {
-                uexit_offsets = Some((r.offset, e.offset));
-                uexit.reason_names = userspace_exit_names(&fmt.print_fmt);
+    // The other programs: their field offsets from the format files.
+    let mut formats: HashMap<&str, TraceFormat> = HashMap::new();
+    let mut programs: Vec<ProgramStatus> = Vec::new();
+    let mut global_values: Vec<(&'static str, u32)> = Vec::new();
+    for spec in PROGRAMS {
+        let resolved = tracefs::read_format(&tracefs, spec.category, spec.event)
+            .map_err(|e| format!("no {}:{} tracepoint ({e})", spec.category, spec.event))
+            .and_then(|fmt| {
+                let offsets = resolve_offsets(spec, &fmt)?;
+                formats.insert(spec.event, fmt);
+                Ok(offsets)
+            });
+        match resolved {
+            Ok(offsets) => {
+                global_values.extend(offsets);
+                programs.push(ProgramStatus { program: spec.program, attached: false, error: None });
             }
-            (Err(e), _) | (_, Err(e)) => uexit.error = Some(e),
-        },
-        Err(e) => uexit.error = Some(format!("no kvm_userspace_exit tracepoint ({e})")),
+            Err(e) => programs.push(ProgramStatus { program: spec.program, attached: false, error: Some(e) }),
+        }
     }
+    let userspace_exit_names =
+        formats.get("kvm_userspace_exit").map(|f| userspace_exit_names(&f.print_fmt)).unwrap_or_default();
+    let cpu_isa = host.read_to_string("proc/cpuinfo").map(|c| host_isa(&c)).unwrap_or(ISA_UNKNOWN);
+    let exit_reasons =
+        formats.get("kvm_exit").map(|f| ExitReasons::from_print_fmt(&f.print_fmt, cpu_isa)).unwrap_or_default();
 
     raise_memlock_limit();
-    let (reason_off, errno_off) = uexit_offsets.unwrap_or((0, 0));
-    let mut bpf = EbpfLoader::new()
-        .override_global(GLOBAL_UEXIT_REASON_OFFSET, &reason_off, true)
-        .override_global(GLOBAL_UEXIT_ERRNO_OFFSET, &errno_off, true)
-        .load(object)
-        .map_err(|e| format!("loading the eBPF object: {e}"))?;
-    if let Err(e) = aya_log::EbpfLogger::init(&mut bpf) {
-        // The counter programs log nothing per event by design.
-        log::debug!("aya-log not active: {e}");
+    let mut loader = EbpfLoader::new();
+    for (g, v) in &global_values {
+        loader.override_global(g, v, true);
     }
+    let mut bpf = loader.load(object).map_err(|e| format!("loading the eBPF object: {e}"))?;
+    let logger = match aya_log::EbpfLogger::init(&mut bpf) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            log::debug!("aya-log not active: {e}");
+            None
+        }
+    };
+
     let mut slot = 0u32;
-    for ev in events.iter_mut().filter(|e| e.id.is_some()) {
+    for ev in events.iter_mut().filter(|e| e.error.is_none()) {
         if slot >= EVENT_SLOTS {
             ev.error = Some(format!("more than {EVENT_SLOTS} tracepoints requested"));
             continue;
         }
         let (cat, name) = ev.spec.split_once(':').unwrap_or(("kvm", &ev.name));
         let mut buf = [0u8; 16];
-        let prog_name = event_program_name(slot, &mut buf);
-        match attach(&mut bpf, prog_name, cat, name) {
+        match attach(&mut bpf, event_program_name(slot, &mut buf), cat, name) {
             Ok(()) => {
                 ev.slot = Some(slot);
                 ev.attached = true;
@@ -215,107 +417,400 @@ fn load(host: &HostRoot, object: &[u8], event_specs: &[String]) -> Result<EbpfCo
             Err(e) => ev.error = Some(e),
         }
     }
-    if uexit_offsets.is_some() {
-        match attach(&mut bpf, "count_userspace_exit", "kvm", "kvm_userspace_exit") {
-            Ok(()) => uexit.attached = true,
-            Err(e) => uexit.error = Some(e),
+    // In PROGRAMS order; `requires` always names an earlier program, so its status is known.
+    for i in 0..PROGRAMS.len() {
+        let spec = &PROGRAMS[i];
+        if programs[i].error.is_some() {
+            continue;
         }
+        if let Some(req) = spec.requires
+            && !programs[..i].iter().any(|p| p.program == req && p.attached)
+        {
+            programs[i].error = Some(format!("needs {req}, which is not attached"));
+            continue;
+        }
+        programs[i].error = attach(&mut bpf, spec.program, spec.category, spec.event).err();
+        programs[i].attached = programs[i].error.is_none();
     }
-    if let Some(e) = &uexit.error {
-        log::warn!("kvm_userspace_exit by reason not counted: {e}");
+    for st in programs.iter().filter(|p| p.error.is_some()) {
+        log::warn!("eBPF program {} not attached: {}", st.program, st.error.as_deref().unwrap_or(""));
     }
-    Ok(EbpfCounters { bpf, events, userspace_exits: uexit })
+
+    let (stats_fd, stats_on) = if opts.stats {
+        match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+            Ok(fd) => (Some(fd), true),
+            Err(e) => {
+                log::warn!("--ebpf-stats: cannot enable BPF run-time statistics: {e}");
+                (None, false)
+            }
+        }
+    } else {
+        (None, false)
+    };
+
+    let mut c = EbpfCounters {
+        bpf,
+        events,
+        programs,
+        userspace_exit_names,
+        exit_reasons,
+        logger,
+        vcpus: HashMap::new(),
+        _stats: stats_fd,
+        stats_on,
+    };
+    c.flush_log();
+    Ok(c)
 }
 
-fn attach(bpf: &mut Ebpf, prog_name: &str, cat: &str, name: &str) -> Result<(), String> {
-    let prog: &mut TracePoint = bpf
-        .program_mut(prog_name)
-        .ok_or_else(|| format!("program {prog_name} missing from the object"))?
-        .try_into()
-        .map_err(|e| format!("{prog_name}: {e}"))?;
-    prog.load().map_err(|e| format!("loading {prog_name} (verifier or rights): {e}"))?;
-    prog.attach(cat, name).map_err(|e| format!("attaching {prog_name} to {cat}:{name}: {e}"))?;
-    Ok(())
-}
-
-/// KVM_EXIT_* number -> label (`KVM_EXIT_IO` -> `io`), from kvm_userspace_exit's print fmt.
-pub fn userspace_exit_names(print_fmt: &str) -> HashMap<u32, String> {
-    tracefs::print_symbolic_tables(print_fmt, "reason")
-        .into_iter()
-        .flatten()
-        .filter_map(|(n, name)| {
-            let n = u32::try_from(n).ok()?;
-            Some((n, name.strip_prefix("KVM_EXIT_").unwrap_or(&name).to_ascii_lowercase()))
-        })
-        .collect()
-}
-
-/// Per-process event counts read from the maps.
+/// Everything read from the maps in one scrape; per-CPU values summed.
 #[derive(Debug, Default, Clone)]
-pub struct EventCounts {
-    /// (tgid, slot) -> events, summed over CPUs.
-    pub counts: HashMap<(u32, u32), u64>,
-    /// (tgid, KVM_EXIT_* or REASON_*) -> exits to user space, summed over CPUs.
+pub struct EbpfSnapshot {
+    /// (tgid, slot) -> events.
+    pub events: HashMap<(u32, u32), u64>,
+    /// (tgid, KVM_EXIT_* or REASON_*) -> exits to user space.
     pub userspace_exits: HashMap<(u32, u32), u64>,
-    /// Events the program could not count, by kind.
+    /// (tgid, isa, reason) -> exits and nanoseconds from exit to next entry.
+    pub exits: HashMap<(u32, u32, u32), CountNs>,
+    /// (tgid, kind) -> histogram.
+    pub hists: HashMap<(u32, u32), Hist>,
+    /// (tgid, outcome) -> halt wakeups and nanoseconds halted.
+    pub halt: HashMap<(u32, u32), CountNs>,
+    /// Anomalies counted by the programs, by cause.
     pub errors: Vec<(&'static str, u64)>,
+    /// (map, entries, capacity).
+    pub maps: Vec<(&'static str, usize, u32)>,
+    /// (program, runs, run time) when the kernel's BPF statistics are on.
+    pub prog_stats: Vec<(String, u64, Duration)>,
+}
+
+impl EbpfSnapshot {
+    /// Every process that has an entry in some map.
+    pub fn tgids(&self) -> HashSet<u32> {
+        self.events
+            .keys()
+            .chain(self.userspace_exits.keys())
+            .chain(self.hists.keys())
+            .chain(self.halt.keys())
+            .map(|k| k.0)
+            .chain(self.exits.keys().map(|k| k.0))
+            .collect()
+    }
+}
+
+fn sum_count_ns(v: &PerCpuValues<CountNs>) -> CountNs {
+    v.iter().fold(CountNs::default(), |a, b| CountNs { count: a.count + b.count, ns: a.ns + b.ns })
+}
+
+fn sum_hist(v: &PerCpuValues<Hist>) -> Hist {
+    let mut out = Hist::default();
+    for h in v.iter() {
+        for (o, b) in out.buckets.iter_mut().zip(h.buckets.iter()) {
+            *o += b;
+        }
+        out.sum_ns += h.sum_ns;
+    }
+    out
+}
+
+/// Read a per-CPU hash map into (key -> summed value). Keys deleted while we iterate are skipped.
+fn read_percpu<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod, T>(
+    bpf: &Ebpf,
+    name: &'static str,
+    sum: impl Fn(&PerCpuValues<V>) -> T,
+) -> Result<Vec<(K, T)>, String> {
+    let map = bpf.map(name).ok_or_else(|| format!("map {name} missing"))?;
+    let m: PerCpuHashMap<&MapData, K, V> = PerCpuHashMap::try_from(map).map_err(|e| format!("{name}: {e}"))?;
+    Ok(m.iter().filter_map(Result::ok).map(|(k, v)| (k, sum(&v))).collect())
 }
 
 impl EbpfCounters {
-    /// Read every counter.
-    pub fn read(&self) -> Result<EventCounts, String> {
-        let map = self.bpf.map("EVENT_COUNTS").ok_or("map EVENT_COUNTS missing")?;
-        let counts_map: PerCpuHashMap<_, EventKey, u64> = PerCpuHashMap::try_from(map).map_err(|e| e.to_string())?;
-        let mut out = EventCounts::default();
-        for item in counts_map.iter() {
-            match item {
-                Ok((k, per_cpu)) => {
-                    out.counts.insert((k.tgid, k.slot), per_cpu.iter().sum());
+    /// Read every map.
+    pub fn read(&mut self) -> Result<EbpfSnapshot, String> {
+        self.flush_log();
+        let b = &self.bpf;
+        let sum_u64 = |v: &PerCpuValues<u64>| v.iter().sum::<u64>();
+        let mut s = EbpfSnapshot::default();
+        let events = read_percpu::<TgidKey, u64, u64>(b, "EVENT_COUNTS", sum_u64)?;
+        let uexits = read_percpu::<TgidKey, u64, u64>(b, "USERSPACE_EXITS", sum_u64)?;
+        let exits = read_percpu::<ExitKey, CountNs, CountNs>(b, "EXITS", sum_count_ns)?;
+        let hists = read_percpu::<TgidKey, Hist, Hist>(b, "HIST", sum_hist)?;
+        let halt = read_percpu::<TgidKey, CountNs, CountNs>(b, "HALT", sum_count_ns)?;
+        s.maps = vec![
+            ("EVENT_COUNTS", events.len(), pve_exporter_common::MAX_EVENT_KEYS),
+            ("USERSPACE_EXITS", uexits.len(), pve_exporter_common::MAX_REASON_KEYS),
+            ("EXITS", exits.len(), pve_exporter_common::MAX_EXIT_KEYS),
+            ("HIST", hists.len(), pve_exporter_common::MAX_HIST_KEYS),
+            ("HALT", halt.len(), pve_exporter_common::MAX_HALT_KEYS),
+            ("VCPU_THREADS", self.vcpus.len(), pve_exporter_common::MAX_VCPU_THREADS),
+        ];
+        s.events = events.into_iter().map(|(k, v)| ((k.tgid, k.sub), v)).collect();
+        s.userspace_exits = uexits.into_iter().map(|(k, v)| ((k.tgid, k.sub), v)).collect();
+        s.exits = exits.into_iter().map(|(k, v)| ((k.tgid, k.isa, k.reason), v)).collect();
+        s.hists = hists.into_iter().map(|(k, v)| ((k.tgid, k.sub), v)).collect();
+        s.halt = halt.into_iter().map(|(k, v)| ((k.tgid, k.sub), v)).collect();
+        if let Some(map) = b.map("COUNTER_ERRORS") {
+            let errs: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).map_err(|e| e.to_string())?;
+            for (slot, cause) in [
+                (ERR_MAP_FULL, "map_full"),
+                (ERR_NEGATIVE_DELTA, "negative_delta"),
+                (ERR_UNMATCHED_ENTRY, "unmatched_entry"),
+            ] {
+                s.errors.push((cause, errs.get(&slot, 0).map(|v| v.iter().sum()).unwrap_or(0)));
+            }
+        }
+        if self.stats_on || stats_enabled_by_sysctl() {
+            for (name, prog) in self.bpf.programs() {
+                if let Program::TracePoint(tp) = prog
+                    && let Ok(info) = tp.info()
+                    && self.is_attached(name)
+                {
+                    s.prog_stats.push((name.to_string(), info.run_count(), info.run_time()));
                 }
-                // A key deleted while we iterate: skip it.
-                Err(e) => log::debug!("EVENT_COUNTS iteration: {e}"),
+            }
+            s.prog_stats.sort();
+        }
+        Ok(s)
+    }
+
+    fn is_attached(&self, program: &str) -> bool {
+        self.programs.iter().any(|p| p.attached && p.program == program)
+            || self.events.iter().filter_map(|e| e.slot).any(|slot| {
+                let mut buf = [0u8; 16];
+                event_program_name(slot, &mut buf) == program
+            })
+    }
+
+    /// Write aya-log records of the programs (rare anomalies) to our log.
+    pub fn flush_log(&mut self) {
+        if let Some(l) = self.logger.as_mut() {
+            l.flush();
+        }
+    }
+
+    /// Tell the programs which threads are vCPUs: `(tgid, tid)` of every vCPU thread of every
+    /// running VM. Only changes reach the kernel: new threads are added, threads of stopped
+    /// VMs (or unplugged vCPUs) removed, with their pending run-queue timestamps.
+    pub fn sync_vcpus(&mut self, current: &[(u32, u32)]) {
+        let want: HashMap<u32, u32> = current.iter().map(|&(tgid, tid)| (tid, tgid)).collect();
+        let gone: Vec<u32> =
+            self.vcpus.iter().filter(|(tid, tgid)| want.get(tid) != Some(tgid)).map(|(t, _)| *t).collect();
+        let added: Vec<(u32, u32)> =
+            want.iter().filter(|(tid, tgid)| self.vcpus.get(tid) != Some(tgid)).map(|(t, g)| (*t, *g)).collect();
+        if gone.is_empty() && added.is_empty() {
+            return;
+        }
+        if let Some(map) = self.bpf.map_mut("VCPU_THREADS")
+            && let Ok(mut m) = BpfHashMap::<&mut MapData, u32, u32>::try_from(map)
+        {
+            for tid in &gone {
+                let _ = m.remove(tid);
+                self.vcpus.remove(tid);
+            }
+            for (tid, tgid) in &added {
+                match m.insert(tid, tgid, 0) {
+                    Ok(()) => {
+                        self.vcpus.insert(*tid, *tgid);
+                    }
+                    Err(e) => log::debug!("VCPU_THREADS insert {tid}: {e}"),
+                }
             }
         }
-        if self.userspace_exits.attached {
-            let map = self.bpf.map("USERSPACE_EXITS").ok_or("map USERSPACE_EXITS missing")?;
-            let m: PerCpuHashMap<_, ReasonKey, u64> = PerCpuHashMap::try_from(map).map_err(|e| e.to_string())?;
-            for (k, per_cpu) in m.iter().filter_map(Result::ok) {
-                out.userspace_exits.insert((k.tgid, k.reason), per_cpu.iter().sum());
+        if let Some(map) = self.bpf.map_mut("WAIT_START")
+            && let Ok(mut m) = BpfHashMap::<&mut MapData, u32, u64>::try_from(map)
+        {
+            for tid in &gone {
+                let _ = m.remove(tid);
             }
         }
-        if let Some(map) = self.bpf.map("COUNTER_ERRORS") {
-            let errs: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(|e| e.to_string())?;
-            let full = errs.get(&ERR_MAP_FULL, 0).map(|v| v.iter().sum()).unwrap_or(0);
-            out.errors.push(("map_full", full));
+        // The filter holds, per slot, how many registered threads fall into it.
+        let slots: HashSet<u32> =
+            gone.iter().chain(added.iter().map(|(t, _)| t)).map(|&t| vcpu_filter_slot(t)).collect();
+        if let Some(map) = self.bpf.map_mut("VCPU_FILTER")
+            && let Ok(mut m) = Array::<&mut MapData, u8>::try_from(map)
+        {
+            for slot in slots {
+                let n = self.vcpus.keys().filter(|&&t| vcpu_filter_slot(t) == slot).count();
+                if let Err(e) = m.set(slot, n.min(255) as u8, 0) {
+                    log::debug!("VCPU_FILTER set {slot}: {e}");
+                }
+            }
         }
-        Ok(out)
     }
 
     /// Drop every counter of the given processes (they exited), so the bounded maps never
     /// fill with the dead.
-    pub fn forget(&mut self, tgids: &HashSet<u32>, counts: &EventCounts) {
-        if let Some(map) = self.bpf.map_mut("EVENT_COUNTS")
-            && let Ok(mut m) = PerCpuHashMap::<_, EventKey, u64>::try_from(map)
-        {
-            for &(tgid, slot) in counts.counts.keys().filter(|(t, _)| tgids.contains(t)) {
-                if let Err(e) = m.remove(&EventKey { tgid, slot }) {
-                    log::debug!("EVENT_COUNTS remove ({tgid}, {slot}): {e}");
+    pub fn forget(&mut self, tgids: &HashSet<u32>, snap: &EbpfSnapshot) {
+        fn remove<K: aya::Pod, V: aya::Pod>(bpf: &mut Ebpf, name: &str, keys: impl Iterator<Item = K>) {
+            let Some(map) = bpf.map_mut(name) else { return };
+            let Ok(mut m) = PerCpuHashMap::<&mut MapData, K, V>::try_from(map) else { return };
+            for k in keys {
+                if let Err(e) = m.remove(&k) {
+                    log::debug!("{name} remove: {e}");
                 }
             }
         }
-        if let Some(map) = self.bpf.map_mut("USERSPACE_EXITS")
-            && let Ok(mut m) = PerCpuHashMap::<_, ReasonKey, u64>::try_from(map)
-        {
-            for &(tgid, reason) in counts.userspace_exits.keys().filter(|(t, _)| tgids.contains(t)) {
-                if let Err(e) = m.remove(&ReasonKey { tgid, reason }) {
-                    log::debug!("USERSPACE_EXITS remove ({tgid}, {reason}): {e}");
-                }
-            }
-        }
+        let dead = |t: &u32| tgids.contains(t);
+        let b = &mut self.bpf;
+        remove::<TgidKey, u64>(
+            b,
+            "EVENT_COUNTS",
+            snap.events.keys().filter(|k| dead(&k.0)).map(|&(tgid, sub)| TgidKey { tgid, sub }),
+        );
+        remove::<TgidKey, u64>(
+            b,
+            "USERSPACE_EXITS",
+            snap.userspace_exits.keys().filter(|k| dead(&k.0)).map(|&(tgid, sub)| TgidKey { tgid, sub }),
+        );
+        remove::<ExitKey, CountNs>(
+            b,
+            "EXITS",
+            snap.exits.keys().filter(|k| dead(&k.0)).map(|&(tgid, isa, reason)| ExitKey { tgid, isa, reason }),
+        );
+        remove::<TgidKey, Hist>(
+            b,
+            "HIST",
+            snap.hists.keys().filter(|k| dead(&k.0)).map(|&(tgid, sub)| TgidKey { tgid, sub }),
+        );
+        remove::<TgidKey, CountNs>(
+            b,
+            "HALT",
+            snap.halt.keys().filter(|k| dead(&k.0)).map(|&(tgid, sub)| TgidKey { tgid, sub }),
+        );
     }
 
-    /// slot -> event name, for the attached events.
+    /// slot -> event name, for the attached counters.
     pub fn event_names(&self) -> HashMap<u32, String> {
         self.events.iter().filter_map(|e| e.slot.map(|s| (s, e.name.clone()))).collect()
+    }
+}
+
+/// Whether an operator turned the kernel's BPF statistics on (`sysctl kernel.bpf_stats_enabled=1`).
+fn stats_enabled_by_sysctl() -> bool {
+    std::fs::read_to_string(Path::new("/proc/sys/kernel/bpf_stats_enabled")).is_ok_and(|s| s.trim() == "1")
+}
+
+/// The upper bounds (`le`, in seconds) of the exported histogram buckets: powers of four from
+/// 1.024 µs to ~1.07 s, then +Inf. Each is a bucket boundary of the BPF histogram (2^b ns),
+/// so the cumulative counts are exact.
+pub const EXPORTED_BUCKET_BITS: &[u32] = &[10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30];
+
+/// The exported buckets of a BPF histogram: (le in seconds, count in that bucket alone), +Inf
+/// last, and the total count. (The encoder makes them cumulative.)
+pub fn exported_buckets(h: &Hist) -> (Vec<(f64, u64)>, u64) {
+    let mut out = Vec::with_capacity(EXPORTED_BUCKET_BITS.len() + 1);
+    let mut from = 0usize;
+    for &bits in EXPORTED_BUCKET_BITS {
+        // BPF bucket b holds [2^b, 2^(b+1)) ns: below 2^bits ns are buckets 0..bits.
+        let to = (bits as usize).min(HIST_BUCKETS);
+        out.push(((1u64 << bits) as f64 / 1e9, h.buckets[from..to].iter().sum()));
+        from = to;
+    }
+    out.push((f64::INFINITY, h.buckets[from..].iter().sum()));
+    (out, h.buckets.iter().sum())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> TraceFormat {
+        let p = format!("{}/../fixtures/tracepoints/{name}.format", env!("CARGO_MANIFEST_DIR"));
+        tracefs::parse_format(&std::fs::read_to_string(p).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn every_program_resolves_on_the_recorded_kernel() {
+        for spec in PROGRAMS {
+            let fmt = fixture(&format!("{}_{}", spec.category, spec.event));
+            let offsets = resolve_offsets(spec, &fmt).unwrap_or_else(|e| panic!("{}: {e}", spec.program));
+            assert_eq!(offsets.len(), spec.fields.len());
+        }
+        let sw = resolve_offsets(&PROGRAMS[4], &fixture("sched_sched_switch")).unwrap();
+        assert_eq!(
+            sw,
+            [(globals::SWITCH_PREV_PID, 24), (globals::SWITCH_PREV_STATE, 32), (globals::SWITCH_NEXT_PID, 56)]
+        );
+    }
+
+    #[test]
+    fn bad_fields_refuse_the_program() {
+        let mut fmt = fixture("kvm_kvm_exit");
+        fmt.fields.retain(|f| f.name != "isa");
+        // isa is optional: old kernels.
+        assert_eq!(resolve_offsets(&PROGRAMS[1], &fmt).unwrap()[1], (globals::EXIT_ISA, u32::MAX));
+        fmt.fields.iter_mut().find(|f| f.name == "exit_reason").unwrap().size = 8;
+        assert!(resolve_offsets(&PROGRAMS[1], &fmt).unwrap_err().contains("size 8"));
+        fmt.fields.retain(|f| f.name != "exit_reason");
+        assert!(resolve_offsets(&PROGRAMS[1], &fmt).unwrap_err().contains("no field exit_reason"));
+    }
+
+    #[test]
+    fn exit_reason_labels() {
+        let r = ExitReasons::from_print_fmt(&fixture("kvm_kvm_exit").print_fmt, ISA_UNKNOWN);
+        assert_eq!(r.label(ISA_VMX, 30), "io_instruction");
+        assert_eq!(r.label(ISA_VMX, 12), "hlt");
+        assert_eq!(r.label(ISA_VMX, 48), "ept_violation");
+        assert_eq!(r.label(ISA_SVM, 0x7b), "io");
+        assert_eq!(r.label(ISA_SVM, 0x400), "npf");
+        assert_eq!(r.label(ISA_VMX, 9999), "9999");
+        assert_eq!(r.label(7, 1), "1");
+        // No isa in the record: the host's vendor decides.
+        let amd = ExitReasons { host_isa: ISA_SVM, ..r.clone() };
+        assert_eq!(amd.label(ISA_UNKNOWN, 0x7b), "io");
+        assert_eq!(r.label(ISA_UNKNOWN, 30), "30");
+    }
+
+    #[test]
+    fn exit_decoding_on_the_older_layout() {
+        let fmt = fixture("kvm_kvm_exit.v5.4-reconstructed");
+        assert!(fmt.field("vcpu_id").is_none());
+        let offsets = resolve_offsets(&PROGRAMS[1], &fmt).unwrap();
+        assert_eq!(offsets, [(globals::EXIT_REASON, 8), (globals::EXIT_ISA, 24)]);
+        let r = ExitReasons::from_print_fmt(&fmt.print_fmt, ISA_UNKNOWN);
+        assert_eq!(r.label(ISA_VMX, 30), "io_instruction");
+        assert_eq!(r.label(ISA_VMX, 7), "pending_interrupt"); // renamed INTERRUPT_WINDOW since
+        assert_eq!(r.label(ISA_SVM, 0x7b), "io");
+        assert_eq!(r.label(ISA_SVM, 0x402), "avic_incomplete_ipi");
+        // A reason the older kernel has no name for: the number.
+        assert_eq!(r.label(ISA_VMX, 74), "74");
+        // The current layout moves nothing the program reads.
+        let new = resolve_offsets(&PROGRAMS[1], &fixture("kvm_kvm_exit")).unwrap();
+        assert_eq!(new, offsets);
+    }
+
+    #[test]
+    fn vendors() {
+        assert_eq!(host_isa("processor\t: 0\nvendor_id\t: GenuineIntel\n"), ISA_VMX);
+        assert_eq!(host_isa("vendor_id\t: AuthenticAMD\n"), ISA_SVM);
+        assert_eq!(host_isa("vendor_id : HygonGenuine"), ISA_SVM);
+        assert_eq!(host_isa("garbage"), ISA_UNKNOWN);
+    }
+
+    #[test]
+    fn userspace_exit_labels() {
+        let names = userspace_exit_names(&fixture("kvm_kvm_userspace_exit").print_fmt);
+        assert_eq!(userspace_exit_label(&names, 2), "io");
+        assert_eq!(userspace_exit_label(&names, 24), "system_event");
+        assert_eq!(userspace_exit_label(&names, REASON_RESTART), "restart");
+        assert_eq!(userspace_exit_label(&names, REASON_ERROR), "error");
+        assert_eq!(userspace_exit_label(&names, 1000), "1000");
+    }
+
+    #[test]
+    fn histogram_buckets_are_exact() {
+        let mut h = Hist::default();
+        h.buckets[0] = 1; // 0..2 ns
+        h.buckets[9] = 2; // 512..1024 ns: below 1.024 µs
+        h.buckets[10] = 4; // 1024..2048 ns: below 4.096 µs
+        h.buckets[39] = 8; // huge
+        h.sum_ns = 123;
+        let (b, n) = exported_buckets(&h);
+        assert_eq!(n, 15);
+        assert_eq!(b[0], (1.024e-6, 3));
+        assert_eq!(b[1], (4.096e-6, 4));
+        assert_eq!(*b.last().unwrap(), (f64::INFINITY, 8));
+        assert_eq!(b.iter().map(|x| x.1).sum::<u64>(), n);
+        assert!(b.windows(2).all(|w| w[0].0 < w[1].0));
     }
 }

@@ -4,7 +4,7 @@
 
 use std::{
     io::{Read, Write},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     os::unix::{fs::symlink, process::CommandExt},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -34,9 +34,39 @@ fn require_vmids_free(vmids: &[u32]) {
     }
 }
 
-/// A host root: real /proc and /sys, our own /etc/pve with configs for `vmids` (which must not
-/// be in use on the host).
-pub fn host_root(vmids: &[u32]) -> tempfile::TempDir {
+/// A host root for a live test; holds the test's vmids (see [`host_root`]) until dropped.
+pub struct TestRoot {
+    dir: tempfile::TempDir,
+    _locks: Vec<std::fs::File>,
+}
+
+impl std::ops::Deref for TestRoot {
+    type Target = tempfile::TempDir;
+    fn deref(&self) -> &tempfile::TempDir {
+        &self.dir
+    }
+}
+
+/// Take an exclusive lock on `vmid` shared by every test process on this machine: two test
+/// suites running at once (two developers, or a developer and CI on one machine) would
+/// otherwise start guests with the same vmid, and each daemon would see the other's guest.
+fn lock_vmid(vmid: u32) -> std::fs::File {
+    use std::os::fd::AsRawFd;
+    let dir = std::env::temp_dir().join("pve-exporter-test-vmids");
+    let _ = std::fs::create_dir_all(&dir);
+    let f = std::fs::File::create(dir.join(format!("{vmid}.lock"))).expect("vmid lock file");
+    // SAFETY: flock on a file descriptor we own; blocks until the other test releases it.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(rc, 0, "flock vmid {vmid}: {}", std::io::Error::last_os_error());
+    f
+}
+
+/// A host root: real /proc and /sys, our own /etc/pve with configs for `vmids`, which this
+/// test holds until the root is dropped and which must not be in use by anything else.
+pub fn host_root(vmids: &[u32]) -> TestRoot {
+    let mut sorted = vmids.to_vec();
+    sorted.sort_unstable(); // one lock order for everybody: no deadlock between tests
+    let locks = sorted.iter().map(|&id| lock_vmid(id)).collect();
     require_vmids_free(vmids);
     let dir = tempfile::tempdir().expect("tempdir");
     symlink("/proc", dir.path().join("proc")).expect("symlink proc");
@@ -45,7 +75,7 @@ pub fn host_root(vmids: &[u32]) -> tempfile::TempDir {
     for id in vmids {
         std::fs::write(dir.path().join(format!("etc/pve/qemu-server/{id}.conf")), "memory: 64\n").expect("conf");
     }
-    dir
+    TestRoot { dir, _locks: locks }
 }
 
 pub fn require_privileges() {
@@ -56,10 +86,6 @@ pub fn require_privileges() {
         "this test needs root and /dev/kvm (it runs real KVM guests and loads BPF programs); \
          run the suite as root on a KVM host, as `cargo xtask test` on the CI machine does"
     );
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
 /// Kills the process when dropped.
@@ -78,29 +104,55 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// Start the daemon on a port the kernel picks (`--port 0`) and learn it from the daemon's
+    /// "listening on" line: a port picked here and handed over could be taken by another
+    /// test's daemon in between, and the test would then talk to the wrong daemon.
     pub fn start(root: &Path, extra: &[&str]) -> Daemon {
-        let port = free_port();
-        let child = Command::new(DAEMON)
+        let mut child = Command::new(DAEMON)
             .arg("--root")
             .arg(root)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--loglevel", "WARNING"])
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            .args(["--loglevel", "INFO"])
             .args(extra)
             .stdout(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start pve-exporter");
-        let mut d = Daemon { proc: Proc(child), port };
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Forward the daemon's log (the test harness shows it for failed tests) and report the port.
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on ").nth(1)
+                    && let Some(addr) = rest.split("://").nth(1)
+                    && let Some(port) = addr.split_whitespace().next().and_then(|a| a.rsplit(':').next())
+                    && let Ok(port) = port.parse::<u16>()
+                {
+                    let _ = tx.send(port);
+                }
+                eprintln!("[pve-exporter] {line}");
+            }
+        });
+        let mut proc = Proc(child);
+        let port = loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(port) => break port,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if let Ok(Some(st)) = proc.0.try_wait() {
+                        panic!("pve-exporter exited during start-up: {st}");
+                    }
+                }
+                Err(e) => panic!("pve-exporter did not say where it listens: {e}"),
+            }
+        };
+        let d = Daemon { proc, port };
         let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok((200, _, _)) = d.try_get("/healthz", None) {
-                return d;
-            }
-            if let Ok(Some(st)) = d.proc.0.try_wait() {
-                panic!("pve-exporter exited during start-up: {st}");
-            }
+        while !matches!(d.try_get("/healthz", None), Ok((200, _, _))) {
             assert!(Instant::now() < deadline, "pve-exporter did not answer /healthz within 30 s");
             std::thread::sleep(Duration::from_millis(50));
         }
+        d
     }
 
     /// GET a path: (status, content type, body).
@@ -157,6 +209,8 @@ pub struct Guest {
 impl Guest {
     pub fn start(vmid: u32, smp: u32, writes: u64, dir: &Path) -> Guest {
         let ready: PathBuf = dir.join(format!("guest-{vmid}.ready"));
+        // A ready file of an earlier guest with this vmid would end the wait at once.
+        let _ = std::fs::remove_file(&ready);
         let child = Command::new(GUEST)
             .arg0("/usr/bin/kvm")
             .args(["-id", &vmid.to_string(), "-name", &format!("test{vmid},debug-threads=on")])
@@ -200,4 +254,35 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         let all = labels.iter().all(|(k, v)| lbls.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
         if all { value.parse().ok() } else { None }
     })
+}
+
+/// Copy a fixture tree, keeping symlinks as symlinks (`exe`).
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let ty = entry.file_type().expect("file type");
+        if ty.is_symlink() {
+            symlink(std::fs::read_link(&src).expect("readlink"), &dst).expect("symlink");
+        } else if ty.is_dir() {
+            copy_tree(&src, &dst);
+        } else {
+            std::fs::copy(&src, &dst).expect("copy");
+        }
+    }
+}
+
+/// `(comm, [run ns, wait ns, timeslices])` of every thread of `pid`, from the real /proc.
+pub fn thread_schedstats(pid: u32) -> Vec<(String, [u64; 3])> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/task")).expect("task dir").flatten() {
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default().trim_end().to_string();
+        let Ok(text) = std::fs::read_to_string(e.path().join("schedstat")) else { continue };
+        let v: Vec<u64> = text.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+        if let [run, wait, slices, ..] = v[..] {
+            out.push((comm, [run, wait, slices]));
+        }
+    }
+    out
 }

@@ -1,0 +1,131 @@
+//! Per-VM families from the eBPF maps, and the programs' own overhead. The maps are keyed by
+//! QEMU pid; this is where pids become VMs.
+
+use std::collections::{HashMap, HashSet};
+
+use pve_exporter_common::{HALT_INVALID, HALT_POLLED, HALT_WAITED, HIST_EXIT_HANDLING, HIST_RUNQUEUE_WAIT};
+
+use crate::{
+    catalog::*,
+    host::HostRoot,
+    metrics::{HistogramValue, MetricSet},
+    sources::ebpf::{EbpfCounters, exported_buckets, userspace_exit_label},
+    vm::Vm,
+};
+
+/// Read the maps and add the per-VM eBPF families. `vcpus` are (QEMU pid, thread id) of every
+/// vCPU thread of the VMs (for the run-queue program). Counters of processes that exited are
+/// removed from the maps.
+pub fn collect(
+    host: &HostRoot,
+    counters: &mut EbpfCounters,
+    vms: &[Vm],
+    vcpus: &[(u32, u32)],
+    out: &mut MetricSet,
+) -> Result<(), String> {
+    counters.sync_vcpus(vcpus);
+    let snap = counters.read()?;
+    let by_pid: HashMap<u32, &Vm> = vms.iter().map(|v| (v.pid, v)).collect();
+    let id = |tgid: u32| by_pid.get(&tgid).map(|v| v.id.clone());
+
+    // (id, label value, value) rows sorted for a stable output.
+    fn sorted<T>(mut rows: Vec<(String, String, T)>) -> Vec<(String, String, T)> {
+        rows.sort_by(|a, b| (a.0.len(), &a.0, &a.1).cmp(&(b.0.len(), &b.0, &b.1)));
+        rows
+    }
+
+    let names = counters.event_names();
+    let rows =
+        snap.events.iter().filter_map(|(&(tgid, slot), &n)| Some((id(tgid)?, names.get(&slot)?.clone(), n))).collect();
+    let f = out.family(&KVM_TRACEPOINT_EVENTS);
+    for (vm, event, n) in sorted(rows) {
+        f.push([("id", vm), ("event", event)], n);
+    }
+
+    let rows = snap
+        .userspace_exits
+        .iter()
+        .filter_map(|(&(tgid, r), &n)| Some((id(tgid)?, userspace_exit_label(&counters.userspace_exit_names, r), n)))
+        .collect();
+    let f = out.family(&KVM_USERSPACE_EXITS);
+    for (vm, reason, n) in sorted(rows) {
+        f.push([("id", vm), ("reason", reason)], n);
+    }
+
+    // Several raw reasons can share a label (an unknown isa); merge them.
+    let mut exits: HashMap<(String, String), (u64, u64)> = HashMap::new();
+    for (&(tgid, isa, reason), v) in &snap.exits {
+        if let Some(vm) = id(tgid) {
+            let e = exits.entry((vm, counters.exit_reasons.label(isa, reason))).or_default();
+            e.0 += v.count;
+            e.1 += v.ns;
+        }
+    }
+    let rows: Vec<_> = exits.into_iter().map(|((vm, r), v)| (vm, r, v)).collect();
+    let rows = sorted(rows);
+    let f = out.family(&KVM_EXITS);
+    for (vm, reason, (count, _)) in &rows {
+        f.push([("id", vm.clone()), ("reason", reason.clone())], *count);
+    }
+    let f = out.family(&KVM_EXIT_HANDLING_SECONDS_BY_REASON);
+    for (vm, reason, (_, ns)) in &rows {
+        f.push([("id", vm.clone()), ("reason", reason.clone())], *ns as f64 / 1e9);
+    }
+
+    for (kind, def) in
+        [(HIST_EXIT_HANDLING, &KVM_EXIT_HANDLING_SECONDS), (HIST_RUNQUEUE_WAIT, &KVM_RUNQUEUE_WAIT_SECONDS)]
+    {
+        let rows = snap
+            .hists
+            .iter()
+            .filter(|(k, _)| k.1 == kind)
+            .filter_map(|(&(tgid, _), h)| Some((id(tgid)?, String::new(), h)));
+        let f = out.family(def);
+        for (vm, _, h) in sorted(rows.collect()) {
+            let (buckets, count) = exported_buckets(h);
+            f.push([("id", vm)], HistogramValue { buckets, sum: h.sum_ns as f64 / 1e9, count });
+        }
+    }
+
+    let outcome = |o: u32| match o {
+        HALT_POLLED => "polled",
+        HALT_WAITED => "waited",
+        HALT_INVALID => "invalid",
+        _ => "unknown",
+    };
+    let rows = snap.halt.iter().filter_map(|(&(tgid, o), v)| Some((id(tgid)?, outcome(o).to_string(), *v))).collect();
+    let rows = sorted(rows);
+    let f = out.family(&KVM_HALT_WAKEUPS);
+    for (vm, o, v) in &rows {
+        f.push([("id", vm.clone()), ("outcome", o.clone())], v.count);
+    }
+    let f = out.family(&KVM_HALT_SECONDS);
+    for (vm, o, v) in &rows {
+        f.push([("id", vm.clone()), ("outcome", o.clone())], v.ns as f64 / 1e9);
+    }
+
+    // The programs' own cost.
+    for (program, runs, time) in &snap.prog_stats {
+        out.family(&EBPF_PROGRAM_RUNS).push([("program", program.clone())], *runs);
+        out.family(&EBPF_PROGRAM_RUN_SECONDS).push([("program", program.clone())], time.as_secs_f64());
+    }
+    for (map, entries, cap) in &snap.maps {
+        out.family(&EBPF_MAP_ENTRIES).push([("map", map.to_string())], *entries as u64);
+        out.family(&EBPF_MAP_CAPACITY).push([("map", map.to_string())], *cap);
+    }
+    let f = out.family(&EBPF_UNCOUNTED);
+    for (cause, n) in &snap.errors {
+        f.push([("cause", cause.to_string())], *n);
+    }
+
+    // Processes gone from the host (not merely not VMs): forget their counters.
+    let dead: HashSet<u32> = snap
+        .tgids()
+        .into_iter()
+        .filter(|tgid| !by_pid.contains_key(tgid) && !host.path(format!("proc/{tgid}")).exists())
+        .collect();
+    if !dead.is_empty() {
+        counters.forget(&dead, &snap);
+    }
+    Ok(())
+}

@@ -1,0 +1,189 @@
+//! Live tests of the eBPF programs beyond event counting: run-queue wait against the
+//! kernel's own schedstat, map cleanup over many VM lifetimes, and the fallbacks to procfs
+//! mode. They need root and /dev/kvm (see `common::require_privileges`).
+
+mod common;
+
+use std::{
+    os::unix::process::CommandExt,
+    process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use common::{Daemon, GUEST, Guest, Proc, host_root, require_privileges, sample};
+
+fn pin_current_thread(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t filled with CPU_SET, for the calling thread (pid 0).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// A guest whose vCPU writes to a port without end (busy), with every thread on `cpu`.
+fn busy_guest_on_cpu(vmid: u32, cpu: usize) -> Proc {
+    let mut c = Command::new(GUEST);
+    c.arg0("/usr/bin/kvm")
+        .args(["-id", &vmid.to_string(), "-name", &format!("busy{vmid},debug-threads=on")])
+        .args(["-smp", "1", "-m", "32", "-pio-writes", "4000000000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        c.pre_exec(move || {
+            pin_current_thread(cpu);
+            Ok(())
+        });
+    }
+    Proc(c.spawn().expect("start pve-test-guest"))
+}
+
+/// The vCPU thread of `pid` and its schedstat run-queue wait (ns).
+fn vcpu_run_delay(pid: u32) -> (u32, u64) {
+    for e in std::fs::read_dir(format!("/proc/{pid}/task")).expect("task dir").flatten() {
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        if comm.trim() == "CPU 0/KVM" {
+            let tid = e.file_name().to_string_lossy().parse().expect("tid");
+            let st = std::fs::read_to_string(e.path().join("schedstat")).expect("schedstat");
+            let wait = st.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("run_delay");
+            return (tid, wait);
+        }
+    }
+    panic!("no CPU 0/KVM thread in {pid}");
+}
+
+/// The run-queue wait the eBPF programs measure for a vCPU agrees with the kernel's own
+/// schedstat run_delay of that thread (the steal time KVM reports to the guest) within 10%,
+/// with a busy guest and a CPU hog pinned to one CPU.
+#[test]
+fn runqueue_wait_agrees_with_schedstat() {
+    require_privileges();
+    let root = host_root(&[120]);
+    let daemon = Daemon::start(root.path(), &["--ebpf", "on"]);
+    let guest = busy_guest_on_cpu(120, 0);
+    let pid = guest.0.id();
+    let stop = Arc::new(AtomicBool::new(false));
+    let hog = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            pin_current_thread(0);
+            let mut x = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                x = x.wrapping_add(1);
+                std::hint::black_box(x);
+            }
+        })
+    };
+    // The first scrape tells the programs which threads are vCPUs; measure from the second.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sample(&daemon.get("/metrics"), "pve_kvm_info", &[("id", "120")]).is_none() {
+        assert!(Instant::now() < deadline, "VM 120 not discovered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let wait_sum = |m: &str| sample(m, "pve_kvm_vcpu_runqueue_wait_seconds_sum", &[("id", "120")]).unwrap_or(0.0);
+    let m0 = daemon.get("/metrics");
+    let (_, d0) = vcpu_run_delay(pid);
+    std::thread::sleep(Duration::from_secs(3));
+    let m1 = daemon.get("/metrics");
+    let (_, d1) = vcpu_run_delay(pid);
+    stop.store(true, Ordering::Relaxed);
+    hog.join().expect("hog");
+
+    let ebpf = wait_sum(&m1) - wait_sum(&m0);
+    let schedstat = (d1 - d0) as f64 / 1e9;
+    assert!(schedstat > 0.5, "the vCPU should have waited a lot behind the hog: {schedstat}s");
+    let diff = (ebpf - schedstat).abs() / schedstat;
+    eprintln!(
+        "run-queue wait over 3 s: eBPF {ebpf:.4} s, schedstat run_delay {schedstat:.4} s, {:.2}% apart",
+        diff * 100.0
+    );
+    assert!(diff <= 0.10, "eBPF wait {ebpf:.3}s vs schedstat run_delay {schedstat:.3}s: {:.1}% apart", diff * 100.0);
+    let count = sample(&m1, "pve_kvm_vcpu_runqueue_wait_seconds_count", &[("id", "120")]).unwrap_or(0.0);
+    let inf = sample(&m1, "pve_kvm_vcpu_runqueue_wait_seconds_bucket", &[("id", "120"), ("le", "+Inf")]);
+    assert_eq!(inf, Some(count), "+Inf bucket equals the count");
+    drop(guest);
+}
+
+/// VMs that stop leave no series and no map entries: 200 VM lifetimes keep the maps bounded.
+#[test]
+fn stopped_vms_leave_nothing_behind() {
+    require_privileges();
+    let root = host_root(&[121]);
+    let daemon = Daemon::start(root.path(), &["--ebpf", "on"]);
+    let entries = |m: &str, map: &str| sample(m, "pve_exporter_ebpf_map_entries", &[("map", map)]).unwrap_or(0.0);
+    let mut max_counts = 0.0f64;
+    for i in 0..200 {
+        let g = Guest::start(121, 1, 5, root.path());
+        if i % 20 == 0 {
+            let m = daemon.get("/metrics");
+            assert_eq!(
+                sample(&m, "pve_kvm_tracepoint_events_total", &[("id", "121"), ("event", "kvm_pio")]),
+                Some(5.0),
+                "lifetime {i}: a new process starts from zero\n{m}"
+            );
+        }
+        drop(g);
+        let m = daemon.get("/metrics");
+        assert!(!m.contains("id=\"121\""), "lifetime {i}: stopped VM still reported");
+        max_counts = max_counts.max(entries(&m, "EVENT_COUNTS"));
+    }
+    let m = daemon.get("/metrics");
+    // Other tests' guests may run at the same time; 200 lifetimes without cleanup would leave
+    // some 800 entries here.
+    assert!(max_counts < 60.0, "EVENT_COUNTS grew to {max_counts} entries");
+    assert!(entries(&m, "USERSPACE_EXITS") < 30.0, "{m}");
+    assert!(entries(&m, "VCPU_THREADS") < 30.0, "{m}");
+    assert_eq!(sample(&m, "pve_exporter_ebpf_uncounted_events_total", &[("cause", "map_full")]), Some(0.0));
+}
+
+/// Without BTF, or without the rights to load BPF programs, `auto` serves procfs mode and
+/// says why; `on` refuses to start.
+#[test]
+fn falls_back_to_procfs_mode() {
+    require_privileges();
+    let root = host_root(&[122]);
+    let no_btf = Daemon::start(root.path(), &["--btf-path", "/nonexistent/vmlinux"]);
+    let _g = Guest::start(122, 1, 5, root.path());
+    let m = no_btf.get("/metrics");
+    assert_eq!(sample(&m, "pve_exporter_ebpf_enabled", &[]), Some(0.0));
+    assert!(
+        m.contains(r#"pve_exporter_ebpf_info{mode="procfs",reason="the kernel has no BTF ("#),
+        "reason missing:\n{m}"
+    );
+    assert_eq!(sample(&m, "pve_kvm_vcores", &[("id", "122")]), Some(1.0), "procfs families still served");
+
+    // BPF refused: the daemon without CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN.
+    let refused = |mode: &str| {
+        Command::new("setpriv")
+            .args(["--bounding-set", "-bpf,-perfmon,-sys_admin", "--"])
+            .arg(common::DAEMON)
+            .arg("--root")
+            .arg(root.path())
+            .args(["--host", "127.0.0.1", "--port", "0", "--ebpf", mode, "--loglevel", "INFO"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("setpriv")
+    };
+    let out = refused("on").wait_with_output().expect("daemon");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "--ebpf on must fail without BPF rights");
+    assert!(err.contains("eBPF required by --ebpf on but unavailable"), "{err}");
+
+    let mut auto = Proc(refused("auto"));
+    // It starts and keeps running in procfs mode; its one log line says why.
+    let stderr = auto.0.stderr.take().expect("stderr");
+    let line = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stderr).lines().map_while(Result::ok).find(|l| l.contains("running in procfs mode"))
+    });
+    let line = line.join().expect("reader").expect("a log line about procfs mode");
+    assert!(line.contains("loading the eBPF object"), "{line}");
+    assert!(auto.0.try_wait().expect("wait").is_none(), "auto mode must keep running");
+}
