@@ -271,6 +271,84 @@ pub fn read_process(host: &HostRoot, pid: u32, errors: &mut Vec<String>) -> io::
     Ok(st)
 }
 
+/// The vCPU index of a QEMU thread from its comm: `CPU 3/KVM` -> 3 (also `CPU 3/TCG`).
+/// QEMU names vCPU threads so with `debug-threads=on` (PVE always sets it); anything else,
+/// including a comm cut at 15 bytes mid-name, is not a vCPU thread.
+pub fn vcpu_index(comm: &str) -> Option<u32> {
+    let (index, accel) = comm.strip_prefix("CPU ")?.split_once('/')?;
+    if index.is_empty() || !index.bytes().all(|b| b.is_ascii_digit()) || !matches!(accel, "KVM" | "TCG") {
+        return None;
+    }
+    index.parse().ok()
+}
+
+/// `/proc/<pid>/task/<tid>/schedstat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Schedstat {
+    /// Time spent on a CPU, in ns.
+    pub run_ns: u64,
+    /// Time spent runnable, waiting on a run queue, in ns (for a vCPU thread: the guest's steal).
+    pub wait_ns: u64,
+    /// Timeslices run on a CPU.
+    pub timeslices: u64,
+}
+
+/// `<run ns> <wait ns> <timeslices>`. A kernel without schedstat support prints `0 0 0`, which
+/// parses (the caller cannot tell it from a thread that never ran). Fields a later kernel may
+/// append are ignored; fewer than three numbers is None.
+pub fn parse_schedstat(text: &str) -> Option<Schedstat> {
+    let mut f = text.split_ascii_whitespace().map(|w| w.parse::<u64>().ok());
+    Some(Schedstat { run_ns: f.next()??, wait_ns: f.next()??, timeslices: f.next()?? })
+}
+
+/// A vCPU thread of a QEMU process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VcpuThread {
+    pub tid: u32,
+    /// N of `CPU N/KVM`.
+    pub index: u32,
+}
+
+/// The vCPU threads of `pid`, by index, from `/proc/<pid>/task/<tid>/comm`. Threads that exit
+/// while we look are skipped. Err when the task directory cannot be listed (NotFound: the
+/// process is gone) or a comm cannot be read for another reason.
+pub fn vcpu_threads(host: &HostRoot, pid: u32) -> io::Result<Vec<VcpuThread>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(host.path(format!("proc/{pid}/task")))? {
+        let Some(tid) = entry?.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let comm = match host.read(format!("proc/{pid}/task/{tid}/comm")) {
+            Ok(c) => c,
+            Err(e) if crate::host::is_gone(&e) => continue,
+            Err(e) => return Err(io::Error::new(e.kind(), format!("pid {pid}: task {tid}: comm: {e}"))),
+        };
+        if let Some(index) = vcpu_index(String::from_utf8_lossy(&comm).trim_end_matches('\n')) {
+            out.push(VcpuThread { tid, index });
+        }
+    }
+    out.sort_by_key(|t| (t.index, t.tid));
+    Ok(out)
+}
+
+/// Read and parse `/proc/<pid>/task/<tid>/schedstat`.
+pub fn read_schedstat(host: &HostRoot, pid: u32, tid: u32) -> io::Result<Schedstat> {
+    let text = host.read(format!("proc/{pid}/task/{tid}/schedstat"))?;
+    parse_schedstat(&String::from_utf8_lossy(&text)).ok_or_else(|| {
+        let shown = text.escape_ascii().to_string();
+        io::Error::new(io::ErrorKind::InvalidData, format!("task {tid}: schedstat: unparseable {shown:?}"))
+    })
+}
+
+/// The number the kernel keeps of `pid`'s threads, from one `stat` of `/proc/<pid>/task`
+/// without reading a file: procfs gives that directory a link count of 2 + the number of
+/// threads (`proc_task_getattr`). (On an ordinary file system, as in fixture trees, a
+/// directory's link count is 2 + its subdirectories: the same number.)
+pub fn task_link_count(host: &HostRoot, pid: u32) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata(host.path(format!("proc/{pid}/task")))?.nlink())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,5 +462,76 @@ mod tests {
             (123456, 789012, 100, 200, 4096, 8192)
         );
         assert!(parse_io(b"rchar: x\n").is_err());
+    }
+
+    #[test]
+    fn vcpu_thread_names() {
+        assert_eq!(vcpu_index("CPU 0/KVM"), Some(0));
+        assert_eq!(vcpu_index("CPU 3/KVM"), Some(3));
+        assert_eq!(vcpu_index("CPU 254/KVM"), Some(254));
+        assert_eq!(vcpu_index("CPU 3/TCG"), Some(3));
+        for other in [
+            "kvm",
+            "vnc_worker",
+            "iou-wrk-1100",
+            "CPU /KVM",
+            "CPU 3/",
+            "CPU 3/KVM ",
+            "CPU 3/kvm",
+            "CPU 3/HVF",
+            "CPU -1/KVM",
+            "CPU +1/KVM",
+            "CPU 1 /KVM",
+            "CPU 99999999999/KVM",
+            "CPU 1234567/KV", // cut at the kernel's 15 bytes
+            "cpu 3/KVM",
+            "",
+        ] {
+            assert_eq!(vcpu_index(other), None, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn schedstat_lines() {
+        assert_eq!(
+            parse_schedstat("177476808 33448476 432\n"),
+            Some(Schedstat { run_ns: 177_476_808, wait_ns: 33_448_476, timeslices: 432 })
+        );
+        // A kernel without schedstat support.
+        assert_eq!(parse_schedstat("0 0 0\n"), Some(Schedstat::default()));
+        // A field a later kernel might append is ignored.
+        assert_eq!(parse_schedstat("1 2 3 4").map(|s| s.timeslices), Some(3));
+        assert_eq!(parse_schedstat(&format!("{} 0 0", u64::MAX)).map(|s| s.run_ns), Some(u64::MAX));
+        for bad in ["", "\n", "1 2", "1", "a b c", "1 2 x", "-1 2 3", "18446744073709551616 0 0", "1,2,3"] {
+            assert_eq!(parse_schedstat(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn vcpu_threads_from_a_task_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRoot::new(dir.path());
+        for (tid, comm) in
+            [(40, "kvm\n"), (42, "CPU 1/KVM\n"), (41, "CPU 0/KVM\n"), (43, "iou-wrk-40\n"), (44, "CPU 2/KVM")]
+        {
+            let d = dir.path().join(format!("proc/40/task/{tid}"));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("comm"), comm).unwrap();
+        }
+        // A thread that exited between the listing and the read of its comm, and junk.
+        std::fs::create_dir_all(dir.path().join("proc/40/task/45")).unwrap();
+        std::fs::create_dir_all(dir.path().join("proc/40/task/not-a-tid")).unwrap();
+        let t = vcpu_threads(&host, 40).unwrap();
+        assert_eq!(
+            t,
+            [VcpuThread { tid: 41, index: 0 }, VcpuThread { tid: 42, index: 1 }, VcpuThread { tid: 44, index: 2 }]
+        );
+        assert_eq!(task_link_count(&host, 40).unwrap(), 2 + 7);
+        assert!(crate::host::is_gone(&vcpu_threads(&host, 41).unwrap_err()));
+        std::fs::write(dir.path().join("proc/40/task/41/schedstat"), "5 6 7\n").unwrap();
+        std::fs::write(dir.path().join("proc/40/task/42/schedstat"), "garbage\n").unwrap();
+        assert_eq!(read_schedstat(&host, 40, 41).unwrap(), Schedstat { run_ns: 5, wait_ns: 6, timeslices: 7 });
+        assert_eq!(read_schedstat(&host, 40, 42).unwrap_err().kind(), io::ErrorKind::InvalidData);
+        assert!(crate::host::is_gone(&read_schedstat(&host, 40, 44).unwrap_err()));
     }
 }

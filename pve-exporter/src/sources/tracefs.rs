@@ -187,7 +187,7 @@ pub fn find_or_mount(host: &HostRoot) -> io::Result<PathBuf> {
         }
     }
     let target = host.path("sys/kernel/tracing");
-    mount_tracefs(&target)?;
+    mount_pseudo_fs("tracefs", &target)?;
     if target.join("events").is_dir() {
         log::info!("mounted tracefs at {}", target.display());
         Ok(target)
@@ -196,15 +196,16 @@ pub fn find_or_mount(host: &HostRoot) -> io::Result<PathBuf> {
     }
 }
 
-fn mount_tracefs(target: &Path) -> io::Result<()> {
+/// Mount a kernel pseudo file system without a device (`tracefs`, `debugfs`) at `target`.
+pub fn mount_pseudo_fs(fstype: &str, target: &Path) -> io::Result<()> {
     let c = |s: &[u8]| CString::new(s).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e));
     let target_c = c(target.as_os_str().as_bytes())?;
-    let (src, fstype) = (c(b"nodev")?, c(b"tracefs")?);
+    let (src, fstype_c) = (c(b"nodev")?, c(fstype.as_bytes())?);
     // SAFETY: valid NUL-terminated strings; no data argument.
-    let rc = unsafe { libc::mount(src.as_ptr(), target_c.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    let rc = unsafe { libc::mount(src.as_ptr(), target_c.as_ptr(), fstype_c.as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
         let e = io::Error::last_os_error();
-        return Err(io::Error::new(e.kind(), format!("mount tracefs at {}: {e}", target.display())));
+        return Err(io::Error::new(e.kind(), format!("mount {fstype} at {}: {e}", target.display())));
     }
     Ok(())
 }
@@ -241,7 +242,11 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/tracepoints");
         let mut n = 0;
         for e in std::fs::read_dir(dir).unwrap() {
-            let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+            let path = e.unwrap().path();
+            if path.extension().is_none_or(|x| x != "format") {
+                continue;
+            }
+            let text = std::fs::read_to_string(path).unwrap();
             let f = parse_format(&text).unwrap();
             assert_eq!(f.checked_field("common_type", 2).unwrap().offset, 0);
             n += 1;
