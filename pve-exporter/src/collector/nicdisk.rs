@@ -1,0 +1,256 @@
+//! Per-VM NICs and disks: topology and I/O counters from each VM's QEMU monitor (the `qm`
+//! collector), tap counters from /sys (`nic`), sizes from QEMU or the host (`disk`).
+
+use std::collections::HashSet;
+
+use crate::{
+    catalog::*,
+    host::{HostRoot, is_gone},
+    metrics::MetricSet,
+    sources::{
+        hmp::{self, BlockStats},
+        monitor::{Monitor, VmDevices},
+        sysfs,
+    },
+    vm::Vm,
+};
+
+/// Ask every VM's monitor. Err when some VM's monitor failed (its NIC and disk series are then
+/// missing or come from the cache only).
+pub fn fetch(monitor: &Monitor, host: &HostRoot, vms: &[Vm], out: &mut Vec<VmDevices>) -> Result<(), String> {
+    *out = monitor.fetch_all(host, vms);
+    let errors: Vec<String> =
+        out.iter().filter(|d| !d.errors.is_empty()).map(|d| format!("VM {}: {}", d.id, d.errors.join("; "))).collect();
+    if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+}
+
+/// NIC families: info and queues from `info network`, counters of each tap from sysfs.
+pub fn collect_nics(host: &HostRoot, devices: &[VmDevices], out: &mut MetricSet) -> Result<(), String> {
+    let mut errors = Vec::new();
+    for d in devices {
+        let Some(nics) = &d.nics else { continue };
+        let mut ifnames = HashSet::new();
+        for nic in nics {
+            out.family(&KVM_NIC_INFO).push(
+                [
+                    ("id", d.id.clone()),
+                    ("ifname", nic.ifname.clone()),
+                    ("netdev", nic.netdev.clone()),
+                    ("queues", nic.queues.to_string()),
+                    ("type", nic.kind.clone()),
+                    ("model", nic.model.clone()),
+                    ("macaddr", nic.macaddr.clone()),
+                ],
+                1u64,
+            );
+            // Series keyed by ifname need one: a NIC on a user-mode backend has no host interface.
+            if nic.ifname.is_empty() || !ifnames.insert(nic.ifname.as_str()) {
+                continue;
+            }
+            let labels = || [("id", d.id.clone()), ("ifname", nic.ifname.clone())];
+            out.family(&KVM_NIC_QUEUES).push(labels(), nic.queues);
+            match sysfs::net_statistics(host, &nic.ifname) {
+                Ok(stats) => {
+                    for (i, v) in stats {
+                        if let Some(def) = KVM_NIC_STATS.get(i) {
+                            out.family(def).push(labels(), v);
+                        }
+                    }
+                }
+                // The tap went away with its VM (or the NIC was unplugged) since the cache was filled.
+                Err(e) if is_gone(&e) => log::debug!("VM {}: {}: {e}", d.id, nic.ifname),
+                Err(e) => errors.push(format!("VM {}: {}: {e}", d.id, nic.ifname)),
+            }
+        }
+    }
+    if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+}
+
+/// Whether a drive is exported: it has a medium, and is not the EFI vars disk (firmware
+/// state, not a guest disk).
+fn exported(d: &hmp::Drive) -> bool {
+    d.path.is_some() && !d.name.contains("efidisk")
+}
+
+/// Disk families: info from `info block`, size from QEMU (QMP) or the host, I/O counters.
+pub fn collect_disks(host: &HostRoot, devices: &[VmDevices], out: &mut MetricSet) -> Result<(), String> {
+    let mut errors = Vec::new();
+    for d in devices {
+        let Some(drives) = &d.drives else { continue };
+        let stats = d.stats.as_deref().map(hmp::stats_by_name).unwrap_or_default();
+        let mut seen = HashSet::new();
+        for drive in drives.iter().filter(|x| exported(x)) {
+            let disk_name = drive.disk_name().to_string();
+            if !seen.insert(disk_name.clone()) {
+                continue;
+            }
+            let path = drive.path.as_deref().unwrap_or("");
+            let kind = hmp::classify(path, &drive.format);
+            let device = sysfs::device_name(host, path).unwrap_or_default();
+            out.family(&KVM_DISK_INFO).push(
+                [
+                    ("id", d.id.clone()),
+                    ("disk_name", disk_name.clone()),
+                    ("block_id", drive.block_id().to_string()),
+                    ("disk_path", path.to_string()),
+                    ("disk_type", kind.disk_type),
+                    ("vol_name", kind.vol_name),
+                    ("pool", kind.pool),
+                    ("pool_name", kind.pool_name),
+                    ("cluster_id", kind.cluster_id),
+                    ("vg_name", kind.vg_name),
+                    ("device", device),
+                    ("attached_to", drive.attached_device().to_string()),
+                    ("cache_mode", drive.cache_mode.clone()),
+                    ("detect_zeroes", drive.detect_zeroes.clone()),
+                    ("read_only", if drive.read_only { "true" } else { "" }.to_string()),
+                ],
+                1u64,
+            );
+            let labels = || [("id", d.id.clone()), ("disk_name", disk_name.clone())];
+
+            let qemu_size = d.sizes.as_ref().and_then(|s| s.iter().find(|(n, _)| *n == drive.name).map(|(_, v)| *v));
+            let size = match qemu_size {
+                Some(v) => Some(v),
+                // librbd and other network storage have no host path to measure.
+                None if !path.starts_with('/') => None,
+                None => match sysfs::disk_size(host, path, &drive.format) {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        errors.push(format!("VM {}: {disk_name}: size: {e}", d.id));
+                        None
+                    }
+                },
+            };
+            if let Some(v) = size.filter(|v| *v > 0) {
+                out.family(&KVM_DISK_SIZE_BYTES).push(labels(), v);
+            }
+
+            if let Some(st) = stats.get(drive.name.as_str()) {
+                push_io(out, labels(), st);
+            }
+        }
+    }
+    if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+}
+
+fn push_io(out: &mut MetricSet, labels: [(&'static str, String); 2], st: &BlockStats) {
+    let secs = |ns: u64| ns as f64 / 1e9;
+    out.family(&KVM_DISK_READ_OPERATIONS).push(labels.clone(), st.rd_operations);
+    out.family(&KVM_DISK_READ_BYTES).push(labels.clone(), st.rd_bytes);
+    out.family(&KVM_DISK_READ_TIME).push(labels.clone(), secs(st.rd_total_time_ns));
+    out.family(&KVM_DISK_WRITE_OPERATIONS).push(labels.clone(), st.wr_operations);
+    out.family(&KVM_DISK_WRITE_BYTES).push(labels.clone(), st.wr_bytes);
+    out.family(&KVM_DISK_WRITE_TIME).push(labels.clone(), secs(st.wr_total_time_ns));
+    out.family(&KVM_DISK_FLUSH_OPERATIONS).push(labels.clone(), st.flush_operations);
+    out.family(&KVM_DISK_FLUSH_TIME).push(labels, secs(st.flush_total_time_ns));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Value;
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/qemu");
+
+    fn fixture(name: &str) -> String {
+        std::fs::read_to_string(format!("{FIXTURES}/{name}")).unwrap()
+    }
+
+    #[test]
+    fn nic_stat_families_follow_the_sysfs_files() {
+        assert_eq!(KVM_NIC_STATS.len(), sysfs::NET_STATISTICS.len());
+        for (def, file) in KVM_NIC_STATS.iter().zip(sysfs::NET_STATISTICS) {
+            assert_eq!(def.name, format!("kvm_nic_{file}_total"));
+        }
+    }
+
+    fn labels(s: &crate::metrics::Sample) -> Vec<(&str, &str)> {
+        s.labels.iter().map(|(k, v)| (k.as_ref(), v.as_str())).collect()
+    }
+
+    /// The real captures, as a QMP-mode scrape would see them, on a host without the files.
+    #[test]
+    fn families_from_real_captures() {
+        let q: serde_json::Value = serde_json::from_str(&fixture("query-blockstats.json")).unwrap();
+        let b: serde_json::Value = serde_json::from_str(&fixture("query-block.json")).unwrap();
+        let dev = VmDevices {
+            id: "900".into(),
+            nics: Some(hmp::parse_info_network(&fixture("info-network.txt"))),
+            drives: Some(hmp::parse_info_block(&fixture("info-block.txt"))),
+            stats: Some(crate::sources::qmp::blockstats_rows(&q["return"])),
+            sizes: Some(crate::sources::qmp::virtual_sizes(&b["return"])),
+            errors: vec![],
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRoot::new(dir.path());
+        let mut out = MetricSet::new("pve");
+        collect_disks(&host, std::slice::from_ref(&dev), &mut out).unwrap();
+        let info = out.get("pve_kvm_disk_info").unwrap();
+        // Every drive with a medium: not the empty CD-ROM.
+        let names: Vec<&str> = info.samples.iter().map(|s| s.labels[1].1.as_str()).collect();
+        assert_eq!(names, ["scsi0", "virtio0", "scsi1", "virtio1", "ide0", "scsi2", "scsi3"]);
+        assert_eq!(
+            labels(&info.samples[3]),
+            [
+                ("id", "900"),
+                ("disk_name", "virtio1"),
+                ("block_id", "1332"),
+                ("disk_path", "/dev/zvol/rpool/data/vm-900-disk-4"),
+                ("disk_type", "zvol"),
+                ("vol_name", "vm-900-disk-4"),
+                ("pool", "rpool/data"),
+                ("pool_name", ""),
+                ("cluster_id", ""),
+                ("vg_name", ""),
+                ("device", ""),
+                ("attached_to", "virtio1"),
+                ("cache_mode", "writeback, direct"),
+                ("detect_zeroes", ""),
+                ("read_only", "true"),
+            ]
+        );
+        let lvm = labels(&info.samples[2]);
+        assert!(lvm.contains(&("disk_type", "lvm")) && lvm.contains(&("vg_name", "pvecap")), "{lvm:?}");
+        let pve9 = labels(&info.samples[5]);
+        assert!(pve9.contains(&("disk_type", "qcow2")) && pve9.contains(&("block_id", "")), "{pve9:?}");
+        let size = out.get("pve_kvm_disk_size_bytes").unwrap();
+        assert_eq!(size.samples.len(), 7);
+        assert_eq!(size.samples[5].value, Value::Int(2 << 30));
+        let rd = out.get("pve_kvm_disk_read_operations_total").unwrap();
+        assert_eq!(rd.samples[0].value, Value::Int(1));
+        let wr = out.get("pve_kvm_disk_write_bytes_total").unwrap();
+        assert_eq!(wr.samples[0].value, Value::Int(12288));
+
+        // NICs: the user-mode NIC has info only; the tap counters are missing here (no
+        // /sys below the root): gone, not a failure.
+        let mut out = MetricSet::new("pve");
+        collect_nics(&host, &[dev], &mut out).unwrap();
+        assert_eq!(out.get("pve_kvm_nic_info").unwrap().samples.len(), 3);
+        let q = out.get("pve_kvm_nic_queues").unwrap();
+        assert_eq!(q.samples.iter().map(|s| s.value.clone()).collect::<Vec<_>>(), [Value::Int(1), Value::Int(4)]);
+        assert!(out.get("pve_kvm_nic_rx_bytes_total").is_none());
+    }
+
+    #[test]
+    fn sizes_from_the_host_when_qemu_does_not_tell() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRoot::new(dir.path());
+        std::fs::create_dir_all(dir.path().join("img")).unwrap();
+        std::fs::write(dir.path().join("img/vm-1-disk-0.raw"), vec![0u8; 8192]).unwrap();
+        let dev = VmDevices {
+            id: "1".into(),
+            drives: Some(hmp::parse_info_block(
+                "drive-scsi0 (#block1): /img/vm-1-disk-0.raw (raw)\ndrive-scsi1 (#block2): /img/gone.qcow2 (qcow2)\ndrive-efidisk0 (#block3): /img/vm-1-disk-0.raw (raw)\ndrive-scsi2 (#block4): rbd:pool/vm-1-disk-2:conf=/etc/pve/ceph.conf (raw)\n",
+            )),
+            ..VmDevices::default()
+        };
+        let mut out = MetricSet::new("pve");
+        let e = collect_disks(&host, &[dev], &mut out).unwrap_err();
+        assert!(e.contains("scsi1: size") && !e.contains("scsi2"), "{e}");
+        let size = out.get("pve_kvm_disk_size_bytes").unwrap();
+        assert_eq!(size.samples.len(), 1);
+        assert_eq!(size.samples[0].value, Value::Int(8192));
+        assert_eq!(out.get("pve_kvm_disk_info").unwrap().samples.len(), 3, "efidisk skipped");
+    }
+}

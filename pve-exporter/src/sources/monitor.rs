@@ -1,0 +1,707 @@
+//! Each VM's QEMU monitor, reached in one of two ways behind one interface ([`Session`]):
+//! QMP on `/var/run/qemu-server/<vmid>.qmp` ([`super::qmp`]) or `qm monitor <vmid>` on a PTY
+//! ([`super::qm`]). `--qm-mode auto` uses QMP where the socket exists, else qm (with `--root /`).
+//!
+//! Per scrape and VM, one session: the topology (`info network`, `info block`) comes from a
+//! cache when it can, the I/O counters (and with QMP the virtual sizes) are read fresh.
+//!
+//! - Cache: per (vmid, command), for `--qm-max-ttl` minus a jitter of up to `--qm-rand` drawn
+//!   once per entry (entries do not expire together). An entry is dropped when the VM's pid
+//!   changes, when one of its disks' `/dev` paths no longer resolves (the disk moved), and when
+//!   the VM is gone.
+//! - Concurrency: at most `--qm-max-concurrent` sessions at once over all scrapes, and one per
+//!   VM: a VM whose last exchange has not returned yet is not asked again.
+//! - Time: every step of a session has its own limit (`--qm-terminal-timeout`), and a scrape
+//!   waits for the monitors at most that long plus a little: a VM not done by then is reported
+//!   from the cache alone, its exchange ends in the background.
+
+use std::{
+    collections::{HashMap, HashSet},
+    hash::{BuildHasher, Hasher},
+    io,
+    os::fd::{AsRawFd, BorrowedFd},
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Condvar, Mutex,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    config::{Config, QmMode},
+    host::HostRoot,
+    sources::{
+        hmp::{self, BlockStats, Drive, Nic},
+        qm::QmSession,
+        qmp::{self, Qmp},
+        sysfs,
+    },
+    vm::Vm,
+};
+
+pub const INFO_NETWORK: &str = "info network";
+pub const INFO_BLOCK: &str = "info block";
+const INFO_BLOCKSTATS: &str = "info blockstats";
+
+/// Past the step limit, how long a scrape still waits for a session's own timeout to report.
+const GRACE: Duration = Duration::from_millis(250);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    Read,
+    Write,
+}
+
+/// Wait until `fd` is readable / writable, or fail with TimedOut at `deadline`.
+pub fn wait_fd(fd: BorrowedFd<'_>, what: Wait, deadline: Instant) -> io::Result<()> {
+    let events = match what {
+        Wait::Read => libc::POLLIN,
+        Wait::Write => libc::POLLOUT,
+    };
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        let ms = libc::c_int::try_from(left.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+        let mut p = libc::pollfd { fd: fd.as_raw_fd(), events, revents: 0 };
+        // SAFETY: one valid pollfd.
+        let r = unsafe { libc::poll(&mut p, 1, ms) };
+        if r > 0 {
+            // POLLHUP / POLLERR: the next read or write reports what happened.
+            return Ok(());
+        }
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// An open connection to one VM's monitor.
+pub trait Session {
+    /// A human monitor command's text.
+    fn hmp(&mut self, command: &str) -> io::Result<String>;
+    /// (drive name, I/O counters) in QEMU's order; a `-blockdev` drive may be unnamed (qm).
+    fn blockstats(&mut self) -> io::Result<Vec<(String, BlockStats)>>;
+    /// (drive name, virtual size) as QEMU reports them; None when the way has no such query.
+    fn virtual_sizes(&mut self) -> io::Result<Option<Vec<(String, u64)>>>;
+    /// A step failed: the session is not used again.
+    fn broken(&self) -> bool;
+}
+
+impl Session for Qmp {
+    fn hmp(&mut self, command: &str) -> io::Result<String> {
+        Qmp::hmp(self, command)
+    }
+    fn blockstats(&mut self) -> io::Result<Vec<(String, BlockStats)>> {
+        self.execute("query-blockstats", None).map(|r| qmp::blockstats_rows(&r))
+    }
+    fn virtual_sizes(&mut self) -> io::Result<Option<Vec<(String, u64)>>> {
+        self.execute("query-block", None).map(|r| Some(qmp::virtual_sizes(&r)))
+    }
+    fn broken(&self) -> bool {
+        Qmp::broken(self)
+    }
+}
+
+impl Session for QmSession {
+    fn hmp(&mut self, command: &str) -> io::Result<String> {
+        self.command(command)
+    }
+    fn blockstats(&mut self) -> io::Result<Vec<(String, BlockStats)>> {
+        self.command(INFO_BLOCKSTATS).map(|t| hmp::parse_info_blockstats(&t))
+    }
+    fn virtual_sizes(&mut self) -> io::Result<Option<Vec<(String, u64)>>> {
+        Ok(None)
+    }
+    fn broken(&self) -> bool {
+        QmSession::broken(self)
+    }
+}
+
+/// How one VM's monitor is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    Qmp(PathBuf),
+    Qm,
+}
+
+/// Opens sessions; tests put a fake here.
+pub trait Opener: Send + Sync {
+    fn open(&self, access: &Access, vmid: &str) -> io::Result<Box<dyn Session>>;
+}
+
+struct RealOpener {
+    qm_path: PathBuf,
+    step: Duration,
+    defer_close: bool,
+}
+
+impl Opener for RealOpener {
+    fn open(&self, access: &Access, vmid: &str) -> io::Result<Box<dyn Session>> {
+        Ok(match access {
+            Access::Qmp(path) => Box::new(Qmp::connect(path, self.step)?),
+            Access::Qm => Box::new(QmSession::open(&self.qm_path, vmid, self.step, self.defer_close)?),
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct MonitorOptions {
+    pub mode: QmMode,
+    pub qm_path: PathBuf,
+    pub step_timeout: Duration,
+    pub max_ttl: Duration,
+    pub rand: Duration,
+    pub defer_close: bool,
+    pub max_concurrent: usize,
+}
+
+impl MonitorOptions {
+    pub fn from_config(c: &Config) -> Self {
+        Self {
+            mode: c.qm_mode,
+            qm_path: c.qm_path.clone(),
+            step_timeout: c.qm_terminal_timeout,
+            max_ttl: c.qm_max_ttl,
+            rand: c.qm_rand,
+            defer_close: c.qm_monitor_defer_close,
+            max_concurrent: usize::from(c.qm_max_concurrent).max(1),
+        }
+    }
+}
+
+/// What one VM's monitor told in this scrape. `None`: not known this time.
+#[derive(Debug, Clone, Default)]
+pub struct VmDevices {
+    pub id: String,
+    pub nics: Option<Vec<Nic>>,
+    /// Every drive of `info block`, without-medium and efidisk drives included.
+    pub drives: Option<Vec<Drive>>,
+    /// I/O counters by drive name.
+    pub stats: Option<Vec<(String, BlockStats)>>,
+    /// Virtual sizes by drive name (QMP only).
+    pub sizes: Option<Vec<(String, u64)>>,
+    pub errors: Vec<String>,
+}
+
+struct Entry {
+    pid: u32,
+    text: Arc<str>,
+    expires: Instant,
+}
+
+/// Monitor output per (vmid, command).
+struct Cache {
+    entries: HashMap<(String, &'static str), Entry>,
+    max_ttl: Duration,
+    rand: Duration,
+    seq: u64,
+}
+
+impl Cache {
+    fn get(&mut self, vmid: &str, pid: u32, command: &'static str, now: Instant) -> Option<Arc<str>> {
+        let key = (vmid.to_string(), command);
+        match self.entries.get(&key) {
+            Some(e) if e.pid == pid && now < e.expires => Some(e.text.clone()),
+            Some(_) => {
+                self.entries.remove(&key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn put(&mut self, vmid: &str, pid: u32, command: &'static str, text: Arc<str>, now: Instant) {
+        self.seq = self.seq.wrapping_add(1);
+        let ttl = self.max_ttl.saturating_sub(jitter(self.rand, self.seq));
+        self.entries.insert((vmid.to_string(), command), Entry { pid, text, expires: now + ttl });
+    }
+
+    fn remove(&mut self, vmid: &str, command: &'static str) {
+        self.entries.remove(&(vmid.to_string(), command));
+    }
+}
+
+/// A random duration in [0, max]: std's randomly keyed SipHash of a counter.
+fn jitter(max: Duration, seq: u64) -> Duration {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(seq);
+    max.mul_f64(h.finish() as f64 / u64::MAX as f64)
+}
+
+/// A counting semaphore whose permits outlive a scrape (held by sessions left running).
+struct Slots {
+    free: Mutex<usize>,
+    cv: Condvar,
+}
+
+struct Slot(Arc<Slots>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.0.cv.notify_one();
+    }
+}
+
+fn acquire(slots: &Arc<Slots>, deadline: Instant) -> Option<Slot> {
+    let mut free = slots.free.lock().unwrap_or_else(|p| p.into_inner());
+    while *free == 0 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        free = slots.cv.wait_timeout(free, left).unwrap_or_else(|p| p.into_inner()).0;
+    }
+    *free -= 1;
+    Some(Slot(slots.clone()))
+}
+
+/// One VM's exchange in flight.
+struct Busy(Arc<AtomicBool>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+struct Inner {
+    opts: MonitorOptions,
+    opener: Box<dyn Opener>,
+    cache: Mutex<Cache>,
+    busy: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    slots: Arc<Slots>,
+}
+
+/// Monitor access with its cache and limits, shared by all scrapes.
+#[derive(Clone)]
+pub struct Monitor {
+    inner: Arc<Inner>,
+}
+
+impl Monitor {
+    pub fn from_config(c: &Config) -> Self {
+        Self::new(MonitorOptions::from_config(c))
+    }
+
+    pub fn new(opts: MonitorOptions) -> Self {
+        let opener =
+            RealOpener { qm_path: opts.qm_path.clone(), step: opts.step_timeout, defer_close: opts.defer_close };
+        Self::with_opener(opts, Box::new(opener))
+    }
+
+    pub fn with_opener(opts: MonitorOptions, opener: Box<dyn Opener>) -> Self {
+        let cache = Cache { entries: HashMap::new(), max_ttl: opts.max_ttl, rand: opts.rand, seq: 0 };
+        let slots = Arc::new(Slots { free: Mutex::new(opts.max_concurrent.max(1)), cv: Condvar::new() });
+        Self { inner: Arc::new(Inner { opts, opener, cache: Mutex::new(cache), busy: Mutex::default(), slots }) }
+    }
+
+    /// How `vm`'s monitor is reached; None in auto mode when there is no way (no QMP socket,
+    /// no qm): the VM simply has no NIC and disk series, it is not a failure. qm asks the VMs
+    /// of the machine it runs on, not those below `--root`: auto mode uses it only with `/`.
+    pub fn access(&self, host: &HostRoot, vm: &Vm) -> Option<Access> {
+        let socket = host.path(format!("var/run/qemu-server/{}.qmp", vm.id));
+        let qm = host.root() == Path::new("/") && self.inner.opts.qm_path.exists();
+        match self.inner.opts.mode {
+            QmMode::Qmp => Some(Access::Qmp(socket)),
+            QmMode::Qm => Some(Access::Qm),
+            QmMode::Auto if socket.exists() => Some(Access::Qmp(socket)),
+            QmMode::Auto if qm => Some(Access::Qm),
+            QmMode::Auto => None,
+        }
+    }
+
+    /// Ask every VM's monitor, at most `--qm-max-concurrent` at once, within the time budget.
+    /// One entry per VM, in the order of `vms`.
+    pub fn fetch_all(&self, host: &HostRoot, vms: &[Vm]) -> Vec<VmDevices> {
+        let inner = &self.inner;
+        self.forget_others(vms);
+        let deadline = Instant::now() + inner.opts.step_timeout + GRACE;
+        let mut results: Vec<Option<VmDevices>> = vec![None; vms.len()];
+        let mut why_not: Vec<Option<String>> = vec![None; vms.len()];
+        let (tx, rx) = mpsc::channel::<(usize, VmDevices)>();
+        let mut pending = 0usize;
+        for (i, vm) in vms.iter().enumerate() {
+            let Some(access) = self.access(host, vm) else {
+                log::debug!("VM {}: no QMP socket and no qm: no monitor", vm.id);
+                results[i] = Some(VmDevices { id: vm.id.clone(), ..VmDevices::default() });
+                continue;
+            };
+            let flag = {
+                let mut busy = inner.busy.lock().unwrap_or_else(|p| p.into_inner());
+                busy.entry(vm.id.clone()).or_default().clone()
+            };
+            if flag.swap(true, Ordering::AcqRel) {
+                why_not[i] = Some("an earlier monitor exchange has not returned yet".into());
+                continue;
+            }
+            let busy = Busy(flag);
+            let Some(slot) = acquire(&inner.slots, deadline) else {
+                why_not[i] = Some(format!("no free monitor slot (--qm-max-concurrent {})", inner.opts.max_concurrent));
+                continue;
+            };
+            let (me, host, vm, tx) = (self.inner.clone(), host.clone(), vm.clone(), tx.clone());
+            let spawned = thread::Builder::new().name(format!("qm-{}", vm.id)).spawn(move || {
+                let r = fetch_vm(&me, &host, &vm, &access);
+                drop((slot, busy));
+                let _ = tx.send((i, r));
+            });
+            match spawned {
+                Ok(_) => pending += 1,
+                Err(e) => why_not[i] = Some(format!("cannot start a thread: {e}")),
+            }
+        }
+        drop(tx);
+        while pending > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((i, r)) => {
+                    results[i] = Some(r);
+                    pending -= 1;
+                }
+                Err(_) => break,
+            }
+        }
+        vms.iter()
+            .zip(results)
+            .zip(why_not)
+            .map(|((vm, r), why)| {
+                r.unwrap_or_else(|| {
+                    let why = why.unwrap_or_else(|| format!("no answer within {:?}", inner.opts.step_timeout + GRACE));
+                    cached_only(inner, host, vm, why)
+                })
+            })
+            .collect()
+    }
+
+    /// Drop cache entries and busy flags of VMs that are gone.
+    fn forget_others(&self, vms: &[Vm]) {
+        let ids: HashSet<&str> = vms.iter().map(|v| v.id.as_str()).collect();
+        let mut cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.entries.retain(|(id, _), _| ids.contains(id.as_str()));
+        drop(cache);
+        let mut busy = self.inner.busy.lock().unwrap_or_else(|p| p.into_inner());
+        // A flag still set belongs to an exchange in flight: keep it, so no second one starts.
+        busy.retain(|id, f| ids.contains(id.as_str()) || f.load(Ordering::Acquire));
+    }
+}
+
+/// `info block` text from the cache, if it is still good: no disk's `/dev` path stopped
+/// resolving. A stale entry is dropped.
+fn cached_block(inner: &Inner, host: &HostRoot, vm: &Vm) -> Option<Vec<Drive>> {
+    let text = inner.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&vm.id, vm.pid, INFO_BLOCK, Instant::now())?;
+    let drives = hmp::parse_info_block(&text);
+    if let Some(d) = drives.iter().find(|d| d.path.as_deref().is_some_and(|p| !sysfs::dev_path_resolves(host, p))) {
+        log::debug!("VM {}: {} no longer resolves: reading info block again", vm.id, d.path.as_deref().unwrap_or(""));
+        inner.cache.lock().unwrap_or_else(|p| p.into_inner()).remove(&vm.id, INFO_BLOCK);
+        return None;
+    }
+    Some(drives)
+}
+
+fn cached_network(inner: &Inner, vm: &Vm) -> Option<Vec<Nic>> {
+    let text =
+        inner.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&vm.id, vm.pid, INFO_NETWORK, Instant::now())?;
+    Some(hmp::parse_info_network(&text))
+}
+
+/// A VM whose monitor was not asked or did not answer in time: its topology from the cache.
+fn cached_only(inner: &Inner, host: &HostRoot, vm: &Vm, why: String) -> VmDevices {
+    VmDevices {
+        id: vm.id.clone(),
+        nics: cached_network(inner, vm),
+        drives: cached_block(inner, host, vm),
+        errors: vec![why],
+        ..VmDevices::default()
+    }
+}
+
+/// A session opened on first use. After a step broke the session, later steps are skipped:
+/// `Err(None)`, the failure having been reported once.
+struct Lazy<'a> {
+    inner: &'a Inner,
+    access: &'a Access,
+    vmid: &'a str,
+    session: Option<Box<dyn Session>>,
+    failed: bool,
+}
+
+impl Lazy<'_> {
+    fn with<T>(&mut self, f: impl FnOnce(&mut dyn Session) -> io::Result<T>) -> Result<T, Option<String>> {
+        if self.failed {
+            return Err(None);
+        }
+        let s = match &mut self.session {
+            Some(s) => s,
+            None => match self.inner.opener.open(self.access, self.vmid) {
+                Ok(s) => self.session.insert(s),
+                Err(e) => {
+                    self.failed = true;
+                    return Err(Some(match self.access {
+                        Access::Qmp(p) => format!("QMP {}: {e}", p.display()),
+                        Access::Qm => format!("qm monitor: {e}"),
+                    }));
+                }
+            },
+        };
+        let r = f(s.as_mut());
+        self.failed = r.is_err() && s.broken();
+        r.map_err(|e| Some(e.to_string()))
+    }
+}
+
+fn note(errors: &mut Vec<String>, what: &str, e: Option<String>) {
+    if let Some(e) = e {
+        errors.push(format!("{what}: {e}"));
+    }
+}
+
+/// `info block` from the VM; cached.
+fn read_block(inner: &Inner, vm: &Vm, s: &mut Lazy<'_>, errors: &mut Vec<String>) -> Option<Vec<Drive>> {
+    match s.with(|s| s.hmp(INFO_BLOCK)) {
+        Ok(t) => {
+            let drives = hmp::parse_info_block(&t);
+            let mut cache = inner.cache.lock().unwrap_or_else(|p| p.into_inner());
+            cache.put(&vm.id, vm.pid, INFO_BLOCK, t.into(), Instant::now());
+            Some(drives)
+        }
+        Err(e) => {
+            note(errors, INFO_BLOCK, e);
+            None
+        }
+    }
+}
+
+/// One VM's exchange (on a worker thread).
+fn fetch_vm(inner: &Inner, host: &HostRoot, vm: &Vm, access: &Access) -> VmDevices {
+    let mut out = VmDevices { id: vm.id.clone(), ..VmDevices::default() };
+    let mut s = Lazy { inner, access, vmid: &vm.id, session: None, failed: false };
+
+    out.nics = cached_network(inner, vm).or_else(|| match s.with(|s| s.hmp(INFO_NETWORK)) {
+        Ok(t) => {
+            let nics = hmp::parse_info_network(&t);
+            let mut cache = inner.cache.lock().unwrap_or_else(|p| p.into_inner());
+            cache.put(&vm.id, vm.pid, INFO_NETWORK, t.into(), Instant::now());
+            Some(nics)
+        }
+        Err(e) => {
+            note(&mut out.errors, INFO_NETWORK, e);
+            None
+        }
+    });
+
+    let cached = cached_block(inner, host, vm);
+    let block_from_cache = cached.is_some();
+    out.drives = cached.or_else(|| read_block(inner, vm, &mut s, &mut out.errors));
+
+    match s.with(|s| s.blockstats()) {
+        Ok(rows) => {
+            let mut named = out.drives.as_deref().and_then(|d| hmp::assign_blockstats(rows.clone(), d));
+            if named.is_none() && block_from_cache {
+                // The drives changed since info block was cached (hotplug): read it again.
+                inner.cache.lock().unwrap_or_else(|p| p.into_inner()).remove(&vm.id, INFO_BLOCK);
+                out.drives = read_block(inner, vm, &mut s, &mut out.errors);
+                named = out.drives.as_deref().and_then(|d| hmp::assign_blockstats(rows.clone(), d));
+            }
+            out.stats = Some(named.unwrap_or_else(|| {
+                if out.drives.is_some() {
+                    out.errors.push("blockstats: unnamed drives do not match info block".into());
+                }
+                rows.into_iter().filter(|(n, _)| !n.is_empty()).collect()
+            }));
+        }
+        Err(e) => note(&mut out.errors, "blockstats", e),
+    }
+
+    match s.with(|s| s.virtual_sizes()) {
+        Ok(sizes) => out.sizes = sizes,
+        Err(e) => note(&mut out.errors, "query-block", e),
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scripted monitor: counts the commands it is asked, per VM.
+    #[derive(Default)]
+    struct Fake {
+        log: Mutex<Vec<String>>,
+        block: Mutex<String>,
+        hang: Mutex<HashSet<String>>,
+        release: Mutex<Option<mpsc::Receiver<()>>>,
+    }
+
+    struct FakeSession {
+        fake: Arc<Fake>,
+        vmid: String,
+    }
+
+    impl Session for FakeSession {
+        fn hmp(&mut self, command: &str) -> io::Result<String> {
+            self.fake.log.lock().unwrap().push(format!("{} {command}", self.vmid));
+            Ok(match command {
+                INFO_NETWORK => "net0: index=0,type=nic,model=virtio-net-pci,macaddr=bc:24:11:00:00:01\n \\ net0: index=0,type=tap,ifname=tap1i0\n".into(),
+                _ => self.fake.block.lock().unwrap().clone(),
+            })
+        }
+        fn blockstats(&mut self) -> io::Result<Vec<(String, BlockStats)>> {
+            self.fake.log.lock().unwrap().push(format!("{} blockstats", self.vmid));
+            // Like PVE 9's -blockdev drives: one unnamed row per drive.
+            let n = hmp::parse_info_block(&self.fake.block.lock().unwrap()).len();
+            Ok(vec![(String::new(), BlockStats { rd_operations: 7, ..BlockStats::default() }); n])
+        }
+        fn virtual_sizes(&mut self) -> io::Result<Option<Vec<(String, u64)>>> {
+            Ok(None)
+        }
+        fn broken(&self) -> bool {
+            false
+        }
+    }
+
+    struct FakeOpener(Arc<Fake>);
+
+    impl Opener for FakeOpener {
+        fn open(&self, _: &Access, vmid: &str) -> io::Result<Box<dyn Session>> {
+            if self.0.hang.lock().unwrap().contains(vmid) {
+                // Hung until the test lets go.
+                let rx = self.0.release.lock().unwrap().take();
+                if let Some(rx) = rx {
+                    let _ = rx.recv_timeout(Duration::from_secs(60));
+                }
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            Ok(Box::new(FakeSession { fake: self.0.clone(), vmid: vmid.into() }))
+        }
+    }
+
+    fn opts(ttl: Duration) -> MonitorOptions {
+        MonitorOptions {
+            mode: QmMode::Qm,
+            qm_path: "/nonexistent".into(),
+            step_timeout: Duration::from_millis(100),
+            max_ttl: ttl,
+            rand: Duration::ZERO,
+            defer_close: true,
+            max_concurrent: 2,
+        }
+    }
+
+    fn vm(id: &str, pid: u32) -> Vm {
+        Vm { id: id.into(), pid, name: String::new(), cpu: String::new(), vcores: 1, maxmem_bytes: 0, pool: None }
+    }
+
+    fn take(fake: &Fake) -> Vec<String> {
+        let mut l = std::mem::take(&mut *fake.log.lock().unwrap());
+        l.sort();
+        l
+    }
+
+    #[test]
+    fn topology_is_cached_until_pid_or_device_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRoot::new(dir.path());
+        std::fs::create_dir_all(dir.path().join("dev/pve")).unwrap();
+        std::fs::write(dir.path().join("dev/pve/vm-1-disk-0"), "").unwrap();
+        let fake = Arc::new(Fake::default());
+        *fake.block.lock().unwrap() = "drive-scsi0: json:{\"driver\":\"throttle\",\"file\":{\"driver\":\"raw\",\"file\":{\"driver\":\"host_device\",\"filename\":\"/dev/pve/vm-1-disk-0\"}}} (throttle)\n".into();
+        let m = Monitor::with_opener(opts(Duration::from_secs(600)), Box::new(FakeOpener(fake.clone())));
+
+        let r = m.fetch_all(&host, &[vm("1", 10)]);
+        assert_eq!(take(&fake), ["1 blockstats", "1 info block", "1 info network"]);
+        assert!(r[0].errors.is_empty(), "{:?}", r[0].errors);
+        assert_eq!(r[0].nics.as_ref().unwrap()[0].ifname, "tap1i0");
+        // The unnamed blockstats row is named after the drive at its position.
+        assert_eq!(r[0].stats.as_ref().unwrap()[0].0, "drive-scsi0");
+
+        m.fetch_all(&host, &[vm("1", 10)]);
+        assert_eq!(take(&fake), ["1 blockstats"], "topology from the cache");
+
+        // The disk moved: its /dev link is gone.
+        std::fs::remove_file(dir.path().join("dev/pve/vm-1-disk-0")).unwrap();
+        m.fetch_all(&host, &[vm("1", 10)]);
+        assert_eq!(take(&fake), ["1 blockstats", "1 info block"]);
+
+        // Restarted VM: new pid.
+        m.fetch_all(&host, &[vm("1", 11)]);
+        assert_eq!(take(&fake), ["1 blockstats", "1 info block", "1 info network"]);
+
+        // Hotplug: blockstats no longer match the cached drives -> info block again, same session.
+        std::fs::write(dir.path().join("dev/pve/vm-1-disk-0"), "").unwrap();
+        m.fetch_all(&host, &[vm("1", 11)]);
+        take(&fake);
+        *fake.block.lock().unwrap() = "drive-scsi0: /a (raw)\ndrive-scsi1: /b (raw)\n".into();
+        let r = m.fetch_all(&host, &[vm("1", 11)]);
+        assert_eq!(take(&fake), ["1 blockstats", "1 info block"]);
+        assert!(r[0].errors.is_empty(), "{:?}", r[0].errors);
+        let names: Vec<&str> = r[0].stats.as_ref().unwrap().iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["drive-scsi0", "drive-scsi1"]);
+
+        // A VM that is gone leaves the cache.
+        m.fetch_all(&host, &[]);
+        assert!(m.inner.cache.lock().unwrap().entries.is_empty());
+    }
+
+    #[test]
+    fn the_way_to_each_monitor() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRoot::new(dir.path());
+        std::fs::create_dir_all(dir.path().join("var/run/qemu-server")).unwrap();
+        std::fs::write(dir.path().join("var/run/qemu-server/1.qmp"), "").unwrap();
+        let socket = dir.path().join("var/run/qemu-server/1.qmp");
+        let existing_qm = MonitorOptions { qm_path: "/bin/sh".into(), ..opts(Duration::ZERO) };
+        let with = |mode| Monitor::new(MonitorOptions { mode, ..existing_qm.clone() });
+        assert_eq!(with(QmMode::Auto).access(&host, &vm("1", 1)), Some(Access::Qmp(socket.clone())));
+        // No socket, and qm would ask the machine's VMs rather than those below the root.
+        assert_eq!(with(QmMode::Auto).access(&host, &vm("2", 2)), None);
+        assert_eq!(with(QmMode::Auto).access(&HostRoot::new("/"), &vm("999999", 2)), Some(Access::Qm));
+        assert_eq!(with(QmMode::Qm).access(&host, &vm("1", 1)), Some(Access::Qm));
+        let missing = dir.path().join("var/run/qemu-server/2.qmp");
+        assert_eq!(with(QmMode::Qmp).access(&host, &vm("2", 2)), Some(Access::Qmp(missing)));
+    }
+
+    #[test]
+    fn entries_expire() {
+        let host = HostRoot::new("/nonexistent");
+        let fake = Arc::new(Fake::default());
+        let m = Monitor::with_opener(opts(Duration::ZERO), Box::new(FakeOpener(fake.clone())));
+        m.fetch_all(&host, &[vm("1", 10)]);
+        take(&fake);
+        m.fetch_all(&host, &[vm("1", 10)]);
+        assert_eq!(take(&fake), ["1 blockstats", "1 info block", "1 info network"]);
+        // Jitter is drawn within its range and differs between entries.
+        let j: HashSet<Duration> = (0..20).map(|i| jitter(Duration::from_secs(60), i)).collect();
+        assert!(j.len() > 10 && j.iter().all(|d| *d <= Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn a_hung_vm_costs_its_own_series_once() {
+        let host = HostRoot::new("/nonexistent");
+        let fake = Arc::new(Fake::default());
+        fake.hang.lock().unwrap().insert("2".into());
+        let (release, rx) = mpsc::channel();
+        *fake.release.lock().unwrap() = Some(rx);
+        let m = Monitor::with_opener(opts(Duration::from_secs(600)), Box::new(FakeOpener(fake.clone())));
+        let vms = [vm("1", 10), vm("2", 20), vm("3", 30)];
+        // Returns although VM 2 never answers (it would block for a minute).
+        let r = m.fetch_all(&host, &vms);
+        assert!(r[0].errors.is_empty() && r[2].errors.is_empty());
+        assert!(r[0].nics.is_some() && r[2].nics.is_some());
+        assert_eq!(r[1].errors.len(), 1);
+        assert!(r[1].nics.is_none());
+        // Still hung: not asked again, fails at once.
+        let r = m.fetch_all(&host, &vms);
+        assert_eq!(r[1].errors, ["an earlier monitor exchange has not returned yet"]);
+        assert!(r[0].errors.is_empty() && r[2].errors.is_empty());
+        release.send(()).unwrap();
+    }
+}

@@ -1,0 +1,327 @@
+//! A minimal QMP client for a VM's monitor socket (`/var/run/qemu-server/<vmid>.qmp`).
+//!
+//! PVE's own tools use the same socket and QEMU serves one client at a time, so a connection
+//! is kept to a few commands and every step (connect, greeting, each command) has its own time
+//! limit. The socket is non-blocking and waited on with `poll`, so no step can block longer.
+
+use std::{
+    io::{self, Read, Write},
+    os::{
+        fd::{AsFd, FromRawFd, OwnedFd},
+        unix::net::UnixStream,
+    },
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+
+use crate::sources::{
+    hmp::BlockStats,
+    monitor::{Wait, wait_fd},
+};
+
+/// Largest message accepted: `query-block` of a VM with many disks is tens of KiB.
+const MAX_MESSAGE: usize = 16 << 20;
+
+pub struct Qmp {
+    stream: UnixStream,
+    buf: Vec<u8>,
+    step: Duration,
+    next_id: u64,
+    /// A read or write failed or timed out: the stream's state is unknown, it is not used again.
+    broken: bool,
+}
+
+fn timed_out(what: &str, step: Duration) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, format!("{what}: no answer within {step:?}"))
+}
+
+/// Connect a non-blocking Unix stream socket. A listener whose backlog is full makes
+/// `connect` fail with EAGAIN (nothing to wait on): retry until the deadline.
+fn connect(path: &Path, deadline: Instant, step: Duration) -> io::Result<UnixStream> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain data; zeroed is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{}: socket path too long", path.display())));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
+    // SAFETY: plain socket(2) call; the fd is owned right away.
+    let raw = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh fd nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    loop {
+        // SAFETY: `addr` is a valid sockaddr_un of `len` bytes.
+        let r = unsafe { libc::connect(raw, (&raw const addr).cast(), len) };
+        if r == 0 {
+            return Ok(UnixStream::from(fd));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EAGAIN) => {
+                if Instant::now() >= deadline {
+                    return Err(timed_out("connect (backlog full)", step));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Some(libc::EINPROGRESS) => {
+                wait_fd(fd.as_fd(), Wait::Write, deadline).map_err(|_| timed_out("connect", step))?;
+                let mut err: libc::c_int = 0;
+                let mut l = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+                // SAFETY: getsockopt writes one c_int into `err`.
+                let r =
+                    unsafe { libc::getsockopt(raw, libc::SOL_SOCKET, libc::SO_ERROR, (&raw mut err).cast(), &mut l) };
+                if r < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if err != 0 {
+                    return Err(io::Error::from_raw_os_error(err));
+                }
+                return Ok(UnixStream::from(fd));
+            }
+            _ => return Err(e),
+        }
+    }
+}
+
+impl Qmp {
+    /// Connect, read the greeting and negotiate capabilities; each step within `step`.
+    pub fn connect(path: &Path, step: Duration) -> io::Result<Self> {
+        let stream = connect(path, Instant::now() + step, step)?;
+        let mut q = Qmp { stream, buf: Vec::new(), step, next_id: 1, broken: false };
+        let greeting = q.read_message(Instant::now() + step).map_err(|e| ctx("greeting", e))?;
+        if greeting.get("QMP").is_none() {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("not a QMP greeting: {greeting}")));
+        }
+        q.execute("qmp_capabilities", None)?;
+        Ok(q)
+    }
+
+    /// True once a read or write failed: the connection is not used again.
+    pub fn broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Run a command; its `return` value, or Err with QEMU's error description.
+    pub fn execute(&mut self, command: &str, arguments: Option<Value>) -> io::Result<Value> {
+        if self.broken {
+            return Err(io::Error::other("the connection failed earlier"));
+        }
+        let r = self.exchange(command, arguments);
+        if r.as_ref().is_err_and(|e| e.kind() != io::ErrorKind::Other) {
+            self.broken = true;
+        }
+        r
+    }
+
+    fn exchange(&mut self, command: &str, arguments: Option<Value>) -> io::Result<Value> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut msg = json!({ "execute": command, "id": id });
+        if let Some(a) = arguments {
+            msg["arguments"] = a;
+        }
+        let deadline = Instant::now() + self.step;
+        let mut line = msg.to_string().into_bytes();
+        line.push(b'\n');
+        self.write_all(&line, deadline).map_err(|e| ctx(command, e))?;
+        loop {
+            let m = self.read_message(deadline).map_err(|e| ctx(command, e))?;
+            // Events arrive between replies; a reply to an earlier (abandoned) id is stale.
+            if m.get("event").is_some() || m.get("id").is_some_and(|i| i.as_u64() != Some(id)) {
+                continue;
+            }
+            if let Some(r) = m.get("return") {
+                return Ok(r.clone());
+            }
+            if let Some(e) = m.get("error") {
+                let desc = e.get("desc").and_then(|d| d.as_str()).unwrap_or("unknown error");
+                // Other: an error reply; the connection stays usable.
+                return Err(io::Error::other(format!("{command}: QEMU error: {desc}")));
+            }
+        }
+    }
+
+    /// A human monitor command's text, through `human-monitor-command`.
+    pub fn hmp(&mut self, command_line: &str) -> io::Result<String> {
+        let r = self.execute("human-monitor-command", Some(json!({ "command-line": command_line })))?;
+        r.as_str()
+            .map(str::to_string)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("{command_line}: reply is not text")))
+    }
+
+    fn write_all(&mut self, mut data: &[u8], deadline: Instant) -> io::Result<()> {
+        while !data.is_empty() {
+            match self.stream.write(data) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => data = &data[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    wait_fd(self.stream.as_fd(), Wait::Write, deadline).map_err(|_| timed_out("write", self.step))?
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// The next JSON message (one per line).
+    fn read_message(&mut self, deadline: Instant) -> io::Result<Value> {
+        loop {
+            if let Some(nl) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=nl).collect();
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                return serde_json::from_slice(&line)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad QMP message: {e}")));
+            }
+            if self.buf.len() > MAX_MESSAGE {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "QMP message too long"));
+            }
+            let mut chunk = [0u8; 16 << 10];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "QEMU closed the connection")),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    wait_fd(self.stream.as_fd(), Wait::Read, deadline).map_err(|_| timed_out("read", self.step))?
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+fn ctx(what: &str, e: io::Error) -> io::Error {
+    if e.to_string().starts_with(what) { e } else { io::Error::new(e.kind(), format!("{what}: {e}")) }
+}
+
+/// Rows of `query-blockstats` (its `return` array): (drive name, counters) in QEMU's order.
+/// The name is the BlockBackend's (`drive-scsi0`), or for a `-blockdev` drive without one the
+/// top node's (`drive-scsi0` in PVE 9), as `info block` prints them.
+pub fn blockstats_rows(ret: &Value) -> Vec<(String, BlockStats)> {
+    let Some(list) = ret.as_array() else { return Vec::new() };
+    list.iter()
+        .filter_map(|e| {
+            let name = drive_name(e.get("device"), e.get("node-name"))?;
+            let stats = e.get("stats")?.as_object()?;
+            let mut st = BlockStats::default();
+            for (k, v) in stats {
+                if let Some(v) = v.as_u64() {
+                    st.set(k, v);
+                }
+            }
+            Some((name, st))
+        })
+        .collect()
+}
+
+/// Virtual sizes of `query-block` (its `return` array): (drive name, bytes) for every drive
+/// with a medium. The size the guest sees, whatever the image format or storage.
+pub fn virtual_sizes(ret: &Value) -> Vec<(String, u64)> {
+    let Some(list) = ret.as_array() else { return Vec::new() };
+    list.iter()
+        .filter_map(|e| {
+            let inserted = e.get("inserted")?;
+            let name = drive_name(e.get("device"), inserted.get("node-name"))?;
+            let size = inserted.get("image")?.get("virtual-size")?.as_u64()?;
+            Some((name, size))
+        })
+        .collect()
+}
+
+fn drive_name(device: Option<&Value>, node: Option<&Value>) -> Option<String> {
+    fn text(v: Option<&Value>) -> Option<&str> {
+        v.and_then(|v| v.as_str()).filter(|s| !s.is_empty())
+    }
+    text(device).or(text(node)).map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/qemu");
+
+    fn ret(name: &str) -> Value {
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(format!("{FIXTURES}/{name}")).unwrap()).unwrap();
+        v["return"].clone()
+    }
+
+    #[test]
+    fn blockstats_of_real_qemu() {
+        let rows = blockstats_rows(&ret("query-blockstats.json"));
+        let names: Vec<&str> = rows.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "drive-scsi0",
+                "drive-virtio0",
+                "drive-scsi1",
+                "drive-virtio1",
+                "drive-ide2",
+                "drive-ide0",
+                "drive-scsi2",
+                "drive-scsi3"
+            ]
+        );
+        let s = rows[0].1;
+        assert_eq!((s.rd_operations, s.rd_bytes, s.wr_operations, s.wr_bytes), (1, 65536, 1, 12288));
+        assert!(s.wr_total_time_ns > 0 && s.rd_total_time_ns > 0);
+        assert_eq!((rows[1].1.rd_operations, rows[1].1.rd_bytes), (1, 4096));
+        // The HMP text of the same moment says the same.
+        let text = std::fs::read_to_string(format!("{FIXTURES}/info-blockstats.txt")).unwrap();
+        let hmp = crate::sources::hmp::parse_info_blockstats(&text);
+        assert_eq!(hmp[0].1, rows[0].1);
+    }
+
+    #[test]
+    fn sizes_of_real_qemu() {
+        let sizes = virtual_sizes(&ret("query-block.json"));
+        assert_eq!(
+            sizes,
+            [
+                ("drive-scsi0".to_string(), 1 << 30),
+                ("drive-virtio0".to_string(), 64 << 20),
+                ("drive-scsi1".to_string(), 32 << 20),
+                ("drive-virtio1".to_string(), 32 << 20),
+                ("drive-ide0".to_string(), 4 << 20),
+                ("drive-scsi2".to_string(), 2 << 30),
+                ("drive-scsi3".to_string(), 32 << 20),
+            ]
+        );
+    }
+
+    #[test]
+    fn odd_replies() {
+        assert!(blockstats_rows(&json!({})).is_empty());
+        assert!(blockstats_rows(&json!([{"device": ""}, {"device": "a", "stats": 3}, 7])).is_empty());
+        assert_eq!(
+            blockstats_rows(&json!([{"device": "a", "stats": {"rd_bytes": -1, "wr_bytes": 2}}]))[0].1.wr_bytes,
+            2
+        );
+        assert!(virtual_sizes(&json!([{"device": "a", "inserted": {"image": {"virtual-size": "big"}}}])).is_empty());
+    }
+
+    #[test]
+    fn a_missing_socket_fails_fast() {
+        let e = Qmp::connect(Path::new("/nonexistent/x.qmp"), Duration::from_secs(5)).err().unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        let long = format!("/{}", "x".repeat(200));
+        assert_eq!(
+            Qmp::connect(Path::new(&long), Duration::from_secs(5)).err().unwrap().kind(),
+            io::ErrorKind::InvalidInput
+        );
+    }
+}
