@@ -5,6 +5,7 @@
 use std::{
     collections::{HashMap, HashSet},
     io,
+    path::Path,
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
@@ -81,16 +82,57 @@ fn stamp(meta: &std::fs::Metadata) -> FileStamp {
     FileStamp { mtime: meta.modified().ok(), len: meta.len(), ino: meta.ino() }
 }
 
+/// A file parsed once per version: parsed again only when its (mtime, size, inode) change.
+#[derive(Debug)]
+pub struct ParsedFile<T> {
+    cache: Mutex<Option<(FileStamp, Arc<T>)>>,
+}
+
+impl<T> Default for ParsedFile<T> {
+    fn default() -> Self {
+        Self { cache: Mutex::new(None) }
+    }
+}
+
+impl<T> ParsedFile<T> {
+    /// The parsed content of `path`; None when the file does not exist.
+    pub fn get(&self, path: &Path, parse: impl FnOnce(&str) -> T) -> io::Result<Option<Arc<T>>> {
+        let meta = match std::fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+        };
+        let st = stamp(&meta);
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((s, parsed)) = cache.as_ref()
+            && *s == st
+        {
+            return Ok(Some(parsed.clone()));
+        }
+        let text =
+            std::fs::read_to_string(path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        let parsed = Arc::new(parse(&text));
+        *cache = Some((st, parsed.clone()));
+        Ok(Some(parsed))
+    }
+}
+
 /// Reads /etc/pve with a time limit and caches user.cfg by (mtime, size, inode).
 #[derive(Debug, Default)]
 pub struct PveConfigReader {
     gate: BlockingGate,
-    pools: Mutex<Option<(FileStamp, Pools)>>,
+    pools: ParsedFile<HashMap<String, PoolInfo>>,
 }
 
 impl PveConfigReader {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// The time-limited gate of /etc/pve reads; other readers of /etc/pve (storage.cfg) share
+    /// it, so a hung pmxcfs holds one thread, not one per file.
+    pub fn gate(&self) -> &BlockingGate {
+        &self.gate
     }
 
     /// Read the VM config listing and (if changed) user.cfg, within `timeout`.
@@ -114,25 +156,8 @@ impl PveConfigReader {
         Ok(PveConfig { vm_configs, pools })
     }
 
-    fn pools(&self, host: &HostRoot) -> io::Result<Arc<HashMap<String, PoolInfo>>> {
-        let path = host.path("etc/pve/user.cfg");
-        let meta = match std::fs::metadata(&path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Arc::default()),
-            Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
-        };
-        let st = stamp(&meta);
-        let mut cache = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((s, pools)) = cache.as_ref()
-            && *s == st
-        {
-            return Ok(pools.clone());
-        }
-        let text =
-            std::fs::read_to_string(&path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-        let pools = Arc::new(parse_user_cfg_pools(&text));
-        *cache = Some((st, pools.clone()));
-        Ok(pools)
+    fn pools(&self, host: &HostRoot) -> io::Result<Pools> {
+        Ok(self.pools.get(&host.path("etc/pve/user.cfg"), parse_user_cfg_pools)?.unwrap_or_default())
     }
 }
 
