@@ -1,0 +1,79 @@
+//! vm_pressure: CPU, memory and I/O pressure (PSI) of each running QEMU VM, as ratios 0..1
+//! (`/nodes/<node>/qemu`, or the VMs' cgroup pressure files). LXC containers are not covered:
+//! PVE's API has no pressure for them.
+
+use super::{ApiCtx, LocalCtx, PveCollector, vm_configs};
+use crate::{
+    catalog::*,
+    host::HostRoot,
+    metrics::{Def, MetricSet},
+    sources::{
+        pressure::{self, VmPressure},
+        pve_api,
+    },
+};
+
+pub(super) struct VmPressureCollector;
+
+impl PveCollector for VmPressureCollector {
+    fn name(&self) -> &'static str {
+        "vm_pressure"
+    }
+
+    fn per_node(&self) -> bool {
+        true
+    }
+
+    fn local_applies(&self, host: &HostRoot, node: Option<&str>, _pve_node: bool) -> Result<(), String> {
+        node.ok_or("this node's name is unknown (no /proc/sys/kernel/hostname)")?;
+        if !host.path("sys/fs/cgroup").is_dir() {
+            return Err(format!("{} does not exist (no cgroup v2)", host.path("sys/fs/cgroup").display()));
+        }
+        Ok(())
+    }
+
+    fn local(&self, ctx: &LocalCtx, out: &mut MetricSet) -> Result<(), String> {
+        let node = ctx.emit.node()?;
+        let mut errors = Vec::new();
+        let mut vmids = pressure::running_vm_scopes(ctx.host).map_err(|e| e.to_string())?;
+        // The API lists the VMs configured on this node; a VM running here without its config
+        // is migrating in and belongs to the other node until the migration ends.
+        match vm_configs(ctx) {
+            Ok(Some(configs)) => vmids.retain(|id| configs.contains(&id.to_string())),
+            Ok(None) => {}
+            Err(e) => errors.push(format!("{e} (every running VM reported, without the config check)")),
+        }
+        let vms: Vec<VmPressure> =
+            vmids.into_iter().filter_map(|id| pressure::read_vm_pressure(ctx.host, id, &mut errors)).collect();
+        emit(node, &vms, out);
+        if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+    }
+
+    fn api(&self, ctx: &ApiCtx, node: Option<&str>, out: &mut MetricSet) -> Result<(), String> {
+        let node = node.ok_or("no node")?;
+        let path = format!("/nodes/{node}/qemu");
+        let vms = pve_api::parse_qemu_pressure(&ctx.api.get(&path)?).map_err(|e| format!("{path}: {e}"))?;
+        emit(node, &vms, out);
+        Ok(())
+    }
+}
+
+/// The families in the order of [`VmPressure::ratios`].
+static FAMILIES: [&Def; 6] = [
+    &PVE_VM_PRESSURE_CPU_SOME,
+    &PVE_VM_PRESSURE_CPU_FULL,
+    &PVE_VM_PRESSURE_MEMORY_SOME,
+    &PVE_VM_PRESSURE_MEMORY_FULL,
+    &PVE_VM_PRESSURE_IO_SOME,
+    &PVE_VM_PRESSURE_IO_FULL,
+];
+
+pub(super) fn emit(node: &str, vms: &[VmPressure], out: &mut MetricSet) {
+    for (i, def) in FAMILIES.iter().enumerate() {
+        for vm in vms {
+            if let Some(r) = vm.ratios[i] {
+                out.family(def).push([("id", format!("qemu/{}", vm.vmid)), ("node", node.to_string())], r);
+            }
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! The node's own status, as PVE's API reports it in `/nodes/<node>/status`, read from the
+//! node's files: `/proc/loadavg`, swap from `/proc/meminfo`, statvfs of `/`, KSM's
+//! `/sys/kernel/mm/ksm/pages_sharing`, and the boot mode and Secure Boot state from
+//! `/sys/firmware/efi`. Each value is computed the way PVE computes it (pve-manager's node
+//! status, pve-common's ProcFSTools and `df`), so both sources agree.
+
+use std::{io, time::Duration};
+
+use procfs::FromBufRead;
+
+use crate::{
+    host::{BlockingGate, HostRoot},
+    sources::statvfs,
+};
+
+/// What the node status collector exports; every part is optional (the API may leave one
+/// out, a local file may be unreadable).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NodeStatus {
+    /// 1, 5 and 15 minute load averages.
+    pub load: Option<[f64; 3]>,
+    pub swap: Option<Swap>,
+    pub rootfs: Option<Rootfs>,
+    /// Memory KSM saves by sharing pages, in bytes.
+    pub ksm_shared: Option<u64>,
+    pub boot: Option<BootInfo>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Swap {
+    pub total: u64,
+    pub used: u64,
+    pub free: u64,
+}
+
+/// The root file system as `df` shows it: `avail` is what unprivileged writers can still use
+/// (blocks reserved for root excluded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rootfs {
+    pub total: u64,
+    pub used: u64,
+    pub avail: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootInfo {
+    /// `efi` or `legacy-bios` (PVE's names).
+    pub mode: String,
+    pub secureboot: bool,
+}
+
+/// `/proc/loadavg`: `0.52 0.58 0.59 2/1234 56789`.
+pub fn parse_loadavg(text: &str) -> Result<[f64; 3], String> {
+    let mut it = text.split_whitespace();
+    let mut out = [0.0; 3];
+    for v in &mut out {
+        let w = it.next().ok_or_else(|| format!("loadavg: too short: {text:?}"))?;
+        *v = w
+            .parse::<f64>()
+            .ok()
+            .filter(|x| x.is_finite() && *x >= 0.0)
+            .ok_or_else(|| format!("loadavg: bad {w:?}"))?;
+    }
+    Ok(out)
+}
+
+/// Swap of `/proc/meminfo`; used = total - free, as PVE computes it.
+pub fn swap_from_meminfo(text: &[u8]) -> Result<Swap, String> {
+    let mi = procfs::Meminfo::from_buf_read(text).map_err(|e| format!("meminfo: {e}"))?;
+    Ok(Swap { total: mi.swap_total, free: mi.swap_free, used: mi.swap_total.saturating_sub(mi.swap_free) })
+}
+
+/// `/sys/kernel/mm/ksm/pages_sharing`: one number.
+pub fn parse_pages_sharing(text: &str) -> Result<u64, String> {
+    text.trim().parse().map_err(|_| format!("pages_sharing: bad {:?}", text.trim()))
+}
+
+/// The efivarfs file of the `SecureBoot` variable: 4 bytes of attributes, then the value
+/// (1 = on).
+pub fn secure_boot_from_efivar(raw: &[u8]) -> Result<bool, String> {
+    match raw {
+        [_, _, _, _, v, ..] => Ok(*v == 1),
+        _ => Err(format!("SecureBoot variable: {} bytes, expected at least 5", raw.len())),
+    }
+}
+
+/// efivarfs name of the SecureBoot variable (EFI global variable GUID).
+pub const SECURE_BOOT_VAR: &str = "sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c";
+
+/// The page size KSM counts in.
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(n).ok().filter(|n| *n > 0).unwrap_or(4096)
+}
+
+/// Read the node's status below `host`. The statvfs of `/` goes through `gate` with
+/// `timeout` (a file system call that can block); each part that fails is left out and
+/// reported in `errors`.
+pub fn read_node_status(
+    host: &HostRoot,
+    gate: &BlockingGate,
+    timeout: Duration,
+    errors: &mut Vec<String>,
+) -> NodeStatus {
+    let mut st = NodeStatus::default();
+    match host.read_to_string("proc/loadavg") {
+        Ok(t) => st.load = parse_loadavg(&t).map_err(|e| errors.push(e)).ok(),
+        Err(e) => errors.push(format!("proc/loadavg: {e}")),
+    }
+    match host.read("proc/meminfo") {
+        Ok(t) => st.swap = swap_from_meminfo(&t).map_err(|e| errors.push(e)).ok(),
+        Err(e) => errors.push(format!("proc/meminfo: {e}")),
+    }
+    let root = host.path("/");
+    match gate.call("statvfs-root", timeout, move || statvfs::statvfs(&root)).and_then(|r| r) {
+        Ok(u) => st.rootfs = Some(Rootfs { total: u.size, used: u.used, avail: u.free }),
+        Err(e) => errors.push(format!("statvfs /: {e}")),
+    }
+    // No KSM in the kernel: nothing shared (PVE reports 0 too).
+    st.ksm_shared = match host.read_to_string("sys/kernel/mm/ksm/pages_sharing") {
+        Ok(t) => parse_pages_sharing(&t).map(|p| p.saturating_mul(page_size())).map_err(|e| errors.push(e)).ok(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Some(0),
+        Err(e) => {
+            errors.push(format!("sys/kernel/mm/ksm/pages_sharing: {e}"));
+            None
+        }
+    };
+    st.boot = Some(if host.path("sys/firmware/efi").is_dir() {
+        // An EFI boot without the variable (efivarfs not mounted) says nothing about Secure
+        // Boot; PVE reports it as off then, and so do we.
+        let secureboot = match host.read(SECURE_BOOT_VAR) {
+            Ok(raw) => secure_boot_from_efivar(&raw).unwrap_or_else(|e| {
+                errors.push(e);
+                false
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => {
+                errors.push(format!("{SECURE_BOOT_VAR}: {e}"));
+                false
+            }
+        };
+        BootInfo { mode: "efi".into(), secureboot }
+    } else {
+        BootInfo { mode: "legacy-bios".into(), secureboot: false }
+    });
+    st
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loadavg() {
+        assert_eq!(parse_loadavg("3.12 2.88 2.79 2/1234 56789\n").unwrap(), [3.12, 2.88, 2.79]);
+        assert_eq!(parse_loadavg("0.00 0.00 0.00").unwrap(), [0.0; 3]);
+        for bad in ["", "1.0 2.0", "a b c", "1 2 -3", "1 2 inf", "\u{0}"] {
+            assert!(parse_loadavg(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn swap() {
+        // The complete meminfo of the pve-cluster fixture host (procfs wants every field).
+        let mi = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/hosts/pve-cluster/proc/meminfo"));
+        let s = swap_from_meminfo(mi).unwrap();
+        assert_eq!(s, Swap { total: 8_388_604 * 1024, free: 8_126_460 * 1024, used: 262_144 * 1024 });
+        // No swap configured.
+        let text = String::from_utf8_lossy(mi)
+            .lines()
+            .map(|l| {
+                if l.starts_with("Swap") {
+                    format!("{}: 0 kB", l.split(':').next().unwrap_or(""))
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_eq!(swap_from_meminfo(text.as_bytes()).unwrap(), Swap { total: 0, used: 0, free: 0 });
+        assert!(swap_from_meminfo(b"garbage").is_err());
+        assert!(swap_from_meminfo(b"MemTotal: 1 kB\nSwapTotal: 1 kB\n").is_err(), "incomplete");
+    }
+
+    #[test]
+    fn ksm_and_secure_boot() {
+        assert_eq!(parse_pages_sharing("262144\n").unwrap(), 262_144);
+        assert!(parse_pages_sharing("-1").is_err());
+        assert_eq!(secure_boot_from_efivar(&[6, 0, 0, 0, 1]), Ok(true));
+        assert_eq!(secure_boot_from_efivar(&[6, 0, 0, 0, 0]), Ok(false));
+        assert!(secure_boot_from_efivar(&[6, 0, 0]).is_err());
+    }
+
+    #[test]
+    fn a_legacy_bios_host_without_ksm() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("proc")).unwrap();
+        std::fs::write(dir.path().join("proc/loadavg"), "1.00 0.50 0.25 1/100 42\n").unwrap();
+        let host = HostRoot::new(dir.path());
+        let mut errors = Vec::new();
+        let st = read_node_status(&host, &BlockingGate::default(), Duration::from_secs(5), &mut errors);
+        assert_eq!(st.load, Some([1.0, 0.5, 0.25]));
+        assert_eq!(st.swap, None, "no meminfo");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(st.rootfs.is_some_and(|r| r.total > 0));
+        assert_eq!(st.ksm_shared, Some(0));
+        assert_eq!(st.boot, Some(BootInfo { mode: "legacy-bios".into(), secureboot: false }));
+    }
+}

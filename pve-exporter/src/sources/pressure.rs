@@ -1,0 +1,229 @@
+//! Pressure stall information (PSI) of each running VM, from its cgroup v2 scope
+//! `/sys/fs/cgroup/qemu.slice/<vmid>.scope/{cpu,memory,io}.pressure`: the files PVE's own API
+//! reads for `pressure{cpu,memory,io}{some,full}` of `/nodes/<node>/qemu`.
+//!
+//! A file reads
+//!
+//! ```text
+//! some avg10=1.23 avg60=0.80 avg300=0.25 total=123456789
+//! full avg10=0.00 avg60=0.00 avg300=0.00 total=0
+//! ```
+//!
+//! (percentages of wall time over the last 10 s, 60 s and 300 s, and the total stall time in
+//! µs). PVE reports `avg10` (qemu-server's `vmstatus`), so the ratios here are `avg10 / 100`.
+
+use std::io;
+
+use crate::host::HostRoot;
+
+/// One line of a pressure file.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Averages {
+    /// Percentages (0..=100) of the last 10, 60 and 300 seconds.
+    pub avg10: f64,
+    pub avg60: f64,
+    pub avg300: f64,
+    /// Total stall time in microseconds.
+    pub total_us: u64,
+}
+
+/// A pressure file: `some` is always there; `full` is missing in `cpu.pressure` of kernels
+/// before 5.13.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Pressure {
+    pub some: Option<Averages>,
+    pub full: Option<Averages>,
+}
+
+/// Parse a pressure file. Unknown line kinds and keys are ignored (the kernel may add some);
+/// a known key with a bad value, or a file without a `some` line, is an error.
+pub fn parse_pressure(text: &str) -> Result<Pressure, String> {
+    let mut p = Pressure::default();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let slot = match words.next() {
+            Some("some") => &mut p.some,
+            Some("full") => &mut p.full,
+            _ => continue,
+        };
+        let mut a = Averages::default();
+        let mut seen = 0;
+        for w in words {
+            let Some((k, v)) = w.split_once('=') else { continue };
+            let pct = |v: &str| -> Result<f64, String> {
+                v.parse::<f64>()
+                    .ok()
+                    .filter(|x| x.is_finite() && (0.0..=100.0).contains(x))
+                    .ok_or_else(|| format!("bad {k} {v:?} in {line:?}"))
+            };
+            match k {
+                "avg10" => a.avg10 = pct(v)?,
+                "avg60" => a.avg60 = pct(v)?,
+                "avg300" => a.avg300 = pct(v)?,
+                "total" => a.total_us = v.parse().map_err(|_| format!("bad total {v:?} in {line:?}"))?,
+                _ => continue,
+            }
+            seen += 1;
+        }
+        if seen < 4 {
+            return Err(format!("incomplete pressure line {line:?}"));
+        }
+        *slot = Some(a);
+    }
+    if p.some.is_none() {
+        return Err("no \"some\" line".into());
+    }
+    Ok(p)
+}
+
+/// The six pressure ratios of a VM, in the order of [`RESOURCES`] × (some, full).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct VmPressure {
+    pub vmid: u32,
+    /// cpu some, cpu full, memory some, memory full, io some, io full; ratios 0..=1. None when
+    /// not known (the local file is missing).
+    pub ratios: [Option<f64>; 6],
+}
+
+/// The resources with a pressure file, in the order of [`VmPressure::ratios`].
+pub const RESOURCES: [&str; 3] = ["cpu", "memory", "io"];
+
+/// The two ratios (some, full) of one resource from its file, as PVE's API computes them:
+/// `avg10 / 100`, and a missing `full` line counts as 0 (it does in PVE too).
+pub fn ratios(p: &Pressure) -> [Option<f64>; 2] {
+    let r = |a: Option<Averages>| a.map(|a| a.avg10 / 100.0);
+    [r(p.some), Some(r(p.full).unwrap_or(0.0))]
+}
+
+/// vmids with a cgroup scope below `sys/fs/cgroup/qemu.slice/` (`<vmid>.scope`): the VMs
+/// running on this node, sorted. No qemu.slice (no VM started since boot, or cgroup v1): none.
+pub fn running_vm_scopes(host: &HostRoot) -> io::Result<Vec<u32>> {
+    let dir = host.path("sys/fs/cgroup/qemu.slice");
+    let rd = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", dir.display()))),
+    };
+    let mut ids: Vec<u32> = rd
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter_map(|n| vmid_of_scope(&n))
+        .collect();
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// `123.scope` -> 123.
+pub fn vmid_of_scope(name: &str) -> Option<u32> {
+    let id = name.strip_suffix(".scope")?;
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    id.parse().ok()
+}
+
+/// Read the three pressure files of VM `vmid`. A file that cannot be read or parsed leaves
+/// its two ratios unknown and is reported in `errors`; a scope that vanished (the VM stopped
+/// during the scrape) gives None.
+pub fn read_vm_pressure(host: &HostRoot, vmid: u32, errors: &mut Vec<String>) -> Option<VmPressure> {
+    let mut vm = VmPressure { vmid, ratios: [None; 6] };
+    let scope = format!("sys/fs/cgroup/qemu.slice/{vmid}.scope");
+    for (i, res) in RESOURCES.iter().enumerate() {
+        let file = format!("{scope}/{res}.pressure");
+        match host.read_to_string(&file) {
+            Ok(text) => match parse_pressure(&text) {
+                Ok(p) => vm.ratios[2 * i..2 * i + 2].copy_from_slice(&ratios(&p)),
+                Err(e) => errors.push(format!("{file}: {e}")),
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if !host.path(&scope).exists() {
+                    return None;
+                }
+                // A kernel booted with psi=0 has no pressure files: nothing to report, and
+                // nothing this exporter can fix (PVE's API then reports 0).
+                log::debug!("{file}: missing");
+            }
+            Err(e) => errors.push(format!("{file}: {e}")),
+        }
+    }
+    Some(vm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_file() {
+        let p = parse_pressure(
+            "some avg10=12.50 avg60=3.00 avg300=0.75 total=123456789\nfull avg10=2.00 avg60=0.50 avg300=0.10 total=4242\n",
+        )
+        .unwrap();
+        assert_eq!(p.some, Some(Averages { avg10: 12.5, avg60: 3.0, avg300: 0.75, total_us: 123_456_789 }));
+        assert_eq!(p.full.map(|f| f.total_us), Some(4242));
+        assert_eq!(ratios(&p), [Some(0.125), Some(0.02)]);
+    }
+
+    #[test]
+    fn cpu_without_full_line_counts_full_as_zero() {
+        let p = parse_pressure("some avg10=1.00 avg60=0.00 avg300=0.00 total=5\n").unwrap();
+        assert_eq!(p.full, None);
+        assert_eq!(ratios(&p), [Some(0.01), Some(0.0)]);
+    }
+
+    #[test]
+    fn unknown_keys_and_lines_are_ignored() {
+        let p = parse_pressure("some avg10=1.00 avg60=0.00 avg300=0.00 total=5 future=1\nother x=1\n").unwrap();
+        assert_eq!(p.some.map(|s| s.avg10), Some(1.0));
+    }
+
+    #[test]
+    fn malformed_files_are_errors_not_panics() {
+        for bad in [
+            "",
+            "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n",
+            "some avg10=x avg60=0.00 avg300=0.00 total=0\n",
+            "some avg10=101 avg60=0.00 avg300=0.00 total=0\n",
+            "some avg10=NaN avg60=0.00 avg300=0.00 total=0\n",
+            "some avg10=-1 avg60=0.00 avg300=0.00 total=0\n",
+            "some avg10=0.00 avg60=0.00 avg300=0.00 total=-5\n",
+            "some avg10=0.00\n",
+            "some\n",
+            "\u{0}\u{1}garbage",
+        ] {
+            assert!(parse_pressure(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn scope_names() {
+        assert_eq!(vmid_of_scope("100.scope"), Some(100));
+        assert_eq!(vmid_of_scope("999999999.scope"), Some(999_999_999));
+        for bad in [".scope", "100", "x100.scope", "100.slice", "1-2.scope", "99999999999999.scope"] {
+            assert_eq!(vmid_of_scope(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn reading_a_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let scope = dir.path().join("sys/fs/cgroup/qemu.slice/101.scope");
+        std::fs::create_dir_all(&scope).unwrap();
+        std::fs::create_dir_all(dir.path().join("sys/fs/cgroup/qemu.slice/other.slice")).unwrap();
+        std::fs::write(scope.join("cpu.pressure"), "some avg10=50.00 avg60=0 avg300=0 total=1\n").unwrap();
+        std::fs::write(scope.join("memory.pressure"), "garbage\n").unwrap();
+        let host = HostRoot::new(dir.path());
+        assert_eq!(running_vm_scopes(&host).unwrap(), [101]);
+        let mut errors = Vec::new();
+        let vm = read_vm_pressure(&host, 101, &mut errors).unwrap();
+        assert_eq!(vm.ratios, [Some(0.5), Some(0.0), None, None, None, None]);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("memory.pressure"), "{errors:?}");
+        // A VM that stopped meanwhile: gone, not an error.
+        let mut errors = Vec::new();
+        assert_eq!(read_vm_pressure(&host, 102, &mut errors), None);
+        assert!(errors.is_empty());
+        // No qemu.slice at all.
+        assert!(running_vm_scopes(&HostRoot::new("/nonexistent")).unwrap().is_empty());
+    }
+}
