@@ -1,12 +1,32 @@
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use clap::Parser;
-use pve_exporter::{collector::Engine, config::Config, server};
+use clap::{CommandFactory, FromArgMatches, ValueEnum, parser::ValueSource};
+use pve_exporter::{
+    collector::Engine,
+    config::{Config, LogLevel},
+    server::{self, AppState},
+    service::{self, Notifier},
+    web::{WebHandle, WebRuntime},
+};
+use tokio::{
+    signal::unix::{Signal, SignalKind, signal},
+    sync::watch,
+};
 
 fn main() -> std::process::ExitCode {
-    let config = Config::parse();
-    env_logger::Builder::new().filter_level(config.loglevel.filter()).format_target(false).init();
-    match run(config) {
+    let matches = Config::command().get_matches();
+    let config = Config::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    service::init_logging(config.loglevel);
+    // Flags given on the command line win over the environment file, also on reload.
+    let from_cli = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+    let cli = CliSet { loglevel: from_cli("loglevel"), web_config_file: from_cli("web_config_file") };
+    match run(config, cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e:#}");
@@ -15,22 +35,236 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
-    let addr = SocketAddr::new(config.host, config.port);
-    let engine = Engine::new(config).map_err(|e| anyhow::anyhow!("eBPF required by --ebpf on but unavailable: {e}"))?;
-    let rt =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).max_blocking_threads(16).enable_all().build()?;
-    rt.block_on(server::serve(addr, server::AppState::new(Arc::new(engine)), shutdown_signal()))
+/// Which reloadable flags came from the command line.
+#[derive(Clone, Copy)]
+struct CliSet {
+    loglevel: bool,
+    web_config_file: bool,
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        log::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => log::info!("SIGTERM: shutting down"),
-        _ = int.recv() => log::info!("SIGINT: shutting down"),
+/// Shutdown stages: 1 = stop accepting and finish what is in flight, 2 = a second signal.
+type Stop = watch::Sender<u8>;
+
+fn run(config: Config, cli: CliSet) -> anyhow::Result<()> {
+    let notifier = Notifier::from_env();
+    let addr = SocketAddr::new(config.host, config.port);
+    let grace = config.shutdown_timeout;
+    // A web config that cannot be used stops the start: serving without the TLS or auth the
+    // operator asked for would expose the endpoint.
+    let web = WebHandle::new(WebRuntime::load(config.web_config_file.as_deref()).map_err(anyhow::Error::msg)?);
+    let env = EnvFile::open(config.env_file.clone(), config.web_config_file.clone());
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).max_blocking_threads(16).enable_all().build()?;
+    // Handlers first: SIGHUP's default action would end the process while eBPF loads.
+    let signals = rt.block_on(async { Signals::install() })?;
+    // Bind before loading eBPF: a port that is taken fails the start at once.
+    let listener = rt.block_on(server::bind(addr))?;
+    let engine =
+        Arc::new(Engine::new(config).map_err(|e| anyhow::anyhow!("eBPF required by --ebpf on but unavailable: {e}"))?);
+    let state = AppState::new(engine.clone());
+    let (stop, stopped) = watch::channel(0u8);
+    let result = rt.block_on(async {
+        tokio::spawn(handle_signals(signals, stop, web.clone(), env, cli, notifier.clone()));
+        tokio::spawn(announce(state.clone(), notifier.clone(), addr));
+        if let Some(period) = service::watchdog_period() {
+            tokio::spawn(watchdog(state.clone(), notifier.clone(), period));
+        }
+        let mut rx = stopped.clone();
+        let stop_accepting = async move {
+            let _ = rx.wait_for(|s| *s >= 1).await;
+        };
+        let mut rx = stopped;
+        let cut = async move {
+            let _ = rx.wait_for(|s| *s >= 2).await;
+        };
+        tokio::select! {
+            r = server::serve(listener, state.clone(), web, stop_accepting, grace) => r,
+            () = cut => {
+                log::warn!("second stop signal: not waiting for requests in flight");
+                Ok(())
+            }
+        }
+    });
+    drop(state);
+    // Tasks still holding the engine (a collection that did not finish) get a moment.
+    rt.shutdown_timeout(Duration::from_secs(2));
+    release(engine);
+    result
+}
+
+/// Drop the engine: its eBPF object goes with it, which detaches the programs.
+fn release(engine: Arc<Engine>) {
+    let ebpf = engine.ebpf_mode().0 == "ebpf";
+    match Arc::try_unwrap(engine) {
+        Ok(engine) => {
+            drop(engine);
+            if ebpf {
+                log::info!("eBPF programs detached");
+            }
+        }
+        // The kernel detaches them when the process exits a moment later.
+        Err(_) => log::warn!("a collection is still running at exit; eBPF programs are detached at process exit"),
+    }
+}
+
+/// READY=1 once the first collection has finished: only then does /metrics answer with data.
+async fn announce(state: AppState, notifier: Notifier, addr: SocketAddr) {
+    let t = Instant::now();
+    let set = state.scrape().await;
+    let prefix = &state.engine().config.metrics_prefix;
+    let failing: Vec<String> = set
+        .get(&format!("{prefix}_exporter_collector_success"))
+        .map(|f| {
+            f.samples
+                .iter()
+                .filter(|s| s.value == pve_exporter::metrics::Value::Int(0))
+                .filter_map(|s| s.labels.first().map(|l| l.1.to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let (mode, _) = state.engine().ebpf_mode();
+    let failing_text = if failing.is_empty() { String::new() } else { format!("; failing: {}", failing.join(", ")) };
+    log::info!("ready: first collection took {:?} ({mode} mode{failing_text})", t.elapsed());
+    notifier.notify(&format!("READY=1\nSTATUS=serving on {addr}, {mode} mode{failing_text}"));
+}
+
+/// Feed the systemd watchdog from finished collections, so a daemon whose collections hang
+/// is restarted. Without scrapes it starts a collection itself every third of the period.
+async fn watchdog(state: AppState, notifier: Notifier, period: Duration) {
+    let mut finished = state.finished();
+    let kick = period / 3;
+    log::debug!("watchdog: period {period:?}");
+    loop {
+        match tokio::time::timeout(kick, finished.changed()).await {
+            Ok(Ok(())) => notifier.notify("WATCHDOG=1"),
+            Ok(Err(_)) => return,
+            Err(_) => {
+                // Joins the collection in flight, if one is: a hung one is not piled on.
+                let s = state.clone();
+                tokio::spawn(async move {
+                    s.scrape().await;
+                });
+            }
+        }
+    }
+}
+
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let mk = |k| signal(k).context("cannot install signal handlers");
+        Ok(Self {
+            term: mk(SignalKind::terminate())?,
+            int: mk(SignalKind::interrupt())?,
+            hup: mk(SignalKind::hangup())?,
+        })
+    }
+}
+
+async fn handle_signals(mut s: Signals, stop: Stop, web: WebHandle, mut env: EnvFile, cli: CliSet, notifier: Notifier) {
+    loop {
+        let name = tokio::select! {
+            _ = s.term.recv() => "SIGTERM",
+            _ = s.int.recv() => "SIGINT",
+            _ = s.hup.recv() => {
+                notifier.notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", service::monotonic_usec()));
+                reload(&web, &mut env, cli).await;
+                notifier.notify("READY=1");
+                continue;
+            }
+        };
+        if *stop.borrow() == 0 {
+            log::info!("{name}: shutting down");
+            notifier.notify("STOPPING=1");
+            stop.send_replace(1);
+        } else {
+            stop.send_replace(2);
+        }
+    }
+}
+
+/// The environment file (`--env-file`) as it was at start-up and at the last reload.
+struct EnvFile {
+    path: Option<PathBuf>,
+    at_start: BTreeMap<String, String>,
+    last: BTreeMap<String, String>,
+    /// The web config file asked for (the environment file can change it).
+    web_config_file: Option<PathBuf>,
+}
+
+impl EnvFile {
+    fn open(path: Option<PathBuf>, web_config_file: Option<PathBuf>) -> Self {
+        let at_start = match &path {
+            Some(p) => read_env(p).unwrap_or_else(|e| {
+                log::warn!("{e}; SIGHUP will compare against an empty file");
+                BTreeMap::new()
+            }),
+            None => BTreeMap::new(),
+        };
+        Self { path, last: at_start.clone(), at_start, web_config_file }
+    }
+}
+
+fn read_env(path: &std::path::Path) -> Result<BTreeMap<String, String>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    service::parse_env_file(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// SIGHUP: apply what the environment file changed that can change at run time, then read
+/// the web config file again (new certificates, users). Anything that fails keeps what runs.
+async fn reload(web: &WebHandle, env: &mut EnvFile, cli: CliSet) {
+    if let Some(path) = env.path.clone() {
+        match tokio::task::spawn_blocking(move || read_env(&path)).await {
+            Ok(Ok(now)) => {
+                let plan = service::reload_plan(&env.at_start, &env.last, &now);
+                for (key, value) in &plan.apply {
+                    match key.as_str() {
+                        "PVE_EXPORTER_LOGLEVEL" if cli.loglevel => {
+                            log::warn!("{key} changed, but --loglevel on the command line wins")
+                        }
+                        "PVE_EXPORTER_LOGLEVEL" => {
+                            match value.as_deref().map_or(Ok(LogLevel::Info), |v| LogLevel::from_str(v, true)) {
+                                Ok(level) => {
+                                    service::set_log_level(level);
+                                    log::info!("log level now {level:?}");
+                                }
+                                Err(e) => log::error!("{key}={value:?} ignored: {e}"),
+                            }
+                        }
+                        "PVE_EXPORTER_WEB_CONFIG_FILE" if cli.web_config_file => {
+                            log::warn!("{key} changed, but --web.config.file on the command line wins")
+                        }
+                        "PVE_EXPORTER_WEB_CONFIG_FILE" => {
+                            env.web_config_file = value.as_deref().filter(|v| !v.is_empty()).map(PathBuf::from);
+                        }
+                        _ => {}
+                    }
+                }
+                if !plan.need_restart.is_empty() {
+                    log::warn!(
+                        "changed in the environment file, effective after a restart: {}",
+                        plan.need_restart.join(", ")
+                    );
+                }
+                env.last = now;
+            }
+            Ok(Err(e)) => log::error!("reload: {e}; keeping the current settings"),
+            Err(e) => log::error!("reload: {e}"),
+        }
+    }
+    let path = env.web_config_file.clone();
+    match tokio::task::spawn_blocking(move || WebRuntime::load(path.as_deref())).await {
+        Ok(Ok(new)) => {
+            log::info!("reloaded: {}", new.describe());
+            web.replace(new);
+        }
+        Ok(Err(e)) => log::error!("reload: web config: {e}; keeping the current one"),
+        Err(e) => log::error!("reload: {e}"),
     }
 }

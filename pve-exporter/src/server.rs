@@ -1,9 +1,13 @@
 //! HTTP: `/metrics`, `/` and `/healthz`. Concurrent scrapes share one collection: a scrape
 //! that arrives while one is in flight waits for that one's result instead of starting another.
+//! The accept loop is our own so that TLS ([`crate::web`]) and graceful shutdown work the same
+//! for every connection.
 
 use std::{
+    future::Future,
     net::SocketAddr,
     sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use axum::{
@@ -14,24 +18,49 @@ use axum::{
     routing::get,
 };
 use futures::future::{BoxFuture, FutureExt, Shared};
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    server::graceful::{GracefulShutdown, Watcher},
+    service::TowerToHyperService,
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
+    sync::watch,
+};
 
 use crate::{
     collector::SharedEngine,
     exposition::{self, Format},
     metrics::MetricSet,
+    web::{self, WebHandle},
 };
 
 type Collection = Shared<BoxFuture<'static, Arc<MetricSet>>>;
+
+/// A client must send its request headers within this time.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Clone)]
 pub struct AppState {
     engine: SharedEngine,
     inflight: Arc<Mutex<Option<Collection>>>,
+    /// When the last collection finished (the systemd watchdog is fed from this).
+    finished: Arc<watch::Sender<Option<Instant>>>,
 }
 
 impl AppState {
     pub fn new(engine: SharedEngine) -> Self {
-        Self { engine, inflight: Arc::default() }
+        Self { engine, inflight: Arc::default(), finished: Arc::new(watch::Sender::new(None)) }
+    }
+
+    pub fn engine(&self) -> &SharedEngine {
+        &self.engine
+    }
+
+    /// Changes each time a collection finishes.
+    pub fn finished(&self) -> watch::Receiver<Option<Instant>> {
+        self.finished.subscribe()
     }
 
     /// The current collection: joins the one in flight or starts one.
@@ -46,14 +75,17 @@ impl AppState {
                     // started it goes away, and the blocking reads run off the runtime.
                     let task = tokio::task::spawn_blocking(move || engine.collect());
                     let prefix = self.engine.config.metrics_prefix.clone();
+                    let finished = self.finished.clone();
                     let f = async move {
-                        match task.await {
+                        let set = match task.await {
                             Ok(set) => Arc::new(set),
                             Err(e) => {
                                 log::error!("collection task failed: {e}");
                                 Arc::new(MetricSet::new(&prefix))
                             }
-                        }
+                        };
+                        finished.send_replace(Some(Instant::now()));
+                        set
                     }
                     .boxed()
                     .shared();
@@ -104,17 +136,88 @@ async fn index(State(state): State<AppState>) -> Html<String> {
     ))
 }
 
-/// Bind and serve until `shutdown` resolves.
+/// Bind the listening socket, with an error that says what to change.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    use std::io::ErrorKind;
+    TcpListener::bind(addr).await.map_err(|e| {
+        let hint = match e.kind() {
+            ErrorKind::AddrInUse => format!(
+                "port {} is already in use on {} (another exporter or service listens there; choose a free one \
+                 with --port)",
+                addr.port(),
+                addr.ip()
+            ),
+            ErrorKind::AddrNotAvailable => format!("{} is not an address of this host (see --host)", addr.ip()),
+            ErrorKind::PermissionDenied => {
+                format!("port {} needs CAP_NET_BIND_SERVICE (ports below 1024); see --port", addr.port())
+            }
+            _ => "see --host and --port".to_string(),
+        };
+        anyhow::Error::new(e).context(format!("cannot listen on {addr}: {hint}"))
+    })
+}
+
+/// Serve on `listener` until `stop` resolves; then stop accepting, let requests in flight
+/// finish for up to `grace`, and cut the connections still open.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: TcpListener,
     state: AppState,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    web: WebHandle,
+    stop: impl Future<Output = ()> + Send,
+    grace: Duration,
 ) -> anyhow::Result<()> {
-    use anyhow::Context as _;
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-        format!("cannot listen on {addr} (is another exporter already using the port? see --port/--host)")
-    })?;
-    log::info!("listening on http://{}", listener.local_addr().unwrap_or(addr));
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await.context("HTTP server")?;
+    let local = listener.local_addr()?;
+    let current = web.current();
+    let scheme = if current.tls.is_some() { "https" } else { "http" };
+    log::info!("listening on {scheme}://{local} ({})", current.describe());
+    let app = router(state).layer(axum::middleware::from_fn_with_state(web.clone(), web::guard));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of descriptors and the like: wait instead of spinning on the error.
+                    log::warn!("accept on {local}: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            },
+        };
+        let web = web.current();
+        let app = app.clone();
+        // Taken now, so a connection still in its TLS handshake counts for the shutdown too.
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            match web::accept(&web, stream, peer).await {
+                Some(web::Conn::Plain(s)) => serve_connection(s, app, watcher).await,
+                Some(web::Conn::Tls(s)) => serve_connection(s, app, watcher).await,
+                None => {}
+            }
+        });
+    }
+    drop(listener);
+    let open = graceful.count();
+    if open > 0 {
+        log::info!("waiting up to {grace:?} for {open} open connections");
+    }
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        log::warn!("shutdown: requests still running after {grace:?} are cut");
+    }
     Ok(())
+}
+
+async fn serve_connection<I>(io: I, app: Router, watcher: Watcher)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(app));
+    if let Err(e) = watcher.watch(conn).await {
+        log::debug!("connection: {e}");
+    }
 }
