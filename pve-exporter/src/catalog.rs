@@ -20,6 +20,9 @@ const fn gauge(name: &'static str, labels: &'static [&'static str], help: &'stat
 const fn counter(name: &'static str, labels: &'static [&'static str], help: &'static str) -> Def {
     Def { name, kind: Kind::Counter, labels, help }
 }
+const fn histogram(name: &'static str, labels: &'static [&'static str], help: &'static str) -> Def {
+    Def { name, kind: Kind::Histogram, labels, help }
+}
 
 const ID: &[&str] = &["id"];
 
@@ -74,6 +77,290 @@ pub static KVM_USERSPACE_EXITS: Def = counter(
     &["id", "reason"],
     "Exits of the VM's vCPUs to user space (QEMU) by reason (io, mmio, hlt, shutdown, ...; eBPF)",
 );
+pub static KVM_EXITS: Def = counter(
+    "kvm_exits_total",
+    &["id", "reason"],
+    "VM exits of the VM's vCPUs by reason (kvm_exit; VMX or SVM reason names of the kernel; eBPF)",
+);
+pub static KVM_EXIT_HANDLING_SECONDS_BY_REASON: Def = counter(
+    "kvm_exit_handling_seconds_total",
+    &["id", "reason"],
+    "Time from each VM exit to the vCPU's next entry, by exit reason (eBPF)",
+);
+pub static KVM_EXIT_HANDLING_SECONDS: Def = histogram(
+    "kvm_exit_handling_seconds",
+    ID,
+    "Time from a VM exit to the vCPU's next entry: what the host spends serving the VM (eBPF)",
+);
+pub static KVM_RUNQUEUE_WAIT_SECONDS: Def = histogram(
+    "kvm_vcpu_runqueue_wait_seconds",
+    ID,
+    "Run-queue waits of the VM's vCPU threads, from wakeup or preemption to running again (host-side steal; eBPF)",
+);
+pub static KVM_HALT_WAKEUPS: Def = counter(
+    "kvm_halt_wakeups_total",
+    &["id", "outcome"],
+    "Wakeups of the VM's halted vCPUs by outcome: polled (halt polling caught it), waited (the vCPU slept), invalid (eBPF)",
+);
+pub static KVM_HALT_SECONDS: Def =
+    counter("kvm_halt_seconds_total", &["id", "outcome"], "Time the VM's vCPUs spent halted, by wakeup outcome (eBPF)");
+
+// ---- vCPU schedstat and KVM debugfs (procfs side of issue 3) ------------------------------
+// Per VM, from /proc/<pid>/task/<tid>/schedstat of the `CPU n/KVM` threads: in both modes, so
+// dashboards work everywhere.
+pub static KVM_VCPU_RUN_SECONDS: Def =
+    counter("kvm_vcpu_run_seconds_total", ID, "Time the VM's vCPU threads ran on a host CPU (schedstat)");
+pub static KVM_VCPU_WAIT_SECONDS: Def = counter(
+    "kvm_vcpu_wait_seconds_total",
+    ID,
+    "Time the VM's vCPU threads waited on a host run queue: the steal time the guest sees (schedstat)",
+);
+pub static KVM_VCPU_TIMESLICES: Def =
+    counter("kvm_vcpu_timeslices_total", ID, "Timeslices the VM's vCPU threads ran on a host CPU (schedstat)");
+pub static KVM_VCPU_THREADS: Def = gauge("kvm_vcpu_threads", ID, "vCPU threads (CPU n/KVM) found in the VM's process");
+// Per VM (and per vCPU), from /sys/kernel/debug/kvm/<pid>-<fd>/ (procfs mode by default).
+pub static KVM_DEBUGFS_STAT: Def =
+    gauge("kvm_debugfs_stat", &["id", "stat"], "KVM debugfs statistics of the VM (vCPU stats summed), as read");
+pub static KVM_DEBUGFS_VCPU_STAT: Def =
+    gauge("kvm_debugfs_vcpu_stat", &["id", "vcpu", "stat"], "KVM debugfs statistics of each vCPU of the VM, as read");
+pub static KVM_DEBUGFS_AVAILABLE: Def = gauge(
+    "exporter_kvm_debugfs_available",
+    &[],
+    "1 when the KVM debugfs stats can be read, 0 when not (not mounted, lockdown; the log says why)",
+);
+
+static KVM_SCHED_DEBUGFS: &[&Def] = &[
+    &KVM_VCPU_RUN_SECONDS,
+    &KVM_VCPU_WAIT_SECONDS,
+    &KVM_VCPU_TIMESLICES,
+    &KVM_VCPU_THREADS,
+    &KVM_DEBUGFS_STAT,
+    &KVM_DEBUGFS_VCPU_STAT,
+];
+static EXPORTER_KVM_DEBUGFS: &[&Def] = &[&KVM_DEBUGFS_AVAILABLE];
+// ---- end of vCPU schedstat and KVM debugfs ---------------------------------------------------
+
+// ---- Storage (issue 6): /etc/pve/storage.cfg, sized by statvfs, zfs and LVM (collector::storage) ----
+const NAME_TYPE: &[&str] = &["name", "type"];
+pub static NODE_STORAGE_INFO: Def = gauge(
+    "node_storage_info",
+    &[
+        "name", "type", "content", "path", "pool", "vgname", "thinpool", "server", "export", "nodes", "shared",
+        "disabled",
+    ],
+    "Every storage of storage.cfg with its main properties (1)",
+);
+pub static NODE_STORAGE_ENABLED: Def =
+    gauge("node_storage_enabled", NAME_TYPE, "1 when the storage is enabled and meant for this node, else 0");
+pub static NODE_STORAGE_SIZE_BYTES: Def =
+    gauge("node_storage_size_bytes", NAME_TYPE, "Size of the storage (storages that can be sized on this node)");
+pub static NODE_STORAGE_FREE_BYTES: Def =
+    gauge("node_storage_free_bytes", NAME_TYPE, "Space of the storage still available for new data");
+pub static NODE_STORAGE_USED_BYTES: Def = gauge("node_storage_used_bytes", NAME_TYPE, "Space of the storage in use");
+pub static NODE_ZPOOL_SIZE_BYTES: Def =
+    gauge("node_zpool_size_bytes", &["pool"], "Raw size of a ZFS pool holding a zfspool storage (zpool list SIZE)");
+pub static NODE_ZPOOL_FREE_BYTES: Def = gauge(
+    "node_zpool_free_bytes",
+    &["pool"],
+    "Raw free space of a ZFS pool holding a zfspool storage (zpool list FREE)",
+);
+
+static NODE_STORAGE: &[&Def] = &[
+    &NODE_STORAGE_INFO,
+    &NODE_STORAGE_ENABLED,
+    &NODE_STORAGE_SIZE_BYTES,
+    &NODE_STORAGE_FREE_BYTES,
+    &NODE_STORAGE_USED_BYTES,
+    &NODE_ZPOOL_SIZE_BYTES,
+    &NODE_ZPOOL_FREE_BYTES,
+];
+// ---- end of storage ----
+
+// ---- PVE node status, VM pressure, HA and physical disks (issue 5; collector/pve/) ----------
+// The same families and labels whichever source serves them (local files or the PVE API).
+const PVE_NODE: &[&str] = &["node"];
+const PVE_VM: &[&str] = &["id", "node"];
+const PVE_DISK: &[&str] = &["node", "devpath"];
+pub static PVE_NODE_LOAD1: Def = gauge("node_load1", PVE_NODE, "1-minute load average");
+pub static PVE_NODE_LOAD5: Def = gauge("node_load5", PVE_NODE, "5-minute load average");
+pub static PVE_NODE_LOAD15: Def = gauge("node_load15", PVE_NODE, "15-minute load average");
+pub static PVE_NODE_SWAP_TOTAL: Def = gauge("node_swap_total_bytes", PVE_NODE, "Total swap in bytes");
+pub static PVE_NODE_SWAP_USED: Def = gauge("node_swap_used_bytes", PVE_NODE, "Used swap in bytes");
+pub static PVE_NODE_SWAP_FREE: Def = gauge("node_swap_free_bytes", PVE_NODE, "Free swap in bytes");
+pub static PVE_NODE_ROOTFS_TOTAL: Def = gauge("node_rootfs_total_bytes", PVE_NODE, "Root filesystem total in bytes");
+pub static PVE_NODE_ROOTFS_USED: Def = gauge("node_rootfs_used_bytes", PVE_NODE, "Root filesystem used in bytes");
+pub static PVE_NODE_ROOTFS_AVAILABLE: Def =
+    gauge("node_rootfs_available_bytes", PVE_NODE, "Root filesystem available in bytes");
+pub static PVE_NODE_KSM_SHARED: Def = gauge("node_ksm_shared_bytes", PVE_NODE, "KSM shared memory in bytes");
+pub static PVE_NODE_BOOT_MODE_INFO: Def =
+    gauge("node_boot_mode_info", &["node", "mode", "secureboot"], "Boot mode info (always 1)");
+pub static PVE_VM_PRESSURE_CPU_SOME: Def = gauge("vm_pressure_cpu_some_ratio", PVE_VM, "CPU pressure (some)");
+pub static PVE_VM_PRESSURE_CPU_FULL: Def = gauge("vm_pressure_cpu_full_ratio", PVE_VM, "CPU pressure (full)");
+pub static PVE_VM_PRESSURE_MEMORY_SOME: Def = gauge("vm_pressure_memory_some_ratio", PVE_VM, "Memory pressure (some)");
+pub static PVE_VM_PRESSURE_MEMORY_FULL: Def = gauge("vm_pressure_memory_full_ratio", PVE_VM, "Memory pressure (full)");
+pub static PVE_VM_PRESSURE_IO_SOME: Def = gauge("vm_pressure_io_some_ratio", PVE_VM, "I/O pressure (some)");
+pub static PVE_VM_PRESSURE_IO_FULL: Def = gauge("vm_pressure_io_full_ratio", PVE_VM, "I/O pressure (full)");
+pub static PVE_HA_CRM_MASTER: Def =
+    gauge("ha_crm_master", PVE_NODE, "1 if node is CRM master, 0 otherwise (all nodes)");
+pub static PVE_HA_NODE_STATUS: Def = gauge("ha_node_status", &["node", "status"], "Per-node HA status (always 1)");
+pub static PVE_HA_LRM_TIMESTAMP: Def =
+    gauge("ha_lrm_timestamp_seconds", PVE_NODE, "Last LRM heartbeat as unix timestamp");
+pub static PVE_HA_LRM_MODE: Def = gauge("ha_lrm_mode", &["node", "mode"], "LRM mode per node (always 1)");
+pub static PVE_HA_SERVICE_CONFIG: Def = gauge(
+    "ha_service_config",
+    &["sid", "type", "max_restart", "max_relocate", "failback"],
+    "Service config (always 1)",
+);
+pub static PVE_HA_SERVICE_STATUS: Def =
+    gauge("ha_service_status", &["sid", "node", "state"], "Service runtime state (always 1)");
+pub static PVE_PHYSICAL_DISK_HEALTH: Def =
+    gauge("physical_disk_health", &["node", "devpath", "model", "serial", "type"], "1 if SMART PASSED, 0 otherwise");
+pub static PVE_PHYSICAL_DISK_WEAROUT: Def =
+    gauge("physical_disk_wearout_remaining_ratio", PVE_DISK, "Wearout remaining 0.0-1.0");
+pub static PVE_PHYSICAL_DISK_SIZE: Def = gauge("physical_disk_size_bytes", PVE_DISK, "Disk size in bytes");
+pub static PVE_PHYSICAL_DISK_INFO: Def =
+    gauge("physical_disk_info", &["node", "devpath", "model", "serial", "type", "used"], "Disk info (always 1)");
+pub static PVE_PHYSICAL_DISK_OSD: Def =
+    gauge("physical_disk_osd", &["node", "devpath", "osd"], "Disk-to-OSD mapping (always 1, one per OSD)");
+pub static PVE_COLLECTOR_INFO: Def = gauge(
+    "exporter_pve_collector_info",
+    &["collector", "source", "scope"],
+    "Where each PVE collector reads from: source local, api or off (always 1)",
+);
+
+static PVE_FAMILIES: &[&Def] = &[
+    &PVE_NODE_LOAD1,
+    &PVE_NODE_LOAD5,
+    &PVE_NODE_LOAD15,
+    &PVE_NODE_SWAP_TOTAL,
+    &PVE_NODE_SWAP_USED,
+    &PVE_NODE_SWAP_FREE,
+    &PVE_NODE_ROOTFS_TOTAL,
+    &PVE_NODE_ROOTFS_USED,
+    &PVE_NODE_ROOTFS_AVAILABLE,
+    &PVE_NODE_KSM_SHARED,
+    &PVE_NODE_BOOT_MODE_INFO,
+    &PVE_VM_PRESSURE_CPU_SOME,
+    &PVE_VM_PRESSURE_CPU_FULL,
+    &PVE_VM_PRESSURE_MEMORY_SOME,
+    &PVE_VM_PRESSURE_MEMORY_FULL,
+    &PVE_VM_PRESSURE_IO_SOME,
+    &PVE_VM_PRESSURE_IO_FULL,
+    &PVE_HA_CRM_MASTER,
+    &PVE_HA_NODE_STATUS,
+    &PVE_HA_LRM_TIMESTAMP,
+    &PVE_HA_LRM_MODE,
+    &PVE_HA_SERVICE_CONFIG,
+    &PVE_HA_SERVICE_STATUS,
+    &PVE_PHYSICAL_DISK_HEALTH,
+    &PVE_PHYSICAL_DISK_WEAROUT,
+    &PVE_PHYSICAL_DISK_SIZE,
+    &PVE_PHYSICAL_DISK_INFO,
+    &PVE_PHYSICAL_DISK_OSD,
+];
+static EXPORTER_PVE: &[&Def] = &[&PVE_COLLECTOR_INFO];
+// ---- end of PVE node status, VM pressure, HA and physical disks ------------------------------
+
+// ---- VM NICs and disks, from the QEMU monitor (issue 4; collector/nicdisk.rs) ------------
+const NIC: &[&str] = &["id", "ifname"];
+const DISK: &[&str] = &["id", "disk_name"];
+pub static KVM_NIC_INFO: Def = gauge(
+    "kvm_nic_info",
+    &["id", "ifname", "netdev", "queues", "type", "model", "macaddr"],
+    "NIC of the VM (1), from the QEMU monitor's info network",
+);
+pub static KVM_NIC_QUEUES: Def = gauge("kvm_nic_queues", NIC, "Queues of the VM's NIC");
+/// One counter per file of `/sys/class/net/<tap>/statistics/`.
+macro_rules! nic_stat {
+    ($($id:ident = $file:literal),* $(,)?) => {
+        $(pub static $id: Def = counter(
+            concat!("kvm_nic_", $file, "_total"),
+            NIC,
+            concat!("Counter ", $file, " of the tap device of the VM's NIC (host view: tx is what the guest receives)"),
+        );)*
+        /// The NIC counters, in the order of `sources::sysfs::NET_STATISTICS`.
+        pub static KVM_NIC_STATS: &[&Def] = &[$(&$id),*];
+    };
+}
+nic_stat!(
+    KVM_NIC_RX_PACKETS = "rx_packets",
+    KVM_NIC_TX_PACKETS = "tx_packets",
+    KVM_NIC_RX_BYTES = "rx_bytes",
+    KVM_NIC_TX_BYTES = "tx_bytes",
+    KVM_NIC_RX_ERRORS = "rx_errors",
+    KVM_NIC_TX_ERRORS = "tx_errors",
+    KVM_NIC_RX_DROPPED = "rx_dropped",
+    KVM_NIC_TX_DROPPED = "tx_dropped",
+    KVM_NIC_MULTICAST = "multicast",
+    KVM_NIC_COLLISIONS = "collisions",
+    KVM_NIC_RX_LENGTH_ERRORS = "rx_length_errors",
+    KVM_NIC_RX_OVER_ERRORS = "rx_over_errors",
+    KVM_NIC_RX_CRC_ERRORS = "rx_crc_errors",
+    KVM_NIC_RX_FRAME_ERRORS = "rx_frame_errors",
+    KVM_NIC_RX_FIFO_ERRORS = "rx_fifo_errors",
+    KVM_NIC_RX_MISSED_ERRORS = "rx_missed_errors",
+    KVM_NIC_TX_ABORTED_ERRORS = "tx_aborted_errors",
+    KVM_NIC_TX_CARRIER_ERRORS = "tx_carrier_errors",
+    KVM_NIC_TX_FIFO_ERRORS = "tx_fifo_errors",
+    KVM_NIC_TX_HEARTBEAT_ERRORS = "tx_heartbeat_errors",
+    KVM_NIC_TX_WINDOW_ERRORS = "tx_window_errors",
+    KVM_NIC_RX_COMPRESSED = "rx_compressed",
+    KVM_NIC_TX_COMPRESSED = "tx_compressed",
+    KVM_NIC_RX_NOHANDLER = "rx_nohandler",
+);
+pub static KVM_DISK_INFO: Def = gauge(
+    "kvm_disk_info",
+    &[
+        "id",
+        "disk_name",
+        "block_id",
+        "disk_path",
+        "disk_type",
+        "vol_name",
+        "pool",
+        "pool_name",
+        "cluster_id",
+        "vg_name",
+        "device",
+        "attached_to",
+        "cache_mode",
+        "detect_zeroes",
+        "read_only",
+    ],
+    "Disk of the VM (1), from the QEMU monitor's info block; labels that do not apply are empty",
+);
+pub static KVM_DISK_SIZE_BYTES: Def = gauge("kvm_disk_size_bytes", DISK, "Size of the VM's disk as the guest sees it");
+pub static KVM_DISK_READ_OPERATIONS: Def =
+    counter("kvm_disk_read_operations_total", DISK, "Read requests of the VM's disk (QEMU blockstats)");
+pub static KVM_DISK_READ_BYTES: Def =
+    counter("kvm_disk_read_bytes_total", DISK, "Bytes read by the VM from the disk (QEMU blockstats)");
+pub static KVM_DISK_READ_TIME: Def =
+    counter("kvm_disk_read_time_seconds_total", DISK, "Time the VM's disk read requests took (QEMU blockstats)");
+pub static KVM_DISK_WRITE_OPERATIONS: Def =
+    counter("kvm_disk_write_operations_total", DISK, "Write requests of the VM's disk (QEMU blockstats)");
+pub static KVM_DISK_WRITE_BYTES: Def =
+    counter("kvm_disk_write_bytes_total", DISK, "Bytes written by the VM to the disk (QEMU blockstats)");
+pub static KVM_DISK_WRITE_TIME: Def =
+    counter("kvm_disk_write_time_seconds_total", DISK, "Time the VM's disk write requests took (QEMU blockstats)");
+pub static KVM_DISK_FLUSH_OPERATIONS: Def =
+    counter("kvm_disk_flush_operations_total", DISK, "Flush requests of the VM's disk (QEMU blockstats)");
+pub static KVM_DISK_FLUSH_TIME: Def =
+    counter("kvm_disk_flush_time_seconds_total", DISK, "Time the VM's disk flush requests took (QEMU blockstats)");
+
+static KVM_NIC: &[&Def] = &[&KVM_NIC_INFO, &KVM_NIC_QUEUES];
+static KVM_DISK: &[&Def] = &[
+    &KVM_DISK_INFO,
+    &KVM_DISK_SIZE_BYTES,
+    &KVM_DISK_READ_OPERATIONS,
+    &KVM_DISK_READ_BYTES,
+    &KVM_DISK_READ_TIME,
+    &KVM_DISK_WRITE_OPERATIONS,
+    &KVM_DISK_WRITE_BYTES,
+    &KVM_DISK_WRITE_TIME,
+    &KVM_DISK_FLUSH_OPERATIONS,
+    &KVM_DISK_FLUSH_TIME,
+];
+// ---- end of VM NICs and disks ---------------------------------------------------------------
 
 // The exporter itself.
 pub static BUILD_INFO: Def = gauge("exporter_build_info", &["version", "ebpf_programs"], "pve-exporter build (1)");
@@ -91,10 +378,22 @@ pub static EBPF_PROGRAM_ATTACHED: Def = gauge(
     &["program"],
     "1 when the eBPF program is loaded and attached, 0 when it could not be (the log says why)",
 );
+pub static EBPF_PROGRAM_RUNS: Def = counter(
+    "exporter_ebpf_program_runs_total",
+    &["program"],
+    "Runs of each attached eBPF program (only with --ebpf-stats or kernel.bpf_stats_enabled=1)",
+);
+pub static EBPF_PROGRAM_RUN_SECONDS: Def = counter(
+    "exporter_ebpf_program_run_seconds_total",
+    &["program"],
+    "Time spent in each attached eBPF program (only with --ebpf-stats or kernel.bpf_stats_enabled=1)",
+);
+pub static EBPF_MAP_ENTRIES: Def = gauge("exporter_ebpf_map_entries", &["map"], "Entries in use in each eBPF map");
+pub static EBPF_MAP_CAPACITY: Def = gauge("exporter_ebpf_map_capacity", &["map"], "Entries each eBPF map can hold");
 pub static EBPF_UNCOUNTED: Def = counter(
     "exporter_ebpf_uncounted_events_total",
     &["cause"],
-    "Events the eBPF programs saw but could not count, by cause",
+    "Events the eBPF programs saw but could not count or time, by cause (map_full, negative_delta, unmatched_entry)",
 );
 pub static COLLECTOR_DURATION: Def =
     gauge("exporter_collector_duration_seconds", &["collector"], "Time each collector took in this scrape");
@@ -123,7 +422,16 @@ static KVM_PROC: &[&Def] = &[
     &KVM_CTX_SWITCHES,
 ];
 
-static KVM_EBPF: &[&Def] = &[&KVM_TRACEPOINT_EVENTS, &KVM_USERSPACE_EXITS];
+static KVM_EBPF: &[&Def] = &[
+    &KVM_TRACEPOINT_EVENTS,
+    &KVM_USERSPACE_EXITS,
+    &KVM_EXITS,
+    &KVM_EXIT_HANDLING_SECONDS_BY_REASON,
+    &KVM_EXIT_HANDLING_SECONDS,
+    &KVM_RUNQUEUE_WAIT_SECONDS,
+    &KVM_HALT_WAKEUPS,
+    &KVM_HALT_SECONDS,
+];
 
 static EXPORTER: &[&Def] = &[
     &BUILD_INFO,
@@ -131,6 +439,10 @@ static EXPORTER: &[&Def] = &[
     &EBPF_INFO,
     &EBPF_TRACEPOINT_ATTACHED,
     &EBPF_PROGRAM_ATTACHED,
+    &EBPF_PROGRAM_RUNS,
+    &EBPF_PROGRAM_RUN_SECONDS,
+    &EBPF_MAP_ENTRIES,
+    &EBPF_MAP_CAPACITY,
     &EBPF_UNCOUNTED,
     &COLLECTOR_DURATION,
     &COLLECTOR_SUCCESS,
@@ -140,7 +452,23 @@ static EXPORTER: &[&Def] = &[
 /// Every family, in exposition order (a scrape prints its families in this order, whatever
 /// order collectors fill them in).
 pub fn all() -> impl Iterator<Item = &'static Def> {
-    [KVM_PROC, KVM_IO, KVM_EBPF, EXPORTER].into_iter().flatten().copied()
+    [
+        KVM_PROC,
+        KVM_IO,
+        KVM_NIC,
+        KVM_NIC_STATS,
+        KVM_DISK,
+        KVM_EBPF,
+        KVM_SCHED_DEBUGFS,
+        NODE_STORAGE,
+        PVE_FAMILIES,
+        EXPORTER,
+        EXPORTER_KVM_DEBUGFS,
+        EXPORTER_PVE,
+    ]
+    .into_iter()
+    .flatten()
+    .copied()
 }
 
 /// Position of `def` in [`all`]; families not in the catalogue sort last. (By name, which is

@@ -15,6 +15,28 @@ pub enum EbpfMode {
     Off,
 }
 
+/// How a VM's QEMU monitor is reached (NIC and disk metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum QmMode {
+    /// QMP where the VM's socket exists, else `qm monitor` (with `--root /` only: qm asks this machine's VMs).
+    Auto,
+    /// QMP on /var/run/qemu-server/<vmid>.qmp.
+    Qmp,
+    /// `qm monitor <vmid>` on a pseudo-terminal.
+    Qm,
+}
+
+/// When to read the KVM debugfs stats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KvmDebugfsMode {
+    /// In procfs mode only: eBPF mode counts the same events, without reading ~60 files per VM.
+    Auto,
+    /// Always, also in eBPF mode.
+    On,
+    /// Never.
+    Off,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogLevel {
     #[value(name = "DEBUG", alias = "debug")]
@@ -54,6 +76,18 @@ pub struct Config {
     #[arg(long, env = "PVE_EXPORTER_HOST", default_value = "0.0.0.0")]
     pub host: IpAddr,
 
+    /// Web configuration file (exporter-toolkit format): TLS and basic auth. Re-read on SIGHUP.
+    #[arg(long = "web.config.file", env = "PVE_EXPORTER_WEB_CONFIG_FILE")]
+    pub web_config_file: Option<PathBuf>,
+
+    /// Environment file whose reloadable settings (log level, web config file) SIGHUP applies.
+    #[arg(long, env = "PVE_EXPORTER_ENV_FILE")]
+    pub env_file: Option<PathBuf>,
+
+    /// On SIGTERM, how long scrapes in flight may still finish before connections are cut.
+    #[arg(long, env = "PVE_EXPORTER_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
     /// Collect per-VM metrics of running QEMU/KVM VMs.
     #[arg(long, env = "PVE_EXPORTER_COLLECT_RUNNING_VMS", default_value_t = true, action = clap::ArgAction::Set)]
     pub collect_running_vms: bool,
@@ -86,6 +120,19 @@ pub struct Config {
     #[arg(long, env = "PVE_EXPORTER_QM_MONITOR_DEFER_CLOSE", default_value_t = true, action = clap::ArgAction::Set)]
     pub qm_monitor_defer_close: bool,
 
+    /// How VM monitors are reached for NIC and disk metrics.
+    #[arg(long, env = "PVE_EXPORTER_QM_MODE", value_enum, default_value = "auto")]
+    pub qm_mode: QmMode,
+
+    /// The `qm` program (a host command, not read below --root).
+    #[arg(long, env = "PVE_EXPORTER_QM_PATH", default_value = "/usr/sbin/qm")]
+    pub qm_path: PathBuf,
+
+    /// Monitor sessions (QMP connections or qm processes) open at once, over all VMs and scrapes.
+    #[arg(long, env = "PVE_EXPORTER_QM_MAX_CONCURRENT", default_value_t = 16,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub qm_max_concurrent: u16,
+
     /// Root of the host file system: every host path (/proc, /sys, /etc/pve, ...) is read below it.
     #[arg(long, env = "PVE_EXPORTER_ROOT", default_value = "/")]
     pub root: PathBuf,
@@ -98,9 +145,113 @@ pub struct Config {
     #[arg(long, env = "PVE_EXPORTER_EBPF_EVENTS", value_delimiter = ',', default_value = DEFAULT_TRACE_EVENTS)]
     pub ebpf_events: Vec<String>,
 
+    /// Where `--ebpf auto` looks for the kernel's BTF (below --root); without it: procfs mode.
+    #[arg(long, env = "PVE_EXPORTER_BTF_PATH", default_value = "/sys/kernel/btf/vmlinux")]
+    pub btf_path: PathBuf,
+
+    /// Turn the kernel's BPF run-time statistics on while the daemon runs, and export each
+    /// program's run count and run time (costs some tens of ns per event).
+    #[arg(long, env = "PVE_EXPORTER_EBPF_STATS", default_value_t = false, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub ebpf_stats: bool,
+
     /// Time limit of reads from /etc/pve (pmxcfs, a FUSE file system that can hang).
     #[arg(long, env = "PVE_EXPORTER_PMXCFS_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub pmxcfs_timeout: Duration,
+
+    /// Time limit of each storage size query: statvfs of a storage path, and each zfs, zpool, vgs, lvs run.
+    #[arg(long, env = "PVE_EXPORTER_STORAGE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub storage_timeout: Duration,
+
+    /// Directory searched first for the host tools the storage collectors run (zfs, zpool, lvs, vgs); then PATH.
+    #[arg(long, env = "PVE_EXPORTER_COMMAND_PATH")]
+    pub command_path: Option<PathBuf>,
+
+    /// KVM debugfs stats per VM (/sys/kernel/debug/kvm): `auto` reads them in procfs mode only.
+    #[arg(long, env = "PVE_EXPORTER_KVM_DEBUGFS", value_enum, default_value = "auto")]
+    pub kvm_debugfs: KvmDebugfsMode,
+
+    /// Also export the KVM debugfs stats of every vCPU (stats x vCPUs x VMs series).
+    #[arg(long, env = "PVE_EXPORTER_KVM_DEBUGFS_PER_VCPU", default_value_t = false, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub kvm_debugfs_per_vcpu: bool,
+
+    // ---- PVE collectors: node_status, vm_pressure, ha_status, physical_disk (collector/pve/) ----
+    /// Where node_status, vm_pressure and ha_status read from: `local` files (no credentials),
+    /// the PVE `api`, or `auto` (the API when a token is configured, else local files).
+    #[arg(long, env = "PVE_EXPORTER_PVE_SOURCE", value_enum, default_value = "auto")]
+    pub pve_source: PveSource,
+
+    /// Which nodes: `local` (this node) or `cluster` (every node of the cluster, through the
+    /// API: one central exporter). Default: local on a PVE node (/etc/pve exists), else cluster.
+    #[arg(long, env = "PVE_EXPORTER_PVE_SCOPE", value_enum)]
+    pub pve_scope: Option<PveScope>,
+
+    /// Base URL of the PVE API.
+    #[arg(long, env = "PVE_EXPORTER_PVE_API_URL", default_value = "https://localhost:8006")]
+    pub pve_api_url: String,
+
+    /// File holding the API token `user@realm!tokenid=secret` (read as given, not below --root).
+    /// The token can also come from the environment variable PVE_EXPORTER_API_TOKEN; never
+    /// from the command line.
+    #[arg(long, env = "PVE_EXPORTER_PVE_API_TOKEN_FILE")]
+    pub pve_api_token_file: Option<PathBuf>,
+
+    /// CA certificate(s) (PEM) to verify the API's TLS certificate with. Default:
+    /// /etc/pve/pve-root-ca.pem (below --root) when present, else Mozilla's roots.
+    #[arg(long, env = "PVE_EXPORTER_PVE_API_CA_FILE")]
+    pub pve_api_ca_file: Option<PathBuf>,
+
+    /// Do not verify the API's TLS certificate (logs a warning).
+    #[arg(long, env = "PVE_EXPORTER_PVE_API_INSECURE", default_value_t = false, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub pve_api_insecure: bool,
+
+    /// Time budget of each API request, retries included.
+    #[arg(long, env = "PVE_EXPORTER_PVE_API_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub pve_api_timeout: Duration,
+
+    /// API requests in flight at once (the per-node fan-out of every scrape).
+    #[arg(long, env = "PVE_EXPORTER_PVE_API_MAX_CONCURRENT", default_value_t = 5,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub pve_api_max_concurrent: u16,
+
+    /// Emit the cluster-wide HA families also when this node is not the CRM master (local scope).
+    #[arg(long, env = "PVE_EXPORTER_HA_ALWAYS_EMIT", default_value_t = false, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub ha_always_emit: bool,
+
+    /// The node_status collector (`--no-collector.node_status` turns it off).
+    #[arg(long = "collector.node_status", env = "PVE_EXPORTER_COLLECTOR_NODE_STATUS", default_value_t = true,
+          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true",
+          overrides_with = "no_collector_node_status")]
+    pub collector_node_status: bool,
+    #[arg(long = "no-collector.node_status", overrides_with = "collector_node_status")]
+    pub no_collector_node_status: bool,
+
+    /// The vm_pressure collector (`--no-collector.vm_pressure` turns it off).
+    #[arg(long = "collector.vm_pressure", env = "PVE_EXPORTER_COLLECTOR_VM_PRESSURE", default_value_t = true,
+          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true",
+          overrides_with = "no_collector_vm_pressure")]
+    pub collector_vm_pressure: bool,
+    #[arg(long = "no-collector.vm_pressure", overrides_with = "collector_vm_pressure")]
+    pub no_collector_vm_pressure: bool,
+
+    /// The ha_status collector (`--no-collector.ha_status` turns it off).
+    #[arg(long = "collector.ha_status", env = "PVE_EXPORTER_COLLECTOR_HA_STATUS", default_value_t = true,
+          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true",
+          overrides_with = "no_collector_ha_status")]
+    pub collector_ha_status: bool,
+    #[arg(long = "no-collector.ha_status", overrides_with = "collector_ha_status")]
+    pub no_collector_ha_status: bool,
+
+    /// The physical_disk collector (needs the API; `--no-collector.physical_disk` turns it off).
+    #[arg(long = "collector.physical_disk", env = "PVE_EXPORTER_COLLECTOR_PHYSICAL_DISK", default_value_t = true,
+          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true",
+          overrides_with = "no_collector_physical_disk")]
+    pub collector_physical_disk: bool,
+    #[arg(long = "no-collector.physical_disk", overrides_with = "collector_physical_disk")]
+    pub no_collector_physical_disk: bool,
 }
 
 impl Config {
@@ -111,6 +262,44 @@ impl Config {
         T: Into<std::ffi::OsString> + Clone,
     {
         Self::try_parse_from(args)
+    }
+}
+
+// ---- PVE collectors (collector/pve/) ----------------------------------------------------------
+
+/// Where the PVE collectors that have both sources read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PveSource {
+    /// The API when a token is configured, else local files.
+    Auto,
+    /// The node's own files (/proc, /sys, pmxcfs): no credentials.
+    Local,
+    /// The PVE API (needs a token).
+    Api,
+}
+
+/// Which nodes the PVE collectors report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PveScope {
+    /// This node only (every node runs an exporter); cluster-wide HA families only on the CRM master.
+    Local,
+    /// Every node of the cluster, through the API (one central exporter).
+    Cluster,
+}
+
+/// The PVE collectors that `--collector.<name>` / `--no-collector.<name>` switch.
+pub const PVE_COLLECTORS: [&str; 4] = ["node_status", "vm_pressure", "ha_status", "physical_disk"];
+
+impl Config {
+    /// Whether the PVE collector `name` (one of [`PVE_COLLECTORS`]) is switched on.
+    pub fn pve_collector_enabled(&self, name: &str) -> bool {
+        match name {
+            "node_status" => self.collector_node_status && !self.no_collector_node_status,
+            "vm_pressure" => self.collector_vm_pressure && !self.no_collector_vm_pressure,
+            "ha_status" => self.collector_ha_status && !self.no_collector_ha_status,
+            "physical_disk" => self.collector_physical_disk && !self.no_collector_physical_disk,
+            _ => false,
+        }
     }
 }
 
@@ -190,9 +379,41 @@ mod tests {
         assert_eq!(c.qm_terminal_timeout, Duration::from_secs(10));
         assert_eq!(c.qm_max_ttl, Duration::from_secs(600));
         assert_eq!(c.qm_rand, Duration::from_secs(60));
+        assert_eq!((c.qm_mode, c.qm_max_concurrent), (QmMode::Auto, 16));
+        assert_eq!(c.qm_path, PathBuf::from("/usr/sbin/qm"));
         assert_eq!(c.root, PathBuf::from("/"));
         assert_eq!(c.ebpf, EbpfMode::Auto);
         assert!(c.ebpf_events.iter().any(|e| e == "kvm:kvm_pio"));
+        assert_eq!((c.kvm_debugfs, c.kvm_debugfs_per_vcpu), (KvmDebugfsMode::Auto, false));
+    }
+
+    #[test]
+    fn kvm_debugfs_flags() {
+        let c = Config::from_args(["pve-exporter", "--kvm-debugfs", "on", "--kvm-debugfs-per-vcpu"]).unwrap();
+        assert_eq!((c.kvm_debugfs, c.kvm_debugfs_per_vcpu), (KvmDebugfsMode::On, true));
+        let c = Config::from_args(["pve-exporter", "--kvm-debugfs-per-vcpu", "false", "--kvm-debugfs", "off"]).unwrap();
+        assert_eq!((c.kvm_debugfs, c.kvm_debugfs_per_vcpu), (KvmDebugfsMode::Off, false));
+        assert!(Config::from_args(["pve-exporter", "--kvm-debugfs", "sometimes"]).is_err());
+    }
+
+    #[test]
+    fn service_and_web_flags() {
+        let c = Config::from_args(["pve-exporter"]).unwrap();
+        assert_eq!((c.web_config_file, c.env_file), (None, None));
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
+        let c = Config::from_args([
+            "pve-exporter",
+            "--web.config.file",
+            "/etc/pve-exporter/web.yml",
+            "--env-file=/etc/default/pve-exporter",
+            "--shutdown-timeout",
+            "2s",
+        ])
+        .unwrap();
+        assert_eq!(c.web_config_file, Some(PathBuf::from("/etc/pve-exporter/web.yml")));
+        assert_eq!(c.env_file, Some(PathBuf::from("/etc/default/pve-exporter")));
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(2));
+        assert!(Config::from_args(["pve-exporter", "--shutdown-timeout", "soon"]).is_err());
     }
 
     #[test]
@@ -221,5 +442,81 @@ mod tests {
         assert_eq!(c.ebpf_events, vec!["kvm:kvm_pio", "kvm:kvm_mmio"]);
         assert!(Config::from_args(["pve-exporter", "--metrics-prefix", "9bad"]).is_err());
         assert!(Config::from_args(["pve-exporter", "--qm-max-ttl", "soon"]).is_err());
+        let c =
+            Config::from_args(["pve-exporter", "--qm-mode", "qm", "--qm-max-concurrent", "4", "--qm-path", "/x/qm"])
+                .unwrap();
+        assert_eq!((c.qm_mode, c.qm_max_concurrent, c.qm_path), (QmMode::Qm, 4, PathBuf::from("/x/qm")));
+        assert!(Config::from_args(["pve-exporter", "--qm-max-concurrent", "0"]).is_err());
+        assert!(Config::from_args(["pve-exporter", "--qm-mode", "ssh"]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod pve_tests {
+    use super::*;
+
+    #[test]
+    fn pve_defaults() {
+        let c = Config::from_args(["pve-exporter"]).unwrap();
+        assert_eq!((c.pve_source, c.pve_scope), (PveSource::Auto, None));
+        assert_eq!(c.pve_api_url, "https://localhost:8006");
+        assert_eq!((&c.pve_api_token_file, &c.pve_api_ca_file), (&None, &None));
+        assert!(!c.pve_api_insecure && !c.ha_always_emit);
+        assert_eq!((c.pve_api_timeout, c.pve_api_max_concurrent), (Duration::from_secs(5), 5));
+        for name in PVE_COLLECTORS {
+            assert!(c.pve_collector_enabled(name), "{name}");
+        }
+        assert!(!c.pve_collector_enabled("nonexistent"));
+    }
+
+    #[test]
+    fn collector_switches_last_one_wins() {
+        let on = |args: &[&str], name: &str| {
+            let mut all = vec!["pve-exporter"];
+            all.extend_from_slice(args);
+            Config::from_args(all).unwrap().pve_collector_enabled(name)
+        };
+        assert!(!on(&["--no-collector.physical_disk"], "physical_disk"));
+        assert!(on(&["--no-collector.physical_disk"], "node_status"));
+        assert!(on(&["--no-collector.ha_status", "--collector.ha_status"], "ha_status"));
+        assert!(!on(&["--collector.ha_status", "--no-collector.ha_status"], "ha_status"));
+        assert!(!on(&["--collector.vm_pressure=false"], "vm_pressure"));
+        assert!(!on(&["--collector.node_status", "false"], "node_status"));
+        assert!(on(&["--collector.node_status"], "node_status"));
+        assert!(Config::from_args(["pve-exporter", "--collector.nonexistent"]).is_err());
+    }
+
+    #[test]
+    fn pve_flags_parse() {
+        let c = Config::from_args([
+            "pve-exporter",
+            "--pve-source",
+            "api",
+            "--pve-scope",
+            "cluster",
+            "--pve-api-url",
+            "https://pve1.example:8006",
+            "--pve-api-token-file",
+            "/etc/pve-exporter/token",
+            "--pve-api-ca-file",
+            "/etc/ssl/ca.pem",
+            "--pve-api-insecure",
+            "--pve-api-timeout",
+            "2s",
+            "--pve-api-max-concurrent",
+            "3",
+            "--ha-always-emit",
+        ])
+        .unwrap();
+        assert_eq!((c.pve_source, c.pve_scope), (PveSource::Api, Some(PveScope::Cluster)));
+        assert_eq!(c.pve_api_url, "https://pve1.example:8006");
+        assert_eq!(c.pve_api_token_file, Some(PathBuf::from("/etc/pve-exporter/token")));
+        assert_eq!(c.pve_api_ca_file, Some(PathBuf::from("/etc/ssl/ca.pem")));
+        assert!(c.pve_api_insecure && c.ha_always_emit);
+        assert_eq!((c.pve_api_timeout, c.pve_api_max_concurrent), (Duration::from_secs(2), 3));
+        assert!(Config::from_args(["pve-exporter", "--pve-api-max-concurrent", "0"]).is_err());
+        assert!(Config::from_args(["pve-exporter", "--pve-source", "ssh"]).is_err());
+        // The token itself has no flag: it never appears on a command line.
+        assert!(Config::from_args(["pve-exporter", "--pve-api-token", "a@b!c=d"]).is_err());
     }
 }

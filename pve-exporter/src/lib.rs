@@ -2,7 +2,8 @@
 //!
 //! Layout: `sources::*` read one data source each (pure parsers plus thin readers), `vm`
 //! turns processes into VMs, `collector` turns sources into metric families, `exposition`
-//! is the one path to the wire format, `server` is HTTP.
+//! is the one path to the wire format, `server` is HTTP (`web`: its TLS and basic auth),
+//! `service` the systemd side (notify, watchdog, journald log lines, the environment file).
 
 pub mod catalog;
 pub mod collector;
@@ -11,6 +12,8 @@ pub mod exposition;
 pub mod host;
 pub mod metrics;
 pub mod server;
+pub mod service;
 pub mod sources;
 pub mod testguest;
 pub mod vm;
+pub mod web;

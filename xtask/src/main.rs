@@ -1,5 +1,6 @@
-//! Developer tasks. `cargo xtask setup | run | demo | test`; see README.md.
+//! Developer tasks. `cargo xtask setup | run | demo | test | deb`; see README.md.
 
+mod deb;
 mod demo;
 
 use std::{
@@ -19,12 +20,20 @@ usage: cargo xtask <task> [args]
                    (no /etc/pve/qemu-server/*.conf) it starts two demo VMs first
   demo [-- ARGS]   like run, but always with the demo VMs
   test             setup, then the whole test suite: fmt, clippy, unit, fixture, golden,
-                   promtool and the privileged eBPF/KVM tests, and the procfs-only build";
+                   promtool and the privileged eBPF/KVM tests, and the procfs-only build
+  deb [--binary PATH] [--out DIR]
+                   build the Debian package (release build; target/debian/ by default)";
 
 /// Debian packages the build and the tests use.
 const APT_PACKAGES: &[&str] = &[
-    "llvm-22-dev", // bpf-linker links against it
-    "prometheus",  // promtool checks a real scrape
+    "llvm-22-dev",     // bpf-linker links against it
+    "prometheus",      // promtool checks a real scrape
+    "qemu-system-x86", // the NIC and disk tests run real QEMU VMs (tests/qemu.rs)
+    "qemu-utils",      // qemu-img makes their disks
+    "curl",            // tests/web.rs: a real TLS client
+    "openssl",         // tests/web.rs: test certificates
+    "systemd",         // tests/package.rs: systemd-analyze verify of the unit
+    "binutils",        // xtask deb: strip, objdump
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -57,6 +66,7 @@ fn real_main() -> Result<()> {
             setup()?;
             test()
         }
+        "deb" => deb::build(&deb::Options::parse(&passthrough)?).map(|_| ()),
         "help" | "-h" | "--help" => {
             println!("{USAGE}");
             Ok(())

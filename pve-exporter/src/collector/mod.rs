@@ -2,8 +2,14 @@
 //! Each collector's failure is its own: it loses its series and reports
 //! `pve_exporter_collector_success{collector} 0`; the scrape goes on.
 
+mod ebpf_maps;
 mod kvm;
+pub mod kvm_debugfs;
+mod nicdisk;
+mod pve;
 mod selfmetrics;
+mod storage;
+pub mod vcpu;
 
 use std::{
     collections::HashSet,
@@ -11,8 +17,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use self::kvm_debugfs::KvmDebugfs;
+pub use self::vcpu::VcpuThreadCache;
 use crate::{
-    config::Config,
+    config::{Config, KvmDebugfsMode},
     host::HostRoot,
     metrics::MetricSet,
     sources::{
@@ -40,14 +48,51 @@ pub struct Engine {
     /// Collectors that failed in the last scrape: failures are logged when they start and
     /// end, not on every scrape.
     failing: Mutex<HashSet<&'static str>>,
+    /// vCPU threads of each QEMU process (the vcpu collector; the eBPF side asks it too).
+    pub vcpu_threads: VcpuThreadCache,
+    /// The KVM debugfs reader; None when not collected (`--kvm-debugfs off`, or `auto` in eBPF mode).
+    kvm_debugfs: Option<Mutex<KvmDebugfs>>,
+    /// storage.cfg cache, statvfs gates and command slots of the storage collectors.
+    storage: storage::StorageState,
+    /// Each VM's QEMU monitor, its topology cache and limits (the qm, nic and disk collectors).
+    monitor: crate::sources::monitor::Monitor,
+    /// The PVE collectors (node_status, vm_pressure, ha_status, physical_disk): plan, API client, caches.
+    pve: pve::PveState,
 }
 
 impl Engine {
     /// Build the engine; this loads and attaches the eBPF programs (Err: `--ebpf on` failed).
     pub fn new(config: Config) -> Result<Self, String> {
         let host = HostRoot::new(&config.root);
-        let ebpf = ebpf::start(&host, config.ebpf, &config.ebpf_events)?;
-        Ok(Self { host, pve_config: PveConfigReader::new(), ebpf: Mutex::new(ebpf), failing: Mutex::default(), config })
+        let ebpf = ebpf::start(
+            &host,
+            &ebpf::EbpfOptions {
+                mode: config.ebpf,
+                events: config.ebpf_events.clone(),
+                btf_path: config.btf_path.clone(),
+                stats: config.ebpf_stats,
+            },
+        )?;
+        let kvm_debugfs = match config.kvm_debugfs {
+            KvmDebugfsMode::On => true,
+            KvmDebugfsMode::Off => false,
+            // eBPF mode counts the same events without reading ~60 files per VM per scrape.
+            KvmDebugfsMode::Auto => ebpf.counters.is_none(),
+        }
+        .then(|| Mutex::new(KvmDebugfs::start(&host, config.kvm_debugfs_per_vcpu)));
+        let pve_config = PveConfigReader::new();
+        Ok(Self {
+            vcpu_threads: VcpuThreadCache::new(host.clone()),
+            kvm_debugfs,
+            pve: pve::PveState::new(&config, &host, pve_config.gate().clone()),
+            host,
+            storage: storage::StorageState::new(&config, pve_config.gate().clone()),
+            pve_config,
+            ebpf: Mutex::new(ebpf),
+            failing: Mutex::default(),
+            monitor: crate::sources::monitor::Monitor::from_config(&config),
+            config,
+        })
     }
 
     pub fn ebpf_mode(&self) -> (String, String) {
@@ -78,11 +123,35 @@ impl Engine {
                 vms = found.vms;
                 kvm::collect(&self.host, &mut vms, &mut out)
             });
+            // NICs and disks from each VM's QEMU monitor, within --qm-terminal-timeout.
+            let mut devices = Vec::new();
+            self.timed(&mut runs, "qm", || nicdisk::fetch(&self.monitor, &self.host, &vms, &mut devices));
+            self.timed(&mut runs, "nic", || nicdisk::collect_nics(&self.host, &devices, &mut out));
+            self.timed(&mut runs, "disk", || nicdisk::collect_disks(&self.host, &devices, &mut out));
+            // vCPU schedstat (both modes; before eBPF, which asks the same thread cache) and
+            // KVM debugfs stats.
+            self.timed(&mut runs, "vcpu", || vcpu::collect(&self.vcpu_threads, &vms, &mut out));
+            if let Some(d) = &self.kvm_debugfs {
+                let mut d = d.lock().unwrap_or_else(|p| p.into_inner());
+                self.timed(&mut runs, "kvm_debugfs", || d.collect(&vms, &mut out));
+            }
             let mut st = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(counters) = st.counters.as_mut() {
-                self.timed(&mut runs, "ebpf", || kvm::collect_ebpf(&self.host, counters, &vms, &mut out));
+                // vCPU threads of the VMs, for the run-queue program (from the vcpu collector's cache).
+                let vcpus: Vec<(u32, u32)> = vms
+                    .iter()
+                    .flat_map(|vm| {
+                        self.vcpu_threads.get(vm.pid).unwrap_or_default().into_iter().map(move |t| (vm.pid, t.tid))
+                    })
+                    .collect();
+                self.timed(&mut runs, "ebpf", || ebpf_maps::collect(&self.host, counters, &vms, &vcpus, &mut out));
             }
         }
+
+        if self.config.collect_storage {
+            storage::collect(self, &mut runs, &mut out);
+        }
+        pve::collect(self, &mut runs, &mut out);
 
         let st = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
         selfmetrics::collect(&st, &runs, start.elapsed(), &mut out);

@@ -1,6 +1,21 @@
 //! One module per data source.
 
+pub mod command;
 pub mod ebpf;
+pub mod hmp;
+pub mod kvm_debugfs;
+pub mod lvm;
+pub mod monitor;
+pub mod node;
+pub mod pressure;
 pub mod procfs;
+pub mod pve_api;
 pub mod pve_config;
+pub mod pve_ha;
+pub mod qm;
+pub mod qmp;
+pub mod statvfs;
+pub mod storage_cfg;
+pub mod sysfs;
 pub mod tracefs;
+pub mod zfs;
