@@ -17,133 +17,29 @@
 //! and review the diff of `fixtures/golden/` before committing it. The targeted tests below do
 //! not depend on the golden files, so a wrong golden file cannot hide a bug they cover.
 
-use std::{
-    collections::BTreeSet,
-    path::{Path, PathBuf},
-    sync::Arc,
+mod fixture_scrape;
+
+use std::path::Path;
+
+use fixture_scrape::{
+    Sample, assert_value, check_golden, copy_tree, describe_diff, parse_sample, samples, series, tree as host_root,
+    value,
 };
-
-use pve_exporter::{
-    collector::Engine,
-    config::Config,
-    exposition::{self, Format},
-};
-
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures");
-
-fn host_root(name: &str) -> String {
-    format!("{FIXTURES}/hosts/{name}")
-}
+use pve_exporter::exposition::Format;
 
 /// One scrape of the host tree at `root`, rendered in `format`.
 fn scrape_root(root: &str, extra_args: &[&str], format: Format) -> String {
-    let mut args = vec!["pve-exporter", "--root", root, "--ebpf", "off"];
+    let mut args = vec!["--root", root];
     args.extend_from_slice(extra_args);
-    let cfg = Config::from_args(args).expect("flags parse");
-    let engine = Engine::new(cfg).expect("engine starts with --ebpf off");
-    let set = Arc::new(engine.collect());
-    exposition::render(set, format)
+    fixture_scrape::scrape(&args, format)
 }
 
 fn scrape(fixture: &str, format: Format) -> String {
     scrape_root(&host_root(fixture), &[], format)
 }
 
-// ---------------------------------------------------------------------------------------------
-// Parsing the text format: `name{l="v",...} value` and `name value`.
-
-#[derive(Debug, Clone, PartialEq)]
-struct Sample {
-    name: String,
-    labels: Vec<(String, String)>,
-    value: String,
-}
-
-impl Sample {
-    fn label(&self, key: &str) -> Option<&str> {
-        self.labels.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
-    }
-
-    fn value(&self) -> f64 {
-        self.value.parse().unwrap_or_else(|e| panic!("{self:?}: value is not a number: {e}"))
-    }
-
-    fn matches(&self, name: &str, labels: &[(&str, &str)]) -> bool {
-        self.name == name && labels.iter().all(|(k, v)| self.label(k) == Some(*v))
-    }
-}
-
-/// Parse one sample line; None for comments and blank lines. Panics on a malformed line: the
-/// exporter must never write one.
-fn parse_sample(line: &str) -> Option<Sample> {
-    if line.is_empty() || line.starts_with('#') {
-        return None;
-    }
-    let name_end = line.find(['{', ' ']).unwrap_or_else(|| panic!("no value: {line:?}"));
-    let name = line[..name_end].to_string();
-    let mut labels = Vec::new();
-    let mut rest = &line[name_end..];
-    if let Some(r) = rest.strip_prefix('{') {
-        let mut chars = r.char_indices();
-        let mut key = String::new();
-        loop {
-            let (_, c) = chars.next().unwrap_or_else(|| panic!("unterminated labels: {line:?}"));
-            match c {
-                '}' if key.is_empty() => break,
-                ',' if key.is_empty() => continue,
-                '=' => {
-                    let (_, q) = chars.next().expect("label value");
-                    assert_eq!(q, '"', "label value not quoted: {line:?}");
-                    let mut value = String::new();
-                    loop {
-                        match chars.next().map(|(_, c)| c) {
-                            Some('"') => break,
-                            Some('\\') => match chars.next().map(|(_, c)| c) {
-                                Some('n') => value.push('\n'),
-                                Some(c @ ('\\' | '"')) => value.push(c),
-                                other => panic!("bad escape {other:?} in {line:?}"),
-                            },
-                            Some(c) => value.push(c),
-                            None => panic!("unterminated label value: {line:?}"),
-                        }
-                    }
-                    labels.push((std::mem::take(&mut key), value));
-                }
-                c => key.push(c),
-            }
-        }
-        // What follows the closing brace: ` <value>`.
-        rest = chars.as_str();
-        assert!(rest.starts_with(' '), "no space before the value: {line:?}");
-    }
-    let value = rest.trim_start();
-    assert!(!value.is_empty() && !value.contains(' '), "expected exactly one value (no timestamps) in {line:?}");
-    Some(Sample { name, labels, value: value.to_string() })
-}
-
-fn samples(text: &str) -> Vec<Sample> {
-    text.lines().filter_map(parse_sample).collect()
-}
-
-/// Every sample of `name` whose labels include `labels`.
-fn series(text: &str, name: &str, labels: &[(&str, &str)]) -> Vec<Sample> {
-    samples(text).into_iter().filter(|s| s.matches(name, labels)).collect()
-}
-
-/// The value of the one sample of `name` with `labels`; None when there is none, panics when
-/// there are several.
-fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let found = series(text, name, labels);
-    assert!(found.len() <= 1, "{name}{labels:?} matches {} samples: {found:?}", found.len());
-    found.first().map(Sample::value)
-}
-
-#[track_caller]
-fn assert_value(text: &str, name: &str, labels: &[(&str, &str)], want: f64) {
-    match value(text, name, labels) {
-        Some(v) => assert_eq!(v, want, "{name}{labels:?}"),
-        None => panic!("{name}{labels:?} missing; output:\n{text}"),
-    }
+fn normalize(text: &str) -> String {
+    fixture_scrape::normalize(text, |_| false)
 }
 
 /// The `id` labels of the samples of `name`, in output order, deduplicated.
@@ -158,101 +54,16 @@ fn ids(text: &str, name: &str) -> Vec<String> {
     out
 }
 
-// ---------------------------------------------------------------------------------------------
-// Golden files.
-
-/// Make a scrape comparable: timings become 0, the feature-dependent build label a constant.
-fn normalize(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for line in text.lines() {
-        let mut line = line.to_string();
-        if let Some(s) = parse_sample(&line) {
-            if s.name.ends_with("_duration_seconds") {
-                let (head, _) = line.rsplit_once(' ').expect("sample has a value");
-                line = format!("{head} 0");
-            }
-            if s.name.ends_with("_exporter_build_info") {
-                line = line.replace("ebpf_programs=\"built\"", "ebpf_programs=\"absent\"");
-            }
-        }
-        out.push_str(&line);
-        out.push('\n');
-    }
-    out
-}
-
-/// A readable account of how `actual` differs from `expected`: the first differing line with
-/// context, then the lines only one side has.
-fn describe_diff(expected: &str, actual: &str) -> String {
-    let exp: Vec<&str> = expected.lines().collect();
-    let act: Vec<&str> = actual.lines().collect();
-    let mut out = format!("expected {} lines, got {} lines\n", exp.len(), act.len());
-    let first = (0..exp.len().max(act.len())).find(|&i| exp.get(i) != act.get(i)).unwrap_or(0);
-    out.push_str(&format!("first difference at line {}:\n", first + 1));
-    for i in first.saturating_sub(2)..(first + 3).min(exp.len().max(act.len())) {
-        let (e, a) = (exp.get(i), act.get(i));
-        if e == a {
-            out.push_str(&format!("  {:>4}   {}\n", i + 1, e.unwrap_or(&"")));
-        } else {
-            out.push_str(&format!("  {:>4} - {}\n", i + 1, e.unwrap_or(&"<end of file>")));
-            out.push_str(&format!("  {:>4} + {}\n", i + 1, a.unwrap_or(&"<end of file>")));
-        }
-    }
-    let exp_set: BTreeSet<&str> = exp.iter().copied().collect();
-    let act_set: BTreeSet<&str> = act.iter().copied().collect();
-    const MAX: usize = 40;
-    for (title, mine, other, mark) in
-        [("only in the golden file", &exp, &act_set, '-'), ("only in the output", &act, &exp_set, '+')]
-    {
-        let only: Vec<&&str> = mine.iter().filter(|l| !other.contains(**l)).collect();
-        if only.is_empty() {
-            continue;
-        }
-        out.push_str(&format!("{title} ({}):\n", only.len()));
-        for l in only.iter().take(MAX) {
-            out.push_str(&format!("  {mark} {l}\n"));
-        }
-        if only.len() > MAX {
-            out.push_str(&format!("  ... {} more\n", only.len() - MAX));
-        }
-    }
-    out
-}
-
-fn check_golden(actual: &str, golden: &Path) {
-    let actual = normalize(actual);
-    if std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1") {
-        std::fs::create_dir_all(golden.parent().unwrap()).unwrap();
-        std::fs::write(golden, &actual).unwrap();
-        eprintln!("wrote {}", golden.display());
-        return;
-    }
-    let expected = std::fs::read_to_string(golden).unwrap_or_else(|e| {
-        panic!("{}: {e}; create it with UPDATE_GOLDEN=1 (see the top of tests/fixtures.rs)", golden.display())
-    });
-    if expected != actual {
-        panic!(
-            "output differs from {} (UPDATE_GOLDEN=1 rewrites it after an intended change)\n{}",
-            golden.display(),
-            describe_diff(&expected, &actual)
-        );
-    }
-}
-
-fn golden_path(file: &str) -> PathBuf {
-    Path::new(FIXTURES).join("golden").join(file)
-}
-
 #[test]
 fn golden_pve_basic_text() {
-    check_golden(&scrape("pve-basic", Format::Text), &golden_path("pve-basic.prom"));
+    check_golden(&normalize(&scrape("pve-basic", Format::Text)), "pve-basic.prom");
 }
 
 #[test]
 fn golden_pve_basic_openmetrics() {
     let om = scrape("pve-basic", Format::OpenMetrics);
     assert!(om.ends_with("# EOF\n"), "OpenMetrics output ends in # EOF");
-    check_golden(&om, &golden_path("pve-basic.om"));
+    check_golden(&normalize(&om), "pve-basic.om");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -300,7 +111,7 @@ fn pve_basic_vm_info_and_pools() {
     let info = |id: &str| {
         let s = series(&t, "pve_kvm_info", &[("id", id)]);
         assert_eq!(s.len(), 1, "kvm_info of {id}");
-        assert_eq!(s[0].value(), 1.0);
+        assert_eq!(s[0].num(), 1.0);
         s[0].clone()
     };
     let labels = |s: &Sample, keys: &[&str]| -> Vec<String> {
@@ -405,7 +216,7 @@ fn pve_basic_self_metrics() {
         let s = series(&t, name, &[]);
         assert!(!s.is_empty(), "{name} missing");
         for s in s {
-            assert!(s.value() >= 0.0 && s.value() < 60.0, "{s:?}");
+            assert!(s.num() >= 0.0 && s.num() < 60.0, "{s:?}");
         }
     }
 }
@@ -485,23 +296,6 @@ fn pve_broken_vm_without_io_is_still_reported() {
 // ---------------------------------------------------------------------------------------------
 // Variations built from pve-basic in a temporary directory.
 
-/// Copy a fixture tree, keeping symlinks as symlinks (`exe`).
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let (src, dst) = (entry.path(), to.join(entry.file_name()));
-        let ty = entry.file_type().unwrap();
-        if ty.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(&src).unwrap(), &dst).unwrap();
-        } else if ty.is_dir() {
-            copy_tree(&src, &dst);
-        } else {
-            std::fs::copy(&src, &dst).unwrap();
-        }
-    }
-}
-
 #[test]
 fn vm_that_exits_mid_scrape_is_not_an_error() {
     let dir = tempfile::tempdir().unwrap();
@@ -565,7 +359,7 @@ fn sample_parser() {
             ("c".to_string(), String::new()),
         ]
     );
-    assert_eq!(s.value(), 2.5);
+    assert_eq!(s.num(), 2.5);
     let s = parse_sample("pve_up 1").unwrap();
     assert!(s.labels.is_empty());
     assert_eq!(s.value, "1");

@@ -7,22 +7,16 @@
 //! after an intended change with `UPDATE_GOLDEN=1 cargo test -p pve-exporter --test
 //! fixtures_kvmstat` and review the diff. The targeted tests do not depend on it.
 
-mod common;
+mod fixture_scrape;
 
 use std::{path::Path, sync::Arc};
 
-use common::{copy_tree, sample};
+use fixture_scrape::{assert_value as assert_sample, check_golden, copy_tree, tree, value as sample};
 use pve_exporter::{
     collector::Engine,
     config::Config,
     exposition::{self, Format},
 };
-
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures");
-
-fn tree(name: &str) -> String {
-    format!("{FIXTURES}/hosts/{name}")
-}
 
 fn engine(root: &str, extra: &[&str]) -> Engine {
     let mut args = vec!["pve-exporter", "--root", root, "--ebpf", "off"];
@@ -41,11 +35,6 @@ fn scrape(root: &str, extra: &[&str]) -> String {
 /// The lines of one family's samples (not its HELP/TYPE).
 fn lines<'a>(text: &'a str, family: &str) -> Vec<&'a str> {
     text.lines().filter(|l| l.strip_prefix(family).is_some_and(|r| r.starts_with(['{', ' ']))).collect()
-}
-
-#[track_caller]
-fn assert_sample(text: &str, name: &str, labels: &[(&str, &str)], want: f64) {
-    assert_eq!(sample(text, name, labels), Some(want), "{name}{labels:?} in\n{text}");
 }
 
 #[test]
@@ -169,45 +158,7 @@ fn changes_between_scrapes() {
 // ---------------------------------------------------------------------------------------------
 // Golden file.
 
-fn normalize(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for line in text.lines() {
-        let name = line.split(['{', ' ']).next().unwrap_or("");
-        let line = if !line.starts_with('#') && name.ends_with("_duration_seconds") {
-            format!("{} 0", line.rsplit_once(' ').map_or(line, |(head, _)| head))
-        } else if name.ends_with("_exporter_build_info") {
-            line.replace("ebpf_programs=\"built\"", "ebpf_programs=\"absent\"")
-        } else {
-            line.to_string()
-        };
-        out.push_str(&line);
-        out.push('\n');
-    }
-    out
-}
-
 #[test]
 fn golden_pve_kvmstat_text() {
-    let golden = Path::new(FIXTURES).join("golden/pve-kvmstat.prom");
-    let actual = normalize(&scrape(&tree("pve-kvmstat"), &[]));
-    if std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1") {
-        std::fs::write(&golden, &actual).expect("write golden file");
-        return;
-    }
-    let expected = std::fs::read_to_string(&golden)
-        .unwrap_or_else(|e| panic!("{}: {e}; create it with UPDATE_GOLDEN=1", golden.display()));
-    if expected != actual {
-        let (e, a): (Vec<&str>, Vec<&str>) = (expected.lines().collect(), actual.lines().collect());
-        let first = (0..e.len().max(a.len())).find(|&i| e.get(i) != a.get(i)).unwrap_or(0);
-        panic!(
-            "output differs from {} (UPDATE_GOLDEN=1 rewrites it after an intended change): {} lines expected, {} \
-             got; first difference at line {}:\n- {}\n+ {}",
-            golden.display(),
-            e.len(),
-            a.len(),
-            first + 1,
-            e.get(first).unwrap_or(&"<end of file>"),
-            a.get(first).unwrap_or(&"<end of file>"),
-        );
-    }
+    check_golden(&fixture_scrape::normalize(&scrape(&tree("pve-kvmstat"), &[]), |_| false), "pve-kvmstat.prom");
 }

@@ -16,28 +16,26 @@
 //! UPDATE_GOLDEN=1 cargo test -p pve-exporter --test pve
 //! ```
 
+mod fixture_scrape;
 mod pve_server;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     io::{Read, Write},
     net::TcpStream,
     path::Path,
     process::{Command, Stdio},
-    sync::Arc,
     time::{Duration, Instant},
 };
 
+use fixture_scrape::{FIXTURES, Sample, assert_value, check_golden, copy_tree, samples, value};
 use pve_exporter::{
-    collector::Engine,
-    config::Config,
-    exposition::{self, Format},
+    exposition::Format,
     host::{BlockingGate, HostRoot},
     sources::pve_api::{ApiSettings, PveApi, Token, Trust},
 };
 use pve_server::{Fault, Pki, PveServer};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures");
 const TOKEN: &str = "monitor@pve!metrics=5e9f5d3c-2a0b-4c1e-9f47-0d2b7f1a8c63";
 const SECRET: &str = "5e9f5d3c-2a0b-4c1e-9f47-0d2b7f1a8c63";
 
@@ -47,11 +45,9 @@ fn tree() -> String {
 
 /// One scrape through the library, PVE collectors only (no VM or storage collectors).
 fn scrape(root: &str, extra: &[&str]) -> String {
-    let mut args = vec!["pve-exporter", "--root", root, "--ebpf", "off", "--collect-running-vms", "false"];
-    args.extend_from_slice(&["--collect-storage", "false"]);
+    let mut args = vec!["--root", root, "--collect-running-vms", "false", "--collect-storage", "false"];
     args.extend_from_slice(extra);
-    let engine = Engine::new(Config::from_args(args).expect("flags parse")).expect("engine starts");
-    exposition::render(Arc::new(engine.collect()), Format::Text)
+    fixture_scrape::scrape(&args, Format::Text)
 }
 
 /// The test API server with a token file and its CA file.
@@ -101,66 +97,8 @@ impl Api {
 // ---------------------------------------------------------------------------------------------
 // Samples.
 
-#[derive(Debug, Clone, PartialEq)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: String,
-}
-
-impl Sample {
-    fn label(&self, k: &str) -> &str {
-        self.labels.get(k).map(String::as_str).unwrap_or("")
-    }
-
-    fn num(&self) -> f64 {
-        self.value.parse().unwrap_or_else(|e| panic!("{self:?}: {e}"))
-    }
-}
-
-/// `name{k="v",...} value` (label values here hold no quotes or backslashes).
-fn parse(line: &str) -> Option<Sample> {
-    if line.is_empty() || line.starts_with('#') {
-        return None;
-    }
-    let (series, value) = line.rsplit_once(' ')?;
-    let (name, labels) = match series.split_once('{') {
-        Some((n, rest)) => (n, rest.strip_suffix('}').expect("closing brace")),
-        None => (series, ""),
-    };
-    let labels = labels
-        .split("\",")
-        .filter(|kv| !kv.is_empty())
-        .map(|kv| {
-            let (k, v) = kv.split_once("=\"").unwrap_or_else(|| panic!("bad label in {line:?}"));
-            (k.to_string(), v.trim_end_matches('"').to_string())
-        })
-        .collect();
-    Some(Sample { name: name.to_string(), labels, value: value.to_string() })
-}
-
-fn samples(text: &str) -> Vec<Sample> {
-    text.lines().filter_map(parse).collect()
-}
-
 fn family(text: &str, name: &str) -> Vec<Sample> {
     samples(text).into_iter().filter(|s| s.name == name).collect()
-}
-
-/// The value of the one sample of `name` whose labels include `labels`.
-fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let found: Vec<Sample> =
-        family(text, name).into_iter().filter(|s| labels.iter().all(|(k, v)| s.label(k) == *v)).collect();
-    assert!(found.len() <= 1, "{name}{labels:?}: {found:?}");
-    found.first().map(Sample::num)
-}
-
-#[track_caller]
-fn assert_value(text: &str, name: &str, labels: &[(&str, &str)], want: f64) {
-    match value(text, name, labels) {
-        Some(v) => assert_eq!(v, want, "{name}{labels:?}"),
-        None => panic!("{name}{labels:?} missing:\n{text}"),
-    }
 }
 
 fn success(text: &str, collector: &str) -> Option<f64> {
@@ -169,7 +107,7 @@ fn success(text: &str, collector: &str) -> Option<f64> {
 
 /// Samples of the PVE families whose `node` label is `node`.
 fn of_node(text: &str, node: &str) -> Vec<Sample> {
-    samples(text).into_iter().filter(|s| is_pve_family(&s.name) && s.label("node") == node).collect()
+    samples(text).into_iter().filter(|s| is_pve_family(&s.name) && s.get("node") == node).collect()
 }
 
 fn is_pve_family(name: &str) -> bool {
@@ -181,40 +119,9 @@ fn is_pve_family(name: &str) -> bool {
 // ---------------------------------------------------------------------------------------------
 // Golden files.
 
+/// The root file system's figures of the local source are this machine's.
 fn normalize(text: &str, zero_rootfs: bool) -> String {
-    let mut out = String::new();
-    for line in text.lines() {
-        let mut line = line.to_string();
-        if let Some(s) = parse(&line)
-            && (s.name.ends_with("_duration_seconds") || (zero_rootfs && s.name.starts_with("pve_node_rootfs_")))
-        {
-            let (head, _) = line.rsplit_once(' ').expect("value");
-            line = format!("{head} 0");
-        }
-        line = line.replace("ebpf_programs=\"built\"", "ebpf_programs=\"absent\"");
-        out.push_str(&line);
-        out.push('\n');
-    }
-    out
-}
-
-fn check_golden(actual: &str, file: &str) {
-    let path = Path::new(FIXTURES).join("golden").join(file);
-    if std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1") {
-        std::fs::write(&path, actual).expect("write golden file");
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    if expected != actual {
-        let diff: Vec<String> = expected
-            .lines()
-            .filter(|l| !actual.lines().any(|a| a == *l))
-            .map(|l| format!("- {l}"))
-            .chain(actual.lines().filter(|l| !expected.lines().any(|e| e == *l)).map(|l| format!("+ {l}")))
-            .take(60)
-            .collect();
-        panic!("output differs from {} (UPDATE_GOLDEN=1 rewrites it):\n{}", path.display(), diff.join("\n"));
-    }
+    fixture_scrape::normalize(text, |s| zero_rootfs && s.name.starts_with("pve_node_rootfs_"))
 }
 
 #[test]
@@ -253,7 +160,7 @@ fn local_source_values() {
     // Pressure: avg10 / 100 of the running VMs with a config (100, 101); 105 runs without
     // one (migrating in), 102 is stopped; VM 101's cpu.pressure has no `full` line.
     let ids: BTreeSet<String> =
-        family(&t, "pve_vm_pressure_cpu_some_ratio").iter().map(|s| s.label("id").to_string()).collect();
+        family(&t, "pve_vm_pressure_cpu_some_ratio").iter().map(|s| s.get("id").to_string()).collect();
     assert_eq!(ids, BTreeSet::from(["qemu/100".to_string(), "qemu/101".to_string()]));
     let vm = |id: &'static str| [("id", id), ("node", "pve1")];
     for (fam, v) in [
@@ -294,23 +201,6 @@ fn local_source_values() {
         assert_eq!(success(&t, c), Some(1.0), "{c}");
     }
     assert_eq!(success(&t, "physical_disk"), None, "an off collector does not run");
-}
-
-/// Copy a fixture tree, keeping symlinks as symlinks.
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let (src, dst) = (entry.path(), to.join(entry.file_name()));
-        let ty = entry.file_type().unwrap();
-        if ty.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(&src).unwrap(), &dst).unwrap();
-        } else if ty.is_dir() {
-            copy_tree(&src, &dst);
-        } else {
-            std::fs::copy(&src, &dst).unwrap();
-        }
-    }
 }
 
 fn tree_copy() -> tempfile::TempDir {
@@ -418,7 +308,7 @@ fn live_node_values_of_this_machine() {
     let size: f64 = String::from_utf8_lossy(&df.stdout).lines().nth(1).unwrap().trim().parse().unwrap();
     assert_value(&t, "pve_node_rootfs_total_bytes", &n, size);
     let mode = if Path::new("/sys/firmware/efi").is_dir() { "efi" } else { "legacy-bios" };
-    assert_eq!(family(&t, "pve_node_boot_mode_info")[0].label("mode"), mode);
+    assert_eq!(family(&t, "pve_node_boot_mode_info")[0].get("mode"), mode);
     assert!(value(&t, "pve_node_ksm_shared_bytes", &n).is_some());
     assert_eq!(success(&t, "node_status"), Some(1.0), "{t}");
 }
@@ -454,7 +344,7 @@ fn api_cluster_scope_serves_every_node() {
     assert_value(&t, "pve_physical_disk_size_bytes", &disk("pve1", "/dev/nvme0n1"), 7_681_501_126_656.0);
     let osds: Vec<String> = family(&t, "pve_physical_disk_osd")
         .iter()
-        .map(|s| format!("{} {} {}", s.label("node"), s.label("devpath"), s.label("osd")))
+        .map(|s| format!("{} {} {}", s.get("node"), s.get("devpath"), s.get("osd")))
         .collect();
     assert_eq!(osds, ["pve1 /dev/nvme0n1 osd.8", "pve2 /dev/nvme0n1 osd.3", "pve2 /dev/nvme0n1 osd.4"]);
     assert_value(&t, "pve_physical_disk_info", &[("devpath", "/dev/sdb"), ("node", "pve3"), ("used", "")], 1.0);

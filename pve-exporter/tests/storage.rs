@@ -12,34 +12,19 @@
 //! UPDATE_GOLDEN=1 cargo test -p pve-exporter --test storage
 //! ```
 
+mod fixture_scrape;
+
 use std::{
     collections::BTreeMap,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    sync::Arc,
 };
 
-use pve_exporter::{
-    collector::Engine,
-    config::Config,
-    exposition::{self, Format},
-};
-
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures");
-
-fn tree(name: &str) -> String {
-    format!("{FIXTURES}/hosts/{name}")
-}
+use fixture_scrape::{FIXTURES, Sample, scrape as scrape_with, tree};
+use pve_exporter::{config::Config, exposition::Format};
 
 fn commands() -> String {
     format!("{FIXTURES}/commands/pve-storage/bin")
-}
-
-fn scrape_with(args: &[&str], format: Format) -> String {
-    let mut all = vec!["pve-exporter", "--ebpf", "off"];
-    all.extend_from_slice(args);
-    let engine = Engine::new(Config::from_args(all).expect("flags parse")).expect("engine starts");
-    exposition::render(Arc::new(engine.collect()), format)
 }
 
 /// The storage fixture host, storage collectors only.
@@ -49,99 +34,33 @@ fn scrape_storage(root: &str, cmds: &str, extra: &[&str], format: Format) -> Str
     scrape_with(&args, format)
 }
 
-#[derive(Debug, Clone)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: String,
-}
-
-impl Sample {
-    fn label(&self, k: &str) -> &str {
-        self.labels.get(k).map(String::as_str).unwrap_or_else(|| panic!("{k} missing in {self:?}"))
-    }
-
-    fn num(&self) -> f64 {
-        self.value.parse().unwrap_or_else(|e| panic!("{self:?}: {e}"))
-    }
-}
-
-/// `name{k="v",...} value` (label values here hold no quotes or backslashes).
-fn parse(line: &str) -> Option<Sample> {
-    if line.is_empty() || line.starts_with('#') {
-        return None;
-    }
-    let (series, value) = line.rsplit_once(' ')?;
-    let (name, labels) = match series.split_once('{') {
-        Some((n, rest)) => (n, rest.strip_suffix('}').expect("closing brace")),
-        None => (series, ""),
-    };
-    let labels = labels
-        .split("\",")
-        .filter(|kv| !kv.is_empty())
-        .map(|kv| {
-            let (k, v) = kv.split_once("=\"").unwrap_or_else(|| panic!("bad label in {line:?}"));
-            (k.to_string(), v.trim_end_matches('"').to_string())
-        })
-        .collect();
-    Some(Sample { name: name.to_string(), labels, value: value.to_string() })
-}
-
+/// The samples of `name`.
 fn samples(text: &str, name: &str) -> Vec<Sample> {
-    text.lines().filter_map(parse).filter(|s| s.name == name).collect()
+    fixture_scrape::samples(text).into_iter().filter(|s| s.name == name).collect()
 }
 
 /// name label -> value of the samples of `family`.
 fn by_name(text: &str, family: &str) -> BTreeMap<String, f64> {
-    samples(text, family).into_iter().map(|s| (s.label("name").to_string(), s.num())).collect()
+    samples(text, family).into_iter().map(|s| (s.get("name").to_string(), s.num())).collect()
 }
 
 fn collector(text: &str, name: &str) -> Option<f64> {
-    samples(text, "pve_exporter_collector_success").into_iter().find(|s| s.label("collector") == name).map(|s| s.num())
+    samples(text, "pve_exporter_collector_success").into_iter().find(|s| s.get("collector") == name).map(|s| s.num())
 }
 
 const STATVFS_TYPES: &[&str] = &["dir", "btrfs", "nfs", "cifs", "cephfs", "glusterfs"];
 
+/// Sizes by statvfs depend on this machine's file systems; the targeted test checks them.
 fn normalize(text: &str) -> String {
-    let mut out = String::new();
-    for line in text.lines() {
-        let mut line = line.to_string();
-        if let Some(s) = parse(&line) {
-            let statvfs_size = s.name.starts_with("pve_node_storage_")
-                && s.name.ends_with("_bytes")
-                && s.labels.get("type").is_some_and(|t| STATVFS_TYPES.contains(&t.as_str()));
-            if s.name.ends_with("_duration_seconds") || statvfs_size {
-                let (head, _) = line.rsplit_once(' ').expect("value");
-                line = format!("{head} 0");
-            }
-            if s.name.ends_with("_exporter_build_info") {
-                line = line.replace("ebpf_programs=\"built\"", "ebpf_programs=\"absent\"");
-            }
-        }
-        out.push_str(&line);
-        out.push('\n');
-    }
-    out
+    fixture_scrape::normalize(text, |s| {
+        s.name.starts_with("pve_node_storage_")
+            && s.name.ends_with("_bytes")
+            && s.label("type").is_some_and(|t| STATVFS_TYPES.contains(&t))
+    })
 }
 
 fn check_golden(actual: &str, file: &str) {
-    let path = Path::new(FIXTURES).join("golden").join(file);
-    let actual = normalize(actual);
-    if std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1") {
-        std::fs::write(&path, &actual).expect("write golden file");
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    if expected != actual {
-        let diff: Vec<String> = expected
-            .lines()
-            .filter(|l| !actual.lines().any(|a| a == *l))
-            .map(|l| format!("- {l}"))
-            .chain(actual.lines().filter(|l| !expected.lines().any(|e| e == *l)).map(|l| format!("+ {l}")))
-            .take(60)
-            .collect();
-        panic!("output differs from {} (UPDATE_GOLDEN=1 rewrites it):\n{}", path.display(), diff.join("\n"));
-    }
+    fixture_scrape::check_golden(&normalize(actual), file);
 }
 
 #[test]
@@ -162,7 +81,7 @@ fn golden_pve_storage_openmetrics() {
 fn pve_storage_produces_the_documented_series() {
     let t = scrape_storage(&tree("pve-storage"), &commands(), &[], Format::Text);
     let info = samples(&t, "pve_node_storage_info");
-    let names: Vec<&str> = info.iter().map(|s| s.label("name")).collect();
+    let names: Vec<&str> = info.iter().map(|s| s.get("name")).collect();
     assert_eq!(
         names,
         [
@@ -190,7 +109,7 @@ fn pve_storage_produces_the_documented_series() {
         ],
         "the malformed sections (nas-typo, 9lives) are left out:\n{t}"
     );
-    let mut types: Vec<&str> = info.iter().map(|s| s.label("type")).collect();
+    let mut types: Vec<&str> = info.iter().map(|s| s.get("type")).collect();
     types.sort_unstable();
     types.dedup();
     assert_eq!(
@@ -213,10 +132,10 @@ fn pve_storage_produces_the_documented_series() {
             "zfspool"
         ]
     );
-    let get = |name: &str| info.iter().find(|s| s.label("name") == name).expect(name).clone();
+    let get = |name: &str| info.iter().find(|s| s.get("name") == name).expect(name).clone();
     let labels = |name: &str, keys: &[&str]| -> Vec<String> {
         let s = get(name);
-        keys.iter().map(|k| s.label(k).to_string()).collect()
+        keys.iter().map(|k| s.get(k).to_string()).collect()
     };
     assert_eq!(
         labels("local", &["type", "content", "path", "shared", "disabled", "nodes"]),
@@ -303,7 +222,7 @@ fn pve_storage_produces_the_documented_series() {
     let pools: BTreeMap<String, (f64, f64)> = samples(&t, "pve_node_zpool_size_bytes")
         .into_iter()
         .zip(samples(&t, "pve_node_zpool_free_bytes"))
-        .map(|(s, f)| (s.label("pool").to_string(), (s.num(), f.num())))
+        .map(|(s, f)| (s.get("pool").to_string(), (s.num(), f.num())))
         .collect();
     assert_eq!(
         pools,
