@@ -171,11 +171,13 @@ fn promtool_accepts_a_real_scrape() {
 fn hung_pmxcfs_costs_only_its_collector_and_scrapes_share_a_collection() {
     require_privileges();
     let root = host_root(&[]);
-    // A FIFO without a writer: opening it blocks, like a read from a hung FUSE file system.
+    let daemon = Daemon::start(root.path(), &["--ebpf", "off", "--pmxcfs-timeout", "1500ms"]);
+    // Only now (the start-up collection is done) does /etc/pve hang: a FIFO without a writer
+    // blocks whoever opens it, like a read from a hung FUSE file system. user.cfg is re-read
+    // because its stamp changes.
     let fifo = root.path().join("etc/pve/user.cfg");
     let status = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
     assert!(status.success());
-    let daemon = Daemon::start(root.path(), &["--ebpf", "off", "--pmxcfs-timeout", "1500ms"]);
     let port = daemon.port;
     let bodies: Vec<String> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..6)
