@@ -40,6 +40,11 @@ pub static KVM_CPU_SECONDS: Def = counter(
 pub static KVM_VCORES: Def = gauge("kvm_vcores", ID, "vCPUs allocated to the VM (-smp)");
 pub static KVM_MAXMEM_BYTES: Def =
     gauge("kvm_maxmem_bytes", ID, "Memory allocated to the VM (-m, or the sum of its memory backends)");
+pub static KVM_MEMORY_UTILISATION: Def = gauge(
+    "kvm_memory_utilisation_ratio",
+    ID,
+    "Resident memory of the VM's QEMU process divided by the memory allocated to the VM (kvm_maxmem_bytes)",
+);
 pub static KVM_MEMORY_PERCENT: Def =
     gauge("kvm_memory_percent", ID, "Resident memory of the VM's QEMU process as a percentage of host memory");
 pub static KVM_MEMORY_EXTENDED: Def = gauge(
@@ -348,6 +353,41 @@ pub static KVM_DISK_FLUSH_TIME: Def =
     counter("kvm_disk_flush_time_seconds_total", DISK, "Time the VM's disk flush requests took (QEMU blockstats)");
 
 static KVM_NIC: &[&Def] = &[&KVM_NIC_INFO, &KVM_NIC_QUEUES];
+
+// ---- Non-PVE VM sources and the guest's view (issue 7; vm.rs, sources/libvirt.rs) -----------
+pub static KVM_LIBVIRT_INFO: Def = gauge(
+    "kvm_libvirt_info",
+    &["id", "name", "uuid", "nova_instance", "nova_project", "nova_project_id", "nova_flavor"],
+    "libvirt domain of the VM (1), from its status XML; nova_* from OpenStack Nova's metadata, empty without it",
+);
+pub static KVM_GUEST_NETWORK_RECEIVE_BYTES: Def = counter(
+    "kvm_guest_network_receive_bytes_total",
+    NIC,
+    "Bytes the guest received on the NIC (tx_bytes of its tap device)",
+);
+pub static KVM_GUEST_NETWORK_TRANSMIT_BYTES: Def = counter(
+    "kvm_guest_network_transmit_bytes_total",
+    NIC,
+    "Bytes the guest sent on the NIC (rx_bytes of its tap device)",
+);
+pub static KVM_GUEST_NETWORK_RECEIVE_PACKETS: Def = counter(
+    "kvm_guest_network_receive_packets_total",
+    NIC,
+    "Packets the guest received on the NIC (tx_packets of its tap device)",
+);
+pub static KVM_GUEST_NETWORK_TRANSMIT_PACKETS: Def = counter(
+    "kvm_guest_network_transmit_packets_total",
+    NIC,
+    "Packets the guest sent on the NIC (rx_packets of its tap device)",
+);
+static KVM_GUEST: &[&Def] = &[
+    &KVM_LIBVIRT_INFO,
+    &KVM_GUEST_NETWORK_RECEIVE_BYTES,
+    &KVM_GUEST_NETWORK_TRANSMIT_BYTES,
+    &KVM_GUEST_NETWORK_RECEIVE_PACKETS,
+    &KVM_GUEST_NETWORK_TRANSMIT_PACKETS,
+];
+// ---- end of non-PVE VM sources ----
 static KVM_DISK: &[&Def] = &[
     &KVM_DISK_INFO,
     &KVM_DISK_SIZE_BYTES,
@@ -416,6 +456,7 @@ static KVM_PROC: &[&Def] = &[
     &KVM_CPU_SECONDS,
     &KVM_VCORES,
     &KVM_MAXMEM_BYTES,
+    &KVM_MEMORY_UTILISATION,
     &KVM_MEMORY_PERCENT,
     &KVM_MEMORY_EXTENDED,
     &KVM_THREADS,
@@ -457,6 +498,7 @@ pub fn all() -> impl Iterator<Item = &'static Def> {
         KVM_IO,
         KVM_NIC,
         KVM_NIC_STATS,
+        KVM_GUEST,
         KVM_DISK,
         KVM_EBPF,
         KVM_SCHED_DEBUGFS,

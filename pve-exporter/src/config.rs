@@ -37,6 +37,19 @@ pub enum KvmDebugfsMode {
     Off,
 }
 
+/// Which kind of host the VMs are found on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum VmSourceMode {
+    /// `pve` when /etc/pve/qemu-server exists, else `libvirt` when /run/libvirt/qemu exists, else `qemu`.
+    Auto,
+    /// Proxmox VE: QEMU processes with `-id <vmid>` and a config in /etc/pve/qemu-server.
+    Pve,
+    /// libvirt: domains of /run/libvirt/qemu (pid file and status XML); other QEMU processes as plain QEMU.
+    Libvirt,
+    /// Every QEMU process, named by its `-name` (else its pid).
+    Qemu,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogLevel {
     #[value(name = "DEBUG", alias = "debug")]
@@ -91,6 +104,10 @@ pub struct Config {
     /// Collect per-VM metrics of running QEMU/KVM VMs.
     #[arg(long, env = "PVE_EXPORTER_COLLECT_RUNNING_VMS", default_value_t = true, action = clap::ArgAction::Set)]
     pub collect_running_vms: bool,
+
+    /// Where VMs are found: `pve`, `libvirt`, `qemu`, or `auto` (by what the host has below --root).
+    #[arg(long, env = "PVE_EXPORTER_VM_SOURCE", value_enum, default_value = "auto")]
+    pub vm_source: VmSourceMode,
 
     /// Collect storage metrics from storage.cfg (the storage collector).
     #[arg(long, env = "PVE_EXPORTER_COLLECT_STORAGE", default_value_t = true, action = clap::ArgAction::Set)]

@@ -1,20 +1,29 @@
-//! VMs and where they come from. A [`VmSource`] finds the VMs of one kind of host; PVE is the
-//! first, libvirt and plain QEMU plug in beside it.
+//! VMs and where they come from. A [`VmSource`] finds the VMs of one kind of host: PVE,
+//! libvirt (OpenStack Nova compute nodes among them) or plain QEMU.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use crate::{
     host::HostRoot,
     sources::{
-        procfs::{QemuProcess, find_qemu_processes},
+        hmp::{Drive, Nic},
+        libvirt::{LibvirtDomain, LibvirtReader, NovaInstance},
+        procfs::{QemuCmdline, QemuProcess, find_qemu_processes},
         pve_config::{PoolInfo, PveConfig},
     },
 };
 
+/// The `source` of a VM found by [`PveSource`].
+pub const PVE: &str = "pve";
+/// ... by [`LibvirtSource`].
+pub const LIBVIRT: &str = "libvirt";
+/// ... by [`QemuSource`] (and QEMU processes of a libvirt host that libvirt did not start).
+pub const QEMU: &str = "qemu";
+
 /// A running VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Vm {
-    /// The `id` label: the PVE vmid.
+    /// The `id` label: the PVE vmid; the libvirt domain name; for plain QEMU the `-name`, else the pid.
     pub id: String,
     /// The QEMU process.
     pub pid: u32,
@@ -23,6 +32,89 @@ pub struct Vm {
     pub vcores: u64,
     pub maxmem_bytes: u64,
     pub pool: Option<PoolInfo>,
+    /// [`PVE`], [`LIBVIRT`] or [`QEMU`]: PVE VMs have a QEMU monitor to ask, the others do not.
+    pub source: &'static str,
+    /// What a non-PVE source knows beyond the fields above.
+    pub extra: Option<Arc<VmExtra>>,
+}
+
+/// What libvirt's XML or the QEMU command line tell of a VM that PVE learns from its monitor.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VmExtra {
+    pub uuid: String,
+    /// The guest's NICs, in the shape the monitor gives them (`type` is libvirt's
+    /// `<interface type>` or the `-netdev` backend).
+    pub nics: Vec<Nic>,
+    pub drives: Vec<Drive>,
+    pub nova: Option<NovaInstance>,
+}
+
+impl VmExtra {
+    fn from_domain(d: &LibvirtDomain) -> Self {
+        VmExtra {
+            uuid: d.uuid.clone(),
+            nics: d
+                .nics
+                .iter()
+                .enumerate()
+                .map(|(i, n)| Nic {
+                    netdev: format!("net{i}"),
+                    ifname: n.target.clone(),
+                    queues: 1,
+                    kind: n.kind.clone(),
+                    model: n.model.clone(),
+                    macaddr: n.mac.clone(),
+                })
+                .collect(),
+            drives: d
+                .disks
+                .iter()
+                .filter(|x| !x.target.is_empty())
+                .map(|x| Drive {
+                    name: x.target.clone(),
+                    path: (!x.source.is_empty()).then(|| x.source.clone()),
+                    driver: x.format.clone(),
+                    format: x.format.clone(),
+                    read_only: x.read_only,
+                    attached_to: x.target.clone(),
+                    ..Drive::default()
+                })
+                .collect(),
+            nova: d.nova.clone(),
+        }
+    }
+
+    fn from_cmdline(c: &QemuCmdline) -> Self {
+        VmExtra {
+            uuid: c.uuid.clone().unwrap_or_default(),
+            nics: c
+                .nics
+                .iter()
+                .map(|n| Nic {
+                    netdev: n.netdev.clone(),
+                    ifname: n.ifname.clone(),
+                    queues: 1,
+                    kind: n.kind.clone(),
+                    model: n.model.clone(),
+                    macaddr: n.mac.clone(),
+                })
+                .collect(),
+            drives: c
+                .drives
+                .iter()
+                .map(|d| Drive {
+                    name: d.name.clone(),
+                    path: Some(d.file.clone()),
+                    driver: d.format.clone(),
+                    format: d.format.clone(),
+                    read_only: d.read_only,
+                    attached_to: d.name.clone(),
+                    ..Drive::default()
+                })
+                .collect(),
+            nova: None,
+        }
+    }
 }
 
 /// What discovery found, and what it skipped and why.
@@ -31,6 +123,8 @@ pub struct Discovered {
     pub vms: Vec<Vm>,
     /// (pid, why) of QEMU processes that are not reported.
     pub skipped: Vec<(u32, &'static str)>,
+    /// Files of the source that could not be read or parsed (their VMs are missing).
+    pub errors: Vec<String>,
 }
 
 pub trait VmSource: Send + Sync {
@@ -96,11 +190,99 @@ impl VmSource for PveSource<'_> {
                 cpu: c.cpu,
                 vcores: c.vcores,
                 maxmem_bytes: c.maxmem_bytes,
+                source: PVE,
+                extra: None,
             });
         }
         dedup_ids(out, |id| pid_file(self.host, id));
         // Numeric vmid order: stable output, and what operators expect to read.
         out.vms.sort_by(|a, b| (a.id.len(), &a.id).cmp(&(b.id.len(), &b.id)));
+    }
+}
+
+/// A plain QEMU VM: id from `-name`, else the pid.
+fn plain_vm(p: QemuProcess) -> Vm {
+    let c = p.cmdline;
+    Vm {
+        id: if c.name.is_empty() { p.pid.to_string() } else { c.name.clone() },
+        pid: p.pid,
+        extra: Some(Arc::new(VmExtra::from_cmdline(&c))),
+        name: c.name,
+        cpu: c.cpu,
+        vcores: c.vcores,
+        maxmem_bytes: c.maxmem_bytes,
+        pool: None,
+        source: QEMU,
+    }
+}
+
+/// Names sort first as they are (domain names, `-name`s), as strings.
+fn sort_by_id(vms: &mut [Vm]) {
+    vms.sort_by(|a, b| a.id.cmp(&b.id));
+}
+
+/// libvirt: QEMU processes named by a pid file of `/run/libvirt/qemu/`, described by the
+/// domain's status XML; any other QEMU process is reported as plain QEMU.
+pub struct LibvirtSource<'a> {
+    pub host: &'a HostRoot,
+    pub reader: &'a LibvirtReader,
+}
+
+impl VmSource for LibvirtSource<'_> {
+    fn name(&self) -> &'static str {
+        LIBVIRT
+    }
+
+    fn vms(&self, procs: Vec<QemuProcess>, out: &mut Discovered) {
+        let domains = self.reader.running(self.host, &mut out.errors).unwrap_or_else(|e| {
+            out.errors.push(format!("{}: {e}", crate::sources::libvirt::RUN_DIR));
+            Vec::new()
+        });
+        let by_pid: HashMap<u32, &Arc<LibvirtDomain>> = domains.iter().map(|d| (d.pid, &d.domain)).collect();
+        for p in procs {
+            let Some(d) = by_pid.get(&p.pid) else {
+                out.vms.push(plain_vm(p));
+                continue;
+            };
+            // A pid file left behind by a crashed libvirtd may name a reused pid.
+            if !p.cmdline.name.is_empty() && p.cmdline.name != d.name {
+                out.skipped.push((p.pid, "a libvirt pid file names it, but its -name is another domain's"));
+                out.vms.push(plain_vm(p));
+                continue;
+            }
+            let c = p.cmdline;
+            out.vms.push(Vm {
+                id: d.name.clone(),
+                pid: p.pid,
+                name: d.name.clone(),
+                cpu: c.cpu,
+                vcores: if d.vcpus > 0 { d.vcpus } else { c.vcores },
+                maxmem_bytes: if d.memory_bytes > 0 { d.memory_bytes } else { c.maxmem_bytes },
+                pool: None,
+                source: LIBVIRT,
+                extra: Some(Arc::new(VmExtra::from_domain(d))),
+            });
+        }
+        // A domain's own process wins over a plain one of the same name.
+        let libvirt_pids: Vec<(String, u32)> =
+            out.vms.iter().filter(|v| v.source == LIBVIRT).map(|v| (v.id.clone(), v.pid)).collect();
+        dedup_ids(out, |id| libvirt_pids.iter().find(|(i, _)| i == id).map(|(_, p)| *p));
+        sort_by_id(&mut out.vms);
+    }
+}
+
+/// Plain QEMU: every QEMU process.
+pub struct QemuSource;
+
+impl VmSource for QemuSource {
+    fn name(&self) -> &'static str {
+        QEMU
+    }
+
+    fn vms(&self, procs: Vec<QemuProcess>, out: &mut Discovered) {
+        out.vms.extend(procs.into_iter().map(plain_vm));
+        dedup_ids(out, |_| None);
+        sort_by_id(&mut out.vms);
     }
 }
 
@@ -112,22 +294,39 @@ pub fn discover(host: &HostRoot, source: &dyn VmSource) -> std::io::Result<Disco
     Ok(out)
 }
 
+/// A bare PVE VM for unit tests.
+#[cfg(test)]
+pub fn tests_vm(id: &str, pid: u32) -> Vm {
+    Vm {
+        id: id.into(),
+        pid,
+        name: String::new(),
+        cpu: String::new(),
+        vcores: 1,
+        maxmem_bytes: 0,
+        pool: None,
+        source: PVE,
+        extra: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn vm(id: &str, pid: u32) -> Vm {
-        Vm { id: id.into(), pid, name: String::new(), cpu: String::new(), vcores: 1, maxmem_bytes: 0, pool: None }
+        tests_vm(id, pid)
     }
 
     #[test]
     fn one_vm_per_id() {
-        let mut d = Discovered { vms: vec![vm("100", 10), vm("100", 20), vm("101", 30)], skipped: vec![] };
+        let mut d =
+            Discovered { vms: vec![vm("100", 10), vm("100", 20), vm("101", 30)], skipped: vec![], errors: vec![] };
         dedup_ids(&mut d, |_| None);
         assert_eq!(d.vms.iter().map(|v| (v.id.as_str(), v.pid)).collect::<Vec<_>>(), [("100", 10), ("101", 30)]);
         assert_eq!(d.skipped, [(20, "another process has the same vmid")]);
         // The pid file wins.
-        let mut d = Discovered { vms: vec![vm("100", 10), vm("100", 20)], skipped: vec![] };
+        let mut d = Discovered { vms: vec![vm("100", 10), vm("100", 20)], skipped: vec![], errors: vec![] };
         dedup_ids(&mut d, |id| (id == "100").then_some(20));
         assert_eq!(d.vms[0].pid, 20);
         assert_eq!(d.skipped[0].0, 10);

@@ -55,6 +55,23 @@ pub fn collect(host: &HostRoot, vms: &mut Vec<Vm>, out: &mut MetricSet) -> Resul
             ],
             1u64,
         );
+        if vm.source == crate::vm::LIBVIRT
+            && let Some(x) = &vm.extra
+        {
+            let nova = x.nova.clone().unwrap_or_default();
+            out.family(&KVM_LIBVIRT_INFO).push(
+                [
+                    ("id", vm.id.clone()),
+                    ("name", vm.name.clone()),
+                    ("uuid", x.uuid.clone()),
+                    ("nova_instance", nova.name),
+                    ("nova_project", nova.project),
+                    ("nova_project_id", nova.project_id),
+                    ("nova_flavor", nova.flavor),
+                ],
+                1u64,
+            );
+        }
         if let Some(cpu) = &st.cpu {
             let f = out.family(&KVM_CPU_SECONDS);
             for (mode, d) in [("user", cpu.user), ("system", cpu.system), ("iowait", cpu.iowait)] {
@@ -64,6 +81,11 @@ pub fn collect(host: &HostRoot, vms: &mut Vec<Vm>, out: &mut MetricSet) -> Resul
         out.family(&KVM_VCORES).push(id(vm), vm.vcores);
         out.family(&KVM_MAXMEM_BYTES).push(id(vm), vm.maxmem_bytes);
         if let Some(status) = &st.status {
+            if let Some(rss) = status.memory("vmrss")
+                && vm.maxmem_bytes > 0
+            {
+                out.family(&KVM_MEMORY_UTILISATION).push(id(vm), rss as f64 / vm.maxmem_bytes as f64);
+            }
             if let (Some(rss), Some(total)) = (status.memory("vmrss"), memtotal.filter(|t| *t > 0)) {
                 out.family(&KVM_MEMORY_PERCENT).push(id(vm), rss as f64 * 100.0 / total as f64);
             }

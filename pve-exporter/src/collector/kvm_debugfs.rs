@@ -299,7 +299,7 @@ mod tests {
     use super::*;
 
     fn vm(id: &str, pid: u32) -> Vm {
-        Vm { id: id.into(), pid, name: String::new(), cpu: String::new(), vcores: 2, maxmem_bytes: 0, pool: None }
+        Vm { vcores: 2, ..crate::vm::tests_vm(id, pid) }
     }
 
     fn tree() -> tempfile::TempDir {

@@ -20,14 +20,15 @@ use std::{
 use self::kvm_debugfs::KvmDebugfs;
 pub use self::vcpu::VcpuThreadCache;
 use crate::{
-    config::{Config, KvmDebugfsMode},
+    config::{Config, KvmDebugfsMode, VmSourceMode},
     host::HostRoot,
     metrics::MetricSet,
     sources::{
         ebpf::{self, EbpfStatus},
+        libvirt::LibvirtReader,
         pve_config::{PveConfig, PveConfigReader},
     },
-    vm::{self, PveSource, Vm},
+    vm::{self, LibvirtSource, PveSource, QemuSource, Vm, VmSource},
 };
 
 /// How one collector did in a scrape.
@@ -58,6 +59,8 @@ pub struct Engine {
     monitor: crate::sources::monitor::Monitor,
     /// The PVE collectors (node_status, vm_pressure, ha_status, physical_disk): plan, API client, caches.
     pve: pve::PveState,
+    /// libvirt's status XML per domain, parsed once per file version.
+    libvirt: LibvirtReader,
 }
 
 impl Engine {
@@ -91,6 +94,7 @@ impl Engine {
             ebpf: Mutex::new(ebpf),
             failing: Mutex::default(),
             monitor: crate::sources::monitor::Monitor::from_config(&config),
+            libvirt: LibvirtReader::new(),
             config,
         })
     }
@@ -100,6 +104,17 @@ impl Engine {
         (st.mode.to_string(), st.reason.clone())
     }
 
+    /// The VM source of `--vm-source`; `auto` looks at the host on every scrape (two `stat`s),
+    /// so a host that gets PVE or libvirt later needs no restart.
+    pub fn vm_source(&self) -> VmSourceMode {
+        match self.config.vm_source {
+            VmSourceMode::Auto if self.host.path("etc/pve/qemu-server").is_dir() => VmSourceMode::Pve,
+            VmSourceMode::Auto if self.host.path(crate::sources::libvirt::RUN_DIR).is_dir() => VmSourceMode::Libvirt,
+            VmSourceMode::Auto => VmSourceMode::Qemu,
+            forced => forced,
+        }
+    }
+
     /// One whole scrape. Blocking: call it from a blocking thread.
     pub fn collect(&self) -> MetricSet {
         let start = Instant::now();
@@ -107,21 +122,42 @@ impl Engine {
         let mut runs = Vec::new();
 
         if self.config.collect_running_vms {
+            let kind = self.vm_source();
             let mut pve: Option<PveConfig> = None;
-            self.timed(&mut runs, "pve_config", || {
-                let c = self.pve_config.read(&self.host, self.config.pmxcfs_timeout).map_err(|e| e.to_string())?;
-                pve = Some(c);
-                Ok(())
-            });
+            if kind == VmSourceMode::Pve {
+                self.timed(&mut runs, "pve_config", || {
+                    let c = self.pve_config.read(&self.host, self.config.pmxcfs_timeout).map_err(|e| e.to_string())?;
+                    pve = Some(c);
+                    Ok(())
+                });
+            }
             let mut vms: Vec<Vm> = Vec::new();
             self.timed(&mut runs, "kvm", || {
-                let found = vm::discover(&self.host, &PveSource { host: &self.host, config: pve.as_ref() })
-                    .map_err(|e| format!("listing /proc: {e}"))?;
+                let pve_source;
+                let libvirt_source;
+                let source: &dyn VmSource = match kind {
+                    VmSourceMode::Libvirt => {
+                        libvirt_source = LibvirtSource { host: &self.host, reader: &self.libvirt };
+                        &libvirt_source
+                    }
+                    VmSourceMode::Qemu => &QemuSource,
+                    VmSourceMode::Pve | VmSourceMode::Auto => {
+                        pve_source = PveSource { host: &self.host, config: pve.as_ref() };
+                        &pve_source
+                    }
+                };
+                let found = vm::discover(&self.host, source).map_err(|e| format!("listing /proc: {e}"))?;
                 for (pid, why) in &found.skipped {
                     log::debug!("pid {pid}: not reported: {why}");
                 }
                 vms = found.vms;
-                kvm::collect(&self.host, &mut vms, &mut out)
+                let r = kvm::collect(&self.host, &mut vms, &mut out);
+                // A domain whose files could not be read is missing: the collector failed.
+                match (r, found.errors.is_empty()) {
+                    (r, true) => r,
+                    (Ok(()), false) => Err(found.errors.join("; ")),
+                    (Err(e), false) => Err(format!("{}; {e}", found.errors.join("; "))),
+                }
             });
             // NICs and disks from each VM's QEMU monitor, within --qm-terminal-timeout.
             let mut devices = Vec::new();

@@ -18,7 +18,19 @@ use crate::{
 /// Ask every VM's monitor. Err when some VM's monitor failed (its NIC and disk series are then
 /// missing or come from the cache only).
 pub fn fetch(monitor: &Monitor, host: &HostRoot, vms: &[Vm], out: &mut Vec<VmDevices>) -> Result<(), String> {
-    *out = monitor.fetch_all(host, vms);
+    // Only PVE VMs have a monitor to ask: libvirt holds its domains' monitors itself, and
+    // plain QEMU has none we know of. Their devices come from the XML or command line.
+    let pve: Vec<Vm> = vms.iter().filter(|v| v.source == crate::vm::PVE).cloned().collect();
+    *out = monitor.fetch_all(host, &pve);
+    out.extend(vms.iter().filter_map(|v| {
+        let x = v.extra.as_ref()?;
+        Some(VmDevices {
+            id: v.id.clone(),
+            nics: Some(x.nics.clone()),
+            drives: Some(x.drives.clone()),
+            ..VmDevices::default()
+        })
+    }));
     let errors: Vec<String> =
         out.iter().filter(|d| !d.errors.is_empty()).map(|d| format!("VM {}: {}", d.id, d.errors.join("; "))).collect();
     if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
@@ -51,8 +63,20 @@ pub fn collect_nics(host: &HostRoot, devices: &[VmDevices], out: &mut MetricSet)
             out.family(&KVM_NIC_QUEUES).push(labels(), nic.queues);
             match sysfs::net_statistics(host, &nic.ifname) {
                 Ok(stats) => {
-                    for (i, v) in stats {
+                    for &(i, v) in &stats {
                         if let Some(def) = KVM_NIC_STATS.get(i) {
+                            out.family(def).push(labels(), v);
+                        }
+                    }
+                    // The guest's view: what the host's tap receives, the guest sent.
+                    for (file, def) in [
+                        ("tx_bytes", &KVM_GUEST_NETWORK_RECEIVE_BYTES),
+                        ("rx_bytes", &KVM_GUEST_NETWORK_TRANSMIT_BYTES),
+                        ("tx_packets", &KVM_GUEST_NETWORK_RECEIVE_PACKETS),
+                        ("rx_packets", &KVM_GUEST_NETWORK_TRANSMIT_PACKETS),
+                    ] {
+                        if let Some(&(_, v)) = stats.iter().find(|(i, _)| sysfs::NET_STATISTICS.get(*i) == Some(&file))
+                        {
                             out.family(def).push(labels(), v);
                         }
                     }

@@ -4,6 +4,7 @@ pub mod command;
 pub mod ebpf;
 pub mod hmp;
 pub mod kvm_debugfs;
+pub mod libvirt;
 pub mod lvm;
 pub mod monitor;
 pub mod node;

@@ -597,7 +597,7 @@ mod tests {
     }
 
     fn vm(id: &str, pid: u32) -> Vm {
-        Vm { id: id.into(), pid, name: String::new(), cpu: String::new(), vcores: 1, maxmem_bytes: 0, pool: None }
+        Vm { vcores: 1, ..crate::vm::tests_vm(id, pid) }
     }
 
     fn take(fake: &Fake) -> Vec<String> {

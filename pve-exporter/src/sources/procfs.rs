@@ -39,6 +39,82 @@ pub struct QemuCmdline {
     pub vcores: u64,
     /// Guest memory from `-m` (or the sum of memory backends with the NUMA/hotplug form).
     pub maxmem_bytes: u64,
+    /// `-uuid`.
+    pub uuid: Option<String>,
+    /// NICs of `-netdev`/`-nic` with their `-device` (plain QEMU VMs; PVE asks the monitor).
+    pub nics: Vec<CmdlineNic>,
+    /// Drives of `-drive file=...` (plain QEMU VMs).
+    pub drives: Vec<CmdlineDrive>,
+}
+
+/// A NIC as the command line describes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CmdlineNic {
+    /// `id=` of the `-netdev` (`nicN` for the Nth `-nic`).
+    pub netdev: String,
+    /// The backend: `tap`, `bridge`, `user`, ...
+    pub kind: String,
+    /// `ifname=` of a tap backend; empty when QEMU or a helper picks the name.
+    pub ifname: String,
+    /// The `-device` driver (`virtio-net-pci`) or `model=` of `-nic`.
+    pub model: String,
+    pub mac: String,
+}
+
+/// A `-drive` with a file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CmdlineDrive {
+    /// `id=`, else `drive<N>` by position.
+    pub name: String,
+    pub file: String,
+    pub format: String,
+    pub read_only: bool,
+}
+
+fn parse_nics(args: &[String]) -> Vec<CmdlineNic> {
+    let mut nics: Vec<CmdlineNic> = Vec::new();
+    for w in args.windows(2) {
+        let v = w[1].as_str();
+        let kind = || kv(v, "type").unwrap_or_else(|| first_field(v)).to_string();
+        match w[0].as_str() {
+            "-netdev" => nics.push(CmdlineNic {
+                netdev: kv(v, "id").unwrap_or("").to_string(),
+                kind: kind(),
+                ifname: kv(v, "ifname").unwrap_or("").to_string(),
+                ..CmdlineNic::default()
+            }),
+            "-nic" => nics.push(CmdlineNic {
+                netdev: kv(v, "id").map_or_else(|| format!("nic{}", nics.len()), str::to_string),
+                kind: kind(),
+                ifname: kv(v, "ifname").unwrap_or("").to_string(),
+                model: kv(v, "model").unwrap_or("").to_string(),
+                mac: kv(v, "mac").unwrap_or("").to_string(),
+            }),
+            _ => {}
+        }
+    }
+    // The NIC devices name their backend.
+    for dev in option_values(args, "-device") {
+        if let Some(n) = kv(dev, "netdev").and_then(|id| nics.iter_mut().find(|n| n.netdev == id)) {
+            n.model = first_field(dev).to_string();
+            n.mac = kv(dev, "mac").unwrap_or("").to_string();
+        }
+    }
+    nics
+}
+
+fn parse_drives(args: &[String]) -> Vec<CmdlineDrive> {
+    option_values(args, "-drive")
+        .enumerate()
+        .filter_map(|(i, d)| {
+            Some(CmdlineDrive {
+                name: kv(d, "id").map_or_else(|| format!("drive{i}"), str::to_string),
+                file: kv(d, "file").filter(|f| !f.is_empty())?.to_string(),
+                format: kv(d, "format").unwrap_or("").to_string(),
+                read_only: matches!(kv(d, "readonly"), Some("on" | "true" | "yes")) || kv(d, "media") == Some("cdrom"),
+            })
+        })
+        .collect()
 }
 
 fn option_values<'a>(args: &'a [String], opt: &'a str) -> impl Iterator<Item = &'a str> + 'a {
@@ -116,6 +192,9 @@ pub fn parse_qemu_cmdline(args: &[String]) -> QemuCmdline {
         cpu: option_values(args, "-cpu").next().map(first_field).unwrap_or("").to_string(),
         vcores: option_values(args, "-smp").next().map(parse_smp).unwrap_or(1),
         maxmem_bytes: parse_maxmem(args),
+        uuid: option_values(args, "-uuid").next().map(str::to_string),
+        nics: parse_nics(args),
+        drives: parse_drives(args),
     }
 }
 
@@ -390,6 +469,7 @@ mod tests {
                 cpu: "host".into(),
                 vcores: 4,
                 maxmem_bytes: 2048 << 20,
+                ..QemuCmdline::default()
             }
         );
     }
@@ -408,6 +488,29 @@ mod tests {
         assert_eq!((c.id, c.vcores, c.maxmem_bytes), (None, 1, 512 << 20));
         // Option at the very end without a value.
         assert_eq!(parse_qemu_cmdline(&args("kvm -id")).id, None);
+    }
+
+    #[test]
+    fn plain_qemu_devices() {
+        let c = parse_qemu_cmdline(&args(
+            "qemu-system-x86_64 -name web -uuid 1b4e28ba-2fa1-11d2-883f-0016d3cca427 \
+             -netdev tap,id=n0,ifname=qtap0,script=no,downscript=no -device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56 \
+             -netdev user,id=n1 -nic tap,ifname=qtap1,model=e1000,mac=52:54:00:00:00:02 \
+             -drive file=/img/web.qcow2,format=qcow2,if=virtio,id=disk0 -drive if=none,id=empty \
+             -drive file=/img/seed.iso,media=cdrom",
+        ));
+        assert_eq!(c.uuid.as_deref(), Some("1b4e28ba-2fa1-11d2-883f-0016d3cca427"));
+        let nics: Vec<_> = c.nics.iter().map(|n| (&*n.netdev, &*n.kind, &*n.ifname, &*n.model, &*n.mac)).collect();
+        assert_eq!(
+            nics,
+            [
+                ("n0", "tap", "qtap0", "virtio-net-pci", "52:54:00:12:34:56"),
+                ("n1", "user", "", "", ""),
+                ("nic2", "tap", "qtap1", "e1000", "52:54:00:00:00:02"),
+            ]
+        );
+        let drives: Vec<_> = c.drives.iter().map(|d| (&*d.name, &*d.file, &*d.format, d.read_only)).collect();
+        assert_eq!(drives, [("disk0", "/img/web.qcow2", "qcow2", false), ("drive2", "/img/seed.iso", "", true)]);
     }
 
     #[test]

@@ -78,6 +78,23 @@ pub fn host_root(vmids: &[u32]) -> TestRoot {
     TestRoot { dir, _locks: locks }
 }
 
+/// A host root like [`host_root`] without /etc/pve and with an empty `/run/libvirt/qemu`, where
+/// the test writes the pid files and status XML of the domains it presents (`--vm-source auto`
+/// picks libvirt there). `vmids` are only locked: the domains are named by the test.
+pub fn libvirt_root(vmids: &[u32]) -> TestRoot {
+    let root = host_root(vmids);
+    std::fs::remove_dir_all(root.path().join("etc")).expect("rm etc");
+    std::fs::create_dir_all(root.path().join("run/libvirt/qemu")).expect("mkdir run/libvirt/qemu");
+    root
+}
+
+/// A host root with neither /etc/pve nor libvirt: `--vm-source auto` picks plain QEMU.
+pub fn plain_root(vmids: &[u32]) -> TestRoot {
+    let root = host_root(vmids);
+    std::fs::remove_dir_all(root.path().join("etc")).expect("rm etc");
+    root
+}
+
 pub fn require_privileges() {
     // SAFETY: no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
@@ -152,6 +169,10 @@ impl Daemon {
             assert!(Instant::now() < deadline, "pve-exporter did not answer /healthz within 30 s");
             std::thread::sleep(Duration::from_millis(50));
         }
+        // The daemon collects once at start-up (systemd readiness), and a scrape arriving while
+        // a collection is in flight shares it: without this, a test's first scrape could show
+        // the host as it was before the test started its guests.
+        let _ = d.get("/metrics");
         d
     }
 
@@ -208,12 +229,19 @@ pub struct Guest {
 
 impl Guest {
     pub fn start(vmid: u32, smp: u32, writes: u64, dir: &Path) -> Guest {
+        let ident = ["-id".to_string(), vmid.to_string(), "-name".into(), format!("test{vmid},debug-threads=on")];
+        Self::start_as("/usr/bin/kvm", &ident, vmid, smp, writes, dir)
+    }
+
+    /// A test guest with `argv0` and the identity options `ident` (libvirt's
+    /// `-name guest=<name>,... -uuid <uuid>`, a plain `-name`, ...); `vmid` names its ready file.
+    pub fn start_as(argv0: &str, ident: &[String], vmid: u32, smp: u32, writes: u64, dir: &Path) -> Guest {
         let ready: PathBuf = dir.join(format!("guest-{vmid}.ready"));
         // A ready file of an earlier guest with this vmid would end the wait at once.
         let _ = std::fs::remove_file(&ready);
         let child = Command::new(GUEST)
-            .arg0("/usr/bin/kvm")
-            .args(["-id", &vmid.to_string(), "-name", &format!("test{vmid},debug-threads=on")])
+            .arg0(argv0)
+            .args(ident)
             .args(["-smp", &smp.to_string(), "-m", "32", "-cpu", "host"])
             .args(["-pio-writes", &writes.to_string()])
             .arg("-ready-file")
