@@ -3,10 +3,7 @@
 
 mod common;
 
-use std::{
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
 use common::{Daemon, Guest, host_root, require_privileges, sample};
 
@@ -146,23 +143,7 @@ fn promtool_accepts_a_real_scrape() {
     let _g = Guest::start(105, 1, 50, root.path());
     let m = daemon.get("/metrics");
     assert!(m.contains("pve_kvm_info{"), "{m}");
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool not found: `cargo xtask setup` installs it (Debian package prometheus)");
-    use std::io::Write;
-    child.stdin.take().expect("stdin").write_all(m.as_bytes()).expect("write");
-    let out = child.wait_with_output().expect("promtool");
-    assert!(
-        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-        "promtool check metrics: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::promtool_accepts(&m);
 }
 
 /// /etc/pve hangs (pmxcfs stuck): the scrape still answers 200, only pve_config fails, and

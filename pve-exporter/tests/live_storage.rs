@@ -8,10 +8,9 @@ use std::{
     ffi::CString,
     os::unix::{ffi::OsStrExt, fs::symlink},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
 };
 
-use common::{Daemon, sample};
+use common::{Daemon, promtool_accepts, sample};
 
 const MIB: f64 = (1u64 << 20) as f64;
 
@@ -129,24 +128,4 @@ fn storages_on_real_mounts() {
     assert_eq!(sample(&m, "pve_node_storage_size_bytes", &[("name", "live-nfs")]), None, "{m}");
     assert_eq!(sample(&m, "pve_node_storage_size_bytes", &[("name", "live-dir")]), Some(below), "{m}");
     assert_eq!(sample(&m, "pve_exporter_collector_success", &[("collector", "storage")]), Some(1.0));
-}
-
-fn promtool_accepts(text: &str) {
-    use std::io::Write;
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool not found: `cargo xtask setup` installs it (Debian package prometheus)");
-    child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write");
-    let out = child.wait_with_output().expect("promtool");
-    assert!(
-        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-        "promtool check metrics: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }

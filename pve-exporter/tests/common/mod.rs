@@ -284,23 +284,6 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     })
 }
 
-/// Copy a fixture tree, keeping symlinks as symlinks (`exe`).
-pub fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read_dir") {
-        let entry = entry.expect("entry");
-        let (src, dst) = (entry.path(), to.join(entry.file_name()));
-        let ty = entry.file_type().expect("file type");
-        if ty.is_symlink() {
-            symlink(std::fs::read_link(&src).expect("readlink"), &dst).expect("symlink");
-        } else if ty.is_dir() {
-            copy_tree(&src, &dst);
-        } else {
-            std::fs::copy(&src, &dst).expect("copy");
-        }
-    }
-}
-
 /// `(comm, [run ns, wait ns, timeslices])` of every thread of `pid`, from the real /proc.
 pub fn thread_schedstats(pid: u32) -> Vec<(String, [u64; 3])> {
     let mut out = Vec::new();
@@ -313,4 +296,24 @@ pub fn thread_schedstats(pid: u32) -> Vec<(String, [u64; 3])> {
         }
     }
     out
+}
+
+/// `promtool check metrics` (Prometheus' own linter) accepts `text` without a remark.
+pub fn promtool_accepts(text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool not found: `cargo xtask setup` installs it (Debian package prometheus)");
+    child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
