@@ -233,7 +233,7 @@ pub static PVE_COLLECTOR_INFO: Def = gauge(
     "Where each PVE collector reads from: source local, api or off (always 1)",
 );
 
-static PVE_FAMILIES: &[&Def] = &[
+static PVE_NODE_FAMILIES: &[&Def] = &[
     &PVE_NODE_LOAD1,
     &PVE_NODE_LOAD5,
     &PVE_NODE_LOAD15,
@@ -245,12 +245,19 @@ static PVE_FAMILIES: &[&Def] = &[
     &PVE_NODE_ROOTFS_AVAILABLE,
     &PVE_NODE_KSM_SHARED,
     &PVE_NODE_BOOT_MODE_INFO,
+];
+
+/// The VM pressure families, in the order the collector fills them (cpu, memory, io; some, full).
+pub static PVE_VM_PRESSURE: &[&Def] = &[
     &PVE_VM_PRESSURE_CPU_SOME,
     &PVE_VM_PRESSURE_CPU_FULL,
     &PVE_VM_PRESSURE_MEMORY_SOME,
     &PVE_VM_PRESSURE_MEMORY_FULL,
     &PVE_VM_PRESSURE_IO_SOME,
     &PVE_VM_PRESSURE_IO_FULL,
+];
+
+static PVE_HA_AND_DISKS: &[&Def] = &[
     &PVE_HA_CRM_MASTER,
     &PVE_HA_NODE_STATUS,
     &PVE_HA_LRM_TIMESTAMP,
@@ -503,7 +510,9 @@ pub fn all() -> impl Iterator<Item = &'static Def> {
         KVM_EBPF,
         KVM_SCHED_DEBUGFS,
         NODE_STORAGE,
-        PVE_FAMILIES,
+        PVE_NODE_FAMILIES,
+        PVE_VM_PRESSURE,
+        PVE_HA_AND_DISKS,
         EXPORTER,
         EXPORTER_KVM_DEBUGFS,
         EXPORTER_PVE,

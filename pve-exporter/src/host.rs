@@ -2,9 +2,10 @@
 //! point the daemon at a fixture tree (`--root`), and small helpers for reading below it.
 
 use std::{
+    collections::HashMap,
     fs, io,
     path::{Path, PathBuf},
-    sync::mpsc,
+    sync::{Arc, Mutex, mpsc},
     thread,
     time::Duration,
 };
@@ -37,6 +38,32 @@ impl HostRoot {
 
     pub fn read_to_string(&self, rel: impl AsRef<Path>) -> io::Result<String> {
         fs::read_to_string(self.path(rel))
+    }
+}
+
+/// One read of a file: its contents, or the error (kept as kind and text: io::Error is not Clone).
+type FileRead = Result<Arc<Vec<u8>>, (io::ErrorKind, String)>;
+
+/// Host-wide files read at most once per collection: several collectors need the same file
+/// (/proc/meminfo: MemTotal for the VMs, swap for the node), and each reads it through here.
+/// Made anew for every collection, so nothing is ever stale.
+#[derive(Debug)]
+pub struct ScrapeFiles<'a> {
+    host: &'a HostRoot,
+    read: Mutex<HashMap<&'static str, FileRead>>,
+}
+
+impl<'a> ScrapeFiles<'a> {
+    pub fn new(host: &'a HostRoot) -> Self {
+        Self { host, read: Mutex::default() }
+    }
+
+    /// The contents of `rel` below the host root, read on first use in this collection.
+    pub fn read(&self, rel: &'static str) -> io::Result<Arc<Vec<u8>>> {
+        let mut read = self.read.lock().unwrap_or_else(|p| p.into_inner());
+        let r =
+            read.entry(rel).or_insert_with(|| self.host.read(rel).map(Arc::new).map_err(|e| (e.kind(), e.to_string())));
+        r.clone().map_err(|(kind, msg)| io::Error::new(kind, msg))
     }
 }
 
@@ -97,6 +124,19 @@ impl BlockingGate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scrape_files_read_once() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), "one").unwrap();
+        let host = HostRoot::new(dir.path());
+        let files = ScrapeFiles::new(&host);
+        assert_eq!(files.read("f").unwrap().as_slice(), b"one");
+        std::fs::write(dir.path().join("f"), "two").unwrap();
+        assert_eq!(files.read("f").unwrap().as_slice(), b"one", "one read per collection");
+        assert_eq!(files.read("missing").unwrap_err().kind(), io::ErrorKind::NotFound);
+        assert_eq!(ScrapeFiles::new(&host).read("f").unwrap().as_slice(), b"two");
+    }
 
     #[test]
     fn paths_stay_below_the_root() {

@@ -3,7 +3,7 @@
 
 use crate::{
     catalog::*,
-    host::{HostRoot, is_gone},
+    host::{HostRoot, ScrapeFiles, is_gone},
     metrics::MetricSet,
     sources::procfs,
     vm::Vm,
@@ -16,9 +16,9 @@ fn id(vm: &Vm) -> [(&'static str, String); 1] {
 /// Read every VM's process files and add its families. VMs whose process is gone by now are
 /// removed from `vms` (they stopped mid-scrape: not an error). Err when some file could not
 /// be read or parsed for a running VM (its other series are still reported).
-pub fn collect(host: &HostRoot, vms: &mut Vec<Vm>, out: &mut MetricSet) -> Result<(), String> {
+pub fn collect(host: &HostRoot, files: &ScrapeFiles, vms: &mut Vec<Vm>, out: &mut MetricSet) -> Result<(), String> {
     let mut errors = Vec::new();
-    let memtotal = host
+    let memtotal = files
         .read("proc/meminfo")
         .map_err(|e| e.to_string())
         .and_then(|t| procfs::parse_memtotal(&t))

@@ -120,6 +120,7 @@ impl Engine {
         let start = Instant::now();
         let mut out = MetricSet::new(&self.config.metrics_prefix);
         let mut runs = Vec::new();
+        let files = crate::host::ScrapeFiles::new(&self.host);
 
         if self.config.collect_running_vms {
             let kind = self.vm_source();
@@ -151,7 +152,7 @@ impl Engine {
                     log::debug!("pid {pid}: not reported: {why}");
                 }
                 vms = found.vms;
-                let r = kvm::collect(&self.host, &mut vms, &mut out);
+                let r = kvm::collect(&self.host, &files, &mut vms, &mut out);
                 // A domain whose files could not be read is missing: the collector failed.
                 match (r, found.errors.is_empty()) {
                     (r, true) => r,
@@ -187,7 +188,7 @@ impl Engine {
         if self.config.collect_storage {
             storage::collect(self, &mut runs, &mut out);
         }
-        pve::collect(self, &mut runs, &mut out);
+        pve::collect(self, &files, &mut runs, &mut out);
 
         let st = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
         selfmetrics::collect(&st, &runs, start.elapsed(), &mut out);

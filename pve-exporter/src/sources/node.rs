@@ -9,7 +9,7 @@ use std::{io, time::Duration};
 use procfs::FromBufRead;
 
 use crate::{
-    host::{BlockingGate, HostRoot},
+    host::{BlockingGate, HostRoot, ScrapeFiles},
     sources::statvfs,
 };
 
@@ -99,6 +99,7 @@ fn page_size() -> u64 {
 /// reported in `errors`.
 pub fn read_node_status(
     host: &HostRoot,
+    files: &ScrapeFiles,
     gate: &BlockingGate,
     timeout: Duration,
     errors: &mut Vec<String>,
@@ -108,7 +109,7 @@ pub fn read_node_status(
         Ok(t) => st.load = parse_loadavg(&t).map_err(|e| errors.push(e)).ok(),
         Err(e) => errors.push(format!("proc/loadavg: {e}")),
     }
-    match host.read("proc/meminfo") {
+    match files.read("proc/meminfo") {
         Ok(t) => st.swap = swap_from_meminfo(&t).map_err(|e| errors.push(e)).ok(),
         Err(e) => errors.push(format!("proc/meminfo: {e}")),
     }
@@ -199,7 +200,13 @@ mod tests {
         std::fs::write(dir.path().join("proc/loadavg"), "1.00 0.50 0.25 1/100 42\n").unwrap();
         let host = HostRoot::new(dir.path());
         let mut errors = Vec::new();
-        let st = read_node_status(&host, &BlockingGate::default(), Duration::from_secs(5), &mut errors);
+        let st = read_node_status(
+            &host,
+            &ScrapeFiles::new(&host),
+            &BlockingGate::default(),
+            Duration::from_secs(5),
+            &mut errors,
+        );
         assert_eq!(st.load, Some([1.0, 0.5, 0.25]));
         assert_eq!(st.swap, None, "no meminfo");
         assert_eq!(errors.len(), 1, "{errors:?}");

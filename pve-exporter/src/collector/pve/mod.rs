@@ -31,7 +31,7 @@ use super::{CollectorRun, Engine, panic_message};
 use crate::{
     catalog::PVE_COLLECTOR_INFO,
     config::{Config, PVE_COLLECTORS, PveScope, PveSource},
-    host::{BlockingGate, HostRoot, call_with_timeout},
+    host::{BlockingGate, HostRoot, ScrapeFiles, call_with_timeout},
     metrics::MetricSet,
     sources::{
         pve_api::{self, ApiSettings, PveApi, Session, Trust},
@@ -69,6 +69,8 @@ static REGISTRY: [&dyn PveCollector; 4] = [
 /// What the local collectors need.
 struct LocalCtx<'a> {
     host: &'a HostRoot,
+    /// Host-wide files shared with the other collectors of this collection.
+    files: &'a ScrapeFiles<'a>,
     /// The /etc/pve gate shared with `pve_config` and `storage`.
     pmxcfs: &'a BlockingGate,
     pmxcfs_timeout: Duration,
@@ -268,7 +270,7 @@ fn scope_name(s: PveScope) -> &'static str {
 }
 
 /// Run the PVE collectors of the plan and add their families.
-pub(super) fn collect(e: &Engine, runs: &mut Vec<CollectorRun>, out: &mut MetricSet) {
+pub(super) fn collect(e: &Engine, files: &ScrapeFiles, runs: &mut Vec<CollectorRun>, out: &mut MetricSet) {
     let st = &e.pve;
     let f = out.family(&PVE_COLLECTOR_INFO);
     for p in &st.plans {
@@ -285,6 +287,7 @@ pub(super) fn collect(e: &Engine, runs: &mut Vec<CollectorRun>, out: &mut Metric
 
     let local = LocalCtx {
         host: &e.host,
+        files,
         pmxcfs: &st.pmxcfs,
         pmxcfs_timeout: e.config.pmxcfs_timeout,
         statvfs: &st.statvfs,

@@ -35,7 +35,7 @@ impl PveCollector for NodeStatusCollector {
     fn local(&self, ctx: &LocalCtx, out: &mut MetricSet) -> Result<(), String> {
         let node = ctx.emit.node()?;
         let mut errors = Vec::new();
-        let st = node::read_node_status(ctx.host, ctx.statvfs, ctx.statvfs_timeout, &mut errors);
+        let st = node::read_node_status(ctx.host, ctx.files, ctx.statvfs, ctx.statvfs_timeout, &mut errors);
         emit(node, &st, out);
         if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
     }

@@ -6,7 +6,7 @@ use super::{ApiCtx, LocalCtx, PveCollector, vm_configs};
 use crate::{
     catalog::*,
     host::HostRoot,
-    metrics::{Def, MetricSet},
+    metrics::MetricSet,
     sources::{
         pressure::{self, VmPressure},
         pve_api,
@@ -58,18 +58,9 @@ impl PveCollector for VmPressureCollector {
     }
 }
 
-/// The families in the order of [`VmPressure::ratios`].
-static FAMILIES: [&Def; 6] = [
-    &PVE_VM_PRESSURE_CPU_SOME,
-    &PVE_VM_PRESSURE_CPU_FULL,
-    &PVE_VM_PRESSURE_MEMORY_SOME,
-    &PVE_VM_PRESSURE_MEMORY_FULL,
-    &PVE_VM_PRESSURE_IO_SOME,
-    &PVE_VM_PRESSURE_IO_FULL,
-];
-
 pub(super) fn emit(node: &str, vms: &[VmPressure], out: &mut MetricSet) {
-    for (i, def) in FAMILIES.iter().enumerate() {
+    // PVE_VM_PRESSURE lists the families in the order of `VmPressure::ratios`.
+    for (i, def) in PVE_VM_PRESSURE.iter().enumerate() {
         for vm in vms {
             if let Some(r) = vm.ratios[i] {
                 out.family(def).push([("id", format!("qemu/{}", vm.vmid)), ("node", node.to_string())], r);
