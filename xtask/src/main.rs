@@ -1,5 +1,6 @@
-//! Developer tasks. `cargo xtask setup | run | demo | test | deb`; see README.md.
+//! Developer tasks. `cargo xtask setup | run | demo | test | bench | deb`; see README.md.
 
+mod bench;
 mod deb;
 mod demo;
 
@@ -21,6 +22,9 @@ usage: cargo xtask <task> [args]
   demo [-- ARGS]   like run, but always with the demo VMs
   test             setup, then the whole test suite: fmt, clippy, unit, fixture, golden,
                    promtool and the privileged eBPF/KVM tests, and the procfs-only build
+  bench [--quick] [host|ebpf|parsers|all]
+                   the benchmarks of docs/benchmarks.md (release build; results also in
+                   target/bench/); --quick is the test suite's small, fast mode
   deb [--binary PATH] [--out DIR]
                    build the Debian package (release build; target/debian/ by default)";
 
@@ -65,6 +69,10 @@ fn real_main() -> Result<()> {
         "test" => {
             setup()?;
             test()
+        }
+        "bench" => {
+            setup()?;
+            bench::run(&passthrough)
         }
         "deb" => deb::build(&deb::Options::parse(&passthrough)?).map(|_| ()),
         "help" | "-h" | "--help" => {
