@@ -1,9 +1,481 @@
-//! `cargo xtask bench host`: see docs/benchmarks.md.
+//! `cargo xtask bench host`: the daemon scraped over HTTP, as Prometheus would, on generated
+//! hosts of N VMs. docs/benchmarks.md explains the figures.
+//!
+//! - `qemu-N` (N = 10, 100): N real QEMU processes (`-accel tcg -S`) with PVE-shaped command
+//!   lines (`/usr/bin/kvm -id <vmid> ...`, two disks, a tap and a user NIC, a QMP socket and a
+//!   pid file under the host root), PVE configs, pools and storage.cfg; the real /proc and /sys.
+//!   The daemon runs as in production: every collector, eBPF on.
+//! - `fixture-N` (N = 100, 1000): a generated host root whose /proc holds N QEMU-shaped
+//!   processes (cmdline, stat, status, io, vCPU threads) among other processes, with PVE
+//!   configs and cgroup PSI files; no monitor sockets (so no NIC and disk series) and eBPF off.
+//!   1000 real QEMU processes do not fit this machine; the fixture pair gives the scaling ratio.
+//!
+//! For each host: cold = the daemon's own time for its first collection (every cache empty,
+//! every VM's topology fetched), over several daemon starts; warm = M sequential scrapes: wall
+//! time (median, p99) measured here, CPU per scrape from the daemon's utime+stime, RSS after,
+//! series and bytes of a scrape.
 
-use anyhow::Result;
+use std::{
+    fmt::Write as _,
+    fs,
+    os::unix::{fs::symlink, process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
 
-use super::Bench;
+use anyhow::{Context, Result, bail};
 
-pub fn run(_bench: &Bench) -> Result<()> {
-    anyhow::bail!("not written yet")
+use super::{Bench, Daemon, median_p99};
+use crate::run_cmd;
+
+/// First vmid of the generated VMs (clear of the live tests' vmids).
+const FIRST_VMID: u32 = 2000;
+
+/// One measured host.
+struct Row {
+    host: String,
+    vms: usize,
+    cold_ms: f64,
+    warm_median_ms: f64,
+    warm_p99_ms: f64,
+    cpu_ms: f64,
+    rss_mib: f64,
+    rss_anon_mib: f64,
+    series: usize,
+    bytes: usize,
+}
+
+pub fn run(bench: &Bench) -> Result<()> {
+    let (qemu_sizes, fixture_sizes, starts, scrapes) =
+        if bench.quick { (vec![2], vec![20], 1, 5) } else { (vec![10, 100], vec![100, 1000], 5, 200) };
+    // Overrides for profiling one case: BENCH_QEMU=100 BENCH_FIXTURE= BENCH_SCRAPES=50 ...
+    let sizes = |var: &str, default: Vec<usize>| match std::env::var(var) {
+        Ok(v) => v.split(',').filter_map(|n| n.trim().parse().ok()).collect(),
+        Err(_) => default,
+    };
+    let (qemu_sizes, fixture_sizes) = (sizes("BENCH_QEMU", qemu_sizes), sizes("BENCH_FIXTURE", fixture_sizes));
+    let starts = sizes("BENCH_STARTS", vec![starts]).first().copied().unwrap_or(starts).max(1);
+    let scrapes = sizes("BENCH_SCRAPES", vec![scrapes]).first().copied().unwrap_or(scrapes).max(1);
+    let mut rows = Vec::new();
+    for &n in &qemu_sizes {
+        rows.push(qemu_host(bench, n, starts, scrapes)?);
+    }
+    for &n in &fixture_sizes {
+        rows.push(fixture_host(bench, n, starts, scrapes)?);
+    }
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "| host | VMs | cold scrape (ms, median of {starts}) | warm scrape median (ms) | warm p99 (ms) | CPU per warm scrape (ms) | RSS (MiB) | RSS anon (MiB) | series | bytes |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+    for r in &rows {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {} | {} |",
+            r.host,
+            r.vms,
+            r.cold_ms,
+            r.warm_median_ms,
+            r.warm_p99_ms,
+            r.cpu_ms,
+            r.rss_mib,
+            r.rss_anon_mib,
+            r.series,
+            r.bytes
+        );
+    }
+    // The scaling figure: the larger fixture host against the smaller one.
+    if let [small, large] = rows.iter().filter(|r| r.host.starts_with("fixture")).collect::<Vec<_>>()[..] {
+        let _ = writeln!(
+            md,
+            "\nScaling: warm scrape {} VMs / {} VMs = {:.2} (VMs x{:.0}); CPU per scrape x{:.2}.",
+            large.vms,
+            small.vms,
+            large.warm_median_ms / small.warm_median_ms,
+            large.vms as f64 / small.vms as f64,
+            large.cpu_ms / small.cpu_ms
+        );
+    }
+    let _ = writeln!(md, "\nMachine: {} (load average before: {})", machine(), loadavg());
+    bench.report("host", &md)
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cpus} CPUs, kernel {}", kernel.trim())
+}
+
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// Cold starts, then warm scrapes of one host root.
+fn measure(bench: &Bench, host: String, vms: usize, args: &[&str], starts: usize, scrapes: usize) -> Result<Row> {
+    println!("    {host}: {starts} cold start(s), {scrapes} warm scrapes (load {})", loadavg());
+    let mut cold = Vec::new();
+    for _ in 1..starts {
+        cold.push(Daemon::start(bench, args)?.first_collection.as_secs_f64() * 1e3);
+    }
+    let daemon = Daemon::start(bench, args)?;
+    cold.push(daemon.first_collection.as_secs_f64() * 1e3);
+    // Two scrapes settle what the first collection left (thread pools, allocator arenas).
+    let (_, body) = daemon.scrape()?;
+    let (series, bytes) = (body.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).count(), body.len());
+    check_vms(&host, &body, vms)?;
+    daemon.scrape()?;
+
+    let ticks_before = daemon.cpu_ticks()?;
+    let mut walls = Vec::with_capacity(scrapes);
+    for _ in 0..scrapes {
+        walls.push(daemon.scrape()?.0.as_secs_f64() * 1e3);
+    }
+    let ticks = daemon.cpu_ticks()? - ticks_before;
+    let (rss, anon, _file) = daemon.rss_kib()?;
+    let (warm_median_ms, warm_p99_ms) = median_p99(&mut walls);
+    let tick_ms = 1e3 / clock_ticks_per_second();
+    Ok(Row {
+        host,
+        vms,
+        cold_ms: median_p99(&mut cold).0,
+        warm_median_ms,
+        warm_p99_ms,
+        cpu_ms: ticks as f64 * tick_ms / scrapes as f64,
+        rss_mib: rss as f64 / 1024.0,
+        rss_anon_mib: anon as f64 / 1024.0,
+        series,
+        bytes,
+    })
+}
+
+/// The scrape must show every generated VM, or the figures measure something else.
+fn check_vms(host: &str, body: &str, vms: usize) -> Result<()> {
+    let seen = body.lines().filter(|l| l.starts_with("pve_kvm_info{")).count();
+    if seen != vms {
+        bail!("{host}: the scrape shows {seen} VMs, expected {vms}");
+    }
+    Ok(())
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+// ---- real QEMU hosts ----------------------------------------------------------------------
+
+/// QEMU processes, killed when dropped.
+struct Vms(Vec<Child>);
+
+impl Drop for Vms {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+        }
+        for c in &mut self.0 {
+            let _ = c.wait();
+        }
+    }
+}
+
+fn qemu_host(bench: &Bench, n: usize, starts: usize, scrapes: usize) -> Result<Row> {
+    let root = bench.dir.join(format!("qemu-{n}"));
+    fresh_dir(&root)?;
+    symlink("/proc", root.join("proc"))?;
+    symlink("/sys", root.join("sys"))?;
+    // Paths QEMU reports (the images under the root) resolve below --root too.
+    if let Some(first) = root.components().nth(1) {
+        symlink(Path::new("/").join(first), root.join(first))?;
+    }
+    write_pve_etc(&root, n, true)?;
+    let shim = hide_id_shim(bench)?;
+    let template = disk_templates(bench)?;
+    let run_dir = root.join("var/run/qemu-server");
+    fs::create_dir_all(&run_dir)?;
+    let t = Instant::now();
+    let mut vms = Vms(Vec::new());
+    for i in 0..n {
+        let vmid = FIRST_VMID + i as u32;
+        vms.0.push(start_qemu(&root, vmid, &shim, &template)?);
+    }
+    // Ready when every QMP socket and pid file is there.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for i in 0..n {
+        let vmid = FIRST_VMID + i as u32;
+        while !(run_dir.join(format!("{vmid}.qmp")).exists() && run_dir.join(format!("{vmid}.pid")).exists()) {
+            if Instant::now() > deadline {
+                bail!("QEMU for VM {vmid} did not create its QMP socket and pid file");
+            }
+            if let Some(status) = vms.0[i].try_wait()? {
+                bail!("QEMU for VM {vmid} exited: {status}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    println!("    {n} QEMU VMs up in {:.1} s", t.elapsed().as_secs_f64());
+    let root_s = root.to_string_lossy().into_owned();
+    if std::env::var_os("BENCH_HOLD").is_some() {
+        // For profiling by hand: keep the VMs up until killed.
+        println!("    holding: pve-exporter --root {root_s}");
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+    let row = measure(bench, format!("qemu-{n}"), n, &["--root", &root_s, "--ebpf", "on"], starts, scrapes);
+    drop(vms);
+    row
+}
+
+/// The LD_PRELOAD shim that hides `-id` from Debian's QEMU (pve-exporter/tests/support/hide_id.c).
+fn hide_id_shim(bench: &Bench) -> Result<PathBuf> {
+    let src = crate::workspace_root().join("pve-exporter/tests/support/hide_id.c");
+    let out = bench.dir.join("hide-id.so");
+    run_cmd(Command::new("cc").args(["-shared", "-fPIC", "-O2", "-Wall", "-o"]).arg(&out).arg(&src))?;
+    Ok(out)
+}
+
+/// One qcow2 and one raw image, copied for each VM (qemu-img once, not N times).
+fn disk_templates(bench: &Bench) -> Result<[PathBuf; 2]> {
+    let qcow2 = bench.dir.join("template.qcow2");
+    let raw = bench.dir.join("template.raw");
+    if !qcow2.exists() {
+        run_cmd(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&qcow2).arg("1G"))?;
+    }
+    if !raw.exists() {
+        run_cmd(Command::new("qemu-img").args(["create", "-q", "-f", "raw"]).arg(&raw).arg("64M"))?;
+    }
+    Ok([qcow2, raw])
+}
+
+fn mac(vmid: u32, nic: u32) -> String {
+    format!("BC:24:11:{nic:02X}:{:02X}:{:02X}", vmid >> 8, vmid & 0xff)
+}
+
+fn start_qemu(root: &Path, vmid: u32, shim: &Path, template: &[PathBuf; 2]) -> Result<Child> {
+    let images = root.join(format!("var/lib/vz/images/{vmid}"));
+    fs::create_dir_all(&images)?;
+    let disk0 = images.join(format!("vm-{vmid}-disk-0.qcow2"));
+    let disk1 = images.join(format!("vm-{vmid}-disk-1.raw"));
+    fs::copy(&template[0], &disk0)?;
+    fs::copy(&template[1], &disk1)?;
+    let run_dir = root.join("var/run/qemu-server");
+    let p = |p: &Path| p.to_string_lossy().into_owned();
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.arg0("/usr/bin/kvm")
+        .env("LD_PRELOAD", shim)
+        .args(["-id", &vmid.to_string(), "-name", &format!("bench{vmid},debug-threads=on"), "-no-shutdown"])
+        .args(["-chardev", &format!("socket,id=qmp,path={},server=on,wait=off", p(&run_dir.join(format!("{vmid}.qmp"))))])
+        .args(["-mon", "chardev=qmp,mode=control"])
+        .args(["-pidfile", &p(&run_dir.join(format!("{vmid}.pid")))])
+        .args(["-smp", "1,sockets=1,cores=1,maxcpus=1", "-nodefaults", "-display", "none", "-m", "32"])
+        .args(["-accel", "tcg", "-S", "-cpu", "qemu64"])
+        .args(["-netdev", &format!("type=tap,id=net0,ifname=tap{vmid}i0,script=no,downscript=no")])
+        .args(["-device", &format!("virtio-net-pci,mac={},netdev=net0,id=net0", mac(vmid, 0))])
+        .args(["-netdev", "type=user,id=net1"])
+        .args(["-device", &format!("e1000,mac={},netdev=net1,id=net1", mac(vmid, 1))])
+        .args(["-device", "virtio-scsi-pci,id=scsihw0"])
+        .args(["-drive", &format!("file={},if=none,id=drive-scsi0,format=qcow2,cache=writeback,discard=on", p(&disk0))])
+        .args(["-device", "scsi-hd,bus=scsihw0.0,channel=0,scsi-id=0,lun=0,drive=drive-scsi0,id=scsi0"])
+        .args(["-drive", &format!("file={},if=none,id=drive-virtio0,format=raw,cache=writeback", p(&disk1))])
+        .args(["-device", "virtio-blk-pci,drive=drive-virtio0,id=virtio0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: prctl in the child before exec: the VMs die with the bench.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn().with_context(|| format!("starting QEMU for VM {vmid}"))
+}
+
+/// /etc/pve of a host with VMs `FIRST_VMID..+n`: configs, pools, storage.cfg.
+fn write_pve_etc(root: &Path, n: usize, disks: bool) -> Result<()> {
+    let etc = root.join("etc/pve");
+    fs::create_dir_all(etc.join("qemu-server"))?;
+    fs::create_dir_all(root.join("var/lib/vz/images"))?;
+    let mut pools: [Vec<String>; 3] = Default::default();
+    for i in 0..n {
+        let vmid = FIRST_VMID + i as u32;
+        let mut conf = format!(
+            "boot: order=scsi0;net0\ncores: 1\ncpu: qemu64\nmemory: 32\nname: bench{vmid}\n\
+             net0: virtio={},bridge=vmbr0,firewall=1\nnet1: e1000={},bridge=vmbr0\nostype: l26\n\
+             scsihw: virtio-scsi-pci\nsockets: 1\n",
+            mac(vmid, 0),
+            mac(vmid, 1)
+        );
+        if disks {
+            let _ = writeln!(conf, "scsi0: local:{vmid}/vm-{vmid}-disk-0.qcow2,discard=on,size=1G");
+            let _ = writeln!(conf, "virtio0: local:{vmid}/vm-{vmid}-disk-1.raw,size=64M");
+        }
+        fs::write(etc.join(format!("qemu-server/{vmid}.conf")), conf)?;
+        pools[i % 3].push(vmid.to_string());
+    }
+    fs::write(
+        etc.join("user.cfg"),
+        format!(
+            "user:root@pam:1:0:::root@pam:\npool:web:Web:{}:\npool:web/db:Databases:{}:\npool:batch:Batch:{}:\n",
+            pools[0].join(","),
+            pools[1].join(","),
+            pools[2].join(",")
+        ),
+    )?;
+    fs::write(etc.join("storage.cfg"), "dir: local\n\tpath /var/lib/vz\n\tcontent iso,vztmpl,backup,images\n")?;
+    Ok(())
+}
+
+fn fresh_dir(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
+}
+
+// ---- generated fixture hosts --------------------------------------------------------------
+
+/// Processes that are not VMs, as on a PVE node (pvedaemon workers, sshd, kernel threads...).
+const OTHER_PROCESSES: usize = 300;
+
+fn fixture_host(bench: &Bench, n: usize, starts: usize, scrapes: usize) -> Result<Row> {
+    let root = bench.dir.join(format!("fixture-{n}"));
+    fresh_dir(&root)?;
+    write_pve_etc(&root, n, false)?;
+    let proc = root.join("proc");
+    for f in ["meminfo", "stat", "loadavg", "uptime", "vmstat"] {
+        fs::create_dir_all(&proc)?;
+        fs::copy(Path::new("/proc").join(f), proc.join(f)).with_context(|| format!("copying /proc/{f}"))?;
+    }
+    fs::create_dir_all(proc.join("pressure"))?;
+    for r in ["cpu", "memory", "io"] {
+        fs::write(proc.join(format!("pressure/{r}")), psi())?;
+    }
+    let run_dir = root.join("var/run/qemu-server");
+    fs::create_dir_all(&run_dir)?;
+    for i in 0..OTHER_PROCESSES {
+        let pid = 100 + i as u32;
+        let dir = proc.join(pid.to_string());
+        fs::create_dir_all(&dir)?;
+        // Every third a kernel thread (empty cmdline), like a real /proc.
+        let cmdline = if i % 3 == 0 { String::new() } else { format!("/usr/sbin/daemon{i}\0--foreground\0") };
+        fs::write(dir.join("cmdline"), cmdline)?;
+        fs::write(dir.join("stat"), stat_line(pid, "daemon", 1))?;
+    }
+    for i in 0..n {
+        let vmid = FIRST_VMID + i as u32;
+        let pid = 10_000 + 10 * i as u32;
+        let vcpus = 1 + (i % 4) as u32;
+        write_fixture_vm(&root, vmid, pid, vcpus)?;
+        fs::write(run_dir.join(format!("{vmid}.pid")), format!("{pid}\n"))?;
+        let cg = root.join(format!("sys/fs/cgroup/qemu.slice/{vmid}.scope"));
+        fs::create_dir_all(&cg)?;
+        for r in ["cpu", "memory", "io"] {
+            fs::write(cg.join(format!("{r}.pressure")), psi())?;
+        }
+    }
+    let root_s = root.to_string_lossy().into_owned();
+    measure(bench, format!("fixture-{n}"), n, &["--root", &root_s, "--ebpf", "off"], starts, scrapes)
+}
+
+fn psi() -> &'static str {
+    "some avg10=0.12 avg60=0.08 avg300=0.05 total=123456789\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=2345678\n"
+}
+
+fn stat_line(pid: u32, comm: &str, threads: u32) -> String {
+    format!(
+        "{pid} ({comm}) S 1 {pid} {pid} 0 -1 138412352 220133 0 12 0 {u} {s} 0 0 20 0 {threads} 0 1234567 \
+         2307014656 279311 18446744073709551615 1 1 0 0 0 0 268444224 4096 17635 0 0 0 17 1 0 0 7 0 0 0 0 0 0 0 0 0 0\n",
+        u = 1000 + pid % 997,
+        s = 500 + pid % 499
+    )
+}
+
+/// One QEMU-shaped process: PVE's command line, stat, status, io, and its threads (the vCPUs
+/// named `CPU n/KVM` as with debug-threads=on, plus QEMU's other threads).
+fn write_fixture_vm(root: &Path, vmid: u32, pid: u32, vcpus: u32) -> Result<()> {
+    let dir = root.join(format!("proc/{pid}"));
+    fs::create_dir_all(dir.join("task"))?;
+    let args = [
+        "/usr/bin/kvm".to_string(),
+        "-id".into(),
+        vmid.to_string(),
+        "-name".into(),
+        format!("bench{vmid},debug-threads=on"),
+        "-no-shutdown".into(),
+        "-chardev".into(),
+        format!("socket,id=qmp,path=/var/run/qemu-server/{vmid}.qmp,server=on,wait=off"),
+        "-mon".into(),
+        "chardev=qmp,mode=control".into(),
+        "-pidfile".into(),
+        format!("/var/run/qemu-server/{vmid}.pid"),
+        "-daemonize".into(),
+        "-smbios".into(),
+        "type=1,uuid=6c2f6a52-0d4e-4d7a-9a1b-2f6d1e0c9a10".into(),
+        "-smp".into(),
+        format!("{vcpus},sockets=1,cores={vcpus},maxcpus={vcpus}"),
+        "-nodefaults".into(),
+        "-vnc".into(),
+        format!("unix:/var/run/qemu-server/{vmid}.vnc,password=on"),
+        "-cpu".into(),
+        "host,+kvm_pv_eoi,+kvm_pv_unhalt".into(),
+        "-m".into(),
+        "4096".into(),
+        "-device".into(),
+        "virtio-scsi-pci,id=scsihw0,bus=pci.0,addr=0x5".into(),
+        "-drive".into(),
+        format!("file=/dev/zvol/rpool/data/vm-{vmid}-disk-0,if=none,id=drive-scsi0,format=raw,cache=none,aio=io_uring"),
+        "-device".into(),
+        "scsi-hd,bus=scsihw0.0,channel=0,scsi-id=0,lun=0,drive=drive-scsi0,id=scsi0,bootindex=100".into(),
+        "-netdev".into(),
+        format!("type=tap,id=net0,ifname=tap{vmid}i0,script=/var/lib/qemu-server/pve-bridge,vhost=on"),
+        "-device".into(),
+        format!("virtio-net-pci,mac={},netdev=net0,bus=pci.0,addr=0x12,id=net0", mac(vmid, 0)),
+        "-machine".into(),
+        "type=pc+pve0".into(),
+    ];
+    fs::write(dir.join("cmdline"), args.iter().map(|a| format!("{a}\0")).collect::<String>())?;
+    let threads = vcpus + 3;
+    fs::write(dir.join("stat"), stat_line(pid, "kvm", threads))?;
+    fs::write(
+        dir.join("status"),
+        format!(
+            "Name:\tkvm\nState:\tS (sleeping)\nTgid:\t{pid}\nPid:\t{pid}\nPPid:\t1\nVmPeak:\t 5230412 kB\n\
+             VmSize:\t 5165260 kB\nVmLck:\t       0 kB\nVmPin:\t       0 kB\nVmHWM:\t 4301244 kB\nVmRSS:\t 4290112 kB\n\
+             RssAnon:\t 4271232 kB\nRssFile:\t   18880 kB\nRssShmem:\t       0 kB\nVmData:\t 4420348 kB\n\
+             VmStk:\t     132 kB\nVmExe:\t    6244 kB\nVmLib:\t   38720 kB\nVmPTE:\t    8980 kB\nVmSwap:\t       0 kB\n\
+             HugetlbPages:\t       0 kB\nThreads:\t{threads}\nvoluntary_ctxt_switches:\t{v}\n\
+             nonvoluntary_ctxt_switches:\t{nv}\n",
+            v = 123_456 + pid,
+            nv = 7_890 + pid
+        ),
+    )?;
+    fs::write(
+        dir.join("io"),
+        format!(
+            "rchar: {r}\nwchar: {w}\nsyscr: 1234567\nsyscw: 2345678\nread_bytes: 987654321\nwrite_bytes: 123456789\n\
+             cancelled_write_bytes: 0\n",
+            r = 10_000_000 + u64::from(pid),
+            w = 20_000_000 + u64::from(pid)
+        ),
+    )?;
+    fs::write(dir.join("exe"), "")?;
+    // The main thread (tid = pid) first, as in /proc.
+    let names = std::iter::once("kvm".to_string())
+        .chain((0..vcpus).map(|c| format!("CPU {c}/KVM")))
+        .chain(["call_rcu", "vnc_worker"].map(String::from));
+    for (k, name) in names.enumerate() {
+        let tid = if k == 0 { pid } else { pid + k as u32 };
+        let t = dir.join(format!("task/{tid}"));
+        fs::create_dir_all(&t)?;
+        fs::write(t.join("comm"), format!("{name}\n"))?;
+        fs::write(t.join("schedstat"), format!("{} {} {}\n", 123_456_789 * u64::from(tid), 2_345_678, 98_765))?;
+        fs::write(t.join("stat"), stat_line(tid, &name, threads))?;
+    }
+    Ok(())
 }
