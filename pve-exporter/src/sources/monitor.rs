@@ -135,6 +135,11 @@ pub enum Access {
 /// Opens sessions; tests put a fake here.
 pub trait Opener: Send + Sync {
     fn open(&self, access: &Access, vmid: &str) -> io::Result<Box<dyn Session>>;
+    /// Whether warm QMP VMs may be asked all at once over real sockets ([`qmp::exchange_many`]);
+    /// test doubles that fake sessions say no.
+    fn pipelined(&self) -> bool {
+        false
+    }
 }
 
 struct RealOpener {
@@ -149,6 +154,10 @@ impl Opener for RealOpener {
             Access::Qmp(path) => Box::new(Qmp::connect(path, self.step)?),
             Access::Qm => Box::new(QmSession::open(&self.qm_path, vmid, self.step, self.defer_close)?),
         })
+    }
+
+    fn pipelined(&self) -> bool {
+        true
     }
 }
 
@@ -251,6 +260,16 @@ impl Drop for Slot {
     }
 }
 
+/// At least one slot (waiting for it until `deadline`) and up to `want` that are free now.
+fn acquire_many(slots: &Arc<Slots>, want: usize, deadline: Instant) -> Option<Vec<Slot>> {
+    let first = acquire(slots, deadline)?;
+    let mut free = slots.free.lock().unwrap_or_else(|p| p.into_inner());
+    let more = (*free).min(want.saturating_sub(1));
+    *free -= more;
+    drop(free);
+    Some(std::iter::once(first).chain((0..more).map(|_| Slot(slots.clone()))).collect())
+}
+
 fn acquire(slots: &Arc<Slots>, deadline: Instant) -> Option<Slot> {
     let mut free = slots.free.lock().unwrap_or_else(|p| p.into_inner());
     while *free == 0 {
@@ -321,29 +340,38 @@ impl Monitor {
 
     /// Ask every VM's monitor, at most `--qm-max-concurrent` at once, within the time budget.
     /// One entry per VM, in the order of `vms`.
+    ///
+    /// VMs reached over QMP whose topology is cached (the warm case: most VMs on most scrapes)
+    /// need only their counters and sizes: they are asked all at once from this thread
+    /// ([`qmp::exchange_many`]). The others get a session on a thread of their own.
     pub fn fetch_all(&self, host: &HostRoot, vms: &[Vm]) -> Vec<VmDevices> {
         let inner = &self.inner;
         self.forget_others(vms);
         let deadline = Instant::now() + inner.opts.step_timeout + GRACE;
         let mut results: Vec<Option<VmDevices>> = vec![None; vms.len()];
         let mut why_not: Vec<Option<String>> = vec![None; vms.len()];
+        let mut access: Vec<Option<Access>> = vms.iter().map(|vm| self.access(host, vm)).collect();
+        for (i, vm) in vms.iter().enumerate() {
+            if access[i].is_none() {
+                log::debug!("VM {}: no QMP socket and no qm: no monitor", vm.id);
+                results[i] = Some(VmDevices { id: vm.id.clone(), ..VmDevices::default() });
+            }
+        }
+        if inner.opener.pipelined() {
+            self.fetch_warm(host, vms, &mut access, &mut results, &mut why_not, deadline);
+        }
+
         let (tx, rx) = mpsc::channel::<(usize, VmDevices)>();
         let mut pending = 0usize;
         for (i, vm) in vms.iter().enumerate() {
-            let Some(access) = self.access(host, vm) else {
-                log::debug!("VM {}: no QMP socket and no qm: no monitor", vm.id);
-                results[i] = Some(VmDevices { id: vm.id.clone(), ..VmDevices::default() });
-                continue;
-            };
-            let flag = {
-                let mut busy = inner.busy.lock().unwrap_or_else(|p| p.into_inner());
-                busy.entry(vm.id.clone()).or_default().clone()
-            };
-            if flag.swap(true, Ordering::AcqRel) {
-                why_not[i] = Some("an earlier monitor exchange has not returned yet".into());
+            if results[i].is_some() || why_not[i].is_some() {
                 continue;
             }
-            let busy = Busy(flag);
+            let Some(access) = access[i].take() else { continue };
+            let Some(busy) = self.claim(&vm.id) else {
+                why_not[i] = Some("an earlier monitor exchange has not returned yet".into());
+                continue;
+            };
             let Some(slot) = acquire(&inner.slots, deadline) else {
                 why_not[i] = Some(format!("no free monitor slot (--qm-max-concurrent {})", inner.opts.max_concurrent));
                 continue;
@@ -380,6 +408,86 @@ impl Monitor {
                 })
             })
             .collect()
+    }
+
+    /// Mark `vmid`'s monitor busy; None when an earlier exchange with it is still running.
+    fn claim(&self, vmid: &str) -> Option<Busy> {
+        let flag = {
+            let mut busy = self.inner.busy.lock().unwrap_or_else(|p| p.into_inner());
+            busy.entry(vmid.to_string()).or_default().clone()
+        };
+        (!flag.swap(true, Ordering::AcqRel)).then_some(Busy(flag))
+    }
+
+    /// The warm path of [`Self::fetch_all`]: every QMP VM with a cached topology, asked for
+    /// `query-blockstats` and `query-block` at once. A VM whose drives changed (hotplug: the
+    /// counters no longer match the cached `info block`) is left to the session path, with its
+    /// `info block` entry dropped.
+    fn fetch_warm(
+        &self,
+        host: &HostRoot,
+        vms: &[Vm],
+        access: &mut [Option<Access>],
+        results: &mut [Option<VmDevices>],
+        why_not: &mut [Option<String>],
+        deadline: Instant,
+    ) {
+        let inner = &self.inner;
+        let mut warm: Vec<(usize, PathBuf, Vec<Nic>, Vec<Drive>, Busy)> = Vec::new();
+        for (i, vm) in vms.iter().enumerate() {
+            let Some(Access::Qmp(path)) = &access[i] else { continue };
+            let (Some(nics), Some(drives)) = (cached_network(inner, vm), cached_block(inner, host, vm)) else {
+                continue;
+            };
+            let Some(busy) = self.claim(&vm.id) else {
+                why_not[i] = Some("an earlier monitor exchange has not returned yet".into());
+                continue;
+            };
+            warm.push((i, path.clone(), nics, drives, busy));
+        }
+        if warm.is_empty() {
+            return;
+        }
+        let Some(slots) = acquire_many(&inner.slots, warm.len(), deadline) else {
+            for (i, ..) in &warm {
+                why_not[*i] = Some(format!("no free monitor slot (--qm-max-concurrent {})", inner.opts.max_concurrent));
+            }
+            return;
+        };
+        let paths: Vec<&Path> = warm.iter().map(|(_, p, ..)| p.as_path()).collect();
+        let step = Instant::now() + inner.opts.step_timeout;
+        let replies = qmp::exchange_many(&paths, &["query-blockstats", "query-block"], slots.len(), step.min(deadline));
+        drop(slots);
+        for ((i, path, nics, drives, busy), r) in warm.into_iter().zip(replies) {
+            drop(busy);
+            let vm = &vms[i];
+            let mut out = VmDevices { id: vm.id.clone(), nics: Some(nics), ..VmDevices::default() };
+            match r {
+                Err(e) => out.errors.push(format!("blockstats: QMP {}: {e}", path.display())),
+                Ok(mut replies) => {
+                    let sizes = replies.pop();
+                    match replies.pop() {
+                        Some(Ok(v)) => match hmp::assign_blockstats(qmp::blockstats_rows(&v), &drives) {
+                            Some(named) => out.stats = Some(named),
+                            None => {
+                                inner.cache.lock().unwrap_or_else(|p| p.into_inner()).remove(&vm.id, INFO_BLOCK);
+                                continue; // to the session path, which reads info block again
+                            }
+                        },
+                        Some(Err(e)) => out.errors.push(format!("blockstats: query-blockstats: QEMU error: {e}")),
+                        None => out.errors.push("blockstats: no reply".into()),
+                    }
+                    match sizes {
+                        Some(Ok(v)) => out.sizes = Some(qmp::virtual_sizes(&v)),
+                        Some(Err(e)) => out.errors.push(format!("query-block: QEMU error: {e}")),
+                        None => out.errors.push("query-block: no reply".into()),
+                    }
+                }
+            }
+            out.drives = Some(drives);
+            access[i] = None;
+            results[i] = Some(out);
+        }
     }
 
     /// Drop cache entries and busy flags of VMs that are gone.
