@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod collector;
 pub mod config;
 pub mod exposition;
+pub mod heldfile;
 pub mod host;
 pub mod metrics;
 pub mod server;

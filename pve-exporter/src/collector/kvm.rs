@@ -1,8 +1,11 @@
 //! Per-VM families from /proc (and the eBPF maps): the host-local VM metrics of pvemon and
 //! pve_local_exporter, under their Go names, with `id` labels.
 
+use std::collections::HashSet;
+
 use crate::{
     catalog::*,
+    heldfile::HeldFiles,
     host::{HostRoot, ScrapeFiles, is_gone},
     metrics::MetricSet,
     sources::procfs,
@@ -15,8 +18,15 @@ fn id(vm: &Vm) -> [(&'static str, String); 1] {
 
 /// Read every VM's process files and add its families. VMs whose process is gone by now are
 /// removed from `vms` (they stopped mid-scrape: not an error). Err when some file could not
-/// be read or parsed for a running VM (its other series are still reported).
-pub fn collect(host: &HostRoot, files: &ScrapeFiles, vms: &mut Vec<Vm>, out: &mut MetricSet) -> Result<(), String> {
+/// be read or parsed for a running VM (its other series are still reported). `held`: the
+/// processes' files held open by pid; those of processes no longer in `vms` are closed.
+pub fn collect(
+    host: &HostRoot,
+    files: &ScrapeFiles,
+    held: &mut HeldFiles<u32>,
+    vms: &mut Vec<Vm>,
+    out: &mut MetricSet,
+) -> Result<(), String> {
     let mut errors = Vec::new();
     let memtotal = files
         .read("proc/meminfo")
@@ -25,8 +35,10 @@ pub fn collect(host: &HostRoot, files: &ScrapeFiles, vms: &mut Vec<Vm>, out: &mu
         .map_err(|e| errors.push(format!("meminfo: {e}")))
         .ok();
 
+    let pids: HashSet<u32> = vms.iter().map(|v| v.pid).collect();
+    held.retain(|pid| pids.contains(pid));
     let mut stats = Vec::with_capacity(vms.len());
-    vms.retain(|vm| match procfs::read_process(host, vm.pid, &mut errors) {
+    vms.retain(|vm| match procfs::read_process(host, held, vm.pid, &mut errors) {
         Ok(s) => {
             stats.push(s);
             true

@@ -4,14 +4,13 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    fs::File,
     io,
-    os::unix::fs::FileExt,
-    sync::Mutex,
+    sync::{Arc, Mutex},
 };
 
 use crate::{
     catalog::*,
+    heldfile::{FdBudget, HeldFiles, OnStale},
     host::{HostRoot, is_gone},
     metrics::MetricSet,
     sources::procfs::{self, Schedstat, VcpuThread},
@@ -46,10 +45,11 @@ pub struct VcpuThreadCache {
 
 struct Inner {
     entries: HashMap<u32, Entry>,
-    /// Schedstat files held open over all entries, and how many we may hold: half the soft
-    /// RLIMIT_NOFILE, so sockets and the other reads always have descriptors left.
-    open_files: usize,
-    max_open_files: usize,
+    /// The listed threads' schedstat files, by pid, slot i for `threads[i]`, opened when listed
+    /// and held: one `pread` per scrape is 0.9 µs against 7 µs for open + read + close
+    /// (measured), and a held file cannot follow a new thread that reuses the tid (its read
+    /// fails, and the listing is taken again). Beyond the descriptor budget: read by path.
+    files: HeldFiles<u32>,
 }
 
 struct Entry {
@@ -58,10 +58,6 @@ struct Entry {
     /// The largest `-smp` a caller expects (0: unknown).
     expected: u64,
     threads: Vec<VcpuThread>,
-    /// The threads' schedstat files, held open: one `pread` per scrape is 0.9 µs against 7 µs
-    /// for open + read + close (measured), and a held file cannot follow a new thread that
-    /// reuses the tid. None beyond the descriptor budget: read by path.
-    files: Vec<Option<File>>,
 }
 
 impl Entry {
@@ -79,12 +75,17 @@ enum ReadError {
 }
 
 impl VcpuThreadCache {
+    /// With its own descriptor budget (half the soft RLIMIT_NOFILE).
     pub fn new(host: HostRoot) -> Self {
-        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        // SAFETY: getrlimit writes into the struct we pass.
-        let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 { lim.rlim_cur } else { 1024 };
-        let max_open_files = usize::try_from(soft / 2).unwrap_or(usize::MAX).min(65536);
-        Self { host, inner: Mutex::new(Inner { entries: HashMap::new(), open_files: 0, max_open_files }) }
+        Self::with_budget(host, FdBudget::from_rlimit())
+    }
+
+    /// Holding files within `budget`, shared with the engine's other held files.
+    pub fn with_budget(host: HostRoot, budget: Arc<FdBudget>) -> Self {
+        // A failed read of a held file makes the listing stale: no reopening by path, which
+        // could read a new thread that reused the tid.
+        let files = HeldFiles::new(budget, OnStale::Fail);
+        Self { host, inner: Mutex::new(Inner { entries: HashMap::new(), files }) }
     }
 
     /// The vCPU threads of `pid` (sorted by index), listed again only when the rules above say
@@ -92,7 +93,8 @@ impl VcpuThreadCache {
     /// the process is gone.
     pub fn get(&self, pid: u32) -> io::Result<Vec<VcpuThread>> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(inner.entry(&self.host, pid, 0)?.threads.clone())
+        let Inner { entries, files } = &mut *inner;
+        Ok(entry(entries, files, &self.host, pid, 0)?.threads.clone())
     }
 
     /// Forget `pid`'s listing (and close its files).
@@ -103,10 +105,8 @@ impl VcpuThreadCache {
     /// Keep only the entries of `pids`.
     pub fn retain(&self, pids: &HashSet<u32>) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let gone: Vec<u32> = inner.entries.keys().filter(|p| !pids.contains(p)).copied().collect();
-        for pid in gone {
-            inner.remove(pid);
-        }
+        inner.entries.retain(|p, _| pids.contains(p));
+        inner.files.retain(|p| pids.contains(p));
     }
 
     /// The number of vCPU threads of `pid` and the sum of their schedstat. A thread that exits
@@ -116,12 +116,13 @@ impl VcpuThreadCache {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let mut retried = false;
         loop {
-            let entry = inner.entry(&self.host, pid, vcores)?;
+            let Inner { entries, files } = &mut *inner;
+            let entry = entry(entries, files, &self.host, pid, vcores)?;
             let mut sum = Schedstat::default();
             let mut counted = 0;
             let mut stale = false;
-            for (t, file) in entry.threads.iter().zip(&entry.files) {
-                match read_schedstat(&self.host, pid, t.tid, file.as_ref()) {
+            for (slot, t) in entry.threads.iter().enumerate() {
+                match read_schedstat(files, &self.host, pid, slot, t.tid) {
                     Ok(s) => {
                         sum.run_ns = sum.run_ns.saturating_add(s.run_ns);
                         sum.wait_ns = sum.wait_ns.saturating_add(s.wait_ns);
@@ -143,55 +144,58 @@ impl VcpuThreadCache {
 
     #[cfg(test)]
     fn open_files(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).open_files
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).files.held()
     }
 }
 
 impl Inner {
-    fn entry(&mut self, host: &HostRoot, pid: u32, expected: u64) -> io::Result<&mut Entry> {
-        // Count first, list second: a thread started in between makes the next call list again
-        // (harmless); the other order could keep a listing that misses it.
-        let links = procfs::task_link_count(host, pid)?;
-        let mut entry = match self.entries.remove(&pid) {
-            Some(e) if e.usable(links, expected) => e,
-            old => {
-                let before = old.map_or(0, |e| {
-                    self.open_files -= e.files.iter().flatten().count();
-                    e.expected
-                });
-                let threads = procfs::vcpu_threads(host, pid)?;
-                let files = threads.iter().map(|t| self.open_schedstat(host, pid, t.tid)).collect();
-                Entry { links, expected: before, threads, files }
-            }
-        };
-        entry.expected = entry.expected.max(expected);
-        Ok(self.entries.entry(pid).insert_entry(entry).into_mut())
-    }
-
-    fn open_schedstat(&mut self, host: &HostRoot, pid: u32, tid: u32) -> Option<File> {
-        if self.open_files >= self.max_open_files {
-            return None;
-        }
-        let f = File::open(host.path(format!("proc/{pid}/task/{tid}/schedstat"))).ok()?;
-        self.open_files += 1;
-        Some(f)
-    }
-
     fn remove(&mut self, pid: u32) {
-        if let Some(e) = self.entries.remove(&pid) {
-            self.open_files -= e.files.iter().flatten().count();
-        }
+        self.entries.remove(&pid);
+        self.files.remove(&pid);
     }
 }
 
-fn read_schedstat(host: &HostRoot, pid: u32, tid: u32, file: Option<&File>) -> Result<Schedstat, ReadError> {
-    let classify = |e: io::Error| if is_gone(&e) { ReadError::Exited } else { ReadError::Other(e) };
-    let Some(file) = file else {
-        return procfs::read_schedstat(host, pid, tid).map_err(classify);
+/// `pid`'s entry, listed again when it may be stale (its schedstat files opened anew then).
+fn entry<'a>(
+    entries: &'a mut HashMap<u32, Entry>,
+    files: &mut HeldFiles<u32>,
+    host: &HostRoot,
+    pid: u32,
+    expected: u64,
+) -> io::Result<&'a mut Entry> {
+    // Count first, list second: a thread started in between makes the next call list again
+    // (harmless); the other order could keep a listing that misses it.
+    let links = procfs::task_link_count(host, pid)?;
+    let mut entry = match entries.remove(&pid) {
+        Some(e) if e.usable(links, expected) => e,
+        old => {
+            files.remove(&pid);
+            let before = old.map_or(0, |e| e.expected);
+            let threads = procfs::vcpu_threads(host, pid)?;
+            for (slot, t) in threads.iter().enumerate() {
+                files.hold(&pid, slot, &schedstat_path(host, pid, t.tid));
+            }
+            Entry { links, expected: before, threads }
+        }
     };
-    let mut buf = [0u8; 256];
-    let n = file.read_at(&mut buf, 0).map_err(classify)?;
-    let text = String::from_utf8_lossy(&buf[..n]);
+    entry.expected = entry.expected.max(expected);
+    Ok(entries.entry(pid).insert_entry(entry).into_mut())
+}
+
+fn schedstat_path(host: &HostRoot, pid: u32, tid: u32) -> std::path::PathBuf {
+    host.path(format!("proc/{pid}/task/{tid}/schedstat"))
+}
+
+fn read_schedstat(
+    files: &mut HeldFiles<u32>,
+    host: &HostRoot,
+    pid: u32,
+    slot: usize,
+    tid: u32,
+) -> Result<Schedstat, ReadError> {
+    let classify = |e: io::Error| if is_gone(&e) { ReadError::Exited } else { ReadError::Other(e) };
+    let raw = files.read(&pid, slot, || schedstat_path(host, pid, tid)).map_err(classify)?;
+    let text = String::from_utf8_lossy(raw);
     procfs::parse_schedstat(&text).ok_or_else(|| {
         ReadError::Other(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -300,8 +304,7 @@ mod tests {
         thread(root, 90, 91, "CPU 0/KVM", "10 1 1\n");
         thread(root, 90, 92, "CPU 1/KVM", "20 2 2\n");
         // Above the descriptor budget: every read goes by path.
-        let cache = VcpuThreadCache::new(HostRoot::new(root));
-        cache.inner.lock().unwrap().max_open_files = 1;
+        let cache = VcpuThreadCache::with_budget(HostRoot::new(root), FdBudget::new(1));
         assert_eq!(cache.schedstat(90, 2).unwrap(), (2, Schedstat { run_ns: 30, wait_ns: 3, timeslices: 3 }));
         assert_eq!(cache.open_files(), 1);
         // vCPU 1 (read by path) exits and a worker starts: same count, the read says NotFound.

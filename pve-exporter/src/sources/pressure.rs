@@ -14,7 +14,7 @@
 
 use std::io;
 
-use crate::host::HostRoot;
+use crate::{heldfile::HeldFiles, host::HostRoot, sources::procfs::utf8};
 
 /// One line of a pressure file.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -122,28 +122,35 @@ pub fn vmid_of_scope(name: &str) -> Option<u32> {
     id.parse().ok()
 }
 
-/// Read the three pressure files of VM `vmid`. A file that cannot be read or parsed leaves
-/// its two ratios unknown and is reported in `errors`; a scope that vanished (the VM stopped
-/// during the scrape) gives None.
-pub fn read_vm_pressure(host: &HostRoot, vmid: u32, errors: &mut Vec<String>) -> Option<VmPressure> {
+/// Read the three pressure files of VM `vmid`, through the files `held` keeps open for it
+/// (slot i: `RESOURCES[i]`). A file that cannot be read or parsed leaves its two ratios
+/// unknown and is reported in `errors`; a scope that vanished (the VM stopped during the
+/// scrape) gives None. A VM restarted since the last read has a new scope: the held files of
+/// the old one fail (ENODEV) and the new ones are opened by path.
+pub fn read_vm_pressure(
+    host: &HostRoot,
+    held: &mut HeldFiles<u32>,
+    vmid: u32,
+    errors: &mut Vec<String>,
+) -> Option<VmPressure> {
     let mut vm = VmPressure { vmid, ratios: [None; 6] };
-    let scope = format!("sys/fs/cgroup/qemu.slice/{vmid}.scope");
+    let scope = || format!("sys/fs/cgroup/qemu.slice/{vmid}.scope");
     for (i, res) in RESOURCES.iter().enumerate() {
-        let file = format!("{scope}/{res}.pressure");
-        match host.read_to_string(&file) {
-            Ok(text) => match parse_pressure(&text) {
+        let file = || format!("{}/{res}.pressure", scope());
+        match held.read(&vmid, i, || host.path(file())).and_then(utf8) {
+            Ok(text) => match parse_pressure(text) {
                 Ok(p) => vm.ratios[2 * i..2 * i + 2].copy_from_slice(&ratios(&p)),
-                Err(e) => errors.push(format!("{file}: {e}")),
+                Err(e) => errors.push(format!("{}: {e}", file())),
             },
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                if !host.path(&scope).exists() {
+                if !host.path(scope()).exists() {
                     return None;
                 }
                 // A kernel booted with psi=0 has no pressure files: nothing to report, and
                 // nothing this exporter can fix (PVE's API then reports 0).
-                log::debug!("{file}: missing");
+                log::debug!("{}: missing", file());
             }
-            Err(e) => errors.push(format!("{file}: {e}")),
+            Err(e) => errors.push(format!("{}: {e}", file())),
         }
     }
     Some(vm)
@@ -152,6 +159,7 @@ pub fn read_vm_pressure(host: &HostRoot, vmid: u32, errors: &mut Vec<String>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::heldfile::{FdBudget, OnStale};
 
     #[test]
     fn a_full_file() {
@@ -214,14 +222,15 @@ mod tests {
         std::fs::write(scope.join("memory.pressure"), "garbage\n").unwrap();
         let host = HostRoot::new(dir.path());
         assert_eq!(running_vm_scopes(&host).unwrap(), [101]);
+        let mut held = HeldFiles::new(FdBudget::new(100), OnStale::Reopen);
         let mut errors = Vec::new();
-        let vm = read_vm_pressure(&host, 101, &mut errors).unwrap();
+        let vm = read_vm_pressure(&host, &mut held, 101, &mut errors).unwrap();
         assert_eq!(vm.ratios, [Some(0.5), Some(0.0), None, None, None, None]);
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(errors[0].contains("memory.pressure"), "{errors:?}");
         // A VM that stopped meanwhile: gone, not an error.
         let mut errors = Vec::new();
-        assert_eq!(read_vm_pressure(&host, 102, &mut errors), None);
+        assert_eq!(read_vm_pressure(&host, &mut held, 102, &mut errors), None);
         assert!(errors.is_empty());
         // No qemu.slice at all.
         assert!(running_vm_scopes(&HostRoot::new("/nonexistent")).unwrap().is_empty());

@@ -6,7 +6,7 @@ use std::{io, time::Duration};
 
 use procfs::{FromBufRead, FromRead};
 
-use crate::host::HostRoot;
+use crate::{heldfile::HeldFiles, host::HostRoot};
 
 /// argv of a process from `/proc/<pid>/cmdline` (NUL-separated, trailing NUL optional).
 pub fn parse_cmdline(raw: &[u8]) -> Vec<String> {
@@ -318,12 +318,24 @@ pub struct ProcessStats {
     pub io: Option<Io>,
 }
 
-/// Read stat, status and io of `pid`. Err only when the process is gone; a file that cannot
-/// be read or parsed leaves its part empty and is reported in `errors`.
-pub fn read_process(host: &HostRoot, pid: u32, errors: &mut Vec<String>) -> io::Result<ProcessStats> {
-    let stat = host.read(format!("proc/{pid}/stat"))?; // gone: the caller drops the VM
+/// The slots of a process's files in the [`HeldFiles`] of [`read_process`].
+const STAT: usize = 0;
+const STATUS: usize = 1;
+const IO: usize = 2;
+
+/// Read stat, status and io of `pid`, through the files `held` keeps open for it (opened on
+/// first use; reopened by path when the held ones belong to a process that exited). Err only
+/// when the process is gone; a file that cannot be read or parsed leaves its part empty and
+/// is reported in `errors`.
+pub fn read_process(
+    host: &HostRoot,
+    held: &mut HeldFiles<u32>,
+    pid: u32,
+    errors: &mut Vec<String>,
+) -> io::Result<ProcessStats> {
     let mut st = ProcessStats::default();
-    match parse_stat(&stat, procfs::ticks_per_second()) {
+    let stat = held.read(&pid, STAT, || host.path(format!("proc/{pid}/stat")))?; // gone: the caller drops the VM
+    match parse_stat(stat, procfs::ticks_per_second()) {
         Ok(c) => st.cpu = Some(c),
         Err(e) => errors.push(format!("pid {pid}: {e}")),
     }
@@ -336,18 +348,24 @@ pub fn read_process(host: &HostRoot, pid: u32, errors: &mut Vec<String>) -> io::
         errors.push(format!("pid {pid}: {file}: {e}"));
         Ok(())
     };
-    match host.read_to_string(format!("proc/{pid}/status")) {
-        Ok(t) => st.status = Some(parse_status(&t)),
+    match held.read(&pid, STATUS, || host.path(format!("proc/{pid}/status"))).and_then(utf8) {
+        Ok(t) => st.status = Some(parse_status(t)),
         Err(e) => failed(e, "status", errors)?,
     }
-    match host.read(format!("proc/{pid}/io")) {
-        Ok(t) => match parse_io(&t) {
+    match held.read(&pid, IO, || host.path(format!("proc/{pid}/io"))) {
+        Ok(t) => match parse_io(t) {
             Ok(io) => st.io = Some(io),
             Err(e) => errors.push(format!("pid {pid}: {e}")),
         },
         Err(e) => failed(e, "io", errors)?,
     }
     Ok(st)
+}
+
+/// Text of a file read as bytes, with the error `read_to_string` gives.
+pub fn utf8(raw: &[u8]) -> io::Result<&str> {
+    std::str::from_utf8(raw)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "stream did not contain valid UTF-8"))
 }
 
 /// The vCPU index of a QEMU thread from its comm: `CPU 3/KVM` -> 3 (also `CPU 3/TCG`).
@@ -565,6 +583,56 @@ mod tests {
             (123456, 789012, 100, 200, 4096, 8192)
         );
         assert!(parse_io(b"rchar: x\n").is_err());
+    }
+
+    #[test]
+    fn process_files_through_held_descriptors() {
+        use crate::heldfile::{FdBudget, OnStale};
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRoot::new(dir.path());
+        let p = dir.path().join("proc/60");
+        std::fs::create_dir_all(&p).unwrap();
+        let stat = |utime: u64| {
+            format!(
+                "60 (kvm) S 1 60 60 0 -1 0 0 0 0 0 {utime} 200 0 0 20 0 50 0 100 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 42"
+            )
+        };
+        std::fs::write(p.join("stat"), stat(500)).unwrap();
+        std::fs::write(p.join("status"), "Threads:\t50\nVmRSS:\t500 kB\n").unwrap();
+        let budget = FdBudget::new(100);
+        let mut held = HeldFiles::new(budget.clone(), OnStale::Reopen);
+        let mut errors = Vec::new();
+        // io missing while the process is there: reported, the rest is read.
+        let st = read_process(&host, &mut held, 60, &mut errors).unwrap();
+        assert_eq!(st.cpu.map(|c| c.num_threads), Some(50));
+        assert_eq!(st.status.map(|s| s.memory("vmrss")), Some(Some(500 * 1024)));
+        assert!(st.io.is_none());
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("pid 60: io: "), "{errors:?}");
+        assert_eq!(budget.used(), 2);
+        // The next read gives the new values through the held files, and finds io now.
+        std::fs::write(p.join("stat"), stat(900)).unwrap();
+        std::fs::write(
+            p.join("io"),
+            "rchar: 1\nwchar: 2\nsyscr: 3\nsyscw: 4\nread_bytes: 5\nwrite_bytes: 6\ncancelled_write_bytes: 0\n",
+        )
+        .unwrap();
+        let mut errors = Vec::new();
+        let st = read_process(&host, &mut held, 60, &mut errors).unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(st.cpu.map(|c| c.user), Some(Duration::from_secs(9)));
+        assert_eq!(st.io.map(|io| io.write_bytes), Some(6));
+        assert_eq!(budget.used(), 3);
+        // status that is not text: reported as read_to_string did.
+        std::fs::write(p.join("status"), b"\xff\xfe").unwrap();
+        let mut errors = Vec::new();
+        let st = read_process(&host, &mut held, 60, &mut errors).unwrap();
+        assert!(st.status.is_none());
+        assert_eq!(errors, ["pid 60: status: stream did not contain valid UTF-8"]);
+        // A process that is gone: NotFound, nothing reported.
+        let mut errors = Vec::new();
+        assert!(crate::host::is_gone(&read_process(&host, &mut held, 61, &mut errors).unwrap_err()));
+        assert!(errors.is_empty());
     }
 
     #[test]

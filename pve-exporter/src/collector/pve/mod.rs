@@ -31,6 +31,7 @@ use super::{CollectorRun, Engine, panic_message};
 use crate::{
     catalog::PVE_COLLECTOR_INFO,
     config::{Config, PVE_COLLECTORS, PveScope, PveSource},
+    heldfile::{FdBudget, HeldFiles, OnStale},
     host::{BlockingGate, HostRoot, ScrapeFiles, call_with_timeout},
     metrics::MetricSet,
     sources::{
@@ -77,6 +78,8 @@ struct LocalCtx<'a> {
     statvfs: &'a BlockingGate,
     statvfs_timeout: Duration,
     ha: &'a Arc<HaReader>,
+    /// The VMs' pressure files held open by vmid (vm_pressure).
+    pressure_files: &'a Mutex<HeldFiles<u32>>,
     emit: HaEmit<'a>,
 }
 
@@ -137,10 +140,11 @@ pub struct PveState {
     pmxcfs: BlockingGate,
     statvfs: BlockingGate,
     workers: usize,
+    pressure_files: Mutex<HeldFiles<u32>>,
 }
 
 impl PveState {
-    pub fn new(config: &Config, host: &HostRoot, pmxcfs: BlockingGate) -> Self {
+    pub fn new(config: &Config, host: &HostRoot, pmxcfs: BlockingGate, fds: Arc<FdBudget>) -> Self {
         let token = match &config.pve_api_token_file {
             // Within a time limit: operators keep secrets in /etc/pve/priv too, and pmxcfs can hang.
             Some(path) => {
@@ -243,6 +247,7 @@ impl PveState {
             pmxcfs,
             statvfs: BlockingGate::default(),
             workers: config.pve_api_max_concurrent.into(),
+            pressure_files: Mutex::new(HeldFiles::new(fds, OnStale::Reopen)),
         }
     }
 }
@@ -293,6 +298,7 @@ pub(super) fn collect(e: &Engine, files: &ScrapeFiles, runs: &mut Vec<CollectorR
         statvfs: &st.statvfs,
         statvfs_timeout: e.config.storage_timeout,
         ha: &st.ha,
+        pressure_files: &st.pressure_files,
         emit,
     };
     for p in st.plans.iter().filter(|p| p.source == Some(Source::Local)) {

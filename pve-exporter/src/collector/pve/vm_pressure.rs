@@ -43,8 +43,13 @@ impl PveCollector for VmPressureCollector {
             Ok(None) => {}
             Err(e) => errors.push(format!("{e} (every running VM reported, without the config check)")),
         }
-        let vms: Vec<VmPressure> =
-            vmids.into_iter().filter_map(|id| pressure::read_vm_pressure(ctx.host, id, &mut errors)).collect();
+        // The pressure files of VMs no longer listed are closed; those listed are held.
+        let mut held = ctx.pressure_files.lock().unwrap_or_else(|p| p.into_inner());
+        held.retain(|id| vmids.binary_search(id).is_ok());
+        let vms: Vec<VmPressure> = vmids
+            .into_iter()
+            .filter_map(|id| pressure::read_vm_pressure(ctx.host, &mut held, id, &mut errors))
+            .collect();
         emit(node, &vms, out);
         if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
     }
