@@ -8,7 +8,8 @@ use crate::{
     sources::{
         hmp::{Drive, Nic},
         libvirt::{LibvirtDomain, LibvirtReader, NovaInstance},
-        procfs::{QemuCmdline, QemuProcess, find_qemu_processes},
+        proc_scan::ProcScanner,
+        procfs::{QemuCmdline, QemuProcess},
         pve_config::{PoolInfo, PveConfig},
     },
 };
@@ -287,8 +288,9 @@ impl VmSource for QemuSource {
 }
 
 /// Find the VMs of the host. Err when /proc cannot be listed.
-pub fn discover(host: &HostRoot, source: &dyn VmSource) -> std::io::Result<Discovered> {
-    let procs = find_qemu_processes(host)?;
+pub fn discover(host: &HostRoot, scanner: &mut ProcScanner, source: &dyn VmSource) -> std::io::Result<Discovered> {
+    let (procs, stats) = scanner.scan(host)?;
+    log::trace!("/proc: {} processes, {} cmdlines read", stats.processes, stats.read);
     let mut out = Discovered::default();
     source.vms(procs, &mut out);
     Ok(out)

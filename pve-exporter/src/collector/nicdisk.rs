@@ -1,7 +1,10 @@
 //! Per-VM NICs and disks: topology and I/O counters from each VM's QEMU monitor (the `qm`
-//! collector), tap counters from /sys (`nic`), sizes from QEMU or the host (`disk`).
+//! collector), tap counters from netlink or /sys (`nic`), sizes from QEMU or the host (`disk`).
 
-use std::collections::HashSet;
+use std::{
+    collections::HashSet,
+    sync::atomic::{AtomicBool, Ordering},
+};
 
 use crate::{
     catalog::*,
@@ -10,7 +13,7 @@ use crate::{
     sources::{
         hmp::{self, BlockStats},
         monitor::{Monitor, VmDevices},
-        sysfs,
+        netlink, sysfs,
     },
     vm::Vm,
 };
@@ -36,8 +39,38 @@ pub fn fetch(monitor: &Monitor, host: &HostRoot, vms: &[Vm], out: &mut Vec<VmDev
     if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
 }
 
-/// NIC families: info and queues from `info network`, counters of each tap from sysfs.
+/// The counters of every NIC's host interface in one netlink dump, where the host root's
+/// `/sys/class/net` is the daemon's own (None elsewhere, e.g. under a fixture root: the caller
+/// reads the files below the root). A failed dump costs that scrape the faster path only, and is
+/// logged at warning level once per process (then at debug: it would otherwise repeat every scrape).
+fn nic_dump(host: &HostRoot, devices: &[VmDevices]) -> Option<netlink::Dump> {
+    let wanted: HashSet<&str> = devices
+        .iter()
+        .flat_map(|d| d.nics.iter().flatten())
+        .map(|n| n.ifname.as_str())
+        .filter(|n| !n.is_empty())
+        .collect();
+    if wanted.is_empty() || !netlink::sees_own_sysfs(host) {
+        return None;
+    }
+    match netlink::dump_links(&|name| wanted.contains(name)) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            static LOGGED: AtomicBool = AtomicBool::new(false);
+            if LOGGED.swap(true, Ordering::Relaxed) {
+                log::debug!("NIC counters: {e}; reading sysfs");
+            } else {
+                log::warn!("NIC counters: {e}; reading sysfs instead (logged once, then at debug level)");
+            }
+            None
+        }
+    }
+}
+
+/// NIC families: info and queues from `info network`, counters of each tap from one netlink
+/// dump (see [`nic_dump`]) or its sysfs statistics files.
 pub fn collect_nics(host: &HostRoot, devices: &[VmDevices], out: &mut MetricSet) -> Result<(), String> {
+    let dump = nic_dump(host, devices);
     let mut errors = Vec::new();
     for d in devices {
         let Some(nics) = &d.nics else { continue };
@@ -61,7 +94,14 @@ pub fn collect_nics(host: &HostRoot, devices: &[VmDevices], out: &mut MetricSet)
             }
             let labels = || [("id", d.id.clone()), ("ifname", nic.ifname.clone())];
             out.family(&KVM_NIC_QUEUES).push(labels(), nic.queues);
-            match sysfs::net_statistics(host, &nic.ifname) {
+            let stats = match dump.as_ref().map(|d| d.links.get(&nic.ifname)) {
+                Some(Some(Some(link))) => Ok(link.statistics()),
+                // Not in the dump: gone, or missed by a dump the kernel flagged as interrupted,
+                // or a name the dump cannot have; sysfs says which (NotFound when gone). Also
+                // without a dump, or (never seen) without IFLA_STATS64.
+                _ => sysfs::net_statistics(host, &nic.ifname),
+            };
+            match stats {
                 Ok(stats) => {
                     for &(i, v) in &stats {
                         if let Some(def) = KVM_NIC_STATS.get(i) {
@@ -202,8 +242,8 @@ mod tests {
             id: "900".into(),
             nics: Some(hmp::parse_info_network(&fixture("info-network.txt"))),
             drives: Some(hmp::parse_info_block(&fixture("info-block.txt"))),
-            stats: Some(crate::sources::qmp::blockstats_rows(&q["return"])),
-            sizes: Some(crate::sources::qmp::virtual_sizes(&b["return"])),
+            stats: Some(crate::sources::qmp::blockstats_rows(&q["return"].to_string())),
+            sizes: Some(crate::sources::qmp::virtual_sizes(&b["return"].to_string())),
             errors: vec![],
         };
         let dir = tempfile::tempdir().unwrap();

@@ -1,0 +1,179 @@
+//! The netlink dump of interface counters (`sources::netlink`) against the sysfs statistics files
+//! it replaces, on the real kernel: veth pairs that carry only the test's frames, compared
+//! counter by counter. Needs root (creates and removes interfaces named `pvenl*`).
+
+use std::{ffi::CString, io::Write, process::Command};
+
+use pve_exporter::{
+    host::HostRoot,
+    sources::{netlink, sysfs::NET_STATISTICS},
+};
+
+fn require_root() {
+    // SAFETY: no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    assert!(root, "this test needs root (it creates veth pairs); run the suite as root, as `cargo xtask test` does");
+}
+
+fn ip_batch(commands: &str) {
+    let mut child = Command::new("ip").args(["-batch", "-"]).stdin(std::process::Stdio::piped()).spawn().expect("ip");
+    child.stdin.take().expect("stdin").write_all(commands.as_bytes()).expect("write ip batch");
+    let st = child.wait().expect("ip");
+    assert!(st.success(), "ip -batch: {st}\n{commands}");
+}
+
+/// veth pairs `<name>` / `<name>p`, removed when dropped. `up`: brought up without IPv6 (no
+/// router solicitations: the counters move only by the test's frames).
+struct Veths(Vec<String>);
+
+impl Veths {
+    fn new(names: &[String], up: bool) -> Veths {
+        let mut del = String::new();
+        let mut add = String::new();
+        for n in names {
+            // Left over from an interrupted run: deleting one end removes the pair.
+            if std::path::Path::new(&format!("/sys/class/net/{n}")).exists() {
+                del += &format!("link del {n}\n");
+            }
+            add += &format!("link add {n} type veth peer name {n}p\n");
+        }
+        if !del.is_empty() {
+            ip_batch(&del);
+        }
+        ip_batch(&add);
+        let v = Veths(names.to_vec());
+        if up {
+            let mut set = String::new();
+            for n in names {
+                for dev in [n.clone(), format!("{n}p")] {
+                    std::fs::write(format!("/proc/sys/net/ipv6/conf/{dev}/disable_ipv6"), "1").expect("disable_ipv6");
+                    set += &format!("link set {dev} up\n");
+                }
+            }
+            ip_batch(&set);
+        }
+        v
+    }
+}
+
+impl Drop for Veths {
+    fn drop(&mut self) {
+        let del: String = self.0.iter().map(|n| format!("link del {n}\n")).collect();
+        let _ =
+            Command::new("ip").args(["-force", "-batch", "-"]).stdin(std::process::Stdio::piped()).spawn().and_then(
+                |mut c| {
+                    c.stdin.take().map(|mut s| s.write_all(del.as_bytes()));
+                    c.wait()
+                },
+            );
+    }
+}
+
+/// Send `n` Ethernet frames of `len` bytes out of `ifname` (an experimental ethertype nobody
+/// answers).
+fn send_frames(ifname: &str, n: usize, len: usize) {
+    let name = CString::new(ifname).expect("name");
+    // SAFETY: plain libc calls on a socket we own and close; the buffers outlive the calls.
+    unsafe {
+        let index = libc::if_nametoindex(name.as_ptr());
+        assert!(index > 0, "{ifname}: no such interface");
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        assert!(fd >= 0, "packet socket: {}", std::io::Error::last_os_error());
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = index as i32;
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
+        let mut frame = vec![0u8; len];
+        frame[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
+        frame[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x02]);
+        frame[12..14].copy_from_slice(&[0x88, 0xb5]);
+        for _ in 0..n {
+            let sent = libc::sendto(
+                fd,
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&raw const addr).cast(),
+                size_of::<libc::sockaddr_ll>() as u32,
+            );
+            assert_eq!(sent, len as isize, "sendto {ifname}: {}", std::io::Error::last_os_error());
+        }
+        libc::close(fd);
+    }
+}
+
+/// Every statistics file of `ifname` (None where the kernel has no such file).
+fn sysfs_counters(ifname: &str) -> Vec<Option<u64>> {
+    NET_STATISTICS
+        .iter()
+        .map(|f| {
+            let p = format!("/sys/class/net/{ifname}/statistics/{f}");
+            std::fs::read_to_string(&p).ok().map(|t| t.trim().parse().unwrap_or_else(|_| panic!("{p}: {t:?}")))
+        })
+        .collect()
+}
+
+/// Compare the dump's counters of `names` with sysfs, read before and after it; retried while
+/// sysfs itself moves between the two reads (nothing should send, but the host is shared).
+fn assert_dump_equals_sysfs(names: &[String]) -> netlink::Dump {
+    for attempt in 0.. {
+        let before: Vec<_> = names.iter().map(|n| sysfs_counters(n)).collect();
+        let dump = netlink::dump_links(&|n| names.iter().any(|x| x == n)).expect("netlink dump");
+        let after: Vec<_> = names.iter().map(|n| sysfs_counters(n)).collect();
+        if before != after && attempt < 5 {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            continue;
+        }
+        assert_eq!(before, after, "sysfs counters keep moving");
+        for (n, sys) in names.iter().zip(&after) {
+            let link = dump.links.get(n).unwrap_or_else(|| panic!("{n} missing from the dump"));
+            let got = link.as_ref().unwrap_or_else(|| panic!("{n}: no IFLA_STATS64"));
+            for (i, file) in NET_STATISTICS.iter().enumerate() {
+                assert_eq!(got.0[i], sys[i], "{n}: {file}");
+            }
+        }
+        return dump;
+    }
+    unreachable!()
+}
+
+#[test]
+fn netlink_counters_equal_the_sysfs_files() {
+    require_root();
+    assert!(netlink::sees_own_sysfs(&HostRoot::new("/")));
+    let _v = Veths::new(&["pvenl0".to_string()], true);
+    send_frames("pvenl0", 5, 100);
+    send_frames("pvenl0p", 3, 64);
+    let names = ["pvenl0".to_string(), "pvenl0p".to_string()];
+    let dump = assert_dump_equals_sysfs(&names);
+    // The known frames, as both ends count them.
+    let get = |n: &str, f: &str| dump.links[n].as_ref().and_then(|s| s.get(f));
+    assert_eq!(get("pvenl0", "tx_packets"), Some(5));
+    assert_eq!(get("pvenl0", "tx_bytes"), Some(500));
+    assert_eq!(get("pvenl0", "rx_packets"), Some(3));
+    assert_eq!(get("pvenl0p", "rx_bytes"), Some(500));
+    assert_eq!(get("pvenl0p", "tx_bytes"), Some(192));
+    // rx_nohandler came with Linux 4.6: every kernel this runs on has it.
+    assert!(get("pvenl0", "rx_nohandler").is_some());
+    // Only what the filter keeps.
+    assert_eq!(dump.links.len(), 2);
+}
+
+#[test]
+fn a_dump_of_many_interfaces_in_several_parts() {
+    require_root();
+    // 2 × 40 interfaces at 1–3 KiB each: more than one ~32 KiB datagram.
+    let names: Vec<String> = (0..40).map(|i| format!("pvenlm{i}")).collect();
+    let v = Veths::new(&names, false);
+    let mut all: Vec<String> = names.iter().flat_map(|n| [n.clone(), format!("{n}p")]).collect();
+    all.push("lo".to_string());
+    assert_dump_equals_sysfs(&all);
+    let every = netlink::dump_links(&|_| true).expect("netlink dump");
+    assert!(every.links.len() >= all.len(), "{} interfaces", every.links.len());
+
+    // Deleted: gone from the next dump.
+    drop(v);
+    let after = netlink::dump_links(&|n| n.starts_with("pvenlm")).expect("netlink dump");
+    assert!(after.links.is_empty(), "{:?}", after.links.keys().collect::<Vec<_>>());
+}
