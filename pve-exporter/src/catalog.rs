@@ -525,7 +525,9 @@ pub fn all() -> impl Iterator<Item = &'static Def> {
 /// Position of `def` in [`all`]; families not in the catalogue sort last. (By name, which is
 /// unique: identity of a `Def` is its name.)
 pub fn order(def: &Def) -> usize {
-    all().position(|d| d.name == def.name).unwrap_or(usize::MAX)
+    static RANKS: std::sync::OnceLock<std::collections::HashMap<&'static str, usize>> = std::sync::OnceLock::new();
+    let ranks = RANKS.get_or_init(|| all().enumerate().map(|(i, d)| (d.name, i)).collect());
+    ranks.get(def.name).copied().unwrap_or(usize::MAX)
 }
 
 #[cfg(test)]

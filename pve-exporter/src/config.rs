@@ -24,6 +24,9 @@ pub enum QmMode {
     Qmp,
     /// `qm monitor <vmid>` on a pseudo-terminal.
     Qm,
+    /// Never ask the monitors: no NIC and disk series from them, and a scrape wakes no QEMU
+    /// process (docs/benchmarks.md: on a small host the QEMU side of the exchange dominates).
+    Off,
 }
 
 /// When to read the KVM debugfs stats.

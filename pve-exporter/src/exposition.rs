@@ -83,9 +83,12 @@ fn encode_value(kind: Kind, value: &Value, mut enc: MetricEncoder) -> Result<(),
 
 /// Encode a scrape in the requested format.
 pub fn render(set: Arc<MetricSet>, format: Format) -> String {
+    // Room for the whole text up front: growing a buffer of hundreds of KiB by doubling
+    // costs copies and, with glibc, heap consolidation on every scrape.
+    let series: usize = set.families().iter().map(|f| f.samples.len()).sum();
+    let mut om = String::with_capacity(series * 96 + (64 << 10));
     let mut registry = Registry::default();
     registry.register_collector(Box::new(SetCollector(set)));
-    let mut om = String::new();
     // Writing into a String cannot fail; an error here would be a bug in a label value
     // encoder, and the scrape still answers with what was written.
     if let Err(e) = encode(&mut om, &registry) {

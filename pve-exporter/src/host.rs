@@ -93,9 +93,34 @@ pub fn call_with_timeout<T: Send + 'static>(
 
 /// At most one call in flight per source: while an earlier call is still hung, new calls fail
 /// at once instead of piling up threads.
+///
+/// Calls run on the gate's own worker thread, started on first use and kept while calls keep
+/// coming (it ends after [`GATE_IDLE`] without one): a scrape pays a channel send instead of a
+/// thread start per call. A worker stuck in a hung call keeps the gate busy; a call that panics
+/// fails alone and the worker goes on.
 #[derive(Debug, Default, Clone)]
 pub struct BlockingGate {
-    busy: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    inner: Arc<GateInner>,
+}
+
+/// How long an idle gate worker waits for the next call before it ends.
+pub const GATE_IDLE: Duration = Duration::from_secs(120);
+
+type Job = Box<dyn FnOnce() + Send>;
+
+#[derive(Debug, Default)]
+struct GateInner {
+    busy: std::sync::atomic::AtomicBool,
+    worker: Mutex<Option<mpsc::Sender<Job>>>,
+}
+
+/// Clears the gate's busy flag when the call ends, also by a panic.
+struct Idle(Arc<GateInner>);
+
+impl Drop for Idle {
+    fn drop(&mut self) {
+        self.0.busy.store(false, std::sync::atomic::Ordering::Release);
+    }
 }
 
 impl BlockingGate {
@@ -106,18 +131,45 @@ impl BlockingGate {
         f: impl FnOnce() -> T + Send + 'static,
     ) -> io::Result<T> {
         use std::sync::atomic::Ordering;
-        if self.busy.swap(true, Ordering::AcqRel) {
+        if self.inner.busy.swap(true, Ordering::AcqRel) {
             return Err(io::Error::new(
                 io::ErrorKind::WouldBlock,
                 format!("{what}: an earlier call has not returned yet"),
             ));
         }
-        let busy = self.busy.clone();
-        call_with_timeout(what, timeout, move || {
+        let idle = Idle(self.inner.clone());
+        let (tx, rx) = mpsc::sync_channel(1);
+        let job: Job = Box::new(move || {
             let r = f();
-            busy.store(false, Ordering::Release);
-            r
-        })
+            drop(idle);
+            let _ = tx.send(r);
+        });
+        self.submit(what, job)?;
+        rx.recv_timeout(timeout)
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("{what}: no answer within {timeout:?}")))
+    }
+
+    /// Hand `job` to the worker, starting one if there is none (or it ended).
+    fn submit(&self, what: &str, job: Job) -> io::Result<()> {
+        let mut worker = self.inner.worker.lock().unwrap_or_else(|p| p.into_inner());
+        let job = match worker.as_ref() {
+            Some(w) => match w.send(job) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::SendError(job)) => job, // the worker ended (idle, or a call panicked)
+            },
+            None => job,
+        };
+        let (tx, rx) = mpsc::channel::<Job>();
+        thread::Builder::new().name(format!("io-{what}")).spawn(move || {
+            while let Ok(job) = rx.recv_timeout(GATE_IDLE) {
+                // A panicking call loses its answer (the caller sees no reply), not the worker.
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+            }
+        })?;
+        // A fresh worker's channel is open: this send cannot fail.
+        let _ = tx.send(job);
+        *worker = Some(tx);
+        Ok(())
     }
 }
 
@@ -143,6 +195,22 @@ mod tests {
         let h = HostRoot::new("/tmp/x");
         assert_eq!(h.path("/proc/1/stat"), PathBuf::from("/tmp/x/proc/1/stat"));
         assert_eq!(h.path("proc/1/stat"), PathBuf::from("/tmp/x/proc/1/stat"));
+    }
+
+    #[test]
+    fn gate_reuses_its_worker_and_survives_a_panic() {
+        let gate = BlockingGate::default();
+        let name = || thread::current().id();
+        let a = gate.call("w", Duration::from_secs(5), name).unwrap();
+        let b = gate.call("w", Duration::from_secs(5), name).unwrap();
+        assert_eq!(a, b, "one worker for successive calls");
+        assert_ne!(a, thread::current().id());
+        let r = gate.call("boom", Duration::from_secs(5), || -> u32 { panic!("bad input") });
+        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::TimedOut, "the reply never comes");
+        // (The panic message above in the test output is expected.)
+        // The panic cleared the busy flag and the worker goes on.
+        let c = gate.call("w", Duration::from_secs(5), name).unwrap();
+        assert_eq!(c, a);
     }
 
     #[test]

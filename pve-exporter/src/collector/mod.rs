@@ -21,10 +21,12 @@ use self::kvm_debugfs::KvmDebugfs;
 pub use self::vcpu::VcpuThreadCache;
 use crate::{
     config::{Config, KvmDebugfsMode, VmSourceMode},
+    heldfile::{FdBudget, HeldFiles, OnStale},
     host::HostRoot,
     metrics::MetricSet,
     sources::{
         ebpf::{self, EbpfStatus},
+        monitor::VmDevices,
         libvirt::LibvirtReader,
         pve_config::{PveConfig, PveConfigReader},
     },
@@ -51,6 +53,8 @@ pub struct Engine {
     failing: Mutex<HashSet<&'static str>>,
     /// vCPU threads of each QEMU process (the vcpu collector; the eBPF side asks it too).
     pub vcpu_threads: VcpuThreadCache,
+    /// Each VM process's stat, status and io, held open by pid (the kvm collector).
+    process_files: Mutex<HeldFiles<u32>>,
     /// The KVM debugfs reader; None when not collected (`--kvm-debugfs off`, or `auto` in eBPF mode).
     kvm_debugfs: Option<Mutex<KvmDebugfs>>,
     /// storage.cfg cache, statvfs gates and command slots of the storage collectors.
@@ -61,6 +65,8 @@ pub struct Engine {
     pve: pve::PveState,
     /// libvirt's status XML per domain, parsed once per file version.
     libvirt: LibvirtReader,
+    /// The /proc scan with its per-process verdicts (kept until a process forks or execs).
+    scanner: Mutex<crate::sources::proc_scan::ProcScanner>,
 }
 
 impl Engine {
@@ -84,10 +90,14 @@ impl Engine {
         }
         .then(|| Mutex::new(KvmDebugfs::start(&host, config.kvm_debugfs_per_vcpu)));
         let pve_config = PveConfigReader::new();
+        // One descriptor budget for every file held open between scrapes.
+        let fds = FdBudget::from_rlimit();
+        let scanner = Mutex::new(crate::sources::proc_scan::ProcScanner::new(&host));
         Ok(Self {
-            vcpu_threads: VcpuThreadCache::new(host.clone()),
+            vcpu_threads: VcpuThreadCache::with_budget(host.clone(), fds.clone()),
+            process_files: Mutex::new(HeldFiles::new(fds.clone(), OnStale::Reopen)),
             kvm_debugfs,
-            pve: pve::PveState::new(&config, &host, pve_config.gate().clone()),
+            pve: pve::PveState::new(&config, &host, pve_config.gate().clone(), fds),
             host,
             storage: storage::StorageState::new(&config, pve_config.gate().clone()),
             pve_config,
@@ -95,6 +105,7 @@ impl Engine {
             failing: Mutex::default(),
             monitor: crate::sources::monitor::Monitor::from_config(&config),
             libvirt: LibvirtReader::new(),
+            scanner,
             config,
         })
     }
@@ -147,12 +158,16 @@ impl Engine {
                         &pve_source
                     }
                 };
-                let found = vm::discover(&self.host, source).map_err(|e| format!("listing /proc: {e}"))?;
+                let mut scanner = self.scanner.lock().unwrap_or_else(|p| p.into_inner());
+                let found =
+                    vm::discover(&self.host, &mut scanner, source).map_err(|e| format!("listing /proc: {e}"))?;
+                drop(scanner);
                 for (pid, why) in &found.skipped {
                     log::debug!("pid {pid}: not reported: {why}");
                 }
                 vms = found.vms;
-                let r = kvm::collect(&self.host, &files, &mut vms, &mut out);
+                let mut held = self.process_files.lock().unwrap_or_else(|p| p.into_inner());
+                let r = kvm::collect(&self.host, &files, &mut held, &mut vms, &mut out);
                 // A domain whose files could not be read is missing: the collector failed.
                 match (r, found.errors.is_empty()) {
                     (r, true) => r,
@@ -160,11 +175,11 @@ impl Engine {
                     (Err(e), false) => Err(format!("{}; {e}", found.errors.join("; "))),
                 }
             });
-            // NICs and disks from each VM's QEMU monitor, within --qm-terminal-timeout.
-            let mut devices = Vec::new();
-            self.timed(&mut runs, "qm", || nicdisk::fetch(&self.monitor, &self.host, &vms, &mut devices));
-            self.timed(&mut runs, "nic", || nicdisk::collect_nics(&self.host, &devices, &mut out));
-            self.timed(&mut runs, "disk", || nicdisk::collect_disks(&self.host, &devices, &mut out));
+            // NICs and disks from each VM's QEMU monitor, within --qm-terminal-timeout. The
+            // exchange mostly waits for the QEMU processes to answer, so it runs on a thread of
+            // its own while the collectors below read /proc and the eBPF maps.
+            let at = runs.len();
+            let fetch = self.spawn_fetch(&vms);
             // vCPU schedstat (both modes; before eBPF, which asks the same thread cache) and
             // KVM debugfs stats.
             self.timed(&mut runs, "vcpu", || vcpu::collect(&self.vcpu_threads, &vms, &mut out));
@@ -183,6 +198,14 @@ impl Engine {
                     .collect();
                 self.timed(&mut runs, "ebpf", || ebpf_maps::collect(&self.host, counters, &vms, &vcpus, &mut out));
             }
+            drop(st);
+            let (elapsed, result, devices) = fetch.join();
+            // Reported where they always were: qm, nic and disk after kvm.
+            let mut monitor_runs = Vec::new();
+            self.record(&mut monitor_runs, "qm", elapsed, result);
+            self.timed(&mut monitor_runs, "nic", || nicdisk::collect_nics(&self.host, &devices, &mut out));
+            self.timed(&mut monitor_runs, "disk", || nicdisk::collect_disks(&self.host, &devices, &mut out));
+            runs.splice(at..at, monitor_runs);
         }
 
         if self.config.collect_storage {
@@ -196,12 +219,70 @@ impl Engine {
     }
 }
 
+/// Run a collector: its time and result. A bug that panics in one collector costs that
+/// collector, not the scrape.
+fn run_timed(f: impl FnOnce() -> Result<(), String>) -> (Duration, Result<(), String>) {
+    let t = Instant::now();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|p| Err(format!("panicked: {}", panic_message(&p))));
+    (t.elapsed(), r)
+}
+
+/// The monitor exchange of one collection, running on its own thread (or done already).
+enum Fetch {
+    Running(std::thread::JoinHandle<(Duration, Result<(), String>, Vec<VmDevices>)>),
+    Done(Duration, Result<(), String>, Vec<VmDevices>),
+}
+
+impl Fetch {
+    fn join(self) -> (Duration, Result<(), String>, Vec<VmDevices>) {
+        match self {
+            Fetch::Running(h) => h.join().unwrap_or_else(|p| {
+                (Duration::ZERO, Err(format!("panicked: {}", panic_message(&p))), Vec::new())
+            }),
+            Fetch::Done(d, r, devices) => (d, r, devices),
+        }
+    }
+}
+
 impl Engine {
+    /// Start the monitor exchange of `vms` (the `qm` collector) on a thread; inline when no
+    /// thread can be started.
+    fn spawn_fetch(&self, vms: &[Vm]) -> Fetch {
+        let (monitor, host, vms) = (self.monitor.clone(), self.host.clone(), vms.to_vec());
+        let work = move || {
+            let mut devices = Vec::new();
+            let (d, r) = run_timed(|| nicdisk::fetch(&monitor, &host, &vms, &mut devices));
+            (d, r, devices)
+        };
+        let work = std::sync::Arc::new(Mutex::new(Some(work)));
+        let w = work.clone();
+        let spawned = std::thread::Builder::new().name("qm-fetch".into()).spawn(move || {
+            let f = w.lock().unwrap_or_else(|p| p.into_inner()).take();
+            f.map(|f| f()).unwrap_or((Duration::ZERO, Err("no work".into()), Vec::new()))
+        });
+        match spawned {
+            Ok(h) => Fetch::Running(h),
+            Err(e) => {
+                log::warn!("cannot start the monitor thread ({e}): asking the monitors inline");
+                match work.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    Some(f) => {
+                        let (d, r, devices) = f();
+                        Fetch::Done(d, r, devices)
+                    }
+                    None => Fetch::Done(Duration::ZERO, Err("no work".into()), Vec::new()),
+                }
+            }
+        }
+    }
+
     fn timed(&self, runs: &mut Vec<CollectorRun>, name: &'static str, f: impl FnOnce() -> Result<(), String>) {
-        let t = Instant::now();
-        // A bug that panics in one collector costs that collector, not the scrape.
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
-            .unwrap_or_else(|p| Err(format!("panicked: {}", panic_message(&p))));
+        let (duration, r) = run_timed(f);
+        self.record(runs, name, duration, r);
+    }
+
+    /// Note a collector's run, logging when it starts or stops failing.
+    fn record(&self, runs: &mut Vec<CollectorRun>, name: &'static str, duration: Duration, r: Result<(), String>) {
         let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
         match &r {
             Err(e) if failing.insert(name) => log::warn!("collector {name} failed: {e}"),
@@ -209,7 +290,7 @@ impl Engine {
             Ok(()) if failing.remove(name) => log::info!("collector {name} works again"),
             Ok(()) => {}
         }
-        runs.push(CollectorRun { name, duration: t.elapsed(), success: r.is_ok() });
+        runs.push(CollectorRun { name, duration, success: r.is_ok() });
     }
 }
 

@@ -100,10 +100,10 @@ impl Session for Qmp {
         Qmp::hmp(self, command)
     }
     fn blockstats(&mut self) -> io::Result<Vec<(String, BlockStats)>> {
-        self.execute("query-blockstats", None).map(|r| qmp::blockstats_rows(&r))
+        self.execute("query-blockstats", None).map(|r| qmp::blockstats_rows(&r.to_string()))
     }
     fn virtual_sizes(&mut self) -> io::Result<Option<Vec<(String, u64)>>> {
-        self.execute("query-block", None).map(|r| Some(qmp::virtual_sizes(&r)))
+        self.execute("query-block", None).map(|r| Some(qmp::virtual_sizes(&r.to_string())))
     }
     fn broken(&self) -> bool {
         Qmp::broken(self)
@@ -334,7 +334,7 @@ impl Monitor {
             QmMode::Qm => Some(Access::Qm),
             QmMode::Auto if socket.exists() => Some(Access::Qmp(socket)),
             QmMode::Auto if qm => Some(Access::Qm),
-            QmMode::Auto => None,
+            QmMode::Auto | QmMode::Off => None,
         }
     }
 
@@ -433,7 +433,9 @@ impl Monitor {
         deadline: Instant,
     ) {
         let inner = &self.inner;
-        let mut warm: Vec<(usize, PathBuf, Vec<Nic>, Vec<Drive>, Busy)> = Vec::new();
+        // (index in vms, socket, cached NICs, cached drives, busy mark)
+        type Warm = (usize, PathBuf, Vec<Nic>, Vec<Drive>, Busy);
+        let mut warm: Vec<Warm> = Vec::new();
         for (i, vm) in vms.iter().enumerate() {
             let Some(Access::Qmp(path)) = &access[i] else { continue };
             let (Some(nics), Some(drives)) = (cached_network(inner, vm), cached_block(inner, host, vm)) else {
@@ -467,7 +469,7 @@ impl Monitor {
                 Ok(mut replies) => {
                     let sizes = replies.pop();
                     match replies.pop() {
-                        Some(Ok(v)) => match hmp::assign_blockstats(qmp::blockstats_rows(&v), &drives) {
+                        Some(Ok(v)) => match hmp::assign_blockstats(qmp::blockstats_rows(v.get()), &drives) {
                             Some(named) => out.stats = Some(named),
                             None => {
                                 inner.cache.lock().unwrap_or_else(|p| p.into_inner()).remove(&vm.id, INFO_BLOCK);
@@ -478,7 +480,7 @@ impl Monitor {
                         None => out.errors.push("blockstats: no reply".into()),
                     }
                     match sizes {
-                        Some(Ok(v)) => out.sizes = Some(qmp::virtual_sizes(&v)),
+                        Some(Ok(v)) => out.sizes = Some(qmp::virtual_sizes(v.get())),
                         Some(Err(e)) => out.errors.push(format!("query-block: QEMU error: {e}")),
                         None => out.errors.push("query-block: no reply".into()),
                     }
@@ -773,6 +775,7 @@ mod tests {
         assert_eq!(with(QmMode::Auto).access(&host, &vm("2", 2)), None);
         assert_eq!(with(QmMode::Auto).access(&HostRoot::new("/"), &vm("999999", 2)), Some(Access::Qm));
         assert_eq!(with(QmMode::Qm).access(&host, &vm("1", 1)), Some(Access::Qm));
+        assert_eq!(with(QmMode::Off).access(&host, &vm("1", 1)), None, "a socket, but the monitors are off");
         let missing = dir.path().join("var/run/qemu-server/2.qmp");
         assert_eq!(with(QmMode::Qmp).access(&host, &vm("2", 2)), Some(Access::Qmp(missing)));
     }

@@ -14,7 +14,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::{Value, json};
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::{Value, json, value::RawValue};
 
 use crate::sources::{
     hmp::BlockStats,
@@ -207,50 +210,111 @@ fn ctx(what: &str, e: io::Error) -> io::Error {
     if e.to_string().starts_with(what) { e } else { io::Error::new(e.kind(), format!("{what}: {e}")) }
 }
 
-/// Rows of `query-blockstats` (its `return` array): (drive name, counters) in QEMU's order.
-/// The name is the BlockBackend's (`drive-scsi0`), or for a `-blockdev` drive without one the
-/// top node's (`drive-scsi0` in PVE 9), as `info block` prints them.
-pub fn blockstats_rows(ret: &Value) -> Vec<(String, BlockStats)> {
-    let Some(list) = ret.as_array() else { return Vec::new() };
-    list.iter()
-        .filter_map(|e| {
-            let name = drive_name(e.get("device"), e.get("node-name"))?;
-            let stats = e.get("stats")?.as_object()?;
-            let mut st = BlockStats::default();
-            for (k, v) in stats {
-                if let Some(v) = v.as_u64() {
-                    st.set(k, v);
-                }
-            }
+/// Rows of `query-blockstats` (its `return` array, as JSON text): (drive name, counters) in
+/// QEMU's order. The name is the BlockBackend's (`drive-scsi0`), or for a `-blockdev` drive
+/// without one the top node's (`drive-scsi0` in PVE 9), as `info block` prints them. Parsed
+/// into just the fields we export (this runs for every VM on every scrape); a counter that is
+/// not a u64 is left at 0, an unparseable reply gives no rows.
+pub fn blockstats_rows(ret: &str) -> Vec<(String, BlockStats)> {
+    #[derive(Deserialize)]
+    struct Row<'a> {
+        #[serde(default, borrow)]
+        device: Option<Cow<'a, str>>,
+        #[serde(default, borrow, rename = "node-name")]
+        node_name: Option<Cow<'a, str>>,
+        stats: Option<Counters>,
+    }
+    /// Each field: any JSON value, kept only when it is a u64.
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    struct Counters {
+        rd_bytes: Option<Value>,
+        wr_bytes: Option<Value>,
+        rd_operations: Option<Value>,
+        wr_operations: Option<Value>,
+        flush_operations: Option<Value>,
+        rd_total_time_ns: Option<Value>,
+        wr_total_time_ns: Option<Value>,
+        flush_total_time_ns: Option<Value>,
+    }
+    let Ok(rows) = serde_json::from_str::<Vec<Option<Row<'_>>>>(ret) else { return Vec::new() };
+    rows.into_iter()
+        .flatten()
+        .filter_map(|r| {
+            let name = drive_name(r.device.as_deref(), r.node_name.as_deref())?;
+            let c = r.stats?;
+            let v = |x: Option<Value>| x.and_then(|v| v.as_u64()).unwrap_or(0);
+            let st = BlockStats {
+                rd_bytes: v(c.rd_bytes),
+                wr_bytes: v(c.wr_bytes),
+                rd_operations: v(c.rd_operations),
+                wr_operations: v(c.wr_operations),
+                flush_operations: v(c.flush_operations),
+                rd_total_time_ns: v(c.rd_total_time_ns),
+                wr_total_time_ns: v(c.wr_total_time_ns),
+                flush_total_time_ns: v(c.flush_total_time_ns),
+            };
             Some((name, st))
         })
         .collect()
 }
 
-/// Virtual sizes of `query-block` (its `return` array): (drive name, bytes) for every drive
-/// with a medium. The size the guest sees, whatever the image format or storage.
-pub fn virtual_sizes(ret: &Value) -> Vec<(String, u64)> {
-    let Some(list) = ret.as_array() else { return Vec::new() };
-    list.iter()
-        .filter_map(|e| {
-            let inserted = e.get("inserted")?;
-            let name = drive_name(e.get("device"), inserted.get("node-name"))?;
-            let size = inserted.get("image")?.get("virtual-size")?.as_u64()?;
+/// Virtual sizes of `query-block` (its `return` array, as JSON text): (drive name, bytes) for
+/// every drive with a medium. The size the guest sees, whatever the image format or storage.
+pub fn virtual_sizes(ret: &str) -> Vec<(String, u64)> {
+    #[derive(Deserialize)]
+    struct Row<'a> {
+        #[serde(default, borrow)]
+        device: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        inserted: Option<Inserted<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct Inserted<'a> {
+        #[serde(default, borrow, rename = "node-name")]
+        node_name: Option<Cow<'a, str>>,
+        image: Option<Image>,
+    }
+    #[derive(Deserialize)]
+    struct Image {
+        #[serde(rename = "virtual-size")]
+        virtual_size: Option<Value>,
+    }
+    let Ok(rows) = serde_json::from_str::<Vec<Option<Row<'_>>>>(ret) else { return Vec::new() };
+    rows.into_iter()
+        .flatten()
+        .filter_map(|r| {
+            let inserted = r.inserted?;
+            let name = drive_name(r.device.as_deref(), inserted.node_name.as_deref())?;
+            let size = inserted.image?.virtual_size?.as_u64()?;
             Some((name, size))
         })
         .collect()
 }
 
-fn drive_name(device: Option<&Value>, node: Option<&Value>) -> Option<String> {
-    fn text(v: Option<&Value>) -> Option<&str> {
-        v.and_then(|v| v.as_str()).filter(|s| !s.is_empty())
-    }
-    text(device).or(text(node)).map(str::to_string)
+fn drive_name(device: Option<&str>, node: Option<&str>) -> Option<String> {
+    device.filter(|s| !s.is_empty()).or(node.filter(|s| !s.is_empty())).map(str::to_string)
 }
 
-/// The replies of one VM in [`exchange_many`]: one per command, in order; an error reply is
-/// `Err(QEMU's description)` and leaves the others usable.
-pub type Replies = Vec<Result<Value, String>>;
+/// The replies of one VM in [`exchange_many`]: one per command, in order, each the JSON text of
+/// its `return`; an error reply is `Err(QEMU's description)` and leaves the others usable.
+pub type Replies = Vec<Result<Box<RawValue>, String>>;
+
+/// A QMP message as far as [`exchange_many`] needs it; the `return` stays unparsed text.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "QMP")]
+    greeting: Option<serde::de::IgnoredAny>,
+    id: Option<u64>,
+    #[serde(borrow, rename = "return")]
+    ret: Option<&'a RawValue>,
+    error: Option<ErrorReply>,
+}
+
+#[derive(Deserialize)]
+struct ErrorReply {
+    desc: Option<String>,
+}
 
 /// One VM's pipelined exchange.
 struct Pipelined<'a> {
@@ -261,7 +325,7 @@ struct Pipelined<'a> {
     buf: Vec<u8>,
     greeted: bool,
     /// Reply to `qmp_capabilities` (id 0) and to command i (id i + 1).
-    replies: Vec<Option<Result<Value, String>>>,
+    replies: Vec<Option<Result<Box<RawValue>, String>>>,
     done: Option<io::Result<Replies>>,
 }
 
@@ -278,23 +342,22 @@ impl Pipelined<'_> {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let m: Value = serde_json::from_slice(&line)
+            let m: Envelope<'_> = serde_json::from_slice(&line)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad QMP message: {e}")))?;
             if !self.greeted {
-                if m.get("QMP").is_none() {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, format!("not a QMP greeting: {m}")));
+                if m.greeting.is_none() {
+                    let shown = String::from_utf8_lossy(&line).trim().to_string();
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, format!("not a QMP greeting: {shown}")));
                 }
                 self.greeted = true;
                 continue;
             }
-            // Events come between replies.
-            let Some(id) = m.get("id").and_then(Value::as_u64) else { continue };
+            // Events (no id) come between replies.
+            let Some(id) = m.id else { continue };
             let Some(slot) = usize::try_from(id).ok().and_then(|i| self.replies.get_mut(i)) else { continue };
-            *slot = Some(match (m.get("return"), m.get("error")) {
-                (Some(r), _) => Ok(r.clone()),
-                (None, e) => {
-                    Err(e.and_then(|e| e.get("desc")).and_then(Value::as_str).unwrap_or("unknown error").to_string())
-                }
+            *slot = Some(match (m.ret, m.error) {
+                (Some(r), _) => Ok(r.to_owned()),
+                (None, e) => Err(e.and_then(|e| e.desc).unwrap_or_else(|| "unknown error".into())),
             });
         }
         if self.buf.len() > MAX_MESSAGE {
@@ -455,9 +518,9 @@ mod tests {
 
     const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/qemu");
 
-    fn ret(name: &str) -> Value {
+    fn ret(name: &str) -> String {
         let v: Value = serde_json::from_str(&std::fs::read_to_string(format!("{FIXTURES}/{name}")).unwrap()).unwrap();
-        v["return"].clone()
+        v["return"].to_string()
     }
 
     #[test]
@@ -506,13 +569,19 @@ mod tests {
 
     #[test]
     fn odd_replies() {
-        assert!(blockstats_rows(&json!({})).is_empty());
-        assert!(blockstats_rows(&json!([{"device": ""}, {"device": "a", "stats": 3}, 7])).is_empty());
+        assert!(blockstats_rows(&json!({}).to_string()).is_empty());
+        assert!(blockstats_rows("not json").is_empty());
+        assert!(blockstats_rows(&json!([{"device": ""}, {"device": "a", "stats": 3}]).to_string()).is_empty());
         assert_eq!(
-            blockstats_rows(&json!([{"device": "a", "stats": {"rd_bytes": -1, "wr_bytes": 2}}]))[0].1.wr_bytes,
+            blockstats_rows(&json!([{"device": "a", "stats": {"rd_bytes": -1, "wr_bytes": 2}}]).to_string())[0]
+                .1
+                .wr_bytes,
             2
         );
-        assert!(virtual_sizes(&json!([{"device": "a", "inserted": {"image": {"virtual-size": "big"}}}])).is_empty());
+        assert!(
+            virtual_sizes(&json!([{"device": "a", "inserted": {"image": {"virtual-size": "big"}}}]).to_string())
+                .is_empty()
+        );
     }
 
     #[test]
@@ -581,7 +650,7 @@ mod tests {
         assert_eq!(r.len(), 7);
         for reply in &r[..5] {
             let replies = reply.as_ref().unwrap();
-            assert_eq!(blockstats_rows(replies[0].as_ref().unwrap())[0].1.rd_bytes, 7);
+            assert_eq!(blockstats_rows(replies[0].as_ref().unwrap().get())[0].1.rd_bytes, 7);
             assert_eq!(replies[1].as_ref().unwrap_err(), "nope");
         }
         assert_eq!(r[5].as_ref().unwrap_err().kind(), io::ErrorKind::TimedOut);
