@@ -21,7 +21,8 @@ usage: cargo xtask <task> [args]
                    (no /etc/pve/qemu-server/*.conf) it starts two demo VMs first
   demo [-- ARGS]   like run, but always with the demo VMs
   test             setup, then the whole test suite: fmt, clippy, unit, fixture, golden,
-                   promtool and the privileged eBPF/KVM tests, and the procfs-only build
+                   promtool and the privileged eBPF/KVM tests, the procfs-only build, and
+                   the benchmarks in their quick mode
   bench [--quick] [host|ebpf|parsers|all]
                    the benchmarks of docs/benchmarks.md (release build; results also in
                    target/bench/); --quick is the test suite's small, fast mode
@@ -195,6 +196,10 @@ fn test() -> Result<()> {
     cargo(&["test", "--no-fail-fast"])?;
     step("procfs-only build (--no-default-features)");
     cargo(&["build", "-p", "pve-exporter", "--no-default-features"])?;
+    // The benchmarks run in their quick mode so they never rot; they assert nothing about time
+    // (the figures go into docs/benchmarks.md from a full `cargo xtask bench`).
+    step("benchmarks, quick mode (cargo xtask bench --quick)");
+    bench::run(&["--quick".to_string()])?;
     println!("==> all tests passed");
     Ok(())
 }

@@ -59,7 +59,7 @@ pub fn run(bench: &Bench) -> Result<()> {
     let scrapes = sizes("BENCH_SCRAPES", vec![scrapes]).first().copied().unwrap_or(scrapes).max(1);
     let mut rows = Vec::new();
     for &n in &qemu_sizes {
-        rows.push(qemu_host(bench, n, starts, scrapes)?);
+        rows.extend(qemu_host(bench, n, starts, scrapes)?);
     }
     for &n in &fixture_sizes {
         rows.push(fixture_host(bench, n, starts, scrapes)?);
@@ -183,7 +183,7 @@ impl Drop for Vms {
     }
 }
 
-fn qemu_host(bench: &Bench, n: usize, starts: usize, scrapes: usize) -> Result<Row> {
+fn qemu_host(bench: &Bench, n: usize, starts: usize, scrapes: usize) -> Result<Vec<Row>> {
     let root = bench.dir.join(format!("qemu-{n}"));
     fresh_dir(&root)?;
     symlink("/proc", root.join("proc"))?;
@@ -226,9 +226,13 @@ fn qemu_host(bench: &Bench, n: usize, starts: usize, scrapes: usize) -> Result<R
             std::thread::sleep(Duration::from_secs(3600));
         }
     }
-    let row = measure(bench, format!("qemu-{n}"), n, &["--root", &root_s, "--ebpf", "on"], starts, scrapes);
+    let all = measure(bench, format!("qemu-{n}"), n, &["--root", &root_s, "--ebpf", "on"], starts, scrapes)?;
+    // The same host without the monitor exchange: what the exporter itself costs, apart from
+    // the QEMU processes' own time to answer QMP.
+    let args = ["--root", &root_s, "--ebpf", "on", "--qm-mode", "off"];
+    let off = measure(bench, format!("qemu-{n}, --qm-mode off"), n, &args, starts, scrapes)?;
     drop(vms);
-    row
+    Ok(vec![all, off])
 }
 
 /// The LD_PRELOAD shim that hides `-id` from Debian's QEMU (pve-exporter/tests/support/hide_id.c).
@@ -269,7 +273,10 @@ fn start_qemu(root: &Path, vmid: u32, shim: &Path, template: &[PathBuf; 2]) -> R
     cmd.arg0("/usr/bin/kvm")
         .env("LD_PRELOAD", shim)
         .args(["-id", &vmid.to_string(), "-name", &format!("bench{vmid},debug-threads=on"), "-no-shutdown"])
-        .args(["-chardev", &format!("socket,id=qmp,path={},server=on,wait=off", p(&run_dir.join(format!("{vmid}.qmp"))))])
+        .args([
+            "-chardev",
+            &format!("socket,id=qmp,path={},server=on,wait=off", p(&run_dir.join(format!("{vmid}.qmp")))),
+        ])
         .args(["-mon", "chardev=qmp,mode=control"])
         .args(["-pidfile", &p(&run_dir.join(format!("{vmid}.pid")))])
         .args(["-smp", "1,sockets=1,cores=1,maxcpus=1", "-nodefaults", "-display", "none", "-m", "32"])

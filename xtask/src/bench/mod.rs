@@ -158,10 +158,7 @@ impl Daemon {
     pub fn rss_kib(&self) -> Result<(u64, u64, u64)> {
         let status = fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
         let get = |k: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(k)?.split_whitespace().next()?.parse::<u64>().ok())
-                .unwrap_or(0)
+            status.lines().find_map(|l| l.strip_prefix(k)?.split_whitespace().next()?.parse::<u64>().ok()).unwrap_or(0)
         };
         Ok((get("VmRSS:"), get("RssAnon:"), get("RssFile:")))
     }
@@ -199,12 +196,19 @@ pub fn parse_debug_duration(s: &str) -> Option<Duration> {
     Some(Duration::from_secs_f64(v * scale))
 }
 
+/// What Prometheus 2.x/3.x sends by default.
+const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+
 /// A plain HTTP/1.1 GET on localhost (std only): wall time until the whole body is read.
 pub fn http_get(port: u16, path: &str) -> Result<(Duration, String)> {
     let t = Instant::now();
     let mut s = TcpStream::connect(("127.0.0.1", port)).context("connecting to the daemon")?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    // Prometheus' own Accept header (scrape_protocols default): what a real scrape costs.
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: {PROMETHEUS_ACCEPT}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let wall = t.elapsed();
@@ -213,7 +217,11 @@ pub fn http_get(port: u16, path: &str) -> Result<(Duration, String)> {
     if !head.starts_with("HTTP/1.1 200") {
         bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
     }
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body)? } else { body.to_string() };
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(body)?
+    } else {
+        body.to_string()
+    };
     Ok((wall, body))
 }
 
