@@ -95,9 +95,90 @@ pub const REASON_RESTART: u32 = u32::MAX - 1;
 /// `kvm_userspace_exit` with another negative errno.
 pub const REASON_ERROR: u32 = u32::MAX;
 
+// ---- registered VMs: counters in arrays -------------------------------------------------------
+//
+// The hot counters (every tracepoint slot, every exit to user space) of a VM that user space
+// registered are counted in per-CPU arrays: one direct-mapped array lookup finds the VM's index,
+// one per-CPU array lookup its counters, both inlined by the verifier, no hashing. Events of
+// processes not registered (a VM started since the last scrape, more VMs than
+// `MAX_INDEXED_VMS`, a `VM_INDEX` slot taken by another VM) go to the per-(tgid, key) hash maps
+// as before, so nothing is lost; user space adds both.
+
+/// VMs counted in the arrays; further VMs use the hash maps.
+pub const MAX_INDEXED_VMS: u32 = 512;
+/// Entries of `VM_INDEX`, direct-mapped by `tgid & (size - 1)`.
+pub const VM_INDEX_SIZE: u32 = 65536;
+
+pub const fn vm_index_slot(tgid: u32) -> u32 {
+    tgid & (VM_INDEX_SIZE - 1)
+}
+
+/// Value of `VM_INDEX`: the registered process in this slot and its index in the counter
+/// arrays. `tgid` 0: the slot is free (no VM has tgid 0; the idle task does, and must not match).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VmSlot {
+    pub tgid: u32,
+    pub index: u32,
+}
+
+/// Value of `EVENT_ARRAY` (per VM index, per CPU): events of each tracepoint slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventCounts {
+    pub n: [u64; EVENT_SLOTS as usize],
+}
+
+impl Default for EventCounts {
+    fn default() -> Self {
+        Self { n: [0; EVENT_SLOTS as usize] }
+    }
+}
+
+/// Slots of [`UexitCounts`]: KVM_EXIT_* reasons 0..`UEXIT_SLOTS - 2` (io, mmio, hlt, shutdown,
+/// system_event, hyperv, rdmsr, ...), one for restarts and one for errors; a larger reason
+/// (wrmsr, memory_fault, ...) takes the hash map. A power of two: the compiler bounds the index
+/// with a mask, which the verifier must find within the value.
+pub const UEXIT_SLOTS: u32 = 32;
+pub const UEXIT_SLOT_RESTART: u32 = UEXIT_SLOTS - 2;
+pub const UEXIT_SLOT_ERROR: u32 = UEXIT_SLOTS - 1;
+
+/// The array slot of a user-space exit reason (`REASON_*` included), if it has one.
+pub const fn uexit_slot(reason: u32) -> Option<u32> {
+    match reason {
+        REASON_RESTART => Some(UEXIT_SLOT_RESTART),
+        REASON_ERROR => Some(UEXIT_SLOT_ERROR),
+        r if r < UEXIT_SLOT_RESTART => Some(r),
+        _ => None,
+    }
+}
+
+/// The reason of an array slot (inverse of [`uexit_slot`]).
+pub const fn uexit_reason(slot: u32) -> u32 {
+    match slot {
+        UEXIT_SLOT_RESTART => REASON_RESTART,
+        UEXIT_SLOT_ERROR => REASON_ERROR,
+        s => s,
+    }
+}
+
+/// Value of `UEXIT_ARRAY` (per VM index, per CPU): exits to user space per [`uexit_slot`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UexitCounts {
+    pub n: [u64; UEXIT_SLOTS as usize],
+}
+
+impl Default for UexitCounts {
+    fn default() -> Self {
+        Self { n: [0; UEXIT_SLOTS as usize] }
+    }
+}
+
 /// Map sizes. Every map is bounded; user space removes the entries of processes that exited.
-pub const MAX_EVENT_KEYS: u32 = 16384; // 682 VMs x 24 tracepoints
-pub const MAX_REASON_KEYS: u32 = 8192; // user-space exit reasons x VMs
+/// The two counter hashes hold only processes not in the arrays (see `MAX_INDEXED_VMS`).
+pub const MAX_EVENT_KEYS: u32 = 8192; // 341 unregistered VMs x 24 tracepoints
+pub const MAX_REASON_KEYS: u32 = 4096; // user-space exit reasons x unregistered VMs
 pub const MAX_EXIT_KEYS: u32 = 16384; // exit reasons x VMs
 pub const MAX_VCPU_THREADS: u32 = 32768;
 pub const MAX_HIST_KEYS: u32 = 2048; // 2 kinds x VMs
@@ -125,8 +206,6 @@ pub const ERR_SLOTS: u32 = 3;
 
 /// Names of the globals the loader sets from the tracepoints' format files.
 pub mod globals {
-    pub const UEXIT_REASON: &str = "UEXIT_REASON_OFFSET";
-    pub const UEXIT_ERRNO: &str = "UEXIT_ERRNO_OFFSET";
     pub const EXIT_REASON: &str = "EXIT_REASON_OFFSET";
     /// u32::MAX when the kernel's kvm_exit has no isa field.
     pub const EXIT_ISA: &str = "EXIT_ISA_OFFSET";
@@ -200,6 +279,9 @@ mod user {
     unsafe impl aya::Pod for super::ExitSlot {}
     unsafe impl aya::Pod for super::CountNs {}
     unsafe impl aya::Pod for super::Hist {}
+    unsafe impl aya::Pod for super::VmSlot {}
+    unsafe impl aya::Pod for super::EventCounts {}
+    unsafe impl aya::Pod for super::UexitCounts {}
 }
 
 #[cfg(test)]
@@ -227,6 +309,19 @@ mod tests {
         assert!(preempted(0x101));
         assert!(!preempted(1)); // TASK_INTERRUPTIBLE: went to sleep
         assert!(!preempted(2));
+    }
+
+    #[test]
+    fn uexit_slots() {
+        assert_eq!(uexit_slot(2), Some(2));
+        assert_eq!(uexit_slot(REASON_RESTART), Some(UEXIT_SLOT_RESTART));
+        assert_eq!(uexit_slot(REASON_ERROR), Some(UEXIT_SLOT_ERROR));
+        assert_eq!(uexit_slot(30), None); // a reason that large: the hash map
+        assert!(UEXIT_SLOTS.is_power_of_two());
+        for r in [0, 2, 29, REASON_RESTART, REASON_ERROR] {
+            assert_eq!(uexit_reason(uexit_slot(r).unwrap()), r);
+        }
+        assert_eq!(vm_index_slot(65536 + 7), 7);
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! eBPF programs of pve-exporter. docs/ebpf.md explains each program, its maps and its cost.
 //!
-//! - `count_event_<slot>`: one tiny program per counted tracepoint; counts per (process, slot).
-//!   (Why a slot per program: see `pve_exporter_common::EVENT_SLOTS`.)
-//! - `count_userspace_exit`: kvm_userspace_exit per (process, reason).
+//! - `count_event_<slot>`: one tiny raw-tracepoint program per counted tracepoint; counts per
+//!   (process, slot). (Why a slot per program: see `pve_exporter_common::EVENT_SLOTS`.)
+//! - `count_userspace_exit`: kvm_userspace_exit per (process, reason), a raw tracepoint.
 //! - `kvm_exit` / `kvm_entry`: exits per (process, isa, reason), and the time from a vCPU's
 //!   exit to its next entry (exit handling time) as a histogram and per reason.
 //! - `vcpu_wakeup`: halt-polling outcome (polled, waited) and time halted.
@@ -11,32 +11,51 @@
 //! Rules: VM identity is the thread's tgid (user space maps it to a vmid); state is per CPU
 //! where the event pair stays on one CPU (exit -> entry) and keyed by thread where it does not
 //! (wakeup on one CPU, switch-in on another); counters live in per-CPU maps (no locks, no
-//! atomics); every map is bounded; no program sleeps or loops. Field offsets are globals the
-//! loader sets from the tracepoints' format files. aya-log reports rare anomalies (a full map,
-//! out-of-order timestamps) once per CPU, never per event.
+//! atomics); every map is bounded; no program sleeps or loops. The hot counters of registered
+//! VMs are per-CPU arrays (see `pve_exporter_common::MAX_INDEXED_VMS`), with the hash maps as
+//! the fallback. Field offsets of the perf-tracepoint programs are globals the loader sets from
+//! the tracepoints' format files; the raw-tracepoint programs take the tracepoint's arguments.
+//! aya-log reports rare anomalies (a full map, out-of-order timestamps) once per CPU, never per
+//! event.
+//!
+//! Why raw tracepoints for the counters: a perf tracepoint with a BPF program first fills the
+//! trace record (buffer, every field), which costs the guest more than the program itself
+//! (docs/ebpf.md, Cost); a raw tracepoint hands the program the tracepoint's arguments.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
 mod programs {
     use aya_ebpf::{
-        Global,
+        EbpfContext, Global,
         bindings::BPF_NOEXIST,
         helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-        macros::{map, tracepoint},
+        macros::{map, raw_tracepoint, tracepoint},
         maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
-        programs::TracePointContext,
+        programs::{RawTracePointContext, TracePointContext},
     };
     use aya_log_ebpf::warn;
     use pve_exporter_common::{
-        CountNs, ERR_MAP_FULL, ERR_NEGATIVE_DELTA, ERR_SLOTS, ERR_UNMATCHED_ENTRY, ExitKey, ExitSlot, HALT_INVALID,
-        HALT_POLLED, HALT_WAITED, HIST_BUCKETS, HIST_EXIT_HANDLING, HIST_RUNQUEUE_WAIT, Hist, ISA_SVM, ISA_UNKNOWN,
-        MAX_EVENT_KEYS, MAX_EXIT_KEYS, MAX_HALT_KEYS, MAX_HIST_KEYS, MAX_REASON_KEYS, MAX_VCPU_THREADS, REASON_ERROR,
-        REASON_RESTART, TgidKey, VCPU_FILTER_SIZE, log2_bucket, preempted, vcpu_filter_slot,
+        CountNs, ERR_MAP_FULL, ERR_NEGATIVE_DELTA, ERR_SLOTS, ERR_UNMATCHED_ENTRY, EventCounts, ExitKey, ExitSlot,
+        HALT_INVALID, HALT_POLLED, HALT_WAITED, HIST_BUCKETS, HIST_EXIT_HANDLING, HIST_RUNQUEUE_WAIT, Hist, ISA_SVM,
+        ISA_UNKNOWN, MAX_EVENT_KEYS, MAX_EXIT_KEYS, MAX_HALT_KEYS, MAX_HIST_KEYS, MAX_INDEXED_VMS, MAX_REASON_KEYS,
+        MAX_VCPU_THREADS, REASON_ERROR, REASON_RESTART, TgidKey, UexitCounts, VCPU_FILTER_SIZE, VM_INDEX_SIZE, VmSlot,
+        log2_bucket, preempted, uexit_slot, vcpu_filter_slot, vm_index_slot,
     };
 
     // ---- maps ------------------------------------------------------------------------------
 
+    /// Registered VMs: `tgid & 0xffff` -> (tgid, index in the counter arrays). Written by user
+    /// space only, which zeroes an index's counters before it hands the index out.
+    #[map]
+    static VM_INDEX: Array<VmSlot> = Array::with_max_entries(VM_INDEX_SIZE, 0);
+    /// Per registered VM: events of each tracepoint slot.
+    #[map]
+    static EVENT_ARRAY: PerCpuArray<EventCounts> = PerCpuArray::with_max_entries(MAX_INDEXED_VMS, 0);
+    /// Per registered VM: exits to user space by reason.
+    #[map]
+    static UEXIT_ARRAY: PerCpuArray<UexitCounts> = PerCpuArray::with_max_entries(MAX_INDEXED_VMS, 0);
+    /// The same counters for processes not registered.
     #[map]
     static EVENT_COUNTS: PerCpuHashMap<TgidKey, u64> = PerCpuHashMap::with_max_entries(MAX_EVENT_KEYS, 0);
     #[map]
@@ -71,10 +90,6 @@ mod programs {
     // ---- field offsets, set by the loader from the format files -----------------------------
 
     #[unsafe(no_mangle)]
-    static UEXIT_REASON_OFFSET: Global<u32> = Global::new(8);
-    #[unsafe(no_mangle)]
-    static UEXIT_ERRNO_OFFSET: Global<u32> = Global::new(12);
-    #[unsafe(no_mangle)]
     static EXIT_REASON_OFFSET: Global<u32> = Global::new(8);
     #[unsafe(no_mangle)]
     static EXIT_ISA_OFFSET: Global<u32> = Global::new(24);
@@ -99,7 +114,7 @@ mod programs {
 
     /// Count an anomaly; log it the first time it happens on this CPU (never per event).
     #[inline(always)]
-    fn anomaly(ctx: &TracePointContext, slot: u32) {
+    fn anomaly<C: EbpfContext>(ctx: &C, slot: u32) {
         if let Some(p) = COUNTER_ERRORS.get_ptr_mut(slot) {
             // SAFETY: this CPU's slot; tracepoint programs do not nest on one CPU.
             let n = unsafe {
@@ -197,18 +212,35 @@ mod programs {
         }
     }
 
+    /// The counter-array index of a registered VM.
+    #[inline(always)]
+    fn vm_index(tgid: u32) -> Option<u32> {
+        let s = VM_INDEX.get(vm_index_slot(tgid))?;
+        // tgid 0 (the idle task) must not match a free slot.
+        (s.tgid == tgid && tgid != 0).then_some(s.index)
+    }
+
     // ---- per-tracepoint counters ------------------------------------------------------------
 
     #[inline(always)]
-    fn count(ctx: &TracePointContext, slot: u32) -> u32 {
-        add!(ctx, EVENT_COUNTS, TgidKey { tgid: ids().0, sub: slot }, 1);
+    fn count(ctx: &RawTracePointContext, slot: usize) -> u32 {
+        let tgid = ids().0;
+        if let Some(i) = vm_index(tgid)
+            && let Some(c) = EVENT_ARRAY.get_ptr_mut(i)
+        {
+            // SAFETY: this CPU's value; programs do not nest on one CPU. `slot` is a constant
+            // below EVENT_SLOTS.
+            unsafe { (*c).n[slot] += 1 };
+            return 0;
+        }
+        add!(ctx, EVENT_COUNTS, TgidKey { tgid, sub: slot as u32 }, 1);
         0
     }
 
     macro_rules! slot_programs {
         ($($name:ident = $slot:literal),* $(,)?) => {$(
-            #[tracepoint]
-            pub fn $name(ctx: TracePointContext) -> u32 {
+            #[raw_tracepoint]
+            pub fn $name(ctx: RawTracePointContext) -> u32 {
                 count(&ctx, $slot)
             }
         )*};
@@ -245,20 +277,30 @@ mod programs {
     // ---- KVM --------------------------------------------------------------------------------
 
     /// kvm_userspace_exit by reason. As the kernel prints it, a negative errno makes the exit
-    /// a restart (-EINTR) or an error rather than an exit with a reason.
-    #[tracepoint]
-    pub fn count_userspace_exit(ctx: TracePointContext) -> u32 {
-        let (Some(reason), Some(errno)) =
-            (read::<u32>(&ctx, &UEXIT_REASON_OFFSET), read::<i32>(&ctx, &UEXIT_ERRNO_OFFSET))
-        else {
-            return 0;
-        };
+    /// a restart (-EINTR) or an error rather than an exit with a reason. A raw tracepoint:
+    /// `TP_PROTO(__u32 reason, int errno)`, unchanged since the tracepoint exists (the loader
+    /// still checks the format file has both fields).
+    #[raw_tracepoint]
+    pub fn count_userspace_exit(ctx: RawTracePointContext) -> u32 {
+        let reason = ctx.arg::<u64>(0) as u32;
+        let errno = ctx.arg::<u64>(1) as i32;
         let reason = match errno {
             0.. => reason,
             -4 => REASON_RESTART,
             _ => REASON_ERROR,
         };
-        add!(&ctx, USERSPACE_EXITS, TgidKey { tgid: ids().0, sub: reason }, 1);
+        let tgid = ids().0;
+        if let Some(i) = vm_index(tgid)
+            && let Some(s) = uexit_slot(reason)
+            && let Some(c) = UEXIT_ARRAY.get_ptr_mut(i)
+        {
+            // SAFETY: this CPU's value; programs do not nest on one CPU.
+            if let Some(n) = unsafe { (*c).n.get_mut(s as usize) } {
+                *n += 1;
+                return 0;
+            }
+        }
+        add!(&ctx, USERSPACE_EXITS, TgidKey { tgid, sub: reason }, 1);
         0
     }
 

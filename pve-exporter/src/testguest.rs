@@ -58,6 +58,10 @@ pub struct GuestConfig {
     pub pio_interval_ms: u64,
     /// `-ready-file`: where to also write the `done <total>` line after the first burst.
     pub ready_file: Option<PathBuf>,
+    /// `-pio-report` (a flag): print a `burst ...` line with the burst's CLOCK_MONOTONIC start
+    /// and end for every burst of every vCPU, so a benchmark can time exits without the
+    /// process start-up (see [`burst_line`]).
+    pub pio_report: bool,
 }
 
 impl Default for GuestConfig {
@@ -72,6 +76,7 @@ impl Default for GuestConfig {
             pio_port: DEFAULT_PIO_PORT,
             pio_interval_ms: 0,
             ready_file: None,
+            pio_report: false,
         }
     }
 }
@@ -99,6 +104,7 @@ impl GuestConfig {
 /// - `-pio-port <port>` (decimal or `0x` hex), default [`DEFAULT_PIO_PORT`]
 /// - `-pio-interval-ms <ms>`, default 0 (one burst only)
 /// - `-ready-file <path>`
+/// - `-pio-report` (a flag, no value): a timed line per burst, see [`burst_line`]
 ///
 /// Any other option is accepted and ignored so callers can add realistic QEMU options: it takes
 /// the following argument as its value unless that argument starts with `-` (then it is a flag).
@@ -139,6 +145,7 @@ pub fn parse_args(args: &[String]) -> Result<GuestConfig, String> {
                 }
                 cfg.ready_file = Some(PathBuf::from(value));
             }
+            "pio-report" => cfg.pio_report = true,
             _ => {
                 // Unknown option. Heuristic: its value, if any, never starts with '-' in
                 // practice; otherwise it is a flag.
@@ -356,6 +363,9 @@ pub fn run(cfg: &GuestConfig) -> Result<Infallible> {
     let mut total = 0u64;
     while first_done.iter().any(|done| !done) {
         let event = recv_event(&rx)?;
+        if cfg.pio_report {
+            report(&burst_line(&event), None)?;
+        }
         if event.burst == 0 {
             first_done[event.index as usize] = true;
             total += event.writes;
@@ -370,8 +380,41 @@ pub fn run(cfg: &GuestConfig) -> Result<Infallible> {
 
     // Keep the process (and the vCPU threads) alive; fail if a later burst fails.
     loop {
-        recv_event(&rx)?;
+        let event = recv_event(&rx)?;
+        if cfg.pio_report {
+            report(&burst_line(&event), None)?;
+        }
     }
+}
+
+/// The `-pio-report` line of a finished burst:
+/// `burst vcpu=<index> n=<burst> writes=<writes> start_ns=<t0> end_ns=<t1> cpu_ns=<c>`: start
+/// and end from CLOCK_MONOTONIC (comparable with any other process's clock_gettime on this
+/// host), and the CPU time the vCPU thread used for the burst (user and system: the exits, and
+/// whatever runs in the thread's context on them, BPF programs included), which other load on
+/// the machine does not stretch as it does the wall time.
+fn burst_line(b: &BurstDone) -> String {
+    format!(
+        "burst vcpu={} n={} writes={} start_ns={} end_ns={} cpu_ns={}\n",
+        b.index, b.burst, b.writes, b.start_ns, b.end_ns, b.cpu_ns
+    )
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec to fill; both clocks used here always exist on Linux.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
+}
+
+/// CLOCK_MONOTONIC in nanoseconds.
+fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// CPU time of the calling thread in nanoseconds.
+fn thread_cpu_ns() -> u64 {
+    clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)
 }
 
 /// Restores the default disposition (terminate) of SIGINT and SIGTERM: a shell starts background
@@ -418,6 +461,11 @@ struct BurstDone {
     index: u32,
     burst: u64,
     writes: u64,
+    /// CLOCK_MONOTONIC when the burst started and ended, and the thread's CPU time for it
+    /// (for `-pio-report`).
+    start_ns: u64,
+    end_ns: u64,
+    cpu_ns: u64,
 }
 
 /// A vCPU thread's message: a finished burst, or the error that ended the thread.
@@ -557,10 +605,18 @@ impl Vcpu {
     /// `interval_ms` (or once, if 0), idling in between and afterwards.
     fn run_forever(mut self, writes: u64, interval_ms: u64, tx: &mpsc::Sender<Message>) {
         for burst in 0.. {
-            let result = self
-                .run_burst(writes)
-                .with_context(|| format!("vCPU {} burst {burst}", self.index))
-                .map(|writes| BurstDone { index: self.index, burst, writes });
+            let (start_ns, start_cpu) = (monotonic_ns(), thread_cpu_ns());
+            let result =
+                self.run_burst(writes).with_context(|| format!("vCPU {} burst {burst}", self.index)).map(|writes| {
+                    BurstDone {
+                        index: self.index,
+                        burst,
+                        writes,
+                        start_ns,
+                        end_ns: monotonic_ns(),
+                        cpu_ns: thread_cpu_ns().saturating_sub(start_cpu),
+                    }
+                });
             let failed = result.is_err();
             // If the main thread is gone the process is exiting anyway.
             if tx.send(result).is_err() || failed {
@@ -668,7 +724,7 @@ mod tests {
              -smp 4,sockets=1,cores=4,maxcpus=4 -nodefaults -vnc unix:/var/run/100.vnc,password=on \
              -cpu kvm64,enforce,+kvm_pv_eoi,+kvm_pv_unhalt,+lahf_lm,+sep -m 2048 \
              -machine type=pc-i440fx-9.0+pve0 -pio-writes 70000 -pio-port 0x3f8 \
-             -pio-interval-ms 500 -ready-file /tmp/ready",
+             -pio-interval-ms 500 -ready-file /tmp/ready -pio-report",
         )
         .unwrap();
         assert_eq!(
@@ -683,6 +739,7 @@ mod tests {
                 pio_port: 0x3f8,
                 pio_interval_ms: 500,
                 ready_file: Some(PathBuf::from("/tmp/ready")),
+                pio_report: true,
             }
         );
         assert_eq!(cfg.writes_per_burst(), 280_000);
@@ -784,6 +841,17 @@ mod tests {
         for opt in ["-id", "-name", "-smp", "-m", "-cpu", "-pio-writes", "-pio-port", "-ready-file"] {
             assert!(empty(opt).is_err(), "{opt} with empty value");
         }
+    }
+
+    #[test]
+    fn burst_lines() {
+        let b = BurstDone { index: 1, burst: 2, writes: 3, start_ns: 4, end_ns: 5, cpu_ns: 6 };
+        assert_eq!(burst_line(&b), "burst vcpu=1 n=2 writes=3 start_ns=4 end_ns=5 cpu_ns=6\n");
+        assert!(!parse("-id 1").unwrap().pio_report);
+        // A flag: the next option is not taken as its value.
+        let cfg = parse("-pio-report -id 9").unwrap();
+        assert!(cfg.pio_report);
+        assert_eq!(cfg.vmid, Some(9));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use pve_exporter::testguest;
 
 const USAGE: &str = "usage: pve-test-guest [-id VMID] [-name NAME[,debug-threads=on]] \
     [-smp N[,...]] [-m MiB] [-cpu MODEL] [-pio-writes N] [-pio-port PORT] \
-    [-pio-interval-ms MS] [-ready-file PATH] [other QEMU options, ignored]";
+    [-pio-interval-ms MS] [-ready-file PATH] [-pio-report] [other QEMU options, ignored]";
 
 fn main() -> ExitCode {
     let args: Result<Vec<String>, _> = std::env::args_os().skip(1).map(|a| a.into_string()).collect();

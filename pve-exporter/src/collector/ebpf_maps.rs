@@ -24,6 +24,7 @@ pub fn collect(
     out: &mut MetricSet,
 ) -> Result<(), String> {
     counters.sync_vcpus(vcpus);
+    counters.sync_vms(&vms.iter().map(|v| v.pid).collect::<Vec<_>>());
     let snap = counters.read()?;
     let by_pid: HashMap<u32, &Vm> = vms.iter().map(|v| (v.pid, v)).collect();
     let id = |tgid: u32| by_pid.get(&tgid).map(|v| v.id.clone());

@@ -15,11 +15,12 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
-    programs::{Program, TracePoint},
+    programs::{Program, RawTracePoint, TracePoint},
 };
 use pve_exporter_common::{
-    CountNs, ERR_MAP_FULL, ERR_NEGATIVE_DELTA, ERR_UNMATCHED_ENTRY, EVENT_SLOTS, ExitKey, HIST_BUCKETS, Hist, ISA_SVM,
-    ISA_UNKNOWN, ISA_VMX, REASON_ERROR, REASON_RESTART, TgidKey, event_program_name, globals, vcpu_filter_slot,
+    CountNs, ERR_MAP_FULL, ERR_NEGATIVE_DELTA, ERR_UNMATCHED_ENTRY, EVENT_SLOTS, EventCounts, ExitKey, HIST_BUCKETS,
+    Hist, ISA_SVM, ISA_UNKNOWN, ISA_VMX, MAX_INDEXED_VMS, REASON_ERROR, REASON_RESTART, TgidKey, UEXIT_SLOTS,
+    UexitCounts, VmSlot, event_program_name, globals, uexit_reason, vcpu_filter_slot, vm_index_slot,
 };
 
 use crate::{
@@ -36,12 +37,13 @@ pub static EBPF_OBJECT: Option<&[u8]> =
 pub static EBPF_OBJECT: Option<&[u8]> = None;
 
 /// A record field a program reads: its name, the sizes accepted, and the global the loader
-/// sets to its offset.
+/// sets to its offset (None for a raw-tracepoint program, which gets the value as a tracepoint
+/// argument: the field is only checked, so that a changed tracepoint is not misread).
 #[derive(Debug)]
 pub struct FieldSpec {
     pub field: &'static str,
     pub sizes: &'static [u32],
-    pub global: &'static str,
+    pub global: Option<&'static str>,
     /// When missing, the global is set to u32::MAX and the program copes (kvm_exit's isa).
     pub optional: bool,
 }
@@ -55,10 +57,18 @@ pub struct ProgSpec {
     pub fields: &'static [FieldSpec],
     /// Attached only when this other program is (kvm_entry pairs with kvm_exit).
     pub requires: Option<&'static str>,
+    /// A raw tracepoint program (the tracepoint's arguments, no trace record), else a perf
+    /// tracepoint program (the record).
+    pub raw: bool,
 }
 
 const fn field(field: &'static str, sizes: &'static [u32], global: &'static str) -> FieldSpec {
-    FieldSpec { field, sizes, global, optional: false }
+    FieldSpec { field, sizes, global: Some(global), optional: false }
+}
+
+/// A field a raw-tracepoint program gets as an argument: checked, not passed.
+const fn arg_field(field: &'static str, sizes: &'static [u32]) -> FieldSpec {
+    FieldSpec { field, sizes, global: None, optional: false }
 }
 
 /// Every program besides the per-tracepoint counters.
@@ -67,8 +77,9 @@ pub const PROGRAMS: &[ProgSpec] = &[
         program: "count_userspace_exit",
         category: "kvm",
         event: "kvm_userspace_exit",
-        fields: &[field("reason", &[4], globals::UEXIT_REASON), field("errno", &[4], globals::UEXIT_ERRNO)],
+        fields: &[arg_field("reason", &[4]), arg_field("errno", &[4])],
         requires: None,
+        raw: true,
     },
     ProgSpec {
         program: "kvm_exit",
@@ -76,11 +87,19 @@ pub const PROGRAMS: &[ProgSpec] = &[
         event: "kvm_exit",
         fields: &[
             field("exit_reason", &[4], globals::EXIT_REASON),
-            FieldSpec { field: "isa", sizes: &[4], global: globals::EXIT_ISA, optional: true },
+            FieldSpec { field: "isa", sizes: &[4], global: Some(globals::EXIT_ISA), optional: true },
         ],
         requires: None,
+        raw: false,
     },
-    ProgSpec { program: "kvm_entry", category: "kvm", event: "kvm_entry", fields: &[], requires: Some("kvm_exit") },
+    ProgSpec {
+        program: "kvm_entry",
+        category: "kvm",
+        event: "kvm_entry",
+        fields: &[],
+        requires: Some("kvm_exit"),
+        raw: false,
+    },
     ProgSpec {
         program: "vcpu_wakeup",
         category: "kvm",
@@ -91,6 +110,7 @@ pub const PROGRAMS: &[ProgSpec] = &[
             field("valid", &[1], globals::WAKEUP_VALID),
         ],
         requires: None,
+        raw: false,
     },
     ProgSpec {
         program: "sched_switch",
@@ -102,6 +122,7 @@ pub const PROGRAMS: &[ProgSpec] = &[
             field("next_pid", &[4], globals::SWITCH_NEXT_PID),
         ],
         requires: None,
+        raw: false,
     },
     ProgSpec {
         program: "sched_wakeup",
@@ -109,6 +130,7 @@ pub const PROGRAMS: &[ProgSpec] = &[
         event: "sched_wakeup",
         fields: &[field("pid", &[4], globals::SCHED_WAKEUP_PID)],
         requires: Some("sched_switch"),
+        raw: false,
     },
     ProgSpec {
         program: "sched_wakeup_new",
@@ -116,21 +138,28 @@ pub const PROGRAMS: &[ProgSpec] = &[
         event: "sched_wakeup_new",
         fields: &[field("pid", &[4], globals::SCHED_WAKEUP_NEW_PID)],
         requires: Some("sched_switch"),
+        raw: false,
     },
 ];
 
 /// The globals of `spec` from the tracepoint's format: Err when a field is missing or has an
-/// unexpected size (the program is then not loaded).
+/// unexpected size (the program is then not loaded). Fields without a global are only checked.
 pub fn resolve_offsets(spec: &ProgSpec, fmt: &TraceFormat) -> Result<Vec<(&'static str, u32)>, String> {
-    spec.fields
-        .iter()
-        .map(|f| match fmt.field(f.field) {
-            Some(d) if f.sizes.contains(&d.size) => Ok((f.global, d.offset)),
-            Some(d) => Err(format!("{}: field {} has size {} (expected {:?})", fmt.name, f.field, d.size, f.sizes)),
-            None if f.optional => Ok((f.global, u32::MAX)),
-            None => Err(format!("{}: no field {}", fmt.name, f.field)),
-        })
-        .collect()
+    let mut out = Vec::new();
+    for f in spec.fields {
+        let offset = match fmt.field(f.field) {
+            Some(d) if f.sizes.contains(&d.size) => d.offset,
+            Some(d) => {
+                return Err(format!("{}: field {} has size {} (expected {:?})", fmt.name, f.field, d.size, f.sizes));
+            }
+            None if f.optional => u32::MAX,
+            None => return Err(format!("{}: no field {}", fmt.name, f.field)),
+        };
+        if let Some(g) = f.global {
+            out.push((g, offset));
+        }
+    }
+    Ok(out)
 }
 
 /// One tracepoint counted per VM by a slot program.
@@ -237,6 +266,11 @@ pub struct EbpfCounters {
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     /// vCPU thread -> process, as written to VCPU_THREADS (user space is its only writer).
     vcpus: HashMap<u32, u32>,
+    /// Registered VMs: process -> index in EVENT_ARRAY / UEXIT_ARRAY, as written to VM_INDEX
+    /// (user space is its only writer).
+    vm_index: HashMap<u32, u32>,
+    /// Indexes no process holds; their counters are zeroed when handed out.
+    free_indexes: Vec<u32>,
     /// Keeps kernel.bpf_stats_enabled on while held (`--ebpf-stats`).
     _stats: Option<std::os::fd::OwnedFd>,
     stats_on: bool,
@@ -325,17 +359,24 @@ fn raise_memlock_limit() {
     }
 }
 
-fn tracepoint<'a>(bpf: &'a mut Ebpf, prog_name: &str) -> Result<&'a mut TracePoint, String> {
-    bpf.program_mut(prog_name)
-        .ok_or_else(|| format!("program {prog_name} missing from the object"))?
-        .try_into()
-        .map_err(|e| format!("{prog_name}: {e}"))
+fn program<'a>(bpf: &'a mut Ebpf, prog_name: &str) -> Result<&'a mut Program, String> {
+    bpf.program_mut(prog_name).ok_or_else(|| format!("program {prog_name} missing from the object"))
 }
 
-fn attach(bpf: &mut Ebpf, prog_name: &str, cat: &str, name: &str) -> Result<(), String> {
-    let prog = tracepoint(bpf, prog_name)?;
-    prog.load().map_err(|e| format!("loading {prog_name} (verifier or rights): {e}"))?;
-    prog.attach(cat, name).map_err(|e| format!("attaching {prog_name} to {cat}:{name}: {e}"))?;
+/// Load `prog_name` and attach it to `cat:name`, as a raw tracepoint or a perf tracepoint.
+fn attach(bpf: &mut Ebpf, prog_name: &str, cat: &str, name: &str, raw: bool) -> Result<(), String> {
+    let load_err = |e| format!("loading {prog_name} (verifier or rights): {e}");
+    let attach_err = |e| format!("attaching {prog_name} to {cat}:{name}: {e}");
+    if raw {
+        let prog: &mut RawTracePoint = program(bpf, prog_name)?.try_into().map_err(|e| format!("{prog_name}: {e}"))?;
+        prog.load().map_err(load_err)?;
+        // Raw tracepoints are named without their category (names are unique in a kernel).
+        prog.attach(name).map_err(attach_err)?;
+    } else {
+        let prog: &mut TracePoint = program(bpf, prog_name)?.try_into().map_err(|e| format!("{prog_name}: {e}"))?;
+        prog.load().map_err(load_err)?;
+        prog.attach(cat, name).map_err(attach_err)?;
+    }
     Ok(())
 }
 
@@ -408,7 +449,7 @@ fn load(host: &HostRoot, object: &[u8], opts: &EbpfOptions) -> Result<EbpfCounte
         }
         let (cat, name) = ev.spec.split_once(':').unwrap_or(("kvm", &ev.name));
         let mut buf = [0u8; 16];
-        match attach(&mut bpf, event_program_name(slot, &mut buf), cat, name) {
+        match attach(&mut bpf, event_program_name(slot, &mut buf), cat, name, true) {
             Ok(()) => {
                 ev.slot = Some(slot);
                 ev.attached = true;
@@ -429,7 +470,7 @@ fn load(host: &HostRoot, object: &[u8], opts: &EbpfOptions) -> Result<EbpfCounte
             programs[i].error = Some(format!("needs {req}, which is not attached"));
             continue;
         }
-        programs[i].error = attach(&mut bpf, spec.program, spec.category, spec.event).err();
+        programs[i].error = attach(&mut bpf, spec.program, spec.category, spec.event, spec.raw).err();
         programs[i].attached = programs[i].error.is_none();
     }
     for st in programs.iter().filter(|p| p.error.is_some()) {
@@ -456,6 +497,9 @@ fn load(host: &HostRoot, object: &[u8], opts: &EbpfOptions) -> Result<EbpfCounte
         exit_reasons,
         logger,
         vcpus: HashMap::new(),
+        vm_index: HashMap::new(),
+        // Popped from the end: low indexes first.
+        free_indexes: (0..MAX_INDEXED_VMS).rev().collect(),
         _stats: stats_fd,
         stats_on,
     };
@@ -482,6 +526,8 @@ pub struct EbpfSnapshot {
     pub maps: Vec<(&'static str, usize, u32)>,
     /// (program, runs, run time) when the kernel's BPF statistics are on.
     pub prog_stats: Vec<(String, u64, Duration)>,
+    /// Processes registered in VM_INDEX (counted in the arrays).
+    pub registered: Vec<u32>,
 }
 
 impl EbpfSnapshot {
@@ -494,6 +540,7 @@ impl EbpfSnapshot {
             .chain(self.halt.keys())
             .map(|k| k.0)
             .chain(self.exits.keys().map(|k| k.0))
+            .chain(self.registered.iter().copied())
             .collect()
     }
 }
@@ -511,6 +558,16 @@ fn sum_hist(v: &PerCpuValues<Hist>) -> Hist {
         out.sum_ns += h.sum_ns;
     }
     out
+}
+
+fn percpu_array<'a, V: aya::Pod>(bpf: &'a Ebpf, name: &str) -> Result<PerCpuArray<&'a MapData, V>, String> {
+    let map = bpf.map(name).ok_or_else(|| format!("map {name} missing"))?;
+    PerCpuArray::try_from(map).map_err(|e| format!("{name}: {e}"))
+}
+
+fn percpu_array_mut<'a, V: aya::Pod>(bpf: &'a mut Ebpf, name: &str) -> Result<PerCpuArray<&'a mut MapData, V>, String> {
+    let map = bpf.map_mut(name).ok_or_else(|| format!("map {name} missing"))?;
+    PerCpuArray::try_from(map).map_err(|e| format!("{name}: {e}"))
 }
 
 /// Read a per-CPU hash map into (key -> summed value). Keys deleted while we iterate are skipped.
@@ -544,8 +601,38 @@ impl EbpfCounters {
             ("HALT", halt.len(), pve_exporter_common::MAX_HALT_KEYS),
             ("VCPU_THREADS", self.vcpus.len(), pve_exporter_common::MAX_VCPU_THREADS),
         ];
+        s.maps.push(("VM_INDEX", self.vm_index.len(), MAX_INDEXED_VMS));
         s.events = events.into_iter().map(|(k, v)| ((k.tgid, k.sub), v)).collect();
         s.userspace_exits = uexits.into_iter().map(|(k, v)| ((k.tgid, k.sub), v)).collect();
+        // Registered VMs: their array counters, added to what they counted in the hash maps
+        // before they were registered.
+        let events_arr = percpu_array::<EventCounts>(b, "EVENT_ARRAY")?;
+        let uexits_arr = percpu_array::<UexitCounts>(b, "UEXIT_ARRAY")?;
+        for (&tgid, &index) in &self.vm_index {
+            s.registered.push(tgid);
+            match events_arr.get(&index, 0) {
+                Ok(v) => {
+                    for slot in 0..EVENT_SLOTS {
+                        let n: u64 = v.iter().map(|c| c.n[slot as usize]).sum();
+                        if n > 0 {
+                            *s.events.entry((tgid, slot)).or_default() += n;
+                        }
+                    }
+                }
+                Err(e) => log::debug!("EVENT_ARRAY {index}: {e}"),
+            }
+            match uexits_arr.get(&index, 0) {
+                Ok(v) => {
+                    for slot in 0..UEXIT_SLOTS {
+                        let n: u64 = v.iter().map(|c| c.n[slot as usize]).sum();
+                        if n > 0 {
+                            *s.userspace_exits.entry((tgid, uexit_reason(slot))).or_default() += n;
+                        }
+                    }
+                }
+                Err(e) => log::debug!("UEXIT_ARRAY {index}: {e}"),
+            }
+        }
         s.exits = exits.into_iter().map(|(k, v)| ((k.tgid, k.isa, k.reason), v)).collect();
         s.hists = hists.into_iter().map(|(k, v)| ((k.tgid, k.sub), v)).collect();
         s.halt = halt.into_iter().map(|(k, v)| ((k.tgid, k.sub), v)).collect();
@@ -561,9 +648,8 @@ impl EbpfCounters {
         }
         if self.stats_on || stats_enabled_by_sysctl() {
             for (name, prog) in self.bpf.programs() {
-                if let Program::TracePoint(tp) = prog
-                    && let Ok(info) = tp.info()
-                    && self.is_attached(name)
+                if self.is_attached(name)
+                    && let Ok(info) = prog.info()
                 {
                     s.prog_stats.push((name.to_string(), info.run_count(), info.run_time()));
                 }
@@ -638,9 +724,70 @@ impl EbpfCounters {
         }
     }
 
+    /// Register `pids` (the running VMs) for the counter arrays: each one not registered yet
+    /// gets a free index, its counters zeroed first, then its VM_INDEX slot, so the programs
+    /// count it in the arrays from then on. Its events so far stay in the hash maps (read and
+    /// added too). A VM whose slot another registered process holds, or beyond
+    /// MAX_INDEXED_VMS, stays on the hash maps. Registrations end in `forget`.
+    pub fn sync_vms(&mut self, pids: &[u32]) {
+        let new: Vec<u32> = pids.iter().copied().filter(|p| *p != 0 && !self.vm_index.contains_key(p)).collect();
+        if new.is_empty() {
+            return;
+        }
+        let nr_cpus = match aya::util::nr_cpus() {
+            Ok(n) => n,
+            Err((what, e)) => {
+                log::debug!("VM registration: {what}: {e}");
+                return;
+            }
+        };
+        for tgid in new {
+            let slot = vm_index_slot(tgid);
+            if self.vm_index.keys().any(|t| vm_index_slot(*t) == slot) {
+                continue; // taken: this VM counts in the hash maps
+            }
+            let Some(&index) = self.free_indexes.last() else { return };
+            if let Err(e) = self.register(tgid, index, nr_cpus) {
+                log::debug!("VM registration of {tgid}: {e}");
+                continue;
+            }
+            self.free_indexes.pop();
+            self.vm_index.insert(tgid, index);
+        }
+    }
+
+    fn register(&mut self, tgid: u32, index: u32, nr_cpus: usize) -> Result<(), String> {
+        let b = &mut self.bpf;
+        // Zero first: nothing counts into a free index (no VM_INDEX slot names it).
+        let zeros = PerCpuValues::try_from(vec![EventCounts::default(); nr_cpus]).map_err(|e| e.to_string())?;
+        percpu_array_mut::<EventCounts>(b, "EVENT_ARRAY")?.set(index, zeros, 0).map_err(|e| e.to_string())?;
+        let zeros = PerCpuValues::try_from(vec![UexitCounts::default(); nr_cpus]).map_err(|e| e.to_string())?;
+        percpu_array_mut::<UexitCounts>(b, "UEXIT_ARRAY")?.set(index, zeros, 0).map_err(|e| e.to_string())?;
+        let map = b.map_mut("VM_INDEX").ok_or("map VM_INDEX missing")?;
+        let mut m = Array::<&mut MapData, VmSlot>::try_from(map).map_err(|e| e.to_string())?;
+        m.set(vm_index_slot(tgid), VmSlot { tgid, index }, 0).map_err(|e| e.to_string())
+    }
+
     /// Drop every counter of the given processes (they exited), so the bounded maps never
-    /// fill with the dead.
+    /// fill with the dead; their array indexes become free.
     pub fn forget(&mut self, tgids: &HashSet<u32>, snap: &EbpfSnapshot) {
+        let gone: Vec<u32> = self.vm_index.keys().copied().filter(|t| tgids.contains(t)).collect();
+        if !gone.is_empty()
+            && let Some(map) = self.bpf.map_mut("VM_INDEX")
+            && let Ok(mut m) = Array::<&mut MapData, VmSlot>::try_from(map)
+        {
+            for tgid in gone {
+                // The process is gone, so no program counts into its index any more.
+                match m.set(vm_index_slot(tgid), VmSlot::default(), 0) {
+                    Ok(()) => {
+                        if let Some(index) = self.vm_index.remove(&tgid) {
+                            self.free_indexes.push(index);
+                        }
+                    }
+                    Err(e) => log::debug!("VM_INDEX clear {tgid}: {e}"),
+                }
+            }
+        }
         fn remove<K: aya::Pod, V: aya::Pod>(bpf: &mut Ebpf, name: &str, keys: impl Iterator<Item = K>) {
             let Some(map) = bpf.map_mut(name) else { return };
             let Ok(mut m) = PerCpuHashMap::<&mut MapData, K, V>::try_from(map) else { return };
@@ -724,7 +871,7 @@ mod tests {
         for spec in PROGRAMS {
             let fmt = fixture(&format!("{}_{}", spec.category, spec.event));
             let offsets = resolve_offsets(spec, &fmt).unwrap_or_else(|e| panic!("{}: {e}", spec.program));
-            assert_eq!(offsets.len(), spec.fields.len());
+            assert_eq!(offsets.len(), spec.fields.iter().filter(|f| f.global.is_some()).count());
         }
         let sw = resolve_offsets(&PROGRAMS[4], &fixture("sched_sched_switch")).unwrap();
         assert_eq!(
