@@ -26,8 +26,8 @@ use crate::{
     metrics::MetricSet,
     sources::{
         ebpf::{self, EbpfStatus},
-        monitor::VmDevices,
         libvirt::LibvirtReader,
+        monitor::VmDevices,
         pve_config::{PveConfig, PveConfigReader},
     },
     vm::{self, LibvirtSource, PveSource, QemuSource, Vm, VmSource},
@@ -237,9 +237,9 @@ enum Fetch {
 impl Fetch {
     fn join(self) -> (Duration, Result<(), String>, Vec<VmDevices>) {
         match self {
-            Fetch::Running(h) => h.join().unwrap_or_else(|p| {
-                (Duration::ZERO, Err(format!("panicked: {}", panic_message(&p))), Vec::new())
-            }),
+            Fetch::Running(h) => h
+                .join()
+                .unwrap_or_else(|p| (Duration::ZERO, Err(format!("panicked: {}", panic_message(&p))), Vec::new())),
             Fetch::Done(d, r, devices) => (d, r, devices),
         }
     }

@@ -205,10 +205,7 @@ pub fn http_get(port: u16, path: &str) -> Result<(Duration, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).context("connecting to the daemon")?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     // Prometheus' own Accept header (scrape_protocols default): what a real scrape costs.
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: {PROMETHEUS_ACCEPT}\r\nConnection: close\r\n\r\n"
-    )?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: {PROMETHEUS_ACCEPT}\r\nConnection: close\r\n\r\n")?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let wall = t.elapsed();
