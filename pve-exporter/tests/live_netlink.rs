@@ -2,7 +2,11 @@
 //! it replaces, on the real kernel: veth pairs that carry only the test's frames, compared
 //! counter by counter. Needs root (creates and removes interfaces named `pvenl*`).
 
-use std::{ffi::CString, io::Write, process::Command};
+mod common;
+
+use std::{io::Write, process::Command};
+
+use common::send_frames;
 
 use pve_exporter::{
     host::HostRoot,
@@ -66,40 +70,6 @@ impl Drop for Veths {
                     c.wait()
                 },
             );
-    }
-}
-
-/// Send `n` Ethernet frames of `len` bytes out of `ifname` (an experimental ethertype nobody
-/// answers).
-fn send_frames(ifname: &str, n: usize, len: usize) {
-    let name = CString::new(ifname).expect("name");
-    // SAFETY: plain libc calls on a socket we own and close; the buffers outlive the calls.
-    unsafe {
-        let index = libc::if_nametoindex(name.as_ptr());
-        assert!(index > 0, "{ifname}: no such interface");
-        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-        assert!(fd >= 0, "packet socket: {}", std::io::Error::last_os_error());
-        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_ifindex = index as i32;
-        addr.sll_halen = 6;
-        addr.sll_addr[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
-        let mut frame = vec![0u8; len];
-        frame[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
-        frame[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x02]);
-        frame[12..14].copy_from_slice(&[0x88, 0xb5]);
-        for _ in 0..n {
-            let sent = libc::sendto(
-                fd,
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&raw const addr).cast(),
-                size_of::<libc::sockaddr_ll>() as u32,
-            );
-            assert_eq!(sent, len as isize, "sendto {ifname}: {}", std::io::Error::last_os_error());
-        }
-        libc::close(fd);
     }
 }
 
