@@ -57,9 +57,11 @@ pub fn run(bench: &Bench) -> Result<()> {
     let (qemu_sizes, fixture_sizes) = (sizes("BENCH_QEMU", qemu_sizes), sizes("BENCH_FIXTURE", fixture_sizes));
     let starts = sizes("BENCH_STARTS", vec![starts]).first().copied().unwrap_or(starts).max(1);
     let scrapes = sizes("BENCH_SCRAPES", vec![scrapes]).first().copied().unwrap_or(scrapes).max(1);
-    let mut rows = Vec::new();
+    let (mut rows, mut floors) = (Vec::new(), Vec::new());
     for &n in &qemu_sizes {
-        rows.extend(qemu_host(bench, n, starts, scrapes)?);
+        let (r, floor) = qemu_host(bench, n, starts, scrapes)?;
+        rows.extend(r);
+        floors.push(floor);
     }
     for &n in &fixture_sizes {
         rows.push(fixture_host(bench, n, starts, scrapes)?);
@@ -97,6 +99,9 @@ pub fn run(bench: &Bench) -> Result<()> {
             large.vms as f64 / small.vms as f64,
             large.cpu_ms / small.cpu_ms
         );
+    }
+    for f in &floors {
+        let _ = writeln!(md, "\n{f}");
     }
     let _ = writeln!(md, "\nMachine: {} (load average before: {})", machine(), loadavg());
     bench.report("host", &md)
@@ -183,7 +188,7 @@ impl Drop for Vms {
     }
 }
 
-fn qemu_host(bench: &Bench, n: usize, starts: usize, scrapes: usize) -> Result<Vec<Row>> {
+fn qemu_host(bench: &Bench, n: usize, starts: usize, scrapes: usize) -> Result<(Vec<Row>, String)> {
     let root = bench.dir.join(format!("qemu-{n}"));
     fresh_dir(&root)?;
     symlink("/proc", root.join("proc"))?;
@@ -226,13 +231,61 @@ fn qemu_host(bench: &Bench, n: usize, starts: usize, scrapes: usize) -> Result<V
             std::thread::sleep(Duration::from_secs(3600));
         }
     }
+    let floor = qmp_floor(&run_dir, n)?;
     let all = measure(bench, format!("qemu-{n}"), n, &["--root", &root_s, "--ebpf", "on"], starts, scrapes)?;
     // The same host without the monitor exchange: what the exporter itself costs, apart from
     // the QEMU processes' own time to answer QMP.
     let args = ["--root", &root_s, "--ebpf", "on", "--qm-mode", "off"];
     let off = measure(bench, format!("qemu-{n}, --qm-mode off"), n, &args, starts, scrapes)?;
     drop(vms);
-    Ok(vec![all, off])
+    Ok((vec![all, off], floor))
+}
+
+/// QEMU's own time to answer what a warm scrape asks each VM (`qmp_capabilities`,
+/// `query-blockstats`, `query-block`, pipelined as the daemon does), without the daemon: each
+/// VM alone (the latency one VM adds), and all VMs 16 at a time (the daemon's default window).
+/// This is the floor of the `qm` collector's wall time on this machine.
+fn qmp_floor(run_dir: &Path, n: usize) -> Result<String> {
+    use std::{io::Read, io::Write, os::unix::net::UnixStream};
+    const REQUEST: &[u8] = b"{\"execute\":\"qmp_capabilities\",\"id\":0}\n{\"execute\":\"query-blockstats\",\"id\":1}\n{\"execute\":\"query-block\",\"id\":2}\n";
+    let ask = |vmid: u32| -> Result<UnixStream> {
+        let mut s = UnixStream::connect(run_dir.join(format!("{vmid}.qmp")))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(REQUEST)?;
+        Ok(s)
+    };
+    // Greeting and three replies: four lines.
+    let finish = |mut s: UnixStream| -> Result<()> {
+        let (mut buf, mut chunk) = (Vec::new(), [0u8; 16 << 10]);
+        while buf.iter().filter(|b| **b == b'\n').count() < 4 {
+            let k = s.read(&mut chunk)?;
+            if k == 0 {
+                bail!("QEMU closed the QMP connection");
+            }
+            buf.extend_from_slice(&chunk[..k]);
+        }
+        Ok(())
+    };
+    let mut alone = Vec::new();
+    for i in 0..n {
+        let t = Instant::now();
+        finish(ask(FIRST_VMID + i as u32)?)?;
+        alone.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let t = Instant::now();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(16) {
+        let open: Vec<UnixStream> = chunk.iter().map(|i| ask(FIRST_VMID + *i as u32)).collect::<Result<_>>()?;
+        for s in open {
+            finish(s)?;
+        }
+    }
+    let window = t.elapsed().as_secs_f64() * 1e3;
+    let (median, _) = median_p99(&mut alone);
+    Ok(format!(
+        "QEMU's own answer to a warm scrape's QMP request (no daemon), {n} VMs: {median:.2} ms per VM alone (median), \
+         {:.1} ms for one VM after another, {window:.1} ms for all {n} sixteen at a time.",
+        alone.iter().sum::<f64>()
+    ))
 }
 
 /// The LD_PRELOAD shim that hides `-id` from Debian's QEMU (pve-exporter/tests/support/hide_id.c).
