@@ -205,30 +205,6 @@ pub struct QemuProcess {
     pub cmdline: QemuCmdline,
 }
 
-/// Scan `/proc` for QEMU processes. Processes that exit while we look are skipped.
-pub fn find_qemu_processes(host: &HostRoot) -> io::Result<Vec<QemuProcess>> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(host.path("proc"))? {
-        let Ok(entry) = entry else { continue };
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(raw) = host.read(format!("proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let args = parse_cmdline(&raw);
-        let Some(argv0) = args.first() else { continue }; // kernel threads
-        let qemu = is_qemu_binary(argv0)
-            || std::fs::read_link(host.path(format!("proc/{pid}/exe")))
-                .is_ok_and(|p| is_qemu_binary(&p.to_string_lossy()));
-        if qemu {
-            out.push(QemuProcess { pid, cmdline: parse_qemu_cmdline(&args) });
-        }
-    }
-    out.sort_by_key(|p| p.pid);
-    Ok(out)
-}
-
 /// CPU times from `/proc/<pid>/stat`.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct CpuTimes {
