@@ -6,7 +6,7 @@ mod common;
 
 use std::{io::Write, process::Command};
 
-use common::send_frames;
+use common::{send_frames, wait_until_up};
 
 use pve_exporter::{
     host::HostRoot,
@@ -55,6 +55,10 @@ impl Veths {
                 }
             }
             ip_batch(&set);
+            for n in names {
+                wait_until_up(n);
+                wait_until_up(&format!("{n}p"));
+            }
         }
         v
     }

@@ -7,7 +7,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{Daemon, Guest, libvirt_root, plain_root, require_privileges, sample, send_frames};
+use common::{Daemon, Guest, libvirt_root, plain_root, require_privileges, sample, send_frames, wait_until_up};
 
 /// A veth pair `name` / `<name>p` without IPv6 (no router solicitations: the counters see only
 /// the test's frames); removed when dropped.
@@ -27,6 +27,8 @@ impl Veth {
             run(&["sysctl", "-q", "-w", &format!("net.ipv6.conf.{dev}.disable_ipv6=1")]);
             run(&["ip", "link", "set", dev, "up"]);
         }
+        wait_until_up(name);
+        wait_until_up(&peer);
         v
     }
 }

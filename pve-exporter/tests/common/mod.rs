@@ -351,3 +351,14 @@ pub fn send_frames(ifname: &str, n: usize, len: usize) {
         libc::close(fd);
     }
 }
+
+/// Wait until network interface `dev` is operationally up: frames sent before the link watch
+/// has attached its queueing discipline are dropped without being counted.
+pub fn wait_until_up(dev: &str) {
+    let path = format!("/sys/class/net/{dev}/operstate");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&path).map(|s| s.trim() != "up").unwrap_or(true) {
+        assert!(Instant::now() < deadline, "{dev} did not come up");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
