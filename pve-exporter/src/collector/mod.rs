@@ -228,6 +228,17 @@ fn run_timed(f: impl FnOnce() -> Result<(), String>) -> (Duration, Result<(), St
     (t.elapsed(), r)
 }
 
+/// The `qm` collector: every VM's monitor, timed.
+fn fetch_devices(
+    monitor: &crate::sources::monitor::Monitor,
+    host: &HostRoot,
+    vms: &[Vm],
+) -> (Duration, Result<(), String>, Vec<VmDevices>) {
+    let mut devices = Vec::new();
+    let (d, r) = run_timed(|| nicdisk::fetch(monitor, host, vms, &mut devices));
+    (d, r, devices)
+}
+
 /// The monitor exchange of one collection, running on its own thread (or done already).
 enum Fetch {
     Running(std::thread::JoinHandle<(Duration, Result<(), String>, Vec<VmDevices>)>),
@@ -249,29 +260,15 @@ impl Engine {
     /// Start the monitor exchange of `vms` (the `qm` collector) on a thread; inline when no
     /// thread can be started.
     fn spawn_fetch(&self, vms: &[Vm]) -> Fetch {
-        let (monitor, host, vms) = (self.monitor.clone(), self.host.clone(), vms.to_vec());
-        let work = move || {
-            let mut devices = Vec::new();
-            let (d, r) = run_timed(|| nicdisk::fetch(&monitor, &host, &vms, &mut devices));
-            (d, r, devices)
-        };
-        let work = std::sync::Arc::new(Mutex::new(Some(work)));
-        let w = work.clone();
-        let spawned = std::thread::Builder::new().name("qm-fetch".into()).spawn(move || {
-            let f = w.lock().unwrap_or_else(|p| p.into_inner()).take();
-            f.map(|f| f()).unwrap_or((Duration::ZERO, Err("no work".into()), Vec::new()))
-        });
+        let (monitor, host, owned) = (self.monitor.clone(), self.host.clone(), vms.to_vec());
+        let spawned =
+            std::thread::Builder::new().name("qm-fetch".into()).spawn(move || fetch_devices(&monitor, &host, &owned));
         match spawned {
             Ok(h) => Fetch::Running(h),
             Err(e) => {
                 log::warn!("cannot start the monitor thread ({e}): asking the monitors inline");
-                match work.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                    Some(f) => {
-                        let (d, r, devices) = f();
-                        Fetch::Done(d, r, devices)
-                    }
-                    None => Fetch::Done(Duration::ZERO, Err("no work".into()), Vec::new()),
-                }
+                let (d, r, devices) = fetch_devices(&self.monitor, &self.host, vms);
+                Fetch::Done(d, r, devices)
             }
         }
     }

@@ -12,12 +12,7 @@
 //! below the host root is not the real procfs (a fixture tree), nothing is kept and every
 //! cmdline is read on every scan, as before.
 
-use std::{
-    collections::HashMap,
-    fs::File,
-    io::{self, Read},
-    os::unix::fs::DirEntryExt,
-};
+use std::{collections::HashMap, io, os::unix::fs::DirEntryExt};
 
 use crate::{
     host::HostRoot,
@@ -109,9 +104,8 @@ impl ProcScanner {
     /// Read `pid`'s cmdline (into the reused buffer: no stat, no allocation per process) and
     /// tell whether it is QEMU: by argv[0], or by the executable it runs.
     fn classify(&mut self, host: &HostRoot, pid: u32) -> io::Result<Option<QemuProcess>> {
-        self.buf.clear();
-        File::open(host.path(format!("proc/{pid}/cmdline")))?.read_to_end(&mut self.buf)?;
-        let args = parse_cmdline(&self.buf);
+        let n = crate::heldfile::read_path(&host.path(format!("proc/{pid}/cmdline")), &mut self.buf)?;
+        let args = parse_cmdline(&self.buf[..n]);
         let Some(argv0) = args.first() else { return Ok(None) }; // kernel threads
         let qemu = is_qemu_binary(argv0)
             || std::fs::read_link(host.path(format!("proc/{pid}/exe")))
