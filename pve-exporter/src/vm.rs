@@ -131,7 +131,7 @@ pub struct Discovered {
 pub trait VmSource: Send + Sync {
     fn name(&self) -> &'static str;
     /// Turn the QEMU processes of the host into VMs.
-    fn vms(&self, procs: Vec<QemuProcess>, out: &mut Discovered);
+    fn vms(&self, procs: Vec<Arc<QemuProcess>>, out: &mut Discovered);
 }
 
 /// Keep one VM per id: two processes claiming one vmid would give duplicate series, which
@@ -168,7 +168,7 @@ impl VmSource for PveSource<'_> {
         "pve"
     }
 
-    fn vms(&self, procs: Vec<QemuProcess>, out: &mut Discovered) {
+    fn vms(&self, procs: Vec<Arc<QemuProcess>>, out: &mut Discovered) {
         let empty = HashMap::new();
         let pools = self.config.map_or(&empty, |c| c.pools.as_ref());
         for p in procs {
@@ -182,13 +182,13 @@ impl VmSource for PveSource<'_> {
                 out.skipped.push((p.pid, "no config (migrating in)"));
                 continue;
             }
-            let c = p.cmdline;
+            let c = &p.cmdline;
             out.vms.push(Vm {
                 pool: pools.get(&id).cloned(),
                 id,
                 pid: p.pid,
-                name: c.name,
-                cpu: c.cpu,
+                name: c.name.clone(),
+                cpu: c.cpu.clone(),
                 vcores: c.vcores,
                 maxmem_bytes: c.maxmem_bytes,
                 source: PVE,
@@ -202,14 +202,14 @@ impl VmSource for PveSource<'_> {
 }
 
 /// A plain QEMU VM: id from `-name`, else the pid.
-fn plain_vm(p: QemuProcess) -> Vm {
-    let c = p.cmdline;
+fn plain_vm(p: &QemuProcess) -> Vm {
+    let c = &p.cmdline;
     Vm {
         id: if c.name.is_empty() { p.pid.to_string() } else { c.name.clone() },
         pid: p.pid,
-        extra: Some(Arc::new(VmExtra::from_cmdline(&c))),
-        name: c.name,
-        cpu: c.cpu,
+        extra: Some(Arc::new(VmExtra::from_cmdline(c))),
+        name: c.name.clone(),
+        cpu: c.cpu.clone(),
         vcores: c.vcores,
         maxmem_bytes: c.maxmem_bytes,
         pool: None,
@@ -234,7 +234,7 @@ impl VmSource for LibvirtSource<'_> {
         LIBVIRT
     }
 
-    fn vms(&self, procs: Vec<QemuProcess>, out: &mut Discovered) {
+    fn vms(&self, procs: Vec<Arc<QemuProcess>>, out: &mut Discovered) {
         let domains = self.reader.running(self.host, &mut out.errors).unwrap_or_else(|e| {
             out.errors.push(format!("{}: {e}", crate::sources::libvirt::RUN_DIR));
             Vec::new()
@@ -242,21 +242,21 @@ impl VmSource for LibvirtSource<'_> {
         let by_pid: HashMap<u32, &Arc<LibvirtDomain>> = domains.iter().map(|d| (d.pid, &d.domain)).collect();
         for p in procs {
             let Some(d) = by_pid.get(&p.pid) else {
-                out.vms.push(plain_vm(p));
+                out.vms.push(plain_vm(&p));
                 continue;
             };
             // A pid file left behind by a crashed libvirtd may name a reused pid.
             if !p.cmdline.name.is_empty() && p.cmdline.name != d.name {
                 out.skipped.push((p.pid, "a libvirt pid file names it, but its -name is another domain's"));
-                out.vms.push(plain_vm(p));
+                out.vms.push(plain_vm(&p));
                 continue;
             }
-            let c = p.cmdline;
+            let c = &p.cmdline;
             out.vms.push(Vm {
                 id: d.name.clone(),
                 pid: p.pid,
                 name: d.name.clone(),
-                cpu: c.cpu,
+                cpu: c.cpu.clone(),
                 vcores: if d.vcpus > 0 { d.vcpus } else { c.vcores },
                 maxmem_bytes: if d.memory_bytes > 0 { d.memory_bytes } else { c.maxmem_bytes },
                 pool: None,
@@ -280,8 +280,8 @@ impl VmSource for QemuSource {
         QEMU
     }
 
-    fn vms(&self, procs: Vec<QemuProcess>, out: &mut Discovered) {
-        out.vms.extend(procs.into_iter().map(plain_vm));
+    fn vms(&self, procs: Vec<Arc<QemuProcess>>, out: &mut Discovered) {
+        out.vms.extend(procs.iter().map(|p| plain_vm(p)));
         dedup_ids(out, |_| None);
         sort_by_id(&mut out.vms);
     }

@@ -1,14 +1,15 @@
 //! The kernel's process events connector (`NETLINK_CONNECTOR`, `CN_IDX_PROC`): which processes
-//! were started or exec'd a new program since we last looked. It lets the /proc scan keep each
-//! process's verdict ("QEMU with this command line" or "not QEMU") until the process execs,
-//! instead of reading every process's cmdline on every scrape ([`super::proc_scan`]).
+//! were started, exec'd a new program or exited since we last looked. It lets the /proc scan
+//! keep the set of processes and each one's verdict ("QEMU with this command line" or "not
+//! QEMU") up to date from these events alone, instead of listing /proc and reading every
+//! process's cmdline on every scrape ([`super::proc_scan`]).
 //!
 //! Events queue in the socket between scrapes and are drained without blocking at the start of
 //! each scan. When the queue overflowed (ENOBUFS) some events are lost, and the caller forgets
 //! every verdict: exact, only slower that once. Needs CAP_NET_ADMIN (the daemon runs as root).
 
 use std::{
-    collections::HashSet,
+    collections::HashMap,
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
@@ -24,6 +25,7 @@ const CN_MSG_LEN: usize = 20;
 const EVENT_DATA: usize = 16;
 const PROC_EVENT_FORK: u32 = 0x1;
 const PROC_EVENT_EXEC: u32 = 0x2;
+const PROC_EVENT_EXIT: u32 = 0x8000_0000;
 /// Receive buffer asked for: events of a busy host over a minute of scrape interval.
 const RCVBUF: libc::c_int = 8 << 20;
 /// Messages drained per call at most: a fork storm must not keep a scrape draining forever.
@@ -35,11 +37,20 @@ pub struct ProcEvents {
     buf: Vec<u8>,
 }
 
+/// What happened to a process (a thread group) last, of what [`ProcEvents::drain`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Forked as a new process, or exec'd a program: its command line may be new.
+    Started,
+    /// The process (its thread-group leader) exited.
+    Exited,
+}
+
 /// What [`ProcEvents::drain`] saw.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Changed {
-    /// Processes (tgids) that were forked or exec'd a program.
-    pub pids: HashSet<u32>,
+    /// Processes (tgids) by their last change. Threads starting or ending are not changes.
+    pub pids: HashMap<u32, Change>,
     /// Events were lost (the queue overflowed): any process may have changed.
     pub lost: bool,
 }
@@ -84,7 +95,37 @@ impl ProcEvents {
         if unsafe { libc::send(raw, msg.as_ptr().cast(), msg.len(), 0) } < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(Self { fd, buf: vec![0; 64 << 10] })
+        let mut me = Self { fd, buf: vec![0; 64 << 10] };
+        me.check_delivery()?;
+        Ok(me)
+    }
+
+    /// Whether events reach us: the subscription is ignored without notice outside the initial
+    /// user and pid namespaces (a container), and a scan that trusts events which never come
+    /// would miss new VMs. Starting a thread is a fork event with our tgid, queued before the
+    /// thread creation returns. Other events drained here are of processes started before the
+    /// caller's first full listing, which sees them anyway.
+    fn check_delivery(&mut self) -> io::Result<()> {
+        let me = std::process::id();
+        std::thread::Builder::new().name("proc-events-check".into()).spawn(|| {})?.join().ok();
+        for _ in 0..MAX_DRAIN {
+            // SAFETY: receiving into our own buffer.
+            let n = unsafe { libc::recv(self.fd.as_raw_fd(), self.buf.as_mut_ptr().cast(), self.buf.len(), 0) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EINTR | libc::ENOBUFS) => continue,
+                    Some(libc::EAGAIN) => break,
+                    _ => return Err(e),
+                }
+            }
+            let mut seen = false;
+            for_each_event(&self.buf[..n as usize], |ev| seen |= matches!(ev, Event::Fork { tgid, .. } if tgid == me));
+            if seen {
+                return Ok(());
+            }
+        }
+        Err(io::Error::other("subscribed, but no event arrived for a thread we started"))
     }
 
     /// Every event queued since the last call, without blocking.
@@ -138,9 +179,20 @@ fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
-/// Add the processes that forked or exec'd in one datagram of netlink messages to `pids`.
-/// Truncated or foreign messages are skipped.
-pub fn parse_events(mut b: &[u8], pids: &mut HashSet<u32>) {
+/// One process event, as far as the scan cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Event {
+    /// A task was forked: a new process when `pid == tgid`, else a thread of `tgid`.
+    Fork { pid: u32, tgid: u32 },
+    /// `tgid` exec'd a program.
+    Exec { tgid: u32 },
+    /// A task ended: the process when `pid == tgid` (its leader), else one of its threads.
+    Exit { pid: u32, tgid: u32 },
+}
+
+/// Every process event in one datagram of netlink messages, in order. Truncated or foreign
+/// messages are skipped.
+fn for_each_event(mut b: &[u8], mut f: impl FnMut(Event)) {
     while let Some(len) = u32_at(b, 0).map(|l| l as usize) {
         if len < NLMSG_HDRLEN || len > b.len() {
             return;
@@ -149,17 +201,40 @@ pub fn parse_events(mut b: &[u8], pids: &mut HashSet<u32>) {
         if u32_at(msg, 0) == Some(CN_IDX_PROC) && u32_at(msg, 4) == Some(CN_VAL_PROC) {
             let ev = msg.get(CN_MSG_LEN..).unwrap_or_default();
             let data = |at: usize| u32_at(ev, EVENT_DATA + at);
-            match u32_at(ev, 0) {
-                // exec: (process_pid, process_tgid); fork: (parent pid, tgid, child pid, tgid).
-                Some(PROC_EVENT_EXEC) => pids.extend(data(4)),
-                Some(PROC_EVENT_FORK) => pids.extend(data(12)),
-                _ => {}
+            // fork: (parent pid, parent tgid, child pid, child tgid); exec: (pid, tgid);
+            // exit: (pid, tgid, code, signal, ...).
+            let event = match u32_at(ev, 0) {
+                Some(PROC_EVENT_FORK) => data(8).zip(data(12)).map(|(pid, tgid)| Event::Fork { pid, tgid }),
+                Some(PROC_EVENT_EXEC) => data(4).map(|tgid| Event::Exec { tgid }),
+                Some(PROC_EVENT_EXIT) => data(0).zip(data(4)).map(|(pid, tgid)| Event::Exit { pid, tgid }),
+                _ => None,
+            };
+            if let Some(e) = event {
+                f(e);
             }
         }
         // Messages are 4-byte aligned.
         let next = (len + 3) & !3;
         b = b.get(next..).unwrap_or_default();
     }
+}
+
+/// Note each process's last change in one datagram in `pids`: a new process or an exec is
+/// [`Change::Started`], a leader's exit [`Change::Exited`]. Threads are left out: they change
+/// neither the set of processes nor a command line.
+pub fn parse_events(b: &[u8], pids: &mut HashMap<u32, Change>) {
+    for_each_event(b, |ev| match ev {
+        Event::Fork { pid, tgid } if pid == tgid => {
+            pids.insert(tgid, Change::Started);
+        }
+        Event::Exec { tgid } => {
+            pids.insert(tgid, Change::Started);
+        }
+        Event::Exit { pid, tgid } if pid == tgid => {
+            pids.insert(tgid, Change::Exited);
+        }
+        _ => {}
+    });
 }
 
 #[cfg(test)]
@@ -183,18 +258,22 @@ mod tests {
     }
 
     #[test]
-    fn exec_and_fork_events() {
+    fn exec_fork_and_exit_events() {
         let mut b = event(PROC_EVENT_EXEC, &[501, 500]);
         b.extend(event(PROC_EVENT_FORK, &[1, 1, 777, 777]));
-        b.extend(event(0x8000_0000, &[600, 600, 0, 0])); // exit: not a change of program
-        let mut pids = HashSet::new();
+        b.extend(event(PROC_EVENT_EXIT, &[600, 600, 0, 0]));
+        b.extend(event(PROC_EVENT_FORK, &[777, 777, 778, 777])); // a thread of 777: no change
+        b.extend(event(PROC_EVENT_EXIT, &[701, 700, 0, 0])); // a thread of 700 ends: no change
+        b.extend(event(PROC_EVENT_FORK, &[1, 1, 600, 600])); // 600 reused: the last change counts
+        b.extend(event(PROC_EVENT_EXIT, &[777, 777, 0, 0]));
+        let mut pids = HashMap::new();
         parse_events(&b, &mut pids);
-        assert_eq!(pids, HashSet::from([500, 777]));
+        assert_eq!(pids, HashMap::from([(500, Change::Started), (600, Change::Started), (777, Change::Exited)]));
     }
 
     #[test]
     fn bad_datagrams() {
-        let mut pids = HashSet::new();
+        let mut pids = HashMap::new();
         parse_events(&[], &mut pids);
         parse_events(&[0xff; 3], &mut pids);
         let mut b = event(PROC_EVENT_EXEC, &[501, 500]);
@@ -208,7 +287,7 @@ mod tests {
         assert!(pids.is_empty());
     }
 
-    /// The real connector (root): a child we start is reported.
+    /// The real connector (root): a child we start is reported, its exit last.
     #[test]
     fn a_real_exec_is_seen() {
         // SAFETY: geteuid has no preconditions.
@@ -224,12 +303,12 @@ mod tests {
         let mut seen = false;
         for _ in 0..100 {
             let c = events.drain();
-            if c.pids.contains(&pid) || c.lost {
+            if c.pids.get(&pid) == Some(&Change::Exited) || c.lost {
                 seen = true;
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        assert!(seen, "no fork/exec event for pid {pid}");
+        assert!(seen, "no exit event for pid {pid}");
     }
 }
