@@ -17,7 +17,7 @@
 
 use std::{
     collections::HashMap,
-    fs::File,
+    fs::{File, Metadata},
     hash::Hash,
     io,
     os::unix::fs::FileExt,
@@ -131,6 +131,31 @@ impl<K: Hash + Eq + Clone> HeldFiles<K> {
             files[slot] = Some(Held { file, _token: token });
         }
         Ok(&self.buf[..n])
+    }
+
+    /// The metadata (`fstat`) of file or directory `slot` of `key`: through its held
+    /// descriptor, else opened by `path` (called only then) and held while the budget allows.
+    /// A held /proc directory of an exited process still answers (with the counts of a dead
+    /// one): callers that need to tell drop the key and ask again.
+    pub fn metadata(
+        &mut self,
+        key: &K,
+        slot: usize,
+        path: impl FnOnce() -> std::path::PathBuf,
+    ) -> io::Result<Metadata> {
+        let files = self.entries.entry(key.clone()).or_default();
+        if files.len() <= slot {
+            files.resize_with(slot + 1, || None);
+        }
+        if let Some(h) = &files[slot] {
+            return h.file.metadata();
+        }
+        let file = File::open(path())?;
+        let m = file.metadata()?;
+        if let Some(token) = self.budget.acquire() {
+            files[slot] = Some(Held { file, _token: token });
+        }
+        Ok(m)
     }
 
     /// Open file `slot` of `key` now and hold it (while the budget allows) without reading it,

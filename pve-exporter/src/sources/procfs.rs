@@ -2,7 +2,7 @@
 //! context switches and I/O. Parsers are pure functions from file contents to types; the
 //! reading functions do one read per file.
 
-use std::{io, time::Duration};
+use std::{borrow::Cow, io, time::Duration};
 
 use procfs::{FromBufRead, FromRead};
 
@@ -235,7 +235,7 @@ pub struct Status {
     pub voluntary_ctxt_switches: Option<u64>,
     pub nonvoluntary_ctxt_switches: Option<u64>,
     /// `Vm*`, `Rss*` and `Hugetlb*` lines: key lowercased without the colon, value in bytes.
-    pub memory: Vec<(String, u64)>,
+    pub memory: Vec<(Cow<'static, str>, u64)>,
 }
 
 impl Status {
@@ -266,12 +266,39 @@ pub fn parse_status(text: &str) -> Status {
                     Some("kB") => num.saturating_mul(1024),
                     _ => num,
                 };
-                st.memory.push((k.to_ascii_lowercase(), bytes));
+                st.memory.push((memory_key(k), bytes));
             }
             _ => {}
         }
     }
     st
+}
+
+/// The memory fields of status this kernel prints (lowercased): named without an allocation.
+const MEMORY_KEYS: [&str; 16] = [
+    "vmpeak",
+    "vmsize",
+    "vmlck",
+    "vmpin",
+    "vmhwm",
+    "vmrss",
+    "rssanon",
+    "rssfile",
+    "rssshmem",
+    "vmdata",
+    "vmstk",
+    "vmexe",
+    "vmlib",
+    "vmpte",
+    "vmswap",
+    "hugetlbpages",
+];
+
+fn memory_key(k: &str) -> Cow<'static, str> {
+    match MEMORY_KEYS.iter().find(|m| m.eq_ignore_ascii_case(k)) {
+        Some(m) => Cow::Borrowed(m),
+        None => Cow::Owned(k.to_ascii_lowercase()),
+    }
 }
 
 pub use procfs::process::Io;
@@ -413,13 +440,14 @@ pub fn read_schedstat(host: &HostRoot, pid: u32, tid: u32) -> io::Result<Schedst
     })
 }
 
-/// The number the kernel keeps of `pid`'s threads, from one `stat` of `/proc/<pid>/task`
-/// without reading a file: procfs gives that directory a link count of 2 + the number of
-/// threads (`proc_task_getattr`). (On an ordinary file system, as in fixture trees, a
-/// directory's link count is 2 + its subdirectories: the same number.)
-pub fn task_link_count(host: &HostRoot, pid: u32) -> io::Result<u64> {
+/// The number the kernel keeps of `pid`'s threads, from one `fstat` of `/proc/<pid>/task`
+/// (held open in slot 0 of `pid` in `dirs`) without reading a file: procfs gives that directory
+/// a link count of 2 + the number of threads (`proc_task_getattr`), and 2 once the process it
+/// was opened for has exited. (On an ordinary file system, as in fixture trees, a directory's
+/// link count is 2 + its subdirectories: the same number.)
+pub fn task_link_count(dirs: &mut HeldFiles<u32>, host: &HostRoot, pid: u32) -> io::Result<u64> {
     use std::os::unix::fs::MetadataExt;
-    Ok(std::fs::metadata(host.path(format!("proc/{pid}/task")))?.nlink())
+    Ok(dirs.metadata(&pid, 0, || host.path(format!("proc/{pid}/task")))?.nlink())
 }
 
 #[cfg(test)]
@@ -428,6 +456,21 @@ mod tests {
 
     fn args(s: &str) -> Vec<String> {
         s.split(' ').map(str::to_string).collect()
+    }
+
+    #[test]
+    fn held_task_dir_counts_threads_until_the_process_exits() {
+        let host = HostRoot::new("/");
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        let mut dirs = HeldFiles::new(crate::heldfile::FdBudget::new(8), crate::heldfile::OnStale::Fail);
+        assert_eq!(task_link_count(&mut dirs, &host, pid).unwrap(), 2 + 1);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // Reaped: the held directory answers with no thread; by path the process is gone.
+        assert_eq!(task_link_count(&mut dirs, &host, pid).unwrap(), 2);
+        dirs.remove(&pid);
+        assert_eq!(task_link_count(&mut dirs, &host, pid).unwrap_err().kind(), io::ErrorKind::NotFound);
     }
 
     #[test]
@@ -673,7 +716,9 @@ mod tests {
             t,
             [VcpuThread { tid: 41, index: 0 }, VcpuThread { tid: 42, index: 1 }, VcpuThread { tid: 44, index: 2 }]
         );
-        assert_eq!(task_link_count(&host, 40).unwrap(), 2 + 7);
+        let mut dirs = HeldFiles::new(crate::heldfile::FdBudget::new(8), crate::heldfile::OnStale::Fail);
+        assert_eq!(task_link_count(&mut dirs, &host, 40).unwrap(), 2 + 7);
+        assert_eq!(dirs.held(), 1);
         assert!(crate::host::is_gone(&vcpu_threads(&host, 41).unwrap_err()));
         std::fs::write(dir.path().join("proc/40/task/41/schedstat"), "5 6 7\n").unwrap();
         std::fs::write(dir.path().join("proc/40/task/42/schedstat"), "garbage\n").unwrap();
