@@ -106,12 +106,46 @@ pub struct BlockingGate {
 /// How long an idle gate worker waits for the next call before it ends.
 pub const GATE_IDLE: Duration = Duration::from_secs(120);
 
-type Job = Box<dyn FnOnce() + Send>;
+pub type Job = Box<dyn FnOnce() + Send>;
 
 #[derive(Debug, Default)]
 struct GateInner {
     busy: std::sync::atomic::AtomicBool,
-    worker: Mutex<Option<mpsc::Sender<Job>>>,
+    worker: Worker,
+}
+
+/// A thread kept for jobs that come again and again (one or a few per scrape): a job costs a
+/// channel send instead of a thread start. The thread is started on the first job and ends
+/// after [`GATE_IDLE`] without one; the next job starts another. Jobs run one after another;
+/// one that panics fails alone and the thread goes on.
+#[derive(Debug, Default)]
+pub struct Worker {
+    tx: Mutex<Option<mpsc::Sender<Job>>>,
+}
+
+impl Worker {
+    /// Hand `job` to the thread, starting one (named `io-<what>`) if there is none or it ended.
+    pub fn run(&self, what: &str, job: Job) -> io::Result<()> {
+        let mut worker = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        let job = match worker.as_ref() {
+            Some(w) => match w.send(job) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::SendError(job)) => job, // the thread ended (idle)
+            },
+            None => job,
+        };
+        let (tx, rx) = mpsc::channel::<Job>();
+        thread::Builder::new().name(format!("io-{what}")).spawn(move || {
+            while let Ok(job) = rx.recv_timeout(GATE_IDLE) {
+                // A panicking job loses its answer (the caller sees no reply), not the thread.
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+            }
+        })?;
+        // A fresh thread's channel is open: this send cannot fail.
+        let _ = tx.send(job);
+        *worker = Some(tx);
+        Ok(())
+    }
 }
 
 /// Clears the gate's busy flag when the call ends, also by a panic.
@@ -124,12 +158,25 @@ impl Drop for Idle {
 }
 
 impl BlockingGate {
+    /// Run `f` on the gate's worker and wait for its answer at most `timeout`.
     pub fn call<T: Send + 'static>(
         &self,
         what: &str,
         timeout: Duration,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> io::Result<T> {
+        let rx = self.start(what, f)?;
+        rx.recv_timeout(timeout)
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("{what}: no answer within {timeout:?}")))
+    }
+
+    /// Start `f` on the gate's worker without waiting: the answer comes on the receiver. For
+    /// several gates asked at once, each waited for until one common deadline.
+    pub fn start<T: Send + 'static>(
+        &self,
+        what: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> io::Result<mpsc::Receiver<T>> {
         use std::sync::atomic::Ordering;
         if self.inner.busy.swap(true, Ordering::AcqRel) {
             return Err(io::Error::new(
@@ -144,32 +191,8 @@ impl BlockingGate {
             drop(idle);
             let _ = tx.send(r);
         });
-        self.submit(what, job)?;
-        rx.recv_timeout(timeout)
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("{what}: no answer within {timeout:?}")))
-    }
-
-    /// Hand `job` to the worker, starting one if there is none (or it ended).
-    fn submit(&self, what: &str, job: Job) -> io::Result<()> {
-        let mut worker = self.inner.worker.lock().unwrap_or_else(|p| p.into_inner());
-        let job = match worker.as_ref() {
-            Some(w) => match w.send(job) {
-                Ok(()) => return Ok(()),
-                Err(mpsc::SendError(job)) => job, // the worker ended (idle, or a call panicked)
-            },
-            None => job,
-        };
-        let (tx, rx) = mpsc::channel::<Job>();
-        thread::Builder::new().name(format!("io-{what}")).spawn(move || {
-            while let Ok(job) = rx.recv_timeout(GATE_IDLE) {
-                // A panicking call loses its answer (the caller sees no reply), not the worker.
-                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
-            }
-        })?;
-        // A fresh worker's channel is open: this send cannot fail.
-        let _ = tx.send(job);
-        *worker = Some(tx);
-        Ok(())
+        self.inner.worker.run(what, job)?;
+        Ok(rx)
     }
 }
 

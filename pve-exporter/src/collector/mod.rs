@@ -67,6 +67,8 @@ pub struct Engine {
     libvirt: LibvirtReader,
     /// The /proc scan with its per-process verdicts (kept until a process forks or execs).
     scanner: Mutex<crate::sources::proc_scan::ProcScanner>,
+    /// The thread the monitor exchange runs on, kept between scrapes.
+    fetch_worker: crate::host::Worker,
 }
 
 impl Engine {
@@ -106,6 +108,7 @@ impl Engine {
             monitor: crate::sources::monitor::Monitor::from_config(&config),
             libvirt: LibvirtReader::new(),
             scanner,
+            fetch_worker: crate::host::Worker::default(),
             config,
         })
     }
@@ -189,11 +192,12 @@ impl Engine {
             }
             let mut st = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(counters) = st.counters.as_mut() {
-                // vCPU threads of the VMs, for the run-queue program (from the vcpu collector's cache).
+                // vCPU threads of the VMs, for the run-queue program (as the vcpu collector
+                // listed and checked them just now).
                 let vcpus: Vec<(u32, u32)> = vms
                     .iter()
                     .flat_map(|vm| {
-                        self.vcpu_threads.get(vm.pid).unwrap_or_default().into_iter().map(move |t| (vm.pid, t.tid))
+                        self.vcpu_threads.listed(vm.pid).unwrap_or_default().into_iter().map(move |t| (vm.pid, t.tid))
                     })
                     .collect();
                 self.timed(&mut runs, "ebpf", || ebpf_maps::collect(&self.host, counters, &vms, &vcpus, &mut out));
@@ -229,46 +233,49 @@ fn run_timed(f: impl FnOnce() -> Result<(), String>) -> (Duration, Result<(), St
 }
 
 /// The `qm` collector: every VM's monitor, timed.
-fn fetch_devices(
-    monitor: &crate::sources::monitor::Monitor,
-    host: &HostRoot,
-    vms: &[Vm],
-) -> (Duration, Result<(), String>, Vec<VmDevices>) {
+fn fetch_devices(monitor: &crate::sources::monitor::Monitor, host: &HostRoot, vms: &[Vm]) -> FetchResult {
     let mut devices = Vec::new();
     let (d, r) = run_timed(|| nicdisk::fetch(monitor, host, vms, &mut devices));
     (d, r, devices)
 }
 
-/// The monitor exchange of one collection, running on its own thread (or done already).
+type FetchResult = (Duration, Result<(), String>, Vec<VmDevices>);
+
+/// The monitor exchange of one collection, running on the fetch worker (or done already).
 enum Fetch {
-    Running(std::thread::JoinHandle<(Duration, Result<(), String>, Vec<VmDevices>)>),
-    Done(Duration, Result<(), String>, Vec<VmDevices>),
+    Running(std::sync::mpsc::Receiver<FetchResult>),
+    Done(FetchResult),
 }
 
 impl Fetch {
-    fn join(self) -> (Duration, Result<(), String>, Vec<VmDevices>) {
+    fn join(self) -> FetchResult {
         match self {
-            Fetch::Running(h) => h
-                .join()
-                .unwrap_or_else(|p| (Duration::ZERO, Err(format!("panicked: {}", panic_message(&p))), Vec::new())),
-            Fetch::Done(d, r, devices) => (d, r, devices),
+            // The job sends exactly once; no answer means it panicked outside `run_timed`.
+            Fetch::Running(rx) => rx.recv().unwrap_or_else(|_| {
+                (Duration::ZERO, Err("the monitor thread ended without an answer".into()), Vec::new())
+            }),
+            Fetch::Done(r) => r,
         }
     }
 }
 
 impl Engine {
-    /// Start the monitor exchange of `vms` (the `qm` collector) on a thread; inline when no
-    /// thread can be started.
+    /// Start the monitor exchange of `vms` (the `qm` collector) on the fetch worker; inline when
+    /// there is no monitor to ask (`--qm-mode off`: nothing to wait for) or no thread can be started.
     fn spawn_fetch(&self, vms: &[Vm]) -> Fetch {
+        if self.config.qm_mode == crate::config::QmMode::Off {
+            return Fetch::Done(fetch_devices(&self.monitor, &self.host, vms));
+        }
         let (monitor, host, owned) = (self.monitor.clone(), self.host.clone(), vms.to_vec());
-        let spawned =
-            std::thread::Builder::new().name("qm-fetch".into()).spawn(move || fetch_devices(&monitor, &host, &owned));
-        match spawned {
-            Ok(h) => Fetch::Running(h),
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let job = Box::new(move || {
+            let _ = tx.send(fetch_devices(&monitor, &host, &owned));
+        });
+        match self.fetch_worker.run("qm-fetch", job) {
+            Ok(()) => Fetch::Running(rx),
             Err(e) => {
                 log::warn!("cannot start the monitor thread ({e}): asking the monitors inline");
-                let (d, r, devices) = fetch_devices(&self.monitor, &self.host, vms);
-                Fetch::Done(d, r, devices)
+                Fetch::Done(fetch_devices(&self.monitor, &self.host, vms))
             }
         }
     }

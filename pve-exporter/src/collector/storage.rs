@@ -16,8 +16,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use super::{CollectorRun, Engine};
@@ -185,28 +184,28 @@ fn size_by_statvfs(st: &StorageState, host: &HostRoot, plan: &mut Plan) -> Resul
         map.retain(|p, _| paths.contains(p));
         paths.iter().map(|full| map.entry(full.clone()).or_default().clone()).collect()
     };
+    // Every path asked at once on its own gate's worker, each answer waited for until one
+    // deadline: a hung mount costs the timeout once, not once per path.
     let timeout = st.timeout;
-    let results: Vec<Result<Usage, String>> = thread::scope(|s| {
-        let handles: Vec<_> = paths
-            .iter()
-            .zip(&gates)
-            .map(|(full, gate)| {
-                let target = full.clone();
-                thread::Builder::new().name("storage-statvfs".into()).spawn_scoped(s, move || {
-                    gate.call("statvfs", timeout, move || statvfs::statvfs(&target))
-                        .and_then(|r| r)
-                        .map_err(|err| err.to_string())
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| match h {
-                Ok(h) => h.join().unwrap_or_else(|_| Err("statvfs thread panicked".into())),
-                Err(err) => Err(format!("cannot start a statvfs thread: {err}")),
-            })
-            .collect()
-    });
+    let deadline = Instant::now() + timeout;
+    let pending: Vec<_> = paths
+        .iter()
+        .zip(&gates)
+        .map(|(full, gate)| {
+            let target = full.clone();
+            gate.start("statvfs", move || statvfs::statvfs(&target))
+        })
+        .collect();
+    let results: Vec<Result<Usage, String>> = pending
+        .into_iter()
+        .map(|p| {
+            let rx = p.map_err(|err| err.to_string())?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            rx.recv_timeout(left)
+                .map_err(|_| format!("statvfs: no answer within {timeout:?}"))?
+                .map_err(|err| err.to_string())
+        })
+        .collect();
     for (i, path, full) in &jobs {
         let Ok(k) = paths.binary_search(full) else { continue };
         match &results[k] {
