@@ -325,7 +325,7 @@ fn scrape_set() -> MetricSet {
         m.family(&KVM_MEMORY_UTILISATION).push(idl(), 0.78125);
         m.family(&KVM_MEMORY_PERCENT).push(idl(), 5.0);
         for (k, v) in &status.memory {
-            m.family(&KVM_MEMORY_EXTENDED).push([("id", id.clone()), ("type", k.clone())], *v + u64::from(i));
+            m.family(&KVM_MEMORY_EXTENDED).push([("id", id.clone()), ("type", k.to_string())], *v + u64::from(i));
         }
         m.family(&KVM_THREADS).push(idl(), 12u64);
         for (t, v) in [("voluntary", 1_234_567u64), ("involuntary", 8910)] {

@@ -7,13 +7,14 @@ use crate::{
     catalog::*,
     heldfile::HeldFiles,
     host::{HostRoot, ScrapeFiles, is_gone},
-    metrics::MetricSet,
+    metrics::{LabelValue, MetricSet},
     sources::procfs,
     vm::Vm,
 };
 
-fn id(vm: &Vm) -> [(&'static str, String); 1] {
-    [("id", vm.id.clone())]
+/// The `id` label value of `vm`, shared by its samples (one allocation per VM, not per sample).
+pub fn shared_id(vm: &Vm) -> LabelValue {
+    LabelValue::Shared(vm.id.as_str().into())
 }
 
 /// Read every VM's process files and add its families. VMs whose process is gone by now are
@@ -51,19 +52,21 @@ pub fn collect(
     });
 
     for (vm, st) in vms.iter().zip(&stats) {
+        let vid = shared_id(vm);
+        let id = || [("id", vid.clone())];
         let pool = vm.pool.clone().unwrap_or_default();
         let level = |i: usize| pool.levels.get(i).cloned().unwrap_or_default();
         out.family(&KVM_INFO).push(
             [
-                ("id", vm.id.clone()),
-                ("name", vm.name.clone()),
-                ("cpu", vm.cpu.clone()),
-                ("pid", vm.pid.to_string()),
-                ("pool", pool.name.clone()),
-                ("pool_levels", pool.levels.len().to_string()),
-                ("pool1", level(0)),
-                ("pool2", level(1)),
-                ("pool3", level(2)),
+                ("id", vid.clone()),
+                ("name", vm.name.clone().into()),
+                ("cpu", vm.cpu.clone().into()),
+                ("pid", vm.pid.to_string().into()),
+                ("pool", pool.name.clone().into()),
+                ("pool_levels", pool.levels.len().to_string().into()),
+                ("pool1", level(0).into()),
+                ("pool2", level(1).into()),
+                ("pool3", level(2).into()),
             ],
             1u64,
         );
@@ -73,13 +76,13 @@ pub fn collect(
             let nova = x.nova.clone().unwrap_or_default();
             out.family(&KVM_LIBVIRT_INFO).push(
                 [
-                    ("id", vm.id.clone()),
-                    ("name", vm.name.clone()),
-                    ("uuid", x.uuid.clone()),
-                    ("nova_instance", nova.name),
-                    ("nova_project", nova.project),
-                    ("nova_project_id", nova.project_id),
-                    ("nova_flavor", nova.flavor),
+                    ("id", vid.clone()),
+                    ("name", vm.name.clone().into()),
+                    ("uuid", x.uuid.clone().into()),
+                    ("nova_instance", nova.name.into()),
+                    ("nova_project", nova.project.into()),
+                    ("nova_project_id", nova.project_id.into()),
+                    ("nova_flavor", nova.flavor.into()),
                 ],
                 1u64,
             );
@@ -87,29 +90,29 @@ pub fn collect(
         if let Some(cpu) = &st.cpu {
             let f = out.family(&KVM_CPU_SECONDS);
             for (mode, d) in [("user", cpu.user), ("system", cpu.system), ("iowait", cpu.iowait)] {
-                f.push([("id", vm.id.clone()), ("mode", mode.to_string())], d.as_secs_f64());
+                f.push([("id", vid.clone()), ("mode", mode.into())], d.as_secs_f64());
             }
         }
-        out.family(&KVM_VCORES).push(id(vm), vm.vcores);
-        out.family(&KVM_MAXMEM_BYTES).push(id(vm), vm.maxmem_bytes);
+        out.family(&KVM_VCORES).push(id(), vm.vcores);
+        out.family(&KVM_MAXMEM_BYTES).push(id(), vm.maxmem_bytes);
         if let Some(status) = &st.status {
             if let Some(rss) = status.memory("vmrss")
                 && vm.maxmem_bytes > 0
             {
-                out.family(&KVM_MEMORY_UTILISATION).push(id(vm), rss as f64 / vm.maxmem_bytes as f64);
+                out.family(&KVM_MEMORY_UTILISATION).push(id(), rss as f64 / vm.maxmem_bytes as f64);
             }
             if let (Some(rss), Some(total)) = (status.memory("vmrss"), memtotal.filter(|t| *t > 0)) {
-                out.family(&KVM_MEMORY_PERCENT).push(id(vm), rss as f64 * 100.0 / total as f64);
+                out.family(&KVM_MEMORY_PERCENT).push(id(), rss as f64 * 100.0 / total as f64);
             }
             let f = out.family(&KVM_MEMORY_EXTENDED);
             for (k, v) in &status.memory {
-                f.push([("id", vm.id.clone()), ("type", k.clone())], *v);
+                f.push([("id", vid.clone()), ("type", LabelValue::from(k.clone()))], *v);
             }
         }
         // Threads from status, else from stat.
         let threads = st.status.as_ref().and_then(|s| s.threads).or(st.cpu.map(|c| c.num_threads));
         if let Some(t) = threads {
-            out.family(&KVM_THREADS).push(id(vm), t);
+            out.family(&KVM_THREADS).push(id(), t);
         }
         if let Some(status) = &st.status {
             let f = out.family(&KVM_CTX_SWITCHES);
@@ -117,13 +120,13 @@ pub fn collect(
                 [("voluntary", status.voluntary_ctxt_switches), ("involuntary", status.nonvoluntary_ctxt_switches)]
             {
                 if let Some(v) = v {
-                    f.push([("id", vm.id.clone()), ("type", ty.to_string())], v);
+                    f.push([("id", vid.clone()), ("type", ty.into())], v);
                 }
             }
         }
         if let Some(io) = &st.io {
             for (def, v) in KVM_IO.iter().zip([io.syscr, io.read_bytes, io.rchar, io.syscw, io.write_bytes, io.wchar]) {
-                out.family(def).push(id(vm), v);
+                out.family(def).push(id(), v);
             }
         }
     }

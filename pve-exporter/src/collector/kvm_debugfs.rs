@@ -333,7 +333,7 @@ mod tests {
     /// (label values, value as `Int(n)` / `Float(x)`) of each sample of `fam`.
     fn samples(out: &MetricSet, fam: &str) -> Vec<(Vec<String>, String)> {
         let sample =
-            |s: &crate::metrics::Sample| (s.labels.iter().map(|l| l.1.clone()).collect(), format!("{:?}", s.value));
+            |s: &crate::metrics::Sample| (s.labels.iter().map(|l| l.1.to_string()).collect(), format!("{:?}", s.value));
         out.get(fam).map(|f| f.samples.iter().map(sample).collect()).unwrap_or_default()
     }
 
