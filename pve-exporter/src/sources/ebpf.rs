@@ -18,9 +18,10 @@ use aya::{
     programs::{Program, RawTracePoint, TracePoint},
 };
 use pve_exporter_common::{
-    CountNs, ERR_MAP_FULL, ERR_NEGATIVE_DELTA, ERR_UNMATCHED_ENTRY, EVENT_SLOTS, EventCounts, ExitKey, HIST_BUCKETS,
-    Hist, ISA_SVM, ISA_UNKNOWN, ISA_VMX, MAX_INDEXED_VMS, REASON_ERROR, REASON_RESTART, TgidKey, UEXIT_SLOTS,
-    UexitCounts, VmSlot, event_program_name, globals, uexit_reason, vcpu_filter_slot, vm_index_slot,
+    CountNs, ERR_MAP_FULL, ERR_NEGATIVE_DELTA, ERR_UNMATCHED_ENTRY, EVENT_COUNT_SLOTS, EVENT_SLOTS, EventCounts,
+    ExitKey, HIST_BUCKETS, Hist, ISA_SVM, ISA_UNKNOWN, ISA_VMX, MAX_INDEXED_VMS, REASON_ERROR, REASON_RESTART,
+    SLOT_KVM_ENTRY, TgidKey, UEXIT_SLOTS, UexitCounts, VmSlot, event_program_name, globals, uexit_reason,
+    vcpu_filter_slot, vm_index_slot,
 };
 
 use crate::{
@@ -162,17 +163,45 @@ pub fn resolve_offsets(spec: &ProgSpec, fmt: &TraceFormat) -> Result<Vec<(&'stat
     Ok(out)
 }
 
-/// One tracepoint counted per VM by a slot program.
+/// One tracepoint of `--ebpf-events`, counted per VM.
 #[derive(Debug, Clone)]
 pub struct TraceEvent {
     /// `category:name` as given.
     pub spec: String,
     pub name: String,
-    /// The counter slot (program) it is attached with.
-    pub slot: Option<u32>,
+    /// What counts it, once attached.
+    pub source: Option<EventSource>,
     pub attached: bool,
     /// Why it is not attached.
     pub error: Option<String>,
+}
+
+/// What counts an event of `--ebpf-events`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventSource {
+    /// Its own counter program, `count_event_<slot>`.
+    Slot(u32),
+    /// The program already on the tracepoint: its counts summed over reasons or outcomes (and
+    /// `kvm_entry`'s count in [`SLOT_KVM_ENTRY`]), so that no second program runs on every hit.
+    UserspaceExits,
+    Exits,
+    Entries,
+    HaltWakeups,
+}
+
+/// The events a program of [`PROGRAMS`] counts anyway: (event, program, how). While that program
+/// is attached, the event gets no counter program.
+pub const DERIVED_EVENTS: &[(&str, &str, EventSource)] = &[
+    ("kvm:kvm_userspace_exit", "count_userspace_exit", EventSource::UserspaceExits),
+    ("kvm:kvm_exit", "kvm_exit", EventSource::Exits),
+    ("kvm:kvm_entry", "kvm_entry", EventSource::Entries),
+    ("kvm:kvm_vcpu_wakeup", "vcpu_wakeup", EventSource::HaltWakeups),
+];
+
+/// The source of `event` (`category:name`) when an attached program counts it already.
+pub fn derived_source(event: &str, programs: &[ProgramStatus]) -> Option<EventSource> {
+    let &(_, program, source) = DERIVED_EVENTS.iter().find(|(e, _, _)| *e == event)?;
+    programs.iter().any(|p| p.program == program && p.attached).then_some(source)
 }
 
 /// One of [`PROGRAMS`] after start-up.
@@ -395,7 +424,7 @@ fn load(host: &HostRoot, object: &[u8], opts: &EbpfOptions) -> Result<EbpfCounte
         events.push(TraceEvent {
             spec: format!("{cat}:{name}"),
             name: name.to_string(),
-            slot: None,
+            source: None,
             attached: false,
             error,
         });
@@ -441,23 +470,6 @@ fn load(host: &HostRoot, object: &[u8], opts: &EbpfOptions) -> Result<EbpfCounte
         }
     };
 
-    let mut slot = 0u32;
-    for ev in events.iter_mut().filter(|e| e.error.is_none()) {
-        if slot >= EVENT_SLOTS {
-            ev.error = Some(format!("more than {EVENT_SLOTS} tracepoints requested"));
-            continue;
-        }
-        let (cat, name) = ev.spec.split_once(':').unwrap_or(("kvm", &ev.name));
-        let mut buf = [0u8; 16];
-        match attach(&mut bpf, event_program_name(slot, &mut buf), cat, name, true) {
-            Ok(()) => {
-                ev.slot = Some(slot);
-                ev.attached = true;
-                slot += 1;
-            }
-            Err(e) => ev.error = Some(e),
-        }
-    }
     // In PROGRAMS order; `requires` always names an earlier program, so its status is known.
     for i in 0..PROGRAMS.len() {
         let spec = &PROGRAMS[i];
@@ -472,6 +484,31 @@ fn load(host: &HostRoot, object: &[u8], opts: &EbpfOptions) -> Result<EbpfCounte
         }
         programs[i].error = attach(&mut bpf, spec.program, spec.category, spec.event, spec.raw).err();
         programs[i].attached = programs[i].error.is_none();
+    }
+    // The counters, after the programs: an event one of them counts already gets no second
+    // program on its tracepoint (one program run less per hit); if it is not attached, a
+    // counter program counts the event.
+    let mut slot = 0u32;
+    for ev in events.iter_mut().filter(|e| e.error.is_none()) {
+        if let Some(source) = derived_source(&ev.spec, &programs) {
+            ev.source = Some(source);
+            ev.attached = true;
+            continue;
+        }
+        if slot >= EVENT_SLOTS {
+            ev.error = Some(format!("more than {EVENT_SLOTS} tracepoints requested"));
+            continue;
+        }
+        let (cat, name) = ev.spec.split_once(':').unwrap_or(("kvm", &ev.name));
+        let mut buf = [0u8; 16];
+        match attach(&mut bpf, event_program_name(slot, &mut buf), cat, name, true) {
+            Ok(()) => {
+                ev.source = Some(EventSource::Slot(slot));
+                ev.attached = true;
+                slot += 1;
+            }
+            Err(e) => ev.error = Some(e),
+        }
     }
     for st in programs.iter().filter(|p| p.error.is_some()) {
         log::warn!("eBPF program {} not attached: {}", st.program, st.error.as_deref().unwrap_or(""));
@@ -531,6 +568,39 @@ pub struct EbpfSnapshot {
 }
 
 impl EbpfSnapshot {
+    /// Events per (process, event name) of the attached `events`, each from its source; only
+    /// non-zero counts. Exact wherever counted: the derived sums add the array and hash counts
+    /// like the counters' do.
+    pub fn event_totals(&self, events: &[TraceEvent]) -> HashMap<(u32, String), u64> {
+        let mut out: HashMap<(u32, String), u64> = HashMap::new();
+        let mut add = |tgid: u32, name: &str, n: u64| {
+            if n > 0 {
+                *out.entry((tgid, name.to_string())).or_default() += n;
+            }
+        };
+        for e in events.iter().filter(|e| e.attached) {
+            let slot = match e.source {
+                Some(EventSource::Slot(s)) => s,
+                Some(EventSource::Entries) => SLOT_KVM_ENTRY,
+                Some(EventSource::UserspaceExits) => {
+                    self.userspace_exits.iter().for_each(|(&(tgid, _), &n)| add(tgid, &e.name, n));
+                    continue;
+                }
+                Some(EventSource::Exits) => {
+                    self.exits.iter().for_each(|(&(tgid, _, _), v)| add(tgid, &e.name, v.count));
+                    continue;
+                }
+                Some(EventSource::HaltWakeups) => {
+                    self.halt.iter().for_each(|(&(tgid, _), v)| add(tgid, &e.name, v.count));
+                    continue;
+                }
+                None => continue,
+            };
+            self.events.iter().filter(|(k, _)| k.1 == slot).for_each(|(&(tgid, _), &n)| add(tgid, &e.name, n));
+        }
+        out
+    }
+
     /// Every process that has an entry in some map.
     pub fn tgids(&self) -> HashSet<u32> {
         self.events
@@ -612,7 +682,7 @@ impl EbpfCounters {
             s.registered.push(tgid);
             match events_arr.get(&index, 0) {
                 Ok(v) => {
-                    for slot in 0..EVENT_SLOTS {
+                    for slot in 0..EVENT_COUNT_SLOTS {
                         let n: u64 = v.iter().map(|c| c.n[slot as usize]).sum();
                         if n > 0 {
                             *s.events.entry((tgid, slot)).or_default() += n;
@@ -661,9 +731,12 @@ impl EbpfCounters {
 
     fn is_attached(&self, program: &str) -> bool {
         self.programs.iter().any(|p| p.attached && p.program == program)
-            || self.events.iter().filter_map(|e| e.slot).any(|slot| {
-                let mut buf = [0u8; 16];
-                event_program_name(slot, &mut buf) == program
+            || self.events.iter().any(|e| match e.source {
+                Some(EventSource::Slot(slot)) => {
+                    let mut buf = [0u8; 16];
+                    event_program_name(slot, &mut buf) == program
+                }
+                _ => false,
             })
     }
 
@@ -825,11 +898,6 @@ impl EbpfCounters {
             snap.halt.keys().filter(|k| dead(&k.0)).map(|&(tgid, sub)| TgidKey { tgid, sub }),
         );
     }
-
-    /// slot -> event name, for the attached counters.
-    pub fn event_names(&self) -> HashMap<u32, String> {
-        self.events.iter().filter_map(|e| e.slot.map(|s| (s, e.name.clone()))).collect()
-    }
 }
 
 /// Whether an operator turned the kernel's BPF statistics on (`sysctl kernel.bpf_stats_enabled=1`).
@@ -942,6 +1010,65 @@ mod tests {
         assert_eq!(userspace_exit_label(&names, REASON_RESTART), "restart");
         assert_eq!(userspace_exit_label(&names, REASON_ERROR), "error");
         assert_eq!(userspace_exit_label(&names, 1000), "1000");
+    }
+
+    fn event(spec: &str, source: Option<EventSource>) -> TraceEvent {
+        let name = spec.split_once(':').map_or(spec, |(_, n)| n).to_string();
+        TraceEvent { spec: spec.into(), name, source, attached: source.is_some(), error: None }
+    }
+
+    #[test]
+    fn events_a_program_counts_get_no_counter_program() {
+        let status = |program, attached| ProgramStatus { program, attached, error: None };
+        let programs = [status("count_userspace_exit", true), status("kvm_exit", false), status("kvm_entry", true)];
+        let src = |e| derived_source(e, &programs);
+        assert_eq!(src("kvm:kvm_userspace_exit"), Some(EventSource::UserspaceExits));
+        assert_eq!(src("kvm:kvm_entry"), Some(EventSource::Entries));
+        // Its program is not attached (or absent): a counter program counts the event.
+        assert_eq!(src("kvm:kvm_exit"), None);
+        assert_eq!(src("kvm:kvm_vcpu_wakeup"), None);
+        assert_eq!(src("kvm:kvm_pio"), None);
+        // Every derived event names a program of PROGRAMS on the same tracepoint.
+        for (ev, program, _) in DERIVED_EVENTS {
+            let spec = PROGRAMS.iter().find(|p| p.program == *program).expect(program);
+            assert_eq!(*ev, format!("{}:{}", spec.category, spec.event));
+        }
+    }
+
+    #[test]
+    fn derived_event_totals_are_the_programs_sums() {
+        // Process 10 registered after some events (hash + array sums already merged by
+        // `read`), process 20 never registered.
+        let s = EbpfSnapshot {
+            userspace_exits: HashMap::from([((10, 2), 1000), ((10, 5), 1), ((10, REASON_RESTART), 3), ((20, 2), 7)]),
+            events: HashMap::from([((10, 0), 1000), ((20, 0), 7), ((10, SLOT_KVM_ENTRY), 42), ((20, 1), 0)]),
+            exits: HashMap::from([
+                ((10, ISA_VMX, 30), CountNs { count: 30, ns: 1 }),
+                ((10, ISA_VMX, 12), CountNs { count: 12, ns: 1 }),
+            ]),
+            halt: HashMap::from([((20, 0), CountNs { count: 4, ns: 9 }), ((20, 1), CountNs { count: 5, ns: 9 })]),
+            ..Default::default()
+        };
+        let events = [
+            event("kvm:kvm_pio", Some(EventSource::Slot(0))),
+            event("kvm:kvm_mmio", Some(EventSource::Slot(1))),
+            event("kvm:kvm_userspace_exit", Some(EventSource::UserspaceExits)),
+            event("kvm:kvm_exit", Some(EventSource::Exits)),
+            event("kvm:kvm_entry", Some(EventSource::Entries)),
+            event("kvm:kvm_vcpu_wakeup", Some(EventSource::HaltWakeups)),
+            event("kvm:kvm_msr", None),
+        ];
+        let t = s.event_totals(&events);
+        let get = |tgid, e: &str| t.get(&(tgid, e.to_string())).copied();
+        assert_eq!(get(10, "kvm_pio"), Some(1000));
+        assert_eq!(get(20, "kvm_pio"), Some(7));
+        assert_eq!(get(10, "kvm_userspace_exit"), Some(1004), "every reason, restarts included");
+        assert_eq!(get(20, "kvm_userspace_exit"), Some(7));
+        assert_eq!(get(10, "kvm_exit"), Some(42));
+        assert_eq!(get(10, "kvm_entry"), Some(42));
+        assert_eq!(get(20, "kvm_vcpu_wakeup"), Some(9));
+        assert_eq!(get(20, "kvm_mmio"), None, "no zero series");
+        assert_eq!(t.len(), 7, "{t:?}");
     }
 
     #[test]
