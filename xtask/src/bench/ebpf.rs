@@ -515,7 +515,6 @@ const DEFAULT_EVENTS: &[&str] = &[
     "kvm:kvm_mmio",
     "kvm:kvm_userspace_exit",
     "kvm:kvm_emulate_insn",
-    "kvm:kvm_fpu",
     "kvm:kvm_msr",
     "kvm:kvm_inj_virq",
     "kvm:kvm_vcpu_wakeup",
