@@ -122,16 +122,23 @@ pub struct VmSlot {
     pub index: u32,
 }
 
+/// The slot of [`EventCounts`] (and sub-key of `EVENT_COUNTS`) where the `kvm_entry` program
+/// counts entries, after the counter programs' slots: the kvm_entry event is then counted
+/// without a second program on that tracepoint.
+pub const SLOT_KVM_ENTRY: u32 = EVENT_SLOTS;
+/// Slots of [`EventCounts`]: the counter programs' and [`SLOT_KVM_ENTRY`].
+pub const EVENT_COUNT_SLOTS: u32 = EVENT_SLOTS + 1;
+
 /// Value of `EVENT_ARRAY` (per VM index, per CPU): events of each tracepoint slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EventCounts {
-    pub n: [u64; EVENT_SLOTS as usize],
+    pub n: [u64; EVENT_COUNT_SLOTS as usize],
 }
 
 impl Default for EventCounts {
     fn default() -> Self {
-        Self { n: [0; EVENT_SLOTS as usize] }
+        Self { n: [0; EVENT_COUNT_SLOTS as usize] }
     }
 }
 

@@ -4,7 +4,8 @@
 //!   (process, slot). (Why a slot per program: see `pve_exporter_common::EVENT_SLOTS`.)
 //! - `count_userspace_exit`: kvm_userspace_exit per (process, reason), a raw tracepoint.
 //! - `kvm_exit` / `kvm_entry`: exits per (process, isa, reason), and the time from a vCPU's
-//!   exit to its next entry (exit handling time) as a histogram and per reason.
+//!   exit to its next entry (exit handling time) as a histogram and per reason; `kvm_entry`
+//!   also counts entries per process (the kvm_entry event).
 //! - `vcpu_wakeup`: halt-polling outcome (polled, waited) and time halted.
 //! - `sched_wakeup`, `sched_wakeup_new`, `sched_switch`: run-queue wait of vCPU threads.
 //!
@@ -39,8 +40,8 @@ mod programs {
         CountNs, ERR_MAP_FULL, ERR_NEGATIVE_DELTA, ERR_SLOTS, ERR_UNMATCHED_ENTRY, EventCounts, ExitKey, ExitSlot,
         HALT_INVALID, HALT_POLLED, HALT_WAITED, HIST_BUCKETS, HIST_EXIT_HANDLING, HIST_RUNQUEUE_WAIT, Hist, ISA_SVM,
         ISA_UNKNOWN, MAX_EVENT_KEYS, MAX_EXIT_KEYS, MAX_HALT_KEYS, MAX_HIST_KEYS, MAX_INDEXED_VMS, MAX_REASON_KEYS,
-        MAX_VCPU_THREADS, REASON_ERROR, REASON_RESTART, TgidKey, UexitCounts, VCPU_FILTER_SIZE, VM_INDEX_SIZE, VmSlot,
-        log2_bucket, preempted, uexit_slot, vcpu_filter_slot, vm_index_slot,
+        MAX_VCPU_THREADS, REASON_ERROR, REASON_RESTART, SLOT_KVM_ENTRY, TgidKey, UexitCounts, VCPU_FILTER_SIZE,
+        VM_INDEX_SIZE, VmSlot, log2_bucket, preempted, uexit_slot, vcpu_filter_slot, vm_index_slot,
     };
 
     // ---- maps ------------------------------------------------------------------------------
@@ -222,26 +223,26 @@ mod programs {
 
     // ---- per-tracepoint counters ------------------------------------------------------------
 
+    /// +1 in `slot` of the process's counters: its array value when registered, else the hash.
     #[inline(always)]
-    fn count(ctx: &RawTracePointContext, slot: usize) -> u32 {
-        let tgid = ids().0;
+    fn count<C: EbpfContext>(ctx: &C, tgid: u32, slot: usize) {
         if let Some(i) = vm_index(tgid)
             && let Some(c) = EVENT_ARRAY.get_ptr_mut(i)
         {
             // SAFETY: this CPU's value; programs do not nest on one CPU. `slot` is a constant
-            // below EVENT_SLOTS.
+            // below EVENT_COUNT_SLOTS.
             unsafe { (*c).n[slot] += 1 };
-            return 0;
+            return;
         }
         add!(ctx, EVENT_COUNTS, TgidKey { tgid, sub: slot as u32 }, 1);
-        0
     }
 
     macro_rules! slot_programs {
         ($($name:ident = $slot:literal),* $(,)?) => {$(
             #[raw_tracepoint]
             pub fn $name(ctx: RawTracePointContext) -> u32 {
-                count(&ctx, $slot)
+                count(&ctx, ids().0, $slot);
+                0
             }
         )*};
     }
@@ -325,13 +326,16 @@ mod programs {
 
     #[tracepoint]
     pub fn kvm_entry(ctx: TracePointContext) -> u32 {
+        // Runs in the vCPU thread. Every entry is counted here, so that the kvm_entry event
+        // needs no counter program of its own on this tracepoint.
+        let (tgid, tid) = ids();
+        count(&ctx, tgid, SLOT_KVM_ENTRY as usize);
         let Some(slot) = EXIT_SLOT.get_ptr_mut(0) else { return 0 };
         // SAFETY: this CPU's slot.
         let s = unsafe { *slot };
         if s.tid == 0 {
             return 0; // first entry since attach, or already matched
         }
-        let (_, tid) = ids();
         if s.tid != tid {
             anomaly(&ctx, ERR_UNMATCHED_ENTRY);
             return 0;

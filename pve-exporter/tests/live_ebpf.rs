@@ -110,6 +110,113 @@ fn runqueue_wait_agrees_with_schedstat() {
     drop(guest);
 }
 
+/// One finished burst of port writes of a `-pio-report` guest (one vCPU).
+#[derive(Debug, Clone, Copy)]
+struct Burst {
+    writes: u64,
+    start_ns: u64,
+    end_ns: u64,
+}
+
+fn parse_burst(line: &str) -> Option<Burst> {
+    let field = |k: &str| line.split_whitespace().find_map(|w| w.strip_prefix(k)?.strip_prefix('=')?.parse().ok());
+    line.starts_with("burst ").then_some(())?;
+    Some(Burst { writes: field("writes")?, start_ns: field("start_ns")?, end_ns: field("end_ns")? })
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec to fill; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The kvm_userspace_exit event is no longer a counter program of its own but the sum of
+/// `count_userspace_exit`'s counts by reason: it must still be exact, before the VM is
+/// registered (hash maps) and after (per-VM arrays). A guest bursts port writes (each burst
+/// ends in one HLT exit) and reports each burst's start and end on CLOCK_MONOTONIC, so a scrape
+/// between two bursts knows exactly how many exits happened before it.
+#[test]
+fn derived_userspace_exit_count_is_exact_before_and_after_registration() {
+    require_privileges();
+    let root = host_root(&[123]);
+    let daemon = Daemon::start(root.path(), &["--ebpf", "on", "--ebpf-stats"]);
+    let mut child = Command::new(GUEST)
+        .arg0("/usr/bin/kvm")
+        .args(["-id", "123", "-name", "derived123,debug-threads=on", "-smp", "1", "-m", "32"])
+        .args(["-pio-writes", "500", "-pio-interval-ms", "100", "-pio-report"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start pve-test-guest");
+    let stdout = child.stdout.take().expect("stdout");
+    let _guest = Proc(child);
+    let bursts = Arc::new(std::sync::Mutex::new(Vec::<Burst>::new()));
+    {
+        let bursts = bursts.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(b) = parse_burst(&line) {
+                    bursts.lock().expect("bursts").push(b);
+                }
+            }
+        });
+    }
+    let reported = || bursts.lock().expect("bursts").clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Bursts reported so far, once one has started after `t` (the vCPU runs them one after
+    // the other, so every burst that started before `t` is among them).
+    let bursts_after = |t: u64| loop {
+        let b = reported();
+        if b.iter().any(|b| b.start_ns > t) {
+            return b;
+        }
+        assert!(Instant::now() < deadline, "the guest stopped reporting bursts");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // The first bursts run before the daemon knows the VM: they count in the hash maps.
+    bursts_after(0);
+    // The scrape that finds the VM registers it: from then on it counts in the arrays.
+    while sample(&daemon.get("/metrics"), "pve_kvm_info", &[("id", "123")]).is_none() {
+        assert!(Instant::now() < deadline, "VM 123 not discovered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let registered_at = monotonic_ns();
+    let mut checked = 0;
+    while checked < 3 {
+        assert!(Instant::now() < deadline, "no scrape fell between two bursts");
+        std::thread::sleep(Duration::from_millis(150));
+        let t0 = monotonic_ns();
+        let m = daemon.get("/metrics");
+        let t1 = monotonic_ns();
+        let b = bursts_after(t1);
+        if b.iter().any(|b| b.start_ns < t1 && b.end_ns > t0) {
+            continue; // a burst ran during the scrape: its count is not known exactly
+        }
+        let done: Vec<_> = b.iter().filter(|b| b.end_ns < t0).collect();
+        assert!(done.iter().any(|b| b.start_ns > registered_at), "no burst counted in the arrays yet");
+        let writes: u64 = done.iter().map(|b| b.writes).sum();
+        let halts = done.len() as u64; // each burst of fewer than 65536 writes ends in one HLT
+        let get = |name, labels: &[(&str, &str)]| sample(&m, name, labels).map(|v| v as u64);
+        let event = |e| get("pve_kvm_tracepoint_events_total", &[("id", "123"), ("event", e)]);
+        let reason = |r| get("pve_kvm_userspace_exits_total", &[("id", "123"), ("reason", r)]);
+        assert_eq!(event("kvm_pio"), Some(writes), "{m}");
+        assert_eq!(reason("io"), Some(writes), "{m}");
+        assert_eq!(reason("hlt"), Some(halts), "{m}");
+        assert_eq!(event("kvm_userspace_exit"), Some(writes + halts), "port writes + HLT exits\n{m}");
+        assert_eq!(get("pve_exporter_ebpf_tracepoint_attached", &[("event", "kvm:kvm_userspace_exit")]), Some(1));
+        checked += 1;
+    }
+    // No counter program on the tracepoints a named program counts: one per other event.
+    let m = daemon.get("/metrics");
+    let attached = m.lines().filter(|l| l.starts_with("pve_exporter_ebpf_tracepoint_attached{") && l.ends_with(" 1"));
+    let derived = ["kvm:kvm_userspace_exit", "kvm:kvm_exit", "kvm:kvm_entry", "kvm:kvm_vcpu_wakeup"];
+    let counted = attached.filter(|l| !derived.iter().any(|d| l.contains(&format!("\"{d}\"")))).count();
+    let counters = m.lines().filter(|l| l.starts_with("pve_exporter_ebpf_program_runs_total{program=\"count_event_"));
+    assert_eq!(counters.count(), counted, "{m}");
+}
+
 /// VMs that stop leave no series and no map entries: 200 VM lifetimes keep the maps bounded.
 #[test]
 fn stopped_vms_leave_nothing_behind() {

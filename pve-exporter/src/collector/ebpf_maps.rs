@@ -35,9 +35,11 @@ pub fn collect(
         rows
     }
 
-    let names = counters.event_names();
-    let rows =
-        snap.events.iter().filter_map(|(&(tgid, slot), &n)| Some((id(tgid)?, names.get(&slot)?.clone(), n))).collect();
+    let rows = snap
+        .event_totals(&counters.events)
+        .into_iter()
+        .filter_map(|((tgid, event), n)| Some((id(tgid)?, event, n)))
+        .collect();
     let f = out.family(&KVM_TRACEPOINT_EVENTS);
     for (vm, event, n) in sorted(rows) {
         f.push([("id", vm), ("event", event)], n);

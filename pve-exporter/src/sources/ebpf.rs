@@ -18,15 +18,19 @@ use aya::{
     programs::{Program, RawTracePoint, TracePoint},
 };
 use pve_exporter_common::{
-    CountNs, ERR_MAP_FULL, ERR_NEGATIVE_DELTA, ERR_UNMATCHED_ENTRY, EVENT_SLOTS, EventCounts, ExitKey, HIST_BUCKETS,
-    Hist, ISA_SVM, ISA_UNKNOWN, ISA_VMX, MAX_INDEXED_VMS, REASON_ERROR, REASON_RESTART, TgidKey, UEXIT_SLOTS,
-    UexitCounts, VmSlot, event_program_name, globals, uexit_reason, vcpu_filter_slot, vm_index_slot,
+    CountNs, ERR_MAP_FULL, ERR_NEGATIVE_DELTA, ERR_SLOTS, ERR_UNMATCHED_ENTRY, EVENT_COUNT_SLOTS, EVENT_SLOTS,
+    EventCounts, ExitKey, HIST_BUCKETS, Hist, ISA_SVM, ISA_UNKNOWN, ISA_VMX, MAX_INDEXED_VMS, REASON_ERROR,
+    REASON_RESTART, SLOT_KVM_ENTRY, TgidKey, UEXIT_SLOTS, UexitCounts, VmSlot, event_program_name, globals,
+    uexit_reason, vcpu_filter_slot, vm_index_slot,
 };
 
 use crate::{
     config::EbpfMode,
     host::HostRoot,
-    sources::tracefs::{self, TraceFormat},
+    sources::{
+        bpf_batch::{self, BatchError},
+        tracefs::{self, TraceFormat},
+    },
 };
 
 /// The compiled `pve-exporter-ebpf` object, when this binary was built with the `ebpf` feature.
@@ -162,17 +166,45 @@ pub fn resolve_offsets(spec: &ProgSpec, fmt: &TraceFormat) -> Result<Vec<(&'stat
     Ok(out)
 }
 
-/// One tracepoint counted per VM by a slot program.
+/// One tracepoint of `--ebpf-events`, counted per VM.
 #[derive(Debug, Clone)]
 pub struct TraceEvent {
     /// `category:name` as given.
     pub spec: String,
     pub name: String,
-    /// The counter slot (program) it is attached with.
-    pub slot: Option<u32>,
+    /// What counts it, once attached.
+    pub source: Option<EventSource>,
     pub attached: bool,
     /// Why it is not attached.
     pub error: Option<String>,
+}
+
+/// What counts an event of `--ebpf-events`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventSource {
+    /// Its own counter program, `count_event_<slot>`.
+    Slot(u32),
+    /// The program already on the tracepoint: its counts summed over reasons or outcomes (and
+    /// `kvm_entry`'s count in [`SLOT_KVM_ENTRY`]), so that no second program runs on every hit.
+    UserspaceExits,
+    Exits,
+    Entries,
+    HaltWakeups,
+}
+
+/// The events a program of [`PROGRAMS`] counts anyway: (event, program, how). While that program
+/// is attached, the event gets no counter program.
+pub const DERIVED_EVENTS: &[(&str, &str, EventSource)] = &[
+    ("kvm:kvm_userspace_exit", "count_userspace_exit", EventSource::UserspaceExits),
+    ("kvm:kvm_exit", "kvm_exit", EventSource::Exits),
+    ("kvm:kvm_entry", "kvm_entry", EventSource::Entries),
+    ("kvm:kvm_vcpu_wakeup", "vcpu_wakeup", EventSource::HaltWakeups),
+];
+
+/// The source of `event` (`category:name`) when an attached program counts it already.
+pub fn derived_source(event: &str, programs: &[ProgramStatus]) -> Option<EventSource> {
+    let &(_, program, source) = DERIVED_EVENTS.iter().find(|(e, _, _)| *e == event)?;
+    programs.iter().any(|p| p.program == program && p.attached).then_some(source)
 }
 
 /// One of [`PROGRAMS`] after start-up.
@@ -274,6 +306,11 @@ pub struct EbpfCounters {
     /// Keeps kernel.bpf_stats_enabled on while held (`--ebpf-stats`).
     _stats: Option<std::os::fd::OwnedFd>,
     stats_on: bool,
+    /// Possible CPUs: the per-CPU maps hold a value for each.
+    nr_cpus: usize,
+    /// Maps are read with BPF_MAP_LOOKUP_BATCH (a syscall per map rather than one or two per
+    /// key) until the kernel refuses it once.
+    batch: bool,
 }
 
 impl std::fmt::Debug for EbpfCounters {
@@ -395,7 +432,7 @@ fn load(host: &HostRoot, object: &[u8], opts: &EbpfOptions) -> Result<EbpfCounte
         events.push(TraceEvent {
             spec: format!("{cat}:{name}"),
             name: name.to_string(),
-            slot: None,
+            source: None,
             attached: false,
             error,
         });
@@ -441,23 +478,6 @@ fn load(host: &HostRoot, object: &[u8], opts: &EbpfOptions) -> Result<EbpfCounte
         }
     };
 
-    let mut slot = 0u32;
-    for ev in events.iter_mut().filter(|e| e.error.is_none()) {
-        if slot >= EVENT_SLOTS {
-            ev.error = Some(format!("more than {EVENT_SLOTS} tracepoints requested"));
-            continue;
-        }
-        let (cat, name) = ev.spec.split_once(':').unwrap_or(("kvm", &ev.name));
-        let mut buf = [0u8; 16];
-        match attach(&mut bpf, event_program_name(slot, &mut buf), cat, name, true) {
-            Ok(()) => {
-                ev.slot = Some(slot);
-                ev.attached = true;
-                slot += 1;
-            }
-            Err(e) => ev.error = Some(e),
-        }
-    }
     // In PROGRAMS order; `requires` always names an earlier program, so its status is known.
     for i in 0..PROGRAMS.len() {
         let spec = &PROGRAMS[i];
@@ -472,6 +492,31 @@ fn load(host: &HostRoot, object: &[u8], opts: &EbpfOptions) -> Result<EbpfCounte
         }
         programs[i].error = attach(&mut bpf, spec.program, spec.category, spec.event, spec.raw).err();
         programs[i].attached = programs[i].error.is_none();
+    }
+    // The counters, after the programs: an event one of them counts already gets no second
+    // program on its tracepoint (one program run less per hit); if it is not attached, a
+    // counter program counts the event.
+    let mut slot = 0u32;
+    for ev in events.iter_mut().filter(|e| e.error.is_none()) {
+        if let Some(source) = derived_source(&ev.spec, &programs) {
+            ev.source = Some(source);
+            ev.attached = true;
+            continue;
+        }
+        if slot >= EVENT_SLOTS {
+            ev.error = Some(format!("more than {EVENT_SLOTS} tracepoints requested"));
+            continue;
+        }
+        let (cat, name) = ev.spec.split_once(':').unwrap_or(("kvm", &ev.name));
+        let mut buf = [0u8; 16];
+        match attach(&mut bpf, event_program_name(slot, &mut buf), cat, name, true) {
+            Ok(()) => {
+                ev.source = Some(EventSource::Slot(slot));
+                ev.attached = true;
+                slot += 1;
+            }
+            Err(e) => ev.error = Some(e),
+        }
     }
     for st in programs.iter().filter(|p| p.error.is_some()) {
         log::warn!("eBPF program {} not attached: {}", st.program, st.error.as_deref().unwrap_or(""));
@@ -489,6 +534,7 @@ fn load(host: &HostRoot, object: &[u8], opts: &EbpfOptions) -> Result<EbpfCounte
         (None, false)
     };
 
+    let nr_cpus = aya::util::nr_cpus().map_err(|(what, e)| format!("{what}: {e}"))?;
     let mut c = EbpfCounters {
         bpf,
         events,
@@ -502,6 +548,8 @@ fn load(host: &HostRoot, object: &[u8], opts: &EbpfOptions) -> Result<EbpfCounte
         free_indexes: (0..MAX_INDEXED_VMS).rev().collect(),
         _stats: stats_fd,
         stats_on,
+        nr_cpus,
+        batch: true,
     };
     c.flush_log();
     Ok(c)
@@ -531,6 +579,39 @@ pub struct EbpfSnapshot {
 }
 
 impl EbpfSnapshot {
+    /// Events per (process, event name) of the attached `events`, each from its source; only
+    /// non-zero counts. Exact wherever counted: the derived sums add the array and hash counts
+    /// like the counters' do.
+    pub fn event_totals(&self, events: &[TraceEvent]) -> HashMap<(u32, String), u64> {
+        let mut out: HashMap<(u32, String), u64> = HashMap::new();
+        let mut add = |tgid: u32, name: &str, n: u64| {
+            if n > 0 {
+                *out.entry((tgid, name.to_string())).or_default() += n;
+            }
+        };
+        for e in events.iter().filter(|e| e.attached) {
+            let slot = match e.source {
+                Some(EventSource::Slot(s)) => s,
+                Some(EventSource::Entries) => SLOT_KVM_ENTRY,
+                Some(EventSource::UserspaceExits) => {
+                    self.userspace_exits.iter().for_each(|(&(tgid, _), &n)| add(tgid, &e.name, n));
+                    continue;
+                }
+                Some(EventSource::Exits) => {
+                    self.exits.iter().for_each(|(&(tgid, _, _), v)| add(tgid, &e.name, v.count));
+                    continue;
+                }
+                Some(EventSource::HaltWakeups) => {
+                    self.halt.iter().for_each(|(&(tgid, _), v)| add(tgid, &e.name, v.count));
+                    continue;
+                }
+                None => continue,
+            };
+            self.events.iter().filter(|(k, _)| k.1 == slot).for_each(|(&(tgid, _), &n)| add(tgid, &e.name, n));
+        }
+        out
+    }
+
     /// Every process that has an entry in some map.
     pub fn tgids(&self) -> HashSet<u32> {
         self.events
@@ -545,13 +626,13 @@ impl EbpfSnapshot {
     }
 }
 
-fn sum_count_ns(v: &PerCpuValues<CountNs>) -> CountNs {
+fn sum_count_ns(v: &[CountNs]) -> CountNs {
     v.iter().fold(CountNs::default(), |a, b| CountNs { count: a.count + b.count, ns: a.ns + b.ns })
 }
 
-fn sum_hist(v: &PerCpuValues<Hist>) -> Hist {
+fn sum_hist(v: &[Hist]) -> Hist {
     let mut out = Hist::default();
-    for h in v.iter() {
+    for h in v {
         for (o, b) in out.buckets.iter_mut().zip(h.buckets.iter()) {
             *o += b;
         }
@@ -560,9 +641,16 @@ fn sum_hist(v: &PerCpuValues<Hist>) -> Hist {
     out
 }
 
-fn percpu_array<'a, V: aya::Pod>(bpf: &'a Ebpf, name: &str) -> Result<PerCpuArray<&'a MapData, V>, String> {
-    let map = bpf.map(name).ok_or_else(|| format!("map {name} missing"))?;
-    PerCpuArray::try_from(map).map_err(|e| format!("{name}: {e}"))
+fn sum_slots<const N: usize>(v: impl Iterator<Item = [u64; N]>) -> [u64; N] {
+    v.fold([0; N], |mut a, c| {
+        a.iter_mut().zip(c).for_each(|(a, c)| *a += c);
+        a
+    })
+}
+
+fn no_batch(batch: &mut bool, e: std::io::Error) {
+    log::info!("eBPF maps are read key by key (no batch lookup on this kernel: {e})");
+    *batch = false;
 }
 
 fn percpu_array_mut<'a, V: aya::Pod>(bpf: &'a mut Ebpf, name: &str) -> Result<PerCpuArray<&'a mut MapData, V>, String> {
@@ -570,81 +658,121 @@ fn percpu_array_mut<'a, V: aya::Pod>(bpf: &'a mut Ebpf, name: &str) -> Result<Pe
     PerCpuArray::try_from(map).map_err(|e| format!("{name}: {e}"))
 }
 
-/// Read a per-CPU hash map into (key -> summed value). Keys deleted while we iterate are skipped.
-fn read_percpu<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod, T>(
-    bpf: &Ebpf,
-    name: &'static str,
-    sum: impl Fn(&PerCpuValues<V>) -> T,
-) -> Result<Vec<(K, T)>, String> {
-    let map = bpf.map(name).ok_or_else(|| format!("map {name} missing"))?;
-    let m: PerCpuHashMap<&MapData, K, V> = PerCpuHashMap::try_from(map).map_err(|e| format!("{name}: {e}"))?;
-    Ok(m.iter().filter_map(Result::ok).map(|(k, v)| (k, sum(&v))).collect())
-}
-
 impl EbpfCounters {
+    /// Every element of a per-CPU hash map, values summed over CPUs by `sum`: in one batch
+    /// lookup (a few for a large map), or key by key where the kernel has none. Keys deleted
+    /// while we iterate are skipped.
+    fn read_hash<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod, T>(
+        &mut self,
+        name: &'static str,
+        capacity: u32,
+        sum: impl Fn(&[V]) -> T,
+    ) -> Result<Vec<(K, T)>, String> {
+        let map = self.bpf.map(name).ok_or_else(|| format!("map {name} missing"))?;
+        if self.batch {
+            let mut out = Vec::new();
+            match bpf_batch::for_each_percpu::<K, V>(map, self.nr_cpus, capacity as usize, |k, v| out.push((k, sum(v))))
+            {
+                Ok(()) => return Ok(out),
+                Err(BatchError::Unsupported(e)) => no_batch(&mut self.batch, e),
+                Err(e) => return Err(format!("{name}: {e}")),
+            }
+        }
+        let m: PerCpuHashMap<&MapData, K, V> = PerCpuHashMap::try_from(map).map_err(|e| format!("{name}: {e}"))?;
+        Ok(m.iter().filter_map(Result::ok).map(|(k, v)| (k, sum(&v))).collect())
+    }
+
+    /// Indexes `0..n` of a per-CPU array, values summed over CPUs by `sum`: in one batch
+    /// lookup, or index by index where the kernel has none.
+    fn read_array<V: aya::Pod, T>(
+        &mut self,
+        name: &'static str,
+        n: u32,
+        sum: impl Fn(&[V]) -> T,
+    ) -> Result<Vec<(u32, T)>, String> {
+        let map = self.bpf.map(name).ok_or_else(|| format!("map {name} missing"))?;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        if self.batch {
+            let mut out = Vec::with_capacity(n as usize);
+            match bpf_batch::for_each_percpu::<u32, V>(map, self.nr_cpus, n as usize, |i, v| out.push((i, sum(v)))) {
+                Ok(()) => return Ok(out),
+                Err(BatchError::Unsupported(e)) => no_batch(&mut self.batch, e),
+                Err(e) => return Err(format!("{name}: {e}")),
+            }
+        }
+        let m: PerCpuArray<&MapData, V> = PerCpuArray::try_from(map).map_err(|e| format!("{name}: {e}"))?;
+        let mut out = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            match m.get(&i, 0) {
+                Ok(v) => out.push((i, sum(&v))),
+                Err(e) => log::debug!("{name} {i}: {e}"),
+            }
+        }
+        Ok(out)
+    }
+
     /// Read every map.
     pub fn read(&mut self) -> Result<EbpfSnapshot, String> {
+        use pve_exporter_common::{MAX_EVENT_KEYS, MAX_EXIT_KEYS, MAX_HALT_KEYS, MAX_HIST_KEYS, MAX_REASON_KEYS};
         self.flush_log();
-        let b = &self.bpf;
-        let sum_u64 = |v: &PerCpuValues<u64>| v.iter().sum::<u64>();
+        let sum_u64 = |v: &[u64]| v.iter().sum::<u64>();
         let mut s = EbpfSnapshot::default();
-        let events = read_percpu::<TgidKey, u64, u64>(b, "EVENT_COUNTS", sum_u64)?;
-        let uexits = read_percpu::<TgidKey, u64, u64>(b, "USERSPACE_EXITS", sum_u64)?;
-        let exits = read_percpu::<ExitKey, CountNs, CountNs>(b, "EXITS", sum_count_ns)?;
-        let hists = read_percpu::<TgidKey, Hist, Hist>(b, "HIST", sum_hist)?;
-        let halt = read_percpu::<TgidKey, CountNs, CountNs>(b, "HALT", sum_count_ns)?;
+        let events = self.read_hash::<TgidKey, u64, u64>("EVENT_COUNTS", MAX_EVENT_KEYS, sum_u64)?;
+        let uexits = self.read_hash::<TgidKey, u64, u64>("USERSPACE_EXITS", MAX_REASON_KEYS, sum_u64)?;
+        let exits = self.read_hash::<ExitKey, CountNs, CountNs>("EXITS", MAX_EXIT_KEYS, sum_count_ns)?;
+        let hists = self.read_hash::<TgidKey, Hist, Hist>("HIST", MAX_HIST_KEYS, sum_hist)?;
+        let halt = self.read_hash::<TgidKey, CountNs, CountNs>("HALT", MAX_HALT_KEYS, sum_count_ns)?;
         s.maps = vec![
-            ("EVENT_COUNTS", events.len(), pve_exporter_common::MAX_EVENT_KEYS),
-            ("USERSPACE_EXITS", uexits.len(), pve_exporter_common::MAX_REASON_KEYS),
-            ("EXITS", exits.len(), pve_exporter_common::MAX_EXIT_KEYS),
-            ("HIST", hists.len(), pve_exporter_common::MAX_HIST_KEYS),
-            ("HALT", halt.len(), pve_exporter_common::MAX_HALT_KEYS),
+            ("EVENT_COUNTS", events.len(), MAX_EVENT_KEYS),
+            ("USERSPACE_EXITS", uexits.len(), MAX_REASON_KEYS),
+            ("EXITS", exits.len(), MAX_EXIT_KEYS),
+            ("HIST", hists.len(), MAX_HIST_KEYS),
+            ("HALT", halt.len(), MAX_HALT_KEYS),
             ("VCPU_THREADS", self.vcpus.len(), pve_exporter_common::MAX_VCPU_THREADS),
         ];
         s.maps.push(("VM_INDEX", self.vm_index.len(), MAX_INDEXED_VMS));
         s.events = events.into_iter().map(|(k, v)| ((k.tgid, k.sub), v)).collect();
         s.userspace_exits = uexits.into_iter().map(|(k, v)| ((k.tgid, k.sub), v)).collect();
         // Registered VMs: their array counters, added to what they counted in the hash maps
-        // before they were registered.
-        let events_arr = percpu_array::<EventCounts>(b, "EVENT_ARRAY")?;
-        let uexits_arr = percpu_array::<UexitCounts>(b, "UEXIT_ARRAY")?;
+        // before they were registered. Indexes are handed out lowest first, so reading up to
+        // the highest one held reads every registered VM and few free indexes.
+        let n = self.vm_index.values().max().map_or(0, |i| i + 1);
+        let events_arr = self.read_array::<EventCounts, _>("EVENT_ARRAY", n, |v| sum_slots(v.iter().map(|c| c.n)))?;
+        let uexits_arr = self.read_array::<UexitCounts, _>("UEXIT_ARRAY", n, |v| sum_slots(v.iter().map(|c| c.n)))?;
+        let events_arr: HashMap<u32, _> = events_arr.into_iter().collect();
+        let uexits_arr: HashMap<u32, _> = uexits_arr.into_iter().collect();
         for (&tgid, &index) in &self.vm_index {
             s.registered.push(tgid);
-            match events_arr.get(&index, 0) {
-                Ok(v) => {
-                    for slot in 0..EVENT_SLOTS {
-                        let n: u64 = v.iter().map(|c| c.n[slot as usize]).sum();
-                        if n > 0 {
-                            *s.events.entry((tgid, slot)).or_default() += n;
-                        }
+            if let Some(n) = events_arr.get(&index) {
+                for slot in 0..EVENT_COUNT_SLOTS {
+                    let n = n[slot as usize];
+                    if n > 0 {
+                        *s.events.entry((tgid, slot)).or_default() += n;
                     }
                 }
-                Err(e) => log::debug!("EVENT_ARRAY {index}: {e}"),
             }
-            match uexits_arr.get(&index, 0) {
-                Ok(v) => {
-                    for slot in 0..UEXIT_SLOTS {
-                        let n: u64 = v.iter().map(|c| c.n[slot as usize]).sum();
-                        if n > 0 {
-                            *s.userspace_exits.entry((tgid, uexit_reason(slot))).or_default() += n;
-                        }
+            if let Some(n) = uexits_arr.get(&index) {
+                for slot in 0..UEXIT_SLOTS {
+                    let n = n[slot as usize];
+                    if n > 0 {
+                        *s.userspace_exits.entry((tgid, uexit_reason(slot))).or_default() += n;
                     }
                 }
-                Err(e) => log::debug!("UEXIT_ARRAY {index}: {e}"),
             }
         }
         s.exits = exits.into_iter().map(|(k, v)| ((k.tgid, k.isa, k.reason), v)).collect();
         s.hists = hists.into_iter().map(|(k, v)| ((k.tgid, k.sub), v)).collect();
         s.halt = halt.into_iter().map(|(k, v)| ((k.tgid, k.sub), v)).collect();
-        if let Some(map) = b.map("COUNTER_ERRORS") {
-            let errs: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).map_err(|e| e.to_string())?;
-            for (slot, cause) in [
-                (ERR_MAP_FULL, "map_full"),
-                (ERR_NEGATIVE_DELTA, "negative_delta"),
-                (ERR_UNMATCHED_ENTRY, "unmatched_entry"),
-            ] {
-                s.errors.push((cause, errs.get(&slot, 0).map(|v| v.iter().sum()).unwrap_or(0)));
-            }
+        let errs: HashMap<u32, u64> =
+            self.read_array::<u64, _>("COUNTER_ERRORS", ERR_SLOTS, sum_u64)?.into_iter().collect();
+        for (slot, cause) in [
+            (ERR_MAP_FULL, "map_full"),
+            (ERR_NEGATIVE_DELTA, "negative_delta"),
+            (ERR_UNMATCHED_ENTRY, "unmatched_entry"),
+        ] {
+            s.errors.push((cause, errs.get(&slot).copied().unwrap_or(0)));
         }
         if self.stats_on || stats_enabled_by_sysctl() {
             for (name, prog) in self.bpf.programs() {
@@ -661,9 +789,12 @@ impl EbpfCounters {
 
     fn is_attached(&self, program: &str) -> bool {
         self.programs.iter().any(|p| p.attached && p.program == program)
-            || self.events.iter().filter_map(|e| e.slot).any(|slot| {
-                let mut buf = [0u8; 16];
-                event_program_name(slot, &mut buf) == program
+            || self.events.iter().any(|e| match e.source {
+                Some(EventSource::Slot(slot)) => {
+                    let mut buf = [0u8; 16];
+                    event_program_name(slot, &mut buf) == program
+                }
+                _ => false,
             })
     }
 
@@ -734,13 +865,7 @@ impl EbpfCounters {
         if new.is_empty() {
             return;
         }
-        let nr_cpus = match aya::util::nr_cpus() {
-            Ok(n) => n,
-            Err((what, e)) => {
-                log::debug!("VM registration: {what}: {e}");
-                return;
-            }
-        };
+        let nr_cpus = self.nr_cpus;
         for tgid in new {
             let slot = vm_index_slot(tgid);
             if self.vm_index.keys().any(|t| vm_index_slot(*t) == slot) {
@@ -824,11 +949,6 @@ impl EbpfCounters {
             "HALT",
             snap.halt.keys().filter(|k| dead(&k.0)).map(|&(tgid, sub)| TgidKey { tgid, sub }),
         );
-    }
-
-    /// slot -> event name, for the attached counters.
-    pub fn event_names(&self) -> HashMap<u32, String> {
-        self.events.iter().filter_map(|e| e.slot.map(|s| (s, e.name.clone()))).collect()
     }
 }
 
@@ -942,6 +1062,65 @@ mod tests {
         assert_eq!(userspace_exit_label(&names, REASON_RESTART), "restart");
         assert_eq!(userspace_exit_label(&names, REASON_ERROR), "error");
         assert_eq!(userspace_exit_label(&names, 1000), "1000");
+    }
+
+    fn event(spec: &str, source: Option<EventSource>) -> TraceEvent {
+        let name = spec.split_once(':').map_or(spec, |(_, n)| n).to_string();
+        TraceEvent { spec: spec.into(), name, source, attached: source.is_some(), error: None }
+    }
+
+    #[test]
+    fn events_a_program_counts_get_no_counter_program() {
+        let status = |program, attached| ProgramStatus { program, attached, error: None };
+        let programs = [status("count_userspace_exit", true), status("kvm_exit", false), status("kvm_entry", true)];
+        let src = |e| derived_source(e, &programs);
+        assert_eq!(src("kvm:kvm_userspace_exit"), Some(EventSource::UserspaceExits));
+        assert_eq!(src("kvm:kvm_entry"), Some(EventSource::Entries));
+        // Its program is not attached (or absent): a counter program counts the event.
+        assert_eq!(src("kvm:kvm_exit"), None);
+        assert_eq!(src("kvm:kvm_vcpu_wakeup"), None);
+        assert_eq!(src("kvm:kvm_pio"), None);
+        // Every derived event names a program of PROGRAMS on the same tracepoint.
+        for (ev, program, _) in DERIVED_EVENTS {
+            let spec = PROGRAMS.iter().find(|p| p.program == *program).expect(program);
+            assert_eq!(*ev, format!("{}:{}", spec.category, spec.event));
+        }
+    }
+
+    #[test]
+    fn derived_event_totals_are_the_programs_sums() {
+        // Process 10 registered after some events (hash + array sums already merged by
+        // `read`), process 20 never registered.
+        let s = EbpfSnapshot {
+            userspace_exits: HashMap::from([((10, 2), 1000), ((10, 5), 1), ((10, REASON_RESTART), 3), ((20, 2), 7)]),
+            events: HashMap::from([((10, 0), 1000), ((20, 0), 7), ((10, SLOT_KVM_ENTRY), 42), ((20, 1), 0)]),
+            exits: HashMap::from([
+                ((10, ISA_VMX, 30), CountNs { count: 30, ns: 1 }),
+                ((10, ISA_VMX, 12), CountNs { count: 12, ns: 1 }),
+            ]),
+            halt: HashMap::from([((20, 0), CountNs { count: 4, ns: 9 }), ((20, 1), CountNs { count: 5, ns: 9 })]),
+            ..Default::default()
+        };
+        let events = [
+            event("kvm:kvm_pio", Some(EventSource::Slot(0))),
+            event("kvm:kvm_mmio", Some(EventSource::Slot(1))),
+            event("kvm:kvm_userspace_exit", Some(EventSource::UserspaceExits)),
+            event("kvm:kvm_exit", Some(EventSource::Exits)),
+            event("kvm:kvm_entry", Some(EventSource::Entries)),
+            event("kvm:kvm_vcpu_wakeup", Some(EventSource::HaltWakeups)),
+            event("kvm:kvm_msr", None),
+        ];
+        let t = s.event_totals(&events);
+        let get = |tgid, e: &str| t.get(&(tgid, e.to_string())).copied();
+        assert_eq!(get(10, "kvm_pio"), Some(1000));
+        assert_eq!(get(20, "kvm_pio"), Some(7));
+        assert_eq!(get(10, "kvm_userspace_exit"), Some(1004), "every reason, restarts included");
+        assert_eq!(get(20, "kvm_userspace_exit"), Some(7));
+        assert_eq!(get(10, "kvm_exit"), Some(42));
+        assert_eq!(get(10, "kvm_entry"), Some(42));
+        assert_eq!(get(20, "kvm_vcpu_wakeup"), Some(9));
+        assert_eq!(get(20, "kvm_mmio"), None, "no zero series");
+        assert_eq!(t.len(), 7, "{t:?}");
     }
 
     #[test]

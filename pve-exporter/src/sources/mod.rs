@@ -1,5 +1,6 @@
 //! One module per data source.
 
+pub mod bpf_batch;
 pub mod command;
 pub mod ebpf;
 pub mod hmp;

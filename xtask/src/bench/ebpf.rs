@@ -465,7 +465,7 @@ const PROGRAM_TRACEPOINTS: &[(&str, &str)] = &[
 /// Every program the daemon attached, with its tracepoint (from a scrape) and how it is
 /// attached (from the kernel: `types`, program name -> BPF program type). The counters
 /// (`count_event_<slot>`) take the attached tracepoints of `--ebpf-events` in order, as the
-/// loader assigns them.
+/// loader assigns them, but for those a named program counts already.
 fn attached_programs(m: &str, types: &BTreeMap<String, u32>) -> Result<Attached> {
     // The kernel keeps 15 bytes of a program's name.
     let how = |prog: &str| match types.get(&prog[..prog.len().min(15)]) {
@@ -475,18 +475,24 @@ fn attached_programs(m: &str, types: &BTreeMap<String, u32>) -> Result<Attached>
     };
     let mut out = Vec::new();
     let mut slot = 0;
+    let programs = sample_labels(m, "pve_exporter_ebpf_program_attached", "program");
+    // An event whose tracepoint carries an attached named program is counted by that program
+    // (the daemon derives it), without a counter program.
+    let derived = |ev: &str| {
+        PROGRAM_TRACEPOINTS.iter().any(|(p, t)| *t == ev && programs.iter().any(|(q, v)| q == p && *v == 1.0))
+    };
     // The family lists events by name, not slot: take them in the default order of
     // `--ebpf-events`, which is how the loader numbers them.
     let events = sample_labels(m, "pve_exporter_ebpf_tracepoint_attached", "event");
     for ev in DEFAULT_EVENTS {
-        if events.iter().any(|(e, v)| e == ev && *v == 1.0) {
+        if events.iter().any(|(e, v)| e == ev && *v == 1.0) && !derived(ev) {
             let prog = format!("count_event_{slot}");
             let h = how(&prog)?;
             out.push((prog, ev.to_string(), h));
             slot += 1;
         }
     }
-    for (prog, v) in sample_labels(m, "pve_exporter_ebpf_program_attached", "program") {
+    for (prog, v) in programs {
         if v != 1.0 {
             continue;
         }
@@ -509,7 +515,6 @@ const DEFAULT_EVENTS: &[&str] = &[
     "kvm:kvm_mmio",
     "kvm:kvm_userspace_exit",
     "kvm:kvm_emulate_insn",
-    "kvm:kvm_fpu",
     "kvm:kvm_msr",
     "kvm:kvm_inj_virq",
     "kvm:kvm_vcpu_wakeup",
