@@ -11,8 +11,18 @@ use aya::maps::Map;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 /// The kernel's internal ENOTSUPP, which the batch commands return for a map type without them.
 const ENOTSUPP: i32 = 524;
-/// Value bytes asked for per syscall (a hash grows its request when a bucket is larger).
-const CHUNK_BYTES: usize = 256 << 10;
+/// Value bytes asked for per syscall (a hash grows its request when a bucket is larger). Below
+/// glibc's mmap threshold, so the kept buffers live on the heap and are not mapped, faulted in
+/// and unmapped again on every scrape.
+const CHUNK_BYTES: usize = 64 << 10;
+
+/// Key and value buffers of the batch calls, kept between scrapes: zeroing and faulting in
+/// fresh ones cost more than the syscalls they save.
+#[derive(Debug, Default)]
+pub struct Buffers {
+    keys: Vec<u8>,
+    values: Vec<u8>,
+}
 
 /// The `batch` member of `union bpf_attr`.
 #[repr(C)]
@@ -51,6 +61,7 @@ pub fn for_each_percpu<K: aya::Pod, V: aya::Pod>(
     map: &Map,
     nr_cpus: usize,
     limit: usize,
+    bufs: &mut Buffers,
     mut f: impl FnMut(K, &[V]),
 ) -> Result<(), BatchError> {
     let fd = match map {
@@ -62,7 +73,7 @@ pub fn for_each_percpu<K: aya::Pod, V: aya::Pod>(
     let stride = value_size.next_multiple_of(8);
     let elem = stride * nr_cpus.max(1);
     let mut chunk = (CHUNK_BYTES / elem).clamp(1, limit.max(1));
-    let (mut keys, mut values) = (Vec::new(), Vec::new());
+    let Buffers { keys, values } = bufs;
     // The position token: an array's last key, a hash's bucket number (u32); 64 bytes hold both.
     let (mut in_batch, mut out_batch) = ([0u64; 8], [0u64; 8]);
     let mut first = true;
@@ -70,8 +81,13 @@ pub fn for_each_percpu<K: aya::Pod, V: aya::Pod>(
     let mut done = 0usize;
     while done < limit {
         let want = chunk.min(limit - done);
-        keys.resize(want * key_size, 0u8);
-        values.resize(want * elem, 0u8);
+        // Only growth is zeroed: a kept buffer of the right size is used as it is.
+        if keys.len() < want * key_size {
+            keys.resize(want * key_size, 0u8);
+        }
+        if values.len() < want * elem {
+            values.resize(want * elem, 0u8);
+        }
         let mut attr = BatchAttr {
             in_batch: if first { 0 } else { in_batch.as_ptr() as u64 },
             out_batch: out_batch.as_mut_ptr() as u64,

@@ -311,6 +311,7 @@ pub struct EbpfCounters {
     /// Maps are read with BPF_MAP_LOOKUP_BATCH (a syscall per map rather than one or two per
     /// key) until the kernel refuses it once.
     batch: bool,
+    batch_bufs: bpf_batch::Buffers,
 }
 
 impl std::fmt::Debug for EbpfCounters {
@@ -550,6 +551,7 @@ fn load(host: &HostRoot, object: &[u8], opts: &EbpfOptions) -> Result<EbpfCounte
         stats_on,
         nr_cpus,
         batch: true,
+        batch_bufs: bpf_batch::Buffers::default(),
     };
     c.flush_log();
     Ok(c)
@@ -671,8 +673,10 @@ impl EbpfCounters {
         let map = self.bpf.map(name).ok_or_else(|| format!("map {name} missing"))?;
         if self.batch {
             let mut out = Vec::new();
-            match bpf_batch::for_each_percpu::<K, V>(map, self.nr_cpus, capacity as usize, |k, v| out.push((k, sum(v))))
-            {
+            let bufs = &mut self.batch_bufs;
+            match bpf_batch::for_each_percpu::<K, V>(map, self.nr_cpus, capacity as usize, bufs, |k, v| {
+                out.push((k, sum(v)))
+            }) {
                 Ok(()) => return Ok(out),
                 Err(BatchError::Unsupported(e)) => no_batch(&mut self.batch, e),
                 Err(e) => return Err(format!("{name}: {e}")),
@@ -696,7 +700,10 @@ impl EbpfCounters {
         }
         if self.batch {
             let mut out = Vec::with_capacity(n as usize);
-            match bpf_batch::for_each_percpu::<u32, V>(map, self.nr_cpus, n as usize, |i, v| out.push((i, sum(v)))) {
+            let bufs = &mut self.batch_bufs;
+            match bpf_batch::for_each_percpu::<u32, V>(map, self.nr_cpus, n as usize, bufs, |i, v| {
+                out.push((i, sum(v)))
+            }) {
                 Ok(()) => return Ok(out),
                 Err(BatchError::Unsupported(e)) => no_batch(&mut self.batch, e),
                 Err(e) => return Err(format!("{name}: {e}")),
