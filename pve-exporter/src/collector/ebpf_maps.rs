@@ -8,7 +8,7 @@ use pve_exporter_common::{HALT_INVALID, HALT_POLLED, HALT_WAITED, HIST_EXIT_HAND
 use crate::{
     catalog::*,
     host::HostRoot,
-    metrics::{HistogramValue, MetricSet},
+    metrics::{HistogramValue, LabelValue, MetricSet},
     sources::ebpf::{EbpfCounters, exported_buckets, userspace_exit_label},
     vm::Vm,
 };
@@ -26,12 +26,13 @@ pub fn collect(
     counters.sync_vcpus(vcpus);
     counters.sync_vms(&vms.iter().map(|v| v.pid).collect::<Vec<_>>());
     let snap = counters.read()?;
-    let by_pid: HashMap<u32, &Vm> = vms.iter().map(|v| (v.pid, v)).collect();
-    let id = |tgid: u32| by_pid.get(&tgid).map(|v| v.id.clone());
+    // One shared `id` value per VM: the rows below clone it, not the string.
+    let by_pid: HashMap<u32, LabelValue> = vms.iter().map(|v| (v.pid, super::kvm::shared_id(v))).collect();
+    let id = |tgid: u32| by_pid.get(&tgid).cloned();
 
     // (id, label value, value) rows sorted for a stable output.
-    fn sorted<T>(mut rows: Vec<(String, String, T)>) -> Vec<(String, String, T)> {
-        rows.sort_by(|a, b| (a.0.len(), &a.0, &a.1).cmp(&(b.0.len(), &b.0, &b.1)));
+    fn sorted<T>(mut rows: Vec<(LabelValue, String, T)>) -> Vec<(LabelValue, String, T)> {
+        rows.sort_by(|a, b| (a.0.len(), a.0.as_str(), &a.1).cmp(&(b.0.len(), b.0.as_str(), &b.1)));
         rows
     }
 
@@ -42,7 +43,7 @@ pub fn collect(
         .collect();
     let f = out.family(&KVM_TRACEPOINT_EVENTS);
     for (vm, event, n) in sorted(rows) {
-        f.push([("id", vm), ("event", event)], n);
+        f.push([("id", vm), ("event", event.into())], n);
     }
 
     let rows = snap
@@ -52,11 +53,11 @@ pub fn collect(
         .collect();
     let f = out.family(&KVM_USERSPACE_EXITS);
     for (vm, reason, n) in sorted(rows) {
-        f.push([("id", vm), ("reason", reason)], n);
+        f.push([("id", vm), ("reason", reason.into())], n);
     }
 
     // Several raw reasons can share a label (an unknown isa); merge them.
-    let mut exits: HashMap<(String, String), (u64, u64)> = HashMap::new();
+    let mut exits: HashMap<(LabelValue, String), (u64, u64)> = HashMap::new();
     for (&(tgid, isa, reason), v) in &snap.exits {
         if let Some(vm) = id(tgid) {
             let e = exits.entry((vm, counters.exit_reasons.label(isa, reason))).or_default();
@@ -68,11 +69,11 @@ pub fn collect(
     let rows = sorted(rows);
     let f = out.family(&KVM_EXITS);
     for (vm, reason, (count, _)) in &rows {
-        f.push([("id", vm.clone()), ("reason", reason.clone())], *count);
+        f.push([("id", vm.clone()), ("reason", reason.clone().into())], *count);
     }
     let f = out.family(&KVM_EXIT_HANDLING_SECONDS_BY_REASON);
     for (vm, reason, (_, ns)) in &rows {
-        f.push([("id", vm.clone()), ("reason", reason.clone())], *ns as f64 / 1e9);
+        f.push([("id", vm.clone()), ("reason", reason.clone().into())], *ns as f64 / 1e9);
     }
 
     for (kind, def) in
@@ -100,11 +101,11 @@ pub fn collect(
     let rows = sorted(rows);
     let f = out.family(&KVM_HALT_WAKEUPS);
     for (vm, o, v) in &rows {
-        f.push([("id", vm.clone()), ("outcome", o.clone())], v.count);
+        f.push([("id", vm.clone()), ("outcome", o.clone().into())], v.count);
     }
     let f = out.family(&KVM_HALT_SECONDS);
     for (vm, o, v) in &rows {
-        f.push([("id", vm.clone()), ("outcome", o.clone())], v.ns as f64 / 1e9);
+        f.push([("id", vm.clone()), ("outcome", o.clone().into())], v.ns as f64 / 1e9);
     }
 
     // The programs' own cost.

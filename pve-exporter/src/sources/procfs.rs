@@ -248,11 +248,16 @@ impl Status {
 /// present and fails as a whole when a kernel lacks one; we need only a few and take what
 /// is there.
 pub fn parse_status(text: &str) -> Status {
-    let mut st = Status::default();
+    let mut st = Status { memory: Vec::with_capacity(MEMORY_KEYS.len()), ..Status::default() };
     for line in text.lines() {
         let Some((key, rest)) = line.split_once(':') else {
             continue;
         };
+        // Most of the ~57 lines are of no interest: skip them before looking at their value.
+        let memory = key.starts_with("Vm") || key.starts_with("Rss") || key.starts_with("Hugetlb");
+        if !memory && !matches!(key, "Threads" | "voluntary_ctxt_switches" | "nonvoluntary_ctxt_switches") {
+            continue;
+        }
         let mut words = rest.split_whitespace();
         let Some(num) = words.next().and_then(|n| n.parse::<u64>().ok()) else {
             continue;
