@@ -458,18 +458,28 @@ impl Monitor {
         };
         let paths: Vec<&Path> = warm.iter().map(|(_, p, ..)| p.as_path()).collect();
         let step = Instant::now() + inner.opts.step_timeout;
-        let replies = qmp::exchange_many(&paths, &["query-blockstats", "query-block"], slots.len(), step.min(deadline));
+        // Each VM's replies become rows as soon as they are in (its text is freed then).
+        type Rows<T> = Option<Result<Vec<(String, T)>, String>>;
+        type Parsed = io::Result<(Rows<BlockStats>, Rows<u64>)>;
+        let mut parsed: Vec<Option<Parsed>> = warm.iter().map(|_| None).collect();
+        let cmds = ["query-blockstats", "query-block"];
+        qmp::exchange_many_each(&paths, &cmds, slots.len(), step.min(deadline), |k, r| {
+            parsed[k] = Some(r.map(|mut replies| {
+                let sizes = replies.pop().map(|r| r.map(|v| qmp::virtual_sizes(v.get())));
+                let stats = replies.pop().map(|r| r.map(|v| qmp::blockstats_rows(v.get())));
+                (stats, sizes)
+            }));
+        });
         drop(slots);
-        for ((i, path, nics, drives, busy), r) in warm.into_iter().zip(replies) {
+        for ((i, path, nics, drives, busy), r) in warm.into_iter().zip(parsed) {
             drop(busy);
             let vm = &vms[i];
             let mut out = VmDevices { id: vm.id.clone(), nics: Some(nics), ..VmDevices::default() };
-            match r {
+            match r.unwrap_or_else(|| Err(io::Error::other("no result"))) {
                 Err(e) => out.errors.push(format!("blockstats: QMP {}: {e}", path.display())),
-                Ok(mut replies) => {
-                    let sizes = replies.pop();
-                    match replies.pop() {
-                        Some(Ok(v)) => match hmp::assign_blockstats(qmp::blockstats_rows(v.get()), &drives) {
+                Ok((stats, sizes)) => {
+                    match stats {
+                        Some(Ok(rows)) => match hmp::assign_blockstats(rows, &drives) {
                             Some(named) => out.stats = Some(named),
                             None => {
                                 inner.cache.lock().unwrap_or_else(|p| p.into_inner()).remove(&vm.id, INFO_BLOCK);
@@ -480,7 +490,7 @@ impl Monitor {
                         None => out.errors.push("blockstats: no reply".into()),
                     }
                     match sizes {
-                        Some(Ok(v)) => out.sizes = Some(qmp::virtual_sizes(v.get())),
+                        Some(Ok(v)) => out.sizes = Some(v),
                         Some(Err(e)) => out.errors.push(format!("query-block: QEMU error: {e}")),
                         None => out.errors.push("query-block: no reply".into()),
                     }
