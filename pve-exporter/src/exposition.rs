@@ -64,7 +64,7 @@ impl Collector for SetCollector {
                 continue;
             }
             for s in &fam.samples {
-                encode_value(fam.kind(), &s.value, fam_enc.encode_family(&s.labels)?)?;
+                encode_value(fam.kind(), &s.value, fam_enc.encode_family(&s.labels.as_slice())?)?;
             }
         }
         Ok(())

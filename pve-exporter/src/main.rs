@@ -212,7 +212,7 @@ async fn handle_signals(mut s: Signals, stop: Stop, web: WebHandle, mut env: Env
 fn tune_malloc() {
     // SAFETY: mallopt only sets allocator parameters; called before any other thread exists.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
         libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 10);
     }
