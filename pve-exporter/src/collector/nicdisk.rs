@@ -9,7 +9,7 @@ use std::{
 use crate::{
     catalog::*,
     host::{HostRoot, is_gone},
-    metrics::MetricSet,
+    metrics::{LabelValue, MetricSet},
     sources::{
         hmp::{self, BlockStats},
         monitor::{Monitor, VmDevices},
@@ -74,17 +74,20 @@ pub fn collect_nics(host: &HostRoot, devices: &[VmDevices], out: &mut MetricSet)
     let mut errors = Vec::new();
     for d in devices {
         let Some(nics) = &d.nics else { continue };
+        // Shared label values: ~30 series per NIC clone these, not their strings.
+        let id = shared(&d.id);
         let mut ifnames = HashSet::new();
         for nic in nics {
+            let ifname = shared(&nic.ifname);
             out.family(&KVM_NIC_INFO).push(
                 [
-                    ("id", d.id.clone()),
-                    ("ifname", nic.ifname.clone()),
-                    ("netdev", nic.netdev.clone()),
-                    ("queues", nic.queues.to_string()),
-                    ("type", nic.kind.clone()),
-                    ("model", nic.model.clone()),
-                    ("macaddr", nic.macaddr.clone()),
+                    ("id", id.clone()),
+                    ("ifname", ifname.clone()),
+                    ("netdev", nic.netdev.clone().into()),
+                    ("queues", nic.queues.to_string().into()),
+                    ("type", nic.kind.clone().into()),
+                    ("model", nic.model.clone().into()),
+                    ("macaddr", nic.macaddr.clone().into()),
                 ],
                 1u64,
             );
@@ -92,7 +95,7 @@ pub fn collect_nics(host: &HostRoot, devices: &[VmDevices], out: &mut MetricSet)
             if nic.ifname.is_empty() || !ifnames.insert(nic.ifname.as_str()) {
                 continue;
             }
-            let labels = || [("id", d.id.clone()), ("ifname", nic.ifname.clone())];
+            let labels = || [("id", id.clone()), ("ifname", ifname.clone())];
             out.family(&KVM_NIC_QUEUES).push(labels(), nic.queues);
             let stats = match dump.as_ref().map(|d| d.links.get(&nic.ifname)) {
                 Some(Some(Some(link))) => Ok(link.statistics()),
@@ -141,6 +144,7 @@ pub fn collect_disks(host: &HostRoot, devices: &[VmDevices], out: &mut MetricSet
     let mut errors = Vec::new();
     for d in devices {
         let Some(drives) = &d.drives else { continue };
+        let id = shared(&d.id);
         let stats = d.stats.as_deref().map(hmp::stats_by_name).unwrap_or_default();
         let mut seen = HashSet::new();
         for drive in drives.iter().filter(|x| exported(x)) {
@@ -151,27 +155,28 @@ pub fn collect_disks(host: &HostRoot, devices: &[VmDevices], out: &mut MetricSet
             let path = drive.path.as_deref().unwrap_or("");
             let kind = hmp::classify(path, &drive.format);
             let device = sysfs::device_name(host, path).unwrap_or_default();
+            let disk = shared(&disk_name);
             out.family(&KVM_DISK_INFO).push(
                 [
-                    ("id", d.id.clone()),
-                    ("disk_name", disk_name.clone()),
-                    ("block_id", drive.block_id().to_string()),
-                    ("disk_path", path.to_string()),
-                    ("disk_type", kind.disk_type),
-                    ("vol_name", kind.vol_name),
-                    ("pool", kind.pool),
-                    ("pool_name", kind.pool_name),
-                    ("cluster_id", kind.cluster_id),
-                    ("vg_name", kind.vg_name),
-                    ("device", device),
-                    ("attached_to", drive.attached_device().to_string()),
-                    ("cache_mode", drive.cache_mode.clone()),
-                    ("detect_zeroes", drive.detect_zeroes.clone()),
-                    ("read_only", if drive.read_only { "true" } else { "" }.to_string()),
+                    ("id", id.clone()),
+                    ("disk_name", disk.clone()),
+                    ("block_id", drive.block_id().to_string().into()),
+                    ("disk_path", path.to_string().into()),
+                    ("disk_type", kind.disk_type.into()),
+                    ("vol_name", kind.vol_name.into()),
+                    ("pool", kind.pool.into()),
+                    ("pool_name", kind.pool_name.into()),
+                    ("cluster_id", kind.cluster_id.into()),
+                    ("vg_name", kind.vg_name.into()),
+                    ("device", device.into()),
+                    ("attached_to", drive.attached_device().to_string().into()),
+                    ("cache_mode", drive.cache_mode.clone().into()),
+                    ("detect_zeroes", drive.detect_zeroes.clone().into()),
+                    ("read_only", LabelValue::Static(if drive.read_only { "true" } else { "" })),
                 ],
                 1u64,
             );
-            let labels = || [("id", d.id.clone()), ("disk_name", disk_name.clone())];
+            let labels = || [("id", id.clone()), ("disk_name", disk.clone())];
 
             let qemu_size = d.sizes.as_ref().and_then(|s| s.iter().find(|(n, _)| *n == drive.name).map(|(_, v)| *v));
             let size = match qemu_size {
@@ -198,7 +203,11 @@ pub fn collect_disks(host: &HostRoot, devices: &[VmDevices], out: &mut MetricSet
     if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
 }
 
-fn push_io(out: &mut MetricSet, labels: [(&'static str, String); 2], st: &BlockStats) {
+fn shared(s: &str) -> LabelValue {
+    LabelValue::Shared(s.into())
+}
+
+fn push_io(out: &mut MetricSet, labels: [(&'static str, LabelValue); 2], st: &BlockStats) {
     let secs = |ns: u64| ns as f64 / 1e9;
     out.family(&KVM_DISK_READ_OPERATIONS).push(labels.clone(), st.rd_operations);
     out.family(&KVM_DISK_READ_BYTES).push(labels.clone(), st.rd_bytes);
