@@ -109,20 +109,17 @@ impl ProcEvents {
         let me = std::process::id();
         std::thread::Builder::new().name("proc-events-check".into()).spawn(|| {})?.join().ok();
         for _ in 0..MAX_DRAIN {
-            // SAFETY: receiving into our own buffer.
-            let n = unsafe { libc::recv(self.fd.as_raw_fd(), self.buf.as_mut_ptr().cast(), self.buf.len(), 0) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                match e.raw_os_error() {
-                    Some(libc::EINTR | libc::ENOBUFS) => continue,
-                    Some(libc::EAGAIN) => break,
-                    _ => return Err(e),
+            match self.recv() {
+                Recv::Data(n) => {
+                    let mut seen = false;
+                    for_each_event(&self.buf[..n], |ev| seen |= matches!(ev, Event::Fork { tgid, .. } if tgid == me));
+                    if seen {
+                        return Ok(());
+                    }
                 }
-            }
-            let mut seen = false;
-            for_each_event(&self.buf[..n as usize], |ev| seen |= matches!(ev, Event::Fork { tgid, .. } if tgid == me));
-            if seen {
-                return Ok(());
+                Recv::Lost => {}
+                Recv::Empty => break,
+                Recv::Failed(e) => return Err(e),
             }
         }
         Err(io::Error::other("subscribed, but no event arrived for a thread we started"))
@@ -132,27 +129,49 @@ impl ProcEvents {
     pub fn drain(&mut self) -> Changed {
         let mut out = Changed::default();
         for _ in 0..MAX_DRAIN {
-            // SAFETY: receiving into our own buffer.
-            let n = unsafe { libc::recv(self.fd.as_raw_fd(), self.buf.as_mut_ptr().cast(), self.buf.len(), 0) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                match e.raw_os_error() {
-                    Some(libc::EAGAIN) => return out,
-                    Some(libc::EINTR) => continue,
-                    // The queue overflowed: events are missing, the queue itself goes on.
-                    Some(libc::ENOBUFS) => out.lost = true,
-                    _ => {
-                        out.lost = true;
-                        return out;
-                    }
+            match self.recv() {
+                Recv::Data(n) => parse_events(&self.buf[..n], &mut out.pids),
+                // The queue overflowed: events are missing, the queue itself goes on.
+                Recv::Lost => out.lost = true,
+                Recv::Empty => return out,
+                Recv::Failed(_) => {
+                    out.lost = true;
+                    return out;
                 }
-                continue;
             }
-            parse_events(&self.buf[..n as usize], &mut out.pids);
         }
         out.lost = true; // more than MAX_DRAIN: treat the rest as lost
         out
     }
+
+    /// One datagram into the buffer, without blocking.
+    fn recv(&mut self) -> Recv {
+        loop {
+            // SAFETY: receiving into our own buffer.
+            let n = unsafe { libc::recv(self.fd.as_raw_fd(), self.buf.as_mut_ptr().cast(), self.buf.len(), 0) };
+            if let Ok(n) = usize::try_from(n) {
+                return Recv::Data(n);
+            }
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) => Recv::Empty,
+                Some(libc::ENOBUFS) => Recv::Lost,
+                _ => Recv::Failed(e),
+            };
+        }
+    }
+}
+
+/// What one [`ProcEvents::recv`] got.
+enum Recv {
+    /// A datagram of this many bytes.
+    Data(usize),
+    /// Nothing queued now.
+    Empty,
+    /// The queue overflowed since the last receive (ENOBUFS).
+    Lost,
+    Failed(io::Error),
 }
 
 /// The subscription: nlmsghdr, cn_msg for the proc connector, and the LISTEN op.
