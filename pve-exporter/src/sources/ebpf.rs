@@ -661,6 +661,34 @@ fn percpu_array_mut<'a, V: aya::Pod>(bpf: &'a mut Ebpf, name: &str) -> Result<Pe
 }
 
 impl EbpfCounters {
+    /// The first `limit` elements of per-CPU map `name` in batch lookups; None when batches
+    /// are off or the kernel has none (then off from now on): read key by key.
+    fn read_batch<K: aya::Pod, V: aya::Pod, T>(
+        &mut self,
+        name: &'static str,
+        limit: usize,
+        sum: &impl Fn(&[V]) -> T,
+    ) -> Option<Result<Vec<(K, T)>, String>> {
+        if !self.batch {
+            return None;
+        }
+        let map = match self.bpf.map(name) {
+            Some(m) => m,
+            None => return Some(Err(format!("map {name} missing"))),
+        };
+        let mut out = Vec::new();
+        match bpf_batch::for_each_percpu::<K, V>(map, self.nr_cpus, limit, &mut self.batch_bufs, |k, v| {
+            out.push((k, sum(v)))
+        }) {
+            Ok(()) => Some(Ok(out)),
+            Err(BatchError::Unsupported(e)) => {
+                no_batch(&mut self.batch, e);
+                None
+            }
+            Err(e) => Some(Err(format!("{name}: {e}"))),
+        }
+    }
+
     /// Every element of a per-CPU hash map, values summed over CPUs by `sum`: in one batch
     /// lookup (a few for a large map), or key by key where the kernel has none. Keys deleted
     /// while we iterate are skipped.
@@ -670,18 +698,10 @@ impl EbpfCounters {
         capacity: u32,
         sum: impl Fn(&[V]) -> T,
     ) -> Result<Vec<(K, T)>, String> {
-        let map = self.bpf.map(name).ok_or_else(|| format!("map {name} missing"))?;
-        if self.batch {
-            let mut out = Vec::new();
-            let bufs = &mut self.batch_bufs;
-            match bpf_batch::for_each_percpu::<K, V>(map, self.nr_cpus, capacity as usize, bufs, |k, v| {
-                out.push((k, sum(v)))
-            }) {
-                Ok(()) => return Ok(out),
-                Err(BatchError::Unsupported(e)) => no_batch(&mut self.batch, e),
-                Err(e) => return Err(format!("{name}: {e}")),
-            }
+        if let Some(r) = self.read_batch(name, capacity as usize, &sum) {
+            return r;
         }
+        let map = self.bpf.map(name).ok_or_else(|| format!("map {name} missing"))?;
         let m: PerCpuHashMap<&MapData, K, V> = PerCpuHashMap::try_from(map).map_err(|e| format!("{name}: {e}"))?;
         Ok(m.iter().filter_map(Result::ok).map(|(k, v)| (k, sum(&v))).collect())
     }
@@ -694,21 +714,13 @@ impl EbpfCounters {
         n: u32,
         sum: impl Fn(&[V]) -> T,
     ) -> Result<Vec<(u32, T)>, String> {
-        let map = self.bpf.map(name).ok_or_else(|| format!("map {name} missing"))?;
         if n == 0 {
             return Ok(Vec::new());
         }
-        if self.batch {
-            let mut out = Vec::with_capacity(n as usize);
-            let bufs = &mut self.batch_bufs;
-            match bpf_batch::for_each_percpu::<u32, V>(map, self.nr_cpus, n as usize, bufs, |i, v| {
-                out.push((i, sum(v)))
-            }) {
-                Ok(()) => return Ok(out),
-                Err(BatchError::Unsupported(e)) => no_batch(&mut self.batch, e),
-                Err(e) => return Err(format!("{name}: {e}")),
-            }
+        if let Some(r) = self.read_batch(name, n as usize, &sum) {
+            return r;
         }
+        let map = self.bpf.map(name).ok_or_else(|| format!("map {name} missing"))?;
         let m: PerCpuArray<&MapData, V> = PerCpuArray::try_from(map).map_err(|e| format!("{name}: {e}"))?;
         let mut out = Vec::with_capacity(n as usize);
         for i in 0..n {
