@@ -446,6 +446,11 @@ pub static COLLECTOR_DURATION: Def =
     gauge("exporter_collector_duration_seconds", &["collector"], "Time each collector took in this scrape");
 pub static COLLECTOR_SUCCESS: Def =
     gauge("exporter_collector_success", &["collector"], "1 when the collector worked in this scrape, 0 when it failed");
+pub static COLLECTOR_DATA_AGE: Def = gauge(
+    "exporter_collector_data_age_seconds",
+    &["collector"],
+    "Age of the values each collector contributed: 0 when collected in this scrape, else the age of its last good values, replayed because its group did not answer before the scrape's deadline",
+);
 pub static SCRAPE_DURATION: Def = gauge("scrape_duration_seconds", &[], "Time this scrape's collection took");
 
 /// The I/O counters of `/proc/<pid>/io`, in the order `collector::kvm` fills them.
@@ -494,6 +499,7 @@ static EXPORTER: &[&Def] = &[
     &EBPF_UNCOUNTED,
     &COLLECTOR_DURATION,
     &COLLECTOR_SUCCESS,
+    &COLLECTOR_DATA_AGE,
     &SCRAPE_DURATION,
 ];
 

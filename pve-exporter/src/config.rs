@@ -106,6 +106,26 @@ pub struct Config {
     #[arg(long, env = "PVE_EXPORTER_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 
+    /// Deadline of a scrape that does not say its own (no `X-Prometheus-Scrape-Timeout-Seconds`
+    /// header): the answer goes out within this, whatever hangs.
+    #[arg(long, env = "PVE_EXPORTER_SCRAPE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub scrape_timeout: Duration,
+
+    /// Subtracted from Prometheus's scrape timeout (the header) to leave time for the answer
+    /// to travel.
+    #[arg(long, env = "PVE_EXPORTER_SCRAPE_TIMEOUT_OFFSET", default_value = "500ms", value_parser = parse_duration)]
+    pub scrape_timeout_offset: Duration,
+
+    /// A request this soon after the last collection finished gets that collection instead of a
+    /// new one (the second server of a Prometheus HA pair, a flood of requests). 0 turns it off.
+    #[arg(long, env = "PVE_EXPORTER_MIN_COLLECTION_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub min_collection_interval: Duration,
+
+    /// A collector group that did not answer by the deadline contributes its last good values
+    /// only while they are at most this old (else nothing).
+    #[arg(long, env = "PVE_EXPORTER_STALE_MAX_AGE", default_value = "120s", value_parser = parse_duration)]
+    pub stale_max_age: Duration,
+
     /// Collect per-VM metrics of running QEMU/KVM VMs.
     #[arg(long, env = "PVE_EXPORTER_COLLECT_RUNNING_VMS", default_value_t = true, action = clap::ArgAction::Set)]
     pub collect_running_vms: bool,

@@ -7,8 +7,10 @@ use std::{
     path::{Path, PathBuf},
     sync::{Arc, Mutex, mpsc},
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
+
+use crate::deadline::{self, Backoff, Verdict};
 
 #[derive(Debug, Clone)]
 pub struct HostRoot {
@@ -48,14 +50,14 @@ type FileRead = Result<Arc<Vec<u8>>, (io::ErrorKind, String)>;
 /// (/proc/meminfo: MemTotal for the VMs, swap for the node), and each reads it through here.
 /// Made anew for every collection, so nothing is ever stale.
 #[derive(Debug)]
-pub struct ScrapeFiles<'a> {
-    host: &'a HostRoot,
+pub struct ScrapeFiles {
+    host: HostRoot,
     read: Mutex<HashMap<&'static str, FileRead>>,
 }
 
-impl<'a> ScrapeFiles<'a> {
-    pub fn new(host: &'a HostRoot) -> Self {
-        Self { host, read: Mutex::default() }
+impl ScrapeFiles {
+    pub fn new(host: &HostRoot) -> Self {
+        Self { host: host.clone(), read: Mutex::default() }
     }
 
     /// The contents of `rel` below the host root, read on first use in this collection.
@@ -92,12 +94,15 @@ pub fn call_with_timeout<T: Send + 'static>(
 }
 
 /// At most one call in flight per source: while an earlier call is still hung, new calls fail
-/// at once instead of piling up threads.
+/// at once instead of piling up threads. A call that took longer than its limit puts the gate
+/// under back-off ([`Backoff`]): the following calls fail at once (they cost their series, not
+/// time) until a try is due, which runs in the background, not waited on; the gate opens again
+/// when a try answers within the limit.
 ///
 /// Calls run on the gate's own worker thread, started on first use and kept while calls keep
 /// coming (it ends after [`GATE_IDLE`] without one): a scrape pays a channel send instead of a
-/// thread start per call. A worker stuck in a hung call keeps the gate busy; a call that panics
-/// fails alone and the worker goes on.
+/// thread start per call. A worker stuck in a hung call keeps the gate busy, so a hung mount
+/// pins one thread per gate, never more; a call that panics fails alone and the worker goes on.
 #[derive(Debug, Default, Clone)]
 pub struct BlockingGate {
     inner: Arc<GateInner>,
@@ -110,8 +115,14 @@ pub type Job = Box<dyn FnOnce() + Send>;
 
 #[derive(Debug, Default)]
 struct GateInner {
-    busy: std::sync::atomic::AtomicBool,
+    state: Mutex<GateState>,
     worker: Worker,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    busy: bool,
+    backoff: Backoff,
 }
 
 /// A thread kept for jobs that come again and again (one or a few per scrape): a job costs a
@@ -153,46 +164,82 @@ struct Idle(Arc<GateInner>);
 
 impl Drop for Idle {
     fn drop(&mut self) {
-        self.0.busy.store(false, std::sync::atomic::Ordering::Release);
+        self.0.state.lock().unwrap_or_else(|p| p.into_inner()).busy = false;
     }
 }
 
 impl BlockingGate {
-    /// Run `f` on the gate's worker and wait for its answer at most `timeout`.
+    /// Run `f` on the gate's worker and wait for its answer at most `limit`, and never past
+    /// the deadline of the collection this thread works for ([`crate::deadline::current`]).
     pub fn call<T: Send + 'static>(
         &self,
         what: &str,
-        timeout: Duration,
+        limit: Duration,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> io::Result<T> {
-        let rx = self.start(what, f)?;
-        rx.recv_timeout(timeout)
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("{what}: no answer within {timeout:?}")))
+        let rx = self.start(what, limit, f)?;
+        rx.recv_timeout(deadline::cap(limit))
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("{what}: no answer within {limit:?}")))
     }
 
     /// Start `f` on the gate's worker without waiting: the answer comes on the receiver. For
-    /// several gates asked at once, each waited for until one common deadline.
+    /// several gates asked at once, each waited for until one common deadline. `limit` is the
+    /// time the call may take before the gate counts it as timed out.
     pub fn start<T: Send + 'static>(
         &self,
         what: &str,
+        limit: Duration,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> io::Result<mpsc::Receiver<T>> {
-        use std::sync::atomic::Ordering;
-        if self.inner.busy.swap(true, Ordering::AcqRel) {
+        let now = Instant::now();
+        let mut st = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.busy {
             return Err(io::Error::new(
                 io::ErrorKind::WouldBlock,
                 format!("{what}: an earlier call has not returned yet"),
             ));
         }
+        let probe = match st.backoff.verdict(now) {
+            Verdict::Go => false,
+            Verdict::Wait(_) => {
+                return Err(io::Error::new(io::ErrorKind::WouldBlock, format!("{what}: {}", st.backoff.describe(now))));
+            }
+            Verdict::Retry => true,
+        };
+        st.busy = true;
+        let failures = st.backoff.failures();
+        drop(st);
         let idle = Idle(self.inner.clone());
         let (tx, rx) = mpsc::sync_channel(1);
         let job: Job = Box::new(move || {
+            let t = Instant::now();
             let r = f();
+            let took = t.elapsed();
+            {
+                let mut st = idle.0.state.lock().unwrap_or_else(|p| p.into_inner());
+                if took > limit {
+                    st.backoff.failed(Instant::now());
+                } else {
+                    st.backoff.recovered();
+                }
+            }
             drop(idle);
+            // A try in the background has no one waiting: its answer only reopens the gate.
             let _ = tx.send(r);
         });
         self.inner.worker.run(what, job)?;
+        if probe {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("{what}: timed out {failures} time(s) in a row: being tried again in the background"),
+            ));
+        }
         Ok(rx)
+    }
+
+    /// Whether a call is running (hung, when it stays so).
+    pub fn busy(&self) -> bool {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner()).busy
     }
 }
 
@@ -237,7 +284,7 @@ mod tests {
     }
 
     #[test]
-    fn gate_refuses_while_a_call_hangs() {
+    fn gate_refuses_while_a_call_hangs_then_backs_off() {
         let gate = BlockingGate::default();
         let (tx, rx) = mpsc::channel::<()>();
         let r = gate.call("slow", Duration::from_millis(20), move || {
@@ -246,17 +293,41 @@ mod tests {
         assert_eq!(r.unwrap_err().kind(), io::ErrorKind::TimedOut);
         let r = gate.call("again", Duration::from_millis(20), || 1);
         assert_eq!(r.unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        // It returns well past its limit.
+        thread::sleep(Duration::from_millis(50));
         tx.send(()).unwrap();
-        // Once the hung call returns, the gate opens again.
-        let mut ok = false;
-        for _ in 0..100 {
-            if let Ok(v) = gate.call("after", Duration::from_secs(1), || 7) {
-                assert_eq!(v, 7);
-                ok = true;
-                break;
+        let settle = |gate: &BlockingGate| {
+            for _ in 0..1000 {
+                if !gate.busy() {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(5));
             }
-            thread::sleep(Duration::from_millis(5));
-        }
-        assert!(ok);
+            panic!("the call did not end");
+        };
+        settle(&gate);
+        // It took longer than its limit: under back-off, not waited on.
+        let e = gate.call("after", Duration::from_secs(1), || 7).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        assert!(e.to_string().contains("tried again in"), "{e}");
+        thread::sleep(crate::deadline::BACKOFF_FIRST);
+        // The try that is due runs in the background; the caller does not wait for it.
+        let e = gate.call("probe", Duration::from_secs(1), || 7).unwrap_err();
+        assert!(e.to_string().contains("in the background"), "{e}");
+        settle(&gate);
+        // It answered within its limit: the gate is open again.
+        assert_eq!(gate.call("open", Duration::from_secs(1), || 7).unwrap(), 7);
+    }
+
+    #[test]
+    fn gate_waits_no_longer_than_the_collection_deadline() {
+        let gate = BlockingGate::default();
+        let _d = crate::deadline::enter(crate::deadline::Deadline::after(Duration::from_millis(50)));
+        let (tx, rx) = mpsc::channel::<()>();
+        let r = gate.call("slow", Duration::from_secs(3600), move || {
+            let _ = rx.recv();
+        });
+        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        tx.send(()).unwrap();
     }
 }

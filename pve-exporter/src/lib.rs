@@ -8,6 +8,7 @@
 pub mod catalog;
 pub mod collector;
 pub mod config;
+pub mod deadline;
 pub mod exposition;
 pub mod heldfile;
 pub mod host;

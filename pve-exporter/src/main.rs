@@ -2,7 +2,6 @@ use std::{
     collections::BTreeMap,
     net::SocketAddr,
     path::PathBuf,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -75,8 +74,7 @@ fn run(config: Config, cli: CliSet) -> anyhow::Result<()> {
     let signals = rt.block_on(async { Signals::install() })?;
     // Bind before loading eBPF: a port that is taken fails the start at once.
     let listener = rt.block_on(server::bind(addr))?;
-    let engine =
-        Arc::new(Engine::new(config).map_err(|e| anyhow::anyhow!("eBPF required by --ebpf on but unavailable: {e}"))?);
+    let engine = Engine::new(config).map_err(|e| anyhow::anyhow!("eBPF required by --ebpf on but unavailable: {e}"))?;
     let state = AppState::new(engine.clone());
     let (stop, stopped) = watch::channel(0u8);
     let result = rt.block_on(async {
@@ -109,9 +107,9 @@ fn run(config: Config, cli: CliSet) -> anyhow::Result<()> {
 }
 
 /// Drop the engine: its eBPF object goes with it, which detaches the programs.
-fn release(engine: Arc<Engine>) {
+fn release(engine: Engine) {
     let ebpf = engine.ebpf_mode().0 == "ebpf";
-    match Arc::try_unwrap(engine) {
+    match engine.try_unwrap() {
         Ok(engine) => {
             drop(engine);
             if ebpf {
@@ -126,7 +124,7 @@ fn release(engine: Arc<Engine>) {
 /// READY=1 once the first collection has finished: only then does /metrics answer with data.
 async fn announce(state: AppState, notifier: Notifier, addr: SocketAddr) {
     let t = Instant::now();
-    let set = state.scrape().await;
+    let set = state.scrape(state.default_deadline()).await;
     let prefix = &state.engine().config.metrics_prefix;
     let failing: Vec<String> = set
         .get(&format!("{prefix}_exporter_collector_success"))
@@ -171,7 +169,7 @@ async fn watchdog(state: AppState, notifier: Notifier, period: Duration) {
                 // Joins the collection in flight, if one is: a hung one is not piled on.
                 let s = state.clone();
                 tokio::spawn(async move {
-                    s.scrape().await;
+                    s.scrape(s.default_deadline()).await;
                 });
             }
         }

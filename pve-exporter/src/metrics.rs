@@ -250,6 +250,11 @@ impl MetricSet {
         v
     }
 
+    /// The families, owned (in the order of first use).
+    pub fn into_families(self) -> Vec<Family> {
+        self.families
+    }
+
     pub fn get(&self, full_name: &str) -> Option<&Family> {
         self.families.iter().find(|f| f.name == full_name)
     }

@@ -31,6 +31,7 @@ use tokio::{
 
 use crate::{
     collector::SharedEngine,
+    deadline::{self, Deadline},
     exposition::{self, Format},
     metrics::MetricSet,
     web::{self, WebHandle},
@@ -45,13 +46,16 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct AppState {
     engine: SharedEngine,
     inflight: Arc<Mutex<Option<Collection>>>,
+    /// The last finished collection and when it finished: what a request gets within
+    /// `--min-collection-interval`, or when the collection it joined is not done by its deadline.
+    last: Arc<Mutex<Option<(Instant, Arc<MetricSet>)>>>,
     /// When the last collection finished (the systemd watchdog is fed from this).
     finished: Arc<watch::Sender<Option<Instant>>>,
 }
 
 impl AppState {
     pub fn new(engine: SharedEngine) -> Self {
-        Self { engine, inflight: Arc::default(), finished: Arc::new(watch::Sender::new(None)) }
+        Self { engine, inflight: Arc::default(), last: Arc::default(), finished: Arc::new(watch::Sender::new(None)) }
     }
 
     pub fn engine(&self) -> &SharedEngine {
@@ -63,8 +67,23 @@ impl AppState {
         self.finished.subscribe()
     }
 
-    /// The current collection: joins the one in flight or starts one.
-    pub async fn scrape(&self) -> Arc<MetricSet> {
+    /// The deadline of a scrape without a header of its own (`--scrape-timeout`).
+    pub fn default_deadline(&self) -> Deadline {
+        Deadline::after(self.engine.config.scrape_timeout)
+    }
+
+    /// The current collection, answered by `deadline`: the last one if it finished less than
+    /// `--min-collection-interval` ago, else the one in flight (joined) or a new one. Should the
+    /// collection joined not be done by `deadline` (it was started for a later one), the last
+    /// finished collection answers.
+    pub async fn scrape(&self, deadline: Deadline) -> Arc<MetricSet> {
+        let min_interval = self.engine.config.min_collection_interval;
+        if !min_interval.is_zero()
+            && let Some((at, set)) = self.last.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+            && at.elapsed() < min_interval
+        {
+            return set.clone();
+        }
         let fut = {
             let mut slot = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
             match slot.as_ref() {
@@ -73,18 +92,20 @@ impl AppState {
                     let engine = self.engine.clone();
                     // A task of its own: the collection finishes even if the client that
                     // started it goes away, and the blocking reads run off the runtime.
-                    let task = tokio::task::spawn_blocking(move || engine.collect());
+                    let task = tokio::task::spawn_blocking(move || engine.collect_until(deadline));
                     let prefix = self.engine.config.metrics_prefix.clone();
-                    let finished = self.finished.clone();
+                    let (finished, last) = (self.finished.clone(), self.last.clone());
                     let f = async move {
                         let set = match task.await {
-                            Ok(set) => Arc::new(set),
+                            Ok(set) => set,
                             Err(e) => {
                                 log::error!("collection task failed: {e}");
                                 Arc::new(MetricSet::new(&prefix))
                             }
                         };
-                        finished.send_replace(Some(Instant::now()));
+                        let now = Instant::now();
+                        *last.lock().unwrap_or_else(|p| p.into_inner()) = Some((now, set.clone()));
+                        finished.send_replace(Some(now));
                         set
                     }
                     .boxed()
@@ -94,7 +115,14 @@ impl AppState {
                 }
             }
         };
-        let set = fut.clone().await;
+        let set = match tokio::time::timeout_at(deadline.instant().into(), fut.clone()).await {
+            Ok(set) => set,
+            Err(_) => {
+                let last = self.last.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|(_, s)| s.clone());
+                log::debug!("the collection joined is not done by this scrape's deadline: the last one answers");
+                return last.unwrap_or_else(|| Arc::new(MetricSet::new(&self.engine.config.metrics_prefix)));
+            }
+        };
         let mut slot = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
         if slot.as_ref().is_some_and(|f| f.ptr_eq(&fut)) {
             *slot = None;
@@ -113,13 +141,30 @@ pub fn router(state: AppState) -> Router {
 
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let format = Format::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
-    let set = state.scrape().await;
+    let header = headers.get("x-prometheus-scrape-timeout-seconds").and_then(|v| v.to_str().ok());
+    let cfg = &state.engine.config;
+    let deadline = Deadline::after(deadline::scrape_budget(header, cfg.scrape_timeout, cfg.scrape_timeout_offset));
+    let set = state.scrape(deadline).await;
     let body = exposition::render(set, format);
     ([(header::CONTENT_TYPE, format.content_type())], body).into_response()
 }
 
-async fn healthz() -> impl IntoResponse {
-    (StatusCode::OK, "ok\n")
+/// How long past its deadline a collector group may still be running before `/healthz` says so.
+const STUCK_GRACE: Duration = Duration::from_secs(1);
+
+/// `ok`, or 503 naming the collector groups that run past their collection's deadline (a
+/// read that hangs where no time limit reaches; the scrapes still answer, from other groups
+/// and recent values).
+async fn healthz(State(state): State<AppState>) -> Response {
+    let stuck = state.engine.stuck(STUCK_GRACE);
+    if stuck.is_empty() {
+        return (StatusCode::OK, "ok\n").into_response();
+    }
+    let what: Vec<String> = stuck
+        .iter()
+        .map(|(g, past)| format!("collector group {g} runs {:.1} s past its deadline", past.as_secs_f64()))
+        .collect();
+    (StatusCode::SERVICE_UNAVAILABLE, format!("stuck: {}\n", what.join("; "))).into_response()
 }
 
 async fn index(State(state): State<AppState>) -> Html<String> {

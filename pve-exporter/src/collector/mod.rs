@@ -1,6 +1,15 @@
 //! Collection: one scrape runs every collector over the sources and fills one [`MetricSet`].
 //! Each collector's failure is its own: it loses its series and reports
 //! `pve_exporter_collector_success{collector} 0`; the scrape goes on.
+//!
+//! Time: a collection has a [`Deadline`]. Its collectors run in three groups, each on a kept
+//! thread of its own: `vms` (discovery, per-VM files, eBPF maps, the monitors), `storage` and
+//! `pve`. Every wait inside a group ends by the deadline; the collection waits for each group
+//! until the deadline and no longer. A group that has not answered by then (it hangs where no
+//! time limit reaches: a read of a process stuck in the kernel, say) contributes its last good
+//! values while they are at most `--stale-max-age` old, else nothing, with its collectors'
+//! success 0 and `pve_exporter_collector_data_age_seconds` telling the age. A group still
+//! running from an earlier collection is not started again until it returns.
 
 mod ebpf_maps;
 mod kvm;
@@ -13,16 +22,19 @@ pub mod vcpu;
 
 use std::{
     collections::HashSet,
-    sync::{Arc, Mutex},
+    ops::Deref,
+    sync::{Arc, Mutex, mpsc},
     time::{Duration, Instant},
 };
 
 use self::kvm_debugfs::KvmDebugfs;
 pub use self::vcpu::VcpuThreadCache;
 use crate::{
+    catalog::Def,
     config::{Config, KvmDebugfsMode, VmSourceMode},
+    deadline::{self, Deadline},
     heldfile::{FdBudget, HeldFiles, OnStale},
-    host::HostRoot,
+    host::{HostRoot, ScrapeFiles, Worker},
     metrics::MetricSet,
     sources::{
         ebpf::{self, EbpfStatus},
@@ -39,10 +51,67 @@ pub struct CollectorRun {
     pub name: &'static str,
     pub duration: Duration,
     pub success: bool,
+    /// Age of the values it contributed: zero when collected now, else the age of the last
+    /// good values replayed because its group did not answer in time.
+    pub age: Duration,
+}
+
+/// The collector groups, in the order their families and runs have always been reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Group {
+    Vms,
+    Storage,
+    Pve,
+}
+
+const GROUPS: [Group; 3] = [Group::Vms, Group::Storage, Group::Pve];
+
+impl Group {
+    fn name(self) -> &'static str {
+        match self {
+            Group::Vms => "vms",
+            Group::Storage => "storage",
+            Group::Pve => "pve",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What one group produced in one collection.
+struct GroupOutput {
+    set: MetricSet,
+    runs: Vec<CollectorRun>,
+    /// When it was collected.
+    at: Instant,
+}
+
+/// A group's last good values, kept in the collection they went out with (no copy is made
+/// unless they are replayed).
+struct LastGood {
+    /// The collection that holds them.
+    collection: Arc<MetricSet>,
+    /// The group's families in it.
+    families: Vec<&'static Def>,
+    runs: Vec<CollectorRun>,
+    at: Instant,
+}
+
+/// A group's thread and what the collections know of it.
+#[derive(Default)]
+struct GroupSlot {
+    worker: Worker,
+    /// The deadline of the collection the group works for, while it runs.
+    running: Mutex<Option<Deadline>>,
+    /// Output of a run that finished after its collection had gone out.
+    late: Mutex<Option<GroupOutput>>,
+    last: Mutex<Option<LastGood>>,
 }
 
 /// Long-lived state shared by all scrapes.
-pub struct Engine {
+pub struct EngineState {
     pub config: Config,
     pub host: HostRoot,
     pve_config: Arc<PveConfigReader>,
@@ -68,7 +137,23 @@ pub struct Engine {
     /// The /proc scan with its per-process verdicts (kept until a process forks or execs).
     scanner: Mutex<crate::sources::proc_scan::ProcScanner>,
     /// The thread the monitor exchange runs on, kept between scrapes.
-    fetch_worker: crate::host::Worker,
+    fetch_worker: Worker,
+    /// Disk sizes read from the host, one timed gate per mount.
+    disk_sizes: nicdisk::DiskSizes,
+    /// The VM source `--vm-source auto` found last (kept while /etc/pve does not answer).
+    last_source: Mutex<Option<VmSourceMode>>,
+    groups: [GroupSlot; 3],
+}
+
+/// The engine: shared by the HTTP side and the group threads.
+#[derive(Clone)]
+pub struct Engine(Arc<EngineState>);
+
+impl Deref for Engine {
+    type Target = EngineState;
+    fn deref(&self) -> &EngineState {
+        &self.0
+    }
 }
 
 impl Engine {
@@ -95,131 +180,312 @@ impl Engine {
         // One descriptor budget for every file held open between scrapes.
         let fds = FdBudget::from_rlimit();
         let scanner = Mutex::new(crate::sources::proc_scan::ProcScanner::new(&host));
-        Ok(Self {
+        Ok(Self(Arc::new(EngineState {
             vcpu_threads: VcpuThreadCache::with_budget(host.clone(), fds.clone()),
             process_files: Mutex::new(HeldFiles::new(fds.clone(), OnStale::Reopen)),
             kvm_debugfs,
             pve: pve::PveState::new(&config, &host, pve_config.gate().clone(), fds),
-            host,
             storage: storage::StorageState::new(&config, pve_config.gate().clone()),
+            disk_sizes: nicdisk::DiskSizes::new(config.storage_timeout),
+            host,
             pve_config,
             ebpf: Mutex::new(ebpf),
             failing: Mutex::default(),
             monitor: crate::sources::monitor::Monitor::from_config(&config),
             libvirt: LibvirtReader::new(),
             scanner,
-            fetch_worker: crate::host::Worker::default(),
+            fetch_worker: Worker::default(),
+            last_source: Mutex::default(),
+            groups: Default::default(),
             config,
-        })
+        })))
     }
 
+    /// The state, if no one else holds the engine (no collection is running).
+    pub fn try_unwrap(self) -> Result<EngineState, Engine> {
+        Arc::try_unwrap(self.0).map_err(Engine)
+    }
+
+    /// One whole scrape with the default deadline (`--scrape-timeout`). Blocking.
+    pub fn collect(&self) -> MetricSet {
+        (*self.collect_until(Deadline::after(self.config.scrape_timeout))).clone()
+    }
+
+    /// One whole scrape, answered by `deadline`. Blocking: call it from a blocking thread.
+    pub fn collect_until(&self, deadline: Deadline) -> Arc<MetricSet> {
+        let start = Instant::now();
+        let files = Arc::new(ScrapeFiles::new(&self.host));
+        let enabled = |g: Group| match g {
+            Group::Vms => self.config.collect_running_vms,
+            Group::Storage => self.config.collect_storage,
+            Group::Pve => true,
+        };
+        // Start every group first, then wait for each: they run side by side.
+        let started: Vec<(Group, Option<mpsc::Receiver<GroupOutput>>)> =
+            GROUPS.iter().filter(|g| enabled(**g)).map(|&g| (g, self.start_group(g, deadline, &files))).collect();
+        let mut out = MetricSet::new(&self.config.metrics_prefix);
+        let mut runs = Vec::new();
+        let mut fresh: Vec<(Group, Vec<&'static Def>, Vec<CollectorRun>, Instant)> = Vec::new();
+        for (g, rx) in started {
+            let answer = rx.and_then(|rx| rx.recv_timeout(deadline.left()).ok());
+            match answer {
+                Some(o) => {
+                    let families: Vec<&'static Def> = o.set.families().iter().map(|f| f.def).collect();
+                    merge_owned(&mut out, o.set);
+                    runs.extend(o.runs.iter().cloned());
+                    fresh.push((g, families, o.runs, o.at));
+                }
+                None => self.replay(g, &mut out, &mut runs),
+            }
+        }
+
+        let st = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
+        selfmetrics::collect(&st, &runs, start.elapsed(), &mut out);
+        drop(st);
+        let out = Arc::new(out);
+        for (g, families, runs, at) in fresh {
+            let last = LastGood { collection: out.clone(), families, runs, at };
+            *self.groups[g.index()].last.lock().unwrap_or_else(|p| p.into_inner()) = Some(last);
+        }
+        out
+    }
+
+    /// Start group `g` on its thread for the collection of `deadline`; None when it is still
+    /// running for an earlier collection (it is not started twice) or cannot be started.
+    fn start_group(
+        &self,
+        g: Group,
+        deadline: Deadline,
+        files: &Arc<ScrapeFiles>,
+    ) -> Option<mpsc::Receiver<GroupOutput>> {
+        let slot = &self.groups[g.index()];
+        {
+            let mut running = slot.running.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(d) = *running {
+                log::debug!(
+                    "collector group {}: still running for a collection due {:?} ago",
+                    g.name(),
+                    d.instant().elapsed()
+                );
+                return None;
+            }
+            *running = Some(deadline);
+        }
+        let (tx, rx) = mpsc::sync_channel(1);
+        let (me, files) = (self.clone(), files.clone());
+        let job = Box::new(move || {
+            let _d = deadline::enter(deadline);
+            let mut set = MetricSet::new(&me.config.metrics_prefix);
+            let mut runs = Vec::new();
+            match g {
+                Group::Vms => me.collect_vms(deadline, &files, &mut runs, &mut set),
+                Group::Storage => storage::collect(&me, &mut runs, &mut set),
+                Group::Pve => pve::collect(&me, &files, &mut runs, &mut set),
+            }
+            let slot = &me.groups[g.index()];
+            *slot.running.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            let out = GroupOutput { set, runs, at: Instant::now() };
+            if let Err(mpsc::TrySendError::Full(o) | mpsc::TrySendError::Disconnected(o)) = tx.try_send(out) {
+                // Its collection went out without it: kept for the next replay.
+                log::debug!(
+                    "collector group {}: answered {:?} after its deadline",
+                    g.name(),
+                    deadline.instant().elapsed()
+                );
+                *slot.late.lock().unwrap_or_else(|p| p.into_inner()) = Some(o);
+            }
+        });
+        match slot.worker.run(g.name(), job) {
+            Ok(()) => Some(rx),
+            Err(e) => {
+                log::warn!("collector group {}: cannot start its thread: {e}", g.name());
+                *slot.running.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                None
+            }
+        }
+    }
+
+    /// Group `g` did not answer by the deadline: its last good values if recent enough, else
+    /// nothing; its collectors failed in this collection either way.
+    fn replay(&self, g: Group, out: &mut MetricSet, runs: &mut Vec<CollectorRun>) {
+        let slot = &self.groups[g.index()];
+        let now = Instant::now();
+        let mut last = slot.last.lock().unwrap_or_else(|p| p.into_inner());
+        // A run that finished late is newer than what the last collection holds.
+        if let Some(late) = slot.late.lock().unwrap_or_else(|p| p.into_inner()).take()
+            && last.as_ref().is_none_or(|l| late.at > l.at)
+        {
+            let families = late.set.families().iter().map(|f| f.def).collect();
+            *last = Some(LastGood { collection: Arc::new(late.set), families, runs: late.runs, at: late.at });
+        }
+        let why = format!("collector group {} did not answer before the scrape's deadline", g.name());
+        match last.as_ref() {
+            Some(l) => {
+                let age = now.saturating_duration_since(l.at);
+                let fresh_enough = age <= self.config.stale_max_age;
+                if fresh_enough {
+                    for def in &l.families {
+                        if let Some(f) = l.collection.families().into_iter().find(|f| std::ptr::eq(f.def, *def)) {
+                            out.family(f.def).samples.extend(f.samples.iter().cloned());
+                        }
+                    }
+                }
+                for r in &l.runs {
+                    let age = if fresh_enough { age } else { Duration::ZERO };
+                    runs.push(CollectorRun { name: r.name, duration: Duration::ZERO, success: false, age });
+                    self.note_failure(r.name, &why);
+                }
+            }
+            None => {
+                runs.push(CollectorRun {
+                    name: g.name(),
+                    duration: Duration::ZERO,
+                    success: false,
+                    age: Duration::ZERO,
+                });
+                self.note_failure(g.name(), &why);
+            }
+        }
+    }
+
+    /// Collector groups running past their collection's deadline by more than `grace`: what
+    /// `/healthz` reports. (group, how long past).
+    pub fn stuck(&self, grace: Duration) -> Vec<(&'static str, Duration)> {
+        GROUPS
+            .iter()
+            .filter_map(|g| {
+                let d = (*self.groups[g.index()].running.lock().unwrap_or_else(|p| p.into_inner()))?;
+                let past = d.instant().elapsed();
+                (past > grace).then_some((g.name(), past))
+            })
+            .collect()
+    }
+}
+
+/// Move the families of `part` into `out`.
+fn merge_owned(out: &mut MetricSet, part: MetricSet) {
+    for f in part.into_families() {
+        out.family(f.def).samples.extend(f.samples);
+    }
+}
+
+impl EngineState {
     pub fn ebpf_mode(&self) -> (String, String) {
         let st = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
         (st.mode.to_string(), st.reason.clone())
     }
 
-    /// The VM source of `--vm-source`; `auto` looks at the host on every scrape (two `stat`s),
-    /// so a host that gets PVE or libvirt later needs no restart.
+    /// The VM source a collection now would use.
     pub fn vm_source(&self) -> VmSourceMode {
-        match self.config.vm_source {
-            VmSourceMode::Auto if self.host.path("etc/pve/qemu-server").is_dir() => VmSourceMode::Pve,
-            VmSourceMode::Auto if self.host.path(crate::sources::libvirt::RUN_DIR).is_dir() => VmSourceMode::Libvirt,
-            VmSourceMode::Auto => VmSourceMode::Qemu,
-            forced => forced,
+        self.resolve_source(&mut Vec::new()).0
+    }
+
+    /// The VM source of `--vm-source` and, in PVE mode, /etc/pve's part. `auto` looks at the
+    /// host on every scrape, so a host that gets PVE or libvirt later needs no restart: the
+    /// config listing of /etc/pve (through the timed pmxcfs gate; a pmxcfs that does not answer
+    /// keeps the source found last, PVE if none) and libvirt's run directory.
+    fn resolve_source(&self, runs: &mut Vec<CollectorRun>) -> (VmSourceMode, Option<PveConfig>) {
+        let wanted = self.config.vm_source;
+        if !matches!(wanted, VmSourceMode::Auto | VmSourceMode::Pve) {
+            return (wanted, None);
+        }
+        let mut pve: Option<PveConfig> = None;
+        let mut failed = false;
+        self.timed(runs, "pve_config", || {
+            let r = self.pve_config.read(&self.host, self.config.pmxcfs_timeout).map_err(|e| e.to_string());
+            failed = r.is_err();
+            pve = Some(r?);
+            Ok(())
+        });
+        if wanted == VmSourceMode::Pve {
+            return (wanted, pve);
+        }
+        let mut last = self.last_source.lock().unwrap_or_else(|p| p.into_inner());
+        let kind = match &pve {
+            Some(c) if c.vm_configs.is_some() => VmSourceMode::Pve,
+            Some(_) if self.host.path(crate::sources::libvirt::RUN_DIR).is_dir() => VmSourceMode::Libvirt,
+            Some(_) => VmSourceMode::Qemu,
+            // /etc/pve did not answer: a hung pmxcfs is a PVE node's.
+            None => last.unwrap_or(VmSourceMode::Pve),
+        };
+        *last = Some(kind);
+        drop(last);
+        match kind {
+            // Not a PVE host: no pve_config collector to report.
+            VmSourceMode::Libvirt | VmSourceMode::Qemu if !failed => {
+                runs.retain(|r| r.name != "pve_config");
+                (kind, None)
+            }
+            _ => (kind, pve),
         }
     }
 
-    /// One whole scrape. Blocking: call it from a blocking thread.
-    pub fn collect(&self) -> MetricSet {
-        let start = Instant::now();
-        let mut out = MetricSet::new(&self.config.metrics_prefix);
-        let mut runs = Vec::new();
-        let files = crate::host::ScrapeFiles::new(&self.host);
-
-        if self.config.collect_running_vms {
-            let kind = self.vm_source();
-            let mut pve: Option<PveConfig> = None;
-            if kind == VmSourceMode::Pve {
-                self.timed(&mut runs, "pve_config", || {
-                    let c = self.pve_config.read(&self.host, self.config.pmxcfs_timeout).map_err(|e| e.to_string())?;
-                    pve = Some(c);
-                    Ok(())
-                });
-            }
-            let mut vms: Vec<Vm> = Vec::new();
-            self.timed(&mut runs, "kvm", || {
-                let pve_source;
-                let libvirt_source;
-                let source: &dyn VmSource = match kind {
-                    VmSourceMode::Libvirt => {
-                        libvirt_source = LibvirtSource { host: &self.host, reader: &self.libvirt };
-                        &libvirt_source
-                    }
-                    VmSourceMode::Qemu => &QemuSource,
-                    VmSourceMode::Pve | VmSourceMode::Auto => {
-                        pve_source = PveSource { host: &self.host, config: pve.as_ref() };
-                        &pve_source
-                    }
-                };
-                let mut scanner = self.scanner.lock().unwrap_or_else(|p| p.into_inner());
-                let found =
-                    vm::discover(&self.host, &mut scanner, source).map_err(|e| format!("listing /proc: {e}"))?;
-                drop(scanner);
-                for (pid, why) in &found.skipped {
-                    log::debug!("pid {pid}: not reported: {why}");
+    /// The `vms` group: discovery, per-VM files, vCPUs, eBPF maps and the monitors.
+    fn collect_vms(&self, deadline: Deadline, files: &ScrapeFiles, runs: &mut Vec<CollectorRun>, out: &mut MetricSet) {
+        let (kind, pve) = self.resolve_source(runs);
+        let mut vms: Vec<Vm> = Vec::new();
+        self.timed(runs, "kvm", || {
+            let pve_source;
+            let libvirt_source;
+            let source: &dyn VmSource = match kind {
+                VmSourceMode::Libvirt => {
+                    libvirt_source = LibvirtSource { host: &self.host, reader: &self.libvirt };
+                    &libvirt_source
                 }
-                vms = found.vms;
-                let mut held = self.process_files.lock().unwrap_or_else(|p| p.into_inner());
-                let r = kvm::collect(&self.host, &files, &mut held, &mut vms, &mut out);
-                // A domain whose files could not be read is missing: the collector failed.
-                match (r, found.errors.is_empty()) {
-                    (r, true) => r,
-                    (Ok(()), false) => Err(found.errors.join("; ")),
-                    (Err(e), false) => Err(format!("{}; {e}", found.errors.join("; "))),
+                VmSourceMode::Qemu => &QemuSource,
+                VmSourceMode::Pve | VmSourceMode::Auto => {
+                    pve_source = PveSource { host: &self.host, config: pve.as_ref() };
+                    &pve_source
                 }
-            });
-            // NICs and disks from each VM's QEMU monitor, within --qm-terminal-timeout. The
-            // exchange mostly waits for the QEMU processes to answer, so it runs on a thread of
-            // its own while the collectors below read /proc and the eBPF maps.
-            let at = runs.len();
-            let fetch = self.spawn_fetch(&vms);
-            // vCPU schedstat (both modes; before eBPF, which asks the same thread cache) and
-            // KVM debugfs stats.
-            self.timed(&mut runs, "vcpu", || vcpu::collect(&self.vcpu_threads, &vms, &mut out));
-            if let Some(d) = &self.kvm_debugfs {
-                let mut d = d.lock().unwrap_or_else(|p| p.into_inner());
-                self.timed(&mut runs, "kvm_debugfs", || d.collect(&vms, &mut out));
+            };
+            let mut scanner = self.scanner.lock().unwrap_or_else(|p| p.into_inner());
+            let found = vm::discover(&self.host, &mut scanner, source).map_err(|e| format!("listing /proc: {e}"))?;
+            drop(scanner);
+            for (pid, why) in &found.skipped {
+                log::debug!("pid {pid}: not reported: {why}");
             }
-            let mut st = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(counters) = st.counters.as_mut() {
-                // vCPU threads of the VMs, for the run-queue program (as the vcpu collector
-                // listed and checked them just now).
-                let vcpus: Vec<(u32, u32)> = vms
-                    .iter()
-                    .flat_map(|vm| {
-                        self.vcpu_threads.listed(vm.pid).unwrap_or_default().into_iter().map(move |t| (vm.pid, t.tid))
-                    })
-                    .collect();
-                self.timed(&mut runs, "ebpf", || ebpf_maps::collect(&self.host, counters, &vms, &vcpus, &mut out));
+            vms = found.vms;
+            let mut held = self.process_files.lock().unwrap_or_else(|p| p.into_inner());
+            let r = kvm::collect(&self.host, files, &mut held, &mut vms, out);
+            // A domain whose files could not be read is missing: the collector failed.
+            match (r, found.errors.is_empty()) {
+                (r, true) => r,
+                (Ok(()), false) => Err(found.errors.join("; ")),
+                (Err(e), false) => Err(format!("{}; {e}", found.errors.join("; "))),
             }
-            drop(st);
-            let (elapsed, result, devices) = fetch.join();
-            // Reported where they always were: qm, nic and disk after kvm.
-            let mut monitor_runs = Vec::new();
-            self.record(&mut monitor_runs, "qm", elapsed, result);
-            self.timed(&mut monitor_runs, "nic", || nicdisk::collect_nics(&self.host, &devices, &mut out));
-            self.timed(&mut monitor_runs, "disk", || nicdisk::collect_disks(&self.host, &devices, &mut out));
-            runs.splice(at..at, monitor_runs);
+        });
+        // NICs and disks from each VM's QEMU monitor, within --qm-terminal-timeout and the
+        // deadline. The exchange mostly waits for the QEMU processes to answer, so it runs on a
+        // thread of its own while the collectors below read /proc and the eBPF maps.
+        let at = runs.len();
+        let fetch = self.spawn_fetch(&vms, deadline);
+        // vCPU schedstat (both modes; before eBPF, which asks the same thread cache) and
+        // KVM debugfs stats.
+        self.timed(runs, "vcpu", || vcpu::collect(&self.vcpu_threads, &vms, out));
+        if let Some(d) = &self.kvm_debugfs {
+            let mut d = d.lock().unwrap_or_else(|p| p.into_inner());
+            self.timed(runs, "kvm_debugfs", || d.collect(&vms, out));
         }
-
-        if self.config.collect_storage {
-            storage::collect(self, &mut runs, &mut out);
+        let mut st = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(counters) = st.counters.as_mut() {
+            // vCPU threads of the VMs, for the run-queue program (as the vcpu collector
+            // listed and checked them just now).
+            let vcpus: Vec<(u32, u32)> = vms
+                .iter()
+                .flat_map(|vm| {
+                    self.vcpu_threads.listed(vm.pid).unwrap_or_default().into_iter().map(move |t| (vm.pid, t.tid))
+                })
+                .collect();
+            self.timed(runs, "ebpf", || ebpf_maps::collect(&self.host, counters, &vms, &vcpus, out));
         }
-        pve::collect(self, &files, &mut runs, &mut out);
-
-        let st = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
-        selfmetrics::collect(&st, &runs, start.elapsed(), &mut out);
-        out
+        drop(st);
+        let (elapsed, result, devices) = fetch.join(deadline);
+        // Reported where they always were: qm, nic and disk after kvm.
+        let mut monitor_runs = Vec::new();
+        self.record(&mut monitor_runs, "qm", elapsed, result);
+        self.timed(&mut monitor_runs, "nic", || nicdisk::collect_nics(&self.host, &devices, out));
+        self.timed(&mut monitor_runs, "disk", || nicdisk::collect_disks(&self.host, &self.disk_sizes, &devices, out));
+        runs.splice(at..at, monitor_runs);
     }
 }
 
@@ -233,9 +499,14 @@ fn run_timed(f: impl FnOnce() -> Result<(), String>) -> (Duration, Result<(), St
 }
 
 /// The `qm` collector: every VM's monitor, timed.
-fn fetch_devices(monitor: &crate::sources::monitor::Monitor, host: &HostRoot, vms: &[Vm]) -> FetchResult {
+fn fetch_devices(
+    monitor: &crate::sources::monitor::Monitor,
+    host: &HostRoot,
+    vms: &[Vm],
+    deadline: Deadline,
+) -> FetchResult {
     let mut devices = Vec::new();
-    let (d, r) = run_timed(|| nicdisk::fetch(monitor, host, vms, &mut devices));
+    let (d, r) = run_timed(|| nicdisk::fetch(monitor, host, vms, deadline, &mut devices));
     (d, r, devices)
 }
 
@@ -243,39 +514,45 @@ type FetchResult = (Duration, Result<(), String>, Vec<VmDevices>);
 
 /// The monitor exchange of one collection, running on the fetch worker (or done already).
 enum Fetch {
-    Running(std::sync::mpsc::Receiver<FetchResult>),
+    Running(mpsc::Receiver<FetchResult>),
     Done(FetchResult),
 }
 
 impl Fetch {
-    fn join(self) -> FetchResult {
+    fn join(self, deadline: Deadline) -> FetchResult {
         match self {
-            // The job sends exactly once; no answer means it panicked outside `run_timed`.
-            Fetch::Running(rx) => rx.recv().unwrap_or_else(|_| {
-                (Duration::ZERO, Err("the monitor thread ended without an answer".into()), Vec::new())
+            // The exchange ends by the deadline itself; this wait is the guarantee that the
+            // collection does not wait past it even so.
+            Fetch::Running(rx) => rx.recv_timeout(deadline.left() + Duration::from_millis(50)).unwrap_or_else(|e| {
+                let why = match e {
+                    mpsc::RecvTimeoutError::Timeout => "the monitor exchange did not end by the scrape's deadline",
+                    mpsc::RecvTimeoutError::Disconnected => "the monitor thread ended without an answer",
+                };
+                (Duration::ZERO, Err(why.into()), Vec::new())
             }),
             Fetch::Done(r) => r,
         }
     }
 }
 
-impl Engine {
+impl EngineState {
     /// Start the monitor exchange of `vms` (the `qm` collector) on the fetch worker; inline when
     /// there is no monitor to ask (`--qm-mode off`: nothing to wait for) or no thread can be started.
-    fn spawn_fetch(&self, vms: &[Vm]) -> Fetch {
+    fn spawn_fetch(&self, vms: &[Vm], deadline: Deadline) -> Fetch {
         if self.config.qm_mode == crate::config::QmMode::Off {
-            return Fetch::Done(fetch_devices(&self.monitor, &self.host, vms));
+            return Fetch::Done(fetch_devices(&self.monitor, &self.host, vms, deadline));
         }
         let (monitor, host, owned) = (self.monitor.clone(), self.host.clone(), vms.to_vec());
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let (tx, rx) = mpsc::sync_channel(1);
         let job = Box::new(move || {
-            let _ = tx.send(fetch_devices(&monitor, &host, &owned));
+            let _d = deadline::enter(deadline);
+            let _ = tx.send(fetch_devices(&monitor, &host, &owned, deadline));
         });
         match self.fetch_worker.run("qm-fetch", job) {
             Ok(()) => Fetch::Running(rx),
             Err(e) => {
                 log::warn!("cannot start the monitor thread ({e}): asking the monitors inline");
-                Fetch::Done(fetch_devices(&self.monitor, &self.host, vms))
+                Fetch::Done(fetch_devices(&self.monitor, &self.host, vms, deadline))
             }
         }
     }
@@ -287,14 +564,23 @@ impl Engine {
 
     /// Note a collector's run, logging when it starts or stops failing.
     fn record(&self, runs: &mut Vec<CollectorRun>, name: &'static str, duration: Duration, r: Result<(), String>) {
-        let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
         match &r {
-            Err(e) if failing.insert(name) => log::warn!("collector {name} failed: {e}"),
-            Err(e) => log::debug!("collector {name} still failing: {e}"),
-            Ok(()) if failing.remove(name) => log::info!("collector {name} works again"),
-            Ok(()) => {}
+            Err(e) => self.note_failure(name, e),
+            Ok(()) => {
+                if self.failing.lock().unwrap_or_else(|p| p.into_inner()).remove(name) {
+                    log::info!("collector {name} works again");
+                }
+            }
         }
-        runs.push(CollectorRun { name, duration, success: r.is_ok() });
+        runs.push(CollectorRun { name, duration, success: r.is_ok(), age: Duration::ZERO });
+    }
+
+    fn note_failure(&self, name: &'static str, e: &str) {
+        if self.failing.lock().unwrap_or_else(|p| p.into_inner()).insert(name) {
+            log::warn!("collector {name} failed: {e}");
+        } else {
+            log::debug!("collector {name} still failing: {e}");
+        }
     }
 }
 
@@ -303,7 +589,7 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// Shared handle.
-pub type SharedEngine = Arc<Engine>;
+pub type SharedEngine = Engine;
 
 #[cfg(test)]
 mod tests {

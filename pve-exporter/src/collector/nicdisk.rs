@@ -2,29 +2,43 @@
 //! collector), tap counters from netlink or /sys (`nic`), sizes from QEMU or the host (`disk`).
 
 use std::{
-    collections::HashSet,
-    sync::atomic::{AtomicBool, Ordering},
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use crate::{
     catalog::*,
-    host::{HostRoot, is_gone},
+    deadline::Deadline,
+    host::{BlockingGate, HostRoot, is_gone},
     metrics::{LabelValue, MetricSet},
     sources::{
         hmp::{self, BlockStats},
         monitor::{Monitor, VmDevices},
-        netlink, sysfs,
+        netlink,
+        statvfs::{self, MountTable},
+        sysfs,
     },
     vm::Vm,
 };
 
 /// Ask every VM's monitor. Err when some VM's monitor failed (its NIC and disk series are then
 /// missing or come from the cache only).
-pub fn fetch(monitor: &Monitor, host: &HostRoot, vms: &[Vm], out: &mut Vec<VmDevices>) -> Result<(), String> {
+pub fn fetch(
+    monitor: &Monitor,
+    host: &HostRoot,
+    vms: &[Vm],
+    deadline: Deadline,
+    out: &mut Vec<VmDevices>,
+) -> Result<(), String> {
     // Only PVE VMs have a monitor to ask: libvirt holds its domains' monitors itself, and
     // plain QEMU has none we know of. Their devices come from the XML or command line.
     let pve: Vec<Vm> = vms.iter().filter(|v| v.source == crate::vm::PVE).cloned().collect();
-    *out = monitor.fetch_all(host, &pve);
+    *out = monitor.fetch_all(host, &pve, deadline);
     out.extend(vms.iter().filter_map(|v| {
         let x = v.extra.as_ref()?;
         Some(VmDevices {
@@ -139,9 +153,99 @@ fn exported(d: &hmp::Drive) -> bool {
     d.path.is_some() && !d.name.contains("efidisk")
 }
 
+/// Disk sizes read from the host (qcow2 headers, file lengths, device sizes) where QEMU does
+/// not tell them. The images may sit on NFS, CIFS or a hung iSCSI device: every read runs on
+/// a timed gate of the image's mount (`--storage-timeout`, capped by the scrape's deadline),
+/// so a hung mount costs its own disks' sizes, pins one thread, and backs off.
+pub struct DiskSizes {
+    limit: Duration,
+    gates: Mutex<HashMap<PathBuf, BlockingGate>>,
+}
+
+type SizeJob = (String, String); // (host path, format)
+
+impl DiskSizes {
+    pub fn new(limit: Duration) -> Self {
+        Self { limit, gates: Mutex::default() }
+    }
+
+    /// The sizes of `wanted`, each read on its mount's gate; all mounts at once, each waited
+    /// for until one deadline.
+    fn read(&self, host: &HostRoot, wanted: Vec<SizeJob>) -> HashMap<SizeJob, Result<u64, String>> {
+        let mut out = HashMap::new();
+        if wanted.is_empty() {
+            return out;
+        }
+        let mounts = host.read_to_string("proc/self/mountinfo").map(|t| MountTable::new(&statvfs::parse_mountinfo(&t)));
+        // (mount, its disks)
+        let mut by_mount: Vec<(PathBuf, Vec<SizeJob>)> = Vec::new();
+        for job in wanted {
+            let full = host.path(&job.0);
+            let mount = mounts.as_ref().ok().and_then(|m| m.mount_of(&full)).unwrap_or_else(|| PathBuf::from("/"));
+            match by_mount.iter_mut().find(|(m, _)| *m == mount) {
+                Some((_, jobs)) => jobs.push(job),
+                None => by_mount.push((mount, vec![job])),
+            }
+        }
+        let gates: Vec<BlockingGate> = {
+            let mut map = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+            // Gates of mounts no VM disk is on any more go (a hung one stays while its call runs).
+            map.retain(|m, g| g.busy() || by_mount.iter().any(|(x, _)| x == m));
+            by_mount.iter().map(|(m, _)| map.entry(m.clone()).or_default().clone()).collect()
+        };
+        let deadline = Instant::now() + crate::deadline::cap(self.limit);
+        let pending: Vec<_> = by_mount
+            .iter()
+            .zip(&gates)
+            .map(|((_, jobs), gate)| {
+                let (host, jobs) = (host.clone(), jobs.clone());
+                gate.start("disk-size", self.limit, move || {
+                    jobs.iter()
+                        .map(|(p, f)| sysfs::disk_size(&host, p, f).map_err(|e| e.to_string()))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for ((mount, jobs), rx) in by_mount.into_iter().zip(pending) {
+            let answers: Result<Vec<Result<u64, String>>, String> = rx.map_err(|e| e.to_string()).and_then(|rx| {
+                let left = deadline.saturating_duration_since(Instant::now());
+                rx.recv_timeout(left).map_err(|_| {
+                    format!("{}: no answer within {:?}", mount.display(), self.limit.min(left.max(Duration::ZERO)))
+                })
+            });
+            match answers {
+                Ok(v) => out.extend(jobs.into_iter().zip(v)),
+                Err(e) => out.extend(jobs.into_iter().map(|j| (j, Err(e.clone())))),
+            }
+        }
+        out
+    }
+}
+
 /// Disk families: info from `info block`, size from QEMU (QMP) or the host, I/O counters.
-pub fn collect_disks(host: &HostRoot, devices: &[VmDevices], out: &mut MetricSet) -> Result<(), String> {
+pub fn collect_disks(
+    host: &HostRoot,
+    sizes: &DiskSizes,
+    devices: &[VmDevices],
+    out: &mut MetricSet,
+) -> Result<(), String> {
     let mut errors = Vec::new();
+    // Sizes QEMU did not tell, read from the host first, all at once.
+    let mut wanted: Vec<SizeJob> = Vec::new();
+    for d in devices {
+        for drive in d.drives.iter().flatten().filter(|x| exported(x)) {
+            let path = drive.path.as_deref().unwrap_or("");
+            let told = d.sizes.as_ref().is_some_and(|s| s.iter().any(|(n, _)| *n == drive.name));
+            // librbd and other network storage have no host path to measure.
+            if !told && path.starts_with('/') {
+                let job = (path.to_string(), drive.format.clone());
+                if !wanted.contains(&job) {
+                    wanted.push(job);
+                }
+            }
+        }
+    }
+    let host_sizes = sizes.read(host, wanted);
     for d in devices {
         let Some(drives) = &d.drives else { continue };
         let id = shared(&d.id);
@@ -181,11 +285,10 @@ pub fn collect_disks(host: &HostRoot, devices: &[VmDevices], out: &mut MetricSet
             let qemu_size = d.sizes.as_ref().and_then(|s| s.iter().find(|(n, _)| *n == drive.name).map(|(_, v)| *v));
             let size = match qemu_size {
                 Some(v) => Some(v),
-                // librbd and other network storage have no host path to measure.
-                None if !path.starts_with('/') => None,
-                None => match sysfs::disk_size(host, path, &drive.format) {
-                    Ok(v) => Some(v),
-                    Err(e) => {
+                None => match host_sizes.get(&(path.to_string(), drive.format.clone())) {
+                    None => None,
+                    Some(Ok(v)) => Some(*v),
+                    Some(Err(e)) => {
                         errors.push(format!("VM {}: {disk_name}: size: {e}", d.id));
                         None
                     }
@@ -254,11 +357,12 @@ mod tests {
             stats: Some(crate::sources::qmp::blockstats_rows(&q["return"].to_string())),
             sizes: Some(crate::sources::qmp::virtual_sizes(&b["return"].to_string())),
             errors: vec![],
+            stalled: false,
         };
         let dir = tempfile::tempdir().unwrap();
         let host = HostRoot::new(dir.path());
         let mut out = MetricSet::new("pve");
-        collect_disks(&host, std::slice::from_ref(&dev), &mut out).unwrap();
+        collect_disks(&host, &DiskSizes::new(Duration::from_secs(5)), std::slice::from_ref(&dev), &mut out).unwrap();
         let info = out.get("pve_kvm_disk_info").unwrap();
         // Every drive with a medium: not the empty CD-ROM.
         let names: Vec<&str> = info.samples.iter().map(|s| s.labels[1].1.as_str()).collect();
@@ -319,7 +423,7 @@ mod tests {
             ..VmDevices::default()
         };
         let mut out = MetricSet::new("pve");
-        let e = collect_disks(&host, &[dev], &mut out).unwrap_err();
+        let e = collect_disks(&host, &DiskSizes::new(Duration::from_secs(5)), &[dev], &mut out).unwrap_err();
         assert!(e.contains("scsi1: size") && !e.contains("scsi2"), "{e}");
         let size = out.get("pve_kvm_disk_size_bytes").unwrap();
         assert_eq!(size.samples.len(), 1);

@@ -35,5 +35,9 @@ pub fn collect(ebpf: &EbpfStatus, runs: &[CollectorRun], elapsed: Duration, out:
     for r in runs {
         f.push([("collector", r.name.to_string())], r.success);
     }
+    let f = out.family(&COLLECTOR_DATA_AGE);
+    for r in runs {
+        f.push([("collector", r.name.to_string())], r.age.as_secs_f64());
+    }
     out.family(&SCRAPE_DURATION).push(NO_LABELS, elapsed.as_secs_f64());
 }

@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{CollectorRun, Engine};
+use super::{CollectorRun, EngineState};
 use crate::{
     catalog::*,
     config::Config,
@@ -112,7 +112,7 @@ impl Plan {
 
 /// Run the storage collectors (`storage`, then `storage_zfs` / `storage_lvm` when needed) and
 /// add their families.
-pub(super) fn collect(e: &Engine, runs: &mut Vec<CollectorRun>, out: &mut MetricSet) {
+pub(super) fn collect(e: &EngineState, runs: &mut Vec<CollectorRun>, out: &mut MetricSet) {
     let st = &e.storage;
     let mut plan: Option<Plan> = None;
     e.timed(runs, "storage", || {
@@ -187,13 +187,13 @@ fn size_by_statvfs(st: &StorageState, host: &HostRoot, plan: &mut Plan) -> Resul
     // Every path asked at once on its own gate's worker, each answer waited for until one
     // deadline: a hung mount costs the timeout once, not once per path.
     let timeout = st.timeout;
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now() + crate::deadline::cap(timeout);
     let pending: Vec<_> = paths
         .iter()
         .zip(&gates)
         .map(|(full, gate)| {
             let target = full.clone();
-            gate.start("statvfs", move || statvfs::statvfs(&target))
+            gate.start("statvfs", timeout, move || statvfs::statvfs(&target))
         })
         .collect();
     let results: Vec<Result<Usage, String>> = pending

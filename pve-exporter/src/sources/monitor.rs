@@ -32,6 +32,7 @@ use std::{
 
 use crate::{
     config::{Config, QmMode},
+    deadline::{Backoff, Deadline, Verdict},
     host::HostRoot,
     sources::{
         hmp::{self, BlockStats, Drive, Nic},
@@ -198,6 +199,9 @@ pub struct VmDevices {
     /// Virtual sizes by drive name (QMP only).
     pub sizes: Option<Vec<(String, u64)>>,
     pub errors: Vec<String>,
+    /// The monitor did not answer in time (as a stopped QEMU, or one whose main loop hangs on
+    /// storage): the VM goes under back-off.
+    pub stalled: bool,
 }
 
 struct Entry {
@@ -270,6 +274,16 @@ fn acquire_many(slots: &Arc<Slots>, want: usize, deadline: Instant) -> Option<Ve
     Some(std::iter::once(first).chain((0..more).map(|_| Slot(slots.clone()))).collect())
 }
 
+/// A slot if one is free now.
+fn try_acquire(slots: &Arc<Slots>) -> Option<Slot> {
+    let mut free = slots.free.lock().unwrap_or_else(|p| p.into_inner());
+    if *free == 0 {
+        return None;
+    }
+    *free -= 1;
+    Some(Slot(slots.clone()))
+}
+
 fn acquire(slots: &Arc<Slots>, deadline: Instant) -> Option<Slot> {
     let mut free = slots.free.lock().unwrap_or_else(|p| p.into_inner());
     while *free == 0 {
@@ -298,6 +312,9 @@ struct Inner {
     cache: Mutex<Cache>,
     busy: Mutex<HashMap<String, Arc<AtomicBool>>>,
     slots: Arc<Slots>,
+    /// VMs whose monitor timed out, by vmid (with the pid it was): not waited on by scrapes
+    /// until a try in the background answers.
+    stuck: Mutex<HashMap<String, (u32, Backoff)>>,
 }
 
 /// Monitor access with its cache and limits, shared by all scrapes.
@@ -320,7 +337,16 @@ impl Monitor {
     pub fn with_opener(opts: MonitorOptions, opener: Box<dyn Opener>) -> Self {
         let cache = Cache { entries: HashMap::new(), max_ttl: opts.max_ttl, rand: opts.rand, seq: 0 };
         let slots = Arc::new(Slots { free: Mutex::new(opts.max_concurrent.max(1)), cv: Condvar::new() });
-        Self { inner: Arc::new(Inner { opts, opener, cache: Mutex::new(cache), busy: Mutex::default(), slots }) }
+        Self {
+            inner: Arc::new(Inner {
+                opts,
+                opener,
+                cache: Mutex::new(cache),
+                busy: Mutex::default(),
+                slots,
+                stuck: Mutex::default(),
+            }),
+        }
     }
 
     /// How `vm`'s monitor is reached; None in auto mode when there is no way (no QMP socket,
@@ -338,16 +364,21 @@ impl Monitor {
         }
     }
 
-    /// Ask every VM's monitor, at most `--qm-max-concurrent` at once, within the time budget.
-    /// One entry per VM, in the order of `vms`.
+    /// Ask every VM's monitor, at most `--qm-max-concurrent` at once, within the time budget
+    /// (`--qm-terminal-timeout` and the scrape's `deadline`, whichever comes first). One entry
+    /// per VM, in the order of `vms`.
     ///
     /// VMs reached over QMP whose topology is cached (the warm case: most VMs on most scrapes)
     /// need only their counters and sizes: they are asked all at once from this thread
     /// ([`qmp::exchange_many`]). The others get a session on a thread of their own.
-    pub fn fetch_all(&self, host: &HostRoot, vms: &[Vm]) -> Vec<VmDevices> {
+    ///
+    /// A VM whose monitor did not answer in time is stuck ([`Backoff`]): the following scrapes
+    /// report it from the cache alone without asking; when a try is due, a session with it runs
+    /// in the background (not waited on), and the VM rejoins once that answers.
+    pub fn fetch_all(&self, host: &HostRoot, vms: &[Vm], deadline: Deadline) -> Vec<VmDevices> {
         let inner = &self.inner;
         self.forget_others(vms);
-        let deadline = Instant::now() + inner.opts.step_timeout + GRACE;
+        let deadline = deadline.cap_instant(inner.opts.step_timeout + GRACE);
         let mut results: Vec<Option<VmDevices>> = vec![None; vms.len()];
         let mut why_not: Vec<Option<String>> = vec![None; vms.len()];
         let mut access: Vec<Option<Access>> = vms.iter().map(|vm| self.access(host, vm)).collect();
@@ -355,6 +386,8 @@ impl Monitor {
             if access[i].is_none() {
                 log::debug!("VM {}: no QMP socket and no qm: no monitor", vm.id);
                 results[i] = Some(VmDevices { id: vm.id.clone(), ..VmDevices::default() });
+            } else if let Some(why) = self.skip_stuck(host, vm, &mut access[i]) {
+                results[i] = Some(cached_only(inner, host, vm, why));
             }
         }
         if inner.opener.pipelined() {
@@ -388,6 +421,7 @@ impl Monitor {
             }
         }
         drop(tx);
+        let mut late = vec![false; vms.len()];
         while pending > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
@@ -398,16 +432,101 @@ impl Monitor {
                 Err(_) => break,
             }
         }
-        vms.iter()
+        for (i, r) in results.iter().enumerate() {
+            // Asked and no answer by the deadline: its session is still running.
+            late[i] = r.is_none() && why_not[i].is_none();
+        }
+        let out: Vec<VmDevices> = vms
+            .iter()
             .zip(results)
             .zip(why_not)
-            .map(|((vm, r), why)| {
+            .zip(&late)
+            .map(|(((vm, r), why), late)| {
                 r.unwrap_or_else(|| {
-                    let why = why.unwrap_or_else(|| format!("no answer within {:?}", inner.opts.step_timeout + GRACE));
-                    cached_only(inner, host, vm, why)
+                    let why = why.unwrap_or_else(|| "no answer before the scrape's monitor deadline".to_string());
+                    let mut d = cached_only(inner, host, vm, why);
+                    d.stalled = *late;
+                    d
                 })
             })
-            .collect()
+            .collect();
+        self.note_stalls(vms, &out);
+        out
+    }
+
+    /// Whether `vm` is stuck and not to be asked in this scrape (why, for its errors). A try
+    /// that is due starts in the background here.
+    fn skip_stuck(&self, host: &HostRoot, vm: &Vm, access: &mut Option<Access>) -> Option<String> {
+        let now = Instant::now();
+        let mut stuck = self.inner.stuck.lock().unwrap_or_else(|p| p.into_inner());
+        let (pid, backoff) = stuck.get_mut(&vm.id)?;
+        if *pid != vm.pid {
+            // Another process now: a new start is not stuck.
+            stuck.remove(&vm.id);
+            return None;
+        }
+        let why = format!("monitor {}", backoff.describe(now));
+        match backoff.verdict(now) {
+            Verdict::Go => return None,
+            Verdict::Wait(_) => {}
+            Verdict::Retry => {
+                backoff.trying(now, self.inner.opts.step_timeout * 4);
+                drop(stuck);
+                self.try_in_background(host, vm, access.clone());
+            }
+        }
+        *access = None;
+        Some(why)
+    }
+
+    /// A session with a stuck VM on a thread of its own, not waited on: it rejoins when the
+    /// session answers (its topology is cached then), else it backs off further.
+    fn try_in_background(&self, host: &HostRoot, vm: &Vm, access: Option<Access>) {
+        let Some(access) = access else { return };
+        let Some(busy) = self.claim(&vm.id) else { return };
+        let Some(slot) = try_acquire(&self.inner.slots) else {
+            // No slot free: the next scrape tries.
+            let mut stuck = self.inner.stuck.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((_, b)) = stuck.get_mut(&vm.id) {
+                b.failed(Instant::now());
+            }
+            return;
+        };
+        let name = format!("qm-try-{}", vm.id);
+        let (me, host, vm) = (self.clone(), host.clone(), vm.clone());
+        let spawned = thread::Builder::new().name(name).spawn(move || {
+            let r = fetch_vm(&me.inner, &host, &vm, &access);
+            drop((slot, busy));
+            log::debug!(
+                "VM {}: monitor try in the background: {}",
+                vm.id,
+                if r.stalled { "still stuck" } else { "answered" }
+            );
+            me.note_stalls(std::slice::from_ref(&vm), std::slice::from_ref(&r));
+        });
+        if let Err(e) = spawned {
+            log::warn!("cannot start a thread to try a stuck monitor: {e}");
+        }
+    }
+
+    /// Back-off after this round: stalled VMs fail (again), the others that answered rejoin.
+    fn note_stalls(&self, vms: &[Vm], out: &[VmDevices]) {
+        let now = Instant::now();
+        let mut stuck = self.inner.stuck.lock().unwrap_or_else(|p| p.into_inner());
+        for (vm, d) in vms.iter().zip(out) {
+            if d.stalled {
+                let e = stuck.entry(vm.id.clone()).or_insert((vm.pid, Backoff::default()));
+                if e.0 != vm.pid {
+                    *e = (vm.pid, Backoff::default());
+                }
+                if e.1.failures() == 0 {
+                    log::warn!("VM {}: its monitor did not answer in time: not waited on until it does", vm.id);
+                }
+                e.1.failed(now);
+            } else if d.errors.is_empty() && stuck.remove(&vm.id).is_some() {
+                log::info!("VM {}: its monitor answers again", vm.id);
+            }
+        }
     }
 
     /// Mark `vmid`'s monitor busy; None when an earlier exchange with it is still running.
@@ -476,7 +595,10 @@ impl Monitor {
             let vm = &vms[i];
             let mut out = VmDevices { id: vm.id.clone(), nics: Some(nics), ..VmDevices::default() };
             match r.unwrap_or_else(|| Err(io::Error::other("no result"))) {
-                Err(e) => out.errors.push(format!("blockstats: QMP {}: {e}", path.display())),
+                Err(e) => {
+                    out.stalled = e.kind() == io::ErrorKind::TimedOut;
+                    out.errors.push(format!("blockstats: QMP {}: {e}", path.display()));
+                }
                 Ok((stats, sizes)) => {
                     match stats {
                         Some(Ok(rows)) => match hmp::assign_blockstats(rows, &drives) {
@@ -508,6 +630,7 @@ impl Monitor {
         let mut cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
         cache.entries.retain(|(id, _), _| ids.contains(id.as_str()));
         drop(cache);
+        self.inner.stuck.lock().unwrap_or_else(|p| p.into_inner()).retain(|id, _| ids.contains(id.as_str()));
         let mut busy = self.inner.busy.lock().unwrap_or_else(|p| p.into_inner());
         // A flag still set belongs to an exchange in flight: keep it, so no second one starts.
         busy.retain(|id, f| ids.contains(id.as_str()) || f.load(Ordering::Acquire));
@@ -552,6 +675,8 @@ struct Lazy<'a> {
     vmid: &'a str,
     session: Option<Box<dyn Session>>,
     failed: bool,
+    /// A step ran out of time.
+    timed_out: bool,
 }
 
 impl Lazy<'_> {
@@ -565,6 +690,7 @@ impl Lazy<'_> {
                 Ok(s) => self.session.insert(s),
                 Err(e) => {
                     self.failed = true;
+                    self.timed_out |= e.kind() == io::ErrorKind::TimedOut;
                     return Err(Some(match self.access {
                         Access::Qmp(p) => format!("QMP {}: {e}", p.display()),
                         Access::Qm => format!("qm monitor: {e}"),
@@ -574,6 +700,7 @@ impl Lazy<'_> {
         };
         let r = f(s.as_mut());
         self.failed = r.is_err() && s.broken();
+        self.timed_out |= r.as_ref().is_err_and(|e| e.kind() == io::ErrorKind::TimedOut);
         r.map_err(|e| Some(e.to_string()))
     }
 }
@@ -603,7 +730,7 @@ fn read_block(inner: &Inner, vm: &Vm, s: &mut Lazy<'_>, errors: &mut Vec<String>
 /// One VM's exchange (on a worker thread).
 fn fetch_vm(inner: &Inner, host: &HostRoot, vm: &Vm, access: &Access) -> VmDevices {
     let mut out = VmDevices { id: vm.id.clone(), ..VmDevices::default() };
-    let mut s = Lazy { inner, access, vmid: &vm.id, session: None, failed: false };
+    let mut s = Lazy { inner, access, vmid: &vm.id, session: None, failed: false, timed_out: false };
 
     out.nics = cached_network(inner, vm).or_else(|| match s.with(|s| s.hmp(INFO_NETWORK)) {
         Ok(t) => {
@@ -645,6 +772,7 @@ fn fetch_vm(inner: &Inner, host: &HostRoot, vm: &Vm, access: &Access) -> VmDevic
         Ok(sizes) => out.sizes = sizes,
         Err(e) => note(&mut out.errors, "query-block", e),
     }
+    out.stalled = s.timed_out;
     out
 }
 
@@ -704,6 +832,10 @@ mod tests {
         }
     }
 
+    fn far() -> Deadline {
+        Deadline::after(Duration::from_secs(3600))
+    }
+
     fn opts(ttl: Duration) -> MonitorOptions {
         MonitorOptions {
             mode: QmMode::Qm,
@@ -736,38 +868,38 @@ mod tests {
         *fake.block.lock().unwrap() = "drive-scsi0: json:{\"driver\":\"throttle\",\"file\":{\"driver\":\"raw\",\"file\":{\"driver\":\"host_device\",\"filename\":\"/dev/pve/vm-1-disk-0\"}}} (throttle)\n".into();
         let m = Monitor::with_opener(opts(Duration::from_secs(600)), Box::new(FakeOpener(fake.clone())));
 
-        let r = m.fetch_all(&host, &[vm("1", 10)]);
+        let r = m.fetch_all(&host, &[vm("1", 10)], far());
         assert_eq!(take(&fake), ["1 blockstats", "1 info block", "1 info network"]);
         assert!(r[0].errors.is_empty(), "{:?}", r[0].errors);
         assert_eq!(r[0].nics.as_ref().unwrap()[0].ifname, "tap1i0");
         // The unnamed blockstats row is named after the drive at its position.
         assert_eq!(r[0].stats.as_ref().unwrap()[0].0, "drive-scsi0");
 
-        m.fetch_all(&host, &[vm("1", 10)]);
+        m.fetch_all(&host, &[vm("1", 10)], far());
         assert_eq!(take(&fake), ["1 blockstats"], "topology from the cache");
 
         // The disk moved: its /dev link is gone.
         std::fs::remove_file(dir.path().join("dev/pve/vm-1-disk-0")).unwrap();
-        m.fetch_all(&host, &[vm("1", 10)]);
+        m.fetch_all(&host, &[vm("1", 10)], far());
         assert_eq!(take(&fake), ["1 blockstats", "1 info block"]);
 
         // Restarted VM: new pid.
-        m.fetch_all(&host, &[vm("1", 11)]);
+        m.fetch_all(&host, &[vm("1", 11)], far());
         assert_eq!(take(&fake), ["1 blockstats", "1 info block", "1 info network"]);
 
         // Hotplug: blockstats no longer match the cached drives -> info block again, same session.
         std::fs::write(dir.path().join("dev/pve/vm-1-disk-0"), "").unwrap();
-        m.fetch_all(&host, &[vm("1", 11)]);
+        m.fetch_all(&host, &[vm("1", 11)], far());
         take(&fake);
         *fake.block.lock().unwrap() = "drive-scsi0: /a (raw)\ndrive-scsi1: /b (raw)\n".into();
-        let r = m.fetch_all(&host, &[vm("1", 11)]);
+        let r = m.fetch_all(&host, &[vm("1", 11)], far());
         assert_eq!(take(&fake), ["1 blockstats", "1 info block"]);
         assert!(r[0].errors.is_empty(), "{:?}", r[0].errors);
         let names: Vec<&str> = r[0].stats.as_ref().unwrap().iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["drive-scsi0", "drive-scsi1"]);
 
         // A VM that is gone leaves the cache.
-        m.fetch_all(&host, &[]);
+        m.fetch_all(&host, &[], far());
         assert!(m.inner.cache.lock().unwrap().entries.is_empty());
     }
 
@@ -795,9 +927,9 @@ mod tests {
         let host = HostRoot::new("/nonexistent");
         let fake = Arc::new(Fake::default());
         let m = Monitor::with_opener(opts(Duration::ZERO), Box::new(FakeOpener(fake.clone())));
-        m.fetch_all(&host, &[vm("1", 10)]);
+        m.fetch_all(&host, &[vm("1", 10)], far());
         take(&fake);
-        m.fetch_all(&host, &[vm("1", 10)]);
+        m.fetch_all(&host, &[vm("1", 10)], far());
         assert_eq!(take(&fake), ["1 blockstats", "1 info block", "1 info network"]);
         // Jitter is drawn within its range and differs between entries.
         let j: HashSet<Duration> = (0..20).map(|i| jitter(Duration::from_secs(60), i)).collect();
@@ -814,15 +946,46 @@ mod tests {
         let m = Monitor::with_opener(opts(Duration::from_secs(600)), Box::new(FakeOpener(fake.clone())));
         let vms = [vm("1", 10), vm("2", 20), vm("3", 30)];
         // Returns although VM 2 never answers (it would block for a minute).
-        let r = m.fetch_all(&host, &vms);
+        let r = m.fetch_all(&host, &vms, far());
         assert!(r[0].errors.is_empty() && r[2].errors.is_empty());
         assert!(r[0].nics.is_some() && r[2].nics.is_some());
         assert_eq!(r[1].errors.len(), 1);
         assert!(r[1].nics.is_none());
-        // Still hung: not asked again, fails at once.
-        let r = m.fetch_all(&host, &vms);
-        assert_eq!(r[1].errors, ["an earlier monitor exchange has not returned yet"]);
+        assert!(r[1].stalled);
+        // Stuck: not asked again, fails at once.
+        let r = m.fetch_all(&host, &vms, far());
+        assert!(r[1].errors[0].contains("not waited on"), "{:?}", r[1].errors);
         assert!(r[0].errors.is_empty() && r[2].errors.is_empty());
+        // It recovers; when its try is due, the try runs in the background and it rejoins.
+        fake.hang.lock().unwrap().clear();
+        release.send(()).unwrap();
+        thread::sleep(crate::deadline::BACKOFF_FIRST);
+        let r = m.fetch_all(&host, &vms, far());
+        assert!(r[1].errors[0].contains("being tried again"), "{:?}", r[1].errors);
+        for _ in 0..1000 {
+            if m.inner.stuck.lock().unwrap().is_empty() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        let r = m.fetch_all(&host, &vms, far());
+        assert!(r.iter().all(|d| d.errors.is_empty() && d.nics.is_some()), "{r:?}");
+    }
+
+    #[test]
+    fn the_scrape_deadline_bounds_the_wait() {
+        let host = HostRoot::new("/nonexistent");
+        let fake = Arc::new(Fake::default());
+        fake.hang.lock().unwrap().insert("2".into());
+        let (release, rx) = mpsc::channel();
+        *fake.release.lock().unwrap() = Some(rx);
+        let mut o = opts(Duration::from_secs(600));
+        o.step_timeout = Duration::from_secs(3600);
+        let m = Monitor::with_opener(o, Box::new(FakeOpener(fake.clone())));
+        // The step limit is an hour; the deadline ends the wait.
+        let r = m.fetch_all(&host, &[vm("1", 10), vm("2", 20)], Deadline::after(Duration::from_millis(200)));
+        assert!(r[0].errors.is_empty());
+        assert!(r[1].stalled && r[1].errors[0].contains("deadline"), "{:?}", r[1]);
         release.send(()).unwrap();
     }
 }

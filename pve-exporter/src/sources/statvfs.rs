@@ -120,6 +120,12 @@ impl MountTable {
     /// mountinfo lists mount points as the reading process sees them, so below a `--root`
     /// that is a directory of the running system (live tests) the storage path appears with
     /// the root in front; a recorded host tree lists host paths as they are.
+    /// The mount that `path` (absolute, as this process sees it) is on: its nearest ancestor
+    /// that is a mount point, found without touching the file system.
+    pub fn mount_of(&self, path: &Path) -> Option<PathBuf> {
+        normalize(path).ancestors().find(|a| self.points.contains(*a)).map(Path::to_path_buf)
+    }
+
     pub fn is_mount_point(&self, path: &Path, root: &Path) -> bool {
         let p = normalize(path);
         if self.points.contains(&p) {

@@ -27,7 +27,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{CollectorRun, Engine, panic_message};
+use super::{CollectorRun, EngineState, panic_message};
 use crate::{
     catalog::PVE_COLLECTOR_INFO,
     config::{Config, PVE_COLLECTORS, PveScope, PveSource},
@@ -71,7 +71,7 @@ static REGISTRY: [&dyn PveCollector; 4] = [
 struct LocalCtx<'a> {
     host: &'a HostRoot,
     /// Host-wide files shared with the other collectors of this collection.
-    files: &'a ScrapeFiles<'a>,
+    files: &'a ScrapeFiles,
     /// The /etc/pve gate shared with `pve_config` and `storage`.
     pmxcfs: &'a BlockingGate,
     pmxcfs_timeout: Duration,
@@ -275,7 +275,7 @@ fn scope_name(s: PveScope) -> &'static str {
 }
 
 /// Run the PVE collectors of the plan and add their families.
-pub(super) fn collect(e: &Engine, files: &ScrapeFiles, runs: &mut Vec<CollectorRun>, out: &mut MetricSet) {
+pub(super) fn collect(e: &EngineState, files: &ScrapeFiles, runs: &mut Vec<CollectorRun>, out: &mut MetricSet) {
     let st = &e.pve;
     let f = out.family(&PVE_COLLECTOR_INFO);
     for p in &st.plans {
@@ -393,8 +393,11 @@ fn merge(out: &mut MetricSet, part: &MetricSet) {
 /// (None for a job no thread ran, which needs every thread to fail to start).
 fn run_parallel<J: Sync, R: Send>(jobs: &[J], workers: usize, f: impl Fn(&J) -> R + Sync) -> Vec<Option<R>> {
     let next = AtomicUsize::new(0);
+    // The helper threads work for the same collection as this one.
+    let deadline = crate::deadline::current();
     let results: Mutex<Vec<Option<R>>> = Mutex::new(jobs.iter().map(|_| None).collect());
     let work = || {
+        let _d = deadline.map(crate::deadline::enter);
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
             let Some(job) = jobs.get(i) else { break };
