@@ -93,8 +93,9 @@ pub fn call_with_timeout<T: Send + 'static>(
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("{what}: no answer within {timeout:?}")))
 }
 
-/// At most one call in flight per source: while an earlier call is still hung, new calls fail
-/// at once instead of piling up threads. A call that took longer than its limit puts the gate
+/// One thread per source, and no piling up behind a hung call: calls run one after another on
+/// the gate's worker (collectors running side by side queue up), but while a call has run past
+/// its limit (hung), new calls fail at once. A call that took longer than its limit puts the gate
 /// under back-off ([`Backoff`]): the following calls fail at once (they cost their series, not
 /// time) until a try is due, which runs in the background, not waited on; the gate opens again
 /// when a try answers within the limit.
@@ -121,7 +122,10 @@ struct GateInner {
 
 #[derive(Debug, Default)]
 struct GateState {
-    busy: bool,
+    /// Calls handed to the worker and not finished.
+    inflight: usize,
+    /// The call running now: when it started and its limit.
+    running: Option<(Instant, Duration)>,
     backoff: Backoff,
 }
 
@@ -159,12 +163,14 @@ impl Worker {
     }
 }
 
-/// Clears the gate's busy flag when the call ends, also by a panic.
+/// Marks the call finished when it ends, also by a panic.
 struct Idle(Arc<GateInner>);
 
 impl Drop for Idle {
     fn drop(&mut self) {
-        self.0.state.lock().unwrap_or_else(|p| p.into_inner()).busy = false;
+        let mut st = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.inflight = st.inflight.saturating_sub(1);
+        st.running = None;
     }
 }
 
@@ -193,10 +199,12 @@ impl BlockingGate {
     ) -> io::Result<mpsc::Receiver<T>> {
         let now = Instant::now();
         let mut st = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
-        if st.busy {
+        if let Some((started, limit)) = st.running
+            && now.saturating_duration_since(started) > limit
+        {
             return Err(io::Error::new(
                 io::ErrorKind::WouldBlock,
-                format!("{what}: an earlier call has not returned yet"),
+                format!("{what}: an earlier call has not returned yet (for {:.1?})", now - started),
             ));
         }
         let probe = match st.backoff.verdict(now) {
@@ -204,15 +212,20 @@ impl BlockingGate {
             Verdict::Wait(_) => {
                 return Err(io::Error::new(io::ErrorKind::WouldBlock, format!("{what}: {}", st.backoff.describe(now))));
             }
+            // One try at a time.
+            Verdict::Retry if st.inflight > 0 => {
+                return Err(io::Error::new(io::ErrorKind::WouldBlock, format!("{what}: {}", st.backoff.describe(now))));
+            }
             Verdict::Retry => true,
         };
-        st.busy = true;
+        st.inflight += 1;
         let failures = st.backoff.failures();
         drop(st);
         let idle = Idle(self.inner.clone());
         let (tx, rx) = mpsc::sync_channel(1);
         let job: Job = Box::new(move || {
             let t = Instant::now();
+            idle.0.state.lock().unwrap_or_else(|p| p.into_inner()).running = Some((t, limit));
             let r = f();
             let took = t.elapsed();
             {
@@ -237,9 +250,9 @@ impl BlockingGate {
         Ok(rx)
     }
 
-    /// Whether a call is running (hung, when it stays so).
+    /// Whether a call is queued or running (hung, when it stays so).
     pub fn busy(&self) -> bool {
-        self.inner.state.lock().unwrap_or_else(|p| p.into_inner()).busy
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner()).inflight > 0
     }
 }
 
@@ -291,6 +304,8 @@ mod tests {
             let _ = rx.recv();
         });
         assert_eq!(r.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        // Past its limit: a new call does not queue behind it.
+        thread::sleep(Duration::from_millis(20));
         let r = gate.call("again", Duration::from_millis(20), || 1);
         assert_eq!(r.unwrap_err().kind(), io::ErrorKind::WouldBlock);
         // It returns well past its limit.
@@ -317,6 +332,21 @@ mod tests {
         settle(&gate);
         // It answered within its limit: the gate is open again.
         assert_eq!(gate.call("open", Duration::from_secs(1), || 7).unwrap(), 7);
+    }
+
+    #[test]
+    fn calls_from_collectors_side_by_side_queue_up() {
+        let gate = BlockingGate::default();
+        let (tx, rx) = mpsc::channel::<()>();
+        let first = gate.start("first", Duration::from_secs(60), move || {
+            let _ = rx.recv();
+            1
+        });
+        // Queued behind a call within its limit, not refused.
+        let second = gate.start("second", Duration::from_secs(60), || 2);
+        tx.send(()).unwrap();
+        assert_eq!(first.unwrap().recv().unwrap(), 1);
+        assert_eq!(second.unwrap().recv().unwrap(), 2);
     }
 
     #[test]

@@ -12,12 +12,14 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, ExitStatus, Stdio},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     thread,
     time::{Duration, Instant},
 };
+
+use crate::deadline::{Backoff, Verdict};
 
 /// PATH of a daemon started without one (systemd's default).
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -67,12 +69,32 @@ impl Tools {
 
 /// At most one run at a time per slot. A command that survives SIGKILL keeps its slot busy
 /// until it is finally reaped; runs in the meantime fail at once with [`Error::Busy`].
+///
+/// A run that timed out puts the slot under back-off ([`Backoff`]): later runs fail at once
+/// with [`Error::Stuck`] (a `zfs` hung on a pool is not started again on every scrape) until a
+/// try is due, which runs on a thread of its own, not waited on; the slot opens again when a
+/// try finishes in time.
 #[derive(Debug, Default, Clone)]
-pub struct Slot(Arc<AtomicBool>);
+pub struct Slot(Arc<AtomicBool>, Arc<Mutex<Backoff>>);
 
 impl Slot {
     fn acquire(&self) -> Option<SlotGuard> {
         (!self.0.swap(true, Ordering::AcqRel)).then(|| SlotGuard(Some(self.0.clone())))
+    }
+
+    fn backoff(&self) -> std::sync::MutexGuard<'_, Backoff> {
+        self.1.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Note how a run ended: a timeout backs off, anything else (an answer, even an error)
+    /// reopens the slot.
+    fn note<T>(&self, r: &Result<T, Error>) {
+        let mut b = self.backoff();
+        match r {
+            Err(Error::TimedOut { .. }) => b.failed(Instant::now()),
+            Err(Error::Busy { .. } | Error::Stuck { .. }) => {}
+            _ => b.recovered(),
+        }
     }
 }
 
@@ -143,6 +165,8 @@ pub enum Error {
     NotFound { name: String },
     #[error("{cmd}: an earlier run has not exited yet")]
     Busy { cmd: String },
+    #[error("{cmd}: {why}")]
+    Stuck { cmd: String, why: String },
     #[error("{cmd}: cannot start: {source}")]
     Spawn { cmd: String, source: std::io::Error },
     #[error("{cmd}: {source}")]
@@ -218,13 +242,44 @@ impl Cmd {
         self.run_guarded(None)
     }
 
-    /// Run it unless the previous run in `slot` is still alive.
+    /// Run it unless the previous run in `slot` is still alive or the slot backs off after a
+    /// timeout (see [`Slot`]).
     pub fn run_in(&self, slot: &Slot) -> Result<Output, Error> {
+        let now = Instant::now();
+        let verdict = slot.backoff().verdict(now);
+        if let Verdict::Wait(_) = verdict {
+            return Err(Error::Stuck { cmd: self.to_string(), why: slot.backoff().describe(now) });
+        }
         let guard = slot.acquire().ok_or_else(|| Error::Busy { cmd: self.to_string() })?;
-        self.run_guarded(Some(guard))
+        if verdict == Verdict::Retry {
+            let failures = slot.backoff().failures();
+            slot.backoff().trying(now, self.timeout);
+            let (me, slot2) = (self.clone(), slot.clone());
+            let spawned = thread::Builder::new().name("cmd-try".into()).spawn(move || {
+                // Its own time limit, not the scrape's: no one waits for it.
+                let r = me.run_guarded_for(Some(guard), me.timeout);
+                slot2.note(&r);
+            });
+            if let Err(e) = spawned {
+                log::warn!("cannot start a thread to try {self} again: {e}");
+            }
+            return Err(Error::Stuck {
+                cmd: self.to_string(),
+                why: format!("timed out {failures} time(s) in a row: being tried again in the background"),
+            });
+        }
+        let r = self.run_guarded(Some(guard));
+        slot.note(&r);
+        r
     }
 
+    /// Run within the command's time limit, capped by the deadline of the collection this
+    /// thread works for.
     fn run_guarded(&self, guard: Option<SlotGuard>) -> Result<Output, Error> {
+        self.run_guarded_for(guard, crate::deadline::cap(self.timeout))
+    }
+
+    fn run_guarded_for(&self, guard: Option<SlotGuard>, limit: Duration) -> Result<Output, Error> {
         let mut cmd = std::process::Command::new(&self.program);
         cmd.args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -234,7 +289,7 @@ impl Cmd {
             // Its own process group: a timeout kills the command and everything it started.
             .process_group(0);
         let mut child = cmd.spawn().map_err(|source| Error::Spawn { cmd: self.to_string(), source })?;
-        let deadline = Instant::now() + self.timeout;
+        let deadline = Instant::now() + limit;
         let mut io = Pipes::new(&mut child);
         match io.drain(deadline, self.max_stdout, self.max_stderr) {
             Ok(()) => {}

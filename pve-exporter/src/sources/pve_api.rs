@@ -321,6 +321,9 @@ enum Failure {
     },
 }
 
+/// What a request's error says when the API did not answer in time (the caller backs off).
+pub const NO_ANSWER: &str = "no answer within";
+
 impl Session<'_> {
     /// GET `path` (`/nodes/pve1/status`); the body of a 200 answer.
     pub fn get(&self, path: &str) -> Result<Vec<u8>, String> {
@@ -328,7 +331,8 @@ impl Session<'_> {
             return Err(self.api.unusable().unwrap_or_default());
         };
         let url = format!("{base}{path}");
-        let timeout = self.api.timeout;
+        // Never past the deadline of the collection this thread works for.
+        let timeout = crate::deadline::cap(self.api.timeout);
         let deadline = Instant::now() + timeout;
         let _slot =
             self.api.slots.acquire(deadline).ok_or_else(|| {
@@ -338,7 +342,7 @@ impl Session<'_> {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(format!("GET {path}: no answer within {timeout:?}"));
+                return Err(format!("GET {path}: {NO_ANSWER} {timeout:?}"));
             }
             let f = match self.once(&url, token, left) {
                 Ok(body) => return Ok(body),
@@ -346,7 +350,7 @@ impl Session<'_> {
             };
             let (msg, retry) = match f {
                 Failure::TimedOut => {
-                    return Err(format!("GET {path}: no answer within {timeout:?} (--pve-api-timeout)"));
+                    return Err(format!("GET {path}: {NO_ANSWER} {timeout:?} (--pve-api-timeout)"));
                 }
                 Failure::Other { msg, retry } => (msg, retry),
             };

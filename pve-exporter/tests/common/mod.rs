@@ -130,6 +130,9 @@ impl Daemon {
             .arg(root)
             .args(["--host", "127.0.0.1", "--port", "0"])
             .args(["--loglevel", "INFO"])
+            // These tests look for the effect of each change in the very next scrape; the
+            // minimum interval between collections has its own test, with its default.
+            .env("PVE_EXPORTER_MIN_COLLECTION_INTERVAL", "0")
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

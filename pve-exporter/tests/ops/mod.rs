@@ -61,6 +61,9 @@ impl Exporter {
             }
         }
         cmd.env("PVE_EXPORTER_HOST", "127.0.0.1").env("PVE_EXPORTER_LOGLEVEL", "INFO");
+        // These tests look for the effect of each change in the very next scrape; the minimum
+        // interval between collections has its own test, with its default.
+        cmd.env("PVE_EXPORTER_MIN_COLLECTION_INTERVAL", "0");
         cmd.envs(env.iter().copied());
         let child = cmd.spawn().expect("start pve-exporter");
         Exporter { child, port, log, _logdir: logdir }

@@ -17,7 +17,7 @@ mod physical_disk;
 mod vm_pressure;
 
 use std::{
-    collections::{BTreeSet, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     io,
     panic::{AssertUnwindSafe, catch_unwind},
     sync::{
@@ -31,6 +31,7 @@ use super::{CollectorRun, EngineState, panic_message};
 use crate::{
     catalog::PVE_COLLECTOR_INFO,
     config::{Config, PVE_COLLECTORS, PveScope, PveSource},
+    deadline::{Backoff, Verdict},
     heldfile::{FdBudget, HeldFiles, OnStale},
     host::{BlockingGate, HostRoot, ScrapeFiles, call_with_timeout},
     metrics::MetricSet,
@@ -141,6 +142,10 @@ pub struct PveState {
     statvfs: BlockingGate,
     workers: usize,
     pressure_files: Mutex<HeldFiles<u32>>,
+    /// API nodes that did not answer in time: their requests are not made again until the
+    /// back-off says so (cluster scope, where one down node must not cost every scrape its
+    /// time limit).
+    node_backoff: Mutex<HashMap<String, Backoff>>,
 }
 
 impl PveState {
@@ -248,6 +253,7 @@ impl PveState {
             statvfs: BlockingGate::default(),
             workers: config.pve_api_max_concurrent.into(),
             pressure_files: Mutex::new(HeldFiles::new(fds, OnStale::Reopen)),
+            node_backoff: Mutex::default(),
         }
     }
 }
@@ -346,13 +352,44 @@ pub(super) fn collect(e: &EngineState, files: &ScrapeFiles, runs: &mut Vec<Colle
     // One job per (node-aware collector, node) and one per cluster collector, all at once
     // (at most --pve-api-max-concurrent requests in flight).
     let mut jobs: Vec<(&'static dyn PveCollector, Option<&str>)> = Vec::new();
+    // Nodes under back-off are not asked in this scrape (a due try is asked, within the deadline).
+    let now = Instant::now();
+    let skipped: HashMap<&str, String> = {
+        let mut b = st.node_backoff.lock().unwrap_or_else(|p| p.into_inner());
+        b.retain(|n, _| nodes.contains(n));
+        nodes
+            .iter()
+            .filter_map(|n| {
+                let bo = b.get_mut(n)?;
+                match bo.verdict(now) {
+                    Verdict::Go => None,
+                    Verdict::Retry => {
+                        bo.trying(now, e.config.pve_api_timeout);
+                        None
+                    }
+                    Verdict::Wait(_) => Some((n.as_str(), format!("node {n}: the API {}", bo.describe(now)))),
+                }
+            })
+            .collect()
+    };
     for c in &remote {
         if !c.per_node() {
             jobs.push((*c, None));
         } else if st.scope == PveScope::Local && nodes.is_empty() {
             e.timed(runs, c.name(), || emit.node().map(|_| ()));
         } else {
-            jobs.extend(nodes.iter().map(|n| (*c, Some(n.as_str()))));
+            for n in &nodes {
+                match skipped.get(n.as_str()) {
+                    Some(why) => {
+                        let name = match st.scope {
+                            PveScope::Cluster => intern(format!("{}/{n}", c.name())),
+                            PveScope::Local => c.name(),
+                        };
+                        e.timed(runs, name, || Err(why.clone()));
+                    }
+                    None => jobs.push((*c, Some(n.as_str()))),
+                }
+            }
         }
     }
     let ctx = ApiCtx { api: &session, emit };
@@ -373,6 +410,16 @@ pub(super) fn collect(e: &EngineState, files: &ScrapeFiles, runs: &mut Vec<Colle
             e.timed(runs, name, || Err("not run (no worker thread)".into()));
             continue;
         };
+        if let Some(n) = node {
+            let mut b = st.node_backoff.lock().unwrap_or_else(|p| p.into_inner());
+            match &r {
+                Err(err) if err.contains(pve_api::NO_ANSWER) => b.entry(n.to_string()).or_default().failed(Instant::now()),
+                Err(_) => {}
+                Ok(()) => {
+                    b.remove(*n);
+                }
+            }
+        }
         merge(out, &part);
         e.timed(runs, name, || r);
         // timed() measured only the hand-over; the job's own time is what counts.
