@@ -132,7 +132,10 @@ fn setup() -> Result<()> {
         };
         apt(&["update", "-qq"])?;
         let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
-        args.extend(&missing);
+        // All of them, not only the missing ones: installing one may remove another that
+        // conflicts with it (Debian 12's qemu-system-x86 removes a backported qemu-utils), and
+        // naming every package makes apt keep a set that fits together.
+        args.extend(APT_PACKAGES);
         apt(&args)?;
     }
 
