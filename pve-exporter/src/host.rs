@@ -126,6 +126,8 @@ struct GateState {
     inflight: usize,
     /// The call running now: when it started and its limit.
     running: Option<(Instant, Duration)>,
+    /// A caller gave up waiting for a call still in flight: new calls must not queue behind it.
+    abandoned: bool,
     backoff: Backoff,
 }
 
@@ -171,6 +173,32 @@ impl Drop for Idle {
         let mut st = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
         st.inflight = st.inflight.saturating_sub(1);
         st.running = None;
+        if st.inflight == 0 {
+            st.abandoned = false;
+        }
+    }
+}
+
+/// A call started on a gate: wait for its answer with [`Pending::wait`]. A caller that gives up
+/// marks the gate, so that later calls fail at once instead of queueing behind the slow one.
+pub struct Pending<T> {
+    rx: mpsc::Receiver<T>,
+    gate: Arc<GateInner>,
+    what: String,
+    limit: Duration,
+}
+
+impl<T> Pending<T> {
+    /// The answer, if it comes by `until`.
+    pub fn wait(self, until: Instant) -> io::Result<T> {
+        let left = until.saturating_duration_since(Instant::now());
+        self.rx.recv_timeout(left).map_err(|_| {
+            let mut st = self.gate.state.lock().unwrap_or_else(|p| p.into_inner());
+            if st.inflight > 0 {
+                st.abandoned = true;
+            }
+            io::Error::new(io::ErrorKind::TimedOut, format!("{}: no answer within {:?}", self.what, self.limit))
+        })
     }
 }
 
@@ -183,9 +211,7 @@ impl BlockingGate {
         limit: Duration,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> io::Result<T> {
-        let rx = self.start(what, limit, f)?;
-        rx.recv_timeout(deadline::cap(limit))
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("{what}: no answer within {limit:?}")))
+        self.start(what, limit, f)?.wait(Instant::now() + deadline::cap(limit))
     }
 
     /// Start `f` on the gate's worker without waiting: the answer comes on the receiver. For
@@ -196,15 +222,14 @@ impl BlockingGate {
         what: &str,
         limit: Duration,
         f: impl FnOnce() -> T + Send + 'static,
-    ) -> io::Result<mpsc::Receiver<T>> {
+    ) -> io::Result<Pending<T>> {
         let now = Instant::now();
         let mut st = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((started, limit)) = st.running
-            && now.saturating_duration_since(started) > limit
-        {
+        let overrun = st.running.is_some_and(|(started, limit)| now.saturating_duration_since(started) > limit);
+        if st.inflight > 0 && (st.abandoned || overrun) {
             return Err(io::Error::new(
                 io::ErrorKind::WouldBlock,
-                format!("{what}: an earlier call has not returned yet (for {:.1?})", now - started),
+                format!("{what}: an earlier call has not returned yet"),
             ));
         }
         let probe = match st.backoff.verdict(now) {
@@ -247,7 +272,16 @@ impl BlockingGate {
                 format!("{what}: timed out {failures} time(s) in a row: being tried again in the background"),
             ));
         }
-        Ok(rx)
+        Ok(Pending { rx, gate: self.inner.clone(), what: what.to_string(), limit })
+    }
+
+    /// How long the running call has been running, when it runs past its limit or its caller
+    /// gave up on it (it hangs): what `/healthz` reports.
+    pub fn hung(&self) -> Option<Duration> {
+        let st = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (started, limit) = st.running?;
+        let running = started.elapsed();
+        (running > limit || st.abandoned).then_some(running)
     }
 
     /// Whether a call is queued or running (hung, when it stays so).
@@ -345,8 +379,9 @@ mod tests {
         // Queued behind a call within its limit, not refused.
         let second = gate.start("second", Duration::from_secs(60), || 2);
         tx.send(()).unwrap();
-        assert_eq!(first.unwrap().recv().unwrap(), 1);
-        assert_eq!(second.unwrap().recv().unwrap(), 2);
+        let later = Instant::now() + Duration::from_secs(60);
+        assert_eq!(first.unwrap().wait(later).unwrap(), 1);
+        assert_eq!(second.unwrap().wait(later).unwrap(), 2);
     }
 
     #[test]

@@ -152,18 +152,16 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
 /// How long past its deadline a collector group may still be running before `/healthz` says so.
 const STUCK_GRACE: Duration = Duration::from_secs(1);
 
-/// `ok`, or 503 naming the collector groups that run past their collection's deadline (a
-/// read that hangs where no time limit reaches; the scrapes still answer, from other groups
-/// and recent values).
+/// `ok`, or 503 naming what is stuck: collector groups running past their collection's
+/// deadline (a read that hangs where no time limit reaches), and sources whose call hangs past
+/// its limit (pmxcfs, a storage mount). Scrapes still answer meanwhile, without those parts.
 async fn healthz(State(state): State<AppState>) -> Response {
     let stuck = state.engine.stuck(STUCK_GRACE);
     if stuck.is_empty() {
         return (StatusCode::OK, "ok\n").into_response();
     }
-    let what: Vec<String> = stuck
-        .iter()
-        .map(|(g, past)| format!("collector group {g} runs {:.1} s past its deadline", past.as_secs_f64()))
-        .collect();
+    let what: Vec<String> =
+        stuck.iter().map(|(what, t)| format!("{what}: hangs for {:.1} s", t.as_secs_f64())).collect();
     (StatusCode::SERVICE_UNAVAILABLE, format!("stuck: {}\n", what.join("; "))).into_response()
 }
 

@@ -66,6 +66,10 @@ enum Group {
 
 const GROUPS: [Group; 3] = [Group::Vms, Group::Storage, Group::Pve];
 
+/// The time before the scrape's deadline at which the groups' own waits end (at most; 5 % of
+/// the budget when that is less): room to finish, merge and send what they found.
+const GROUP_RESERVE: Duration = Duration::from_millis(250);
+
 impl Group {
     fn name(self) -> &'static str {
         match self {
@@ -220,9 +224,13 @@ impl Engine {
             Group::Storage => self.config.collect_storage,
             Group::Pve => true,
         };
+        // The groups' own waits end a little earlier, so that what they found is merged and
+        // sent before the scrape's deadline.
+        let reserve = deadline.left().div_f64(20.0).min(GROUP_RESERVE);
+        let inner = Deadline::at(deadline.instant().checked_sub(reserve).unwrap_or(deadline.instant()));
         // Start every group first, then wait for each: they run side by side.
         let started: Vec<(Group, Option<mpsc::Receiver<GroupOutput>>)> =
-            GROUPS.iter().filter(|g| enabled(**g)).map(|&g| (g, self.start_group(g, deadline, &files))).collect();
+            GROUPS.iter().filter(|g| enabled(**g)).map(|&g| (g, self.start_group(g, inner, &files))).collect();
         let mut out = MetricSet::new(&self.config.metrics_prefix);
         let mut runs = Vec::new();
         let mut fresh: Vec<(Group, Vec<&'static Def>, Vec<CollectorRun>, Instant)> = Vec::new();
@@ -348,17 +356,27 @@ impl Engine {
         }
     }
 
-    /// Collector groups running past their collection's deadline by more than `grace`: what
-    /// `/healthz` reports. (group, how long past).
-    pub fn stuck(&self, grace: Duration) -> Vec<(&'static str, Duration)> {
-        GROUPS
+    /// What `/healthz` reports: collector groups running past their collection's deadline by
+    /// more than `grace`, and sources whose call runs past its own limit (a hung pmxcfs, a hung
+    /// storage mount). Each as (what, for how long).
+    pub fn stuck(&self, grace: Duration) -> Vec<(String, Duration)> {
+        let mut out: Vec<(String, Duration)> = GROUPS
             .iter()
             .filter_map(|g| {
                 let d = (*self.groups[g.index()].running.lock().unwrap_or_else(|p| p.into_inner()))?;
                 let past = d.instant().elapsed();
-                (past > grace).then_some((g.name(), past))
+                (past > grace).then(|| (format!("collector group {} past its deadline", g.name()), past))
             })
-            .collect()
+            .collect();
+        if let Some(t) = self.pve_config.gate().hung() {
+            out.push(("/etc/pve (pmxcfs)".into(), t));
+        }
+        if let Some(t) = self.pve.hung() {
+            out.push(("statvfs of /".into(), t));
+        }
+        out.extend(self.storage.hung().into_iter().map(|(p, t)| (format!("statvfs of storage path {p}"), t)));
+        out.extend(self.disk_sizes.hung().into_iter().map(|(m, t)| (format!("disk sizes on mount {m}"), t)));
+        out
     }
 }
 

@@ -169,6 +169,12 @@ impl DiskSizes {
         Self { limit, gates: Mutex::default() }
     }
 
+    /// Mounts whose size reads hang: (mount, for how long).
+    pub fn hung(&self) -> Vec<(String, Duration)> {
+        let gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        gates.iter().filter_map(|(m, g)| Some((m.display().to_string(), g.hung()?))).collect()
+    }
+
     /// The sizes of `wanted`, each read on its mount's gate; all mounts at once, each waited
     /// for until one deadline.
     fn read(&self, host: &HostRoot, wanted: Vec<SizeJob>) -> HashMap<SizeJob, Result<u64, String>> {
@@ -207,12 +213,8 @@ impl DiskSizes {
             })
             .collect();
         for ((mount, jobs), rx) in by_mount.into_iter().zip(pending) {
-            let answers: Result<Vec<Result<u64, String>>, String> = rx.map_err(|e| e.to_string()).and_then(|rx| {
-                let left = deadline.saturating_duration_since(Instant::now());
-                rx.recv_timeout(left).map_err(|_| {
-                    format!("{}: no answer within {:?}", mount.display(), self.limit.min(left.max(Duration::ZERO)))
-                })
-            });
+            let answers: Result<Vec<Result<u64, String>>, String> =
+                rx.and_then(|p| p.wait(deadline)).map_err(|e| format!("{}: {e}", mount.display()));
             match answers {
                 Ok(v) => out.extend(jobs.into_iter().zip(v)),
                 Err(e) => out.extend(jobs.into_iter().map(|j| (j, Err(e.clone())))),

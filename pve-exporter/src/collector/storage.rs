@@ -70,6 +70,14 @@ impl StorageState {
     }
 }
 
+impl StorageState {
+    /// Storage paths whose statvfs hangs: (path, for how long).
+    pub(super) fn hung(&self) -> Vec<(String, Duration)> {
+        let gates = self.statvfs_gates.lock().unwrap_or_else(|p| p.into_inner());
+        gates.iter().filter_map(|(p, g)| Some((p.display().to_string(), g.hung()?))).collect()
+    }
+}
+
 /// What this scrape knows about each storage.
 struct Plan {
     cfg: Arc<StorageCfg>,
@@ -198,13 +206,7 @@ fn size_by_statvfs(st: &StorageState, host: &HostRoot, plan: &mut Plan) -> Resul
         .collect();
     let results: Vec<Result<Usage, String>> = pending
         .into_iter()
-        .map(|p| {
-            let rx = p.map_err(|err| err.to_string())?;
-            let left = deadline.saturating_duration_since(Instant::now());
-            rx.recv_timeout(left)
-                .map_err(|_| format!("statvfs: no answer within {timeout:?}"))?
-                .map_err(|err| err.to_string())
-        })
+        .map(|p| p.and_then(|p| p.wait(deadline)).map_err(|err| err.to_string())?.map_err(|err| err.to_string()))
         .collect();
     for (i, path, full) in &jobs {
         let Ok(k) = paths.binary_search(full) else { continue };

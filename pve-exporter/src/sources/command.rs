@@ -587,9 +587,24 @@ mod tests {
         assert!(matches!(r, Err(Error::Busy { .. })), "{r:?}");
         drop(held);
         assert!(Cmd::new("/bin/echo").run_in(&slot).is_ok());
-        // A finished or timed-out run frees its slot.
+        // A timed-out run frees its slot, and puts it under back-off: the next run is refused
+        // at once instead of starting another command that may hang the same way.
         let r = sh("sleep 60").timeout(Duration::from_millis(100)).run_in(&slot);
         assert!(matches!(r, Err(Error::TimedOut { .. })));
-        assert!(Cmd::new("/bin/echo").run_in(&slot).is_ok());
+        let r = Cmd::new("/bin/echo").run_in(&slot);
+        assert!(matches!(r, Err(Error::Stuck { .. })), "{r:?}");
+        // When the try is due it runs in the background; once it answered, runs go on.
+        std::thread::sleep(crate::deadline::BACKOFF_FIRST);
+        let r = Cmd::new("/bin/echo").run_in(&slot);
+        assert!(matches!(&r, Err(Error::Stuck { why, .. }) if why.contains("background")), "{r:?}");
+        let mut ok = false;
+        for _ in 0..500 {
+            if Cmd::new("/bin/echo").run_in(&slot).is_ok() {
+                ok = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(ok, "the slot did not open again after a try answered");
     }
 }

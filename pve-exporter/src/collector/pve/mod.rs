@@ -258,6 +258,13 @@ impl PveState {
     }
 }
 
+impl PveState {
+    /// statvfs of `/` when it hangs: for how long.
+    pub(super) fn hung(&self) -> Option<Duration> {
+        self.statvfs.hung()
+    }
+}
+
 /// Whether this host is a PVE node: /etc/pve exists (pmxcfs, or its mount point before pmxcfs
 /// runs). pmxcfs may hang: a stat that does not return in time means pmxcfs is there.
 fn is_pve_node(host: &HostRoot, timeout: Duration) -> bool {
@@ -413,7 +420,9 @@ pub(super) fn collect(e: &EngineState, files: &ScrapeFiles, runs: &mut Vec<Colle
         if let Some(n) = node {
             let mut b = st.node_backoff.lock().unwrap_or_else(|p| p.into_inner());
             match &r {
-                Err(err) if err.contains(pve_api::NO_ANSWER) => b.entry(n.to_string()).or_default().failed(Instant::now()),
+                Err(err) if err.contains(pve_api::NO_ANSWER) => {
+                    b.entry(n.to_string()).or_default().failed(Instant::now())
+                }
                 Err(_) => {}
                 Ok(()) => {
                     b.remove(*n);
