@@ -11,6 +11,7 @@ pub mod config;
 pub mod exposition;
 pub mod heldfile;
 pub mod host;
+pub mod http_limits;
 pub mod metrics;
 pub mod server;
 pub mod service;

@@ -10,6 +10,7 @@ use clap::{CommandFactory, FromArgMatches, ValueEnum, parser::ValueSource};
 use pve_exporter::{
     collector::Engine,
     config::{Config, LogLevel},
+    http_limits::HttpLimits,
     server::{self, AppState},
     service::{self, Notifier},
     web::{WebHandle, WebRuntime},
@@ -75,6 +76,7 @@ fn run(config: Config, cli: CliSet) -> anyhow::Result<()> {
     let signals = rt.block_on(async { Signals::install() })?;
     // Bind before loading eBPF: a port that is taken fails the start at once.
     let listener = rt.block_on(server::bind(addr))?;
+    let limits = HttpLimits::from_config(&config);
     let engine =
         Arc::new(Engine::new(config).map_err(|e| anyhow::anyhow!("eBPF required by --ebpf on but unavailable: {e}"))?);
     let state = AppState::new(engine.clone());
@@ -94,7 +96,7 @@ fn run(config: Config, cli: CliSet) -> anyhow::Result<()> {
             let _ = rx.wait_for(|s| *s >= 2).await;
         };
         tokio::select! {
-            r = server::serve(listener, state.clone(), web, stop_accepting, grace) => r,
+            r = server::serve(listener, state.clone(), web, limits, stop_accepting, grace) => r,
             () = cut => {
                 log::warn!("second stop signal: not waiting for requests in flight");
                 Ok(())
