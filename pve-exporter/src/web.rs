@@ -474,6 +474,9 @@ pub struct BasicAuth {
 
 /// bcrypt checks that run at once.
 const BCRYPT_SLOTS: usize = 2;
+/// How long a check waits for a bcrypt slot before it is answered 503: the queue bound alone
+/// lets a waiting request sit for (queue ÷ slots) checks, seconds with a high bcrypt cost.
+const BCRYPT_WAIT: Duration = Duration::from_secs(2);
 
 /// The outcome of a basic-auth check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -504,7 +507,8 @@ impl BasicAuth {
     }
 
     /// Whether the `Authorization` header names a user with the right password; `Busy` when
-    /// the check would need bcrypt and `max_waiting` checks wait for it already.
+    /// the check would need bcrypt and `max_waiting` checks wait for it already, or no slot
+    /// came free within `BCRYPT_WAIT`.
     pub async fn check(&self, authorization: Option<&HeaderValue>, max_waiting: usize) -> AuthCheck {
         let Some((user, pass)) = authorization.and_then(|v| v.to_str().ok()).and_then(parse_basic) else {
             return AuthCheck::Denied;
@@ -527,7 +531,11 @@ impl BasicAuth {
         if self.in_check.fetch_add(1, Ordering::AcqRel) >= BCRYPT_SLOTS + max_waiting {
             return AuthCheck::Busy;
         }
-        let Ok(_permit) = self.slots.clone().acquire_owned().await else { return AuthCheck::Denied };
+        let _permit = match tokio::time::timeout(BCRYPT_WAIT, self.slots.clone().acquire_owned()).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => return AuthCheck::Denied, // closed: never happens, the semaphore lives with self
+            Err(_) => return AuthCheck::Busy,
+        };
         let candidate = pass.clone();
         let ok = tokio::task::spawn_blocking(move || bcrypt::verify(candidate, &hash).unwrap_or(false))
             .await
@@ -873,6 +881,17 @@ mod tests {
         }
         assert_eq!(auth.in_check.load(Ordering::Acquire), 0, "every check counted out");
         assert_eq!(auth.check(Some(&basic("prom", "guess")), max_waiting).await, AuthCheck::Denied);
+    }
+
+    /// A check that gets no bcrypt slot within BCRYPT_WAIT is answered Busy.
+    #[tokio::test(start_paused = true)]
+    async fn a_check_waits_for_a_slot_at_most_bcrypt_wait() {
+        let auth = BasicAuth::new(BTreeMap::from([("prom".to_string(), bcrypt::hash("right", 4).unwrap())]));
+        let _held = auth.slots.clone().acquire_many_owned(BCRYPT_SLOTS as u32).await.unwrap();
+        let start = tokio::time::Instant::now();
+        assert_eq!(auth.check(Some(&basic("prom", "right")), 16).await, AuthCheck::Busy);
+        assert_eq!(start.elapsed(), BCRYPT_WAIT);
+        assert_eq!(auth.in_check.load(Ordering::Acquire), 0);
     }
 
     #[test]

@@ -396,3 +396,82 @@ fn scrapes_answer_under_idle_connections_slow_readers_and_a_request_flood() {
     prometheus_like_scrape(port).expect("a scrape after the attack");
     assert!(daemon.child.try_wait().expect("try_wait").is_none(), "the daemon exited");
 }
+
+/// Basic auth under a flood of wrong passwords, with the default bcrypt queue: every request
+/// gets its answer (401, or 503 at once when 16 checks wait already), never a hang, and the
+/// scraper with the right password, verified once, keeps getting its metrics.
+#[test]
+fn a_flood_of_wrong_passwords_is_answered_and_the_scraper_gets_in() {
+    raise_nofile();
+    let root = ops::plain_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let web = dir.path().join("web.yml");
+    // Cost 10, as `htpasswd -nBC 10` makes it (docs/operations.md): tens of ms per check.
+    let hash = bcrypt::hash("scrape secret", 10).expect("bcrypt");
+    std::fs::write(&web, format!("basic_auth_users:\n  prometheus: {hash}\n")).expect("web config");
+    let daemon = Exporter::start(root.path(), &["--ebpf", "off", "--web.config.file", &web.to_string_lossy()], &[]);
+    let port = daemon.port;
+    let auth = |pw: &str| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(format!("prometheus:{pw}"))
+    };
+    let scrape = |pw: &str| -> std::io::Result<(u16, Vec<u8>)> {
+        let mut s = connect(port)?;
+        s.set_read_timeout(Some(SCRAPE_TIMEOUT))?;
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {}\r\nConnection: close\r\n\
+             X-Prometheus-Scrape-Timeout-Seconds: 10\r\n\r\n",
+            auth(pw)
+        )?;
+        read_response(&mut s)
+    };
+    // The scraper's password is verified (and remembered) before the flood.
+    assert_eq!(scrape("scrape secret").expect("scrape").0, 200);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let counts = Arc::new(Mutex::new(std::collections::BTreeMap::<String, u64>::new()));
+    let flood: Vec<_> = (0..64)
+        .map(|i| {
+            let (stop, counts) = (stop.clone(), counts.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let mut s = match connect(port) {
+                        Ok(s) => s,
+                        Err(_) => continue,
+                    };
+                    let _ = s.set_read_timeout(Some(SCRAPE_TIMEOUT));
+                    let pw = {
+                        use base64::Engine as _;
+                        base64::engine::general_purpose::STANDARD.encode(format!("prometheus:guess{i}-{n}"))
+                    };
+                    let sent = write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {pw}\r\n\r\n");
+                    let outcome = match sent.and_then(|()| read_response(&mut s)) {
+                        Ok((status, _)) => status.to_string(),
+                        Err(e) => format!("{:?}", e.kind()),
+                    };
+                    *counts.lock().expect("counts").entry(outcome).or_default() += 1;
+                }
+            })
+        })
+        .collect();
+    let mut scrapes = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(15) {
+        scrapes.push(scrape("scrape secret").map(|(status, body)| (status, body.len())));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in flood {
+        t.join().expect("flood thread");
+    }
+    let counts = counts.lock().expect("counts").clone();
+    eprintln!("wrong-password flood: {counts:?}; {} scrapes with the right password", scrapes.len());
+    assert!(scrapes.iter().all(|r| matches!(r, Ok((200, n)) if *n > 0)), "{scrapes:?}\n{}", daemon.logs());
+    // Every wrong password got an answer: 401, or 503 when the queue was full; nothing hung.
+    assert!(counts.keys().all(|k| k == "401" || k == "503"), "{counts:?}");
+    assert!(counts.get("503").is_some_and(|n| *n > 0), "64 clients never filled the queue of 16: {counts:?}");
+    assert!(counts.get("401").is_some_and(|n| *n > 0), "{counts:?}");
+}
