@@ -173,6 +173,7 @@ pub async fn serve(
     let guard = web::GuardState { web: web.clone(), max_auth_waiting: limits.max_auth_waiting };
     let app = router(state).layer(axum::middleware::from_fn_with_state(guard, web::guard));
     let graceful = GracefulShutdown::new();
+    warn_if_cap_above_nofile(limits.max_connections);
     let tracker = ConnTracker::new(limits);
     tokio::pin!(stop);
     loop {
@@ -224,6 +225,26 @@ pub async fn serve(
         log::warn!("shutdown: requests still running after {grace:?} are cut");
     }
     Ok(())
+}
+
+/// The cap only works below the open-file limit: past that, accept fails (EMFILE) before the
+/// cap can close an idle connection for the new one.
+fn warn_if_cap_above_nofile(max_connections: usize) {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit fills the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    // Room for what the daemon holds besides connections (held files, sockets, BPF maps).
+    let needed = max_connections as u64 + 1024;
+    if lim.rlim_cur != libc::RLIM_INFINITY && lim.rlim_cur < needed {
+        log::warn!(
+            "--web.max-connections {max_connections} is too close to the open-file limit {} (RLIMIT_NOFILE): at \
+             that limit new connections fail to be accepted instead of replacing idle ones; raise LimitNOFILE \
+             or lower --web.max-connections",
+            lim.rlim_cur
+        );
+    }
 }
 
 async fn serve_connection<I>(io: I, app: Router, state: Arc<ConnState>, watcher: Watcher)
