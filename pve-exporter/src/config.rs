@@ -366,8 +366,6 @@ fn parse_prefix(s: &str) -> Result<String, String> {
     }
 }
 
-/// Parse a Go-style duration as the spec's flags use them: `10s`, `500ms`, `10m`, `1h`, `1m30s`;
-/// a bare number is seconds.
 /// A duration above zero (a zero time limit would close every connection at once).
 fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     match parse_duration(s)? {
@@ -376,6 +374,8 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// Parse a Go-style duration as the spec's flags use them: `10s`, `500ms`, `10m`, `1h`, `1m30s`;
+/// a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if s.is_empty() {
