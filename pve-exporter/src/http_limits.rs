@@ -17,7 +17,7 @@
 //! on a client that does not read for a while; then the longest idle keep-alive connection. Only
 //! when every connection is handling a request is the new one closed at once. A scraper's
 //! connection thus gets in even under a flood of idle connections, and once its request head is
-//! read it is not closed for newcomers.
+//! read it is not closed for newcomers (unless it stops reading its answer).
 
 use std::{
     collections::HashMap,
