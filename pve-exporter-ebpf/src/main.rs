@@ -29,7 +29,7 @@
 mod programs {
     use aya_ebpf::{
         EbpfContext, Global,
-        bindings::BPF_NOEXIST,
+        bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
         helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
         macros::{map, raw_tracepoint, tracepoint},
         maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
@@ -41,7 +41,7 @@ mod programs {
         HALT_INVALID, HALT_POLLED, HALT_WAITED, HIST_BUCKETS, HIST_EXIT_HANDLING, HIST_RUNQUEUE_WAIT, Hist, ISA_SVM,
         ISA_UNKNOWN, MAX_EVENT_KEYS, MAX_EXIT_KEYS, MAX_HALT_KEYS, MAX_HIST_KEYS, MAX_INDEXED_VMS, MAX_REASON_KEYS,
         MAX_VCPU_THREADS, REASON_ERROR, REASON_RESTART, SLOT_KVM_ENTRY, TgidKey, UexitCounts, VCPU_FILTER_SIZE,
-        VM_INDEX_SIZE, VmSlot, log2_bucket, preempted, uexit_slot, vcpu_filter_slot, vm_index_slot,
+        VM_INDEX_SIZE, VmSlot, hist_bucket, preempted, uexit_slot, vcpu_filter_slot, vm_index_slot,
     };
 
     // ---- maps ------------------------------------------------------------------------------
@@ -56,29 +56,37 @@ mod programs {
     /// Per registered VM: exits to user space by reason.
     #[map]
     static UEXIT_ARRAY: PerCpuArray<UexitCounts> = PerCpuArray::with_max_entries(MAX_INDEXED_VMS, 0);
+    // Not preallocated (NO_PREALLOC): the hash maps that only KVM tracepoints write (in the vCPU
+    // thread, never under a scheduler lock, where allocating could deadlock) or only user space
+    // writes. A preallocated per-CPU hash reserves max_entries values on every possible CPU up
+    // front (EXITS: 16 B x 16384 keys = 256 KiB per CPU, 32 MiB at 128 CPUs), yet these hold a
+    // few keys per running VM, each allocated at its first event. HIST and WAIT_START are
+    // written from the scheduler tracepoints and stay preallocated (sized by the loader).
     /// The same counters for processes not registered.
     #[map]
-    static EVENT_COUNTS: PerCpuHashMap<TgidKey, u64> = PerCpuHashMap::with_max_entries(MAX_EVENT_KEYS, 0);
+    static EVENT_COUNTS: PerCpuHashMap<TgidKey, u64> =
+        PerCpuHashMap::with_max_entries(MAX_EVENT_KEYS, BPF_F_NO_PREALLOC);
     #[map]
-    static USERSPACE_EXITS: PerCpuHashMap<TgidKey, u64> = PerCpuHashMap::with_max_entries(MAX_REASON_KEYS, 0);
+    static USERSPACE_EXITS: PerCpuHashMap<TgidKey, u64> =
+        PerCpuHashMap::with_max_entries(MAX_REASON_KEYS, BPF_F_NO_PREALLOC);
     /// Exits and nanoseconds from each exit to the vCPU's next entry, per (process, isa, reason).
     #[map]
-    static EXITS: PerCpuHashMap<ExitKey, CountNs> = PerCpuHashMap::with_max_entries(MAX_EXIT_KEYS, 0);
+    static EXITS: PerCpuHashMap<ExitKey, CountNs> = PerCpuHashMap::with_max_entries(MAX_EXIT_KEYS, BPF_F_NO_PREALLOC);
     /// The exit pending on this CPU.
     #[map]
     static EXIT_SLOT: PerCpuArray<ExitSlot> = PerCpuArray::with_max_entries(1, 0);
     /// Histograms: (process, kind) -> buckets and sum.
     #[map]
     static HIST: PerCpuHashMap<TgidKey, Hist> = PerCpuHashMap::with_max_entries(MAX_HIST_KEYS, 0);
-    /// A zeroed Hist to insert from (too big for the 512-byte BPF stack). Never written.
+    /// A zeroed Hist to insert from (keeps it off the programs' 512-byte stack). Never written.
     #[map]
     static HIST_ZERO: Array<Hist> = Array::with_max_entries(1, 0);
     #[map]
-    static HALT: PerCpuHashMap<TgidKey, CountNs> = PerCpuHashMap::with_max_entries(MAX_HALT_KEYS, 0);
+    static HALT: PerCpuHashMap<TgidKey, CountNs> = PerCpuHashMap::with_max_entries(MAX_HALT_KEYS, BPF_F_NO_PREALLOC);
     /// vCPU thread id -> its process. Written only by user space (from thread names,
     /// `CPU n/KVM`), which also removes the entries of stopped VMs: exact, no scans.
     #[map]
-    static VCPU_THREADS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_VCPU_THREADS, 0);
+    static VCPU_THREADS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_VCPU_THREADS, BPF_F_NO_PREALLOC);
     /// Registered vCPU threads per `tid & 0xffff` (see `VCPU_FILTER_SIZE`); written by user space.
     #[map]
     static VCPU_FILTER: Array<u8> = Array::with_max_entries(VCPU_FILTER_SIZE, 0);
@@ -182,7 +190,7 @@ mod programs {
             anomaly(ctx, ERR_MAP_FULL);
             return;
         };
-        let b = (log2_bucket(ns) as usize).min(HIST_BUCKETS - 1);
+        let b = (hist_bucket(ns) as usize).min(HIST_BUCKETS - 1);
         // SAFETY: this CPU's value; tracepoint programs do not nest on one CPU.
         unsafe {
             if let Some(c) = (*p).buckets.get_mut(b) {

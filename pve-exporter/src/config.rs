@@ -294,6 +294,36 @@ pub struct Config {
     pub collector_physical_disk: bool,
     #[arg(long = "no-collector.physical_disk", overrides_with = "collector_physical_disk")]
     pub no_collector_physical_disk: bool,
+
+    // ---- HTTP limits (http_limits.rs; docs/operations.md, section HTTP limits) ----
+    /// Connections open at once. At the cap, a connection without a complete request (oldest
+    /// first), a response stuck on a client that does not read, or the longest idle one is
+    /// closed for the new one; when all handle requests the new one is closed at once.
+    #[arg(long = "web.max-connections", env = "PVE_EXPORTER_WEB_MAX_CONNECTIONS", default_value_t = 512,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub web_max_connections: u32,
+
+    /// Time a client has from connecting (or from the first byte of its next request) to a
+    /// complete request head, TLS handshake included.
+    #[arg(long = "web.read-header-timeout", env = "PVE_EXPORTER_WEB_READ_HEADER_TIMEOUT", default_value = "10s",
+          value_parser = parse_positive_duration)]
+    pub web_read_header_timeout: Duration,
+
+    /// A kept-alive connection without a request is closed after this.
+    #[arg(long = "web.idle-timeout", env = "PVE_EXPORTER_WEB_IDLE_TIMEOUT", default_value = "2m",
+          value_parser = parse_positive_duration)]
+    pub web_idle_timeout: Duration,
+
+    /// Time to write one response, from its first byte to its last; a client that does not take
+    /// it in time is cut off.
+    #[arg(long = "web.write-timeout", env = "PVE_EXPORTER_WEB_WRITE_TIMEOUT", default_value = "10s",
+          value_parser = parse_positive_duration)]
+    pub web_write_timeout: Duration,
+
+    /// Basic-auth checks that may wait for one of the two bcrypt slots (a password not
+    /// verified before); further ones are answered 503 at once.
+    #[arg(long = "web.max-auth-waiting", env = "PVE_EXPORTER_WEB_MAX_AUTH_WAITING", default_value_t = 16)]
+    pub web_max_auth_waiting: u32,
 }
 
 impl Config {
@@ -353,6 +383,14 @@ fn parse_prefix(s: &str) -> Result<String, String> {
         Ok(s.to_string())
     } else {
         Err(format!("{s:?} is not a valid metric name prefix ([a-zA-Z_][a-zA-Z0-9_]*)"))
+    }
+}
+
+/// A duration above zero (a zero time limit would close every connection at once).
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        Duration::ZERO => Err(format!("{s:?}: must be above zero")),
+        d => Ok(d),
     }
 }
 

@@ -12,6 +12,7 @@ pub mod deadline;
 pub mod exposition;
 pub mod heldfile;
 pub mod host;
+pub mod http_limits;
 pub mod metrics;
 pub mod server;
 pub mod service;

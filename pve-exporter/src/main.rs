@@ -9,6 +9,7 @@ use clap::{CommandFactory, FromArgMatches, ValueEnum, parser::ValueSource};
 use pve_exporter::{
     collector::Engine,
     config::{Config, LogLevel},
+    http_limits::HttpLimits,
     server::{self, AppState},
     service::{self, Notifier},
     web::{WebHandle, WebRuntime},
@@ -74,6 +75,7 @@ fn run(config: Config, cli: CliSet) -> anyhow::Result<()> {
     let signals = rt.block_on(async { Signals::install() })?;
     // Bind before loading eBPF: a port that is taken fails the start at once.
     let listener = rt.block_on(server::bind(addr))?;
+    let limits = HttpLimits::from_config(&config);
     let engine = Engine::new(config).map_err(|e| anyhow::anyhow!("eBPF required by --ebpf on but unavailable: {e}"))?;
     let state = AppState::new(engine.clone());
     let (stop, stopped) = watch::channel(0u8);
@@ -92,7 +94,7 @@ fn run(config: Config, cli: CliSet) -> anyhow::Result<()> {
             let _ = rx.wait_for(|s| *s >= 2).await;
         };
         tokio::select! {
-            r = server::serve(listener, state.clone(), web, stop_accepting, grace) => r,
+            r = server::serve(listener, state.clone(), web, limits, stop_accepting, grace) => r,
             () = cut => {
                 log::warn!("second stop signal: not waiting for requests in flight");
                 Ok(())

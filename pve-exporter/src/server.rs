@@ -33,14 +33,12 @@ use crate::{
     collector::SharedEngine,
     deadline::{self, Deadline},
     exposition::{self, Format},
+    http_limits::{self, ConnState, ConnTracker, HttpLimits, Limited},
     metrics::MetricSet,
     web::{self, WebHandle},
 };
 
 type Collection = Shared<BoxFuture<'static, Arc<MetricSet>>>;
-
-/// A client must send its request headers within this time.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Clone)]
 pub struct AppState {
@@ -201,11 +199,13 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 }
 
 /// Serve on `listener` until `stop` resolves; then stop accepting, let requests in flight
-/// finish for up to `grace`, and cut the connections still open.
+/// finish for up to `grace`, and cut the connections still open. `limits` bound the
+/// connections (crate::http_limits).
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     web: WebHandle,
+    limits: HttpLimits,
     stop: impl Future<Output = ()> + Send,
     grace: Duration,
 ) -> anyhow::Result<()> {
@@ -213,8 +213,11 @@ pub async fn serve(
     let current = web.current();
     let scheme = if current.tls.is_some() { "https" } else { "http" };
     log::info!("listening on {scheme}://{local} ({})", current.describe());
-    let app = router(state).layer(axum::middleware::from_fn_with_state(web.clone(), web::guard));
+    let guard = web::GuardState { web: web.clone(), max_auth_waiting: limits.max_auth_waiting };
+    let app = router(state).layer(axum::middleware::from_fn_with_state(guard, web::guard));
     let graceful = GracefulShutdown::new();
+    warn_if_cap_above_nofile(limits.max_connections);
+    let tracker = ConnTracker::new(limits);
     tokio::pin!(stop);
     loop {
         let (stream, peer) = tokio::select! {
@@ -229,16 +232,31 @@ pub async fn serve(
                 }
             },
         };
+        // At the cap another connection makes room, or this one is closed at once: the loop
+        // goes on accepting either way, so the backlog never fills behind a flood.
+        let Some(conn) = tracker.admit() else {
+            log::debug!("{peer}: refused, {} connections handling requests", limits.max_connections);
+            continue;
+        };
         let web = web.current();
         let app = app.clone();
         // Taken now, so a connection still in its TLS handshake counts for the shutdown too.
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            match web::accept(&web, stream, peer).await {
-                Some(web::Conn::Plain(s)) => serve_connection(s, app, watcher).await,
-                Some(web::Conn::Tls(s)) => serve_connection(s, app, watcher).await,
-                None => {}
+            let state = conn.state.clone();
+            let wrap = |s| Limited::new(s, state.clone(), limits.write_timeout);
+            let work = async {
+                match web::accept(&web, stream, peer, wrap).await {
+                    Some(web::Conn::Plain(s)) => serve_connection(s, app, state.clone(), watcher).await,
+                    Some(web::Conn::Tls(s)) => serve_connection(s, app, state.clone(), watcher).await,
+                    None => {}
+                }
+            };
+            tokio::select! {
+                () = work => {}
+                why = http_limits::supervise(&conn.state, &limits) => log::debug!("{peer}: connection closed: {why}"),
             }
+            drop(conn);
         });
     }
     drop(listener);
@@ -252,15 +270,101 @@ pub async fn serve(
     Ok(())
 }
 
-async fn serve_connection<I>(io: I, app: Router, watcher: Watcher)
+/// The cap only works below the open-file limit: past that, accept fails (EMFILE) before the
+/// cap can close an idle connection for the new one.
+fn warn_if_cap_above_nofile(max_connections: usize) {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit fills the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    // Room for what the daemon holds besides connections (held files, sockets, BPF maps).
+    let needed = max_connections as u64 + 1024;
+    if lim.rlim_cur != libc::RLIM_INFINITY && lim.rlim_cur < needed {
+        log::warn!(
+            "--web.max-connections {max_connections} is too close to the open-file limit {} (RLIMIT_NOFILE): at \
+             that limit new connections fail to be accepted instead of replacing idle ones; raise LimitNOFILE \
+             or lower --web.max-connections",
+            lim.rlim_cur
+        );
+    }
+}
+
+async fn serve_connection<I>(io: I, app: Router, state: Arc<ConnState>, watcher: Watcher)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .serve_connection(TokioIo::new(io), TowerToHyperService::new(app));
+        // The head and idle time limits are http_limits::supervise's: hyper's own header
+        // timeout would also run between kept-alive requests and cut every idle connection
+        // after the (short) head time.
+        .header_read_timeout(None)
+        .serve_connection(TokioIo::new(io), Tracked { inner: TowerToHyperService::new(app), conn: state });
     if let Err(e) = watcher.watch(conn).await {
-        log::debug!("connection: {e}");
+        // hyper's message names the step ("error writing a body"), its source the cause
+        // (a write time limit, a reset).
+        let cause = std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default();
+        log::debug!("connection: {e}{cause}");
+    }
+}
+
+/// The router as a connection's service, telling the connection's state when a request starts
+/// and when its response body is done.
+struct Tracked {
+    inner: TowerToHyperService<Router>,
+    conn: Arc<ConnState>,
+}
+
+impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Tracked {
+    type Response = hyper::Response<TrackedBody>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn call(&self, req: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        self.conn.request_started();
+        let fut = self.inner.call(req);
+        let conn = self.conn.clone();
+        async move {
+            let resp = fut.await?;
+            Ok(resp.map(|body| TrackedBody { body, _done: DoneOnDrop(conn) }))
+        }
+        .boxed()
+    }
+}
+
+/// Marks the response done when dropped: hyper drops the body once it has sent all of it, or
+/// when the connection fails.
+struct DoneOnDrop(Arc<ConnState>);
+
+impl Drop for DoneOnDrop {
+    fn drop(&mut self) {
+        self.0.response_done();
+    }
+}
+
+/// A response body that marks its response done when it is dropped.
+struct TrackedBody {
+    body: axum::body::Body,
+    _done: DoneOnDrop,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }

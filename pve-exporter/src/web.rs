@@ -10,7 +10,10 @@ use std::{
     collections::{BTreeMap, HashMap},
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -32,7 +35,10 @@ use rustls::{
     },
 };
 use serde::Deserialize;
-use tokio::{io::AsyncWriteExt, net::TcpStream};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
+    net::TcpStream,
+};
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
 /// Time a client has to complete the TLS handshake.
@@ -460,22 +466,57 @@ pub struct BasicAuth {
     /// bcrypt runs at once: wrong passwords are not cached, and a flood of them must not
     /// take every blocking thread.
     slots: Arc<tokio::sync::Semaphore>,
+    /// Checks running or waiting for a slot: past `BCRYPT_SLOTS` + the queue bound a check is
+    /// answered 503 at once, so a flood of wrong passwords cannot pile up requests (and their
+    /// connections) behind the two slots.
+    in_check: AtomicUsize,
+}
+
+/// bcrypt checks that run at once.
+const BCRYPT_SLOTS: usize = 2;
+/// How long a check waits for a bcrypt slot before it is answered 503: the queue bound alone
+/// lets a waiting request sit for (queue ÷ slots) checks, seconds with a high bcrypt cost.
+const BCRYPT_WAIT: Duration = Duration::from_secs(2);
+
+/// The outcome of a basic-auth check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthCheck {
+    Allowed,
+    Denied,
+    /// Too many checks waiting for bcrypt: try again later (503).
+    Busy,
+}
+
+/// Counts a check in `in_check` while it lives.
+struct InCheck<'a>(&'a AtomicUsize);
+
+impl Drop for InCheck<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl BasicAuth {
     pub fn new(users: BTreeMap<String, String>) -> Self {
-        Self { users, verified: Mutex::default(), slots: Arc::new(tokio::sync::Semaphore::new(2)) }
+        Self {
+            users,
+            verified: Mutex::default(),
+            slots: Arc::new(tokio::sync::Semaphore::new(BCRYPT_SLOTS)),
+            in_check: AtomicUsize::new(0),
+        }
     }
 
-    /// Whether the `Authorization` header names a user with the right password.
-    pub async fn check(&self, authorization: Option<&HeaderValue>) -> bool {
+    /// Whether the `Authorization` header names a user with the right password; `Busy` when
+    /// the check would need bcrypt and `max_waiting` checks wait for it already, or no slot
+    /// came free within `BCRYPT_WAIT`.
+    pub async fn check(&self, authorization: Option<&HeaderValue>, max_waiting: usize) -> AuthCheck {
         let Some((user, pass)) = authorization.and_then(|v| v.to_str().ok()).and_then(parse_basic) else {
-            return false;
+            return AuthCheck::Denied;
         };
         {
             let verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
             if verified.get(&user).is_some_and(|p| same_bytes(p, pass.as_bytes())) {
-                return true;
+                return AuthCheck::Allowed;
             }
         }
         // An unknown user costs a bcrypt run as well, so timing does not tell user names apart.
@@ -483,18 +524,28 @@ impl BasicAuth {
             Some(h) => (true, h.clone()),
             None => match self.users.values().next() {
                 Some(h) => (false, h.clone()),
-                None => return false,
+                None => return AuthCheck::Denied,
             },
         };
-        let Ok(_permit) = self.slots.clone().acquire_owned().await else { return false };
+        let _counted = InCheck(&self.in_check);
+        if self.in_check.fetch_add(1, Ordering::AcqRel) >= BCRYPT_SLOTS + max_waiting {
+            return AuthCheck::Busy;
+        }
+        let _permit = match tokio::time::timeout(BCRYPT_WAIT, self.slots.clone().acquire_owned()).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => return AuthCheck::Denied, // closed: never happens, the semaphore lives with self
+            Err(_) => return AuthCheck::Busy,
+        };
         let candidate = pass.clone();
         let ok = tokio::task::spawn_blocking(move || bcrypt::verify(candidate, &hash).unwrap_or(false))
             .await
             .unwrap_or(false);
         if ok && known {
             self.verified.lock().unwrap_or_else(|p| p.into_inner()).insert(user, pass.into_bytes());
+            AuthCheck::Allowed
+        } else {
+            AuthCheck::Denied
         }
-        ok && known
     }
 }
 
@@ -566,23 +617,33 @@ impl WebHandle {
     }
 }
 
-/// A connection after the TLS handshake (if TLS is on).
-pub enum Conn {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+/// A connection after the TLS handshake (if TLS is on), over the stream `S` (the socket, as the
+/// server wraps it: [`crate::http_limits::Limited`]).
+pub enum Conn<S> {
+    Plain(S),
+    Tls(Box<TlsStream<S>>),
 }
 
 /// The first byte of a TLS connection: a handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
 
-/// Take a new connection through TLS when it is on. None: the connection is done (failed
-/// handshake, or plain HTTP to the TLS port, which gets a 400 saying so).
-pub async fn accept(web: &WebRuntime, stream: TcpStream, peer: SocketAddr) -> Option<Conn> {
-    let Some(acceptor) = &web.tls else { return Some(Conn::Plain(stream)) };
+/// Take a new connection through TLS when it is on. `wrap` turns the socket into the stream
+/// the connection runs on, once the first byte told plain HTTP from TLS. None: the connection
+/// is done (failed handshake, or plain HTTP to the TLS port, which gets a 400 saying so).
+pub async fn accept<S>(
+    web: &WebRuntime,
+    stream: TcpStream,
+    peer: SocketAddr,
+    wrap: impl FnOnce(TcpStream) -> S,
+) -> Option<Conn<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Some(acceptor) = &web.tls else { return Some(Conn::Plain(wrap(stream))) };
     let handshake = async {
         let mut first = [0u8; 1];
         if stream.peek(&mut first).await? == 1 && first[0] != TLS_HANDSHAKE {
-            let mut stream = stream;
+            let mut stream = wrap(stream);
             let body = "Client sent an HTTP request to an HTTPS server.\n";
             let reply = format!(
                 "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n\
@@ -593,7 +654,7 @@ pub async fn accept(web: &WebRuntime, stream: TcpStream, peer: SocketAddr) -> Op
             stream.shutdown().await?;
             return Ok(None);
         }
-        acceptor.accept(stream).await.map(Some)
+        acceptor.accept(wrap(stream)).await.map(Some)
     };
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok(Some(tls))) => Some(Conn::Tls(Box::new(tls))),
@@ -612,17 +673,35 @@ pub async fn accept(web: &WebRuntime, stream: TcpStream, peer: SocketAddr) -> Op
     }
 }
 
+/// What the [`guard`] middleware needs: the current web configuration and the bound of the
+/// bcrypt queue (`--web.max-auth-waiting`).
+#[derive(Clone)]
+pub struct GuardState {
+    pub web: WebHandle,
+    pub max_auth_waiting: usize,
+}
+
 /// Middleware: basic auth (when configured) and the configured response headers.
-pub async fn guard(State(web): State<WebHandle>, req: Request, next: Next) -> Response {
-    let current = web.current();
-    let mut resp = match &current.auth {
-        Some(auth) if !auth.check(req.headers().get(header::AUTHORIZATION)).await => (
+pub async fn guard(State(g): State<GuardState>, req: Request, next: Next) -> Response {
+    let current = g.web.current();
+    let check = match &current.auth {
+        Some(auth) => auth.check(req.headers().get(header::AUTHORIZATION), g.max_auth_waiting).await,
+        None => AuthCheck::Allowed,
+    };
+    let mut resp = match check {
+        AuthCheck::Allowed => next.run(req).await,
+        AuthCheck::Denied => (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"pve-exporter\""))],
             "Unauthorized\n",
         )
             .into_response(),
-        _ => next.run(req).await,
+        AuthCheck::Busy => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, HeaderValue::from_static("1"))],
+            "Too many password checks at once (--web.max-auth-waiting); try again later\n",
+        )
+            .into_response(),
     };
     for (k, v) in &current.headers {
         resp.headers_mut().insert(k.clone(), v.clone());
@@ -743,25 +822,76 @@ mod tests {
         assert_eq!(parse_basic(""), None);
     }
 
+    fn basic(u: &str, pw: &str) -> HeaderValue {
+        HeaderValue::from_str(&format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{u}:{pw}"))
+        ))
+        .unwrap()
+    }
+
     #[tokio::test]
     async fn basic_auth_checks_bcrypt_and_caches_only_successes() {
         let hash = bcrypt::hash("right", 4).unwrap();
         let auth = BasicAuth::new(BTreeMap::from([("prom".to_string(), hash)]));
-        let hv = |u: &str, pw: &str| {
-            HeaderValue::from_str(&format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(format!("{u}:{pw}"))
-            ))
-            .unwrap()
+        let check = |h: Option<HeaderValue>| {
+            let auth = &auth;
+            async move { auth.check(h.as_ref(), 16).await }
         };
-        assert!(!auth.check(None).await);
-        assert!(!auth.check(Some(&hv("prom", "wrong"))).await);
-        assert!(!auth.check(Some(&hv("eve", "right"))).await, "an unknown user with a known password");
+        assert_eq!(check(None).await, AuthCheck::Denied);
+        assert_eq!(check(Some(basic("prom", "wrong"))).await, AuthCheck::Denied);
+        assert_eq!(
+            check(Some(basic("eve", "right"))).await,
+            AuthCheck::Denied,
+            "an unknown user with a known password"
+        );
         assert!(auth.verified.lock().unwrap().is_empty());
-        assert!(auth.check(Some(&hv("prom", "right"))).await);
-        assert!(auth.check(Some(&hv("prom", "right"))).await);
-        assert!(!auth.check(Some(&hv("prom", "righ"))).await);
-        assert!(!auth.check(Some(&hv("prom", "right "))).await);
+        assert_eq!(check(Some(basic("prom", "right"))).await, AuthCheck::Allowed);
+        assert_eq!(check(Some(basic("prom", "right"))).await, AuthCheck::Allowed);
+        assert_eq!(check(Some(basic("prom", "righ"))).await, AuthCheck::Denied);
+        assert_eq!(check(Some(basic("prom", "right "))).await, AuthCheck::Denied);
+        assert_eq!(auth.in_check.load(Ordering::Acquire), 0, "every check counted out");
+    }
+
+    /// Past the two bcrypt slots and `max_waiting` waiting checks, a check that needs bcrypt is
+    /// answered Busy at once; a cached password still passes without waiting.
+    #[tokio::test]
+    async fn the_bcrypt_queue_is_bounded() {
+        let hash = bcrypt::hash("right", 4).unwrap();
+        let auth = Arc::new(BasicAuth::new(BTreeMap::from([("prom".to_string(), hash)])));
+        assert_eq!(auth.check(Some(&basic("prom", "right")), 0).await, AuthCheck::Allowed);
+        // Both bcrypt slots taken (as by two long checks): every check that needs bcrypt waits.
+        let held = auth.slots.clone().acquire_many_owned(BCRYPT_SLOTS as u32).await.unwrap();
+        let max_waiting = 3;
+        let waiting: Vec<_> = (0..BCRYPT_SLOTS + max_waiting)
+            .map(|i| {
+                let auth = auth.clone();
+                tokio::spawn(async move { auth.check(Some(&basic("prom", &format!("guess{i}"))), max_waiting).await })
+            })
+            .collect();
+        while auth.in_check.load(Ordering::Acquire) < BCRYPT_SLOTS + max_waiting {
+            tokio::task::yield_now().await;
+        }
+        // The queue is full: one more is turned away at once, a cached password passes.
+        assert_eq!(auth.check(Some(&basic("prom", "guess")), max_waiting).await, AuthCheck::Busy);
+        assert_eq!(auth.check(Some(&basic("prom", "right")), max_waiting).await, AuthCheck::Allowed);
+        drop(held);
+        for w in waiting {
+            assert_eq!(w.await.unwrap(), AuthCheck::Denied);
+        }
+        assert_eq!(auth.in_check.load(Ordering::Acquire), 0, "every check counted out");
+        assert_eq!(auth.check(Some(&basic("prom", "guess")), max_waiting).await, AuthCheck::Denied);
+    }
+
+    /// A check that gets no bcrypt slot within BCRYPT_WAIT is answered Busy.
+    #[tokio::test(start_paused = true)]
+    async fn a_check_waits_for_a_slot_at_most_bcrypt_wait() {
+        let auth = BasicAuth::new(BTreeMap::from([("prom".to_string(), bcrypt::hash("right", 4).unwrap())]));
+        let _held = auth.slots.clone().acquire_many_owned(BCRYPT_SLOTS as u32).await.unwrap();
+        let start = tokio::time::Instant::now();
+        assert_eq!(auth.check(Some(&basic("prom", "right")), 16).await, AuthCheck::Busy);
+        assert_eq!(start.elapsed(), BCRYPT_WAIT);
+        assert_eq!(auth.in_check.load(Ordering::Acquire), 0);
     }
 
     #[test]

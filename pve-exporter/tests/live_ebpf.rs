@@ -249,6 +249,162 @@ fn stopped_vms_leave_nothing_behind() {
     assert_eq!(sample(&m, "pve_exporter_ebpf_uncounted_events_total", &[("cause", "map_full")]), Some(0.0));
 }
 
+/// Start a test guest as VM `vmid` on exactly `pid` (free now): the kernel hands out the pid
+/// after `ns_last_pid`, so write `pid - 1` there and spawn, until no other process of the host
+/// took the pid in between. None when it could not be had.
+fn guest_on_pid(pid: u32, vmid: u32, writes: u64, dir: &std::path::Path) -> Option<Guest> {
+    let ready = dir.join(format!("guest-{vmid}.ready"));
+    for _ in 0..500 {
+        let _ = std::fs::remove_file(&ready);
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).expect("ns_last_pid (needs root)");
+        let child = Command::new(GUEST)
+            .arg0("/usr/bin/kvm")
+            .args(["-id", &vmid.to_string(), "-name", &format!("reused{vmid},debug-threads=on")])
+            .args(["-smp", "1", "-m", "32", "-pio-writes", &writes.to_string()])
+            .arg("-ready-file")
+            .arg(&ready)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start pve-test-guest");
+        let got = child.id();
+        let mut g = Guest { proc: Proc(child), pid: got };
+        if got != pid {
+            continue; // dropped: killed and reaped, try again
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::fs::read_to_string(&ready).map(|t| t.trim() != format!("done {writes}")).unwrap_or(true) {
+            assert!(g.proc.0.try_wait().expect("wait").is_none(), "guest on pid {pid} exited early");
+            assert!(Instant::now() < deadline, "guest on pid {pid} did not finish its writes");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        return Some(g);
+    }
+    None
+}
+
+/// A VM whose process exits and whose pid a new VM process takes before the next scrape: the
+/// new process must not carry on the dead one's counters (the maps key counters by pid). The
+/// daemon tells the two processes apart by a pidfd, and forgets the dead one's counters before
+/// it registers the new one.
+#[test]
+fn a_vm_on_a_reused_pid_starts_from_zero() {
+    require_privileges();
+    let root = host_root(&[125]);
+    let daemon = Daemon::start(root.path(), &["--ebpf", "on"]);
+    let pio = |m: &str| sample(m, "pve_kvm_tracepoint_events_total", &[("id", "125"), ("event", "kvm_pio")]);
+    let first = Guest::start(125, 1, 1000, root.path());
+    let pid = first.pid;
+    let m = daemon.get("/metrics");
+    assert_eq!(pio(&m), Some(1000.0), "{m}");
+    // Registered now: from here on VM 125 counts in the per-VM arrays, under this pid.
+    assert_eq!(pio(&daemon.get("/metrics")), Some(1000.0));
+    drop(first);
+    let second = guest_on_pid(pid, 125, 5, root.path()).expect("the pid of the stopped guest could not be had again");
+    assert_eq!(second.pid, pid);
+    let m = daemon.get("/metrics");
+    assert!(sample(&m, "pve_kvm_info", &[("id", "125")]).is_some(), "the new VM is seen\n{m}");
+    // Not 1000 (nor 1005): the dead process's counts are gone. The new process's 5 writes before
+    // this scrape were counted under the old registration and went with it.
+    assert_eq!(pio(&m), None, "a new process on a reused pid inherited counters\n{m}");
+    assert_eq!(sample(&m, "pve_exporter_ebpf_map_entries", &[("map", "VM_INDEX")]), Some(1.0), "{m}");
+    drop(second);
+}
+
+/// The kernel's accounting of the maps' memory (fdinfo `memlock`, what `bpftool map show` prints)
+/// follows the sizing for this host's possible CPUs, and the hash maps that allocate per key
+/// (`BPF_F_NO_PREALLOC`) hold no per-CPU values up front.
+#[test]
+fn map_memory_follows_the_sizing_for_the_possible_cpus() {
+    use pve_exporter::sources::ebpf::map_sizes;
+    require_privileges();
+    let root = host_root(&[126]);
+    let daemon = Daemon::start(root.path(), &["--ebpf", "on"]);
+    let possible = std::fs::read_to_string("/sys/devices/system/cpu/possible").expect("possible CPUs");
+    let cpus: usize = possible
+        .trim()
+        .split(',')
+        .map(|r| match r.split_once('-') {
+            Some((a, b)) => b.parse::<usize>().expect("cpu") - a.parse::<usize>().expect("cpu") + 1,
+            None => 1,
+        })
+        .sum();
+    let sizes = map_sizes(cpus);
+    // Every BPF map the daemon holds: (type, key size, value size, max entries, flags, memlock).
+    let pid = daemon.proc.0.id();
+    let mut maps = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd")).expect("fd dir").flatten() {
+        if std::fs::read_link(e.path()).map(|l| l.to_string_lossy() == "anon_inode:bpf-map").unwrap_or(false) {
+            let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", e.file_name().to_string_lossy()))
+                .expect("fdinfo");
+            let field = |k: &str| {
+                info.lines()
+                    .find_map(|l| {
+                        let v = l.strip_prefix(k)?.strip_prefix(':')?.trim();
+                        // map_flags is printed in hex.
+                        Some(match v.strip_prefix("0x") {
+                            Some(hex) => u64::from_str_radix(hex, 16).unwrap_or(0),
+                            None => v.parse::<u64>().unwrap_or(0),
+                        })
+                    })
+                    .unwrap_or(0)
+            };
+            maps.push([
+                field("map_type"),
+                field("key_size"),
+                field("value_size"),
+                field("max_entries"),
+                field("map_flags"),
+                field("memlock"),
+            ]);
+        }
+    }
+    const HASH: u64 = 1;
+    const PERCPU_HASH: u64 = 5;
+    const PERCPU_ARRAY: u64 = 6;
+    // A map by its type, key and value sizes (and its entries where those are not enough).
+    let find = |ty: u64, key: u64, value: u64, entries: Option<u64>| {
+        let found: Vec<_> = maps
+            .iter()
+            .filter(|m| m[0] == ty && m[1] == key && m[2] == value && entries.is_none_or(|n| m[3] == n))
+            .collect();
+        assert_eq!(found.len(), 1, "map type {ty} key {key} value {value} in {maps:?}");
+        *found[0]
+    };
+    let event_array = find(PERCPU_ARRAY, 4, 200, None);
+    let uexit_array = find(PERCPU_ARRAY, 4, 256, None);
+    let hist = find(PERCPU_HASH, 8, 104, None);
+    assert_eq!(event_array[3], u64::from(sizes.indexed_vms));
+    assert_eq!(uexit_array[3], u64::from(sizes.indexed_vms));
+    assert_eq!(hist[3], u64::from(sizes.hist_keys));
+    // The sized maps take what the sizing says, plus each map's fixed header (< 1 KiB).
+    let sized = event_array[5] + uexit_array[5] + hist[5];
+    let want = sizes.percpu_memlock(cpus);
+    assert!(sized >= want && sized <= want + 3 * 1024, "{cpus} CPUs: memlock {sized}, sizing says {want}");
+    // Allocated per key: flag set, and far below what preallocated values would take.
+    for (key, value, max) in [(8, 8, 8192), (8, 8, 4096), (12, 16, 16384), (8, 16, 4096)] {
+        let m = find(PERCPU_HASH, key, value, Some(max));
+        assert_eq!(m[4] & 1, 1, "BPF_F_NO_PREALLOC on {m:?}");
+        // Preallocated, the kernel would account its buckets and, per entry, an element and
+        // a value per CPU.
+        let prealloc = 16 * max.next_power_of_two() + max * (56 + key.div_ceil(8) * 8 + value * cpus as u64);
+        assert!(m[5] < prealloc / 2, "{m:?} holds its values up front (preallocated: {prealloc} B)");
+    }
+    let vcpu_threads = find(HASH, 4, 4, None);
+    assert_eq!(vcpu_threads[4] & 1, 1, "VCPU_THREADS allocates per key: {vcpu_threads:?}");
+    let total: u64 = maps.iter().map(|m| m[5]).sum();
+    eprintln!(
+        "{cpus} possible CPUs: {} indexed VMs, {} histogram keys; sized per-CPU maps {sized} B, all maps {total} B",
+        sizes.indexed_vms, sizes.hist_keys
+    );
+    let m = daemon.get("/metrics");
+    assert_eq!(
+        sample(&m, "pve_exporter_ebpf_map_capacity", &[("map", "VM_INDEX")]),
+        Some(f64::from(sizes.indexed_vms))
+    );
+    assert_eq!(sample(&m, "pve_exporter_ebpf_map_capacity", &[("map", "HIST")]), Some(f64::from(sizes.hist_keys)));
+}
+
 /// Without BTF, or without the rights to load BPF programs, `auto` serves procfs mode and
 /// says why; `on` refuses to start.
 #[test]

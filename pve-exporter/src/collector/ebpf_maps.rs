@@ -24,7 +24,16 @@ pub fn collect(
     out: &mut MetricSet,
 ) -> Result<(), String> {
     counters.sync_vcpus(vcpus);
-    counters.sync_vms(&vms.iter().map(|v| v.pid).collect::<Vec<_>>());
+    let pids: Vec<u32> = vms.iter().map(|v| v.pid).collect();
+    // VM processes that exited since the last scrape: their counters go now, before a new
+    // process on the same pid is registered and counted (it would otherwise carry them on).
+    // The keys to remove come from a read of the maps, needed only then.
+    let exited = counters.exited(&pids);
+    if !exited.is_empty() {
+        let snap = counters.read()?;
+        counters.forget(&exited, &snap);
+    }
+    counters.sync_vms(&pids);
     let snap = counters.read()?;
     // One shared `id` value per VM: the rows below clone it, not the string.
     let by_pid: HashMap<u32, LabelValue> = vms.iter().map(|v| (v.pid, super::kvm::shared_id(v))).collect();

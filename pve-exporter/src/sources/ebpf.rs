@@ -8,6 +8,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -19,9 +20,9 @@ use aya::{
 };
 use pve_exporter_common::{
     CountNs, ERR_MAP_FULL, ERR_NEGATIVE_DELTA, ERR_SLOTS, ERR_UNMATCHED_ENTRY, EVENT_COUNT_SLOTS, EVENT_SLOTS,
-    EventCounts, ExitKey, HIST_BUCKETS, Hist, ISA_SVM, ISA_UNKNOWN, ISA_VMX, MAX_INDEXED_VMS, REASON_ERROR,
-    REASON_RESTART, SLOT_KVM_ENTRY, TgidKey, UEXIT_SLOTS, UexitCounts, VmSlot, event_program_name, globals,
-    uexit_reason, vcpu_filter_slot, vm_index_slot,
+    EventCounts, ExitKey, HIST_BUCKETS, HIST_FIRST_BIT, Hist, ISA_SVM, ISA_UNKNOWN, ISA_VMX, MAX_INDEXED_VMS,
+    REASON_ERROR, REASON_RESTART, SLOT_KVM_ENTRY, TgidKey, UEXIT_SLOTS, UexitCounts, VmSlot, event_program_name,
+    globals, uexit_reason, vcpu_filter_slot, vm_index_slot,
 };
 
 use crate::{
@@ -308,6 +309,13 @@ pub struct EbpfCounters {
     stats_on: bool,
     /// Possible CPUs: the per-CPU maps hold a value for each.
     nr_cpus: usize,
+    /// The sizes the maps were loaded with.
+    pub sizes: MapSizes,
+    /// A pidfd per VM process seen: it names that process, not whatever process gets its pid
+    /// next, so a pid reused by a new process is told from the VM that had it.
+    procs: HashMap<u32, OwnedFd>,
+    /// pidfd_open works here (Linux 5.3); else exits are found by /proc alone.
+    pidfd: bool,
     /// Maps are read with BPF_MAP_LOOKUP_BATCH (a syscall per map rather than one or two per
     /// key) until the kernel refuses it once.
     batch: bool,
@@ -385,6 +393,58 @@ pub fn start(host: &HostRoot, opts: &EbpfOptions) -> Result<EbpfStatus, String> 
         }
         Ok(_) => fail("no program could be attached (is the kvm module loaded?)".into()),
         Err(e) => fail(e),
+    }
+}
+
+/// The entries of the preallocated per-CPU maps, chosen at load time for the host's possible
+/// CPUs: each of their values exists once per possible CPU (also CPUs that are not online), so
+/// at the compiled sizes they would lock 1.3 MiB per CPU, 170 MiB on a 128-CPU host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapSizes {
+    /// VMs counted in the per-VM arrays (`EVENT_ARRAY`, `UEXIT_ARRAY`); VMs beyond count in the
+    /// hash maps, which allocate per key.
+    pub indexed_vms: u32,
+    /// Keys of `HIST`: two histograms for twice as many VMs as the arrays hold.
+    pub hist_keys: u32,
+}
+
+/// What the preallocated per-CPU values may take, over all CPUs.
+pub const PERCPU_BUDGET: u64 = 32 << 20;
+/// VMs the arrays hold at least, however many CPUs.
+pub const MIN_INDEXED_VMS: u32 = 64;
+
+/// Bytes of preallocated per-CPU values per indexed VM and CPU: its `EVENT_ARRAY` and
+/// `UEXIT_ARRAY` values and four `HIST` values.
+pub const PERCPU_BYTES_PER_VM: u64 =
+    (std::mem::size_of::<EventCounts>() + std::mem::size_of::<UexitCounts>() + 4 * std::mem::size_of::<Hist>()) as u64;
+
+/// The map sizes for `nr_cpus` possible CPUs: as many VMs as fit [`PERCPU_BUDGET`], at most
+/// the compiled [`MAX_INDEXED_VMS`], at least [`MIN_INDEXED_VMS`].
+pub fn map_sizes(nr_cpus: usize) -> MapSizes {
+    let fit = PERCPU_BUDGET / (PERCPU_BYTES_PER_VM * nr_cpus.max(1) as u64);
+    let indexed_vms = fit.clamp(u64::from(MIN_INDEXED_VMS), u64::from(MAX_INDEXED_VMS)) as u32;
+    MapSizes { indexed_vms, hist_keys: 4 * indexed_vms }
+}
+
+impl MapSizes {
+    /// The kernel's memory accounting (fdinfo `memlock`, `bpftool map show`) of the
+    /// preallocated per-CPU maps at these sizes, as the kernel computes it
+    /// (`array_map_mem_usage`, `htab_map_mem_usage`), without the maps' fixed headers.
+    pub fn percpu_memlock(&self, nr_cpus: usize) -> u64 {
+        let cpus = nr_cpus as u64;
+        let round8 = |n: usize| (n as u64).div_ceil(8) * 8;
+        let array = |entries: u32, value: usize| u64::from(entries) * (8 + round8(value) * cpus);
+        // A preallocated per-CPU hash: buckets (16 bytes per power-of-two slot), per-CPU lock
+        // counts, and per entry an element (header, key, per-CPU pointer) and its values.
+        let hash = |entries: u32, key: usize, value: usize| {
+            let elem = 48 + round8(key) + 8;
+            16 * u64::from(entries.next_power_of_two())
+                + 4 * 8 * cpus
+                + u64::from(entries) * (elem + round8(value) * cpus)
+        };
+        array(self.indexed_vms, std::mem::size_of::<EventCounts>())
+            + array(self.indexed_vms, std::mem::size_of::<UexitCounts>())
+            + hash(self.hist_keys, std::mem::size_of::<TgidKey>(), std::mem::size_of::<Hist>())
     }
 }
 
@@ -466,10 +526,23 @@ fn load(host: &HostRoot, object: &[u8], opts: &EbpfOptions) -> Result<EbpfCounte
         formats.get("kvm_exit").map(|f| ExitReasons::from_print_fmt(&f.print_fmt, cpu_isa)).unwrap_or_default();
 
     raise_memlock_limit();
+    let nr_cpus = aya::util::nr_cpus().map_err(|(what, e)| format!("{what}: {e}"))?;
+    let sizes = map_sizes(nr_cpus);
+    log::info!(
+        "eBPF maps sized for {nr_cpus} possible CPUs: {} VMs in the counter arrays, {} histogram keys \
+         ({:.1} MiB of preallocated per-CPU values)",
+        sizes.indexed_vms,
+        sizes.hist_keys,
+        sizes.percpu_memlock(nr_cpus) as f64 / f64::from(1 << 20)
+    );
     let mut loader = EbpfLoader::new();
     for (g, v) in &global_values {
         loader.override_global(g, v, true);
     }
+    loader
+        .map_max_entries("EVENT_ARRAY", sizes.indexed_vms)
+        .map_max_entries("UEXIT_ARRAY", sizes.indexed_vms)
+        .map_max_entries("HIST", sizes.hist_keys);
     let mut bpf = loader.load(object).map_err(|e| format!("loading the eBPF object: {e}"))?;
     let logger = match aya_log::EbpfLogger::init(&mut bpf) {
         Ok(l) => Some(l),
@@ -535,7 +608,6 @@ fn load(host: &HostRoot, object: &[u8], opts: &EbpfOptions) -> Result<EbpfCounte
         (None, false)
     };
 
-    let nr_cpus = aya::util::nr_cpus().map_err(|(what, e)| format!("{what}: {e}"))?;
     let mut c = EbpfCounters {
         bpf,
         events,
@@ -546,7 +618,10 @@ fn load(host: &HostRoot, object: &[u8], opts: &EbpfOptions) -> Result<EbpfCounte
         vcpus: HashMap::new(),
         vm_index: HashMap::new(),
         // Popped from the end: low indexes first.
-        free_indexes: (0..MAX_INDEXED_VMS).rev().collect(),
+        free_indexes: (0..sizes.indexed_vms).rev().collect(),
+        sizes,
+        procs: HashMap::new(),
+        pidfd: true,
         _stats: stats_fd,
         stats_on,
         nr_cpus,
@@ -734,24 +809,24 @@ impl EbpfCounters {
 
     /// Read every map.
     pub fn read(&mut self) -> Result<EbpfSnapshot, String> {
-        use pve_exporter_common::{MAX_EVENT_KEYS, MAX_EXIT_KEYS, MAX_HALT_KEYS, MAX_HIST_KEYS, MAX_REASON_KEYS};
+        use pve_exporter_common::{MAX_EVENT_KEYS, MAX_EXIT_KEYS, MAX_HALT_KEYS, MAX_REASON_KEYS};
         self.flush_log();
         let sum_u64 = |v: &[u64]| v.iter().sum::<u64>();
         let mut s = EbpfSnapshot::default();
         let events = self.read_hash::<TgidKey, u64, u64>("EVENT_COUNTS", MAX_EVENT_KEYS, sum_u64)?;
         let uexits = self.read_hash::<TgidKey, u64, u64>("USERSPACE_EXITS", MAX_REASON_KEYS, sum_u64)?;
         let exits = self.read_hash::<ExitKey, CountNs, CountNs>("EXITS", MAX_EXIT_KEYS, sum_count_ns)?;
-        let hists = self.read_hash::<TgidKey, Hist, Hist>("HIST", MAX_HIST_KEYS, sum_hist)?;
+        let hists = self.read_hash::<TgidKey, Hist, Hist>("HIST", self.sizes.hist_keys, sum_hist)?;
         let halt = self.read_hash::<TgidKey, CountNs, CountNs>("HALT", MAX_HALT_KEYS, sum_count_ns)?;
         s.maps = vec![
             ("EVENT_COUNTS", events.len(), MAX_EVENT_KEYS),
             ("USERSPACE_EXITS", uexits.len(), MAX_REASON_KEYS),
             ("EXITS", exits.len(), MAX_EXIT_KEYS),
-            ("HIST", hists.len(), MAX_HIST_KEYS),
+            ("HIST", hists.len(), self.sizes.hist_keys),
             ("HALT", halt.len(), MAX_HALT_KEYS),
             ("VCPU_THREADS", self.vcpus.len(), pve_exporter_common::MAX_VCPU_THREADS),
         ];
-        s.maps.push(("VM_INDEX", self.vm_index.len(), MAX_INDEXED_VMS));
+        s.maps.push(("VM_INDEX", self.vm_index.len(), self.sizes.indexed_vms));
         s.events = events.into_iter().map(|(k, v)| ((k.tgid, k.sub), v)).collect();
         s.userspace_exits = uexits.into_iter().map(|(k, v)| ((k.tgid, k.sub), v)).collect();
         // Registered VMs: their array counters, added to what they counted in the hash maps
@@ -874,6 +949,62 @@ impl EbpfCounters {
         }
     }
 
+    /// The VM processes tracked so far that have exited, also those whose pid names another
+    /// process by now; then tracks the processes of `pids` (the running VMs) not tracked yet.
+    /// The maps key counters by pid alone, so the exited ones must be forgotten before their
+    /// pid is counted again: else a VM started on a reused pid would carry on the dead VM's
+    /// counts. One `poll` over all pidfds per scrape.
+    pub fn exited(&mut self, pids: &[u32]) -> HashSet<u32> {
+        let mut gone = HashSet::new();
+        if !self.procs.is_empty() {
+            let tgids: Vec<u32> = self.procs.keys().copied().collect();
+            let mut fds: Vec<libc::pollfd> = tgids
+                .iter()
+                .filter_map(|t| self.procs.get(t))
+                .map(|fd| libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 })
+                .collect();
+            // SAFETY: an array of pollfds of descriptors we hold, no waiting.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
+            if n > 0 {
+                // A pidfd is readable once its process has exited.
+                gone.extend(tgids.iter().zip(&fds).filter(|(_, p)| p.revents != 0).map(|(t, _)| *t));
+            }
+            for t in &gone {
+                self.procs.remove(t);
+            }
+        }
+        let current: HashSet<u32> = pids.iter().copied().collect();
+        self.procs.retain(|t, _| current.contains(t));
+        if self.pidfd {
+            for &pid in pids {
+                if pid == 0 || self.procs.contains_key(&pid) {
+                    continue;
+                }
+                // SAFETY: pidfd_open has no memory arguments; the descriptor it returns is ours.
+                let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
+                if fd >= 0 {
+                    // SAFETY: a new descriptor nobody else owns.
+                    self.procs.insert(pid, unsafe { OwnedFd::from_raw_fd(fd as i32) });
+                    continue;
+                }
+                let e = std::io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::ESRCH) => {} // exited already: /proc tells
+                    _ => {
+                        log::info!(
+                            "no pidfd for VM processes ({e}): a VM started on the pid of one that exited between two \
+                             scrapes may carry on its eBPF counters"
+                        );
+                        self.pidfd = false;
+                        self.procs.clear();
+                        break;
+                    }
+                }
+            }
+        }
+        gone
+    }
+
     /// Register `pids` (the running VMs) for the counter arrays: each one not registered yet
     /// gets a free index, its counters zeroed first, then its VM_INDEX slot, so the programs
     /// count it in the arrays from then on. Its events so far stay in the hash maps (read and
@@ -976,23 +1107,24 @@ fn stats_enabled_by_sysctl() -> bool {
     std::fs::read_to_string(Path::new("/proc/sys/kernel/bpf_stats_enabled")).is_ok_and(|s| s.trim() == "1")
 }
 
-/// The upper bounds (`le`, in seconds) of the exported histogram buckets: powers of four from
-/// 1.024 µs to ~1.07 s, then +Inf. Each is a bucket boundary of the BPF histogram (2^b ns),
-/// so the cumulative counts are exact.
-pub const EXPORTED_BUCKET_BITS: &[u32] = &[10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30];
-
 /// The exported buckets of a BPF histogram: (le in seconds, count in that bucket alone), +Inf
-/// last, and the total count. (The encoder makes them cumulative.)
+/// last, and the total count. (The encoder makes them cumulative.) The program buckets at the
+/// exported resolution already (`pve_exporter_common::hist_bucket`): `le` = 2^10, 2^12, …
+/// 2^30 ns, then +Inf.
 pub fn exported_buckets(h: &Hist) -> (Vec<(f64, u64)>, u64) {
-    let mut out = Vec::with_capacity(EXPORTED_BUCKET_BITS.len() + 1);
-    let mut from = 0usize;
-    for &bits in EXPORTED_BUCKET_BITS {
-        // BPF bucket b holds [2^b, 2^(b+1)) ns: below 2^bits ns are buckets 0..bits.
-        let to = (bits as usize).min(HIST_BUCKETS);
-        out.push(((1u64 << bits) as f64 / 1e9, h.buckets[from..to].iter().sum()));
-        from = to;
-    }
-    out.push((f64::INFINITY, h.buckets[from..].iter().sum()));
+    let out = h
+        .buckets
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            let le = if i + 1 < HIST_BUCKETS {
+                (1u64 << (HIST_FIRST_BIT + 2 * i as u32)) as f64 / 1e9
+            } else {
+                f64::INFINITY
+            };
+            (le, n)
+        })
+        .collect();
     (out, h.buckets.iter().sum())
 }
 
@@ -1145,17 +1277,37 @@ mod tests {
     #[test]
     fn histogram_buckets_are_exact() {
         let mut h = Hist::default();
-        h.buckets[0] = 1; // 0..2 ns
-        h.buckets[9] = 2; // 512..1024 ns: below 1.024 µs
-        h.buckets[10] = 4; // 1024..2048 ns: below 4.096 µs
-        h.buckets[39] = 8; // huge
+        h.buckets[pve_exporter_common::hist_bucket(1) as usize] += 1;
+        h.buckets[pve_exporter_common::hist_bucket(1023) as usize] += 2; // below 1.024 µs
+        h.buckets[pve_exporter_common::hist_bucket(1024) as usize] += 4; // below 4.096 µs
+        h.buckets[pve_exporter_common::hist_bucket(u64::MAX) as usize] += 8; // huge
         h.sum_ns = 123;
         let (b, n) = exported_buckets(&h);
         assert_eq!(n, 15);
+        assert_eq!(b.len(), 12);
         assert_eq!(b[0], (1.024e-6, 3));
         assert_eq!(b[1], (4.096e-6, 4));
+        assert_eq!(b[10].0, 1.073741824);
         assert_eq!(*b.last().unwrap(), (f64::INFINITY, 8));
         assert_eq!(b.iter().map(|x| x.1).sum::<u64>(), n);
         assert!(b.windows(2).all(|w| w[0].0 < w[1].0));
+    }
+
+    #[test]
+    fn maps_are_sized_for_the_possible_cpus() {
+        // Few CPUs: the compiled sizes.
+        assert_eq!(map_sizes(2), MapSizes { indexed_vms: 512, hist_keys: 2048 });
+        assert_eq!(map_sizes(0), map_sizes(1));
+        // Many: as many VMs as fit the budget, never fewer than the floor.
+        let big = map_sizes(128);
+        assert_eq!(big.indexed_vms, 300);
+        assert!(big.percpu_memlock(128) <= PERCPU_BUDGET + PERCPU_BUDGET / 20, "{}", big.percpu_memlock(128));
+        assert_eq!(map_sizes(100_000).indexed_vms, MIN_INDEXED_VMS);
+        for cpus in [1, 2, 8, 64, 128, 256, 1024] {
+            let s = map_sizes(cpus);
+            assert!(s.indexed_vms >= MIN_INDEXED_VMS && s.indexed_vms <= MAX_INDEXED_VMS);
+            assert!(map_sizes(cpus * 2).indexed_vms <= s.indexed_vms);
+        }
+        assert_eq!(PERCPU_BYTES_PER_VM, 200 + 256 + 4 * 104);
     }
 }
