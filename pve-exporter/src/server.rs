@@ -40,13 +40,16 @@ use crate::{
 
 type Collection = Shared<BoxFuture<'static, Arc<MetricSet>>>;
 
+/// A finished collection and when it finished.
+type Finished = (Instant, Arc<MetricSet>);
+
 #[derive(Clone)]
 pub struct AppState {
     engine: SharedEngine,
     inflight: Arc<Mutex<Option<Collection>>>,
     /// The last finished collection and when it finished: what a request gets within
     /// `--min-collection-interval`, or when the collection it joined is not done by its deadline.
-    last: Arc<Mutex<Option<(Instant, Arc<MetricSet>)>>>,
+    last: Arc<Mutex<Option<Finished>>>,
     /// When the last collection finished (the systemd watchdog is fed from this).
     finished: Arc<watch::Sender<Option<Instant>>>,
 }

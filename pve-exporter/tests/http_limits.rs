@@ -7,12 +7,12 @@
 //! the slow readers and be back to a handful of descriptors afterwards.
 
 mod ops;
+mod prom;
 
 use std::{
     io::{Read, Write},
     net::TcpStream,
     os::fd::{AsRawFd, FromRawFd},
-    process::{Child, Command, Stdio},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -21,6 +21,7 @@ use std::{
 };
 
 use ops::Exporter;
+use prom::{Prometheus, value};
 
 /// The attack phase: longer than the write time limit (10 s), so the slow readers meet it.
 const ATTACK: Duration = Duration::from_secs(40);
@@ -154,71 +155,9 @@ fn prometheus_like_scrape(port: u16) -> Result<String, String> {
     Ok(body)
 }
 
-/// A Prometheus server on a free port with its own data directory.
-struct Prometheus {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Prometheus {
-    fn start(config: &str) -> Prometheus {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("prometheus.yml"), config).expect("config");
-        let port = ops::free_port();
-        let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log");
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start prometheus (Debian package prometheus)");
-        let mut p = Prometheus { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while ops::curl(&[&format!("http://127.0.0.1:{port}/-/ready")]).status != 200 {
-            if let Ok(Some(st)) = p.child.try_wait() {
-                panic!("prometheus exited: {st}\n{}", p.log());
-            }
-            assert!(Instant::now() < deadline, "prometheus not ready:\n{}", p.log());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        p
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
-    }
-
-    /// An instant query's samples as (labels, value).
-    fn query(&self, q: &str) -> Vec<(serde_json::Value, f64)> {
-        let url = format!("http://127.0.0.1:{}/api/v1/query", self.port);
-        let r = ops::curl(&["-G", &url, "--data-urlencode", &format!("query={q}")]);
-        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{q}: {e}: {}", r.body));
-        assert_eq!(v["status"], "success", "{q}: {v}");
-        v["data"]["result"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|s| {
-                let value = s["value"][1].as_str().and_then(|x| x.parse().ok()).unwrap_or(f64::NAN);
-                (s["metric"].clone(), value)
-            })
-            .collect()
-    }
-
-    fn targets(&self) -> String {
-        ops::curl(&[&format!("http://127.0.0.1:{}/api/v1/targets", self.port)]).body
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// An instant query's samples as (labels, value).
+fn query(p: &Prometheus, q: &str) -> Vec<(serde_json::Value, f64)> {
+    p.query(q).iter().map(|s| (s["metric"].clone(), value(s))).collect()
 }
 
 fn open_fds(pid: u32) -> usize {
@@ -243,7 +182,7 @@ fn scrapes_answer_under_idle_connections_slow_readers_and_a_request_flood() {
     ));
     // Prometheus scrapes before the attack starts.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while prom.query("up{job=\"pve-exporter\"} == 1").is_empty() {
+    while query(&prom, "up{job=\"pve-exporter\"} == 1").is_empty() {
         assert!(Instant::now() < deadline, "Prometheus did not scrape: {}\n{}", prom.targets(), prom.log());
         std::thread::sleep(Duration::from_millis(250));
     }
@@ -340,9 +279,10 @@ fn scrapes_answer_under_idle_connections_slow_readers_and_a_request_flood() {
     }
     // Prometheus' view of the attack window: every scrape up.
     let window = format!("{}s", ATTACK.as_secs() - 5);
-    let up = prom.query(&format!("min_over_time(up{{job=\"pve-exporter\"}}[{window}])"));
-    let count = prom.query(&format!("count_over_time(up{{job=\"pve-exporter\"}}[{window}])"));
-    let max_duration = prom.query(&format!("max_over_time(scrape_duration_seconds{{job=\"pve-exporter\"}}[{window}])"));
+    let up = query(&prom, &format!("min_over_time(up{{job=\"pve-exporter\"}}[{window}])"));
+    let count = query(&prom, &format!("count_over_time(up{{job=\"pve-exporter\"}}[{window}])"));
+    let max_duration =
+        query(&prom, &format!("max_over_time(scrape_duration_seconds{{job=\"pve-exporter\"}}[{window}])"));
     stop.store(true, Ordering::Relaxed);
     for t in threads {
         t.join().expect("attack thread");

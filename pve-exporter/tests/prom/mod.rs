@@ -1,6 +1,8 @@
 //! A real Prometheus (Debian's package) for the tests: started on a free port with its own
 //! data directory and configuration, asked through its HTTP API.
 
+#![allow(dead_code)] // each test crate uses its own part of the helpers
+
 use std::{
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -58,6 +60,11 @@ impl Prometheus {
         }
         let r = ops::curl(&args);
         serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{path} {query:?}: {e}: {} {}", r.status, r.body))
+    }
+
+    /// The scrape targets as Prometheus sees them (for messages).
+    pub fn targets(&self) -> String {
+        ops::curl(&[&format!("http://127.0.0.1:{}/api/v1/targets", self.port)]).body
     }
 
     /// An instant query: its result vector; panics on a query error.

@@ -3,6 +3,8 @@
 //! getattr, readdir, open, read, statfs) blocks while the test says so: pmxcfs hung on a lost
 //! quorum, an NFS server gone, as the kernel shows them to the daemon.
 
+#![allow(dead_code)] // each test crate uses its own part of the helpers
+
 use std::{
     collections::BTreeMap,
     ffi::OsStr,
