@@ -238,20 +238,49 @@ fn a_stopped_qemu_costs_its_own_series_not_the_scrape() {
     drop((healthy, stuck, daemon, prom));
 }
 
-/// A request within `--min-collection-interval` (1 s) of the last collection gets that
-/// collection: a flood of requests, or the second server of a Prometheus HA pair, does not
-/// make the node's monitors answer again.
+/// A request within `--min-collection-interval` (1 s, the default) of the last collection gets
+/// that collection: a flood of requests, or the second server of a Prometheus HA pair, does not
+/// make the node's monitors answer again. Each collection opens one QMP connection per VM, so
+/// a flood from 8 clients opens at most about one per VM per second.
 #[test]
-fn requests_within_the_minimum_interval_share_the_last_collection() {
+fn a_flood_of_requests_makes_at_most_one_collection_per_interval() {
     require_privileges();
-    let root = host_root(&[]);
+    let root = host_root(&[952]);
+    link_own_path(root.path());
+    let _vm = Qemu::start(root.path(), 952, &VmSpec::default());
     let daemon = Daemon::start(root.path(), &["--ebpf", "off", "--min-collection-interval", "1s"]);
     let (_, a, _) = scrape(daemon.port, "10");
     let (_, b, _) = scrape(daemon.port, "10");
     assert_eq!(a, b, "a request right after a collection got a new one");
-    std::thread::sleep(Duration::from_millis(1100));
-    let (_, c, _) = scrape(daemon.port, "10");
-    let d = |m: &str| sample(m, "pve_scrape_duration_seconds", &[]);
-    assert!(d(&c).is_some());
-    assert_ne!(a, c, "a request after the interval got the old collection");
+    assert!(sample(&a, "pve_kvm_disk_read_bytes_total", &[("id", "952"), ("disk_name", "scsi0")]).is_some(), "{a}");
+
+    let flood = Duration::from_secs(5);
+    let started = Instant::now();
+    let bodies: Vec<String> = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut seen = Vec::new();
+                    while started.elapsed() < flood {
+                        let (st, m, _) = scrape(daemon.port, "10");
+                        assert_eq!(st, 200);
+                        seen.push(m);
+                    }
+                    seen
+                })
+            })
+            .collect();
+        clients.into_iter().flat_map(|c| c.join().expect("client")).collect()
+    });
+    let secs = started.elapsed().as_secs_f64();
+    let mut collections: Vec<&String> = bodies.iter().collect();
+    collections.sort();
+    collections.dedup();
+    eprintln!("{} requests in {secs:.1} s answered by {} collections", bodies.len(), collections.len());
+    assert!(bodies.len() > 2 * collections.len(), "the flood was too slow to tell: {} requests", bodies.len());
+    // One collection per interval, and one more at each end.
+    assert!(collections.len() as f64 <= secs + 2.0, "{} collections in {secs:.1} s", collections.len());
+    for m in &collections {
+        assert!(sample(m, "pve_kvm_disk_read_bytes_total", &[("id", "952"), ("disk_name", "scsi0")]).is_some());
+    }
 }
