@@ -19,6 +19,7 @@ pub mod pve_config;
 pub mod pve_ha;
 pub mod qm;
 pub mod qmp;
+pub mod redact;
 pub mod statvfs;
 pub mod storage_cfg;
 pub mod sysfs;
