@@ -114,6 +114,14 @@ pub struct Config {
     #[arg(long, env = "PVE_EXPORTER_VM_SOURCE", value_enum, default_value = "auto")]
     pub vm_source: VmSourceMode,
 
+    /// Owners (user names or uids, comma-separated) whose QEMU processes are reported as plain
+    /// QEMU VMs (`--vm-source qemu`, and QEMU processes libvirt did not start), when their
+    /// executable is a QEMU binary. PVE VMs must be root's; libvirt's domains are named by its
+    /// root-owned files.
+    #[arg(long, env = "PVE_EXPORTER_QEMU_ALLOWED_USERS", value_delimiter = ',', default_value = "root",
+          value_parser = crate::sources::trust::parse_user)]
+    pub qemu_allowed_users: Vec<u32>,
+
     /// Collect storage metrics from storage.cfg (the storage collector).
     #[arg(long, env = "PVE_EXPORTER_COLLECT_STORAGE", default_value_t = true, action = clap::ArgAction::Set)]
     pub collect_storage: bool,
@@ -409,6 +417,16 @@ mod tests {
         // kvm_fpu only when asked for: its count is twice the user-space round trips.
         assert!(!c.ebpf_events.iter().any(|e| e == "kvm:kvm_fpu"));
         assert_eq!((c.kvm_debugfs, c.kvm_debugfs_per_vcpu), (KvmDebugfsMode::Auto, false));
+    }
+
+    #[test]
+    fn qemu_allowed_users() {
+        let c = Config::from_args(["pve-exporter"]).unwrap();
+        assert_eq!(c.qemu_allowed_users, [0], "root only by default");
+        let c = Config::from_args(["pve-exporter", "--qemu-allowed-users", "root,nobody,64055"]).unwrap();
+        assert_eq!(c.qemu_allowed_users, [0, 65534, 64055]);
+        let e = Config::from_args(["pve-exporter", "--qemu-allowed-users", "root,no-such-user-here"]).unwrap_err();
+        assert!(e.to_string().contains("no such user"), "{e}");
     }
 
     #[test]

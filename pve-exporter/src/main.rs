@@ -24,6 +24,7 @@ fn main() -> std::process::ExitCode {
     let matches = Config::command().get_matches();
     let config = Config::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     service::init_logging(config.loglevel);
+    pve_exporter::vm::set_qemu_owners(&config.qemu_allowed_users);
     // Files held open between scrapes take ~5 descriptors per VM (heldfile.rs), more than the
     // common soft limit of 1024 leaves on a large host; the hard limit is ours to take.
     match pve_exporter::heldfile::raise_nofile_limit() {

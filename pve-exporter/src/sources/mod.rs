@@ -24,4 +24,5 @@ pub mod statvfs;
 pub mod storage_cfg;
 pub mod sysfs;
 pub mod tracefs;
+pub mod trust;
 pub mod zfs;

@@ -25,6 +25,7 @@ const CN_MSG_LEN: usize = 20;
 const EVENT_DATA: usize = 16;
 const PROC_EVENT_FORK: u32 = 0x1;
 const PROC_EVENT_EXEC: u32 = 0x2;
+const PROC_EVENT_UID: u32 = 0x4;
 const PROC_EVENT_EXIT: u32 = 0x8000_0000;
 /// Receive buffer asked for: events of a busy host over a minute of scrape interval.
 const RCVBUF: libc::c_int = 8 << 20;
@@ -40,7 +41,8 @@ pub struct ProcEvents {
 /// What happened to a process (a thread group) last, of what [`ProcEvents::drain`] saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
-    /// Forked as a new process, or exec'd a program: its command line may be new.
+    /// Forked as a new process, or exec'd a program: its command line may be new; or changed
+    /// its uids (setuid, QEMU's `-run-with user=`): whether it is believed may be new.
     Started,
     /// The process (its thread-group leader) exited.
     Exited,
@@ -205,6 +207,8 @@ enum Event {
     Fork { pid: u32, tgid: u32 },
     /// `tgid` exec'd a program.
     Exec { tgid: u32 },
+    /// A task of `tgid` changed its real or effective uid.
+    Owner { tgid: u32 },
     /// A task ended: the process when `pid == tgid` (its leader), else one of its threads.
     Exit { pid: u32, tgid: u32 },
 }
@@ -221,10 +225,11 @@ fn for_each_event(mut b: &[u8], mut f: impl FnMut(Event)) {
             let ev = msg.get(CN_MSG_LEN..).unwrap_or_default();
             let data = |at: usize| u32_at(ev, EVENT_DATA + at);
             // fork: (parent pid, parent tgid, child pid, child tgid); exec: (pid, tgid);
-            // exit: (pid, tgid, code, signal, ...).
+            // uid: (pid, tgid, ruid, euid); exit: (pid, tgid, code, signal, ...).
             let event = match u32_at(ev, 0) {
                 Some(PROC_EVENT_FORK) => data(8).zip(data(12)).map(|(pid, tgid)| Event::Fork { pid, tgid }),
                 Some(PROC_EVENT_EXEC) => data(4).map(|tgid| Event::Exec { tgid }),
+                Some(PROC_EVENT_UID) => data(4).map(|tgid| Event::Owner { tgid }),
                 Some(PROC_EVENT_EXIT) => data(0).zip(data(4)).map(|(pid, tgid)| Event::Exit { pid, tgid }),
                 _ => None,
             };
@@ -239,14 +244,15 @@ fn for_each_event(mut b: &[u8], mut f: impl FnMut(Event)) {
 }
 
 /// Note each process's last change in one datagram in `pids`: a new process or an exec is
-/// [`Change::Started`], a leader's exit [`Change::Exited`]. Threads are left out: they change
-/// neither the set of processes nor a command line.
+/// [`Change::Started`], and so is a change of owner (of any of its threads: the process is
+/// read again), a leader's exit [`Change::Exited`]. Threads starting or ending are left out:
+/// they change neither the set of processes nor a command line.
 pub fn parse_events(b: &[u8], pids: &mut HashMap<u32, Change>) {
     for_each_event(b, |ev| match ev {
         Event::Fork { pid, tgid } if pid == tgid => {
             pids.insert(tgid, Change::Started);
         }
-        Event::Exec { tgid } => {
+        Event::Exec { tgid } | Event::Owner { tgid } => {
             pids.insert(tgid, Change::Started);
         }
         Event::Exit { pid, tgid } if pid == tgid => {
@@ -285,9 +291,13 @@ mod tests {
         b.extend(event(PROC_EVENT_EXIT, &[701, 700, 0, 0])); // a thread of 700 ends: no change
         b.extend(event(PROC_EVENT_FORK, &[1, 1, 600, 600])); // 600 reused: the last change counts
         b.extend(event(PROC_EVENT_EXIT, &[777, 777, 0, 0]));
+        b.extend(event(PROC_EVENT_UID, &[901, 900, 64055, 64055])); // a thread of 900 dropped root
         let mut pids = HashMap::new();
         parse_events(&b, &mut pids);
-        assert_eq!(pids, HashMap::from([(500, Change::Started), (600, Change::Started), (777, Change::Exited)]));
+        assert_eq!(
+            pids,
+            HashMap::from([(500, Change::Started), (600, Change::Started), (777, Change::Exited), (900, Change::Started)])
+        );
     }
 
     #[test]
