@@ -58,9 +58,22 @@ impl ProcScanner {
     /// and process events can be had.
     pub fn new(host: &HostRoot) -> Self {
         let events = if is_procfs(host) {
-            ProcEvents::open()
+            let events = ProcEvents::open()
                 .map_err(|e| log::info!("process events unavailable ({e}): every cmdline is read on every scrape"))
-                .ok()
+                .ok();
+            if let Some(ev) = &events {
+                let (bytes, forced) = ev.queue();
+                if forced {
+                    log::debug!("process events subscribed (queue {bytes} bytes): /proc is listed once, then followed");
+                } else {
+                    // Without CAP_NET_ADMIN (SO_RCVBUFFORCE) the queue is net.core.rmem_max's.
+                    log::info!(
+                        "process events subscribed, but the queue is limited to {bytes} bytes by net.core.rmem_max \
+                         (no CAP_NET_ADMIN): a busy host can overflow it between scrapes, which costs a /proc listing"
+                    );
+                }
+            }
+            events
         } else {
             None
         };
@@ -196,7 +209,9 @@ impl ProcDir {
     fn open_file(&self, name: &std::ffi::CStr) -> io::Result<std::fs::File> {
         use std::os::fd::{AsRawFd, FromRawFd};
         // SAFETY: openat with our directory fd and a NUL-terminated name; the fd is owned at once.
-        let fd = unsafe { libc::openat(self.0.as_raw_fd(), name.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY) };
+        let fd = unsafe {
+            libc::openat(self.0.as_raw_fd(), name.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY)
+        };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
