@@ -428,10 +428,16 @@ mod tests {
         assert_eq!(pve_untrusted(&proc(1, 0, None, "/usr/bin/kvm -id 100")), None);
         assert_eq!(pve_untrusted(&proc(1, 0, QEMU, "/usr/bin/kvm -name x")), Some("no -id"));
         for id in ["../x", "100/../../etc", "", "1e3", "0x64", "100 ", "1000000000"] {
-            let p = QemuProcess { cmdline: QemuCmdline { id: Some(id.into()), ..QemuCmdline::default() }, ..(*proc(1, 0, QEMU, "kvm")).clone() };
+            let p = QemuProcess {
+                cmdline: QemuCmdline { id: Some(id.into()), ..QemuCmdline::default() },
+                ..(*proc(1, 0, QEMU, "kvm")).clone()
+            };
             assert_eq!(pve_untrusted(&p), Some("-id is not a vmid (digits only)"), "{id:?}");
         }
-        assert_eq!(pve_untrusted(&proc(1, 65534, QEMU, "/usr/bin/kvm -id 100")), Some("not root's (PVE runs QEMU as root)"));
+        assert_eq!(
+            pve_untrusted(&proc(1, 65534, QEMU, "/usr/bin/kvm -id 100")),
+            Some("not root's (PVE runs QEMU as root)")
+        );
         let mut p = (*proc(1, 0, QEMU, "/usr/bin/kvm -id 100")).clone();
         p.uids = Some([1000, 0, 0, 0]);
         assert!(pve_untrusted(&p).is_some(), "a setuid start by a user is the user's");
@@ -450,7 +456,10 @@ mod tests {
             plain_untrusted(&proc(1, 0, Some("/usr/bin/sleep"), "qemu-system-x86_64 -name a"), &root),
             Some("its executable is not a QEMU binary")
         );
-        assert_eq!(plain_untrusted(&proc(1, 0, None, "qemu-system-x86_64"), &root), Some("its executable is not a QEMU binary"));
+        assert_eq!(
+            plain_untrusted(&proc(1, 0, None, "qemu-system-x86_64"), &root),
+            Some("its executable is not a QEMU binary")
+        );
         assert_eq!(
             plain_untrusted(&proc(1, 65534, QEMU, "qemu-system-x86_64"), &root),
             Some("owned by a user not in --qemu-allowed-users")
@@ -480,11 +489,7 @@ mod tests {
         skipped.sort();
         assert_eq!(
             skipped,
-            [
-                (11, "not root's (PVE runs QEMU as root)"),
-                (12, "-id is not a vmid (digits only)"),
-                (13, "no -id"),
-            ]
+            [(11, "not root's (PVE runs QEMU as root)"), (12, "-id is not a vmid (digits only)"), (13, "no -id"),]
         );
         let mut out = Discovered::default();
         QemuSource.vms(procs, &mut out);

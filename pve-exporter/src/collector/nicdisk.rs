@@ -350,7 +350,10 @@ mod tests {
         let text = format!("{:?}", info.samples);
         assert!(!text.contains("AQBz4l") && !text.contains("hunter2") && !text.contains("chap"), "{text}");
         let l = labels(&info.samples[0]);
-        assert!(l.contains(&("disk_path", "rbd:ceph-vm/vm-1-disk-0:id=admin:key=<redacted>:mon_host=10.0.0.1")), "{l:?}");
+        assert!(
+            l.contains(&("disk_path", "rbd:ceph-vm/vm-1-disk-0:id=admin:key=<redacted>:mon_host=10.0.0.1")),
+            "{l:?}"
+        );
         assert!(l.contains(&("pool", "ceph-vm")) && l.contains(&("vol_name", "vm-1-disk-0")), "{l:?}");
         let l = labels(&info.samples[1]);
         assert!(l.contains(&("disk_path", "iscsi://<redacted>@10.0.0.9/iqn.2003-01.org.example:t1/0")), "{l:?}");

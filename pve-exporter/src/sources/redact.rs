@@ -20,8 +20,7 @@ const SECRET_WORDS: &[&str] =
 /// Whether an option name names a secret: one of its words (split at `-`, `_`, `.`) is in
 /// [`SECRET_WORDS`].
 pub fn is_secret_name(name: &str) -> bool {
-    name.split(['-', '_', '.'])
-        .any(|w| SECRET_WORDS.iter().any(|s| w.eq_ignore_ascii_case(s)))
+    name.split(['-', '_', '.']).any(|w| SECRET_WORDS.iter().any(|s| w.eq_ignore_ascii_case(s)))
 }
 
 /// The path of a drive with every credential replaced by [`REDACTED`]. Local paths (starting
@@ -214,7 +213,10 @@ mod tests {
             "iscsi://admin%s3cr%40t@192.168.1.10:3260/iqn.2003-01.org.linux-iscsi.pve:sn.1/0",
             "iscsi://<redacted>@192.168.1.10:3260/iqn.2003-01.org.linux-iscsi.pve:sn.1/0",
         );
-        check("iscsi://192.168.1.10/iqn.2003-01.org.linux-iscsi.pve:sn.1/0", "iscsi://192.168.1.10/iqn.2003-01.org.linux-iscsi.pve:sn.1/0");
+        check(
+            "iscsi://192.168.1.10/iqn.2003-01.org.linux-iscsi.pve:sn.1/0",
+            "iscsi://192.168.1.10/iqn.2003-01.org.linux-iscsi.pve:sn.1/0",
+        );
         check("https://alice:hunter2@images.example.com/disk.img", "https://<redacted>@images.example.com/disk.img");
         // ssh's host_key_check holds a public fingerprint: redacted too (a word of it is `key`),
         // which costs nothing; letting one real secret through would.
@@ -248,7 +250,9 @@ mod tests {
             serde_json::json!({"driver":"qcow2","encrypt.key-secret":"<redacted>","file":{"driver":"https","url":"https://<redacted>@h.example/d.qcow2","password-secret":"<redacted>","cookie":"<redacted>"}})
         );
         assert_eq!(
-            json(r#"json:{"driver":"raw","file":{"driver":"rbd","pool":"p","image":"i","key-secret":"s","user":"admin"}}"#),
+            json(
+                r#"json:{"driver":"raw","file":{"driver":"rbd","pool":"p","image":"i","key-secret":"s","user":"admin"}}"#
+            ),
             serde_json::json!({"driver":"raw","file":{"driver":"rbd","pool":"p","image":"i","key-secret":"<redacted>","user":"admin"}})
         );
         assert_eq!(drive_path("json:{not json"), "json:<redacted>");
@@ -256,7 +260,18 @@ mod tests {
 
     #[test]
     fn secret_names() {
-        for n in ["password", "password-secret", "file.password-secret", "key", "keyring", "key-secret", "rbd_key", "PASS", "token", "cookie-secret"] {
+        for n in [
+            "password",
+            "password-secret",
+            "file.password-secret",
+            "key",
+            "keyring",
+            "key-secret",
+            "rbd_key",
+            "PASS",
+            "token",
+            "cookie-secret",
+        ] {
             assert!(is_secret_name(n), "{n}");
         }
         for n in ["id", "mon_host", "auth_supported", "conf", "exportname", "monkey", "keys", "user"] {
@@ -267,7 +282,18 @@ mod tests {
     /// Arbitrary input: no panic, and a secret option never survives.
     #[test]
     fn no_panics_on_odd_input() {
-        for p in ["\\", "rbd:\\", "a://", "a://@", "x:key=", "x:=y", "é:key=ü:z", "://@/?&;#", "json:", "json:[1,{\"key\":2}]"] {
+        for p in [
+            "\\",
+            "rbd:\\",
+            "a://",
+            "a://@",
+            "x:key=",
+            "x:=y",
+            "é:key=ü:z",
+            "://@/?&;#",
+            "json:",
+            "json:[1,{\"key\":2}]",
+        ] {
             let r = drive_path(p);
             assert!(!r.contains("key=ü"), "{p} -> {r}");
         }
