@@ -18,10 +18,6 @@ use std::{
     },
     path::{Path, PathBuf},
     process::{ChildStdin, Command, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
 };
 
 use common::{Daemon, Proc, host_root, plain_root, sample};
@@ -45,50 +41,10 @@ fn mkfifo(path: &Path) {
     );
 }
 
-/// Tells whether anybody opened a FIFO for reading: a thread blocks in open(2) for writing,
-/// which returns once a reader opened the FIFO (even if it closed it again at once).
-struct FifoWatch {
-    path: PathBuf,
-    opened: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl FifoWatch {
-    fn new(path: &Path) -> FifoWatch {
-        mkfifo(path);
-        let opened = Arc::new(AtomicBool::new(false));
-        let (p, o) = (path.to_path_buf(), opened.clone());
-        let thread = std::thread::spawn(move || {
-            if fs::OpenOptions::new().write(true).open(&p).is_ok() {
-                o.store(true, Ordering::SeqCst);
-            }
-        });
-        FifoWatch { path: path.to_path_buf(), opened, thread: Some(thread) }
-    }
-
-    /// Whether a reader opened the FIFO so far; then releases the watching thread.
-    fn was_opened(mut self) -> bool {
-        let before = self.opened.load(Ordering::SeqCst);
-        self.release();
-        before
-    }
-
-    fn release(&mut self) {
-        if let Some(t) = self.thread.take() {
-            // Our own reader ends the writer's wait.
-            let _r = fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&self.path);
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for FifoWatch {
-    fn drop(&mut self) {
-        self.release();
-    }
-}
-
-/// inotify on one file: whether anybody opened it since.
+/// inotify on one file (a FIFO too): whether anybody opened it since. Events queue from the
+/// watch on, so an open before the first look is not missed; an open that blocks (a FIFO
+/// without writer, opened without O_NONBLOCK) is no event, but then the daemon hangs and the
+/// scrape fails.
 struct OpenWatch(std::fs::File);
 
 impl OpenWatch {
@@ -120,18 +76,22 @@ fn poser(exe: &Path, argv0: &str, args: &[&str], uid: Option<u32>) -> (Proc, Chi
     if let Some(uid) = uid {
         c.uid(uid).gid(uid);
     }
-    let mut child = c.spawn().expect("start the poser");
-    let stdin = child.stdin.take().expect("stdin");
-    let pid = child.id();
-    // Started (its cmdline is the new one) before the daemon looks.
+    let mut child = Proc(c.spawn().expect("start the poser"));
+    let stdin = child.0.stdin.take().expect("stdin");
+    let pid = child.0.id();
+    // Its new command line is in place before the daemon looks (spawn returns while execve
+    // still sets it up).
     let want = format!("{argv0}\0");
-    for _ in 0..500 {
-        if fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(want.as_bytes())) {
-            return (Proc(child), stdin);
+    let mut cmdline = Vec::new();
+    for _ in 0..1000 {
+        cmdline = fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
+        if cmdline.starts_with(want.as_bytes()) {
+            break;
         }
-        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    panic!("pid {pid} did not exec {}", exe.display());
+    assert!(cmdline.starts_with(want.as_bytes()), "pid {pid} runs {:?}", String::from_utf8_lossy(&cmdline));
+    (child, stdin)
 }
 
 /// A directory everybody may enter, with a copy of the shell named `qemu-system-x86_64` (an
@@ -159,20 +119,16 @@ fn forbidden_in(m: &str, needles: &[&str]) {
     }
 }
 
-/// The watches see what they are to see: an open of the FIFO for reading, even closed at
-/// once and non-blocking (as the daemon would), and an open of the file.
+/// The watch sees what it is to see: a non-blocking open of a FIFO for reading, closed at once
+/// (as the daemon would), and an open of a file.
 #[test]
-fn the_watches_see_an_open() {
+fn the_watch_sees_an_open() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let w = FifoWatch::new(&dir.path().join("f"));
-    let before = FifoWatch::new(&dir.path().join("g"));
+    mkfifo(&dir.path().join("f"));
+    let mut w = OpenWatch::new(&dir.path().join("f"));
+    assert!(!w.opened());
     drop(fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(dir.path().join("f")).expect("open"));
-    // The writer returns from open(2) on its own; wait for it without a time limit of ours.
-    while !w.opened.load(Ordering::SeqCst) {
-        std::thread::yield_now();
-    }
-    assert!(w.was_opened());
-    assert!(!before.was_opened());
+    assert!(w.opened());
     fs::write(dir.path().join("x"), "x").expect("write");
     let mut o = OpenWatch::new(&dir.path().join("x"));
     assert!(!o.opened());
@@ -193,8 +149,10 @@ fn a_user_posing_as_qemu_is_neither_opened_nor_reported() {
     fs::create_dir_all(&img).expect("mkdir");
     fs::create_dir_all(root.path().join("etc")).expect("mkdir");
     std::os::unix::fs::symlink("/etc/shadow", root.path().join("etc/shadow")).expect("symlink");
-    let fifo = FifoWatch::new(&img.join("drive.fifo"));
-    let fifo_root = FifoWatch::new(&img.join("root.fifo"));
+    mkfifo(&img.join("drive.fifo"));
+    mkfifo(&img.join("root.fifo"));
+    let mut fifo = OpenWatch::new(&img.join("drive.fifo"));
+    let mut fifo_root = OpenWatch::new(&img.join("root.fifo"));
     qcow2(&img.join("secret.qcow2"), 1 << 30);
     fs::set_permissions(img.join("secret.qcow2"), fs::Permissions::from_mode(0o600)).expect("chmod");
     let mut secret_watch = OpenWatch::new(&img.join("secret.qcow2"));
@@ -229,8 +187,8 @@ fn a_user_posing_as_qemu_is_neither_opened_nor_reported() {
     }
     assert_eq!(daemon.try_get("/healthz", None).expect("healthz").0, 200);
     assert!(!secret_watch.opened(), "the root-only file named by untrusted processes was opened");
-    assert!(!fifo.was_opened(), "the FIFO named by untrusted processes was opened");
-    assert!(!fifo_root.was_opened(), "a FIFO drive is refused by stat, never opened");
+    assert!(!fifo.opened(), "the FIFO named by untrusted processes was opened");
+    assert!(!fifo_root.opened(), "a FIFO drive is refused by stat, never opened");
 }
 
 /// PVE host: `-id` of somebody else than root, and a non-numeric `-id`, are no VMs, and their
@@ -253,7 +211,8 @@ fn pve_believes_root_and_digits_only() {
         })
         .collect();
     fs::create_dir_all(root.path().join("img281")).expect("mkdir");
-    let fifo = FifoWatch::new(&root.path().join("img281/drive.fifo"));
+    mkfifo(&root.path().join("img281/drive.fifo"));
+    let mut fifo = OpenWatch::new(&root.path().join("img281/drive.fifo"));
     let fifo_d = "file=/img281/drive.fifo,if=none,id=drive-scsi0,format=raw".to_string();
     // nobody claims vmid 281 (whose config exists); root claims `../x`; root runs VM 282.
     let _claim = poser(&qemu, "/usr/bin/kvm", &["-id", "281", "-name", "claim281", "-drive", &fifo_d], Some(NOBODY));
@@ -272,5 +231,5 @@ fn pve_believes_root_and_digits_only() {
             other => panic!("the daemon connected to {path}: {other:?}"),
         }
     }
-    assert!(!fifo.was_opened(), "a drive of an untrusted claim was opened");
+    assert!(!fifo.opened(), "a drive of an untrusted claim was opened");
 }
