@@ -39,13 +39,39 @@ fn qemu_owners() -> Vec<u32> {
 /// whatever the starter chose).
 pub fn plain_untrusted(p: &QemuProcess, owners: &[u32]) -> Option<&'static str> {
     if p.uids.is_none() {
-        Some("owner unknown (no Uid line in its status)")
+        Some(OWNER_UNKNOWN)
     } else if !p.owned_by(owners) {
-        Some("owned by a user not in --qemu-allowed-users")
+        Some(NOT_ALLOWED_OWNER)
     } else if !p.exe.as_deref().is_some_and(is_qemu_binary) {
-        Some("its executable is not a QEMU binary")
+        Some(NOT_QEMU_EXE)
     } else {
         None
+    }
+}
+
+const OWNER_UNKNOWN: &str = "owner unknown (no Uid line in its status)";
+const NOT_ALLOWED_OWNER: &str = "owned by a user not in --qemu-allowed-users";
+const NOT_QEMU_EXE: &str = "its executable is not a QEMU binary";
+const NOT_A_VMID: &str = "-id is not a vmid (digits only)";
+const NOT_ROOTS: &str = "not root's (PVE runs QEMU as root)";
+/// The reasons that mean "looks like a VM, but its word does not count" (not "no -id", not
+/// "migrating in").
+const UNTRUSTED: [&str; 5] = [OWNER_UNKNOWN, NOT_ALLOWED_OWNER, NOT_QEMU_EXE, NOT_A_VMID, NOT_ROOTS];
+
+/// Processes named in a warning already (pruned to those still skipped): each is logged once,
+/// not every scrape.
+static WARNED: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// Warn once per process about a QEMU process that is not believed: a VM that disappeared after
+/// an upgrade (its owner is not allowed) or somebody posing as one.
+fn warn_untrusted(skipped: &[(u32, &'static str)]) {
+    let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
+    warned.retain(|pid| skipped.iter().any(|(p, why)| p == pid && UNTRUSTED.contains(why)));
+    for &(pid, why) in skipped.iter().filter(|(_, why)| UNTRUSTED.contains(why)) {
+        if !warned.contains(&pid) {
+            warned.push(pid);
+            log::warn!("pid {pid} looks like QEMU but is not reported: {why} (docs/operations.md, Trust rules)");
+        }
     }
 }
 
@@ -55,8 +81,8 @@ pub fn plain_untrusted(p: &QemuProcess, owners: &[u32]) -> Option<&'static str> 
 pub fn pve_untrusted(p: &QemuProcess) -> Option<&'static str> {
     match p.cmdline.id.as_deref() {
         None => Some("no -id"),
-        Some(id) if !trust::is_vmid(id) => Some("-id is not a vmid (digits only)"),
-        Some(_) if !p.owned_by(&[0]) => Some("not root's (PVE runs QEMU as root)"),
+        Some(id) if !trust::is_vmid(id) => Some(NOT_A_VMID),
+        Some(_) if !p.owned_by(&[0]) => Some(NOT_ROOTS),
         Some(_) => None,
     }
 }
@@ -368,6 +394,7 @@ pub fn discover(host: &HostRoot, scanner: &mut ProcScanner, source: &dyn VmSourc
     log::trace!("/proc: {} processes, {} cmdlines read", stats.processes, stats.read);
     let mut out = Discovered::default();
     source.vms(procs, &mut out);
+    warn_untrusted(&out.skipped);
     Ok(out)
 }
 
