@@ -134,6 +134,14 @@ pub struct Config {
     #[arg(long, env = "PVE_EXPORTER_VM_SOURCE", value_enum, default_value = "auto")]
     pub vm_source: VmSourceMode,
 
+    /// Owners (user names or uids, comma-separated) whose QEMU processes are reported as plain
+    /// QEMU VMs (`--vm-source qemu`, and QEMU processes libvirt did not start), when their
+    /// executable is a QEMU binary. PVE VMs must be root's; libvirt's domains are named by its
+    /// root-owned files.
+    #[arg(long, env = "PVE_EXPORTER_QEMU_ALLOWED_USERS", value_delimiter = ',', default_value = "root",
+          value_parser = crate::sources::trust::parse_user)]
+    pub qemu_allowed_users: Vec<u32>,
+
     /// Collect storage metrics from storage.cfg (the storage collector).
     #[arg(long, env = "PVE_EXPORTER_COLLECT_STORAGE", default_value_t = true, action = clap::ArgAction::Set)]
     pub collect_storage: bool,
@@ -324,6 +332,45 @@ pub struct Config {
     /// verified before); further ones are answered 503 at once.
     #[arg(long = "web.max-auth-waiting", env = "PVE_EXPORTER_WEB_MAX_AUTH_WAITING", default_value_t = 16)]
     pub web_max_auth_waiting: u32,
+
+    /// The API token taken out of the environment at start-up ([`take_api_token_from_env`]);
+    /// None: read the environment when needed (library use).
+    #[arg(skip)]
+    pub api_token: Option<Result<crate::sources::pve_api::Token, String>>,
+}
+
+/// Take the API token (`PVE_EXPORTER_API_TOKEN`) out of the daemon's environment: no process
+/// the daemon starts (`qm`, `zfs`, `zpool`, `vgs`, `lvs`) inherits it, whatever spawns it.
+/// (The kernel's copy of the initial environment, `/proc/<pid>/environ`, stays readable by
+/// root, who can read the environment file anyway.)
+///
+/// # Safety
+///
+/// Changes the environment: call before the process starts threads (first thing in `main`).
+pub unsafe fn take_api_token_from_env() -> Option<Result<crate::sources::pve_api::Token, String>> {
+    let token = crate::sources::pve_api::token_from_env();
+    // SAFETY: the caller guarantees that no other thread reads or writes the environment.
+    unsafe { std::env::remove_var(crate::sources::pve_api::TOKEN_ENV) };
+    token
+}
+
+/// A warning when group or others can read or write a file that may hold secrets (the
+/// environment file, the API token file): reading reveals the API token, and writing the
+/// environment file sets the flags of a daemon that runs as root (`--qm-path`).
+pub fn secret_file_warning(path: &std::path::Path, meta: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mode = meta.mode() & 0o7777;
+    let who = match (mode & 0o044 != 0, mode & 0o022 != 0) {
+        (false, false) => return None,
+        (true, false) => "readable",
+        (false, true) => "writable",
+        (true, true) => "readable and writable",
+    };
+    Some(format!(
+        "{} is {who} by group or others (mode {mode:04o}); it may hold the API token: chmod 600 {}",
+        path.display(),
+        path.display()
+    ))
 }
 
 impl Config {
@@ -467,6 +514,35 @@ mod tests {
         // kvm_fpu only when asked for: its count is twice the user-space round trips.
         assert!(!c.ebpf_events.iter().any(|e| e == "kvm:kvm_fpu"));
         assert_eq!((c.kvm_debugfs, c.kvm_debugfs_per_vcpu), (KvmDebugfsMode::Auto, false));
+    }
+
+    #[test]
+    fn qemu_allowed_users() {
+        let c = Config::from_args(["pve-exporter"]).unwrap();
+        assert_eq!(c.qemu_allowed_users, [0], "root only by default");
+        let c = Config::from_args(["pve-exporter", "--qemu-allowed-users", "root,nobody,64055"]).unwrap();
+        assert_eq!(c.qemu_allowed_users, [0, 65534, 64055]);
+        let e = Config::from_args(["pve-exporter", "--qemu-allowed-users", "root,no-such-user-here"]).unwrap_err();
+        assert!(e.to_string().contains("no such user"), "{e}");
+    }
+
+    #[test]
+    fn secret_file_modes() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pve-exporter");
+        std::fs::write(&p, "PVE_EXPORTER_API_TOKEN=a@pve!t=s\n").unwrap();
+        let warn = |mode| {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            secret_file_warning(&p, &std::fs::metadata(&p).unwrap())
+        };
+        assert_eq!(warn(0o600), None);
+        assert_eq!(warn(0o400), None);
+        let w = warn(0o644).unwrap();
+        assert!(w.contains("readable by group or others (mode 0644)") && w.contains("chmod 600"), "{w}");
+        assert!(warn(0o640).unwrap().contains("readable by"));
+        assert!(warn(0o620).unwrap().contains("writable by"));
+        assert!(warn(0o666).unwrap().contains("readable and writable"));
     }
 
     #[test]

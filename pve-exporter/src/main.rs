@@ -22,8 +22,11 @@ use tokio::{
 fn main() -> std::process::ExitCode {
     tune_malloc();
     let matches = Config::command().get_matches();
-    let config = Config::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let mut config = Config::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // SAFETY: no other thread exists yet (logging, the runtime and eBPF start below).
+    config.api_token = unsafe { pve_exporter::config::take_api_token_from_env() };
     service::init_logging(config.loglevel);
+    warn_about_secret_files(&config);
     // Files held open between scrapes take ~5 descriptors per VM (heldfile.rs), more than the
     // common soft limit of 1024 leaves on a large host; the hard limit is ours to take.
     match pve_exporter::heldfile::raise_nofile_limit() {
@@ -42,6 +45,17 @@ fn main() -> std::process::ExitCode {
             log::error!("{e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// The environment file may hold the API token: say so when others can read (or write) it. The
+/// token file is checked where it is read (`pve_api::read_token_file`).
+fn warn_about_secret_files(config: &Config) {
+    if let Some(path) = &config.env_file
+        && let Ok(meta) = std::fs::metadata(path)
+        && let Some(w) = pve_exporter::config::secret_file_warning(path, &meta)
+    {
+        log::warn!("{w}");
     }
 }
 

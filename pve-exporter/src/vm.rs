@@ -9,10 +9,70 @@ use crate::{
         hmp::{Drive, Nic},
         libvirt::{LibvirtDomain, LibvirtReader, NovaInstance},
         proc_scan::ProcScanner,
-        procfs::{QemuCmdline, QemuProcess},
+        procfs::{QemuCmdline, QemuProcess, is_qemu_binary},
         pve_config::{PoolInfo, PveConfig},
+        trust,
     },
 };
+
+/// `--qemu-allowed-users` as given, or root alone when it names nobody.
+fn owners_or_root(owners: &[u32]) -> &[u32] {
+    if owners.is_empty() { &[0] } else { owners }
+}
+
+/// Why a QEMU process found in /proc is not believed as a plain QEMU VM, or None: every uid of
+/// it must be one of `owners` (the command line is its owner's word: `-drive file=` paths the
+/// daemon opens as root, `-name` labels), and its executable a QEMU binary (argv[0] is
+/// whatever the starter chose).
+pub fn plain_untrusted(p: &QemuProcess, owners: &[u32]) -> Option<&'static str> {
+    if p.uids.is_none() {
+        Some(OWNER_UNKNOWN)
+    } else if !p.owned_by(owners) {
+        Some(NOT_ALLOWED_OWNER)
+    } else if !p.exe.as_deref().is_some_and(is_qemu_binary) {
+        Some(NOT_QEMU_EXE)
+    } else {
+        None
+    }
+}
+
+const OWNER_UNKNOWN: &str = "owner unknown (no Uid line in its status)";
+const NOT_ALLOWED_OWNER: &str = "owned by a user not in --qemu-allowed-users";
+const NOT_QEMU_EXE: &str = "its executable is not a QEMU binary";
+const NOT_A_VMID: &str = "-id is not a vmid (digits only)";
+const NOT_ROOTS: &str = "not root's (PVE runs QEMU as root)";
+/// The reasons that mean "looks like a VM, but its word does not count" (not "no -id", not
+/// "migrating in").
+const UNTRUSTED: [&str; 5] = [OWNER_UNKNOWN, NOT_ALLOWED_OWNER, NOT_QEMU_EXE, NOT_A_VMID, NOT_ROOTS];
+
+/// Processes named in a warning already (pruned to those still skipped): each is logged once,
+/// not every scrape.
+static WARNED: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// Warn once per process about a QEMU process that is not believed: a VM that disappeared after
+/// an upgrade (its owner is not allowed) or somebody posing as one.
+fn warn_untrusted(skipped: &[(u32, &'static str)]) {
+    let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
+    warned.retain(|pid| skipped.iter().any(|(p, why)| p == pid && UNTRUSTED.contains(why)));
+    for &(pid, why) in skipped.iter().filter(|(_, why)| UNTRUSTED.contains(why)) {
+        if !warned.contains(&pid) {
+            warned.push(pid);
+            log::warn!("pid {pid} looks like QEMU but is not reported: {why} (docs/operations.md, Trust rules)");
+        }
+    }
+}
+
+/// Why a QEMU process is not believed as a PVE VM, or None: its `-id` must be a vmid (digits:
+/// it becomes part of socket paths and of `qm monitor <vmid>`), and the process root's (PVE
+/// starts QEMU as root; anybody else's `-id` is a claim, not a VM).
+pub fn pve_untrusted(p: &QemuProcess) -> Option<&'static str> {
+    match p.cmdline.id.as_deref() {
+        None => Some("no -id"),
+        Some(id) if !trust::is_vmid(id) => Some(NOT_A_VMID),
+        Some(_) if !p.owned_by(&[0]) => Some(NOT_ROOTS),
+        Some(_) => None,
+    }
+}
 
 /// The `source` of a VM found by [`PveSource`].
 pub const PVE: &str = "pve";
@@ -158,9 +218,21 @@ pub struct PveSource<'a> {
     pub config: Option<&'a PveConfig>,
 }
 
-/// The pid in `/var/run/qemu-server/<vmid>.pid`.
+/// The pid in `/var/run/qemu-server/<vmid>.pid`, when root wrote that file.
 fn pid_file(host: &HostRoot, id: &str) -> Option<u32> {
-    host.read_to_string(format!("var/run/qemu-server/{id}.pid")).ok()?.trim().parse().ok()
+    if !trust::is_vmid(id) {
+        return None;
+    }
+    let path = host.path(format!("var/run/qemu-server/{id}.pid"));
+    match trust::read_owned_file(&path) {
+        Ok(text) => text.trim().parse().ok(),
+        Err(e) => {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                log::warn!("{e}");
+            }
+            None
+        }
+    }
 }
 
 impl VmSource for PveSource<'_> {
@@ -172,10 +244,11 @@ impl VmSource for PveSource<'_> {
         let empty = HashMap::new();
         let pools = self.config.map_or(&empty, |c| c.pools.as_ref());
         for p in procs {
-            let Some(id) = p.cmdline.id.clone() else {
-                out.skipped.push((p.pid, "no -id"));
+            if let Some(why) = pve_untrusted(&p) {
+                out.skipped.push((p.pid, why));
                 continue;
-            };
+            }
+            let Some(id) = p.cmdline.id.clone() else { continue };
             if let Some(cfgs) = self.config.and_then(|c| c.vm_configs.as_ref())
                 && !cfgs.contains(&id)
             {
@@ -227,6 +300,9 @@ fn sort_by_id(vms: &mut [Vm]) {
 pub struct LibvirtSource<'a> {
     pub host: &'a HostRoot,
     pub reader: &'a LibvirtReader,
+    /// Owners whose QEMU processes libvirt did not start are believed as plain QEMU
+    /// (`--qemu-allowed-users`).
+    pub owners: &'a [u32],
 }
 
 impl VmSource for LibvirtSource<'_> {
@@ -240,15 +316,23 @@ impl VmSource for LibvirtSource<'_> {
             Vec::new()
         });
         let by_pid: HashMap<u32, &Arc<LibvirtDomain>> = domains.iter().map(|d| (d.pid, &d.domain)).collect();
+        let owners = owners_or_root(self.owners);
+        // A QEMU process libvirt did not start is plain QEMU, believed as such or not at all.
+        let plain = |p: &QemuProcess, out: &mut Discovered| match plain_untrusted(p, owners) {
+            Some(why) => out.skipped.push((p.pid, why)),
+            None => out.vms.push(plain_vm(p)),
+        };
         for p in procs {
+            // libvirt's root-owned pid file (or status XML) names the process: it is the
+            // domain's, whoever it runs as (libvirt-qemu, by default).
             let Some(d) = by_pid.get(&p.pid) else {
-                out.vms.push(plain_vm(&p));
+                plain(&p, out);
                 continue;
             };
             // A pid file left behind by a crashed libvirtd may name a reused pid.
             if !p.cmdline.name.is_empty() && p.cmdline.name != d.name {
                 out.skipped.push((p.pid, "a libvirt pid file names it, but its -name is another domain's"));
-                out.vms.push(plain_vm(&p));
+                plain(&p, out);
                 continue;
             }
             let c = &p.cmdline;
@@ -272,16 +356,25 @@ impl VmSource for LibvirtSource<'_> {
     }
 }
 
-/// Plain QEMU: every QEMU process.
-pub struct QemuSource;
+/// Plain QEMU: every QEMU process of an allowed owner (`--qemu-allowed-users`, root when it
+/// names nobody) that runs a QEMU binary.
+pub struct QemuSource<'a> {
+    pub owners: &'a [u32],
+}
 
-impl VmSource for QemuSource {
+impl VmSource for QemuSource<'_> {
     fn name(&self) -> &'static str {
         QEMU
     }
 
     fn vms(&self, procs: Vec<Arc<QemuProcess>>, out: &mut Discovered) {
-        out.vms.extend(procs.iter().map(|p| plain_vm(p)));
+        let owners = owners_or_root(self.owners);
+        for p in &procs {
+            match plain_untrusted(p, owners) {
+                Some(why) => out.skipped.push((p.pid, why)),
+                None => out.vms.push(plain_vm(p)),
+            }
+        }
         dedup_ids(out, |_| None);
         sort_by_id(&mut out.vms);
     }
@@ -293,6 +386,7 @@ pub fn discover(host: &HostRoot, scanner: &mut ProcScanner, source: &dyn VmSourc
     log::trace!("/proc: {} processes, {} cmdlines read", stats.processes, stats.read);
     let mut out = Discovered::default();
     source.vms(procs, &mut out);
+    warn_untrusted(&out.skipped);
     Ok(out)
 }
 
@@ -332,5 +426,111 @@ mod tests {
         dedup_ids(&mut d, |id| (id == "100").then_some(20));
         assert_eq!(d.vms[0].pid, 20);
         assert_eq!(d.skipped[0].0, 10);
+    }
+
+    fn proc(pid: u32, uid: u32, exe: Option<&str>, args: &str) -> Arc<QemuProcess> {
+        let args: Vec<String> = args.split(' ').map(str::to_string).collect();
+        Arc::new(QemuProcess {
+            pid,
+            cmdline: crate::sources::procfs::parse_qemu_cmdline(&args),
+            uids: Some([uid; 4]),
+            exe: exe.map(str::to_string),
+        })
+    }
+
+    const QEMU: Option<&str> = Some("/usr/bin/qemu-system-x86_64");
+
+    #[test]
+    fn pve_believes_root_and_vmids_only() {
+        assert_eq!(pve_untrusted(&proc(1, 0, QEMU, "/usr/bin/kvm -id 100")), None);
+        // PVE's QEMU is root's whatever its executable: root's word is the VM.
+        assert_eq!(pve_untrusted(&proc(1, 0, None, "/usr/bin/kvm -id 100")), None);
+        assert_eq!(pve_untrusted(&proc(1, 0, QEMU, "/usr/bin/kvm -name x")), Some("no -id"));
+        for id in ["../x", "100/../../etc", "", "1e3", "0x64", "100 ", "1000000000"] {
+            let p = QemuProcess {
+                cmdline: QemuCmdline { id: Some(id.into()), ..QemuCmdline::default() },
+                ..(*proc(1, 0, QEMU, "kvm")).clone()
+            };
+            assert_eq!(pve_untrusted(&p), Some("-id is not a vmid (digits only)"), "{id:?}");
+        }
+        assert_eq!(
+            pve_untrusted(&proc(1, 65534, QEMU, "/usr/bin/kvm -id 100")),
+            Some("not root's (PVE runs QEMU as root)")
+        );
+        let mut p = (*proc(1, 0, QEMU, "/usr/bin/kvm -id 100")).clone();
+        p.uids = Some([1000, 0, 0, 0]);
+        assert!(pve_untrusted(&p).is_some(), "a setuid start by a user is the user's");
+        p.uids = None;
+        assert!(pve_untrusted(&p).is_some(), "unknown owner");
+    }
+
+    #[test]
+    fn plain_qemu_believes_allowed_owners_running_qemu() {
+        let root = [0];
+        assert_eq!(plain_untrusted(&proc(1, 0, QEMU, "qemu-system-x86_64 -name a"), &root), None);
+        assert_eq!(plain_untrusted(&proc(1, 0, Some("/usr/libexec/qemu-kvm"), "x"), &root), None);
+        assert_eq!(plain_untrusted(&proc(1, 0, Some("/usr/bin/kvm"), "x"), &root), None);
+        assert_eq!(plain_untrusted(&proc(1, 0, Some("/usr/bin/qemu-system-x86_64 (deleted)"), "x"), &root), None);
+        assert_eq!(
+            plain_untrusted(&proc(1, 0, Some("/usr/bin/sleep"), "qemu-system-x86_64 -name a"), &root),
+            Some("its executable is not a QEMU binary")
+        );
+        assert_eq!(
+            plain_untrusted(&proc(1, 0, None, "qemu-system-x86_64"), &root),
+            Some("its executable is not a QEMU binary")
+        );
+        assert_eq!(
+            plain_untrusted(&proc(1, 65534, QEMU, "qemu-system-x86_64"), &root),
+            Some("owned by a user not in --qemu-allowed-users")
+        );
+        // libvirt's QEMU user, when allowed.
+        assert_eq!(plain_untrusted(&proc(1, 64055, QEMU, "qemu-system-x86_64"), &[0, 64055]), None);
+        let mut p = (*proc(1, 0, QEMU, "x")).clone();
+        p.uids = None;
+        assert_eq!(plain_untrusted(&p, &root), Some("owner unknown (no Uid line in its status)"));
+    }
+
+    /// Whole sources: a user's process posing as QEMU (FIFO drive, `-id ../x`) is no VM.
+    #[test]
+    fn sources_skip_what_they_do_not_believe() {
+        let procs = vec![
+            proc(10, 0, QEMU, "/usr/bin/kvm -id 100 -name web"),
+            proc(11, 65534, QEMU, "qemu-system-x86_64 -id 101 -name fake -drive file=/tmp/fifo,if=none,id=d0"),
+            proc(12, 0, QEMU, "/usr/bin/kvm -id ../x -name bad"),
+            proc(13, 0, Some("/usr/bin/sleep"), "qemu-system-x86_64 -name notqemu -drive file=/etc/shadow,id=d1"),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRoot::new(dir.path());
+        let mut out = Discovered::default();
+        PveSource { host: &host, config: None }.vms(procs.clone(), &mut out);
+        assert_eq!(out.vms.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(), ["100"]);
+        let mut skipped = out.skipped.clone();
+        skipped.sort();
+        assert_eq!(
+            skipped,
+            [(11, "not root's (PVE runs QEMU as root)"), (12, "-id is not a vmid (digits only)"), (13, "no -id"),]
+        );
+        let mut out = Discovered::default();
+        QemuSource { owners: &[] }.vms(procs, &mut out);
+        assert_eq!(out.vms.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(), ["bad", "web"]);
+        assert!(out.skipped.contains(&(11, "owned by a user not in --qemu-allowed-users")), "{:?}", out.skipped);
+        assert!(out.skipped.contains(&(13, "its executable is not a QEMU binary")), "{:?}", out.skipped);
+    }
+
+    /// PVE's pid file counts when root wrote it, and only for a vmid.
+    #[test]
+    fn pid_files_of_root_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRoot::new(dir.path());
+        let run = dir.path().join("var/run/qemu-server");
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(run.join("100.pid"), "4242\n").unwrap();
+        assert_eq!(pid_file(&host, "100"), Some(4242));
+        assert_eq!(pid_file(&host, "../qemu-server/100"), None);
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(run.join("100.pid"), Some(65534), None).unwrap();
+            assert_eq!(pid_file(&host, "100"), None);
+        }
     }
 }

@@ -138,7 +138,13 @@ fn debian_package_installs_removes_and_purges_cleanly() {
         let line =
             contents.lines().find(|l| l.ends_with(path)).unwrap_or_else(|| panic!("{path} missing:\n{contents}"));
         assert!(line.contains("root/root"), "{line}");
-        let mode = if path.ends_with("/pve-exporter") && path.contains("/bin/") { "-rwxr-xr-x" } else { "-rw-r--r--" };
+        let mode = if path.ends_with("/pve-exporter") && path.contains("/bin/") {
+            "-rwxr-xr-x"
+        } else if path.starts_with("./etc/default/") {
+            "-rw-------" // it may hold the API token
+        } else {
+            "-rw-r--r--"
+        };
         assert!(line.starts_with(mode), "{line}");
     }
 
@@ -173,6 +179,8 @@ fn debian_package_installs_removes_and_purges_cleanly() {
         std::fs::read_to_string(root.join("etc/default/pve-exporter")).expect("default file"),
         read("packaging/pve-exporter.default")
     );
+    let default_mode = std::fs::metadata(root.join("etc/default/pve-exporter")).expect("default file").permissions();
+    assert_eq!(default_mode.mode() & 0o7777, 0o600, "the settings may hold the API token");
     let conffiles = stdout(&run(Command::new("dpkg-query")
         .arg(format!("--admindir={}/var/lib/dpkg", root.display()))
         .args(["-W", "-f=${Conffiles}", "pve-exporter"])));
@@ -241,7 +249,14 @@ fn the_unit_keeps_exactly_the_rights_the_daemon_needs() {
     let caps: BTreeSet<&str> = get("CapabilityBoundingSet").unwrap_or_default().split_whitespace().collect();
     assert_eq!(
         caps,
-        BTreeSet::from(["CAP_BPF", "CAP_PERFMON", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH"])
+        BTreeSet::from([
+            "CAP_BPF",
+            "CAP_PERFMON",
+            "CAP_SYS_ADMIN",
+            "CAP_SYS_PTRACE",
+            "CAP_DAC_READ_SEARCH",
+            "CAP_NET_ADMIN"
+        ])
     );
     for hardening in ["NoNewPrivileges", "ProtectHome", "PrivateTmp", "ProtectKernelModules", "ProtectKernelTunables"] {
         assert_eq!(get(hardening), Some("yes"), "{hardening}");

@@ -89,7 +89,8 @@ pub fn build(opts: &Options) -> Result<PathBuf> {
     fs::set_permissions(&bin, fs::Permissions::from_mode(0o755))?;
     let p = |rel: &str| root.join(rel);
     put(&p("packaging/pve-exporter.service"), "usr/lib/systemd/system/pve-exporter.service", 0o644)?;
-    put(&p("packaging/pve-exporter.default"), "etc/default/pve-exporter", 0o644)?;
+    // 0600: it may hold the API token (PVE_EXPORTER_API_TOKEN); systemd reads it as root.
+    put(&p("packaging/pve-exporter.default"), "etc/default/pve-exporter", 0o600)?;
     for (src, name) in [
         ("README.md", "README.md"),
         ("docs/operations.md", "operations.md"),

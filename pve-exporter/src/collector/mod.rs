@@ -445,12 +445,20 @@ impl EngineState {
         self.timed(runs, "kvm", || {
             let pve_source;
             let libvirt_source;
+            let qemu_source;
             let source: &dyn VmSource = match kind {
                 VmSourceMode::Libvirt => {
-                    libvirt_source = LibvirtSource { host: &self.host, reader: &self.libvirt };
+                    libvirt_source = LibvirtSource {
+                        host: &self.host,
+                        reader: &self.libvirt,
+                        owners: &self.config.qemu_allowed_users,
+                    };
                     &libvirt_source
                 }
-                VmSourceMode::Qemu => &QemuSource,
+                VmSourceMode::Qemu => {
+                    qemu_source = QemuSource { owners: &self.config.qemu_allowed_users };
+                    &qemu_source
+                }
                 VmSourceMode::Pve | VmSourceMode::Auto => {
                     pve_source = PveSource { host: &self.host, config: pve.as_ref() };
                     &pve_source

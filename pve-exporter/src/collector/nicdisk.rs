@@ -19,7 +19,7 @@ use crate::{
     sources::{
         hmp::{self, BlockStats},
         monitor::{Monitor, VmDevices},
-        netlink,
+        netlink, redact,
         statvfs::{self, MountTable},
         sysfs,
     },
@@ -259,7 +259,10 @@ pub fn collect_disks(
                 continue;
             }
             let path = drive.path.as_deref().unwrap_or("");
-            let kind = hmp::classify(path, &drive.format);
+            // Labels get the path without credentials (iSCSI CHAP, cephx keys: sources/redact.rs);
+            // sizing below needs the path itself, and only local paths are sized.
+            let label_path = redact::drive_path(path);
+            let kind = hmp::classify(&label_path, &drive.format);
             let device = sysfs::device_name(host, path).unwrap_or_default();
             let disk = shared(&disk_name);
             out.family(&KVM_DISK_INFO).push(
@@ -267,7 +270,7 @@ pub fn collect_disks(
                     ("id", id.clone()),
                     ("disk_name", disk.clone()),
                     ("block_id", drive.block_id().to_string().into()),
-                    ("disk_path", path.to_string().into()),
+                    ("disk_path", label_path.into_owned().into()),
                     ("disk_type", kind.disk_type.into()),
                     ("vol_name", kind.vol_name.into()),
                     ("pool", kind.pool.into()),
@@ -431,5 +434,34 @@ mod tests {
         assert_eq!(size.samples.len(), 1);
         assert_eq!(size.samples[0].value, Value::Int(8192));
         assert_eq!(out.get("pve_kvm_disk_info").unwrap().samples.len(), 3, "efidisk skipped");
+    }
+
+    /// A drive whose path carries credentials (a cephx key, iSCSI CHAP) is labelled without
+    /// them; the storage labels still come from the path.
+    #[test]
+    fn credentials_never_reach_the_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRoot::new(dir.path());
+        let dev = VmDevices {
+            id: "1".into(),
+            drives: Some(hmp::parse_info_block(
+                "drive-scsi0 (#block1): rbd:ceph-vm/vm-1-disk-0:id=admin:key=AQBz4lRbAAAAABAA2w+fkMn0==:mon_host=10.0.0.1 (raw)\n\
+                 drive-scsi1 (#block2): iscsi://chap%hunter2@10.0.0.9/iqn.2003-01.org.example:t1/0 (raw)\n",
+            )),
+            ..VmDevices::default()
+        };
+        let mut out = MetricSet::new("pve");
+        collect_disks(&host, &DiskSizes::new(Duration::from_secs(5)), &[dev], &mut out).unwrap();
+        let info = out.get("pve_kvm_disk_info").unwrap();
+        let text = format!("{:?}", info.samples);
+        assert!(!text.contains("AQBz4l") && !text.contains("hunter2") && !text.contains("chap"), "{text}");
+        let l = labels(&info.samples[0]);
+        assert!(
+            l.contains(&("disk_path", "rbd:ceph-vm/vm-1-disk-0:id=admin:key=<redacted>:mon_host=10.0.0.1")),
+            "{l:?}"
+        );
+        assert!(l.contains(&("pool", "ceph-vm")) && l.contains(&("vol_name", "vm-1-disk-0")), "{l:?}");
+        let l = labels(&info.samples[1]);
+        assert!(l.contains(&("disk_path", "iscsi://<redacted>@10.0.0.9/iqn.2003-01.org.example:t1/0")), "{l:?}");
     }
 }

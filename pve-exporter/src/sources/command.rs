@@ -282,6 +282,9 @@ impl Cmd {
     fn run_guarded_for(&self, guard: Option<SlotGuard>, limit: Duration) -> Result<Output, Error> {
         let mut cmd = std::process::Command::new(&self.program);
         cmd.args(&self.args)
+            // The API token is the daemon's, never a tool's (main() also takes it out of the
+            // environment; this covers library use).
+            .env_remove(super::pve_api::TOKEN_ENV)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -256,6 +256,12 @@ impl LibvirtReader {
                     continue;
                 }
             };
+            // The XML says which process is the domain and which files are its disks (the daemon
+            // opens them): root's word only.
+            if let Err(e) = super::trust::check_owner(&xml_path, &meta) {
+                errors.push(e.to_string());
+                continue;
+            }
             let st = stamp(&meta);
             let domain = match cache.get(&name) {
                 Some((s, d)) if *s == st => d.clone(),
@@ -279,11 +285,16 @@ impl LibvirtReader {
             };
             // libvirt writes the pid file first and removes it last: a domain without one is
             // starting or stopping; the status XML's pid covers the gap.
-            let pid = host
-                .read_to_string(format!("{RUN_DIR}/{name}.pid"))
-                .ok()
-                .and_then(|t| t.trim().parse::<u32>().ok())
-                .or(domain.pid);
+            let pid_path = host.path(format!("{RUN_DIR}/{name}.pid"));
+            let pid = match super::trust::read_owned_file(&pid_path) {
+                Ok(t) => t.trim().parse::<u32>().ok(),
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                    errors.push(e.to_string());
+                    continue;
+                }
+                Err(_) => None,
+            }
+            .or(domain.pid);
             match pid {
                 Some(pid) => out.push(RunningDomain { pid, domain }),
                 None => errors.push(format!("libvirt domain {name}: no pid")),
@@ -445,5 +456,29 @@ mod tests {
         assert_eq!(r.running(&host, &mut Vec::new()).unwrap().len(), 1);
         assert_eq!(r.cache.lock().unwrap().len(), 1);
         assert!(LibvirtReader::new().running(&HostRoot::new("/nonexistent"), &mut Vec::new()).is_err());
+    }
+
+    /// A status XML or pid file that is not root's names no domain (root can hand a file over).
+    #[test]
+    fn files_of_other_owners_are_ignored() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root (chown)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRoot::new(dir.path());
+        let run = dir.path().join(RUN_DIR);
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(run.join("a.xml"), "<domstatus pid='100'><domain><name>a</name></domain></domstatus>").unwrap();
+        std::fs::write(run.join("b.xml"), "<domstatus pid='200'><domain><name>b</name></domain></domstatus>").unwrap();
+        std::fs::write(run.join("b.pid"), "300\n").unwrap();
+        std::os::unix::fs::chown(run.join("a.xml"), Some(65534), None).unwrap();
+        std::os::unix::fs::chown(run.join("b.pid"), Some(65534), None).unwrap();
+        let mut errors = Vec::new();
+        let got = LibvirtReader::new().running(&host, &mut errors).unwrap();
+        assert!(got.is_empty(), "{got:?}");
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors.iter().all(|e| e.contains("owned by uid 65534, not root")), "{errors:?}");
     }
 }

@@ -25,6 +25,7 @@ const CN_MSG_LEN: usize = 20;
 const EVENT_DATA: usize = 16;
 const PROC_EVENT_FORK: u32 = 0x1;
 const PROC_EVENT_EXEC: u32 = 0x2;
+const PROC_EVENT_UID: u32 = 0x4;
 const PROC_EVENT_EXIT: u32 = 0x8000_0000;
 /// Receive buffer asked for: events of a busy host over a minute of scrape interval.
 const RCVBUF: libc::c_int = 8 << 20;
@@ -35,12 +36,18 @@ const MAX_DRAIN: usize = 200_000;
 pub struct ProcEvents {
     fd: OwnedFd,
     buf: Vec<u8>,
+    /// The socket's receive queue in bytes, as the kernel set it.
+    queue_bytes: usize,
+    /// Whether the queue is as large as asked for (SO_RCVBUFFORCE, which needs CAP_NET_ADMIN),
+    /// rather than capped by `net.core.rmem_max`.
+    queue_forced: bool,
 }
 
 /// What happened to a process (a thread group) last, of what [`ProcEvents::drain`] saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
-    /// Forked as a new process, or exec'd a program: its command line may be new.
+    /// Forked as a new process, or exec'd a program: its command line may be new; or changed
+    /// its uids (setuid, QEMU's `-run-with user=`): whether it is believed may be new.
     Started,
     /// The process (its thread-group leader) exited.
     Exited,
@@ -71,17 +78,23 @@ impl ProcEvents {
         }
         // SAFETY: `raw` is a fresh fd nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // A big queue: FORCE goes past rmem_max (we are root); else take what the sysctl allows.
+        // A big queue: FORCE goes past rmem_max (CAP_NET_ADMIN); else take what the sysctl allows.
         let size: libc::c_int = RCVBUF;
+        let mut queue_forced = false;
         for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
             // SAFETY: setsockopt reads one c_int.
             let r = unsafe {
                 libc::setsockopt(raw, libc::SOL_SOCKET, opt, (&raw const size).cast(), size_of::<libc::c_int>() as _)
             };
             if r == 0 {
+                queue_forced = opt == libc::SO_RCVBUFFORCE;
                 break;
             }
         }
+        let mut got: libc::c_int = 0;
+        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes one c_int and its length.
+        unsafe { libc::getsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, (&raw mut got).cast(), &mut len) };
         // SAFETY: sockaddr_nl is plain data; zeroed is valid.
         let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
@@ -90,14 +103,23 @@ impl ProcEvents {
         if unsafe { libc::bind(raw, (&raw const addr).cast(), size_of::<libc::sockaddr_nl>() as _) } < 0 {
             return Err(io::Error::last_os_error());
         }
-        let msg = listen_message();
+        // The kernel answers a LISTEN with an acknowledgement carrying `ack + 1` and an error
+        // code: a nonce of ours tells our answer from those to other subscribers.
+        let nonce = listen_nonce();
+        let msg = listen_message(nonce);
         // SAFETY: sending our own buffer on our socket.
         if unsafe { libc::send(raw, msg.as_ptr().cast(), msg.len(), 0) } < 0 {
             return Err(io::Error::last_os_error());
         }
-        let mut me = Self { fd, buf: vec![0; 64 << 10] };
-        me.check_delivery()?;
+        let mut me = Self { fd, buf: vec![0; 64 << 10], queue_bytes: got.max(0) as usize, queue_forced };
+        me.check_delivery(nonce.wrapping_add(1))?;
         Ok(me)
+    }
+
+    /// The receive queue in bytes, and whether it got the size asked for (else
+    /// `net.core.rmem_max` capped it: SO_RCVBUFFORCE needs CAP_NET_ADMIN).
+    pub fn queue(&self) -> (usize, bool) {
+        (self.queue_bytes, self.queue_forced)
     }
 
     /// Whether events reach us: the subscription is ignored without notice outside the initial
@@ -105,15 +127,36 @@ impl ProcEvents {
     /// would miss new VMs. Starting a thread is a fork event with our tgid, queued before the
     /// thread creation returns. Other events drained here are of processes started before the
     /// caller's first full listing, which sees them anyway.
-    fn check_delivery(&mut self) -> io::Result<()> {
+    ///
+    /// A refused subscription (EPERM: kernels before 6.6 want CAP_NET_ADMIN for it) is an error
+    /// even when events arrive: they come because another process subscribed, and stop when
+    /// it goes. The kernel's acknowledgement (`ack` = the nonce + 1) says so.
+    fn check_delivery(&mut self, ack: u32) -> io::Result<()> {
         let me = std::process::id();
         std::thread::Builder::new().name("proc-events-check".into()).spawn(|| {})?.join().ok();
+        let mut seen = false;
+        let mut acked = false;
         for _ in 0..MAX_DRAIN {
             match self.recv() {
                 Recv::Data(n) => {
-                    let mut seen = false;
-                    for_each_event(&self.buf[..n], |ev| seen |= matches!(ev, Event::Fork { tgid, .. } if tgid == me));
-                    if seen {
+                    let mut refused = None;
+                    for_each_event(&self.buf[..n], |ev| match ev {
+                        Event::Fork { tgid, .. } if tgid == me => seen = true,
+                        Event::Ack { ack: a, err } if a == ack => {
+                            acked = true;
+                            if err != 0 {
+                                refused = Some(err);
+                            }
+                        }
+                        _ => {}
+                    });
+                    if let Some(err) = refused {
+                        let e = io::Error::from_raw_os_error(err as i32);
+                        return Err(io::Error::new(e.kind(), format!("subscription refused: {e}")));
+                    }
+                    // The acknowledgement comes first; without one (none is sent when nobody
+                    // listens, e.g. refused and alone) the events decide.
+                    if seen && acked {
                         return Ok(());
                     }
                 }
@@ -121,6 +164,9 @@ impl ProcEvents {
                 Recv::Empty => break,
                 Recv::Failed(e) => return Err(e),
             }
+        }
+        if seen {
+            return Ok(());
         }
         Err(io::Error::other("subscribed, but no event arrived for a thread we started"))
     }
@@ -174,8 +220,15 @@ enum Recv {
     Failed(io::Error),
 }
 
-/// The subscription: nlmsghdr, cn_msg for the proc connector, and the LISTEN op.
-fn listen_message() -> Vec<u8> {
+/// A value for the `ack` field of our LISTEN that other subscribers are unlikely to use.
+fn listen_nonce() -> u32 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    (std::process::id().rotate_left(16) ^ t) | 1
+}
+
+/// The subscription: nlmsghdr, cn_msg for the proc connector (with `nonce` as its `ack`), and
+/// the LISTEN op.
+fn listen_message(nonce: u32) -> Vec<u8> {
     let payload = PROC_CN_MCAST_LISTEN.to_ne_bytes();
     let len = NLMSG_HDRLEN + CN_MSG_LEN + payload.len();
     let mut m = Vec::with_capacity(len);
@@ -187,7 +240,7 @@ fn listen_message() -> Vec<u8> {
     m.extend_from_slice(&CN_IDX_PROC.to_ne_bytes());
     m.extend_from_slice(&CN_VAL_PROC.to_ne_bytes());
     m.extend_from_slice(&0u32.to_ne_bytes()); // seq
-    m.extend_from_slice(&0u32.to_ne_bytes()); // ack
+    m.extend_from_slice(&nonce.to_ne_bytes()); // ack
     m.extend_from_slice(&(payload.len() as u16).to_ne_bytes());
     m.extend_from_slice(&0u16.to_ne_bytes()); // flags
     m.extend_from_slice(&payload);
@@ -205,8 +258,12 @@ enum Event {
     Fork { pid: u32, tgid: u32 },
     /// `tgid` exec'd a program.
     Exec { tgid: u32 },
+    /// A task of `tgid` changed its real or effective uid.
+    Owner { tgid: u32 },
     /// A task ended: the process when `pid == tgid` (its leader), else one of its threads.
     Exit { pid: u32, tgid: u32 },
+    /// The kernel's answer to a LISTEN: `ack` is the request's `ack` + 1, `err` an errno or 0.
+    Ack { ack: u32, err: u32 },
 }
 
 /// Every process event in one datagram of netlink messages, in order. Truncated or foreign
@@ -221,10 +278,13 @@ fn for_each_event(mut b: &[u8], mut f: impl FnMut(Event)) {
             let ev = msg.get(CN_MSG_LEN..).unwrap_or_default();
             let data = |at: usize| u32_at(ev, EVENT_DATA + at);
             // fork: (parent pid, parent tgid, child pid, child tgid); exec: (pid, tgid);
-            // exit: (pid, tgid, code, signal, ...).
+            // uid: (pid, tgid, ruid, euid); exit: (pid, tgid, code, signal, ...).
             let event = match u32_at(ev, 0) {
+                // PROC_EVENT_NONE: an acknowledgement; the cn_msg's ack field names the request.
+                Some(0) => u32_at(msg, 12).zip(data(0)).map(|(ack, err)| Event::Ack { ack, err }),
                 Some(PROC_EVENT_FORK) => data(8).zip(data(12)).map(|(pid, tgid)| Event::Fork { pid, tgid }),
                 Some(PROC_EVENT_EXEC) => data(4).map(|tgid| Event::Exec { tgid }),
+                Some(PROC_EVENT_UID) => data(4).map(|tgid| Event::Owner { tgid }),
                 Some(PROC_EVENT_EXIT) => data(0).zip(data(4)).map(|(pid, tgid)| Event::Exit { pid, tgid }),
                 _ => None,
             };
@@ -239,14 +299,15 @@ fn for_each_event(mut b: &[u8], mut f: impl FnMut(Event)) {
 }
 
 /// Note each process's last change in one datagram in `pids`: a new process or an exec is
-/// [`Change::Started`], a leader's exit [`Change::Exited`]. Threads are left out: they change
-/// neither the set of processes nor a command line.
+/// [`Change::Started`], and so is a change of owner (of any of its threads: the process is
+/// read again), a leader's exit [`Change::Exited`]. Threads starting or ending are left out:
+/// they change neither the set of processes nor a command line.
 pub fn parse_events(b: &[u8], pids: &mut HashMap<u32, Change>) {
     for_each_event(b, |ev| match ev {
         Event::Fork { pid, tgid } if pid == tgid => {
             pids.insert(tgid, Change::Started);
         }
-        Event::Exec { tgid } => {
+        Event::Exec { tgid } | Event::Owner { tgid } => {
             pids.insert(tgid, Change::Started);
         }
         Event::Exit { pid, tgid } if pid == tgid => {
@@ -268,7 +329,7 @@ mod tests {
         for d in data {
             ev.extend_from_slice(&d.to_ne_bytes());
         }
-        let mut m = listen_message();
+        let mut m = listen_message(0);
         m.truncate(NLMSG_HDRLEN + CN_MSG_LEN);
         m.extend_from_slice(&ev);
         let len = m.len() as u32;
@@ -285,9 +346,39 @@ mod tests {
         b.extend(event(PROC_EVENT_EXIT, &[701, 700, 0, 0])); // a thread of 700 ends: no change
         b.extend(event(PROC_EVENT_FORK, &[1, 1, 600, 600])); // 600 reused: the last change counts
         b.extend(event(PROC_EVENT_EXIT, &[777, 777, 0, 0]));
+        b.extend(event(PROC_EVENT_UID, &[901, 900, 64055, 64055])); // a thread of 900 dropped root
         let mut pids = HashMap::new();
         parse_events(&b, &mut pids);
-        assert_eq!(pids, HashMap::from([(500, Change::Started), (600, Change::Started), (777, Change::Exited)]));
+        assert_eq!(
+            pids,
+            HashMap::from([
+                (500, Change::Started),
+                (600, Change::Started),
+                (777, Change::Exited),
+                (900, Change::Started)
+            ])
+        );
+    }
+
+    /// The kernel's answer to a LISTEN: PROC_EVENT_NONE with the request's ack + 1 in the
+    /// cn_msg and the errno as data.
+    #[test]
+    fn acknowledgements() {
+        let mut m = listen_message(4243);
+        m.truncate(NLMSG_HDRLEN + CN_MSG_LEN);
+        m.extend_from_slice(&0u32.to_ne_bytes()); // PROC_EVENT_NONE
+        m.extend_from_slice(&0u32.to_ne_bytes()); // cpu
+        m.extend_from_slice(&0u64.to_ne_bytes());
+        m.extend_from_slice(&(libc::EPERM as u32).to_ne_bytes());
+        let len = m.len() as u32;
+        m[..4].copy_from_slice(&len.to_ne_bytes());
+        let mut got = Vec::new();
+        for_each_event(&m, |e| got.push(e));
+        assert_eq!(got, [Event::Ack { ack: 4243, err: libc::EPERM as u32 }]);
+        // Not a change of any process.
+        let mut pids = HashMap::new();
+        parse_events(&m, &mut pids);
+        assert!(pids.is_empty());
     }
 
     #[test]
@@ -315,6 +406,8 @@ mod tests {
             return;
         }
         let mut events = ProcEvents::open().expect("proc connector");
+        let (bytes, forced) = events.queue();
+        assert!(forced && bytes >= RCVBUF as usize, "root forces the queue size: {bytes} bytes, forced {forced}");
         let child = std::process::Command::new("/bin/true").spawn().expect("spawn");
         let pid = child.id();
         let mut child = child;

@@ -1,9 +1,10 @@
 //! Finding the QEMU processes in /proc, once per scrape, without listing /proc and reading
 //! every process's cmdline every time.
 //!
-//! A process's verdict ("QEMU, with this command line" or "not QEMU") only changes when it
-//! execs another program; a new process is a fork, and a process that ends is an exit. The
-//! kernel's process events ([`super::proc_events`]) report all three. So the first scan lists
+//! A process's verdict ("QEMU, with this command line, executable and owner" or "not QEMU")
+//! only changes when it execs another program or changes its uids; a new process is a fork,
+//! and a process that ends is an exit. The kernel's process events ([`super::proc_events`])
+//! report all four. So the first scan lists
 //! /proc (after subscribing: nothing started in between is missed) and reads every cmdline;
 //! each later scan applies the events queued since: a new or exec'd process has its cmdline
 //! read, an exited one is dropped, and nothing else is touched. When events were lost (the
@@ -21,7 +22,7 @@ use crate::{
     host::HostRoot,
     sources::{
         proc_events::{Change, ProcEvents},
-        procfs::{QemuProcess, is_qemu_binary, parse_cmdline, parse_qemu_cmdline},
+        procfs::{QemuProcess, is_qemu_binary, parse_cmdline, parse_qemu_cmdline, parse_status_uids},
     },
 };
 
@@ -57,9 +58,22 @@ impl ProcScanner {
     /// and process events can be had.
     pub fn new(host: &HostRoot) -> Self {
         let events = if is_procfs(host) {
-            ProcEvents::open()
+            let events = ProcEvents::open()
                 .map_err(|e| log::info!("process events unavailable ({e}): every cmdline is read on every scrape"))
-                .ok()
+                .ok();
+            if let Some(ev) = &events {
+                let (bytes, forced) = ev.queue();
+                if forced {
+                    log::debug!("process events subscribed (queue {bytes} bytes): /proc is listed once, then followed");
+                } else {
+                    // Without CAP_NET_ADMIN (SO_RCVBUFFORCE) the queue is net.core.rmem_max's.
+                    log::info!(
+                        "process events subscribed, but the queue is limited to {bytes} bytes by net.core.rmem_max \
+                         (no CAP_NET_ADMIN): a busy host can overflow it between scrapes, which costs a /proc listing"
+                    );
+                }
+            }
+            events
         } else {
             None
         };
@@ -155,15 +169,65 @@ impl ProcScanner {
     }
 
     /// Read `pid`'s cmdline (into the reused buffer: no stat, no allocation per process) and
-    /// tell whether it is QEMU: by argv[0], or by the executable it runs.
+    /// tell whether it is QEMU: by argv[0], or by the executable it runs. For QEMU, also its
+    /// executable and owner, which decide whether it is believed (`vm.rs`).
+    ///
+    /// Everything is read through one handle of `/proc/<pid>`: should the process exit and its
+    /// pid be reused between two reads, the second read fails (ESRCH) instead of describing
+    /// another process. The owner is read after the command line: a process that changed its
+    /// owner before we read the command line shows the new owner (a change after it is a
+    /// process event, and the next scan reads the process again).
     fn classify(&mut self, host: &HostRoot, pid: u32) -> io::Result<Option<Arc<QemuProcess>>> {
-        let n = crate::heldfile::read_path(&host.path(format!("proc/{pid}/cmdline")), &mut self.buf)?;
+        let dir = ProcDir::open(host, pid)?;
+        let n = crate::heldfile::pread_whole(&dir.open_file(c"cmdline")?, &mut self.buf)?;
         let args = parse_cmdline(&self.buf[..n]);
         let Some(argv0) = args.first() else { return Ok(None) }; // kernel threads
-        let qemu = is_qemu_binary(argv0)
-            || std::fs::read_link(host.path(format!("proc/{pid}/exe")))
-                .is_ok_and(|p| is_qemu_binary(&p.to_string_lossy()));
-        Ok(qemu.then(|| Arc::new(QemuProcess { pid, cmdline: parse_qemu_cmdline(&args) })))
+        let exe = dir.read_link(c"exe").ok();
+        if !is_qemu_binary(argv0) && !exe.as_deref().is_some_and(is_qemu_binary) {
+            return Ok(None);
+        }
+        let cmdline = parse_qemu_cmdline(&args);
+        let n = crate::heldfile::pread_whole(&dir.open_file(c"status")?, &mut self.buf)?;
+        let uids = parse_status_uids(&String::from_utf8_lossy(&self.buf[..n]));
+        Ok(Some(Arc::new(QemuProcess { pid, cmdline, uids, exe })))
+    }
+}
+
+/// An open `/proc/<pid>` directory: files below it are those of the process it was opened for.
+struct ProcDir(std::os::fd::OwnedFd);
+
+impl ProcDir {
+    fn open(host: &HostRoot, pid: u32) -> io::Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(host.path(format!("proc/{pid}")))?;
+        Ok(Self(f.into()))
+    }
+
+    fn open_file(&self, name: &std::ffi::CStr) -> io::Result<std::fs::File> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        // SAFETY: openat with our directory fd and a NUL-terminated name; the fd is owned at once.
+        let fd = unsafe {
+            libc::openat(self.0.as_raw_fd(), name.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY)
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd nobody else owns.
+        Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+    }
+
+    fn read_link(&self, name: &std::ffi::CStr) -> io::Result<String> {
+        use std::os::fd::AsRawFd;
+        let mut buf = [0u8; 4096];
+        // SAFETY: readlinkat writes at most buf.len() bytes into buf.
+        let n = unsafe { libc::readlinkat(self.0.as_raw_fd(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(String::from_utf8_lossy(&buf[..n as usize]).into_owned())
     }
 }
 
@@ -186,6 +250,7 @@ mod tests {
             let d = dir.path().join(format!("proc/{pid}"));
             std::fs::create_dir_all(&d).unwrap();
             std::fs::write(d.join("cmdline"), cmdline).unwrap();
+            std::fs::write(d.join("status"), format!("Name:\tx\nPid:\t{pid}\nUid:\t0\t0\t0\t0\n")).unwrap();
         }
         dir
     }
@@ -199,6 +264,7 @@ mod tests {
         let (procs, stats) = s.scan(&host).unwrap();
         assert_eq!(procs.iter().map(|p| p.pid).collect::<Vec<_>>(), [10]);
         assert_eq!(procs[0].cmdline.id.as_deref(), Some("100"));
+        assert_eq!((procs[0].uids, procs[0].exe.as_deref()), (Some([0; 4]), None), "owner from status; no exe link");
         assert_eq!(stats, ScanStats { processes: 3, read: 3, listed: true });
         // An exec in a fixture: the next scan sees it.
         std::fs::write(dir.path().join("proc/11/cmdline"), "/usr/bin/qemu-system-x86_64\0-id\x00101\0").unwrap();
@@ -231,19 +297,22 @@ mod tests {
         let (procs, stats) = s.scan(&host).unwrap();
         assert!(!stats.listed && stats.read < stats.processes / 2, "{stats:?}: from events, not a listing");
         assert!(!procs.iter().any(|p| p.pid == pid), "not QEMU yet");
-        let mut found = false;
+        let mut found = None;
         for _ in 0..100 {
             std::thread::sleep(std::time::Duration::from_millis(20));
             let (procs, stats) = s.scan(&host).unwrap();
             assert!(!stats.listed);
-            if procs.iter().any(|p| p.pid == pid) {
-                found = true;
+            if let Some(p) = procs.iter().find(|p| p.pid == pid) {
+                found = Some(p.clone());
                 break;
             }
         }
         let _ = child.kill();
         let _ = child.wait();
-        assert!(found, "the exec of pid {pid} was not seen");
+        let found = found.unwrap_or_else(|| panic!("the exec of pid {pid} was not seen"));
+        // What decides whether it is believed: it runs `sleep`, not QEMU, and is root's.
+        assert!(found.exe.as_deref().is_some_and(|e| e.ends_with("/sleep")), "{found:?}");
+        assert!(found.owned_by(&[0]), "{found:?}");
         // Gone: no longer reported, and its verdict is dropped.
         let (procs, stats) = s.scan(&host).unwrap();
         assert!(!procs.iter().any(|p| p.pid == pid));

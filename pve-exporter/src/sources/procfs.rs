@@ -198,11 +198,38 @@ pub fn parse_qemu_cmdline(args: &[String]) -> QemuCmdline {
     }
 }
 
-/// A QEMU process found in /proc.
+/// A QEMU process found in /proc: its command line, and who says so (the discovery in
+/// `vm.rs` decides from owner and executable whether to believe it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QemuProcess {
     pub pid: u32,
     pub cmdline: QemuCmdline,
+    /// Real, effective, saved and file-system uid (`Uid:` of `/proc/<pid>/status`), read
+    /// after the command line. None when status has no such line.
+    pub uids: Option<[u32; 4]>,
+    /// The target of `/proc/<pid>/exe` (`... (deleted)` after an upgrade); None when it
+    /// cannot be read (no ptrace rights on the process, or none in a fixture tree).
+    pub exe: Option<String>,
+}
+
+impl QemuProcess {
+    /// Whether every uid of the process is in `owners`. The real uid matters as much as the
+    /// effective one: whoever started a process chose its command line (a setuid binary run
+    /// by a user has that user as real uid), and whoever it runs as can rewrite it.
+    pub fn owned_by(&self, owners: &[u32]) -> bool {
+        self.uids.is_some_and(|u| u.iter().all(|id| owners.contains(id)))
+    }
+}
+
+/// The four uids of the `Uid:` line of `/proc/<pid>/status` (real, effective, saved, fs).
+pub fn parse_status_uids(text: &str) -> Option<[u32; 4]> {
+    let rest = text.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    let mut ids = rest.split_whitespace().map(|w| w.parse::<u32>());
+    let mut out = [0u32; 4];
+    for slot in &mut out {
+        *slot = ids.next()?.ok()?;
+    }
+    Some(out)
 }
 
 /// CPU times from `/proc/<pid>/stat`.
@@ -476,6 +503,24 @@ mod tests {
         assert_eq!(task_link_count(&mut dirs, &host, pid).unwrap(), 2);
         dirs.remove(&pid);
         assert_eq!(task_link_count(&mut dirs, &host, pid).unwrap_err().kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn status_uids() {
+        let text = "Name:\tqemu-system-x86\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t4242\nPid:\t4242\n\
+                    PPid:\t1\nTracerPid:\t0\nUid:\t64055\t64055\t64055\t64055\nGid:\t994\t994\t994\t994\n";
+        assert_eq!(parse_status_uids(text), Some([64055; 4]));
+        assert_eq!(parse_status_uids("Uid:\t1000\t0\t0\t0\n"), Some([1000, 0, 0, 0]));
+        for bad in ["", "Uid:\t0\t0\t0\n", "Uid:\t0\tx\t0\t0\n", "Uid:\t-1\t0\t0\t0\n", "Gid:\t0\t0\t0\t0\n"] {
+            assert_eq!(parse_status_uids(bad), None, "{bad:?}");
+        }
+        // Every uid must be allowed: a setuid-root program run by a user has the user as real uid.
+        let p = |uids| QemuProcess { pid: 1, cmdline: QemuCmdline::default(), uids, exe: None };
+        assert!(p(Some([0; 4])).owned_by(&[0]));
+        assert!(!p(Some([1000, 0, 0, 0])).owned_by(&[0]));
+        assert!(!p(Some([0, 0, 0, 1000])).owned_by(&[0]));
+        assert!(p(Some([64055, 64055, 64055, 64055])).owned_by(&[0, 64055]));
+        assert!(!p(None).owned_by(&[0]), "unknown owner: not believed");
     }
 
     #[test]

@@ -87,13 +87,16 @@ impl fmt::Debug for Token {
 
 /// Read a token file (as given, not below `--root`: it is the exporter's own configuration).
 pub fn read_token_file(path: &Path) -> Result<Token, String> {
-    use std::os::unix::fs::PermissionsExt;
-    let text = std::fs::read_to_string(path).map_err(|e| format!("API token file {}: {e}", path.display()))?;
-    if let Ok(meta) = std::fs::metadata(path)
-        && meta.permissions().mode() & 0o004 != 0
-    {
-        log::warn!("API token file {} is readable by everyone; chmod 600 it", path.display());
+    use std::io::Read;
+    let err = |e: std::io::Error| format!("API token file {}: {e}", path.display());
+    let mut f = std::fs::File::open(path).map_err(err)?;
+    // The mode of the file read, not of whatever the path names a moment later.
+    if let Some(w) = f.metadata().ok().and_then(|m| crate::config::secret_file_warning(path, &m)) {
+        log::warn!("{w}");
     }
+    let mut text = String::new();
+    // A token is some 80 bytes: a bound keeps a wrong path (a device, a huge file) harmless.
+    (&mut f).take(64 << 10).read_to_string(&mut text).map_err(err)?;
     Token::parse(&text).map_err(|e| format!("API token file {}: {e}", path.display()))
 }
 

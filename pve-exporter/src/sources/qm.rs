@@ -157,7 +157,9 @@ impl QmSession {
             .stdout(Stdio::from(tty.try_clone()?))
             .stderr(Stdio::from(tty))
             // Plain output: no colours or bracketed-paste sequences from a readline.
-            .env("TERM", "dumb");
+            .env("TERM", "dumb")
+            // The API token is the daemon's, not qm's.
+            .env_remove(super::pve_api::TOKEN_ENV);
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
             cmd.pre_exec(|| {

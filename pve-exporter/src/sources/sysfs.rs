@@ -83,16 +83,22 @@ pub fn qcow2_virtual_size(header: &[u8]) -> Option<u64> {
 /// - qcow2 (file or device): the virtual size in the image header;
 /// - a block device: its size in `/sys/dev/block/<major>:<minor>/size` (512-byte sectors);
 /// - a regular file (raw): its length.
+///
+/// Anything else (a FIFO, a socket, a character device, a directory) is an error, found by
+/// `stat` before anything is opened: opening a FIFO without writer blocks, and opening a
+/// character device can act (a tape rewinds, a watchdog arms). See [`open_image`].
 pub fn disk_size(host: &HostRoot, path: &str, format: &str) -> io::Result<u64> {
     let p = host.path(path);
     let ctx = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", p.display()));
     if format == "qcow2" {
         let mut header = [0u8; 32];
-        std::fs::File::open(&p).and_then(|mut f| f.read_exact(&mut header)).map_err(ctx)?;
+        let (mut f, _) = open_image(&p).map_err(ctx)?;
+        f.read_exact(&mut header).map_err(ctx)?;
         return qcow2_virtual_size(&header)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("{}: no qcow2 header", p.display())));
     }
     let meta = std::fs::metadata(&p).map_err(ctx)?;
+    check_image_type(&meta).map_err(ctx)?;
     if meta.file_type().is_block_device() {
         let dev = meta.rdev();
         let rel = format!("sys/dev/block/{}:{}/size", libc::major(dev), libc::minor(dev));
@@ -102,6 +108,48 @@ pub fn disk_size(host: &HostRoot, path: &str, format: &str) -> io::Result<u64> {
         return Ok(sectors.saturating_mul(512));
     }
     Ok(meta.len())
+}
+
+/// Ok for a regular file or a block device, the only things a disk image can be read from.
+fn check_image_type(meta: &std::fs::Metadata) -> io::Result<()> {
+    let t = meta.file_type();
+    if t.is_file() || t.is_block_device() {
+        return Ok(());
+    }
+    let what = if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_dir() {
+        "a directory"
+    } else {
+        "not a file"
+    };
+    Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{what}, not a regular file or block device")))
+}
+
+/// Open an image for reading its header. The path (symlinks followed: PVE's `/dev/zvol/...`
+/// and `/dev/rbd-pve/...` are links to devices) must name a regular file or a block device
+/// before it is opened; it is opened with `O_NONBLOCK` (a FIFO swapped in after the `stat`
+/// cannot block the open or the read) and `O_NOCTTY` (a terminal never becomes the daemon's
+/// controlling terminal), close-on-exec; and the opened file must be the one that was checked
+/// (same device and inode, per `fstat` of the descriptor).
+pub fn open_image(p: &std::path::Path) -> io::Result<(std::fs::File, std::fs::Metadata)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let before = std::fs::metadata(p)?;
+    check_image_type(&before)?;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(p)?;
+    let meta = f.metadata()?;
+    check_image_type(&meta)?;
+    if (meta.dev(), meta.ino()) != (before.dev(), before.ino()) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "replaced while it was opened"));
+    }
+    Ok((f, meta))
 }
 
 /// The kernel name of the block device behind a `/dev` path (`zd16` for
@@ -172,6 +220,25 @@ mod tests {
         assert_eq!(disk_size(&host, "/img/b.qcow2", "qcow2").unwrap(), 1 << 30);
         assert_eq!(disk_size(&host, "/img/a.raw", "qcow2").unwrap_err().kind(), io::ErrorKind::InvalidData);
         assert_eq!(disk_size(&host, "/img/gone", "raw").unwrap_err().kind(), io::ErrorKind::NotFound);
+        // What is no image is an error, and neither blocks nor is opened: a FIFO without writer
+        // (open(2) would wait for one), a character device, a symlink to one, a directory.
+        let fifo = std::ffi::CString::new(dir.path().join("img/fifo").as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        std::os::unix::fs::symlink("/dev/null", dir.path().join("img/null")).unwrap();
+        std::os::unix::fs::symlink("fifo", dir.path().join("img/link-to-fifo")).unwrap();
+        for (path, what) in [
+            ("/img/fifo", "a FIFO"),
+            ("/img/link-to-fifo", "a FIFO"),
+            ("/img/null", "a character device"),
+            ("/img", "a directory"),
+        ] {
+            for format in ["raw", "qcow2"] {
+                let e = disk_size(&host, path, format).unwrap_err();
+                assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{path} {format}: {e}");
+                assert!(e.to_string().contains(what), "{path} {format}: {e}");
+            }
+        }
         std::fs::create_dir_all(dir.path().join("dev/zvol/rpool/data")).unwrap();
         std::fs::write(dir.path().join("dev/zd0"), "").unwrap();
         std::os::unix::fs::symlink("../../../zd0", dir.path().join("dev/zvol/rpool/data/vm-1-disk-0")).unwrap();

@@ -242,7 +242,8 @@ impl Guest {
         let ready: PathBuf = dir.join(format!("guest-{vmid}.ready"));
         // A ready file of an earlier guest with this vmid would end the wait at once.
         let _ = std::fs::remove_file(&ready);
-        let child = Command::new(GUEST)
+        let name = Path::new(argv0).file_name().and_then(|n| n.to_str()).unwrap_or("qemu-system-x86_64");
+        let child = Command::new(guest_named(name))
             .arg0(argv0)
             .args(ident)
             .args(["-smp", &smp.to_string(), "-m", "32", "-cpu", "host"])
@@ -268,6 +269,25 @@ impl Guest {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// The test guest's binary under the name `name` (`kvm`, `qemu-system-x86_64`): plain-QEMU
+/// discovery reports only processes whose executable is a QEMU binary, and `/proc/<pid>/exe`
+/// names the file run, whatever argv[0] says. A hard link next to the guest binary (the same
+/// file system), replaced by each call so that it is always this build's.
+pub fn guest_named(name: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = Path::new(GUEST).parent().expect("guest dir").join("qemu-named");
+    std::fs::create_dir_all(&dir).expect("mkdir qemu-named");
+    let link = dir.join(name);
+    let tmp = dir.join(format!(".{name}.{}.{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::hard_link(GUEST, &tmp).expect("hard link of the test guest");
+    std::fs::rename(&tmp, &link).expect("rename the guest link");
+    // rename(2) does nothing when both names are links of one file already.
+    let _ = std::fs::remove_file(&tmp);
+    link
 }
 
 /// The value of the sample `name{labels}` in a text-format scrape; labels must match exactly

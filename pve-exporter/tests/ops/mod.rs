@@ -45,10 +45,23 @@ impl Exporter {
     }
 
     pub fn spawn_on(port: u16, root: &Path, args: &[&str], env: &[(&str, &str)]) -> Exporter {
+        Self::spawn_via(&[], port, root, args, env)
+    }
+
+    /// Like [`Exporter::spawn_on`], the daemon started through `prefix` (a program that execs
+    /// its arguments, such as `setpriv --bounding-set=... --`): the child is then the daemon.
+    pub fn spawn_via(prefix: &[&str], port: u16, root: &Path, args: &[&str], env: &[(&str, &str)]) -> Exporter {
         let logdir = tempfile::tempdir().expect("tempdir");
         let log = logdir.path().join("stderr.log");
         let file = std::fs::File::create(&log).expect("log file");
-        let mut cmd = Command::new(DAEMON);
+        let mut cmd = match prefix.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(DAEMON);
+                c
+            }
+            None => Command::new(DAEMON),
+        };
         cmd.arg("--root").arg(root).args(["--port", &port.to_string()]);
         cmd.args(args).stdout(Stdio::null()).stderr(file);
         // The test runner's environment must not configure the daemon behind our back.

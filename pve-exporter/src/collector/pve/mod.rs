@@ -159,7 +159,8 @@ impl PveState {
                         .unwrap_or_else(|e| Err(format!("API token file {}: {e}", path.display()))),
                 )
             }
-            None => pve_api::token_from_env(),
+            // main() took it out of the environment (no child process inherits it).
+            None => config.api_token.clone().or_else(pve_api::token_from_env),
         };
         if let Some(Err(e)) = &token {
             log::error!("{e}");
