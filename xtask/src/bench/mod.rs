@@ -106,6 +106,8 @@ impl Daemon {
         let mut child = Command::new(bench.bin.join("pve-exporter"))
             .args(args)
             .args(["--port", "0", "--host", "127.0.0.1"])
+            // Every timed scrape is a collection of its own, not the last one handed out again.
+            .args(["--min-collection-interval", "0"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
