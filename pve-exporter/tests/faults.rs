@@ -157,6 +157,69 @@ fn a_stalled_pmxcfs_or_storage_mount_costs_its_series_not_the_scrape() {
     drop((pmxcfs, nfs));
 }
 
+/// A group of collectors that hangs where no time limit reaches (here: /proc itself, on a FUSE
+/// file system that stalls; on a real host, a read of a process stuck in the kernel) does not
+/// hold the scrape: its last good values are replayed with their age, its collectors fail,
+/// `/healthz` says so, and fresh values return once it answers.
+#[test]
+fn a_hung_collector_group_is_replayed_from_its_last_good_values() {
+    require_privileges();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/hosts/pve-basic");
+    let root = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::symlink(fixture.join("etc"), root.path().join("etc")).expect("symlink etc");
+    // The fixture's /proc (regular files: the VM processes, meminfo) on a stallable mount.
+    let mut files: Vec<(String, String)> = Vec::new();
+    let mut dirs = vec![fixture.join("proc")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).expect("fixture proc").flatten() {
+            let ft = e.file_type().expect("type");
+            if ft.is_dir() {
+                dirs.push(e.path());
+            } else if ft.is_file() {
+                let rel = e.path().strip_prefix(fixture.join("proc")).expect("below").to_string_lossy().into_owned();
+                files.push((rel, std::fs::read_to_string(e.path()).expect("read")));
+            }
+        }
+    }
+    let files: Vec<(&str, &str)> = files.iter().map(|(p, c)| (p.as_str(), c.as_str())).collect();
+    let proc = StallFs::mount(&root.path().join("proc"), &files, &[]);
+    let daemon = Daemon::start(root.path(), &["--ebpf", "off", "--vm-source", "pve"]);
+    let _release = proc.release_on_drop();
+    let port = daemon.port;
+    let age = |m: &str| sample(m, "pve_exporter_collector_data_age_seconds", &[("collector", "kvm")]);
+    let m = scrape_until(port, Duration::from_secs(30), "a fresh scrape", |m| success(m, "kvm") == Some(1.0));
+    assert_eq!(age(&m), Some(0.0), "{m}");
+    let vms = |m: &str| sample(m, "pve_kvm_info", &[("id", "100")]).is_some();
+    assert!(vms(&m), "{m}");
+
+    proc.stall(true);
+    std::thread::sleep(Duration::from_millis(200));
+    for _ in 0..3 {
+        let (st, m, took) = scrape(port, "3");
+        assert_eq!(st, 200, "{m}");
+        assert!(took < Duration::from_secs(3), "answered after {took:?}, beyond the scrape timeout of 3 s");
+        assert_eq!(success(&m, "kvm"), Some(0.0), "{m}");
+        let a = age(&m).expect("age");
+        assert!(a > 0.0 && a < 120.0, "replayed values are {a} s old:\n{m}");
+        assert!(vms(&m), "the last good values of the VMs are replayed:\n{m}");
+    }
+    assert!(proc.stalled_ops() > 0, "the daemon never met the stalled /proc");
+    // /healthz tells once the group runs more than a second past its deadline.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (st, _, health) = daemon.try_get("/healthz", None).expect("healthz");
+    assert_eq!(st, 503, "{health}");
+    assert!(health.contains("collector group vms past its deadline"), "{health}");
+
+    proc.stall(false);
+    let m = scrape_until(port, Duration::from_secs(30), "fresh values", |m| success(m, "kvm") == Some(1.0));
+    assert_eq!(age(&m), Some(0.0), "{m}");
+    let (st, _, health) = daemon.try_get("/healthz", None).expect("healthz");
+    assert_eq!((st, health.as_str()), (200, "ok\n"));
+    drop(_release);
+    drop(daemon);
+    drop(proc);
+}
+
 /// Samples of `name` (job `pve`) in the last `range`, as (timestamp, value).
 fn raw_samples(p: &Prometheus, name: &str, range: &str) -> Vec<(f64, f64)> {
     let r = p.query(&format!("{name}{{job=\"pve\"}}[{range}]"));

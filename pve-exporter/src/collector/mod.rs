@@ -121,6 +121,8 @@ pub struct EngineState {
     pve_config: Arc<PveConfigReader>,
     /// eBPF state; the lock is held only while a scrape reads the maps.
     ebpf: Mutex<EbpfStatus>,
+    /// What the eBPF set-up reports (taken at start: reporting it never waits for `ebpf`).
+    ebpf_summary: selfmetrics::EbpfSummary,
     /// Collectors that failed in the last scrape: failures are logged when they start and
     /// end, not on every scrape.
     failing: Mutex<HashSet<&'static str>>,
@@ -193,6 +195,7 @@ impl Engine {
             disk_sizes: nicdisk::DiskSizes::new(config.storage_timeout),
             host,
             pve_config,
+            ebpf_summary: selfmetrics::EbpfSummary::of(&ebpf),
             ebpf: Mutex::new(ebpf),
             failing: Mutex::default(),
             monitor: crate::sources::monitor::Monitor::from_config(&config),
@@ -247,9 +250,7 @@ impl Engine {
             }
         }
 
-        let st = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
-        selfmetrics::collect(&st, &runs, start.elapsed(), &mut out);
-        drop(st);
+        selfmetrics::collect(&self.ebpf_summary, &runs, start.elapsed(), &mut out);
         let out = Arc::new(out);
         for (g, families, runs, at) in fresh {
             let last = LastGood { collection: out.clone(), families, runs, at };
@@ -389,8 +390,7 @@ fn merge_owned(out: &mut MetricSet, part: MetricSet) {
 
 impl EngineState {
     pub fn ebpf_mode(&self) -> (String, String) {
-        let st = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
-        (st.mode.to_string(), st.reason.clone())
+        (self.ebpf_summary.mode.clone(), self.ebpf_summary.reason.clone())
     }
 
     /// The VM source a collection now would use.
