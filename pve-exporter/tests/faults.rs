@@ -100,6 +100,7 @@ fn a_stalled_pmxcfs_or_storage_mount_costs_its_series_not_the_scrape() {
     // --pmxcfs-timeout is 5 s: every wait is capped by the scrape's deadline (3 s - 0.5 s).
     pmxcfs.stall(true);
     let (st, m, took) = scrape(port, "3");
+    eprintln!("pmxcfs stalled: first scrape (3 s timeout) answered in {took:?}");
     assert_eq!(st, 200, "{m}");
     assert!(took < Duration::from_secs(3), "answered after {took:?}, beyond the scrape timeout of 3 s");
     assert!(pmxcfs.stalled_ops() > 0, "the daemon never met the stalled pmxcfs");
@@ -112,6 +113,7 @@ fn a_stalled_pmxcfs_or_storage_mount_costs_its_series_not_the_scrape() {
     for _ in 0..3 {
         let (st, m, took) = scrape(port, "10");
         assert_eq!(st, 200);
+        eprintln!("pmxcfs stalled: a following scrape answered in {took:?}");
         assert!(took < Duration::from_secs(2), "a scrape waited {took:?} on a pmxcfs known to hang:\n{m}");
         assert_eq!(success(&m, "pve_config"), Some(0.0), "{m}");
         assert_eq!(success(&m, "storage"), Some(0.0), "{m}");
@@ -136,6 +138,7 @@ fn a_stalled_pmxcfs_or_storage_mount_costs_its_series_not_the_scrape() {
     for _ in 0..3 {
         let (st, m, took) = scrape(port, "10");
         assert_eq!(st, 200);
+        eprintln!("NFS stalled: a following scrape answered in {took:?}");
         assert!(took < Duration::from_secs(2), "a scrape waited {took:?} on a storage known to hang:\n{m}");
         assert_eq!(success(&m, "pve_config"), Some(1.0), "{m}");
     }

@@ -382,12 +382,16 @@ impl Monitor {
         let mut results: Vec<Option<VmDevices>> = vec![None; vms.len()];
         let mut why_not: Vec<Option<String>> = vec![None; vms.len()];
         let mut access: Vec<Option<Access>> = vms.iter().map(|vm| self.access(host, vm)).collect();
+        // VMs whose monitor is asked in this round (not those without one, nor stuck ones).
+        let mut asked = vec![true; vms.len()];
         for (i, vm) in vms.iter().enumerate() {
             if access[i].is_none() {
                 log::debug!("VM {}: no QMP socket and no qm: no monitor", vm.id);
                 results[i] = Some(VmDevices { id: vm.id.clone(), ..VmDevices::default() });
+                asked[i] = false;
             } else if let Some(why) = self.skip_stuck(host, vm, &mut access[i]) {
                 results[i] = Some(cached_only(inner, host, vm, why));
+                asked[i] = false;
             }
         }
         if inner.opener.pipelined() {
@@ -435,6 +439,8 @@ impl Monitor {
         for (i, r) in results.iter().enumerate() {
             // Asked and no answer by the deadline: its session is still running.
             late[i] = r.is_none() && why_not[i].is_none();
+            // Not asked at all (busy, no slot): says nothing of whether it is stuck.
+            asked[i] &= why_not[i].is_none();
         }
         let out: Vec<VmDevices> = vms
             .iter()
@@ -450,7 +456,7 @@ impl Monitor {
                 })
             })
             .collect();
-        self.note_stalls(vms, &out);
+        self.note_stalls(vms, &out, &asked);
         out
     }
 
@@ -502,18 +508,19 @@ impl Monitor {
                 vm.id,
                 if r.stalled { "still stuck" } else { "answered" }
             );
-            me.note_stalls(std::slice::from_ref(&vm), std::slice::from_ref(&r));
+            me.note_stalls(std::slice::from_ref(&vm), std::slice::from_ref(&r), &[true]);
         });
         if let Err(e) = spawned {
             log::warn!("cannot start a thread to try a stuck monitor: {e}");
         }
     }
 
-    /// Back-off after this round: stalled VMs fail (again), the others that answered rejoin.
-    fn note_stalls(&self, vms: &[Vm], out: &[VmDevices]) {
+    /// Back-off after this round: stalled VMs fail (again); the others that were asked and did
+    /// not stall rejoin (an error in the answer is no stall).
+    fn note_stalls(&self, vms: &[Vm], out: &[VmDevices], asked: &[bool]) {
         let now = Instant::now();
         let mut stuck = self.inner.stuck.lock().unwrap_or_else(|p| p.into_inner());
-        for (vm, d) in vms.iter().zip(out) {
+        for ((vm, d), asked) in vms.iter().zip(out).zip(asked) {
             if d.stalled {
                 let e = stuck.entry(vm.id.clone()).or_insert((vm.pid, Backoff::default()));
                 if e.0 != vm.pid {
@@ -523,7 +530,7 @@ impl Monitor {
                     log::warn!("VM {}: its monitor did not answer in time: not waited on until it does", vm.id);
                 }
                 e.1.failed(now);
-            } else if d.errors.is_empty() && stuck.remove(&vm.id).is_some() {
+            } else if *asked && stuck.remove(&vm.id).is_some() {
                 log::info!("VM {}: its monitor answers again", vm.id);
             }
         }

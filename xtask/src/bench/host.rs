@@ -505,7 +505,8 @@ fn write_fixture_vm(root: &Path, vmid: u32, pid: u32, vcpus: u32) -> Result<()> 
     fs::write(
         dir.join("status"),
         format!(
-            "Name:\tkvm\nState:\tS (sleeping)\nTgid:\t{pid}\nPid:\t{pid}\nPPid:\t1\nVmPeak:\t 5230412 kB\n\
+            "Name:\tkvm\nState:\tS (sleeping)\nTgid:\t{pid}\nPid:\t{pid}\nPPid:\t1\nTracerPid:\t0\n\
+             Uid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nVmPeak:\t 5230412 kB\n\
              VmSize:\t 5165260 kB\nVmLck:\t       0 kB\nVmPin:\t       0 kB\nVmHWM:\t 4301244 kB\nVmRSS:\t 4290112 kB\n\
              RssAnon:\t 4271232 kB\nRssFile:\t   18880 kB\nRssShmem:\t       0 kB\nVmData:\t 4420348 kB\n\
              VmStk:\t     132 kB\nVmExe:\t    6244 kB\nVmLib:\t   38720 kB\nVmPTE:\t    8980 kB\nVmSwap:\t       0 kB\n\
