@@ -105,7 +105,10 @@ impl AppState {
                             }
                         };
                         let now = Instant::now();
-                        *last.lock().unwrap_or_else(|p| p.into_inner()) = Some((now, set.clone()));
+                        // Kept only for the minimum interval: it costs one collection's memory.
+                        if !min_interval.is_zero() {
+                            *last.lock().unwrap_or_else(|p| p.into_inner()) = Some((now, set.clone()));
+                        }
                         finished.send_replace(Some(now));
                         set
                     }

@@ -252,6 +252,11 @@ impl Engine {
 
         selfmetrics::collect(&self.ebpf_summary, &runs, start.elapsed(), &mut out);
         let out = Arc::new(out);
+        // Kept for a replay only when replays are wanted: holding them costs one collection's
+        // memory (~2 MiB at 100 VMs with their NIC and disk series; docs/benchmarks.md).
+        if self.config.stale_max_age.is_zero() {
+            return out;
+        }
         for (g, families, runs, at) in fresh {
             let last = LastGood { collection: out.clone(), families, runs, at };
             *self.groups[g.index()].last.lock().unwrap_or_else(|p| p.into_inner()) = Some(last);
