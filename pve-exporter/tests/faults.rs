@@ -54,8 +54,10 @@ fn success(m: &str, collector: &str) -> Option<f64> {
 fn scrape_until(port: u16, limit: Duration, what: &str, ok: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + limit;
     loop {
-        let (st, m, _) = scrape(port, "10");
+        let (st, m, took) = scrape(port, "10");
+        eprintln!("waiting for {what}: a scrape answered in {took:?}");
         assert_eq!(st, 200, "{m}");
+        assert!(took < Duration::from_secs(10), "answered after {took:?}, beyond the scrape timeout of 10 s");
         if ok(&m) {
             return m;
         }
