@@ -1,5 +1,5 @@
 //! Builds the eBPF programs (pve-exporter-ebpf) for the bpf target and leaves the object in
-//! OUT_DIR, where `sources::ebpf` embeds it. Only with the `ebpf` feature (the default).
+//! OUT_DIR, where `sources::kernel::ebpf` embeds it. Only with the `ebpf` feature (the default).
 
 use std::{env, path::Path, process::Command};
 

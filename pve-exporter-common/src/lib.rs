@@ -203,7 +203,7 @@ impl Default for UexitCounts {
 
 /// Map sizes as compiled; the loader lowers those of the preallocated per-CPU maps
 /// (`EVENT_ARRAY`, `UEXIT_ARRAY`: `MAX_INDEXED_VMS`; `HIST`) for hosts with many possible CPUs
-/// (pve-exporter's `sources::ebpf::MapSizes`). Every map is bounded; user space removes the
+/// (pve-exporter's `sources::kernel::ebpf::MapSizes`). Every map is bounded; user space removes the
 /// entries of processes that exited. The two counter hashes hold only processes not in the
 /// arrays (see `MAX_INDEXED_VMS`).
 pub const MAX_EVENT_KEYS: u32 = 8192; // 341 unregistered VMs x 24 tracepoints

@@ -14,7 +14,8 @@ use pve_exporter::{
     exposition::{self, Format},
     metrics::MetricSet,
     sources::{
-        hmp, kvm_debugfs, libvirt, lvm, node, pressure, procfs, pve_config, pve_ha, qmp, storage_cfg, tracefs, zfs,
+        kernel::kvm_debugfs, kernel::tracefs, proc::node, proc::pressure, proc::process, pve::config, pve::ha,
+        pve::storage_cfg, qemu::hmp, qemu::libvirt, qemu::qmp, storage::lvm, storage::zfs,
     },
 };
 
@@ -52,28 +53,28 @@ fn procfs(c: &mut Criterion) {
     let meminfo = fixture!("hosts/pve-basic/proc/meminfo");
 
     // Each input parses (a benchmark of the error path would mislead).
-    procfs::parse_stat(stat, 100).expect("stat fixture parses");
-    procfs::parse_io(io).expect("io fixture parses");
-    procfs::parse_memtotal(meminfo).expect("meminfo fixture parses");
-    procfs::parse_schedstat(text(schedstat)).expect("schedstat fixture parses");
-    procfs::vcpu_index(text(comm).trim_end_matches('\n')).expect("comm fixture is a vCPU thread");
-    assert!(!procfs::parse_status(text(status)).memory.is_empty(), "status fixture has memory lines");
+    process::parse_stat(stat, 100).expect("stat fixture parses");
+    process::parse_io(io).expect("io fixture parses");
+    process::parse_memtotal(meminfo).expect("meminfo fixture parses");
+    process::parse_schedstat(text(schedstat)).expect("schedstat fixture parses");
+    process::vcpu_index(text(comm).trim_end_matches('\n')).expect("comm fixture is a vCPU thread");
+    assert!(!process::parse_status(text(status)).memory.is_empty(), "status fixture has memory lines");
 
     g.throughput(bytes(stat.len()));
-    g.bench_function("stat", |b| b.iter(|| procfs::parse_stat(black_box(stat), 100)));
+    g.bench_function("stat", |b| b.iter(|| process::parse_stat(black_box(stat), 100)));
     g.throughput(bytes(status.len()));
     let status_text = text(status);
-    g.bench_function("status", |b| b.iter(|| procfs::parse_status(black_box(status_text))));
+    g.bench_function("status", |b| b.iter(|| process::parse_status(black_box(status_text))));
     g.throughput(bytes(io.len()));
-    g.bench_function("io", |b| b.iter(|| procfs::parse_io(black_box(io))));
+    g.bench_function("io", |b| b.iter(|| process::parse_io(black_box(io))));
     g.throughput(bytes(schedstat.len()));
     let schedstat_text = text(schedstat);
-    g.bench_function("schedstat", |b| b.iter(|| procfs::parse_schedstat(black_box(schedstat_text))));
+    g.bench_function("schedstat", |b| b.iter(|| process::parse_schedstat(black_box(schedstat_text))));
     g.throughput(bytes(comm.len()));
     let comm_text = text(comm).trim_end_matches('\n');
-    g.bench_function("vcpu_comm", |b| b.iter(|| procfs::vcpu_index(black_box(comm_text))));
+    g.bench_function("vcpu_comm", |b| b.iter(|| process::vcpu_index(black_box(comm_text))));
     g.throughput(bytes(meminfo.len()));
-    g.bench_function("meminfo", |b| b.iter(|| procfs::parse_memtotal(black_box(meminfo))));
+    g.bench_function("meminfo", |b| b.iter(|| process::parse_memtotal(black_box(meminfo))));
 
     // /proc/<pid>/cmdline: NUL split, then the QEMU options (what discovery does per process).
     let cmdlines: [(&str, &[u8]); 3] = [
@@ -82,10 +83,13 @@ fn procfs(c: &mut Criterion) {
         ("plain-qemu", fixture!("hosts/plain-qemu/proc/3100/cmdline")),
     ];
     for (what, raw) in cmdlines {
-        assert!(!procfs::parse_qemu_cmdline(&procfs::parse_cmdline(raw)).name.is_empty(), "{what}: cmdline has -name");
+        assert!(
+            !process::parse_qemu_cmdline(&process::parse_cmdline(raw)).name.is_empty(),
+            "{what}: cmdline has -name"
+        );
         g.throughput(bytes(raw.len()));
         g.bench_with_input(BenchmarkId::new("qemu_cmdline", what), raw, |b, raw| {
-            b.iter(|| procfs::parse_qemu_cmdline(&procfs::parse_cmdline(black_box(raw))))
+            b.iter(|| process::parse_qemu_cmdline(&process::parse_cmdline(black_box(raw))))
         });
     }
     g.finish();
@@ -198,9 +202,9 @@ fn pve_files(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("pve_config");
     let user_cfg = fixture_str!("hosts/pve-basic/etc/pve/user.cfg");
-    assert!(!pve_config::parse_user_cfg_pools(user_cfg).is_empty(), "user.cfg fixture has pools");
+    assert!(!config::parse_user_cfg_pools(user_cfg).is_empty(), "user.cfg fixture has pools");
     g.throughput(bytes(user_cfg.len()));
-    g.bench_function("user_cfg_pools", |b| b.iter(|| pve_config::parse_user_cfg_pools(black_box(user_cfg))));
+    g.bench_function("user_cfg_pools", |b| b.iter(|| config::parse_user_cfg_pools(black_box(user_cfg))));
     // The fixture's user.cfg has 3 pooled VMs; a node of 100 VMs in 10 pools, same format.
     let big: String = (0..10)
         .map(|p| {
@@ -209,16 +213,16 @@ fn pve_files(c: &mut Criterion) {
         })
         .collect();
     let big = format!("{user_cfg}\n{big}");
-    assert!(pve_config::parse_user_cfg_pools(&big).len() >= 100, "generated user.cfg has 100 VMs");
+    assert!(config::parse_user_cfg_pools(&big).len() >= 100, "generated user.cfg has 100 VMs");
     g.throughput(bytes(big.len()));
     g.bench_function(BenchmarkId::new("user_cfg_pools", "100_vms"), |b| {
-        b.iter(|| pve_config::parse_user_cfg_pools(black_box(&big)))
+        b.iter(|| config::parse_user_cfg_pools(black_box(&big)))
     });
     // The qemu-server/ listing of 100 VMs (names are owned Strings, as read_dir yields them).
     let names: Vec<String> = (100..200).map(|v| format!("{v}.conf")).collect();
     g.throughput(bytes(names.iter().map(String::len).sum()));
     g.bench_function(BenchmarkId::new("vmids_from_listing", "100_vms"), |b| {
-        b.iter_batched(|| names.clone(), |n| pve_config::vmids_from_listing(black_box(n)), BatchSize::SmallInput)
+        b.iter_batched(|| names.clone(), |n| config::vmids_from_listing(black_box(n)), BatchSize::SmallInput)
     });
     g.finish();
 
@@ -226,15 +230,15 @@ fn pve_files(c: &mut Criterion) {
     let manager = fixture_str!("hosts/pve-cluster/etc/pve/ha/manager_status");
     let lrm = fixture_str!("hosts/pve-cluster/etc/pve/nodes/pve1/lrm_status");
     let resources = fixture_str!("hosts/pve-cluster/etc/pve/ha/resources.cfg");
-    pve_ha::parse_manager_status(manager).expect("manager_status fixture parses");
-    pve_ha::parse_lrm_status(lrm).expect("lrm_status fixture parses");
-    assert!(!pve_ha::parse_resources_cfg(resources).is_empty(), "resources.cfg fixture has resources");
+    ha::parse_manager_status(manager).expect("manager_status fixture parses");
+    ha::parse_lrm_status(lrm).expect("lrm_status fixture parses");
+    assert!(!ha::parse_resources_cfg(resources).is_empty(), "resources.cfg fixture has resources");
     g.throughput(bytes(manager.len()));
-    g.bench_function("manager_status", |b| b.iter(|| pve_ha::parse_manager_status(black_box(manager))));
+    g.bench_function("manager_status", |b| b.iter(|| ha::parse_manager_status(black_box(manager))));
     g.throughput(bytes(lrm.len()));
-    g.bench_function("lrm_status", |b| b.iter(|| pve_ha::parse_lrm_status(black_box(lrm))));
+    g.bench_function("lrm_status", |b| b.iter(|| ha::parse_lrm_status(black_box(lrm))));
     g.throughput(bytes(resources.len()));
-    g.bench_function("resources_cfg", |b| b.iter(|| pve_ha::parse_resources_cfg(black_box(resources))));
+    g.bench_function("resources_cfg", |b| b.iter(|| ha::parse_resources_cfg(black_box(resources))));
     g.finish();
 
     let mut g = c.benchmark_group("libvirt");
@@ -298,7 +302,7 @@ const VMS: u32 = 100;
 /// VM of fixtures/golden/pve-basic.prom, memory types from a real status file) plus the
 /// exporter's own families.
 fn scrape_set() -> MetricSet {
-    let status = procfs::parse_status(fixture_str!("hosts/pve-basic/proc/1100/status"));
+    let status = process::parse_status(fixture_str!("hosts/pve-basic/proc/1100/status"));
     let mut m = MetricSet::new("pve");
     for i in 0..VMS {
         let id = (100 + i).to_string();

@@ -290,7 +290,7 @@ macro_rules! nic_stat {
             NIC,
             concat!("Counter ", $file, " of the tap device of the VM's NIC (host view: tx is what the guest receives)"),
         );)*
-        /// The NIC counters, in the order of `sources::sysfs::NET_STATISTICS`.
+        /// The NIC counters, in the order of `sources::kernel::sysfs::NET_STATISTICS`.
         pub static KVM_NIC_STATS: &[&Def] = &[$(&$id),*];
     };
 }
@@ -361,7 +361,7 @@ pub static KVM_DISK_FLUSH_TIME: Def =
 
 static KVM_NIC: &[&Def] = &[&KVM_NIC_INFO, &KVM_NIC_QUEUES];
 
-// ---- Non-PVE VM sources and the guest's view (issue 7; vm.rs, sources/libvirt.rs) -----------
+// ---- Non-PVE VM sources and the guest's view (issue 7; vm.rs, sources/qemu/libvirt.rs) -----------
 pub static KVM_LIBVIRT_INFO: Def = gauge(
     "kvm_libvirt_info",
     &["id", "name", "uuid", "nova_instance", "nova_project", "nova_project_id", "nova_flavor"],

@@ -139,7 +139,7 @@ pub struct Config {
     /// executable is a QEMU binary. PVE VMs must be root's; libvirt's domains are named by its
     /// root-owned files.
     #[arg(long, env = "PVE_EXPORTER_QEMU_ALLOWED_USERS", value_delimiter = ',', default_value = "root",
-          value_parser = crate::sources::trust::parse_user)]
+          value_parser = crate::sources::proc::trust::parse_user)]
     pub qemu_allowed_users: Vec<u32>,
 
     /// Collect storage metrics from storage.cfg (the storage collector).
@@ -336,7 +336,7 @@ pub struct Config {
     /// The API token taken out of the environment at start-up ([`take_api_token_from_env`]);
     /// None: read the environment when needed (library use).
     #[arg(skip)]
-    pub api_token: Option<Result<crate::sources::pve_api::Token, String>>,
+    pub api_token: Option<Result<crate::sources::pve::api::Token, String>>,
 }
 
 /// Take the API token (`PVE_EXPORTER_API_TOKEN`) out of the daemon's environment: no process
@@ -347,10 +347,10 @@ pub struct Config {
 /// # Safety
 ///
 /// Changes the environment: call before the process starts threads (first thing in `main`).
-pub unsafe fn take_api_token_from_env() -> Option<Result<crate::sources::pve_api::Token, String>> {
-    let token = crate::sources::pve_api::token_from_env();
+pub unsafe fn take_api_token_from_env() -> Option<Result<crate::sources::pve::api::Token, String>> {
+    let token = crate::sources::pve::api::token_from_env();
     // SAFETY: the caller guarantees that no other thread reads or writes the environment.
-    unsafe { std::env::remove_var(crate::sources::pve_api::TOKEN_ENV) };
+    unsafe { std::env::remove_var(crate::sources::pve::api::TOKEN_ENV) };
     token
 }
 

@@ -266,7 +266,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::sources::procfs::parse_stat;
+    use crate::sources::proc::process::parse_stat;
 
     fn read(set: &mut HeldFiles<u32>, key: u32, slot: usize, path: &Path) -> io::Result<String> {
         set.read(&key, slot, || path.to_path_buf()).map(|b| String::from_utf8_lossy(b).into_owned())

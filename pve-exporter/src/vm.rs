@@ -6,12 +6,12 @@ use std::{collections::HashMap, sync::Arc};
 use crate::{
     host::HostRoot,
     sources::{
-        hmp::{Drive, Nic},
-        libvirt::{LibvirtDomain, LibvirtReader, NovaInstance},
-        proc_scan::ProcScanner,
-        procfs::{QemuCmdline, QemuProcess, is_qemu_binary},
-        pve_config::{PoolInfo, PveConfig},
-        trust,
+        proc::process::{QemuCmdline, QemuProcess, is_qemu_binary},
+        proc::scan::ProcScanner,
+        proc::trust,
+        pve::config::{PoolInfo, PveConfig},
+        qemu::hmp::{Drive, Nic},
+        qemu::libvirt::{LibvirtDomain, LibvirtReader, NovaInstance},
     },
 };
 
@@ -312,7 +312,7 @@ impl VmSource for LibvirtSource<'_> {
 
     fn vms(&self, procs: Vec<Arc<QemuProcess>>, out: &mut Discovered) {
         let domains = self.reader.running(self.host, &mut out.errors).unwrap_or_else(|e| {
-            out.errors.push(format!("{}: {e}", crate::sources::libvirt::RUN_DIR));
+            out.errors.push(format!("{}: {e}", crate::sources::qemu::libvirt::RUN_DIR));
             Vec::new()
         });
         let by_pid: HashMap<u32, &Arc<LibvirtDomain>> = domains.iter().map(|d| (d.pid, &d.domain)).collect();
@@ -432,7 +432,7 @@ mod tests {
         let args: Vec<String> = args.split(' ').map(str::to_string).collect();
         Arc::new(QemuProcess {
             pid,
-            cmdline: crate::sources::procfs::parse_qemu_cmdline(&args),
+            cmdline: crate::sources::proc::process::parse_qemu_cmdline(&args),
             uids: Some([uid; 4]),
             exe: exe.map(str::to_string),
         })

@@ -205,7 +205,7 @@ fn pve_basic_self_metrics() {
     assert_value(&t, "pve_exporter_collector_success", &[("collector", "pve_config")], 1.0);
     assert_value(&t, "pve_exporter_ebpf_enabled", &[], 0.0);
     assert_value(&t, "pve_exporter_ebpf_info", &[("mode", "procfs"), ("reason", "disabled by --ebpf off")], 1.0);
-    let built = if pve_exporter::sources::ebpf::EBPF_OBJECT.is_some() { "built" } else { "absent" };
+    let built = if pve_exporter::sources::kernel::ebpf::EBPF_OBJECT.is_some() { "built" } else { "absent" };
     assert_value(
         &t,
         "pve_exporter_build_info",

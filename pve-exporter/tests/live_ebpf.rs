@@ -316,7 +316,7 @@ fn a_vm_on_a_reused_pid_starts_from_zero() {
 /// (`BPF_F_NO_PREALLOC`) hold no per-CPU values up front.
 #[test]
 fn map_memory_follows_the_sizing_for_the_possible_cpus() {
-    use pve_exporter::sources::ebpf::map_sizes;
+    use pve_exporter::sources::kernel::ebpf::map_sizes;
     require_privileges();
     let root = host_root(&[126]);
     let daemon = Daemon::start(root.path(), &["--ebpf", "on"]);

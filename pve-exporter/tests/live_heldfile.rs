@@ -15,10 +15,10 @@ use common::{Daemon, Guest, host_root, require_privileges, sample};
 use pve_exporter::{
     heldfile::{FdBudget, HeldFiles, OnStale},
     host::{HostRoot, is_gone},
-    sources::{pressure, procfs},
+    sources::{proc::pressure, proc::process},
 };
 
-fn cpu(st: &procfs::ProcessStats) -> Duration {
+fn cpu(st: &process::ProcessStats) -> Duration {
     let c = st.cpu.expect("stat parsed");
     c.user + c.system
 }
@@ -34,7 +34,7 @@ fn held_process_files_of_a_real_child() {
     let budget = FdBudget::new(100);
     let mut held = HeldFiles::new(budget.clone(), OnStale::Reopen);
     let mut errors = Vec::new();
-    let first = procfs::read_process(&host, &mut held, pid, &mut errors).expect("read");
+    let first = process::read_process(&host, &mut held, pid, &mut errors).expect("read");
     assert!(errors.is_empty(), "{errors:?}");
     assert!(first.status.is_some() && first.io.is_some());
     assert_eq!(budget.used(), 3, "stat, status and io held");
@@ -42,7 +42,7 @@ fn held_process_files_of_a_real_child() {
     let mut later = first.clone();
     while cpu(&later) == cpu(&first) && start.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(20));
-        later = procfs::read_process(&host, &mut held, pid, &mut errors).expect("read");
+        later = process::read_process(&host, &mut held, pid, &mut errors).expect("read");
     }
     assert!(cpu(&later) > cpu(&first), "fresh CPU time through held files: {:?} then {:?}", first.cpu, later.cpu);
     assert!(errors.is_empty(), "{errors:?}");
@@ -55,7 +55,7 @@ fn held_process_files_of_a_real_child() {
     let e = raw.read(&pid, 0, || PathBuf::from(format!("/proc/{pid}/stat"))).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::ESRCH), "{e}");
     // read_process: gone, not an error, and nothing of it held any more.
-    let e = procfs::read_process(&host, &mut held, pid, &mut errors).unwrap_err();
+    let e = process::read_process(&host, &mut held, pid, &mut errors).unwrap_err();
     assert!(is_gone(&e), "{e}");
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(budget.used(), 0);

@@ -1,4 +1,4 @@
-//! The netlink dump of interface counters (`sources::netlink`) against the sysfs statistics files
+//! The netlink dump of interface counters (`sources::kernel::netlink`) against the sysfs statistics files
 //! it replaces, on the real kernel: veth pairs that carry only the test's frames, compared
 //! counter by counter. Needs root (creates and removes interfaces named `pvenl*`).
 
@@ -10,7 +10,7 @@ use common::{send_frames, wait_until_up};
 
 use pve_exporter::{
     host::HostRoot,
-    sources::{netlink, sysfs::NET_STATISTICS},
+    sources::{kernel::netlink, kernel::sysfs::NET_STATISTICS},
 };
 
 fn require_root() {

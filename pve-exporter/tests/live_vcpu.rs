@@ -5,7 +5,7 @@
 mod common;
 
 use common::{Daemon, Guest, host_root, require_privileges, sample, thread_schedstats};
-use pve_exporter::sources::procfs::vcpu_index;
+use pve_exporter::sources::proc::process::vcpu_index;
 
 /// Sum of `[run ns, wait ns, timeslices]` over the `CPU n/KVM` threads of `pid`, and their number.
 fn vcpu_sum(pid: u32) -> (usize, [u64; 3]) {

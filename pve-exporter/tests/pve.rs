@@ -32,7 +32,7 @@ use fixture_scrape::{FIXTURES, Sample, assert_value, check_golden, copy_tree, sa
 use pve_exporter::{
     exposition::Format,
     host::{BlockingGate, HostRoot},
-    sources::pve_api::{ApiSettings, PveApi, Token, Trust},
+    sources::pve::api::{ApiSettings, PveApi, Token, Trust},
 };
 use pve_server::{Fault, Pki, PveServer};
 
@@ -152,7 +152,7 @@ fn local_source_values() {
     assert_value(&t, "pve_node_ksm_shared_bytes", &n, 1_073_741_824.0);
     assert_value(&t, "pve_node_boot_mode_info", &[("node", "pve1"), ("mode", "efi"), ("secureboot", "1")], 1.0);
     // The root file system is the tree's own: statvfs of the fixture directory, like df.
-    let df = pve_exporter::sources::statvfs::statvfs(Path::new(&tree())).unwrap();
+    let df = pve_exporter::sources::storage::statvfs::statvfs(Path::new(&tree())).unwrap();
     assert_value(&t, "pve_node_rootfs_total_bytes", &n, df.size as f64);
     assert!(value(&t, "pve_node_rootfs_available_bytes", &n).is_some());
     assert!(value(&t, "pve_node_rootfs_used_bytes", &n).is_some());

@@ -20,7 +20,7 @@ use std::{
 };
 
 use common::{Daemon, Guest, host_root, require_privileges};
-use pve_exporter::sources::sysfs::NET_STATISTICS;
+use pve_exporter::sources::kernel::sysfs::NET_STATISTICS;
 use support::{
     Loop, Qemu, Sample, VmSpec, children, fd_count, find, link_own_path, mac, parse, qm_wrapper, thread_count, value,
 };

@@ -106,6 +106,21 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// The version apt would install of `package` (None: unknown to apt).
+fn candidate(package: &str) -> Option<String> {
+    let o = Command::new("apt-cache").args(["policy", package]).output().ok()?;
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let v = text.lines().find_map(|l| l.trim().strip_prefix("Candidate:"))?.trim().to_string();
+    (v != "(none)").then_some(v)
+}
+
+/// The installed version of `package`.
+fn installed(package: &str) -> Option<String> {
+    let o = Command::new("dpkg-query").args(["-W", "-f=${Version}", package]).output().ok()?;
+    let v = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    (o.status.success() && !v.is_empty()).then_some(v)
+}
+
 fn setup() -> Result<()> {
     step("setup: apt packages");
     let missing: Vec<&str> = APT_PACKAGES
@@ -131,12 +146,24 @@ fn setup() -> Result<()> {
             run_cmd(&mut c)
         };
         apt(&["update", "-qq"])?;
-        let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
-        // All of them, not only the missing ones: installing one may remove another that
-        // conflicts with it (Debian 12's qemu-system-x86 removes a backported qemu-utils), and
-        // naming every package makes apt keep a set that fits together.
-        args.extend(APT_PACKAGES);
-        apt(&args)?;
+        let mut args: Vec<String> =
+            ["install", "-y", "-qq", "--no-install-recommends"].iter().map(|s| s.to_string()).collect();
+        // All of them, not only the missing ones: naming every package makes apt keep a set
+        // that fits together. A machine of this kind comes with a newer, backported
+        // qemu-utils (10.x) that Debian 12's qemu-system-x86 (7.2) breaks; apt will not
+        // downgrade it by itself ("held broken packages"), so the QEMU packages are asked
+        // at the version of the distribution's qemu-system-x86.
+        let qemu = candidate("qemu-system-x86");
+        for p in APT_PACKAGES {
+            match (*p, &qemu) {
+                ("qemu-utils", Some(v)) if installed("qemu-utils").as_ref() != Some(v) => {
+                    args.push("--allow-downgrades".into());
+                    args.push(format!("qemu-utils={v}"));
+                }
+                _ => args.push(p.to_string()),
+            }
+        }
+        apt(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
     }
 
     step("setup: nightly toolchain with rust-src (builds the eBPF programs)");

@@ -9,7 +9,7 @@ use crate::{
     catalog::*,
     host::HostRoot,
     metrics::{HistogramValue, LabelValue, MetricSet},
-    sources::ebpf::{EbpfCounters, exported_buckets, userspace_exit_label},
+    sources::kernel::ebpf::{EbpfCounters, exported_buckets, userspace_exit_label},
     vm::Vm,
 };
 

@@ -8,7 +8,7 @@ use crate::{
     heldfile::HeldFiles,
     host::{HostRoot, ScrapeFiles, is_gone},
     metrics::{LabelValue, MetricSet},
-    sources::procfs,
+    sources::proc::process,
     vm::Vm,
 };
 
@@ -32,14 +32,14 @@ pub fn collect(
     let memtotal = files
         .read("proc/meminfo")
         .map_err(|e| e.to_string())
-        .and_then(|t| procfs::parse_memtotal(&t))
+        .and_then(|t| process::parse_memtotal(&t))
         .map_err(|e| errors.push(format!("meminfo: {e}")))
         .ok();
 
     let pids: HashSet<u32> = vms.iter().map(|v| v.pid).collect();
     held.retain(|pid| pids.contains(pid));
     let mut stats = Vec::with_capacity(vms.len());
-    vms.retain(|vm| match procfs::read_process(host, held, vm.pid, &mut errors) {
+    vms.retain(|vm| match process::read_process(host, held, vm.pid, &mut errors) {
         Ok(s) => {
             stats.push(s);
             true

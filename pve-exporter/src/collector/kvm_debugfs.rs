@@ -16,7 +16,7 @@ use crate::{
     catalog::*,
     host::{HostRoot, is_gone},
     metrics::{MetricSet, Value},
-    sources::kvm_debugfs::{self, Listing},
+    sources::kernel::kvm_debugfs::{self, Listing},
     vm::Vm,
 };
 

@@ -37,10 +37,10 @@ use crate::{
     host::{HostRoot, ScrapeFiles, Worker},
     metrics::MetricSet,
     sources::{
-        ebpf::{self, EbpfStatus},
-        libvirt::LibvirtReader,
-        monitor::VmDevices,
-        pve_config::{PveConfig, PveConfigReader},
+        kernel::ebpf::{self, EbpfStatus},
+        pve::config::{PveConfig, PveConfigReader},
+        qemu::libvirt::LibvirtReader,
+        qemu::monitor::VmDevices,
     },
     vm::{self, LibvirtSource, PveSource, QemuSource, Vm, VmSource},
 };
@@ -135,13 +135,13 @@ pub struct EngineState {
     /// storage.cfg cache, statvfs gates and command slots of the storage collectors.
     storage: storage::StorageState,
     /// Each VM's QEMU monitor, its topology cache and limits (the qm, nic and disk collectors).
-    monitor: crate::sources::monitor::Monitor,
+    monitor: crate::sources::qemu::monitor::Monitor,
     /// The PVE collectors (node_status, vm_pressure, ha_status, physical_disk): plan, API client, caches.
     pve: pve::PveState,
     /// libvirt's status XML per domain, parsed once per file version.
     libvirt: LibvirtReader,
     /// The /proc scan with its per-process verdicts (kept until a process forks or execs).
-    scanner: Mutex<crate::sources::proc_scan::ProcScanner>,
+    scanner: Mutex<crate::sources::proc::scan::ProcScanner>,
     /// The thread the monitor exchange runs on, kept between scrapes.
     fetch_worker: Worker,
     /// Disk sizes read from the host, one timed gate per mount.
@@ -185,7 +185,7 @@ impl Engine {
         let pve_config = PveConfigReader::new();
         // One descriptor budget for every file held open between scrapes.
         let fds = FdBudget::from_rlimit();
-        let scanner = Mutex::new(crate::sources::proc_scan::ProcScanner::new(&host));
+        let scanner = Mutex::new(crate::sources::proc::scan::ProcScanner::new(&host));
         Ok(Self(Arc::new(EngineState {
             vcpu_threads: VcpuThreadCache::with_budget(host.clone(), fds.clone()),
             process_files: Mutex::new(HeldFiles::new(fds.clone(), OnStale::Reopen)),
@@ -198,7 +198,7 @@ impl Engine {
             ebpf_summary: selfmetrics::EbpfSummary::of(&ebpf),
             ebpf: Mutex::new(ebpf),
             failing: Mutex::default(),
-            monitor: crate::sources::monitor::Monitor::from_config(&config),
+            monitor: crate::sources::qemu::monitor::Monitor::from_config(&config),
             libvirt: LibvirtReader::new(),
             scanner,
             fetch_worker: Worker::default(),
@@ -426,7 +426,7 @@ impl EngineState {
         let mut last = self.last_source.lock().unwrap_or_else(|p| p.into_inner());
         let kind = match &pve {
             Some(c) if c.vm_configs.is_some() => VmSourceMode::Pve,
-            Some(_) if self.host.path(crate::sources::libvirt::RUN_DIR).is_dir() => VmSourceMode::Libvirt,
+            Some(_) if self.host.path(crate::sources::qemu::libvirt::RUN_DIR).is_dir() => VmSourceMode::Libvirt,
             Some(_) => VmSourceMode::Qemu,
             // /etc/pve did not answer: a hung pmxcfs is a PVE node's.
             None => last.unwrap_or(VmSourceMode::Pve),
@@ -531,7 +531,7 @@ fn run_timed(f: impl FnOnce() -> Result<(), String>) -> (Duration, Result<(), St
 
 /// The `qm` collector: every VM's monitor, timed.
 fn fetch_devices(
-    monitor: &crate::sources::monitor::Monitor,
+    monitor: &crate::sources::qemu::monitor::Monitor,
     host: &HostRoot,
     vms: &[Vm],
     deadline: Deadline,

@@ -17,11 +17,12 @@ use crate::{
     host::{BlockingGate, HostRoot, is_gone},
     metrics::{LabelValue, MetricSet},
     sources::{
-        hmp::{self, BlockStats},
-        monitor::{Monitor, VmDevices},
-        netlink, redact,
-        statvfs::{self, MountTable},
-        sysfs,
+        kernel::netlink,
+        kernel::sysfs,
+        qemu::hmp::{self, BlockStats},
+        qemu::monitor::{Monitor, VmDevices},
+        qemu::redact,
+        storage::statvfs::{self, MountTable},
     },
     vm::Vm,
 };
@@ -259,7 +260,7 @@ pub fn collect_disks(
                 continue;
             }
             let path = drive.path.as_deref().unwrap_or("");
-            // Labels get the path without credentials (iSCSI CHAP, cephx keys: sources/redact.rs);
+            // Labels get the path without credentials (iSCSI CHAP, cephx keys: sources/qemu/redact.rs);
             // sizing below needs the path itself, and only local paths are sized.
             let label_path = redact::drive_path(path);
             let kind = hmp::classify(&label_path, &drive.format);
@@ -359,8 +360,8 @@ mod tests {
             id: "900".into(),
             nics: Some(hmp::parse_info_network(&fixture("info-network.txt"))),
             drives: Some(hmp::parse_info_block(&fixture("info-block.txt"))),
-            stats: Some(crate::sources::qmp::blockstats_rows(&q["return"].to_string())),
-            sizes: Some(crate::sources::qmp::virtual_sizes(&b["return"].to_string())),
+            stats: Some(crate::sources::qemu::qmp::blockstats_rows(&q["return"].to_string())),
+            sizes: Some(crate::sources::qemu::qmp::virtual_sizes(&b["return"].to_string())),
             errors: vec![],
             stalled: false,
         };

@@ -6,7 +6,7 @@ use super::CollectorRun;
 use crate::{
     catalog::*,
     metrics::MetricSet,
-    sources::ebpf::{EBPF_OBJECT, EbpfStatus},
+    sources::kernel::ebpf::{EBPF_OBJECT, EbpfStatus},
 };
 
 const NO_LABELS: [(&str, String); 0] = [];

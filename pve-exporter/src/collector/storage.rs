@@ -26,11 +26,11 @@ use crate::{
     host::{BlockingGate, HostRoot},
     metrics::MetricSet,
     sources::{
-        command::{Slot, Tools},
-        lvm,
-        statvfs::{self, MountTable, Usage},
-        storage_cfg::{Sizing, Storage, StorageCfg, StorageCfgReader, read_node_name},
-        zfs::{self, PoolSpace},
+        pve::storage_cfg::{Sizing, Storage, StorageCfg, StorageCfgReader, read_node_name},
+        storage::command::{Slot, Tools},
+        storage::lvm,
+        storage::statvfs::{self, MountTable, Usage},
+        storage::zfs::{self, PoolSpace},
     },
 };
 
@@ -385,7 +385,7 @@ fn emit(plan: &Plan, out: &mut MetricSet) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sources::storage_cfg::parse_storage_cfg;
+    use crate::sources::pve::storage_cfg::parse_storage_cfg;
 
     fn plan(text: &str, node: Option<&str>) -> Plan {
         Plan::new(Arc::new(parse_storage_cfg(text)), node)

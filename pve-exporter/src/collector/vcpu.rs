@@ -13,7 +13,7 @@ use crate::{
     heldfile::{FdBudget, HeldFiles, OnStale},
     host::{HostRoot, is_gone},
     metrics::MetricSet,
-    sources::procfs::{self, Schedstat, VcpuThread},
+    sources::proc::process::{self, Schedstat, VcpuThread},
     vm::Vm,
 };
 
@@ -25,7 +25,7 @@ use crate::{
 /// reused while all of these hold:
 /// - the process has as many threads as when it was listed: creating or ending a thread
 ///   changes that number, which one `fstat` of `/proc/<pid>/task` gives (its link count, see
-///   [`procfs::task_link_count`]), without reading a file. The directory is held open: an
+///   [`process::task_link_count`]), without reading a file. The directory is held open: an
 ///   `fstat` is ~0.5 µs where a `stat` by path walks four components (~6 µs, measured). Held,
 ///   it answers for the process it was opened for; once that process has exited its count is
 ///   that of no thread, which differs from any listing's, so the listing is taken again (and
@@ -189,7 +189,7 @@ fn entry<'a>(
 ) -> io::Result<&'a mut Entry> {
     // Count first, list second: a thread started in between makes the next call list again
     // (harmless); the other order could keep a listing that misses it.
-    let mut links = procfs::task_link_count(dirs, host, pid)?;
+    let mut links = process::task_link_count(dirs, host, pid)?;
     let mut entry = match entries.remove(&pid) {
         Some(e) if e.usable(links, expected) => e,
         old => {
@@ -197,10 +197,10 @@ fn entry<'a>(
             if old.is_some() {
                 // The held directory may be that of an exited process: count anew by path.
                 dirs.remove(&pid);
-                links = procfs::task_link_count(dirs, host, pid)?;
+                links = process::task_link_count(dirs, host, pid)?;
             }
             let before = old.map_or(0, |e| e.expected);
-            let threads = procfs::vcpu_threads(host, pid)?;
+            let threads = process::vcpu_threads(host, pid)?;
             for (slot, t) in threads.iter().enumerate() {
                 files.hold(&pid, slot, &schedstat_path(host, pid, t.tid));
             }
@@ -225,7 +225,7 @@ fn read_schedstat(
     let classify = |e: io::Error| if is_gone(&e) { ReadError::Exited } else { ReadError::Other(e) };
     let raw = files.read(&pid, slot, || schedstat_path(host, pid, tid)).map_err(classify)?;
     let text = String::from_utf8_lossy(raw);
-    procfs::parse_schedstat(&text).ok_or_else(|| {
+    process::parse_schedstat(&text).ok_or_else(|| {
         ReadError::Other(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("task {tid}: schedstat: unparseable {:?}", text.trim_end()),

@@ -1,28 +1,17 @@
-//! One module per data source.
+//! Data sources, one folder per domain. Each module reads one source: pure parsers from text
+//! to types, and thin readers with typed errors. Sources are leaves: they import no collector,
+//! no configuration struct (they take plain parameters) and nothing of the scrape; they may use
+//! the host plumbing (`host`, `heldfile`, `deadline`) and the public types of another domain.
+//! `tests/architecture.rs` holds them to it.
+//!
+//! - `proc`: /proc (processes, their scan and events, pressure, node files, ownership rules)
+//! - `qemu`: QEMU's monitors (QMP, HMP text, `qm monitor`, the monitor cache) and libvirt
+//! - `pve`: /etc/pve (guest configs, HA, storage.cfg) and the PVE API
+//! - `kernel`: tracefs, BPF programs and maps, netlink, sysfs, KVM debugfs
+//! - `storage`: statvfs, zfs and lvm, and the time-limited commands they run
 
-pub mod bpf_batch;
-pub mod command;
-pub mod ebpf;
-pub mod hmp;
-pub mod kvm_debugfs;
-pub mod libvirt;
-pub mod lvm;
-pub mod monitor;
-pub mod netlink;
-pub mod node;
-pub mod pressure;
-pub mod proc_events;
-pub mod proc_scan;
-pub mod procfs;
-pub mod pve_api;
-pub mod pve_config;
-pub mod pve_ha;
-pub mod qm;
-pub mod qmp;
-pub mod redact;
-pub mod statvfs;
-pub mod storage_cfg;
-pub mod sysfs;
-pub mod tracefs;
-pub mod trust;
-pub mod zfs;
+pub mod kernel;
+pub mod proc;
+pub mod pve;
+pub mod qemu;
+pub mod storage;

@@ -7,7 +7,7 @@ use crate::{
     catalog::*,
     host::HostRoot,
     metrics::MetricSet,
-    sources::{pve_api, pve_ha::HaState},
+    sources::{pve::api, pve::ha::HaState},
 };
 
 pub(super) struct HaStatusCollector;
@@ -40,12 +40,11 @@ impl PveCollector for HaStatusCollector {
         const STATUS: &str = "/cluster/ha/status/manager_status";
         const RESOURCES: &str = "/cluster/ha/resources";
         let (manager, lrm) =
-            pve_api::parse_ha_manager_status(&ctx.api.get(STATUS)?).map_err(|e| format!("{STATUS}: {e}"))?;
+            api::parse_ha_manager_status(&ctx.api.get(STATUS)?).map_err(|e| format!("{STATUS}: {e}"))?;
         if !ctx.emit.should_emit(&manager) {
             return Ok(());
         }
-        let resources =
-            pve_api::parse_ha_resources(&ctx.api.get(RESOURCES)?).map_err(|e| format!("{RESOURCES}: {e}"))?;
+        let resources = api::parse_ha_resources(&ctx.api.get(RESOURCES)?).map_err(|e| format!("{RESOURCES}: {e}"))?;
         emit(&HaState { manager, lrm, resources }, out);
         Ok(())
     }

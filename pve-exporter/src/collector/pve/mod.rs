@@ -36,10 +36,10 @@ use crate::{
     host::{BlockingGate, HostRoot, ScrapeFiles, call_with_timeout},
     metrics::MetricSet,
     sources::{
-        pve_api::{self, ApiSettings, PveApi, Session, Trust},
-        pve_config::vmids_from_listing,
-        pve_ha::{HaReader, ManagerStatus, valid_node_name},
-        storage_cfg::read_node_name,
+        pve::api::{self, ApiSettings, PveApi, Session, Trust},
+        pve::config::vmids_from_listing,
+        pve::ha::{HaReader, ManagerStatus, valid_node_name},
+        pve::storage_cfg::read_node_name,
     },
 };
 
@@ -155,12 +155,12 @@ impl PveState {
             Some(path) => {
                 let p = path.clone();
                 Some(
-                    call_with_timeout("token-file", config.pmxcfs_timeout, move || pve_api::read_token_file(&p))
+                    call_with_timeout("token-file", config.pmxcfs_timeout, move || api::read_token_file(&p))
                         .unwrap_or_else(|e| Err(format!("API token file {}: {e}", path.display()))),
                 )
             }
             // main() took it out of the environment (no child process inherits it).
-            None => config.api_token.clone().or_else(pve_api::token_from_env),
+            None => config.api_token.clone().or_else(api::token_from_env),
         };
         if let Some(Err(e)) = &token {
             log::error!("{e}");
@@ -189,7 +189,7 @@ impl PveState {
                         "collector {}: off: it needs the PVE API (PVE runs smartctl for it); configure an API \
                          token (--pve-api-token-file or {}) to turn it on",
                         c.name(),
-                        pve_api::TOKEN_ENV
+                        api::TOKEN_ENV
                     );
                 }
                 token.is_some().then_some(Source::Api)
@@ -222,9 +222,9 @@ impl PveState {
             };
             let api = PveApi::new(ApiSettings {
                 url: config.pve_api_url.clone(),
-                token: token.clone().unwrap_or_else(|| {
-                    Err(format!("no API token: set --pve-api-token-file or {}", pve_api::TOKEN_ENV))
-                }),
+                token: token
+                    .clone()
+                    .unwrap_or_else(|| Err(format!("no API token: set --pve-api-token-file or {}", api::TOKEN_ENV))),
                 trust,
                 timeout: config.pve_api_timeout,
                 max_concurrent: config.pve_api_max_concurrent.into(),
@@ -338,7 +338,7 @@ pub(super) fn collect(e: &EngineState, files: &ScrapeFiles, runs: &mut Vec<Colle
         PveScope::Cluster => {
             if remote.iter().any(|c| c.per_node()) {
                 e.timed(runs, "pve_nodes", || {
-                    let list = pve_api::parse_nodes(&session.get("/nodes")?).map_err(|err| format!("/nodes: {err}"))?;
+                    let list = api::parse_nodes(&session.get("/nodes")?).map_err(|err| format!("/nodes: {err}"))?;
                     let mut online = Vec::new();
                     for n in list {
                         if !valid_node_name(&n.node) {
@@ -421,9 +421,7 @@ pub(super) fn collect(e: &EngineState, files: &ScrapeFiles, runs: &mut Vec<Colle
         if let Some(n) = node {
             let mut b = st.node_backoff.lock().unwrap_or_else(|p| p.into_inner());
             match &r {
-                Err(err) if err.contains(pve_api::NO_ANSWER) => {
-                    b.entry(n.to_string()).or_default().failed(Instant::now())
-                }
+                Err(err) if err.contains(api::NO_ANSWER) => b.entry(n.to_string()).or_default().failed(Instant::now()),
                 Err(_) => {}
                 Ok(()) => {
                     b.remove(*n);

@@ -7,8 +7,8 @@ use crate::{
     host::HostRoot,
     metrics::MetricSet,
     sources::{
-        node::{self, NodeStatus},
-        pve_api,
+        proc::node::{self, NodeStatus},
+        pve::api,
     },
 };
 
@@ -43,7 +43,7 @@ impl PveCollector for NodeStatusCollector {
     fn api(&self, ctx: &ApiCtx, node: Option<&str>, out: &mut MetricSet) -> Result<(), String> {
         let node = node.ok_or("no node")?;
         let path = format!("/nodes/{node}/status");
-        let st = pve_api::parse_node_status(&ctx.api.get(&path)?).map_err(|e| format!("{path}: {e}"))?;
+        let st = api::parse_node_status(&ctx.api.get(&path)?).map_err(|e| format!("{path}: {e}"))?;
         emit(node, &st, out);
         Ok(())
     }

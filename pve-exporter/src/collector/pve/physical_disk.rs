@@ -7,7 +7,7 @@ use crate::{
     catalog::*,
     host::HostRoot,
     metrics::MetricSet,
-    sources::pve_api::{self, PhysicalDisk},
+    sources::pve::api::{self, PhysicalDisk},
 };
 
 pub(super) struct PhysicalDiskCollector;
@@ -36,7 +36,7 @@ impl PveCollector for PhysicalDiskCollector {
     fn api(&self, ctx: &ApiCtx, node: Option<&str>, out: &mut MetricSet) -> Result<(), String> {
         let node = node.ok_or("no node")?;
         let path = format!("/nodes/{node}/disks/list");
-        let disks = pve_api::parse_disks(&ctx.api.get(&path)?).map_err(|e| format!("{path}: {e}"))?;
+        let disks = api::parse_disks(&ctx.api.get(&path)?).map_err(|e| format!("{path}: {e}"))?;
         emit(node, &disks, out);
         Ok(())
     }

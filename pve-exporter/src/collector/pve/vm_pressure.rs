@@ -8,8 +8,8 @@ use crate::{
     host::HostRoot,
     metrics::MetricSet,
     sources::{
-        pressure::{self, VmPressure},
-        pve_api,
+        proc::pressure::{self, VmPressure},
+        pve::api,
     },
 };
 
@@ -57,7 +57,7 @@ impl PveCollector for VmPressureCollector {
     fn api(&self, ctx: &ApiCtx, node: Option<&str>, out: &mut MetricSet) -> Result<(), String> {
         let node = node.ok_or("no node")?;
         let path = format!("/nodes/{node}/qemu");
-        let vms = pve_api::parse_qemu_pressure(&ctx.api.get(&path)?).map_err(|e| format!("{path}: {e}"))?;
+        let vms = api::parse_qemu_pressure(&ctx.api.get(&path)?).map_err(|e| format!("{path}: {e}"))?;
         emit(node, &vms, out);
         Ok(())
     }

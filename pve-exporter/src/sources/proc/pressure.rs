@@ -14,7 +14,7 @@
 
 use std::io;
 
-use crate::{heldfile::HeldFiles, host::HostRoot, sources::procfs::utf8};
+use crate::{heldfile::HeldFiles, host::HostRoot, sources::proc::process::utf8};
 
 /// One line of a pressure file.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]

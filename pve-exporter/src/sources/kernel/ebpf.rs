@@ -29,8 +29,8 @@ use crate::{
     config::EbpfMode,
     host::HostRoot,
     sources::{
-        bpf_batch::{self, BatchError},
-        tracefs::{self, TraceFormat},
+        kernel::bpf_batch::{self, BatchError},
+        kernel::tracefs::{self, TraceFormat},
     },
 };
 

@@ -27,10 +27,10 @@ use ureq::{
 use crate::{
     host::{BlockingGate, HostRoot, call_with_timeout},
     sources::{
-        node::{BootInfo, NodeStatus, Rootfs, Swap},
-        pressure::VmPressure,
-        pve_config::ParsedFile,
-        pve_ha::{self, HaResource, LrmStatus, ManagerStatus, json_bool, json_f64, json_string, json_u64},
+        proc::node::{BootInfo, NodeStatus, Rootfs, Swap},
+        proc::pressure::VmPressure,
+        pve::config::ParsedFile,
+        pve::ha::{self, HaResource, LrmStatus, ManagerStatus, json_bool, json_f64, json_string, json_u64},
     },
 };
 
@@ -565,11 +565,11 @@ pub fn parse_qemu_pressure(body: &[u8]) -> Result<Vec<VmPressure>, String> {
 /// node.
 pub fn parse_ha_manager_status(body: &[u8]) -> Result<(ManagerStatus, BTreeMap<String, LrmStatus>), String> {
     let d = data(body)?;
-    let manager = pve_ha::manager_status_from_json(d.get("manager_status").unwrap_or(&Value::Null))?;
+    let manager = ha::manager_status_from_json(d.get("manager_status").unwrap_or(&Value::Null))?;
     let mut lrm = BTreeMap::new();
     if let Some(Value::Object(l)) = d.get("lrm_status") {
         for (node, st) in l {
-            lrm.insert(node.clone(), pve_ha::lrm_status_from_json(st));
+            lrm.insert(node.clone(), ha::lrm_status_from_json(st));
         }
     }
     Ok((manager, lrm))
@@ -577,7 +577,7 @@ pub fn parse_ha_manager_status(body: &[u8]) -> Result<(ManagerStatus, BTreeMap<S
 
 /// `GET /cluster/ha/resources`.
 pub fn parse_ha_resources(body: &[u8]) -> Result<Vec<HaResource>, String> {
-    Ok(array(data(body)?, "/cluster/ha/resources")?.iter().filter_map(pve_ha::resource_from_json).collect())
+    Ok(array(data(body)?, "/cluster/ha/resources")?.iter().filter_map(ha::resource_from_json).collect())
 }
 
 /// A disk of `GET /nodes/<node>/disks/list`.

@@ -200,7 +200,8 @@ mod tests {
         // A key with an escaped separator inside stays redacted as a whole.
         check(r"rbd:p/i:key=AB\:CD:id=x", "rbd:p/i:key=<redacted>:id=x");
         // The storage labels come from the part before the options, which stays.
-        let k = crate::sources::hmp::classify(&drive_path("rbd:ceph-vm/vm-100-disk-0:id=admin:key=SECRET"), "raw");
+        let k =
+            crate::sources::qemu::hmp::classify(&drive_path("rbd:ceph-vm/vm-100-disk-0:id=admin:key=SECRET"), "raw");
         assert_eq!((k.pool.as_str(), k.vol_name.as_str()), ("ceph-vm", "vm-100-disk-0"));
     }
 

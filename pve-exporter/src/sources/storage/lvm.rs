@@ -9,7 +9,7 @@ use std::{collections::HashMap, time::Duration};
 
 use serde_json::Value;
 
-use super::command::{self, Report, Slot, Tools};
+use crate::sources::storage::command::{self, Report, Slot, Tools};
 
 /// A volume group's size and free space, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! Each VM's QEMU monitor, reached in one of two ways behind one interface ([`Session`]):
-//! QMP on `/var/run/qemu-server/<vmid>.qmp` ([`super::qmp`]) or `qm monitor <vmid>` on a PTY
-//! ([`super::qm`]). `--qm-mode auto` uses QMP where the socket exists, else qm (with `--root /`).
+//! QMP on `/var/run/qemu-server/<vmid>.qmp` ([`crate::sources::qemu::qmp`]) or `qm monitor <vmid>` on a PTY
+//! ([`crate::sources::qemu::qm`]). `--qm-mode auto` uses QMP where the socket exists, else qm (with `--root /`).
 //!
 //! Per scrape and VM, one session: the topology (`info network`, `info block`) comes from a
 //! cache when it can, the I/O counters (and with QMP the virtual sizes) are read fresh.
@@ -35,10 +35,10 @@ use crate::{
     deadline::{Backoff, Deadline, Verdict},
     host::HostRoot,
     sources::{
-        hmp::{self, BlockStats, Drive, Nic},
-        qm::QmSession,
-        qmp::{self, Qmp},
-        sysfs,
+        kernel::sysfs,
+        qemu::hmp::{self, BlockStats, Drive, Nic},
+        qemu::qm::QmSession,
+        qemu::qmp::{self, Qmp},
     },
     vm::Vm,
 };

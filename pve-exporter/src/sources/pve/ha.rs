@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use crate::{
     host::{BlockingGate, HostRoot},
-    sources::pve_config::ParsedFile,
+    sources::pve::config::ParsedFile,
 };
 
 /// The CRM's view of the cluster.

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{host::HostRoot, sources::sysfs::NET_STATISTICS};
+use crate::{host::HostRoot, sources::kernel::sysfs::NET_STATISTICS};
 
 /// Limit of one whole dump (each receive waits at most this long, and the dump ends with an
 /// error once it is over): the caller then reads sysfs instead.
@@ -113,7 +113,7 @@ const STATS64_TO_SYSFS: [Option<usize>; STATS64_FIELDS.len()] = {
 pub struct LinkStats(pub [Option<u64>; NET_STATISTICS.len()]);
 
 impl LinkStats {
-    /// As [`crate::sources::sysfs::net_statistics`] returns them: (index, value) of every
+    /// As [`crate::sources::kernel::sysfs::net_statistics`] returns them: (index, value) of every
     /// counter present.
     pub fn statistics(&self) -> Vec<(usize, u64)> {
         self.0.iter().enumerate().filter_map(|(i, v)| Some((i, (*v)?))).collect()

@@ -221,7 +221,7 @@ pub fn read_format(tracefs: &Path, category: &str, name: &str) -> io::Result<Tra
 mod tests {
     use super::*;
 
-    const PIO: &str = include_str!("../../../fixtures/tracepoints/kvm_kvm_pio.format");
+    const PIO: &str = include_str!("../../../../fixtures/tracepoints/kvm_kvm_pio.format");
 
     #[test]
     fn kvm_pio_format() {
@@ -256,7 +256,7 @@ mod tests {
 
     #[test]
     fn userspace_exit_reason_names() {
-        let f = parse_format(include_str!("../../../fixtures/tracepoints/kvm_kvm_userspace_exit.format")).unwrap();
+        let f = parse_format(include_str!("../../../../fixtures/tracepoints/kvm_kvm_userspace_exit.format")).unwrap();
         let t = print_symbolic_tables(&f.print_fmt, "reason");
         assert_eq!(t.len(), 1);
         let names: std::collections::HashMap<u64, &str> = t[0].iter().map(|(n, s)| (*n, s.as_str())).collect();
@@ -269,7 +269,7 @@ mod tests {
 
     #[test]
     fn exit_reason_tables_for_vmx_and_svm() {
-        let f = parse_format(include_str!("../../../fixtures/tracepoints/kvm_kvm_exit.format")).unwrap();
+        let f = parse_format(include_str!("../../../../fixtures/tracepoints/kvm_kvm_exit.format")).unwrap();
         let t = print_symbolic_tables(&f.print_fmt, "exit_reason");
         assert_eq!(t.len(), 2, "VMX and SVM tables");
         assert!(t[0].contains(&(12, "HLT".to_string())), "{:?}", &t[0][..5]);

@@ -3,7 +3,7 @@
 //!
 //! A process's verdict ("QEMU, with this command line, executable and owner" or "not QEMU")
 //! only changes when it execs another program or changes its uids; a new process is a fork,
-//! and a process that ends is an exit. The kernel's process events ([`super::proc_events`])
+//! and a process that ends is an exit. The kernel's process events ([`crate::sources::proc::events`])
 //! report all four. So the first scan lists
 //! /proc (after subscribing: nothing started in between is missed) and reads every cmdline;
 //! each later scan applies the events queued since: a new or exec'd process has its cmdline
@@ -21,8 +21,8 @@ use std::{collections::HashMap, io, os::unix::fs::DirEntryExt, sync::Arc};
 use crate::{
     host::HostRoot,
     sources::{
-        proc_events::{Change, ProcEvents},
-        procfs::{QemuProcess, is_qemu_binary, parse_cmdline, parse_qemu_cmdline, parse_status_uids},
+        proc::events::{Change, ProcEvents},
+        proc::process::{QemuProcess, is_qemu_binary, parse_cmdline, parse_qemu_cmdline, parse_status_uids},
     },
 };
 

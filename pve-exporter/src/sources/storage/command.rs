@@ -284,7 +284,7 @@ impl Cmd {
         cmd.args(&self.args)
             // The API token is the daemon's, never a tool's (main() also takes it out of the
             // environment; this covers library use).
-            .env_remove(super::pve_api::TOKEN_ENV)
+            .env_remove(crate::sources::pve::api::TOKEN_ENV)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

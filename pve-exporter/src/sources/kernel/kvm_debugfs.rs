@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::{host::HostRoot, sources::tracefs};
+use crate::{host::HostRoot, sources::kernel::tracefs};
 
 /// `<pid>-<fd>` of a VM directory: both decimal, nothing else. (`110-3` is pid 110; it has
 /// nothing to do with pid 1100, whose directories read `1100-<fd>`.)

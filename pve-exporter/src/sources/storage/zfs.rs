@@ -4,7 +4,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use super::command::{self, Report, Slot, Tools};
+use crate::sources::storage::command::{self, Report, Slot, Tools};
 
 /// `used` and `available` of a dataset, in bytes (either may be missing from the output).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

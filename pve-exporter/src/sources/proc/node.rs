@@ -10,7 +10,7 @@ use procfs::FromBufRead;
 
 use crate::{
     host::{BlockingGate, HostRoot, ScrapeFiles},
-    sources::statvfs,
+    sources::storage::statvfs,
 };
 
 /// What the node status collector exports; every part is optional (the API may leave one

@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::sources::monitor::{Wait, wait_fd};
+use crate::sources::qemu::monitor::{Wait, wait_fd};
 
 pub const PROMPT: &str = "qm> ";
 /// Largest output of one command.
@@ -159,7 +159,7 @@ impl QmSession {
             // Plain output: no colours or bracketed-paste sequences from a readline.
             .env("TERM", "dumb")
             // The API token is the daemon's, not qm's.
-            .env_remove(super::pve_api::TOKEN_ENV);
+            .env_remove(crate::sources::pve::api::TOKEN_ENV);
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
             cmd.pre_exec(|| {

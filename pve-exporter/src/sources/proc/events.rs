@@ -2,7 +2,7 @@
 //! were started, exec'd a new program or exited since we last looked. It lets the /proc scan
 //! keep the set of processes and each one's verdict ("QEMU with this command line" or "not
 //! QEMU") up to date from these events alone, instead of listing /proc and reading every
-//! process's cmdline on every scrape ([`super::proc_scan`]).
+//! process's cmdline on every scrape ([`crate::sources::proc::scan`]).
 //!
 //! Events queue in the socket between scrapes and are drained without blocking at the start of
 //! each scan. When the queue overflowed (ENOBUFS) some events are lost, and the caller forgets

@@ -20,8 +20,8 @@ use serde::Deserialize;
 use serde_json::{Value, json, value::RawValue};
 
 use crate::sources::{
-    hmp::BlockStats,
-    monitor::{Wait, wait_fd},
+    qemu::hmp::BlockStats,
+    qemu::monitor::{Wait, wait_fd},
 };
 
 /// Largest message accepted: `query-block` of a VM with many disks is tens of KiB.
@@ -590,7 +590,7 @@ mod tests {
         assert_eq!((rows[1].1.rd_operations, rows[1].1.rd_bytes), (1, 4096));
         // The HMP text of the same moment says the same.
         let text = std::fs::read_to_string(format!("{FIXTURES}/info-blockstats.txt")).unwrap();
-        let hmp = crate::sources::hmp::parse_info_blockstats(&text);
+        let hmp = crate::sources::qemu::hmp::parse_info_blockstats(&text);
         assert_eq!(hmp[0].1, rows[0].1);
     }
 

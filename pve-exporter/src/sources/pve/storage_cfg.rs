@@ -16,7 +16,7 @@ use std::{collections::BTreeMap, io, path::PathBuf, sync::Arc, time::Duration};
 
 use crate::{
     host::{BlockingGate, HostRoot},
-    sources::pve_config::ParsedFile,
+    sources::pve::config::ParsedFile,
 };
 
 /// Types PVE always marks shared (`@SHARED_STORAGE` of its storage plugin).

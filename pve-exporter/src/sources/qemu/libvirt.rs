@@ -258,7 +258,7 @@ impl LibvirtReader {
             };
             // The XML says which process is the domain and which files are its disks (the daemon
             // opens them): root's word only.
-            if let Err(e) = super::trust::check_owner(&xml_path, &meta) {
+            if let Err(e) = crate::sources::proc::trust::check_owner(&xml_path, &meta) {
                 errors.push(e.to_string());
                 continue;
             }
@@ -286,7 +286,7 @@ impl LibvirtReader {
             // libvirt writes the pid file first and removes it last: a domain without one is
             // starting or stopping; the status XML's pid covers the gap.
             let pid_path = host.path(format!("{RUN_DIR}/{name}.pid"));
-            let pid = match super::trust::read_owned_file(&pid_path) {
+            let pid = match crate::sources::proc::trust::read_owned_file(&pid_path) {
                 Ok(t) => t.trim().parse::<u32>().ok(),
                 Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
                     errors.push(e.to_string());

@@ -1,0 +1,6 @@
+//! Proxmox VE: /etc/pve (guest configs, HA state, storage.cfg) and the PVE API.
+
+pub mod api;
+pub mod config;
+pub mod ha;
+pub mod storage_cfg;

@@ -1,0 +1,9 @@
+//! QEMU: its monitors (QMP, HMP text, PVE's `qm monitor`), the per-scrape monitor exchange
+//! with its cache, redaction of what the monitors say, and libvirt's view of its domains.
+
+pub mod hmp;
+pub mod libvirt;
+pub mod monitor;
+pub mod qm;
+pub mod qmp;
+pub mod redact;
