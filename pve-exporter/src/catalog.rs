@@ -2,7 +2,22 @@
 //! help. Collectors create families only from here, and `tests/docs.rs` checks
 //! docs/metrics.md against this list, so code and docs cannot drift apart.
 
-use crate::metrics::Kind;
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Gauge,
+    Counter,
+    Histogram,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Gauge => "gauge",
+            Kind::Counter => "counter",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
 
 #[derive(Debug, PartialEq, Eq)]
 pub struct Def {
@@ -134,15 +149,10 @@ pub static KVM_DEBUGFS_AVAILABLE: Def = gauge(
     "1 when the KVM debugfs stats can be read, 0 when not (not mounted, lockdown; the log says why)",
 );
 
-static KVM_SCHED_DEBUGFS: &[&Def] = &[
-    &KVM_VCPU_RUN_SECONDS,
-    &KVM_VCPU_WAIT_SECONDS,
-    &KVM_VCPU_TIMESLICES,
-    &KVM_VCPU_THREADS,
-    &KVM_DEBUGFS_STAT,
-    &KVM_DEBUGFS_VCPU_STAT,
-];
-static EXPORTER_KVM_DEBUGFS: &[&Def] = &[&KVM_DEBUGFS_AVAILABLE];
+pub static KVM_VCPU: &[&Def] =
+    &[&KVM_VCPU_RUN_SECONDS, &KVM_VCPU_WAIT_SECONDS, &KVM_VCPU_TIMESLICES, &KVM_VCPU_THREADS];
+pub static KVM_DEBUGFS: &[&Def] = &[&KVM_DEBUGFS_STAT, &KVM_DEBUGFS_VCPU_STAT];
+pub static EXPORTER_KVM_DEBUGFS: &[&Def] = &[&KVM_DEBUGFS_AVAILABLE];
 // ---- end of vCPU schedstat and KVM debugfs ---------------------------------------------------
 
 // ---- Storage (issue 6): /etc/pve/storage.cfg, sized by statvfs, zfs and LVM (collector::storage) ----
@@ -170,7 +180,7 @@ pub static NODE_ZPOOL_FREE_BYTES: Def = gauge(
     "Raw free space of a ZFS pool holding a zfspool storage (zpool list FREE)",
 );
 
-static NODE_STORAGE: &[&Def] = &[
+pub static NODE_STORAGE: &[&Def] = &[
     &NODE_STORAGE_INFO,
     &NODE_STORAGE_ENABLED,
     &NODE_STORAGE_SIZE_BYTES,
@@ -233,7 +243,7 @@ pub static PVE_COLLECTOR_INFO: Def = gauge(
     "Where each PVE collector reads from: source local, api or off (always 1)",
 );
 
-static PVE_NODE_FAMILIES: &[&Def] = &[
+pub static PVE_NODE_FAMILIES: &[&Def] = &[
     &PVE_NODE_LOAD1,
     &PVE_NODE_LOAD5,
     &PVE_NODE_LOAD15,
@@ -257,23 +267,25 @@ pub static PVE_VM_PRESSURE: &[&Def] = &[
     &PVE_VM_PRESSURE_IO_FULL,
 ];
 
-static PVE_HA_AND_DISKS: &[&Def] = &[
+pub static PVE_HA: &[&Def] = &[
     &PVE_HA_CRM_MASTER,
     &PVE_HA_NODE_STATUS,
     &PVE_HA_LRM_TIMESTAMP,
     &PVE_HA_LRM_MODE,
     &PVE_HA_SERVICE_CONFIG,
     &PVE_HA_SERVICE_STATUS,
+];
+pub static PVE_PHYSICAL_DISKS: &[&Def] = &[
     &PVE_PHYSICAL_DISK_HEALTH,
     &PVE_PHYSICAL_DISK_WEAROUT,
     &PVE_PHYSICAL_DISK_SIZE,
     &PVE_PHYSICAL_DISK_INFO,
     &PVE_PHYSICAL_DISK_OSD,
 ];
-static EXPORTER_PVE: &[&Def] = &[&PVE_COLLECTOR_INFO];
+pub static EXPORTER_PVE: &[&Def] = &[&PVE_COLLECTOR_INFO];
 // ---- end of PVE node status, VM pressure, HA and physical disks ------------------------------
 
-// ---- VM NICs and disks, from the QEMU monitor (issue 4; collector/nicdisk.rs) ------------
+// ---- VM NICs and disks, from the QEMU monitor (issue 4; collector/nic.rs, collector/disk.rs) ------------
 const NIC: &[&str] = &["id", "ifname"];
 const DISK: &[&str] = &["id", "disk_name"];
 pub static KVM_NIC_INFO: Def = gauge(
@@ -359,7 +371,7 @@ pub static KVM_DISK_FLUSH_OPERATIONS: Def =
 pub static KVM_DISK_FLUSH_TIME: Def =
     counter("kvm_disk_flush_time_seconds_total", DISK, "Time the VM's disk flush requests took (QEMU blockstats)");
 
-static KVM_NIC: &[&Def] = &[&KVM_NIC_INFO, &KVM_NIC_QUEUES];
+pub static KVM_NIC: &[&Def] = &[&KVM_NIC_INFO, &KVM_NIC_QUEUES];
 
 // ---- Non-PVE VM sources and the guest's view (issue 7; vm.rs, sources/qemu/libvirt.rs) -----------
 pub static KVM_LIBVIRT_INFO: Def = gauge(
@@ -387,15 +399,15 @@ pub static KVM_GUEST_NETWORK_TRANSMIT_PACKETS: Def = counter(
     NIC,
     "Packets the guest sent on the NIC (rx_packets of its tap device)",
 );
-static KVM_GUEST: &[&Def] = &[
-    &KVM_LIBVIRT_INFO,
+pub static KVM_LIBVIRT: &[&Def] = &[&KVM_LIBVIRT_INFO];
+pub static KVM_GUEST: &[&Def] = &[
     &KVM_GUEST_NETWORK_RECEIVE_BYTES,
     &KVM_GUEST_NETWORK_TRANSMIT_BYTES,
     &KVM_GUEST_NETWORK_RECEIVE_PACKETS,
     &KVM_GUEST_NETWORK_TRANSMIT_PACKETS,
 ];
 // ---- end of non-PVE VM sources ----
-static KVM_DISK: &[&Def] = &[
+pub static KVM_DISK: &[&Def] = &[
     &KVM_DISK_INFO,
     &KVM_DISK_SIZE_BYTES,
     &KVM_DISK_READ_OPERATIONS,
@@ -463,7 +475,7 @@ pub static KVM_IO: &[&Def] = &[
     &KVM_IO_WRITE_CHARS,
 ];
 
-static KVM_PROC: &[&Def] = &[
+pub static KVM_PROC: &[&Def] = &[
     &KVM_INFO,
     &KVM_CPU_SECONDS,
     &KVM_VCORES,
@@ -475,7 +487,7 @@ static KVM_PROC: &[&Def] = &[
     &KVM_CTX_SWITCHES,
 ];
 
-static KVM_EBPF: &[&Def] = &[
+pub static KVM_EBPF: &[&Def] = &[
     &KVM_TRACEPOINT_EVENTS,
     &KVM_USERSPACE_EXITS,
     &KVM_EXITS,
@@ -486,7 +498,7 @@ static KVM_EBPF: &[&Def] = &[
     &KVM_HALT_SECONDS,
 ];
 
-static EXPORTER: &[&Def] = &[
+pub static EXPORTER: &[&Def] = &[
     &BUILD_INFO,
     &EBPF_ENABLED,
     &EBPF_INFO,
@@ -511,14 +523,17 @@ pub fn all() -> impl Iterator<Item = &'static Def> {
         KVM_IO,
         KVM_NIC,
         KVM_NIC_STATS,
+        KVM_LIBVIRT,
         KVM_GUEST,
         KVM_DISK,
         KVM_EBPF,
-        KVM_SCHED_DEBUGFS,
+        KVM_VCPU,
+        KVM_DEBUGFS,
         NODE_STORAGE,
         PVE_NODE_FAMILIES,
         PVE_VM_PRESSURE,
-        PVE_HA_AND_DISKS,
+        PVE_HA,
+        PVE_PHYSICAL_DISKS,
         EXPORTER,
         EXPORTER_KVM_DEBUGFS,
         EXPORTER_PVE,

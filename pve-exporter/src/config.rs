@@ -15,19 +15,7 @@ pub enum EbpfMode {
     Off,
 }
 
-/// How a VM's QEMU monitor is reached (NIC and disk metrics).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum QmMode {
-    /// QMP where the VM's socket exists, else `qm monitor` (with `--root /` only: qm asks this machine's VMs).
-    Auto,
-    /// QMP on /var/run/qemu-server/<vmid>.qmp.
-    Qmp,
-    /// `qm monitor <vmid>` on a pseudo-terminal.
-    Qm,
-    /// Never ask the monitors: no NIC and disk series from them, and a scrape wakes no QEMU
-    /// process (docs/benchmarks.md: on a small host the QEMU side of the exchange dominates).
-    Off,
-}
+pub use crate::sources::qemu::monitor::QmMode;
 
 /// When to read the KVM debugfs stats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -126,9 +114,10 @@ pub struct Config {
     #[arg(long, env = "PVE_EXPORTER_STALE_MAX_AGE", default_value = "120s", value_parser = parse_duration)]
     pub stale_max_age: Duration,
 
-    /// Collect per-VM metrics of running QEMU/KVM VMs.
-    #[arg(long, env = "PVE_EXPORTER_COLLECT_RUNNING_VMS", default_value_t = true, action = clap::ArgAction::Set)]
-    pub collect_running_vms: bool,
+    /// Deprecated: `--no-collector.<name>` for the per-VM collectors (false turns off
+    /// pve_config, kvm, qm, nic, disk, vcpu, kvm_debugfs and ebpf).
+    #[arg(long, env = "PVE_EXPORTER_COLLECT_RUNNING_VMS", action = clap::ArgAction::Set, hide_short_help = true)]
+    pub collect_running_vms: Option<bool>,
 
     /// Where VMs are found: `pve`, `libvirt`, `qemu`, or `auto` (by what the host has below --root).
     #[arg(long, env = "PVE_EXPORTER_VM_SOURCE", value_enum, default_value = "auto")]
@@ -142,9 +131,15 @@ pub struct Config {
           value_parser = crate::sources::proc::trust::parse_user)]
     pub qemu_allowed_users: Vec<u32>,
 
-    /// Collect storage metrics from storage.cfg (the storage collector).
-    #[arg(long, env = "PVE_EXPORTER_COLLECT_STORAGE", default_value_t = true, action = clap::ArgAction::Set)]
-    pub collect_storage: bool,
+    /// Deprecated: `--no-collector.<name>` for the storage collectors (false turns off
+    /// storage, storage_zfs and storage_lvm).
+    #[arg(long, env = "PVE_EXPORTER_COLLECT_STORAGE", action = clap::ArgAction::Set, hide_short_help = true)]
+    pub collect_storage: Option<bool>,
+
+    /// Each collector of the registry switched on or off (`--collector.<name>`,
+    /// `--no-collector.<name>`; made from the registry, see [`Config::parse_with_collectors`]).
+    #[arg(skip)]
+    pub collectors: std::collections::BTreeMap<&'static str, bool>,
 
     /// Prefix of every metric name.
     #[arg(long, env = "PVE_EXPORTER_METRICS_PREFIX", default_value = "pve", value_parser = parse_prefix)]
@@ -271,38 +266,6 @@ pub struct Config {
           num_args = 0..=1, default_missing_value = "true")]
     pub ha_always_emit: bool,
 
-    /// The node_status collector (`--no-collector.node_status` turns it off).
-    #[arg(long = "collector.node_status", env = "PVE_EXPORTER_COLLECTOR_NODE_STATUS", default_value_t = true,
-          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true",
-          overrides_with = "no_collector_node_status")]
-    pub collector_node_status: bool,
-    #[arg(long = "no-collector.node_status", overrides_with = "collector_node_status")]
-    pub no_collector_node_status: bool,
-
-    /// The vm_pressure collector (`--no-collector.vm_pressure` turns it off).
-    #[arg(long = "collector.vm_pressure", env = "PVE_EXPORTER_COLLECTOR_VM_PRESSURE", default_value_t = true,
-          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true",
-          overrides_with = "no_collector_vm_pressure")]
-    pub collector_vm_pressure: bool,
-    #[arg(long = "no-collector.vm_pressure", overrides_with = "collector_vm_pressure")]
-    pub no_collector_vm_pressure: bool,
-
-    /// The ha_status collector (`--no-collector.ha_status` turns it off).
-    #[arg(long = "collector.ha_status", env = "PVE_EXPORTER_COLLECTOR_HA_STATUS", default_value_t = true,
-          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true",
-          overrides_with = "no_collector_ha_status")]
-    pub collector_ha_status: bool,
-    #[arg(long = "no-collector.ha_status", overrides_with = "collector_ha_status")]
-    pub no_collector_ha_status: bool,
-
-    /// The physical_disk collector (needs the API; `--no-collector.physical_disk` turns it off).
-    #[arg(long = "collector.physical_disk", env = "PVE_EXPORTER_COLLECTOR_PHYSICAL_DISK", default_value_t = true,
-          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true",
-          overrides_with = "no_collector_physical_disk")]
-    pub collector_physical_disk: bool,
-    #[arg(long = "no-collector.physical_disk", overrides_with = "collector_physical_disk")]
-    pub no_collector_physical_disk: bool,
-
     // ---- HTTP limits (http_limits.rs; docs/operations.md, section HTTP limits) ----
     /// Connections open at once. At the cap, a connection without a complete request (oldest
     /// first), a response stuck on a client that does not read, or the longest idle one is
@@ -373,14 +336,129 @@ pub fn secret_file_warning(path: &std::path::Path, meta: &std::fs::Metadata) -> 
     ))
 }
 
+/// The monitor settings of the flags.
+pub fn monitor_options(c: &Config) -> crate::sources::qemu::monitor::MonitorOptions {
+    crate::sources::qemu::monitor::MonitorOptions {
+        mode: c.qm_mode,
+        qm_path: c.qm_path.clone(),
+        step_timeout: c.qm_terminal_timeout,
+        max_ttl: c.qm_max_ttl,
+        rand: c.qm_rand,
+        defer_close: c.qm_monitor_defer_close,
+        max_concurrent: usize::from(c.qm_max_concurrent).max(1),
+    }
+}
+
+// ---- Collector switches (made from the collector registry) --------------------------------
+
+/// One `--collector.<name>` switch: a line of the collector registry (`collector::REGISTRY`).
+#[derive(Debug, Clone, Copy)]
+pub struct CollectorSwitch {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub default_on: bool,
+}
+
+/// The collectors the deprecated `--collect-running-vms false` turns off.
+pub const RUNNING_VM_COLLECTORS: &[&str] = &["pve_config", "kvm", "qm", "nic", "disk", "vcpu", "kvm_debugfs", "ebpf"];
+/// The collectors the deprecated `--collect-storage false` turns off.
+pub const STORAGE_COLLECTORS: &[&str] = &["storage", "storage_zfs", "storage_lvm"];
+
 impl Config {
-    /// Parse flags from an iterator (tests) with no environment fallback surprises beyond clap's.
-    pub fn from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    /// The command line with a `--collector.<name>` / `--no-collector.<name>` pair for each of
+    /// `switches` (env `PVE_EXPORTER_COLLECTOR_<NAME>`; the last one given wins).
+    pub fn command_with_collectors(switches: &[CollectorSwitch]) -> clap::Command {
+        use clap::{Arg, ArgAction, CommandFactory};
+        let mut cmd = Config::command();
+        for s in switches {
+            // clap keeps argument ids as &'static str: these few strings live as long as the process.
+            let on: &'static str = Box::leak(format!("collector.{}", s.name).into_boxed_str());
+            let off: &'static str = Box::leak(format!("no-collector.{}", s.name).into_boxed_str());
+            let env: &'static str =
+                Box::leak(format!("PVE_EXPORTER_COLLECTOR_{}", s.name.to_ascii_uppercase()).into_boxed_str());
+            let help: &'static str = Box::leak(
+                format!("{} (default {}; --{off} turns it off)", s.help, if s.default_on { "on" } else { "off" })
+                    .into_boxed_str(),
+            );
+            cmd = cmd
+                .arg(
+                    Arg::new(on)
+                        .long(on)
+                        .env(env)
+                        .help(help)
+                        .action(ArgAction::Set)
+                        .num_args(0..=1)
+                        .default_missing_value("true")
+                        .value_parser(clap::builder::BoolishValueParser::new())
+                        .overrides_with(off)
+                        .help_heading("Collectors"),
+                )
+                .arg(Arg::new(off).long(off).action(ArgAction::SetTrue).overrides_with(on).hide(true));
+        }
+        cmd
+    }
+
+    /// Parse flags from an iterator (tests, and main through the registry's switches).
+    pub fn parse_with_collectors<I, T>(args: I, switches: &[CollectorSwitch]) -> Result<Self, clap::Error>
     where
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        Self::try_parse_from(args)
+        let matches = Self::command_with_collectors(switches).try_get_matches_from(args)?;
+        Self::from_matches_with_collectors(&matches, switches)
+    }
+
+    /// The configuration of parsed `matches` (of [`Config::command_with_collectors`]).
+    pub fn from_matches_with_collectors(
+        matches: &clap::ArgMatches,
+        switches: &[CollectorSwitch],
+    ) -> Result<Self, clap::Error> {
+        use clap::FromArgMatches;
+        let mut c = Self::from_arg_matches(matches)?;
+        for s in switches {
+            let on = matches.get_one::<bool>(&format!("collector.{}", s.name)).copied();
+            let off = matches.get_flag(&format!("no-collector.{}", s.name));
+            let mut enabled = if off { false } else { on.unwrap_or(s.default_on) };
+            // The deprecated switches, where no --collector flag of the collector says otherwise.
+            let given = off
+                || matches
+                    .value_source(&format!("collector.{}", s.name))
+                    .is_some_and(|v| v != clap::parser::ValueSource::DefaultValue);
+            if !given {
+                if c.collect_running_vms == Some(false) && RUNNING_VM_COLLECTORS.contains(&s.name) {
+                    enabled = false;
+                }
+                if c.collect_storage == Some(false) && STORAGE_COLLECTORS.contains(&s.name) {
+                    enabled = false;
+                }
+            }
+            c.collectors.insert(s.name, enabled);
+        }
+        Ok(c)
+    }
+
+    /// Whether the registry line `name` is switched on (an unknown name is off).
+    pub fn collector_enabled(&self, name: &str) -> bool {
+        self.collectors.get(name).copied().unwrap_or(false)
+    }
+
+    /// What to say once at start of deprecated flags in use.
+    pub fn deprecations(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(v) = self.collect_running_vms {
+            out.push(format!(
+                "--collect-running-vms {v} (PVE_EXPORTER_COLLECT_RUNNING_VMS) is deprecated: use --no-collector.<name> \
+                 for {}",
+                RUNNING_VM_COLLECTORS.join(", ")
+            ));
+        }
+        if let Some(v) = self.collect_storage {
+            out.push(format!(
+                "--collect-storage {v} (PVE_EXPORTER_COLLECT_STORAGE) is deprecated: use --no-collector.<name> for {}",
+                STORAGE_COLLECTORS.join(", ")
+            ));
+        }
+        out
     }
 }
 
@@ -404,22 +482,6 @@ pub enum PveScope {
     Local,
     /// Every node of the cluster, through the API (one central exporter).
     Cluster,
-}
-
-/// The PVE collectors that `--collector.<name>` / `--no-collector.<name>` switch.
-pub const PVE_COLLECTORS: [&str; 4] = ["node_status", "vm_pressure", "ha_status", "physical_disk"];
-
-impl Config {
-    /// Whether the PVE collector `name` (one of [`PVE_COLLECTORS`]) is switched on.
-    pub fn pve_collector_enabled(&self, name: &str) -> bool {
-        match name {
-            "node_status" => self.collector_node_status && !self.no_collector_node_status,
-            "vm_pressure" => self.collector_vm_pressure && !self.no_collector_vm_pressure,
-            "ha_status" => self.collector_ha_status && !self.no_collector_ha_status,
-            "physical_disk" => self.collector_physical_disk && !self.no_collector_physical_disk,
-            _ => false,
-        }
-    }
 }
 
 fn parse_prefix(s: &str) -> Result<String, String> {
@@ -500,7 +562,8 @@ mod tests {
         let c = Config::from_args(["pve-exporter"]).unwrap();
         assert_eq!(c.port, 9116);
         assert_eq!(c.host.to_string(), "0.0.0.0");
-        assert!(c.collect_running_vms && c.collect_storage && c.qm_monitor_defer_close);
+        assert!(c.collect_running_vms.is_none() && c.collect_storage.is_none() && c.qm_monitor_defer_close);
+        assert!(c.collector_enabled("kvm") && c.collector_enabled("storage") && c.deprecations().is_empty());
         assert_eq!(c.metrics_prefix, "pve");
         assert_eq!(c.loglevel, LogLevel::Info);
         assert_eq!(c.qm_terminal_timeout, Duration::from_secs(10));
@@ -593,7 +656,9 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.port, 9200);
-        assert!(!c.collect_storage);
+        assert_eq!(c.collect_storage, Some(false));
+        assert!(!c.collector_enabled("storage") && !c.collector_enabled("storage_lvm") && c.collector_enabled("kvm"));
+        assert_eq!(c.deprecations().len(), 1);
         assert_eq!(c.loglevel, LogLevel::Debug);
         assert_eq!(c.metrics_prefix, "pvex");
         assert_eq!(c.ebpf, EbpfMode::Off);
@@ -621,10 +686,10 @@ mod pve_tests {
         assert_eq!((&c.pve_api_token_file, &c.pve_api_ca_file), (&None, &None));
         assert!(!c.pve_api_insecure && !c.ha_always_emit);
         assert_eq!((c.pve_api_timeout, c.pve_api_max_concurrent), (Duration::from_secs(5), 5));
-        for name in PVE_COLLECTORS {
-            assert!(c.pve_collector_enabled(name), "{name}");
+        for name in ["node_status", "vm_pressure", "ha_status", "physical_disk"] {
+            assert!(c.collector_enabled(name), "{name}");
         }
-        assert!(!c.pve_collector_enabled("nonexistent"));
+        assert!(!c.collector_enabled("nonexistent"));
     }
 
     #[test]
@@ -632,7 +697,7 @@ mod pve_tests {
         let on = |args: &[&str], name: &str| {
             let mut all = vec!["pve-exporter"];
             all.extend_from_slice(args);
-            Config::from_args(all).unwrap().pve_collector_enabled(name)
+            Config::from_args(all).unwrap().collector_enabled(name)
         };
         assert!(!on(&["--no-collector.physical_disk"], "physical_disk"));
         assert!(on(&["--no-collector.physical_disk"], "node_status"));

@@ -5,7 +5,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use clap::{CommandFactory, FromArgMatches, ValueEnum, parser::ValueSource};
+use clap::{ValueEnum, parser::ValueSource};
 use pve_exporter::{
     collector::Engine,
     config::{Config, LogLevel},
@@ -21,12 +21,16 @@ use tokio::{
 
 fn main() -> std::process::ExitCode {
     tune_malloc();
-    let matches = Config::command().get_matches();
-    let mut config = Config::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let switches = pve_exporter::collector::switches();
+    let matches = Config::command_with_collectors(&switches).get_matches();
+    let mut config = Config::from_matches_with_collectors(&matches, &switches).unwrap_or_else(|e| e.exit());
     // SAFETY: no other thread exists yet (logging, the runtime and eBPF start below).
     config.api_token = unsafe { pve_exporter::config::take_api_token_from_env() };
     service::init_logging(config.loglevel);
     warn_about_secret_files(&config);
+    for d in config.deprecations() {
+        log::warn!("{d}");
+    }
     // Files held open between scrapes take ~5 descriptors per VM (heldfile.rs), more than the
     // common soft limit of 1024 leaves on a large host; the hard limit is ours to take.
     match pve_exporter::heldfile::raise_nofile_limit() {

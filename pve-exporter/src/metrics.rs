@@ -6,24 +6,7 @@ use std::{borrow::Cow, fmt, ops::Deref, sync::Arc};
 use prometheus_client::encoding::{EncodeLabelValue, LabelValueEncoder};
 
 use crate::catalog;
-pub use crate::catalog::Def;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Gauge,
-    Counter,
-    Histogram,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Gauge => "gauge",
-            Kind::Counter => "counter",
-            Kind::Histogram => "histogram",
-        }
-    }
-}
+pub use crate::catalog::{Def, Kind};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {

@@ -172,10 +172,26 @@ async fn healthz(State(state): State<AppState>) -> Response {
 async fn index(State(state): State<AppState>) -> Html<String> {
     let (mode, reason) = state.engine.ebpf_mode();
     let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    // The collector registry: each line's switch (`--collector.<name>`) and state.
+    let rows: String = crate::collector::REGISTRY
+        .iter()
+        .map(|e| {
+            let on = state.engine.config.collector_enabled(e.name);
+            format!(
+                "<tr><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
+                e.name,
+                if on { "on" } else { "off" },
+                esc(e.help)
+            )
+        })
+        .collect();
     Html(format!(
         "<!doctype html><html><head><title>pve-exporter</title></head><body>\
          <h1>pve-exporter {}</h1><p>Mode: <b>{}</b> ({})</p>\
          <ul><li><a href=\"/metrics\">/metrics</a></li><li><a href=\"/healthz\">/healthz</a></li></ul>\
+         <h2>Collectors</h2><p>Switched with <code>--collector.&lt;name&gt;</code> / \
+         <code>--no-collector.&lt;name&gt;</code>.</p>\
+         <table><tr><th>name</th><th>state</th><th>what</th></tr>{rows}</table>\
          </body></html>\n",
         env!("CARGO_PKG_VERSION"),
         esc(&mode),

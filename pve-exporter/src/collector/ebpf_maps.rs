@@ -142,3 +142,45 @@ pub fn collect(
     }
     Ok(())
 }
+
+pub fn new(_: &super::Setup) -> Box<dyn super::Collector> {
+    Box::new(EbpfMaps)
+}
+
+/// The eBPF programs' own figures this collector reads from the maps.
+static EBPF_SELF: &[&Def] =
+    &[&EBPF_PROGRAM_RUNS, &EBPF_PROGRAM_RUN_SECONDS, &EBPF_MAP_ENTRIES, &EBPF_MAP_CAPACITY, &EBPF_UNCOUNTED];
+
+/// The `ebpf` collector: not applicable in procfs mode.
+struct EbpfMaps;
+
+impl super::Collector for EbpfMaps {
+    fn name(&self) -> &'static str {
+        "ebpf"
+    }
+    fn families(&self) -> &'static [&'static [&'static Def]] {
+        FAMILIES
+    }
+    fn group(&self) -> super::Group {
+        super::Group::Vms
+    }
+    fn needs(&self) -> &'static [super::Need] {
+        &[super::Need::Vms]
+    }
+    fn collect(&self, cx: &super::Context, out: &mut MetricSet) -> Result<(), super::Error> {
+        let mut st = cx.engine.ebpf.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(counters) = st.counters.as_mut() else { return Err(super::Error::NotApplicable) };
+        let vms = &cx.vms().vms;
+        // vCPU threads of the VMs, for the run-queue program (as the vcpu collector listed
+        // and checked them just now).
+        let threads = &cx.stage_state().vcpu_threads;
+        let vcpus: Vec<(u32, u32)> = vms
+            .iter()
+            .flat_map(|vm| threads.listed(vm.pid).unwrap_or_default().into_iter().map(move |t| (vm.pid, t.tid)))
+            .collect();
+        collect(cx.host, counters, vms, &vcpus, out).map_err(super::Error::Message)
+    }
+}
+
+/// The catalogue sections this collector fills.
+static FAMILIES: &[&[&crate::catalog::Def]] = &[KVM_EBPF, EBPF_SELF];

@@ -1,14 +1,11 @@
 //! Per-VM families from /proc (and the eBPF maps): the host-local VM metrics of pvemon and
 //! pve_local_exporter, under their Go names, with `id` labels.
 
-use std::collections::HashSet;
-
+use super::{Collector, Context, Error, Group, Need, Setup};
 use crate::{
     catalog::*,
-    heldfile::HeldFiles,
-    host::{HostRoot, ScrapeFiles, is_gone},
     metrics::{LabelValue, MetricSet},
-    sources::proc::process,
+    sources::proc::process::{self, ProcessStats},
     vm::Vm,
 };
 
@@ -17,41 +14,46 @@ pub fn shared_id(vm: &Vm) -> LabelValue {
     LabelValue::Shared(vm.id.as_str().into())
 }
 
-/// Read every VM's process files and add its families. VMs whose process is gone by now are
-/// removed from `vms` (they stopped mid-scrape: not an error). Err when some file could not
-/// be read or parsed for a running VM (its other series are still reported). `held`: the
-/// processes' files held open by pid; those of processes no longer in `vms` are closed.
-pub fn collect(
-    host: &HostRoot,
-    files: &ScrapeFiles,
-    held: &mut HeldFiles<u32>,
-    vms: &mut Vec<Vm>,
-    out: &mut MetricSet,
-) -> Result<(), String> {
-    let mut errors = Vec::new();
-    let memtotal = files
-        .read("proc/meminfo")
-        .map_err(|e| e.to_string())
-        .and_then(|t| process::parse_memtotal(&t))
-        .map_err(|e| errors.push(format!("meminfo: {e}")))
-        .ok();
+pub fn new(_: &Setup) -> Box<dyn Collector> {
+    Box::new(Kvm)
+}
 
-    let pids: HashSet<u32> = vms.iter().map(|v| v.pid).collect();
-    held.retain(|pid| pids.contains(pid));
-    let mut stats = Vec::with_capacity(vms.len());
-    vms.retain(|vm| match process::read_process(host, held, vm.pid, &mut errors) {
-        Ok(s) => {
-            stats.push(s);
-            true
-        }
-        Err(e) if is_gone(&e) => false,
-        Err(e) => {
-            errors.push(format!("VM {} (pid {}): {e}", vm.id, vm.pid));
-            false
-        }
-    });
+/// The `kvm` collector: every VM's process figures, read by the VM list stage (which also
+/// reports what discovery could not list or read).
+struct Kvm;
 
-    for (vm, st) in vms.iter().zip(&stats) {
+impl Collector for Kvm {
+    fn name(&self) -> &'static str {
+        "kvm"
+    }
+    fn families(&self) -> &'static [&'static [&'static Def]] {
+        FAMILIES
+    }
+    fn group(&self) -> Group {
+        Group::Vms
+    }
+    fn needs(&self) -> &'static [Need] {
+        &[Need::PveConfig, Need::Vms]
+    }
+    fn collect(&self, cx: &Context, out: &mut MetricSet) -> Result<(), Error> {
+        let list = cx.vms();
+        let mut errors: Vec<Error> = Vec::new();
+        let memtotal = cx
+            .files
+            .read("proc/meminfo")
+            .map_err(|e| Error::io(cx.host.path("proc/meminfo"), e))
+            .and_then(|t| process::parse_memtotal(&t).map_err(|m| Error::parse("/proc/meminfo", m)))
+            .map_err(|e| errors.push(e))
+            .ok();
+        emit(&list.vms, &list.stats, memtotal, out);
+        errors.extend(list.errors.iter().map(|e| Error::parse("VM list", e)));
+        Error::all(errors)
+    }
+}
+
+/// The families of every VM from its process figures.
+fn emit(vms: &[Vm], stats: &[ProcessStats], memtotal: Option<u64>, out: &mut MetricSet) {
+    for (vm, st) in vms.iter().zip(stats) {
         let vid = shared_id(vm);
         let id = || [("id", vid.clone())];
         let pool = vm.pool.clone().unwrap_or_default();
@@ -130,5 +132,7 @@ pub fn collect(
             }
         }
     }
-    if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
 }
+
+/// The catalogue sections this collector fills.
+static FAMILIES: &[&[&crate::catalog::Def]] = &[KVM_PROC, KVM_IO, KVM_LIBVIRT];

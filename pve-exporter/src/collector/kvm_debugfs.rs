@@ -12,6 +12,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use super::{Collector, Context, Error, Group, Need, Setup};
 use crate::{
     catalog::*,
     host::{HostRoot, is_gone},
@@ -19,6 +20,45 @@ use crate::{
     sources::kernel::kvm_debugfs::{self, Listing},
     vm::Vm,
 };
+
+/// Whether KVM debugfs is read: `--kvm-debugfs on`, or `auto` without the eBPF counters
+/// (eBPF mode counts the same events without reading ~60 files per VM per scrape).
+pub fn new(setup: &Setup) -> Box<dyn Collector> {
+    use crate::config::KvmDebugfsMode;
+    let wanted = setup.config.collector_enabled("kvm_debugfs")
+        && match setup.config.kvm_debugfs {
+            KvmDebugfsMode::On => true,
+            KvmDebugfsMode::Off => false,
+            KvmDebugfsMode::Auto => !setup.ebpf_counting,
+        };
+    let reader =
+        wanted.then(|| std::sync::Mutex::new(KvmDebugfs::start(setup.host, setup.config.kvm_debugfs_per_vcpu)));
+    Box::new(KvmDebugfsCollector { reader })
+}
+
+/// The `kvm_debugfs` collector; no reader: not collected (`--kvm-debugfs off`, or `auto` in eBPF mode).
+struct KvmDebugfsCollector {
+    reader: Option<std::sync::Mutex<KvmDebugfs>>,
+}
+
+impl Collector for KvmDebugfsCollector {
+    fn name(&self) -> &'static str {
+        "kvm_debugfs"
+    }
+    fn families(&self) -> &'static [&'static [&'static Def]] {
+        FAMILIES
+    }
+    fn group(&self) -> Group {
+        Group::Vms
+    }
+    fn needs(&self) -> &'static [Need] {
+        &[Need::Vms]
+    }
+    fn collect(&self, cx: &Context, out: &mut MetricSet) -> Result<(), Error> {
+        let Some(reader) = &self.reader else { return Err(Error::NotApplicable) };
+        reader.lock().unwrap_or_else(|p| p.into_inner()).collect(&cx.vms().vms, out)
+    }
+}
 
 /// Reads one stat file. The collector takes it as a parameter so tests can answer EPERM,
 /// which no file of a fixture tree does for root.
@@ -80,8 +120,8 @@ impl KvmDebugfs {
         }
     }
 
-    pub fn collect(&mut self, vms: &[Vm], out: &mut MetricSet) -> Result<(), String> {
-        self.collect_with(vms, out, &read_file)
+    pub fn collect(&mut self, vms: &[Vm], out: &mut MetricSet) -> Result<(), Error> {
+        self.collect_with(vms, out, &read_file).map_err(Error::Message)
     }
 
     fn collect_with(&mut self, vms: &[Vm], out: &mut MetricSet, read: ReadFn) -> Result<(), String> {
@@ -291,6 +331,9 @@ fn value(v: i128) -> Value {
         Err(_) => Value::Float(v as f64),
     }
 }
+
+/// The catalogue sections this collector fills.
+static FAMILIES: &[&[&crate::catalog::Def]] = &[KVM_DEBUGFS, EXPORTER_KVM_DEBUGFS];
 
 #[cfg(test)]
 mod tests {

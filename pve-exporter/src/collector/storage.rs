@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{CollectorRun, EngineState};
+use super::{Collector, Context, Error, Group, Setup};
 use crate::{
     catalog::*,
     config::Config,
@@ -72,7 +72,7 @@ impl StorageState {
 
 impl StorageState {
     /// Storage paths whose statvfs hangs: (path, for how long).
-    pub(super) fn hung(&self) -> Vec<(String, Duration)> {
+    fn hung(&self) -> Vec<(String, Duration)> {
         let gates = self.statvfs_gates.lock().unwrap_or_else(|p| p.into_inner());
         gates.iter().filter_map(|(p, g)| Some((p.display().to_string(), g.hung()?))).collect()
     }
@@ -118,29 +118,57 @@ impl Plan {
     }
 }
 
-/// Run the storage collectors (`storage`, then `storage_zfs` / `storage_lvm` when needed) and
-/// add their families.
-pub(super) fn collect(e: &EngineState, runs: &mut Vec<CollectorRun>, out: &mut MetricSet) {
-    let st = &e.storage;
-    let mut plan: Option<Plan> = None;
-    e.timed(runs, "storage", || {
+pub fn new(setup: &Setup) -> Box<dyn Collector> {
+    Box::new(StorageCollector { st: StorageState::new(setup.config, setup.stages.pve_config.gate().clone()) })
+}
+
+/// The `storage` collector, with its parts `storage_zfs` and `storage_lvm` (they run only when
+/// such storages exist).
+struct StorageCollector {
+    st: StorageState,
+}
+
+impl Collector for StorageCollector {
+    fn name(&self) -> &'static str {
+        "storage"
+    }
+    fn families(&self) -> &'static [&'static [&'static Def]] {
+        FAMILIES
+    }
+    fn group(&self) -> Group {
+        Group::Storage
+    }
+    fn collect(&self, cx: &Context, out: &mut MetricSet) -> Result<(), Error> {
+        let st = &self.st;
         let cfg = st
             .cfg
-            .read(&e.host, &st.pmxcfs, e.config.pmxcfs_timeout)
-            .map_err(|err| format!("etc/pve/storage.cfg: {err}"))?;
+            .read(cx.host, &st.pmxcfs, cx.config.pmxcfs_timeout)
+            .map_err(|err| Error::io(cx.host.path("etc/pve/storage.cfg"), err))?;
         // No storage.cfg: not a PVE host (or not yet), nothing to report and nothing wrong.
         let Some(cfg) = cfg else { return Ok(()) };
-        let p = plan.insert(Plan::new(cfg, read_node_name(&e.host).as_deref()));
-        size_by_statvfs(st, &e.host, p)
-    });
-    let Some(mut plan) = plan else { return };
-    if plan.wants(|s| matches!(s, Sizing::ZfsDataset(_))) {
-        e.timed(runs, "storage_zfs", || size_zfs(st, &mut plan));
+        let mut plan = Plan::new(cfg, read_node_name(cx.host).as_deref());
+        let r = size_by_statvfs(st, cx.host, &mut plan);
+        // The parts report their own runs, after this one's: so the run is recorded first.
+        let (zfs, lvm) = (
+            plan.wants(|s| matches!(s, Sizing::ZfsDataset(_))),
+            plan.wants(|s| matches!(s, Sizing::LvmVg(_) | Sizing::LvmThin { .. })),
+        );
+        let mut parts: Vec<(&'static str, std::time::Duration, Result<(), Error>)> = Vec::new();
+        if zfs && cx.enabled("storage_zfs") {
+            let (d, r) = super::engine::run_timed(|| size_zfs(st, &mut plan).map_err(Error::Message));
+            parts.push(("storage_zfs", d, r));
+        }
+        if lvm && cx.enabled("storage_lvm") {
+            let (d, r) = super::engine::run_timed(|| size_lvm(st, &mut plan).map_err(Error::Message));
+            parts.push(("storage_lvm", d, r));
+        }
+        emit(&plan, out);
+        cx.after(parts);
+        r.map_err(Error::Message)
     }
-    if plan.wants(|s| matches!(s, Sizing::LvmVg(_) | Sizing::LvmThin { .. })) {
-        e.timed(runs, "storage_lvm", || size_lvm(st, &mut plan));
+    fn stuck(&self) -> Vec<(String, Duration)> {
+        self.st.hung().into_iter().map(|(p, t)| (format!("statvfs of storage path {p}"), t)).collect()
     }
-    emit(&plan, out);
 }
 
 fn result(errors: Vec<String>) -> Result<(), String> {
@@ -381,6 +409,9 @@ fn emit(plan: &Plan, out: &mut MetricSet) {
         }
     }
 }
+
+/// The catalogue sections this collector fills.
+static FAMILIES: &[&[&crate::catalog::Def]] = &[NODE_STORAGE];
 
 #[cfg(test)]
 mod tests {

@@ -8,6 +8,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use super::{Collector, Context, Error, Group, Need, Setup};
 use crate::{
     catalog::*,
     heldfile::{FdBudget, HeldFiles, OnStale},
@@ -235,7 +236,7 @@ fn read_schedstat(
 
 /// The vCPU families of every VM. A VM whose process is gone is skipped; one whose threads
 /// cannot be read loses its series and makes the collector fail.
-pub fn collect(cache: &VcpuThreadCache, vms: &[Vm], out: &mut MetricSet) -> Result<(), String> {
+fn collect(cache: &VcpuThreadCache, vms: &[Vm], out: &mut MetricSet) -> Result<(), Error> {
     cache.retain(&vms.iter().map(|v| v.pid).collect());
     let mut errors = Vec::new();
     for vm in vms {
@@ -243,7 +244,7 @@ pub fn collect(cache: &VcpuThreadCache, vms: &[Vm], out: &mut MetricSet) -> Resu
             Ok(r) => r,
             Err(e) if is_gone(&e) => continue,
             Err(e) => {
-                errors.push(format!("VM {} (pid {}): {e}", vm.id, vm.pid));
+                errors.push(Error::source(format!("VM {} (pid {})", vm.id, vm.pid), e));
                 continue;
             }
         };
@@ -256,8 +257,37 @@ pub fn collect(cache: &VcpuThreadCache, vms: &[Vm], out: &mut MetricSet) -> Resu
             out.family(&KVM_VCPU_TIMESLICES).push(id(), sum.timeslices);
         }
     }
-    if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+    Error::all(errors)
 }
+
+pub fn new(_: &Setup) -> Box<dyn Collector> {
+    Box::new(Vcpu)
+}
+
+/// The `vcpu` collector: schedstat of every vCPU thread (both modes; it lists the threads
+/// the eBPF run-queue program is told of, so it runs before `ebpf`).
+struct Vcpu;
+
+impl Collector for Vcpu {
+    fn name(&self) -> &'static str {
+        "vcpu"
+    }
+    fn families(&self) -> &'static [&'static [&'static Def]] {
+        FAMILIES
+    }
+    fn group(&self) -> Group {
+        Group::Vms
+    }
+    fn needs(&self) -> &'static [Need] {
+        &[Need::Vms]
+    }
+    fn collect(&self, cx: &Context, out: &mut MetricSet) -> Result<(), Error> {
+        collect(&cx.stage_state().vcpu_threads, &cx.vms().vms, out)
+    }
+}
+
+/// The catalogue sections this collector fills.
+static FAMILIES: &[&[&crate::catalog::Def]] = &[KVM_VCPU];
 
 #[cfg(test)]
 mod tests {

@@ -13,6 +13,10 @@ use crate::{
 pub(super) struct HaStatusCollector;
 
 impl PveCollector for HaStatusCollector {
+    fn families(&self) -> &'static [&'static [&'static crate::catalog::Def]] {
+        FAMILIES
+    }
+
     fn name(&self) -> &'static str {
         "ha_status"
     }
@@ -89,3 +93,6 @@ pub(super) fn emit(st: &HaState, out: &mut MetricSet) {
             .push([("sid", sid.clone()), ("node", s.node.clone()), ("state", s.state.clone())], 1u64);
     }
 }
+
+/// The catalogue sections this collector fills.
+static FAMILIES: &[&[&crate::catalog::Def]] = &[crate::catalog::PVE_HA];

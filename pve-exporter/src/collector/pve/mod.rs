@@ -27,10 +27,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{CollectorRun, EngineState, panic_message};
+use super::{Collector, Context, Error, Group, Need, Setup, engine::panic_message};
 use crate::{
+    catalog::Def,
     catalog::PVE_COLLECTOR_INFO,
-    config::{Config, PVE_COLLECTORS, PveScope, PveSource},
+    config::{Config, PveScope, PveSource},
     deadline::{Backoff, Verdict},
     heldfile::{FdBudget, HeldFiles, OnStale},
     host::{BlockingGate, HostRoot, ScrapeFiles, call_with_timeout},
@@ -47,6 +48,8 @@ use crate::{
 /// list; the others once per scrape.
 trait PveCollector: Sync {
     fn name(&self) -> &'static str;
+    /// Its families, as sections of the catalogue.
+    fn families(&self) -> &'static [&'static [&'static Def]];
     fn per_node(&self) -> bool;
     /// Whether the node's own files can serve it (physical_disk: no, PVE runs smartctl).
     fn has_local_source(&self) -> bool {
@@ -178,7 +181,7 @@ impl PveState {
         let node = read_node_name(host);
         let mut plans = Vec::new();
         for c in REGISTRY.iter().copied() {
-            let source = if !config.pve_collector_enabled(c.name()) {
+            let source = if !config.collector_enabled(c.name()) {
                 None
             } else if both == Source::Api {
                 Some(Source::Api)
@@ -204,7 +207,6 @@ impl PveState {
             };
             plans.push(Plan { collector: c, source });
         }
-        debug_assert!(REGISTRY.iter().map(|c| c.name()).eq(PVE_COLLECTORS), "flags and registry differ");
         if scope == PveScope::Cluster && plans.iter().any(|p| p.source == Some(Source::Local)) {
             log::warn!(
                 "--pve-scope cluster needs the PVE API (a token): the local sources serve this node only \
@@ -261,7 +263,7 @@ impl PveState {
 
 impl PveState {
     /// statvfs of `/` when it hangs: for how long.
-    pub(super) fn hung(&self) -> Option<Duration> {
+    pub fn hung(&self) -> Option<Duration> {
         self.statvfs.hung()
     }
 }
@@ -288,78 +290,151 @@ fn scope_name(s: PveScope) -> &'static str {
     }
 }
 
-/// Run the PVE collectors of the plan and add their families.
-pub(super) fn collect(e: &EngineState, files: &ScrapeFiles, runs: &mut Vec<CollectorRun>, out: &mut MetricSet) {
-    let st = &e.pve;
-    let f = out.family(&PVE_COLLECTOR_INFO);
-    for p in &st.plans {
-        f.push(
+/// The PVE API of one scrape: its session (or why there is none) and the nodes to ask (the
+/// `pve_nodes` stage: made on the first API collector of the scrape).
+pub struct ApiStage<'a> {
+    session: Result<Session<'a>, String>,
+    nodes: Vec<String>,
+}
+
+impl<'a> ApiStage<'a> {
+    /// None when no collector reads the API.
+    pub fn start(st: &'a PveState, config: &Config, host: &HostRoot, cx: &Context) -> Option<Self> {
+        let remote: Vec<&'static dyn PveCollector> =
+            st.plans.iter().filter(|p| p.source == Some(Source::Api)).map(|p| p.collector).collect();
+        let api = st.api.as_ref().filter(|_| !remote.is_empty())?;
+        let session = match api.session(host, &st.pmxcfs, config.pmxcfs_timeout) {
+            Ok(s) => s,
+            Err(err) => return Some(Self { session: Err(err), nodes: Vec::new() }),
+        };
+        // The nodes of this update: this node, or the cluster's (copied from the guarded list).
+        let nodes: Vec<String> = match st.scope {
+            PveScope::Local => st.node.clone().into_iter().collect(),
+            PveScope::Cluster => {
+                if remote.iter().any(|c| c.per_node()) && cx.enabled("pve_nodes") {
+                    let (took, r) = super::engine::run_timed(|| {
+                        let list = api::parse_nodes(&session.get("/nodes").map_err(Error::Message)?)
+                            .map_err(|err| Error::parse("/nodes", err))?;
+                        let mut online = Vec::new();
+                        for n in list {
+                            if !valid_node_name(&n.node) {
+                                log::warn!("/nodes: skipping node {:?}: not a valid node name", n.node);
+                            } else if n.online {
+                                online.push(n.node);
+                            } else {
+                                log::debug!("node {} is offline: not asked", n.node);
+                            }
+                        }
+                        *st.nodes.lock().unwrap_or_else(|p| p.into_inner()) = online;
+                        Ok(())
+                    });
+                    cx.report("pve_nodes", took, r);
+                }
+                st.nodes.lock().unwrap_or_else(|p| p.into_inner()).clone()
+            }
+        };
+        Some(Self { session: Ok(session), nodes })
+    }
+}
+
+pub fn node_status(setup: &Setup) -> Box<dyn Collector> {
+    adapter(setup, 0)
+}
+pub fn vm_pressure(setup: &Setup) -> Box<dyn Collector> {
+    adapter(setup, 1)
+}
+pub fn ha_status(setup: &Setup) -> Box<dyn Collector> {
+    adapter(setup, 2)
+}
+pub fn physical_disk(setup: &Setup) -> Box<dyn Collector> {
+    adapter(setup, 3)
+}
+
+fn adapter(setup: &Setup, i: usize) -> Box<dyn Collector> {
+    let st = &setup.stages.pve;
+    Box::new(Adapter { collector: REGISTRY[i], source: st.plans[i].source, scope: st.scope })
+}
+
+/// One PVE collector in the collector registry: it runs from the source its plan chose.
+struct Adapter {
+    collector: &'static dyn PveCollector,
+    source: Option<Source>,
+    scope: PveScope,
+}
+
+impl Collector for Adapter {
+    fn name(&self) -> &'static str {
+        self.collector.name()
+    }
+    fn families(&self) -> &'static [&'static [&'static Def]] {
+        self.collector.families()
+    }
+    fn group(&self) -> Group {
+        Group::Pve
+    }
+    fn needs(&self) -> &'static [Need] {
+        &[Need::PveApi]
+    }
+    /// Where it reads from (`pve_exporter_pve_collector_info`), also when it is off.
+    fn describe(&self, _config: &Config, out: &mut MetricSet) {
+        out.family(&PVE_COLLECTOR_INFO).push(
             [
-                ("collector", p.collector.name().to_string()),
-                ("source", source_name(p.source).to_string()),
-                ("scope", scope_name(st.scope).to_string()),
+                ("collector", self.collector.name().to_string()),
+                ("source", source_name(self.source).to_string()),
+                ("scope", scope_name(self.scope).to_string()),
             ],
             1u64,
         );
     }
-    let emit = HaEmit { scope: st.scope, node: st.node.as_deref(), always: st.always_emit };
-
-    let local = LocalCtx {
-        host: &e.host,
-        files,
-        pmxcfs: &st.pmxcfs,
-        pmxcfs_timeout: e.config.pmxcfs_timeout,
-        statvfs: &st.statvfs,
-        statvfs_timeout: e.config.storage_timeout,
-        ha: &st.ha,
-        pressure_files: &st.pressure_files,
-        emit,
-    };
-    for p in st.plans.iter().filter(|p| p.source == Some(Source::Local)) {
-        e.timed(runs, p.collector.name(), || p.collector.local(&local, out));
+    fn collect(&self, cx: &Context, out: &mut MetricSet) -> Result<(), Error> {
+        let st = &cx.stage_state().pve;
+        let emit = HaEmit { scope: st.scope, node: st.node.as_deref(), always: st.always_emit };
+        match self.source {
+            None => Err(Error::NotApplicable),
+            Some(Source::Local) => {
+                let local = LocalCtx {
+                    host: cx.host,
+                    files: cx.files,
+                    pmxcfs: &st.pmxcfs,
+                    pmxcfs_timeout: cx.config.pmxcfs_timeout,
+                    statvfs: &st.statvfs,
+                    statvfs_timeout: cx.config.storage_timeout,
+                    ha: &st.ha,
+                    pressure_files: &st.pressure_files,
+                    emit,
+                };
+                self.collector.local(&local, out).map_err(Error::Message)
+            }
+            Some(Source::Api) => {
+                let Some(stage) = cx.pve_api() else { return Err(Error::NotApplicable) };
+                let session = stage.session.as_ref().map_err(|e| Error::Message(e.clone()))?;
+                collect_api(self.collector, st, cx, session, &stage.nodes, emit, out)
+            }
+        }
     }
+    fn stuck(&self) -> Vec<(String, Duration)> {
+        Vec::new()
+    }
+}
 
-    let remote: Vec<&'static dyn PveCollector> =
-        st.plans.iter().filter(|p| p.source == Some(Source::Api)).map(|p| p.collector).collect();
-    let Some(api) = st.api.as_ref().filter(|_| !remote.is_empty()) else { return };
-    let session = match api.session(&e.host, &st.pmxcfs, e.config.pmxcfs_timeout) {
-        Ok(s) => s,
-        Err(err) => {
-            for c in remote {
-                e.timed(runs, c.name(), || Err(err.clone()));
-            }
-            return;
-        }
-    };
-
-    // The nodes of this update: this node, or the cluster's (copied from the guarded list).
-    let nodes: Vec<String> = match st.scope {
-        PveScope::Local => st.node.clone().into_iter().collect(),
-        PveScope::Cluster => {
-            if remote.iter().any(|c| c.per_node()) {
-                e.timed(runs, "pve_nodes", || {
-                    let list = api::parse_nodes(&session.get("/nodes")?).map_err(|err| format!("/nodes: {err}"))?;
-                    let mut online = Vec::new();
-                    for n in list {
-                        if !valid_node_name(&n.node) {
-                            log::warn!("/nodes: skipping node {:?}: not a valid node name", n.node);
-                        } else if n.online {
-                            online.push(n.node);
-                        } else {
-                            log::debug!("node {} is offline: not asked", n.node);
-                        }
-                    }
-                    *st.nodes.lock().unwrap_or_else(|p| p.into_inner()) = online;
-                    Ok(())
-                });
-            }
-            st.nodes.lock().unwrap_or_else(|p| p.into_inner()).clone()
-        }
-    };
-
-    // One job per (node-aware collector, node) and one per cluster collector, all at once
-    // (at most --pve-api-max-concurrent requests in flight).
-    let mut jobs: Vec<(&'static dyn PveCollector, Option<&str>)> = Vec::new();
+/// One API collector: once, or once per node (all nodes at once, at most
+/// --pve-api-max-concurrent requests in flight). Its runs are reported per node in cluster scope.
+fn collect_api(
+    c: &'static dyn PveCollector,
+    st: &PveState,
+    cx: &Context,
+    session: &Session,
+    nodes: &[String],
+    emit: HaEmit,
+    out: &mut MetricSet,
+) -> Result<(), Error> {
+    let ctx = ApiCtx { api: session, emit };
+    if !c.per_node() {
+        return c.api(&ctx, None, out).map_err(Error::Message);
+    }
+    if st.scope == PveScope::Local && nodes.is_empty() {
+        return emit.node().map(|_| ()).map_err(Error::Message);
+    }
     // Nodes under back-off are not asked in this scrape (a due try is asked, within the deadline).
     let now = Instant::now();
     let skipped: HashMap<&str, String> = {
@@ -372,7 +447,7 @@ pub(super) fn collect(e: &EngineState, files: &ScrapeFiles, runs: &mut Vec<Colle
                 match bo.verdict(now) {
                     Verdict::Go => None,
                     Verdict::Retry => {
-                        bo.trying(now, e.config.pve_api_timeout);
+                        bo.trying(now, cx.config.pve_api_timeout);
                         None
                     }
                     Verdict::Wait(_) => Some((n.as_str(), format!("node {n}: the API {}", bo.describe(now)))),
@@ -380,61 +455,48 @@ pub(super) fn collect(e: &EngineState, files: &ScrapeFiles, runs: &mut Vec<Colle
             })
             .collect()
     };
-    for c in &remote {
-        if !c.per_node() {
-            jobs.push((*c, None));
-        } else if st.scope == PveScope::Local && nodes.is_empty() {
-            e.timed(runs, c.name(), || emit.node().map(|_| ()));
-        } else {
-            for n in &nodes {
-                match skipped.get(n.as_str()) {
-                    Some(why) => {
-                        let name = match st.scope {
-                            PveScope::Cluster => intern(format!("{}/{n}", c.name())),
-                            PveScope::Local => c.name(),
-                        };
-                        e.timed(runs, name, || Err(why.clone()));
-                    }
-                    None => jobs.push((*c, Some(n.as_str()))),
-                }
-            }
-        }
-    }
-    let ctx = ApiCtx { api: &session, emit };
-    let prefix = e.config.metrics_prefix.clone();
-    let results = run_parallel(&jobs, st.workers, |(c, node)| {
+    let name_of = |n: &str| match st.scope {
+        PveScope::Cluster => intern(format!("{}/{n}", c.name())),
+        PveScope::Local => c.name(),
+    };
+    // In node order: those skipped report at once, the others after their request.
+    let jobs: Vec<&str> = nodes.iter().map(String::as_str).filter(|n| !skipped.contains_key(n)).collect();
+    let prefix = cx.config.metrics_prefix.clone();
+    let results = run_parallel(&jobs, st.workers, |node| {
         let mut part = MetricSet::new(&prefix);
         let t = Instant::now();
-        let r = catch_unwind(AssertUnwindSafe(|| c.api(&ctx, *node, &mut part)))
+        let r = catch_unwind(AssertUnwindSafe(|| c.api(&ctx, Some(node), &mut part)))
             .unwrap_or_else(|p| Err(format!("panicked: {}", panic_message(&p))));
         (t.elapsed(), r, part)
     });
-    for ((c, node), res) in jobs.iter().zip(results) {
-        let name = match (st.scope, node) {
-            (PveScope::Cluster, Some(n)) => intern(format!("{}/{n}", c.name())),
-            _ => c.name(),
-        };
+    let mut results = jobs.iter().zip(results);
+    for n in nodes {
+        if let Some(why) = skipped.get(n.as_str()) {
+            cx.report(name_of(n), Duration::ZERO, Err(Error::Stalled(why.clone())));
+            continue;
+        }
+        let Some((node, res)) = results.next() else { break };
         let Some((took, r, part)) = res else {
-            e.timed(runs, name, || Err("not run (no worker thread)".into()));
+            cx.report(name_of(node), Duration::ZERO, Err(Error::Stalled("not run (no worker thread)".into())));
             continue;
         };
-        if let Some(n) = node {
+        {
             let mut b = st.node_backoff.lock().unwrap_or_else(|p| p.into_inner());
             match &r {
-                Err(err) if err.contains(api::NO_ANSWER) => b.entry(n.to_string()).or_default().failed(Instant::now()),
+                Err(err) if err.contains(api::NO_ANSWER) => {
+                    b.entry(node.to_string()).or_default().failed(Instant::now())
+                }
                 Err(_) => {}
                 Ok(()) => {
-                    b.remove(*n);
+                    b.remove(*node);
                 }
             }
         }
         merge(out, &part);
-        e.timed(runs, name, || r);
-        // timed() measured only the hand-over; the job's own time is what counts.
-        if let Some(last) = runs.last_mut() {
-            last.duration = took;
-        }
+        cx.report(name_of(node), took, r.map_err(Error::Message));
     }
+    cx.reported_own_runs();
+    Ok(())
 }
 
 /// Add the families of `part` to `out` (in the catalogue's order, after what `out` has).
@@ -504,7 +566,8 @@ mod tests {
 
     #[test]
     fn registry_matches_the_flags() {
-        assert!(REGISTRY.iter().map(|c| c.name()).eq(PVE_COLLECTORS));
+        let names: Vec<&str> = REGISTRY.iter().map(|c| c.name()).collect();
+        assert_eq!(names, ["node_status", "vm_pressure", "ha_status", "physical_disk"]);
         let per_node: Vec<bool> = REGISTRY.iter().map(|c| c.per_node()).collect();
         assert_eq!(per_node, [true, true, false, true]);
     }

@@ -15,6 +15,10 @@ use crate::{
 pub(super) struct NodeStatusCollector;
 
 impl PveCollector for NodeStatusCollector {
+    fn families(&self) -> &'static [&'static [&'static crate::catalog::Def]] {
+        FAMILIES
+    }
+
     fn name(&self) -> &'static str {
         "node_status"
     }
@@ -76,3 +80,6 @@ pub(super) fn emit(node: &str, st: &NodeStatus, out: &mut MetricSet) {
             .push([("node", node.to_string()), ("mode", b.mode.clone()), ("secureboot", sb.to_string())], 1u64);
     }
 }
+
+/// The catalogue sections this collector fills.
+static FAMILIES: &[&[&crate::catalog::Def]] = &[crate::catalog::PVE_NODE_FAMILIES];

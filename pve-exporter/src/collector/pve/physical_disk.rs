@@ -13,6 +13,10 @@ use crate::{
 pub(super) struct PhysicalDiskCollector;
 
 impl PveCollector for PhysicalDiskCollector {
+    fn families(&self) -> &'static [&'static [&'static crate::catalog::Def]] {
+        FAMILIES
+    }
+
     fn name(&self) -> &'static str {
         "physical_disk"
     }
@@ -90,3 +94,6 @@ pub(super) fn emit(node: &str, disks: &[PhysicalDisk], out: &mut MetricSet) {
         }
     }
 }
+
+/// The catalogue sections this collector fills.
+static FAMILIES: &[&[&crate::catalog::Def]] = &[crate::catalog::PVE_PHYSICAL_DISKS];

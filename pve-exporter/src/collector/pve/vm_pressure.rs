@@ -16,6 +16,10 @@ use crate::{
 pub(super) struct VmPressureCollector;
 
 impl PveCollector for VmPressureCollector {
+    fn families(&self) -> &'static [&'static [&'static crate::catalog::Def]] {
+        FAMILIES
+    }
+
     fn name(&self) -> &'static str {
         "vm_pressure"
     }
@@ -73,3 +77,6 @@ pub(super) fn emit(node: &str, vms: &[VmPressure], out: &mut MetricSet) {
         }
     }
 }
+
+/// The catalogue sections this collector fills.
+static FAMILIES: &[&[&crate::catalog::Def]] = &[crate::catalog::PVE_VM_PRESSURE];

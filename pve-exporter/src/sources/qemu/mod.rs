@@ -7,3 +7,4 @@ pub mod monitor;
 pub mod qm;
 pub mod qmp;
 pub mod redact;
+pub mod wait;

@@ -19,7 +19,6 @@ use std::{
     collections::{HashMap, HashSet},
     hash::{BuildHasher, Hasher},
     io,
-    os::fd::{AsRawFd, BorrowedFd},
     path::{Path, PathBuf},
     sync::{
         Arc, Condvar, Mutex,
@@ -31,7 +30,6 @@ use std::{
 };
 
 use crate::{
-    config::{Config, QmMode},
     deadline::{Backoff, Deadline, Verdict},
     host::HostRoot,
     sources::{
@@ -40,7 +38,6 @@ use crate::{
         qemu::qm::QmSession,
         qemu::qmp::{self, Qmp},
     },
-    vm::Vm,
 };
 
 pub const INFO_NETWORK: &str = "info network";
@@ -49,40 +46,6 @@ const INFO_BLOCKSTATS: &str = "info blockstats";
 
 /// Past the step limit, how long a scrape still waits for a session's own timeout to report.
 const GRACE: Duration = Duration::from_millis(250);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wait {
-    Read,
-    Write,
-}
-
-/// Wait until `fd` is readable / writable, or fail with TimedOut at `deadline`.
-pub fn wait_fd(fd: BorrowedFd<'_>, what: Wait, deadline: Instant) -> io::Result<()> {
-    let events = match what {
-        Wait::Read => libc::POLLIN,
-        Wait::Write => libc::POLLOUT,
-    };
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::ErrorKind::TimedOut.into());
-        }
-        let ms = libc::c_int::try_from(left.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
-        let mut p = libc::pollfd { fd: fd.as_raw_fd(), events, revents: 0 };
-        // SAFETY: one valid pollfd.
-        let r = unsafe { libc::poll(&mut p, 1, ms) };
-        if r > 0 {
-            // POLLHUP / POLLERR: the next read or write reports what happened.
-            return Ok(());
-        }
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
-    }
-}
 
 /// An open connection to one VM's monitor.
 pub trait Session {
@@ -162,6 +125,28 @@ impl Opener for RealOpener {
     }
 }
 
+/// A VM whose monitor is asked: its vmid and QEMU pid (a new pid under the same vmid is a
+/// new QEMU: what was cached of the old one is not used).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub id: String,
+    pub pid: u32,
+}
+
+/// How a VM's QEMU monitor is reached (NIC and disk metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum QmMode {
+    /// QMP where the VM's socket exists, else `qm monitor` (with `--root /` only: qm asks this machine's VMs).
+    Auto,
+    /// QMP on /var/run/qemu-server/<vmid>.qmp.
+    Qmp,
+    /// `qm monitor <vmid>` on a pseudo-terminal.
+    Qm,
+    /// Never ask the monitors: no NIC and disk series from them, and a scrape wakes no QEMU
+    /// process (docs/benchmarks.md: on a small host the QEMU side of the exchange dominates).
+    Off,
+}
+
 #[derive(Debug, Clone)]
 pub struct MonitorOptions {
     pub mode: QmMode,
@@ -171,20 +156,6 @@ pub struct MonitorOptions {
     pub rand: Duration,
     pub defer_close: bool,
     pub max_concurrent: usize,
-}
-
-impl MonitorOptions {
-    pub fn from_config(c: &Config) -> Self {
-        Self {
-            mode: c.qm_mode,
-            qm_path: c.qm_path.clone(),
-            step_timeout: c.qm_terminal_timeout,
-            max_ttl: c.qm_max_ttl,
-            rand: c.qm_rand,
-            defer_close: c.qm_monitor_defer_close,
-            max_concurrent: usize::from(c.qm_max_concurrent).max(1),
-        }
-    }
 }
 
 /// What one VM's monitor told in this scrape. `None`: not known this time.
@@ -324,10 +295,6 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    pub fn from_config(c: &Config) -> Self {
-        Self::new(MonitorOptions::from_config(c))
-    }
-
     pub fn new(opts: MonitorOptions) -> Self {
         let opener =
             RealOpener { qm_path: opts.qm_path.clone(), step: opts.step_timeout, defer_close: opts.defer_close };
@@ -352,7 +319,7 @@ impl Monitor {
     /// How `vm`'s monitor is reached; None in auto mode when there is no way (no QMP socket,
     /// no qm): the VM simply has no NIC and disk series, it is not a failure. qm asks the VMs
     /// of the machine it runs on, not those below `--root`: auto mode uses it only with `/`.
-    pub fn access(&self, host: &HostRoot, vm: &Vm) -> Option<Access> {
+    pub fn access(&self, host: &HostRoot, vm: &Target) -> Option<Access> {
         let socket = host.path(format!("var/run/qemu-server/{}.qmp", vm.id));
         let qm = host.root() == Path::new("/") && self.inner.opts.qm_path.exists();
         match self.inner.opts.mode {
@@ -375,7 +342,7 @@ impl Monitor {
     /// A VM whose monitor did not answer in time is stuck ([`Backoff`]): the following scrapes
     /// report it from the cache alone without asking; when a try is due, a session with it runs
     /// in the background (not waited on), and the VM rejoins once that answers.
-    pub fn fetch_all(&self, host: &HostRoot, vms: &[Vm], deadline: Deadline) -> Vec<VmDevices> {
+    pub fn fetch_all(&self, host: &HostRoot, vms: &[Target], deadline: Deadline) -> Vec<VmDevices> {
         let inner = &self.inner;
         self.forget_others(vms);
         let deadline = deadline.cap_instant(inner.opts.step_timeout + GRACE);
@@ -462,7 +429,7 @@ impl Monitor {
 
     /// Whether `vm` is stuck and not to be asked in this scrape (why, for its errors). A try
     /// that is due starts in the background here.
-    fn skip_stuck(&self, host: &HostRoot, vm: &Vm, access: &mut Option<Access>) -> Option<String> {
+    fn skip_stuck(&self, host: &HostRoot, vm: &Target, access: &mut Option<Access>) -> Option<String> {
         let now = Instant::now();
         let mut stuck = self.inner.stuck.lock().unwrap_or_else(|p| p.into_inner());
         let (pid, backoff) = stuck.get_mut(&vm.id)?;
@@ -487,7 +454,7 @@ impl Monitor {
 
     /// A session with a stuck VM on a thread of its own, not waited on: it rejoins when the
     /// session answers (its topology is cached then), else it backs off further.
-    fn try_in_background(&self, host: &HostRoot, vm: &Vm, access: Option<Access>) {
+    fn try_in_background(&self, host: &HostRoot, vm: &Target, access: Option<Access>) {
         let Some(access) = access else { return };
         let Some(busy) = self.claim(&vm.id) else { return };
         let Some(slot) = try_acquire(&self.inner.slots) else {
@@ -517,7 +484,7 @@ impl Monitor {
 
     /// Back-off after this round: stalled VMs fail (again); the others that were asked and did
     /// not stall rejoin (an error in the answer is no stall).
-    fn note_stalls(&self, vms: &[Vm], out: &[VmDevices], asked: &[bool]) {
+    fn note_stalls(&self, vms: &[Target], out: &[VmDevices], asked: &[bool]) {
         let now = Instant::now();
         let mut stuck = self.inner.stuck.lock().unwrap_or_else(|p| p.into_inner());
         for ((vm, d), asked) in vms.iter().zip(out).zip(asked) {
@@ -552,7 +519,7 @@ impl Monitor {
     fn fetch_warm(
         &self,
         host: &HostRoot,
-        vms: &[Vm],
+        vms: &[Target],
         access: &mut [Option<Access>],
         results: &mut [Option<VmDevices>],
         why_not: &mut [Option<String>],
@@ -632,7 +599,7 @@ impl Monitor {
     }
 
     /// Drop cache entries and busy flags of VMs that are gone.
-    fn forget_others(&self, vms: &[Vm]) {
+    fn forget_others(&self, vms: &[Target]) {
         let ids: HashSet<&str> = vms.iter().map(|v| v.id.as_str()).collect();
         let mut cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
         cache.entries.retain(|(id, _), _| ids.contains(id.as_str()));
@@ -646,7 +613,7 @@ impl Monitor {
 
 /// `info block` text from the cache, if it is still good: no disk's `/dev` path stopped
 /// resolving. A stale entry is dropped.
-fn cached_block(inner: &Inner, host: &HostRoot, vm: &Vm) -> Option<Vec<Drive>> {
+fn cached_block(inner: &Inner, host: &HostRoot, vm: &Target) -> Option<Vec<Drive>> {
     let text = inner.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&vm.id, vm.pid, INFO_BLOCK, Instant::now())?;
     let drives = hmp::parse_info_block(&text);
     if let Some(d) = drives.iter().find(|d| d.path.as_deref().is_some_and(|p| !sysfs::dev_path_resolves(host, p))) {
@@ -657,14 +624,14 @@ fn cached_block(inner: &Inner, host: &HostRoot, vm: &Vm) -> Option<Vec<Drive>> {
     Some(drives)
 }
 
-fn cached_network(inner: &Inner, vm: &Vm) -> Option<Vec<Nic>> {
+fn cached_network(inner: &Inner, vm: &Target) -> Option<Vec<Nic>> {
     let text =
         inner.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&vm.id, vm.pid, INFO_NETWORK, Instant::now())?;
     Some(hmp::parse_info_network(&text))
 }
 
 /// A VM whose monitor was not asked or did not answer in time: its topology from the cache.
-fn cached_only(inner: &Inner, host: &HostRoot, vm: &Vm, why: String) -> VmDevices {
+fn cached_only(inner: &Inner, host: &HostRoot, vm: &Target, why: String) -> VmDevices {
     VmDevices {
         id: vm.id.clone(),
         nics: cached_network(inner, vm),
@@ -719,7 +686,7 @@ fn note(errors: &mut Vec<String>, what: &str, e: Option<String>) {
 }
 
 /// `info block` from the VM; cached.
-fn read_block(inner: &Inner, vm: &Vm, s: &mut Lazy<'_>, errors: &mut Vec<String>) -> Option<Vec<Drive>> {
+fn read_block(inner: &Inner, vm: &Target, s: &mut Lazy<'_>, errors: &mut Vec<String>) -> Option<Vec<Drive>> {
     match s.with(|s| s.hmp(INFO_BLOCK)) {
         Ok(t) => {
             let drives = hmp::parse_info_block(&t);
@@ -735,7 +702,7 @@ fn read_block(inner: &Inner, vm: &Vm, s: &mut Lazy<'_>, errors: &mut Vec<String>
 }
 
 /// One VM's exchange (on a worker thread).
-fn fetch_vm(inner: &Inner, host: &HostRoot, vm: &Vm, access: &Access) -> VmDevices {
+fn fetch_vm(inner: &Inner, host: &HostRoot, vm: &Target, access: &Access) -> VmDevices {
     let mut out = VmDevices { id: vm.id.clone(), ..VmDevices::default() };
     let mut s = Lazy { inner, access, vmid: &vm.id, session: None, failed: false, timed_out: false };
 
@@ -855,8 +822,8 @@ mod tests {
         }
     }
 
-    fn vm(id: &str, pid: u32) -> Vm {
-        Vm { vcores: 1, ..crate::vm::tests_vm(id, pid) }
+    fn vm(id: &str, pid: u32) -> Target {
+        Target { id: id.into(), pid }
     }
 
     fn take(fake: &Fake) -> Vec<String> {

@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::sources::qemu::monitor::{Wait, wait_fd};
+use crate::sources::qemu::wait::{Wait, wait_fd};
 
 pub const PROMPT: &str = "qm> ";
 /// Largest output of one command.

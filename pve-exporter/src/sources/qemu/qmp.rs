@@ -21,7 +21,7 @@ use serde_json::{Value, json, value::RawValue};
 
 use crate::sources::{
     qemu::hmp::BlockStats,
-    qemu::monitor::{Wait, wait_fd},
+    qemu::wait::{Wait, wait_fd},
 };
 
 /// Largest message accepted: `query-block` of a VM with many disks is tens of KiB.

@@ -1,151 +1,55 @@
-//! Per-VM NICs and disks: topology and I/O counters from each VM's QEMU monitor (the `qm`
-//! collector), tap counters from netlink or /sys (`nic`), sizes from QEMU or the host (`disk`).
+//! Per-VM disks: topology and I/O counters from each VM's monitor (the `qm` stage), sizes
+//! from QEMU or, where it does not tell, the host.
 
 use std::{
     collections::{HashMap, HashSet},
     path::PathBuf,
-    sync::{
-        Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
+use super::{Collector, Context, Error, Group, Need, Setup};
 use crate::{
     catalog::*,
-    deadline::Deadline,
-    host::{BlockingGate, HostRoot, is_gone},
+    host::{BlockingGate, HostRoot},
     metrics::{LabelValue, MetricSet},
     sources::{
-        kernel::netlink,
         kernel::sysfs,
         qemu::hmp::{self, BlockStats},
-        qemu::monitor::{Monitor, VmDevices},
+        qemu::monitor::VmDevices,
         qemu::redact,
         storage::statvfs::{self, MountTable},
     },
-    vm::Vm,
 };
 
-/// Ask every VM's monitor. Err when some VM's monitor failed (its NIC and disk series are then
-/// missing or come from the cache only).
-pub fn fetch(
-    monitor: &Monitor,
-    host: &HostRoot,
-    vms: &[Vm],
-    deadline: Deadline,
-    out: &mut Vec<VmDevices>,
-) -> Result<(), String> {
-    // Only PVE VMs have a monitor to ask: libvirt holds its domains' monitors itself, and
-    // plain QEMU has none we know of. Their devices come from the XML or command line.
-    let pve: Vec<Vm> = vms.iter().filter(|v| v.source == crate::vm::PVE).cloned().collect();
-    *out = monitor.fetch_all(host, &pve, deadline);
-    out.extend(vms.iter().filter_map(|v| {
-        let x = v.extra.as_ref()?;
-        Some(VmDevices {
-            id: v.id.clone(),
-            nics: Some(x.nics.clone()),
-            drives: Some(x.drives.clone()),
-            ..VmDevices::default()
-        })
-    }));
-    let errors: Vec<String> =
-        out.iter().filter(|d| !d.errors.is_empty()).map(|d| format!("VM {}: {}", d.id, d.errors.join("; "))).collect();
-    if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+pub fn new(setup: &Setup) -> Box<dyn Collector> {
+    Box::new(Disk { sizes: DiskSizes::new(setup.config.storage_timeout) })
 }
 
-/// The counters of every NIC's host interface in one netlink dump, where the host root's
-/// `/sys/class/net` is the daemon's own (None elsewhere, e.g. under a fixture root: the caller
-/// reads the files below the root). A failed dump costs that scrape the faster path only, and is
-/// logged at warning level once per process (then at debug: it would otherwise repeat every scrape).
-fn nic_dump(host: &HostRoot, devices: &[VmDevices]) -> Option<netlink::Dump> {
-    let wanted: HashSet<&str> = devices
-        .iter()
-        .flat_map(|d| d.nics.iter().flatten())
-        .map(|n| n.ifname.as_str())
-        .filter(|n| !n.is_empty())
-        .collect();
-    if wanted.is_empty() || !netlink::sees_own_sysfs(host) {
-        return None;
-    }
-    match netlink::dump_links(&|name| wanted.contains(name)) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            static LOGGED: AtomicBool = AtomicBool::new(false);
-            if LOGGED.swap(true, Ordering::Relaxed) {
-                log::debug!("NIC counters: {e}; reading sysfs");
-            } else {
-                log::warn!("NIC counters: {e}; reading sysfs instead (logged once, then at debug level)");
-            }
-            None
-        }
-    }
+struct Disk {
+    /// Disk sizes read from the host, one timed gate per mount.
+    sizes: DiskSizes,
 }
 
-/// NIC families: info and queues from `info network`, counters of each tap from one netlink
-/// dump (see [`nic_dump`]) or its sysfs statistics files.
-pub fn collect_nics(host: &HostRoot, devices: &[VmDevices], out: &mut MetricSet) -> Result<(), String> {
-    let dump = nic_dump(host, devices);
-    let mut errors = Vec::new();
-    for d in devices {
-        let Some(nics) = &d.nics else { continue };
-        // Shared label values: ~30 series per NIC clone these, not their strings.
-        let id = shared(&d.id);
-        let mut ifnames = HashSet::new();
-        for nic in nics {
-            let ifname = shared(&nic.ifname);
-            out.family(&KVM_NIC_INFO).push(
-                [
-                    ("id", id.clone()),
-                    ("ifname", ifname.clone()),
-                    ("netdev", nic.netdev.clone().into()),
-                    ("queues", nic.queues.to_string().into()),
-                    ("type", nic.kind.clone().into()),
-                    ("model", nic.model.clone().into()),
-                    ("macaddr", nic.macaddr.clone().into()),
-                ],
-                1u64,
-            );
-            // Series keyed by ifname need one: a NIC on a user-mode backend has no host interface.
-            if nic.ifname.is_empty() || !ifnames.insert(nic.ifname.as_str()) {
-                continue;
-            }
-            let labels = || [("id", id.clone()), ("ifname", ifname.clone())];
-            out.family(&KVM_NIC_QUEUES).push(labels(), nic.queues);
-            let stats = match dump.as_ref().map(|d| d.links.get(&nic.ifname)) {
-                Some(Some(Some(link))) => Ok(link.statistics()),
-                // Not in the dump: gone, or missed by a dump the kernel flagged as interrupted,
-                // or a name the dump cannot have; sysfs says which (NotFound when gone). Also
-                // without a dump, or (never seen) without IFLA_STATS64.
-                _ => sysfs::net_statistics(host, &nic.ifname),
-            };
-            match stats {
-                Ok(stats) => {
-                    for &(i, v) in &stats {
-                        if let Some(def) = KVM_NIC_STATS.get(i) {
-                            out.family(def).push(labels(), v);
-                        }
-                    }
-                    // The guest's view: what the host's tap receives, the guest sent.
-                    for (file, def) in [
-                        ("tx_bytes", &KVM_GUEST_NETWORK_RECEIVE_BYTES),
-                        ("rx_bytes", &KVM_GUEST_NETWORK_TRANSMIT_BYTES),
-                        ("tx_packets", &KVM_GUEST_NETWORK_RECEIVE_PACKETS),
-                        ("rx_packets", &KVM_GUEST_NETWORK_TRANSMIT_PACKETS),
-                    ] {
-                        if let Some(&(_, v)) = stats.iter().find(|(i, _)| sysfs::NET_STATISTICS.get(*i) == Some(&file))
-                        {
-                            out.family(def).push(labels(), v);
-                        }
-                    }
-                }
-                // The tap went away with its VM (or the NIC was unplugged) since the cache was filled.
-                Err(e) if is_gone(&e) => log::debug!("VM {}: {}: {e}", d.id, nic.ifname),
-                Err(e) => errors.push(format!("VM {}: {}: {e}", d.id, nic.ifname)),
-            }
-        }
+impl Collector for Disk {
+    fn name(&self) -> &'static str {
+        "disk"
     }
-    if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+    fn families(&self) -> &'static [&'static [&'static Def]] {
+        FAMILIES
+    }
+    fn group(&self) -> Group {
+        Group::Vms
+    }
+    fn needs(&self) -> &'static [Need] {
+        &[Need::Vms, Need::Monitor]
+    }
+    fn collect(&self, cx: &Context, out: &mut MetricSet) -> Result<(), Error> {
+        collect_disks(cx.host, &self.sizes, cx.devices(), out)
+    }
+    fn stuck(&self) -> Vec<(String, Duration)> {
+        self.sizes.hung().into_iter().map(|(m, t)| (format!("disk sizes on mount {m}"), t)).collect()
+    }
 }
 
 /// Whether a drive is exported: it has a medium, and is not the EFI vars disk (firmware
@@ -226,12 +130,12 @@ impl DiskSizes {
 }
 
 /// Disk families: info from `info block`, size from QEMU (QMP) or the host, I/O counters.
-pub fn collect_disks(
+pub(super) fn collect_disks(
     host: &HostRoot,
     sizes: &DiskSizes,
     devices: &[VmDevices],
     out: &mut MetricSet,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let mut errors = Vec::new();
     // Sizes QEMU did not tell, read from the host first, all at once.
     let mut wanted: Vec<SizeJob> = Vec::new();
@@ -295,7 +199,7 @@ pub fn collect_disks(
                     None => None,
                     Some(Ok(v)) => Some(*v),
                     Some(Err(e)) => {
-                        errors.push(format!("VM {}: {disk_name}: size: {e}", d.id));
+                        errors.push(Error::Message(format!("VM {}: {disk_name}: size: {e}", d.id)));
                         None
                     }
                 },
@@ -309,7 +213,7 @@ pub fn collect_disks(
             }
         }
     }
-    if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+    Error::all(errors)
 }
 
 fn shared(s: &str) -> LabelValue {
@@ -327,6 +231,9 @@ fn push_io(out: &mut MetricSet, labels: [(&'static str, LabelValue); 2], st: &Bl
     out.family(&KVM_DISK_FLUSH_OPERATIONS).push(labels.clone(), st.flush_operations);
     out.family(&KVM_DISK_FLUSH_TIME).push(labels, secs(st.flush_total_time_ns));
 }
+
+/// The catalogue sections this collector fills.
+static FAMILIES: &[&[&crate::catalog::Def]] = &[KVM_DISK];
 
 #[cfg(test)]
 mod tests {
@@ -408,7 +315,7 @@ mod tests {
         // NICs: the user-mode NIC has info only; the tap counters are missing here (no
         // /sys below the root): gone, not a failure.
         let mut out = MetricSet::new("pve");
-        collect_nics(&host, &[dev], &mut out).unwrap();
+        crate::collector::nic::collect_nics(&host, &[dev], &mut out).unwrap();
         assert_eq!(out.get("pve_kvm_nic_info").unwrap().samples.len(), 3);
         let q = out.get("pve_kvm_nic_queues").unwrap();
         assert_eq!(q.samples.iter().map(|s| s.value.clone()).collect::<Vec<_>>(), [Value::Int(1), Value::Int(4)]);
@@ -430,6 +337,7 @@ mod tests {
         };
         let mut out = MetricSet::new("pve");
         let e = collect_disks(&host, &DiskSizes::new(Duration::from_secs(5)), &[dev], &mut out).unwrap_err();
+        let e = e.to_string();
         assert!(e.contains("scsi1: size") && !e.contains("scsi2"), "{e}");
         let size = out.get("pve_kvm_disk_size_bytes").unwrap();
         assert_eq!(size.samples.len(), 1);

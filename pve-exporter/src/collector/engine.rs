@@ -1,0 +1,457 @@
+//! Collection: one scrape runs every collector over the sources and fills one [`MetricSet`].
+//! Each collector's failure is its own: it loses its series and reports
+//! `pve_exporter_collector_success{collector} 0`; the scrape goes on.
+//!
+//! Time: a collection has a [`Deadline`]. Its collectors run in three groups, each on a kept
+//! thread of its own: `vms` (discovery, per-VM files, eBPF maps, the monitors), `storage` and
+//! `pve`. Every wait inside a group ends by the deadline; the collection waits for each group
+//! until the deadline and no longer. A group that has not answered by then (it hangs where no
+//! time limit reaches: a read of a process stuck in the kernel, say) contributes its last good
+//! values while they are at most `--stale-max-age` old, else nothing, with its collectors'
+//! success 0 and `pve_exporter_collector_data_age_seconds` telling the age. A group still
+//! running from an earlier collection is not started again until it returns.
+
+use std::{
+    cell::{Cell, RefCell},
+    collections::HashSet,
+    ops::Deref,
+    sync::{Arc, Mutex, mpsc},
+    time::{Duration, Instant},
+};
+
+use super::{
+    Collector, Context, EntryKind, Error, Group, Need, REGISTRY, Setup, position, selfmetrics,
+    stages::{self, StageState, Stages},
+};
+use crate::{
+    catalog::Def,
+    config::{Config, VmSourceMode},
+    deadline::{self, Deadline},
+    heldfile::FdBudget,
+    host::{HostRoot, ScrapeFiles, Worker},
+    metrics::MetricSet,
+    sources::kernel::ebpf::{self, EbpfStatus},
+};
+
+/// How one collector did in a scrape.
+#[derive(Debug, Clone)]
+pub struct CollectorRun {
+    pub name: &'static str,
+    pub duration: Duration,
+    pub success: bool,
+    /// Age of the values it contributed: zero when collected now, else the age of the last
+    /// good values replayed because its group did not answer in time.
+    pub age: Duration,
+}
+
+/// The time before the scrape's deadline at which the groups' own waits end (at most; 5 % of
+/// the budget when that is less): room to finish, merge and send what they found.
+const GROUP_RESERVE: Duration = Duration::from_millis(250);
+
+fn index(g: Group) -> usize {
+    g as usize
+}
+
+/// What one group produced in one collection.
+struct GroupOutput {
+    set: MetricSet,
+    runs: Vec<CollectorRun>,
+    /// When it was collected.
+    at: Instant,
+}
+
+/// A group's last good values, kept in the collection they went out with (no copy is made
+/// unless they are replayed).
+struct LastGood {
+    /// The collection that holds them.
+    collection: Arc<MetricSet>,
+    /// The group's families in it.
+    families: Vec<&'static Def>,
+    runs: Vec<CollectorRun>,
+    at: Instant,
+}
+
+/// A group's thread and what the collections know of it.
+#[derive(Default)]
+struct GroupSlot {
+    worker: Worker,
+    /// The deadline of the collection the group works for, while it runs.
+    running: Mutex<Option<Deadline>>,
+    /// Output of a run that finished after its collection had gone out.
+    late: Mutex<Option<GroupOutput>>,
+    last: Mutex<Option<LastGood>>,
+}
+
+/// Long-lived state shared by all scrapes.
+pub struct EngineState {
+    pub config: Config,
+    pub host: HostRoot,
+    /// eBPF state; the lock is held only while a scrape reads the maps.
+    pub ebpf: Mutex<EbpfStatus>,
+    /// What the eBPF set-up reports (taken at start: reporting it never waits for `ebpf`).
+    ebpf_summary: selfmetrics::EbpfSummary,
+    /// Collectors that failed in the last scrape: failures are logged when they start and
+    /// end, not on every scrape.
+    failing: Mutex<HashSet<&'static str>>,
+    /// What the stages keep between scrapes.
+    pub stages: StageState,
+    /// The registry's collectors, built at start, in registry order, each with whether it is
+    /// switched on.
+    collectors: Vec<(Box<dyn Collector>, bool)>,
+    groups: [GroupSlot; 3],
+}
+
+/// The engine: shared by the HTTP side and the group threads.
+#[derive(Clone)]
+pub struct Engine(Arc<EngineState>);
+
+impl Deref for Engine {
+    type Target = EngineState;
+    fn deref(&self) -> &EngineState {
+        &self.0
+    }
+}
+
+impl Engine {
+    /// Build the engine; this loads and attaches the eBPF programs (Err: `--ebpf on` failed).
+    pub fn new(config: Config) -> Result<Self, String> {
+        let host = HostRoot::new(&config.root);
+        let ebpf = ebpf::start(
+            &host,
+            &ebpf::EbpfOptions {
+                mode: config.ebpf,
+                events: config.ebpf_events.clone(),
+                btf_path: config.btf_path.clone(),
+                stats: config.ebpf_stats,
+            },
+        )?;
+        // One descriptor budget for every file held open between scrapes.
+        let fds = FdBudget::from_rlimit();
+        let stages = StageState::new(&config, &host, fds.clone());
+        let setup =
+            Setup { config: &config, host: &host, stages: &stages, ebpf_counting: ebpf.counters.is_some(), fds };
+        let collectors = REGISTRY
+            .iter()
+            .filter_map(|e| match e.kind {
+                EntryKind::Collector(new) => Some((new(&setup), config.collector_enabled(e.name))),
+                _ => None,
+            })
+            .collect();
+        Ok(Self(Arc::new(EngineState {
+            host,
+            ebpf_summary: selfmetrics::EbpfSummary::of(&ebpf),
+            ebpf: Mutex::new(ebpf),
+            failing: Mutex::default(),
+            stages,
+            collectors,
+            groups: Default::default(),
+            config,
+        })))
+    }
+
+    /// The state, if no one else holds the engine (no collection is running).
+    pub fn try_unwrap(self) -> Result<EngineState, Engine> {
+        Arc::try_unwrap(self.0).map_err(Engine)
+    }
+
+    /// One whole scrape with the default deadline (`--scrape-timeout`). Blocking.
+    pub fn collect(&self) -> MetricSet {
+        (*self.collect_until(Deadline::after(self.config.scrape_timeout))).clone()
+    }
+
+    /// One whole scrape, answered by `deadline`. Blocking: call it from a blocking thread.
+    pub fn collect_until(&self, deadline: Deadline) -> Arc<MetricSet> {
+        let start = Instant::now();
+        let files = Arc::new(ScrapeFiles::new(&self.host));
+        // The groups' own waits end a little earlier, so that what they found is merged and
+        // sent before the scrape's deadline.
+        let reserve = deadline.left().div_f64(20.0).min(GROUP_RESERVE);
+        let inner = Deadline::at(deadline.instant().checked_sub(reserve).unwrap_or(deadline.instant()));
+        // Start every group that has a collector switched on first, then wait for each: they
+        // run side by side.
+        let started: Vec<(Group, Option<mpsc::Receiver<GroupOutput>>)> = Group::ALL
+            .iter()
+            .filter(|g| self.collectors.iter().any(|(c, on)| *on && c.group() == **g))
+            .map(|&g| (g, self.start_group(g, inner, &files)))
+            .collect();
+        let mut out = MetricSet::new(&self.config.metrics_prefix);
+        // What collectors say of themselves, switched on or not (never waits).
+        for (c, _) in &self.collectors {
+            c.describe(&self.config, &mut out);
+        }
+        let mut runs = Vec::new();
+        let mut fresh: Vec<(Group, Vec<&'static Def>, Vec<CollectorRun>, Instant)> = Vec::new();
+        for (g, rx) in started {
+            let answer = rx.and_then(|rx| rx.recv_timeout(deadline.left()).ok());
+            match answer {
+                Some(o) => {
+                    let families: Vec<&'static Def> = o.set.families().iter().map(|f| f.def).collect();
+                    merge_owned(&mut out, o.set);
+                    runs.extend(o.runs.iter().cloned());
+                    fresh.push((g, families, o.runs, o.at));
+                }
+                None => self.replay(g, &mut out, &mut runs),
+            }
+        }
+
+        selfmetrics::collect(&self.ebpf_summary, &runs, start.elapsed(), &mut out);
+        let out = Arc::new(out);
+        // Kept for a replay only when replays are wanted: holding them costs one collection's
+        // memory (~2 MiB at 100 VMs with their NIC and disk series; docs/benchmarks.md).
+        if self.config.stale_max_age.is_zero() {
+            return out;
+        }
+        for (g, families, runs, at) in fresh {
+            let last = LastGood { collection: out.clone(), families, runs, at };
+            *self.groups[index(g)].last.lock().unwrap_or_else(|p| p.into_inner()) = Some(last);
+        }
+        out
+    }
+
+    /// Start group `g` on its thread for the collection of `deadline`; None when it is still
+    /// running for an earlier collection (it is not started twice) or cannot be started.
+    fn start_group(
+        &self,
+        g: Group,
+        deadline: Deadline,
+        files: &Arc<ScrapeFiles>,
+    ) -> Option<mpsc::Receiver<GroupOutput>> {
+        let slot = &self.groups[index(g)];
+        {
+            let mut running = slot.running.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(d) = *running {
+                log::debug!(
+                    "collector group {}: still running for a collection due {:?} ago",
+                    g.name(),
+                    d.instant().elapsed()
+                );
+                return None;
+            }
+            *running = Some(deadline);
+        }
+        let (tx, rx) = mpsc::sync_channel(1);
+        let (me, files) = (self.clone(), files.clone());
+        let job = Box::new(move || {
+            let _d = deadline::enter(deadline);
+            let mut set = MetricSet::new(&me.config.metrics_prefix);
+            let runs = me.run_group(g, deadline, &files, &mut set);
+            let slot = &me.groups[index(g)];
+            *slot.running.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            let out = GroupOutput { set, runs, at: Instant::now() };
+            if let Err(mpsc::TrySendError::Full(o) | mpsc::TrySendError::Disconnected(o)) = tx.try_send(out) {
+                // Its collection went out without it: kept for the next replay.
+                log::debug!(
+                    "collector group {}: answered {:?} after its deadline",
+                    g.name(),
+                    deadline.instant().elapsed()
+                );
+                *slot.late.lock().unwrap_or_else(|p| p.into_inner()) = Some(o);
+            }
+        });
+        match slot.worker.run(g.name(), job) {
+            Ok(()) => Some(rx),
+            Err(e) => {
+                log::warn!("collector group {}: cannot start its thread: {e}", g.name());
+                *slot.running.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                None
+            }
+        }
+    }
+
+    /// Run the switched-on collectors of group `g`: those that wait for a background stage
+    /// (the monitors) after the others, so that it runs while they do. Runs are reported in
+    /// registry order, each after the stages and parts its collector started.
+    fn run_group(&self, g: Group, deadline: Deadline, files: &ScrapeFiles, out: &mut MetricSet) -> Vec<CollectorRun> {
+        let mine: Vec<&dyn Collector> =
+            self.collectors.iter().filter(|(c, on)| *on && c.group() == g).map(|(c, _)| c.as_ref()).collect();
+        let background = |c: &&dyn Collector| c.needs().contains(&Need::Monitor);
+        let stages = Stages::new(&self.stages, &self.config, &self.host, deadline, mine.iter().any(background));
+        let order = mine.iter().filter(|c| !background(c)).chain(mine.iter().filter(|c| background(c)));
+        let mut runs: Vec<(usize, CollectorRun)> = Vec::new();
+        for c in order {
+            let cx = Context {
+                engine: self,
+                config: &self.config,
+                host: &self.host,
+                files,
+                deadline,
+                stages: &stages,
+                runs: RefCell::new(Vec::new()),
+                after: RefCell::new(Vec::new()),
+                own_run: Cell::new(true),
+                took: Cell::new(None),
+            };
+            #[cfg(debug_assertions)]
+            let before = counts(out);
+            let (duration, r) = run_timed(|| c.collect(&cx, out));
+            #[cfg(debug_assertions)]
+            check_families(*c, &before, out);
+            let at = position(c.name());
+            let mut mine = cx.runs.take();
+            if cx.own_run.get()
+                && let Some(run) = self.record(c.name(), cx.took.get().unwrap_or(duration), r)
+            {
+                mine.push(run);
+            }
+            mine.extend(cx.after.take());
+            runs.extend(mine.into_iter().map(|r| (at, r)));
+        }
+        runs.sort_by_key(|(at, _)| *at);
+        runs.into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// Group `g` did not answer by the deadline: its last good values if recent enough, else
+    /// nothing; its collectors failed in this collection either way.
+    fn replay(&self, g: Group, out: &mut MetricSet, runs: &mut Vec<CollectorRun>) {
+        let slot = &self.groups[index(g)];
+        let now = Instant::now();
+        let mut last = slot.last.lock().unwrap_or_else(|p| p.into_inner());
+        // A run that finished late is newer than what the last collection holds.
+        if let Some(late) = slot.late.lock().unwrap_or_else(|p| p.into_inner()).take()
+            && last.as_ref().is_none_or(|l| late.at > l.at)
+        {
+            let families = late.set.families().iter().map(|f| f.def).collect();
+            *last = Some(LastGood { collection: Arc::new(late.set), families, runs: late.runs, at: late.at });
+        }
+        let why = format!("collector group {} did not answer before the scrape's deadline", g.name());
+        match last.as_ref() {
+            Some(l) => {
+                let age = now.saturating_duration_since(l.at);
+                let fresh_enough = age <= self.config.stale_max_age;
+                if fresh_enough {
+                    for def in &l.families {
+                        if let Some(f) = l.collection.families().into_iter().find(|f| std::ptr::eq(f.def, *def)) {
+                            out.family(f.def).samples.extend(f.samples.iter().cloned());
+                        }
+                    }
+                }
+                for r in &l.runs {
+                    let age = if fresh_enough { age } else { Duration::ZERO };
+                    runs.push(CollectorRun { name: r.name, duration: Duration::ZERO, success: false, age });
+                    self.note_failure(r.name, &why);
+                }
+            }
+            None => {
+                runs.push(CollectorRun {
+                    name: g.name(),
+                    duration: Duration::ZERO,
+                    success: false,
+                    age: Duration::ZERO,
+                });
+                self.note_failure(g.name(), &why);
+            }
+        }
+    }
+
+    /// What `/healthz` reports: collector groups running past their collection's deadline by
+    /// more than `grace`, and sources whose call runs past its own limit (a hung pmxcfs, a hung
+    /// storage mount). Each as (what, for how long).
+    pub fn stuck(&self, grace: Duration) -> Vec<(String, Duration)> {
+        let mut out: Vec<(String, Duration)> = Group::ALL
+            .iter()
+            .filter_map(|g| {
+                let d = (*self.groups[index(*g)].running.lock().unwrap_or_else(|p| p.into_inner()))?;
+                let past = d.instant().elapsed();
+                (past > grace).then(|| (format!("collector group {} past its deadline", g.name()), past))
+            })
+            .collect();
+        out.extend(self.stages.stuck());
+        out.extend(self.collectors.iter().flat_map(|(c, _)| c.stuck()));
+        out
+    }
+}
+
+/// Sample counts per family (debug builds: which families a collector added to).
+#[cfg(debug_assertions)]
+fn counts(set: &MetricSet) -> Vec<(&'static Def, usize)> {
+    set.families().iter().map(|f| (f.def, f.samples.len())).collect()
+}
+
+/// A collector emits only the families it declares (debug builds; the golden tests run them).
+#[cfg(debug_assertions)]
+fn check_families(c: &dyn Collector, before: &[(&'static Def, usize)], after: &MetricSet) {
+    for f in after.families() {
+        let had = before.iter().find(|(d, _)| std::ptr::eq(*d, f.def)).map_or(0, |(_, n)| *n);
+        if f.samples.len() > had && !c.families().iter().flat_map(|s| s.iter()).any(|d| std::ptr::eq(*d, f.def)) {
+            panic!("collector {} emitted {} without declaring it", c.name(), f.def.name);
+        }
+    }
+}
+
+/// Move the families of `part` into `out`.
+fn merge_owned(out: &mut MetricSet, part: MetricSet) {
+    for f in part.into_families() {
+        out.family(f.def).samples.extend(f.samples);
+    }
+}
+
+impl EngineState {
+    pub fn ebpf_mode(&self) -> (String, String) {
+        (self.ebpf_summary.mode.clone(), self.ebpf_summary.reason.clone())
+    }
+
+    /// The VM source a collection now would use.
+    pub fn vm_source(&self) -> VmSourceMode {
+        stages::vm_source(&self.stages, &self.config, &self.host)
+    }
+
+    /// Note a run, logging when a collector starts or stops failing. None: nothing to report
+    /// (the collector does not apply here).
+    pub(super) fn record(&self, name: &'static str, duration: Duration, r: Result<(), Error>) -> Option<CollectorRun> {
+        let success = match &r {
+            Err(Error::NotApplicable) => return None,
+            Err(e) if e.is_failure() => {
+                self.note_failure(name, &e.to_string());
+                false
+            }
+            _ => {
+                if self.failing.lock().unwrap_or_else(|p| p.into_inner()).remove(name) {
+                    log::info!("collector {name} works again");
+                }
+                true
+            }
+        };
+        Some(CollectorRun { name, duration, success, age: Duration::ZERO })
+    }
+
+    fn note_failure(&self, name: &'static str, e: &str) {
+        if self.failing.lock().unwrap_or_else(|p| p.into_inner()).insert(name) {
+            log::warn!("collector {name} failed: {e}");
+        } else {
+            log::debug!("collector {name} still failing: {e}");
+        }
+    }
+}
+
+/// Run a collector: its time and result. A bug that panics in one collector costs that
+/// collector, not the scrape.
+pub(super) fn run_timed(f: impl FnOnce() -> Result<(), Error>) -> (Duration, Result<(), Error>) {
+    let t = Instant::now();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|p| Err(Error::Panicked(panic_message(&p))));
+    (t.elapsed(), r)
+}
+
+pub(super) fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default()
+}
+
+/// Shared handle.
+pub type SharedEngine = Engine;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_collector_costs_only_itself() {
+        let (d, r) = run_timed(|| panic!("bad input"));
+        assert!(matches!(r, Err(Error::Panicked(m)) if m == "bad input"), "{d:?}");
+        // A whole collection over a root without /proc: kvm fails, the scrape still answers.
+        let cfg = Config::from_args(["pve-exporter", "--ebpf", "off", "--root", "/nonexistent"]).unwrap();
+        let engine = Engine::new(cfg).unwrap();
+        let set = engine.collect();
+        let ok = set.get("pve_exporter_collector_success").unwrap();
+        assert!(ok.samples.iter().any(|s| s.labels[0].1 == "kvm" && s.value == crate::metrics::Value::Int(0)));
+    }
+}

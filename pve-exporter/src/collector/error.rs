@@ -1,0 +1,78 @@
+//! The error of a collector or a stage: typed, so the engine tells "it vanished" (normal)
+//! from "it failed" (a fault) without reading strings. Text only at the edge (log lines).
+
+use std::{io, path::PathBuf, time::Duration};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Nothing to do on this host (no such storages, no debugfs reader, not a PVE host):
+    /// not reported as a run.
+    #[error("not applicable")]
+    NotApplicable,
+    /// What it read vanished during the scrape (a process, a VM, a cgroup, a file): not a failure.
+    #[error("{0} vanished during the scrape")]
+    Gone(String),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// Text that does not parse: the input's name and, where known, the position in it.
+    #[error("{input}{}: {msg}", position.map(|p| format!(" at {p}")).unwrap_or_default())]
+    Parse { input: String, position: Option<usize>, msg: String },
+    #[error("{what}: no answer within {limit:?}")]
+    Timeout { what: String, limit: Duration },
+    /// A source's own error, with what it was reading.
+    #[error("{what}: {source}")]
+    Source {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Waiting stopped: a stage or group did not answer by the scrape's deadline, or is known to hang.
+    #[error("{0}")]
+    Stalled(String),
+    /// Several parts failed (each VM, each storage); the others were reported.
+    #[error("{}", join(.0))]
+    Many(Vec<Error>),
+    /// What a part reported as text (to be replaced by a typed kind where it is made).
+    #[error("{0}")]
+    Message(String),
+    /// A bug: the collector panicked.
+    #[error("panicked: {0}")]
+    Panicked(String),
+}
+
+fn join(errors: &[Error]) -> String {
+    errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
+}
+
+impl Error {
+    /// A source error, with what was being read.
+    pub fn source(what: impl Into<String>, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::Source { what: what.into(), source: Box::new(e) }
+    }
+
+    pub fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+
+    pub fn parse(input: impl Into<String>, msg: impl std::fmt::Display) -> Self {
+        Error::Parse { input: input.into(), position: None, msg: msg.to_string() }
+    }
+
+    /// Ok when `errors` is empty, else the one error or all of them.
+    pub fn all(mut errors: Vec<Error>) -> Result<(), Error> {
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(Error::Many(errors)),
+        }
+    }
+
+    /// Whether this is a failure to report (not NotApplicable, not Gone).
+    pub fn is_failure(&self) -> bool {
+        !matches!(self, Error::NotApplicable | Error::Gone(_))
+    }
+}

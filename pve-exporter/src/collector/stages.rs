@@ -1,0 +1,382 @@
+//! Scrape stages: what several collectors share in one scrape, made once, on the first
+//! collector that asks ([`Need`](super::Need)). A stage that reports its own success does so
+//! under its registry name (`pve_config`, `qm`, `pve_nodes`) just before the collector that
+//! started it; the VM list's problems are reported by `kvm`.
+//!
+//! - `pve_config`: /etc/pve's guest configs and pools, through the timed pmxcfs gate;
+//! - the VM list: discovery (PVE, libvirt or plain QEMU) and each VM's process files;
+//! - `qm`: every VM's monitor, on a thread of its own from the moment the VM list is known,
+//!   while the other collectors read /proc and the eBPF maps;
+//! - `pve_nodes`: the PVE API session and, in cluster scope, the node list.
+
+use std::{
+    cell::{OnceCell, RefCell},
+    sync::{Mutex, mpsc},
+    time::{Duration, Instant},
+};
+
+use super::{Context, Error, engine::run_timed, pve::PveState};
+use crate::{
+    config::{Config, QmMode, VmSourceMode},
+    deadline::{self, Deadline},
+    heldfile::{FdBudget, HeldFiles, OnStale},
+    host::{HostRoot, Worker, is_gone},
+    sources::{
+        proc::{
+            process::{self, ProcessStats},
+            scan::ProcScanner,
+        },
+        pve::config::{PveConfig, PveConfigReader},
+        qemu::{
+            libvirt::{self, LibvirtReader},
+            monitor::{Monitor, Target, VmDevices},
+        },
+    },
+    vm::{self, LibvirtSource, PveSource, QemuSource, Vm, VmSource},
+};
+
+/// What the stages keep between scrapes.
+pub struct StageState {
+    pub pve_config: std::sync::Arc<PveConfigReader>,
+    /// The VM source `--vm-source auto` found last (kept while /etc/pve does not answer).
+    last_source: Mutex<Option<VmSourceMode>>,
+    /// The /proc scan with its per-process verdicts (kept until a process forks or execs).
+    scanner: Mutex<ProcScanner>,
+    /// libvirt's status XML per domain, parsed once per file version.
+    libvirt: LibvirtReader,
+    /// Each VM process's stat, status and io, held open by pid.
+    process_files: Mutex<HeldFiles<u32>>,
+    /// Each VM's QEMU monitor, its topology cache and limits.
+    pub monitor: Monitor,
+    /// The thread the monitor exchange runs on, kept between scrapes.
+    fetch_worker: Worker,
+    /// vCPU threads of each QEMU process (the vcpu collector lists them; eBPF asks the list).
+    pub vcpu_threads: super::VcpuThreadCache,
+    /// The PVE collectors' plan, API client and caches.
+    pub pve: PveState,
+}
+
+impl StageState {
+    pub fn new(config: &Config, host: &HostRoot, fds: std::sync::Arc<FdBudget>) -> Self {
+        let pve_config = PveConfigReader::new();
+        Self {
+            pve: PveState::new(config, host, pve_config.gate().clone(), fds.clone()),
+            pve_config,
+            last_source: Mutex::default(),
+            scanner: Mutex::new(ProcScanner::new(host)),
+            libvirt: LibvirtReader::new(),
+            process_files: Mutex::new(HeldFiles::new(fds.clone(), OnStale::Reopen)),
+            monitor: Monitor::new(crate::config::monitor_options(config)),
+            fetch_worker: Worker::default(),
+            vcpu_threads: super::VcpuThreadCache::with_budget(host.clone(), fds),
+        }
+    }
+}
+
+impl StageState {
+    /// Sources whose call runs past its own limit: a hung pmxcfs, a hung statvfs of /.
+    pub fn stuck(&self) -> Vec<(String, Duration)> {
+        let mut out = Vec::new();
+        if let Some(t) = self.pve_config.gate().hung() {
+            out.push(("/etc/pve (pmxcfs)".into(), t));
+        }
+        if let Some(t) = self.pve.hung() {
+            out.push(("statvfs of /".into(), t));
+        }
+        out
+    }
+}
+
+/// The VMs of this scrape: found, with their process files read. VMs whose process ended by
+/// then are not in it.
+pub struct VmList {
+    pub vms: Vec<Vm>,
+    /// Each VM's process figures, in the order of `vms`.
+    pub stats: Vec<ProcessStats>,
+    /// What could not be listed or read (reported by `kvm`).
+    pub errors: Vec<Error>,
+}
+
+type FetchResult = (Duration, Result<(), Error>, Vec<VmDevices>);
+
+/// The monitor exchange of one scrape.
+enum Fetch {
+    Off,
+    Running(mpsc::Receiver<FetchResult>),
+    Done(FetchResult),
+}
+
+/// The stages of one scrape of one collector group (used on the group's thread only).
+pub struct Stages<'a> {
+    state: &'a StageState,
+    config: &'a Config,
+    host: &'a HostRoot,
+    deadline: Deadline,
+    /// Whether a collector of this scrape needs the monitors (then they are asked as soon as
+    /// the VM list is known).
+    monitor_wanted: bool,
+    pve_config: OnceCell<(VmSourceMode, Option<PveConfig>)>,
+    vms: OnceCell<VmList>,
+    fetch: RefCell<Option<Fetch>>,
+    devices: OnceCell<Vec<VmDevices>>,
+    pve_api: OnceCell<Option<super::pve::ApiStage<'a>>>,
+}
+
+impl<'a> Stages<'a> {
+    pub fn new(
+        state: &'a StageState,
+        config: &'a Config,
+        host: &'a HostRoot,
+        deadline: Deadline,
+        monitor_wanted: bool,
+    ) -> Self {
+        Self {
+            state,
+            config,
+            host,
+            deadline,
+            monitor_wanted,
+            pve_config: OnceCell::new(),
+            vms: OnceCell::new(),
+            fetch: RefCell::new(None),
+            devices: OnceCell::new(),
+            pve_api: OnceCell::new(),
+        }
+    }
+
+    pub fn state(&self) -> &'a StageState {
+        self.state
+    }
+
+    /// The VM source of `--vm-source` and, in PVE mode, /etc/pve's part (the `pve_config`
+    /// stage). `auto` looks at the host on every scrape, so a host that gets PVE or libvirt
+    /// later needs no restart: the config listing of /etc/pve (through the timed pmxcfs gate; a
+    /// pmxcfs that does not answer keeps the source found last, PVE if none) and libvirt's run
+    /// directory.
+    pub fn pve_config(&self, cx: &Context) -> &(VmSourceMode, Option<PveConfig>) {
+        self.pve_config.get_or_init(|| resolve_source(self.state, self.config, self.host, Some(cx)))
+    }
+
+    /// The VMs of this scrape.
+    pub fn vms(&self, cx: &Context) -> &VmList {
+        if let Some(v) = self.vms.get() {
+            return v;
+        }
+        let (kind, pve) = self.pve_config(cx).clone();
+        let list = discover(self.state, self.config, self.host, kind, pve.as_ref());
+        let list = self.vms.get_or_init(|| list);
+        if self.monitor_wanted && cx.enabled("qm") {
+            *self.fetch.borrow_mut() = Some(self.start_fetch(&list.vms));
+        }
+        list
+    }
+
+    /// Every VM's devices from its monitor (libvirt's and plain QEMU's from what discovery
+    /// read), waited for until the deadline. The `qm` stage's run is reported here.
+    pub fn devices(&self, cx: &Context) -> &[VmDevices] {
+        if let Some(d) = self.devices.get() {
+            return d;
+        }
+        self.vms(cx);
+        let fetch = self.fetch.borrow_mut().take().unwrap_or(Fetch::Off);
+        let devices = match fetch {
+            Fetch::Off => Vec::new(),
+            Fetch::Running(rx) => {
+                // The exchange ends by the deadline itself; this wait is the guarantee that
+                // the collection does not wait past it even so.
+                let (took, r, devices) =
+                    rx.recv_timeout(self.deadline.left() + Duration::from_millis(50)).unwrap_or_else(|e| {
+                        let why = match e {
+                            mpsc::RecvTimeoutError::Timeout => {
+                                "the monitor exchange did not end by the scrape's deadline"
+                            }
+                            mpsc::RecvTimeoutError::Disconnected => "the monitor thread ended without an answer",
+                        };
+                        (Duration::ZERO, Err(Error::Stalled(why.into())), Vec::new())
+                    });
+                cx.report("qm", took, r);
+                devices
+            }
+            Fetch::Done((took, r, devices)) => {
+                cx.report("qm", took, r);
+                devices
+            }
+        };
+        self.devices.get_or_init(|| devices)
+    }
+
+    /// The PVE API session and node list (None: no collector reads the API).
+    pub fn pve_api(&self, cx: &Context) -> Option<&super::pve::ApiStage<'a>> {
+        self.pve_api.get_or_init(|| super::pve::ApiStage::start(&self.state.pve, self.config, self.host, cx)).as_ref()
+    }
+
+    /// Start the monitor exchange of `vms` on the fetch worker; inline when there is no
+    /// monitor to ask (`--qm-mode off`: nothing to wait for) or no thread can be started.
+    fn start_fetch(&self, vms: &[Vm]) -> Fetch {
+        let deadline = self.deadline;
+        if self.config.qm_mode == QmMode::Off {
+            return Fetch::Done(fetch_devices(&self.state.monitor, self.host, vms, deadline));
+        }
+        let (monitor, host, owned) = (self.state.monitor.clone(), self.host.clone(), vms.to_vec());
+        let (tx, rx) = mpsc::sync_channel(1);
+        let job = Box::new(move || {
+            let _d = deadline::enter(deadline);
+            let _ = tx.send(fetch_devices(&monitor, &host, &owned, deadline));
+        });
+        match self.state.fetch_worker.run("qm-fetch", job) {
+            Ok(()) => Fetch::Running(rx),
+            Err(e) => {
+                log::warn!("cannot start the monitor thread ({e}): asking the monitors inline");
+                Fetch::Done(fetch_devices(&self.state.monitor, self.host, vms, deadline))
+            }
+        }
+    }
+}
+
+/// The VM source a scrape now would use (without reporting anything).
+pub fn vm_source(state: &StageState, config: &Config, host: &HostRoot) -> VmSourceMode {
+    resolve_source(state, config, host, None).0
+}
+
+fn resolve_source(
+    state: &StageState,
+    config: &Config,
+    host: &HostRoot,
+    cx: Option<&Context>,
+) -> (VmSourceMode, Option<PveConfig>) {
+    let wanted = config.vm_source;
+    if !matches!(wanted, VmSourceMode::Auto | VmSourceMode::Pve) || cx.is_some_and(|cx| !cx.enabled("pve_config")) {
+        return (if wanted == VmSourceMode::Auto { VmSourceMode::Pve } else { wanted }, None);
+    }
+    let t = Instant::now();
+    let r = state.pve_config.read(host, config.pmxcfs_timeout).map_err(|e| Error::io(host.path("etc/pve"), e));
+    let took = t.elapsed();
+    let (pve, failed) = match r {
+        Ok(c) => (Some(c), None),
+        Err(e) => (None, Some(e)),
+    };
+    let failed_now = failed.is_some();
+    let report = |r: Result<(), Error>| {
+        if let Some(cx) = cx {
+            cx.report("pve_config", took, r);
+        }
+    };
+    if wanted == VmSourceMode::Pve {
+        report(failed.map_or(Ok(()), Err));
+        return (wanted, pve);
+    }
+    let mut last = state.last_source.lock().unwrap_or_else(|p| p.into_inner());
+    let kind = match &pve {
+        Some(c) if c.vm_configs.is_some() => VmSourceMode::Pve,
+        Some(_) if host.path(libvirt::RUN_DIR).is_dir() => VmSourceMode::Libvirt,
+        Some(_) => VmSourceMode::Qemu,
+        // /etc/pve did not answer: a hung pmxcfs is a PVE node's.
+        None => last.unwrap_or(VmSourceMode::Pve),
+    };
+    *last = Some(kind);
+    drop(last);
+    match kind {
+        // Not a PVE host: no pve_config stage to report.
+        VmSourceMode::Libvirt | VmSourceMode::Qemu if !failed_now => (kind, None),
+        _ => {
+            report(failed.map_or(Ok(()), Err));
+            (kind, pve)
+        }
+    }
+}
+
+/// Discovery and each VM's process files.
+fn discover(
+    state: &StageState,
+    config: &Config,
+    host: &HostRoot,
+    kind: VmSourceMode,
+    pve: Option<&PveConfig>,
+) -> VmList {
+    let pve_source;
+    let libvirt_source;
+    let qemu_source;
+    let source: &dyn VmSource = match kind {
+        VmSourceMode::Libvirt => {
+            libvirt_source = LibvirtSource { host, reader: &state.libvirt, owners: &config.qemu_allowed_users };
+            &libvirt_source
+        }
+        VmSourceMode::Qemu => {
+            qemu_source = QemuSource { owners: &config.qemu_allowed_users };
+            &qemu_source
+        }
+        VmSourceMode::Pve | VmSourceMode::Auto => {
+            pve_source = PveSource { host, config: pve };
+            &pve_source
+        }
+    };
+    let mut scanner = state.scanner.lock().unwrap_or_else(|p| p.into_inner());
+    let found = vm::discover(host, &mut scanner, source);
+    drop(scanner);
+    let found = match found {
+        Ok(f) => f,
+        Err(e) => {
+            return VmList { vms: Vec::new(), stats: Vec::new(), errors: vec![Error::io(host.path("proc"), e)] };
+        }
+    };
+    for (pid, why) in &found.skipped {
+        log::debug!("pid {pid}: not reported: {why}");
+    }
+    // A domain whose files could not be read is missing: the collector failed.
+    let mut errors: Vec<Error> = found.errors.into_iter().map(Error::Message).collect();
+    let mut vms = found.vms;
+    let mut held = state.process_files.lock().unwrap_or_else(|p| p.into_inner());
+    let pids: std::collections::HashSet<u32> = vms.iter().map(|v| v.pid).collect();
+    held.retain(|pid| pids.contains(pid));
+    let mut stats = Vec::with_capacity(vms.len());
+    vms.retain(|vm| {
+        let mut errs = Vec::new();
+        let r = process::read_process(host, &mut held, vm.pid, &mut errs);
+        errors.extend(errs.into_iter().map(|m| Error::parse(format!("/proc/{}", vm.pid), m)));
+        match r {
+            Ok(s) => {
+                stats.push(s);
+                true
+            }
+            // Stopped mid-scrape: not an error.
+            Err(e) if is_gone(&e) => false,
+            Err(e) => {
+                errors.push(Error::source(format!("VM {} (pid {})", vm.id, vm.pid), e));
+                false
+            }
+        }
+    });
+    VmList { vms, stats, errors }
+}
+
+/// Ask every VM's monitor, timed. Only PVE VMs have a monitor to ask: libvirt holds its
+/// domains' monitors itself, and plain QEMU has none we know of; their devices come from the
+/// XML or command line.
+fn fetch_devices(monitor: &Monitor, host: &HostRoot, vms: &[Vm], deadline: Deadline) -> FetchResult {
+    let t = Instant::now();
+    let mut out = Vec::new();
+    let (_, r) = run_timed(|| {
+        let pve: Vec<Target> = vms
+            .iter()
+            .filter(|v| v.source == crate::vm::PVE)
+            .map(|v| Target { id: v.id.clone(), pid: v.pid })
+            .collect();
+        out = monitor.fetch_all(host, &pve, deadline);
+        out.extend(vms.iter().filter_map(|v| {
+            let x = v.extra.as_ref()?;
+            Some(VmDevices {
+                id: v.id.clone(),
+                nics: Some(x.nics.clone()),
+                drives: Some(x.drives.clone()),
+                ..VmDevices::default()
+            })
+        }));
+        Error::all(
+            out.iter()
+                .filter(|d| !d.errors.is_empty())
+                .map(|d| Error::Stalled(format!("VM {}: {}", d.id, d.errors.join("; "))))
+                .collect(),
+        )
+    });
+    (t.elapsed(), r, out)
+}
