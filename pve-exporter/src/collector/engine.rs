@@ -20,7 +20,9 @@ use std::{
 };
 
 use super::{
-    Collector, Context, EntryKind, Error, Group, Need, REGISTRY, Setup, position, selfmetrics,
+    Collector, Context, EntryKind, Error, Group, Need, REGISTRY, Setup,
+    error::run_timed,
+    position, selfmetrics,
     stages::{self, StageState, Stages},
 };
 use crate::{
@@ -421,19 +423,6 @@ impl EngineState {
             log::debug!("collector {name} still failing: {e}");
         }
     }
-}
-
-/// Run a collector: its time and result. A bug that panics in one collector costs that
-/// collector, not the scrape.
-pub(super) fn run_timed(f: impl FnOnce() -> Result<(), Error>) -> (Duration, Result<(), Error>) {
-    let t = Instant::now();
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
-        .unwrap_or_else(|p| Err(Error::Panicked(panic_message(&p))));
-    (t.elapsed(), r)
-}
-
-pub(super) fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default()
 }
 
 /// Shared handle.

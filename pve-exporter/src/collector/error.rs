@@ -1,7 +1,11 @@
 //! The error of a collector or a stage: typed, so the engine tells "it vanished" (normal)
 //! from "it failed" (a fault) without reading strings. Text only at the edge (log lines).
 
-use std::{io, path::PathBuf, time::Duration};
+use std::{
+    io,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -75,4 +79,17 @@ impl Error {
     pub fn is_failure(&self) -> bool {
         !matches!(self, Error::NotApplicable | Error::Gone(_))
     }
+}
+
+/// Run a collector: its time and result. A bug that panics in one collector costs that
+/// collector, not the scrape.
+pub fn run_timed(f: impl FnOnce() -> Result<(), Error>) -> (Duration, Result<(), Error>) {
+    let t = Instant::now();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|p| Err(Error::Panicked(panic_message(&p))));
+    (t.elapsed(), r)
+}
+
+pub fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default()
 }

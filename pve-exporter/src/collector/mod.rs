@@ -215,7 +215,7 @@ impl<'a> Context<'a> {
     /// Run the part `name` of this collector and report it as a run of its own (when switched on).
     pub fn part(&self, name: &'static str, f: impl FnOnce() -> Result<(), Error>) {
         if self.enabled(name) {
-            let (duration, r) = engine::run_timed(f);
+            let (duration, r) = error::run_timed(f);
             self.report(name, duration, r);
         }
     }

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{Context, Error, engine::run_timed, pve::PveState};
+use super::{Context, Error, error::run_timed, pve::PveState};
 use crate::{
     config::{Config, QmMode, VmSourceMode},
     deadline::{self, Deadline},

@@ -155,11 +155,11 @@ impl Collector for StorageCollector {
         );
         let mut parts: Vec<(&'static str, std::time::Duration, Result<(), Error>)> = Vec::new();
         if zfs && cx.enabled("storage_zfs") {
-            let (d, r) = super::engine::run_timed(|| size_zfs(st, &mut plan).map_err(Error::Message));
+            let (d, r) = super::error::run_timed(|| size_zfs(st, &mut plan).map_err(Error::Message));
             parts.push(("storage_zfs", d, r));
         }
         if lvm && cx.enabled("storage_lvm") {
-            let (d, r) = super::engine::run_timed(|| size_lvm(st, &mut plan).map_err(Error::Message));
+            let (d, r) = super::error::run_timed(|| size_lvm(st, &mut plan).map_err(Error::Message));
             parts.push(("storage_lvm", d, r));
         }
         emit(&plan, out);

@@ -27,7 +27,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{Collector, Context, Error, Group, Need, Setup, engine::panic_message};
+use super::{Collector, Context, Error, Group, Need, Setup, error::panic_message};
 use crate::{
     catalog::Def,
     catalog::PVE_COLLECTOR_INFO,
@@ -312,7 +312,7 @@ impl<'a> ApiStage<'a> {
             PveScope::Local => st.node.clone().into_iter().collect(),
             PveScope::Cluster => {
                 if remote.iter().any(|c| c.per_node()) && cx.enabled("pve_nodes") {
-                    let (took, r) = super::engine::run_timed(|| {
+                    let (took, r) = super::error::run_timed(|| {
                         let list = api::parse_nodes(&session.get("/nodes").map_err(Error::Message)?)
                             .map_err(|err| Error::parse("/nodes", err))?;
                         let mut online = Vec::new();

@@ -91,7 +91,7 @@ pub fn read_token_file(path: &Path) -> Result<Token, String> {
     let err = |e: std::io::Error| format!("API token file {}: {e}", path.display());
     let mut f = std::fs::File::open(path).map_err(err)?;
     // The mode of the file read, not of whatever the path names a moment later.
-    if let Some(w) = f.metadata().ok().and_then(|m| crate::config::secret_file_warning(path, &m)) {
+    if let Some(w) = f.metadata().ok().and_then(|m| super::secret::secret_file_warning(path, &m)) {
         log::warn!("{w}");
     }
     let mut text = String::new();

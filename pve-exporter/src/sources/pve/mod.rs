@@ -3,4 +3,5 @@
 pub mod api;
 pub mod config;
 pub mod ha;
+pub mod secret;
 pub mod storage_cfg;
