@@ -51,3 +51,26 @@ fn docs_list_every_family_with_its_type_and_labels() {
     }
     assert!(problems.is_empty(), "docs/metrics.md and catalog.rs disagree:\n{}", problems.join("\n"));
 }
+
+/// The Collectors table of docs/metrics.md and the README's flag table name every line of the
+/// collector registry, and nothing else.
+#[test]
+fn docs_list_every_collector_of_the_registry() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md");
+    let text = std::fs::read_to_string(path).expect("docs/metrics.md");
+    let section = text.split("\n## Collectors").nth(1).expect("a '## Collectors' section");
+    let section = section.split("\n## ").next().unwrap_or(section);
+    let documented: std::collections::BTreeSet<String> = section
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| l.split('`').nth(1).unwrap().to_string())
+        .filter(|n| !n.contains('/'))
+        .collect();
+    let registry: std::collections::BTreeSet<String> =
+        pve_exporter::collector::REGISTRY.iter().map(|e| e.name.to_string()).collect();
+    assert_eq!(documented, registry, "docs/metrics.md's Collectors table and collector::REGISTRY differ");
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    for n in &registry {
+        assert!(readme.contains(&format!("`{n}`")), "README.md does not name the collector {n}");
+    }
+}

@@ -558,4 +558,9 @@ fn daemon_takes_the_token_from_the_environment_and_never_logs_it() {
     assert!(body.contains("pve_node_load1{node=\"pve3\"} 0.01"), "{body}");
     assert!(!log.contains(SECRET) && !body.contains(SECRET), "the secret leaked:\n{log}");
     assert!(!log.is_empty());
+    // The deprecated aliases still work (no VM or storage series above), with one warning each at start.
+    for flag in ["--collect-running-vms false", "--collect-storage false"] {
+        assert_eq!(log.matches(&format!("{flag} (")).count(), 1, "one deprecation warning for {flag}:\n{log}");
+    }
+    assert!(!body.contains("collector=\"kvm\"") && !body.contains("collector=\"storage\""), "{body}");
 }
