@@ -281,7 +281,6 @@ impl Engine {
                 runs: RefCell::new(Vec::new()),
                 after: RefCell::new(Vec::new()),
                 own_run: Cell::new(true),
-                took: Cell::new(None),
             };
             #[cfg(debug_assertions)]
             let before = counts(out);
@@ -291,7 +290,7 @@ impl Engine {
             let at = position(c.name());
             let mut mine = cx.runs.take();
             if cx.own_run.get()
-                && let Some(run) = self.record(c.name(), cx.took.get().unwrap_or(duration), r)
+                && let Some(run) = self.record(c.name(), duration, r)
             {
                 mine.push(run);
             }
@@ -442,5 +441,54 @@ mod tests {
         let set = engine.collect();
         let ok = set.get("pve_exporter_collector_success").unwrap();
         assert!(ok.samples.iter().any(|s| s.labels[0].1 == "kvm" && s.value == crate::metrics::Value::Int(0)));
+    }
+
+    #[test]
+    fn gone_is_no_failure_and_not_applicable_no_run() {
+        let cfg = Config::from_args(["pve-exporter", "--ebpf", "off", "--root", "/nonexistent"]).unwrap();
+        let engine = Engine::new(cfg).unwrap();
+        let run = |r| engine.record("x", Duration::ZERO, r);
+        assert!(run(Err(Error::Gone("pid 5".into()))).unwrap().success);
+        assert!(run(Err(Error::NotApplicable)).is_none());
+        assert!(!run(Err(Error::io("/p", std::io::ErrorKind::InvalidData.into()))).unwrap().success);
+        assert!(run(Ok(())).unwrap().success);
+    }
+
+    #[test]
+    fn every_registry_line_has_its_switch() {
+        for e in REGISTRY {
+            let on = Config::from_args(["pve-exporter"]).unwrap();
+            assert_eq!(on.collector_enabled(e.name), e.default_on, "{}", e.name);
+            let off = Config::from_args(["pve-exporter", &format!("--no-collector.{}", e.name)]).unwrap();
+            assert!(!off.collector_enabled(e.name), "{}", e.name);
+            let again = Config::from_args([
+                "pve-exporter".to_string(),
+                format!("--no-collector.{}", e.name),
+                format!("--collector.{}", e.name),
+            ])
+            .unwrap();
+            assert!(again.collector_enabled(e.name), "{}: the last one given wins", e.name);
+        }
+        // A --collector flag wins over the deprecated alias.
+        let c = Config::from_args(["pve-exporter", "--collect-storage", "false", "--collector.storage_zfs"]).unwrap();
+        assert!(!c.collector_enabled("storage") && c.collector_enabled("storage_zfs"));
+    }
+
+    /// A switched-off collector is not run and not reported; the others are, in registry order.
+    #[test]
+    fn switched_off_collectors_are_not_run() {
+        let cfg = Config::from_args(["pve-exporter", "--ebpf", "off", "--root", "/nonexistent", "--no-collector.vcpu"])
+            .unwrap();
+        let set = Engine::new(cfg).unwrap().collect();
+        let names: Vec<String> = set
+            .get("pve_exporter_collector_success")
+            .unwrap()
+            .samples
+            .iter()
+            .map(|s| s.labels[0].1.to_string())
+            .collect();
+        assert!(!names.iter().any(|n| n == "vcpu"), "{names:?}");
+        let at = |n: &str| names.iter().position(|x| x == n);
+        assert!(at("kvm").is_some() && at("kvm") < at("nic") && at("nic") < at("disk"), "{names:?}");
     }
 }

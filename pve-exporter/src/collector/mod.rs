@@ -202,8 +202,6 @@ pub struct Context<'a> {
     own_run: Cell<bool>,
     /// Runs of its parts, reported after its own.
     after: RefCell<Vec<CollectorRun>>,
-    /// Its own duration when not the time `collect` took (a stage's, waited for elsewhere).
-    took: Cell<Option<Duration>>,
 }
 
 impl<'a> Context<'a> {
@@ -258,10 +256,5 @@ impl<'a> Context<'a> {
     /// no run of its own is added.
     pub fn reported_own_runs(&self) {
         self.own_run.set(false);
-    }
-
-    /// Report this collector's own duration as `d` (what it waited for ran elsewhere).
-    pub fn took(&self, d: Duration) {
-        self.took.set(Some(d));
     }
 }

@@ -180,7 +180,9 @@ impl<'a> Stages<'a> {
         self.vms(cx);
         let fetch = self.fetch.borrow_mut().take().unwrap_or(Fetch::Off);
         let devices = match fetch {
-            Fetch::Off => Vec::new(),
+            // `--no-collector.qm`: no monitor is asked; libvirt's and plain QEMU's devices are
+            // what discovery read.
+            Fetch::Off => self.vms.get().map(|l| extra_devices(&l.vms)).unwrap_or_default(),
             Fetch::Running(rx) => {
                 // The exchange ends by the deadline itself; this wait is the guarantee that
                 // the collection does not wait past it even so.
@@ -362,15 +364,7 @@ fn fetch_devices(monitor: &Monitor, host: &HostRoot, vms: &[Vm], deadline: Deadl
             .map(|v| Target { id: v.id.clone(), pid: v.pid })
             .collect();
         out = monitor.fetch_all(host, &pve, deadline);
-        out.extend(vms.iter().filter_map(|v| {
-            let x = v.extra.as_ref()?;
-            Some(VmDevices {
-                id: v.id.clone(),
-                nics: Some(x.nics.clone()),
-                drives: Some(x.drives.clone()),
-                ..VmDevices::default()
-            })
-        }));
+        out.extend(extra_devices(vms));
         Error::all(
             out.iter()
                 .filter(|d| !d.errors.is_empty())
@@ -379,4 +373,19 @@ fn fetch_devices(monitor: &Monitor, host: &HostRoot, vms: &[Vm], deadline: Deadl
         )
     });
     (t.elapsed(), r, out)
+}
+
+/// The devices of VMs whose discovery read them (libvirt's XML, plain QEMU's command line).
+fn extra_devices(vms: &[Vm]) -> Vec<VmDevices> {
+    vms.iter()
+        .filter_map(|v| {
+            let x = v.extra.as_ref()?;
+            Some(VmDevices {
+                id: v.id.clone(),
+                nics: Some(x.nics.clone()),
+                drives: Some(x.drives.clone()),
+                ..VmDevices::default()
+            })
+        })
+        .collect()
 }
