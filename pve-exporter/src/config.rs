@@ -299,7 +299,7 @@ pub struct Config {
     /// The API token taken out of the environment at start-up ([`take_api_token_from_env`]);
     /// None: read the environment when needed (library use).
     #[arg(skip)]
-    pub api_token: Option<Result<crate::sources::pve::api::Token, String>>,
+    pub api_token: Option<Result<crate::sources::pve::api::Token, crate::sources::pve::api::ApiError>>,
 }
 
 /// Take the API token (`PVE_EXPORTER_API_TOKEN`) out of the daemon's environment: no process
@@ -310,7 +310,8 @@ pub struct Config {
 /// # Safety
 ///
 /// Changes the environment: call before the process starts threads (first thing in `main`).
-pub unsafe fn take_api_token_from_env() -> Option<Result<crate::sources::pve::api::Token, String>> {
+pub unsafe fn take_api_token_from_env()
+-> Option<Result<crate::sources::pve::api::Token, crate::sources::pve::api::ApiError>> {
     let token = crate::sources::pve::api::token_from_env();
     // SAFETY: the caller guarantees that no other thread reads or writes the environment.
     unsafe { std::env::remove_var(crate::sources::pve::api::TOKEN_ENV) };

@@ -6,6 +6,7 @@ use std::{collections::HashMap, sync::Arc};
 use crate::{
     host::HostRoot,
     sources::{
+        error::SourceError,
         proc::process::{QemuCmdline, QemuProcess, is_qemu_binary},
         proc::scan::ProcScanner,
         proc::trust,
@@ -185,7 +186,7 @@ pub struct Discovered {
     /// (pid, why) of QEMU processes that are not reported.
     pub skipped: Vec<(u32, &'static str)>,
     /// Files of the source that could not be read or parsed (their VMs are missing).
-    pub errors: Vec<String>,
+    pub errors: Vec<SourceError>,
 }
 
 pub trait VmSource: Send + Sync {
@@ -312,7 +313,7 @@ impl VmSource for LibvirtSource<'_> {
 
     fn vms(&self, procs: Vec<Arc<QemuProcess>>, out: &mut Discovered) {
         let domains = self.reader.running(self.host, &mut out.errors).unwrap_or_else(|e| {
-            out.errors.push(format!("{}: {e}", crate::sources::qemu::libvirt::RUN_DIR));
+            out.errors.push(SourceError::io(self.host.path(crate::sources::qemu::libvirt::RUN_DIR), e));
             Vec::new()
         });
         let by_pid: HashMap<u32, &Arc<LibvirtDomain>> = domains.iter().map(|d| (d.pid, &d.domain)).collect();

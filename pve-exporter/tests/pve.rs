@@ -442,7 +442,7 @@ fn a_wrong_token_is_refused() {
     let api2 = PveApi::new(settings(&api, Token::parse("monitor@pve!metrics=wrong").unwrap(), ca_trust(&api)));
     let err =
         api2.session(&HostRoot::new(tree()), &BlockingGate::default(), Duration::from_secs(5)).unwrap().get("/nodes");
-    let err = err.unwrap_err();
+    let err = err.unwrap_err().to_string();
     assert!(err.contains("HTTP 401") && err.contains("check the API token"), "{err}");
     assert!(!err.contains("wrong"));
     // Every request carried the header: none was served without it.
@@ -465,7 +465,7 @@ fn a_wrong_ca_is_refused_with_a_clear_error() {
     std::fs::write(&wrong, &other.ca_pem).unwrap();
     let client = PveApi::new(settings(&api, Token::parse(TOKEN).unwrap(), Trust::CaFile(wrong.clone())));
     let session = client.session(&HostRoot::new(tree()), &BlockingGate::default(), Duration::from_secs(5)).unwrap();
-    let err = session.get("/nodes").unwrap_err();
+    let err = session.get("/nodes").unwrap_err().to_string();
     assert!(err.starts_with("GET /nodes: TLS: "), "{err}");
     assert!(err.contains("--pve-api-ca-file") && err.contains("not trusted"), "{err}");
     assert!(!err.contains("attempts"), "a TLS failure is not retried: {err}");
@@ -493,7 +493,7 @@ fn answers_are_size_capped() {
     api.server.fault("pve2", Fault::Oversized);
     let client = PveApi::new(settings(&api, Token::parse(TOKEN).unwrap(), ca_trust(&api)));
     let s = client.session(&HostRoot::new(tree()), &BlockingGate::default(), Duration::from_secs(5)).unwrap();
-    let err = s.get("/nodes/pve2/status").unwrap_err();
+    let err = s.get("/nodes/pve2/status").unwrap_err().to_string();
     assert!(err.contains("answer larger than"), "{err}");
     assert_eq!(api.server.requests("/api2/json/nodes/pve2/status"), 1, "not retried");
     assert!(s.get("/nodes/pve1/status").is_ok());

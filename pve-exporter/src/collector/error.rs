@@ -1,6 +1,7 @@
 //! The error of a collector or a stage: typed, so the engine tells "it vanished" (normal)
 //! from "it failed" (a fault) without reading strings. Text only at the edge (log lines).
 
+use crate::sources::error::{ParseError, SourceError};
 use std::{
     io,
     path::PathBuf,
@@ -40,12 +41,42 @@ pub enum Error {
     /// Several parts failed (each VM, each storage); the others were reported.
     #[error("{}", join(.0))]
     Many(Vec<Error>),
+    /// What the collector needs is not on this host (a fixed reason).
+    #[error("{0}")]
+    Unavailable(&'static str),
+    /// The PVE API failed (typed: a node that did not answer is backed off from).
+    #[error(transparent)]
+    Api(#[from] crate::sources::pve::api::ApiError),
+    /// A command failed (`zfs`, `vgs`, ...): the error names the command.
+    #[error(transparent)]
+    Command(#[from] crate::sources::storage::command::Error),
+    /// A source left something out of its answer (a dataset missing from `zfs get`, say).
+    #[error("{what}: {why}")]
+    Missing { what: String, why: String },
     /// What a part reported as text (to be replaced by a typed kind where it is made).
     #[error("{0}")]
     Message(String),
     /// A bug: the collector panicked.
     #[error("panicked: {0}")]
     Panicked(String),
+}
+
+impl From<SourceError> for Error {
+    fn from(e: SourceError) -> Self {
+        match e {
+            SourceError::Gone(what) => Error::Gone(what),
+            SourceError::Io { path, source } => Error::Io { path, source },
+            SourceError::Parse(p) => p.into(),
+            SourceError::Timeout { what, limit } => Error::Timeout { what, limit },
+            e @ SourceError::Invalid { .. } => Error::Source { what: "check".into(), source: Box::new(e) },
+        }
+    }
+}
+
+impl From<ParseError> for Error {
+    fn from(p: ParseError) -> Self {
+        Error::Parse { input: p.input.into_owned(), position: p.position, msg: p.msg }
+    }
 }
 
 fn join(errors: &[Error]) -> String {
@@ -64,6 +95,11 @@ impl Error {
 
     pub fn parse(input: impl Into<String>, msg: impl std::fmt::Display) -> Self {
         Error::Parse { input: input.into(), position: None, msg: msg.to_string() }
+    }
+
+    /// Ok when `errors` (of any error type that converts) is empty, else the one error or all of them.
+    pub fn all_of<E: Into<Error>>(errors: impl IntoIterator<Item = E>) -> Result<(), Error> {
+        Error::all(errors.into_iter().map(Into::into).collect())
     }
 
     /// Ok when `errors` is empty, else the one error or all of them.

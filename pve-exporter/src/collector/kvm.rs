@@ -42,11 +42,12 @@ impl Collector for Kvm {
             .files
             .read("proc/meminfo")
             .map_err(|e| Error::io(cx.host.path("proc/meminfo"), e))
-            .and_then(|t| process::parse_memtotal(&t).map_err(|m| Error::parse("/proc/meminfo", m)))
+            .and_then(|t| process::parse_memtotal(&t).map_err(|e| e.input("/proc/meminfo").into()))
             .map_err(|e| errors.push(e))
             .ok();
         emit(&list.vms, &list.stats, memtotal, out);
-        errors.extend(list.errors.iter().map(|e| Error::parse("VM list", e)));
+        // What discovery could not list or read is this collector's to report.
+        errors.extend(list.errors.take());
         Error::all(errors)
     }
 }

@@ -29,7 +29,7 @@ use crate::{
         pve::config::{PveConfig, PveConfigReader},
         qemu::{
             libvirt::{self, LibvirtReader},
-            monitor::{Monitor, Target, VmDevices},
+            monitor::{Monitor, MonitorError, Target, VmDevices},
         },
     },
     vm::{self, LibvirtSource, PveSource, QemuSource, Vm, VmSource},
@@ -93,8 +93,8 @@ pub struct VmList {
     pub vms: Vec<Vm>,
     /// Each VM's process figures, in the order of `vms`.
     pub stats: Vec<ProcessStats>,
-    /// What could not be listed or read (reported by `kvm`).
-    pub errors: Vec<Error>,
+    /// What could not be listed or read (taken and reported by `kvm`).
+    pub errors: RefCell<Vec<Error>>,
 }
 
 type FetchResult = (Duration, Result<(), Error>, Vec<VmDevices>);
@@ -318,14 +318,18 @@ fn discover(
     let found = match found {
         Ok(f) => f,
         Err(e) => {
-            return VmList { vms: Vec::new(), stats: Vec::new(), errors: vec![Error::io(host.path("proc"), e)] };
+            return VmList {
+                vms: Vec::new(),
+                stats: Vec::new(),
+                errors: RefCell::new(vec![Error::io(host.path("proc"), e)]),
+            };
         }
     };
     for (pid, why) in &found.skipped {
         log::debug!("pid {pid}: not reported: {why}");
     }
     // A domain whose files could not be read is missing: the collector failed.
-    let mut errors: Vec<Error> = found.errors.into_iter().map(Error::Message).collect();
+    let mut errors: Vec<Error> = found.errors.into_iter().map(Error::from).collect();
     let mut vms = found.vms;
     let mut held = state.process_files.lock().unwrap_or_else(|p| p.into_inner());
     let pids: std::collections::HashSet<u32> = vms.iter().map(|v| v.pid).collect();
@@ -334,7 +338,7 @@ fn discover(
     vms.retain(|vm| {
         let mut errs = Vec::new();
         let r = process::read_process(host, &mut held, vm.pid, &mut errs);
-        errors.extend(errs.into_iter().map(|m| Error::parse(format!("/proc/{}", vm.pid), m)));
+        errors.extend(errs.into_iter().map(Error::from));
         match r {
             Ok(s) => {
                 stats.push(s);
@@ -348,7 +352,7 @@ fn discover(
             }
         }
     });
-    VmList { vms, stats, errors }
+    VmList { vms, stats, errors: RefCell::new(errors) }
 }
 
 /// Ask every VM's monitor, timed. Only PVE VMs have a monitor to ask: libvirt holds its
@@ -367,8 +371,12 @@ fn fetch_devices(monitor: &Monitor, host: &HostRoot, vms: &[Vm], deadline: Deadl
         out.extend(extra_devices(vms));
         Error::all(
             out.iter()
-                .filter(|d| !d.errors.is_empty())
-                .map(|d| Error::Stalled(format!("VM {}: {}", d.id, d.errors.join("; "))))
+                .flat_map(|d| {
+                    d.errors.iter().map(|e| match e {
+                        MonitorError::NotAsked(why) => Error::Stalled(format!("VM {}: {why}", d.id)),
+                        e => Error::source(format!("VM {}", d.id), e.clone()),
+                    })
+                })
                 .collect(),
         )
     });

@@ -155,36 +155,36 @@ impl Collector for StorageCollector {
         );
         let mut parts: Vec<(&'static str, std::time::Duration, Result<(), Error>)> = Vec::new();
         if zfs && cx.enabled("storage_zfs") {
-            let (d, r) = super::error::run_timed(|| size_zfs(st, &mut plan).map_err(Error::Message));
+            let (d, r) = super::error::run_timed(|| size_zfs(st, &mut plan));
             parts.push(("storage_zfs", d, r));
         }
         if lvm && cx.enabled("storage_lvm") {
-            let (d, r) = super::error::run_timed(|| size_lvm(st, &mut plan).map_err(Error::Message));
+            let (d, r) = super::error::run_timed(|| size_lvm(st, &mut plan));
             parts.push(("storage_lvm", d, r));
         }
         emit(&plan, out);
         cx.after(parts);
-        r.map_err(Error::Message)
+        r
     }
     fn stuck(&self) -> Vec<(String, Duration)> {
         self.st.hung().into_iter().map(|(p, t)| (format!("statvfs of storage path {p}"), t)).collect()
     }
 }
 
-fn result(errors: Vec<String>) -> Result<(), String> {
-    if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+fn result(errors: Vec<Error>) -> Result<(), Error> {
+    Error::all(errors)
 }
 
 /// statvfs of the enabled path storages, all at once (each limited to the storage timeout,
 /// so a hung NFS server delays the scrape by one timeout at most).
-fn size_by_statvfs(st: &StorageState, host: &HostRoot, plan: &mut Plan) -> Result<(), String> {
+fn size_by_statvfs(st: &StorageState, host: &HostRoot, plan: &mut Plan) -> Result<(), Error> {
     let mut errors = Vec::new();
     let needs_mounts =
         plan.entries.iter().any(|e| e.enabled && matches!(&e.sizing, Sizing::Statvfs { mount: Some(_), .. }));
     let mounts = if needs_mounts {
         host.read_to_string("proc/self/mountinfo")
             .map(|t| MountTable::new(&statvfs::parse_mountinfo(&t)))
-            .map_err(|err| errors.push(format!("proc/self/mountinfo: {err}")))
+            .map_err(|err| errors.push(Error::io(host.path("proc/self/mountinfo"), err)))
             .ok()
     } else {
         None
@@ -195,7 +195,9 @@ fn size_by_statvfs(st: &StorageState, host: &HostRoot, plan: &mut Plan) -> Resul
     let mut jobs: Vec<(usize, String, PathBuf)> = Vec::new();
     for (i, (s, entry)) in plan.cfg.storages.iter().zip(&plan.entries).enumerate() {
         match &entry.sizing {
-            Sizing::Invalid(why) if entry.enabled => errors.push(format!("{}: {why}", s.name)),
+            Sizing::Invalid(why) if entry.enabled => {
+                errors.push(Error::Missing { what: s.name.clone(), why: why.clone() })
+            }
             Sizing::Statvfs { path, mount } if entry.enabled => {
                 if let Some(m) = mount {
                     let Some(table) = &mounts else { continue };
@@ -232,15 +234,16 @@ fn size_by_statvfs(st: &StorageState, host: &HostRoot, plan: &mut Plan) -> Resul
             gate.start("statvfs", timeout, move || statvfs::statvfs(&target))
         })
         .collect();
-    let results: Vec<Result<Usage, String>> = pending
-        .into_iter()
-        .map(|p| p.and_then(|p| p.wait(deadline)).map_err(|err| err.to_string())?.map_err(|err| err.to_string()))
-        .collect();
+    // Shared: several storages may have the same path, and so the same answer.
+    let results: Vec<Result<Usage, Arc<std::io::Error>>> =
+        pending.into_iter().map(|p| p.and_then(|p| p.wait(deadline)).and_then(|r| r).map_err(Arc::new)).collect();
     for (i, path, full) in &jobs {
         let Ok(k) = paths.binary_search(full) else { continue };
         match &results[k] {
             Ok(u) => plan.entries[*i].usage = Some(*u),
-            Err(err) => errors.push(format!("{}: statvfs {path}: {err}", plan.cfg.storages[*i].name)),
+            Err(err) => {
+                errors.push(Error::source(format!("{}: statvfs {path}", plan.cfg.storages[*i].name), err.clone()))
+            }
         }
     }
     result(errors)
@@ -259,7 +262,7 @@ fn distinct<'a>(it: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
 
 /// `zfs get` of every enabled zfspool storage's dataset and `zpool list` of their pools, one
 /// run each.
-fn size_zfs(st: &StorageState, plan: &mut Plan) -> Result<(), String> {
+fn size_zfs(st: &StorageState, plan: &mut Plan) -> Result<(), Error> {
     let wanted = plan.wanted();
     let datasets = distinct(wanted.iter().filter_map(|s| match s {
         Sizing::ZfsDataset(ds) => Some(ds.as_str()),
@@ -267,7 +270,7 @@ fn size_zfs(st: &StorageState, plan: &mut Plan) -> Result<(), String> {
     }));
     let mut errors = Vec::new();
     match zfs::dataset_space(&st.tools, &st.zfs, &datasets, st.timeout) {
-        Err(err) => errors.push(err.to_string()),
+        Err(err) => errors.push(Error::Command(err)),
         Ok(report) => {
             for (s, entry) in plan.enabled() {
                 let Sizing::ZfsDataset(ds) = &entry.sizing else { continue };
@@ -275,21 +278,21 @@ fn size_zfs(st: &StorageState, plan: &mut Plan) -> Result<(), String> {
                     Some(zfs::DatasetSpace { used: Some(used), available: Some(avail) }) => {
                         entry.usage = Some(Usage { size: used.saturating_add(*avail), free: *avail, used: *used });
                     }
-                    _ => errors.push(format!("{}: {}", s.name, report.missing(ds))),
+                    _ => errors.push(Error::Missing { what: s.name.clone(), why: report.missing(ds) }),
                 }
             }
         }
     }
     let pools = distinct(datasets.iter().map(|d| zfs::pool_of(d)));
     match zfs::pool_space(&st.tools, &st.zpool, &pools, st.timeout) {
-        Err(err) => errors.push(err.to_string()),
+        Err(err) => errors.push(Error::Command(err)),
         Ok(report) => {
             for p in pools {
                 match report.found.get(p) {
                     Some(space) => {
                         plan.pools.insert(p.to_string(), *space);
                     }
-                    None => errors.push(format!("zpool {}", report.missing(p))),
+                    None => errors.push(Error::Missing { what: "zpool".into(), why: report.missing(p) }),
                 }
             }
         }
@@ -299,7 +302,7 @@ fn size_zfs(st: &StorageState, plan: &mut Plan) -> Result<(), String> {
 
 /// `vgs` of the enabled lvm storages' volume groups and `lvs` of the lvmthin storages' thin
 /// pools, one run each.
-fn size_lvm(st: &StorageState, plan: &mut Plan) -> Result<(), String> {
+fn size_lvm(st: &StorageState, plan: &mut Plan) -> Result<(), Error> {
     let mut errors = Vec::new();
     let wanted = plan.wanted();
     let vgs = distinct(wanted.iter().filter_map(|s| match s {
@@ -317,7 +320,7 @@ fn size_lvm(st: &StorageState, plan: &mut Plan) -> Result<(), String> {
 
     if !vgs.is_empty() {
         match lvm::vg_space(&st.tools, &st.vgs, &vgs, st.timeout) {
-            Err(err) => errors.push(err),
+            Err(err) => errors.push(Error::Command(err)),
             Ok(report) => {
                 for (s, entry) in plan.enabled() {
                     let Sizing::LvmVg(vg) = &entry.sizing else { continue };
@@ -326,7 +329,7 @@ fn size_lvm(st: &StorageState, plan: &mut Plan) -> Result<(), String> {
                             entry.usage =
                                 Some(Usage { size: v.size, free: v.free, used: v.size.saturating_sub(v.free) })
                         }
-                        None => errors.push(format!("{}: {}", s.name, report.missing(vg))),
+                        None => errors.push(Error::Missing { what: s.name.clone(), why: report.missing(vg) }),
                     }
                 }
             }
@@ -334,19 +337,20 @@ fn size_lvm(st: &StorageState, plan: &mut Plan) -> Result<(), String> {
     }
     if !thin.is_empty() {
         match lvm::lv_space(&st.tools, &st.lvs, &thin, st.timeout) {
-            Err(err) => errors.push(err),
+            Err(err) => errors.push(Error::Command(err)),
             Ok(report) => {
                 for (s, entry) in plan.enabled() {
                     let Sizing::LvmThin { vg, pool } = &entry.sizing else { continue };
                     let name = format!("{vg}/{pool}");
                     match report.found.get(&name) {
-                        Some(lv) if !lv.thin_pool => errors.push(format!("{}: {name} is not a thin pool", s.name)),
+                        Some(lv) if !lv.thin_pool => errors
+                            .push(Error::Missing { what: s.name.clone(), why: format!("{name} is not a thin pool") }),
                         Some(lv) => match lv.thin_usage() {
                             Some((used, free)) => entry.usage = Some(Usage { size: lv.size, free, used }),
                             // Not a failure: LVM says the pool is not active; PVE would activate it.
                             None => log::debug!("storage {}: thin pool {name} is not active: not sized", s.name),
                         },
-                        None => errors.push(format!("{}: {}", s.name, report.missing(&name))),
+                        None => errors.push(Error::Missing { what: s.name.clone(), why: report.missing(&name) }),
                     }
                 }
             }
@@ -449,7 +453,7 @@ mod tests {
     fn a_missing_zfs_costs_only_the_zfs_sizes() {
         let dir = doubles(&[]);
         let mut p = plan(ZFS_CFG, Some("pve1"));
-        let err = size_zfs(&state(dir.path()), &mut p).unwrap_err();
+        let err = size_zfs(&state(dir.path()), &mut p).unwrap_err().to_string();
         assert_eq!(err, "zfs: not found (not installed?); zpool: not found (not installed?)");
         assert!(p.entries.iter().all(|e| e.usage.is_none()) && p.pools.is_empty());
         // Described all the same.
@@ -472,11 +476,11 @@ echo "cannot open 'tank': dataset does not exist" >&2; exit 1"#,
             ("zpool", r#"[ "$*" = "list -Hp -o name,size,free rpool tank" ] || exit 2; printf 'rpool\t2000\t1500\n'"#),
         ]);
         let mut p = plan(ZFS_CFG, Some("pve1"));
-        let err = size_zfs(&state(dir.path()), &mut p).unwrap_err();
+        let err = size_zfs(&state(dir.path()), &mut p).unwrap_err().to_string();
         assert_eq!(
             err,
             "tank: tank: not in the output (exit status: 1: cannot open 'tank': dataset does not exist); \
-             zpool tank: not in the output"
+             zpool: tank: not in the output"
         );
         let u = |name: &str| p.cfg.storages.iter().position(|s| s.name == name).and_then(|i| p.entries[i].usage);
         assert_eq!(u("local-zfs"), Some(Usage { size: 1000, free: 900, used: 100 }));
@@ -507,7 +511,7 @@ echo '  Failed to find logical volume "pve/gone"' >&2; exit 5"#,
              lvmthin: gone\n\tvgname pve\n\tthinpool gone\n",
             None,
         );
-        let err = size_lvm(&state(dir.path()), &mut p).unwrap_err();
+        let err = size_lvm(&state(dir.path()), &mut p).unwrap_err().to_string();
         assert_eq!(
             err,
             "notthin: pve/root is not a thin pool; gone: pve/gone: not in the output \
@@ -523,8 +527,8 @@ echo '  Failed to find logical volume "pve/gone"' >&2; exit 5"#,
     fn lvm_garbage_output_fails_cleanly() {
         let dir = doubles(&[("vgs", "echo 'not json'")]);
         let mut p = plan("lvm: san\n\tvgname vg_san\n", None);
-        let err = size_lvm(&state(dir.path()), &mut p).unwrap_err();
-        assert!(err.starts_with("vgs output is not JSON"), "{err}");
+        let err = size_lvm(&state(dir.path()), &mut p).unwrap_err().to_string();
+        assert!(err.starts_with("vgs output") && err.contains("not JSON"), "{err}");
     }
 
     #[test]
@@ -546,7 +550,7 @@ echo '  Failed to find logical volume "pve/gone"' >&2; exit 5"#,
             None,
         );
         let dir = doubles(&[]);
-        let err = size_by_statvfs(&state(dir.path()), &host, &mut p).unwrap_err();
+        let err = size_by_statvfs(&state(dir.path()), &host, &mut p).unwrap_err().to_string();
         assert!(
             err.starts_with("local: statvfs /var/lib/vz: ") && err.contains("missing: statvfs /srv/missing: "),
             "{err}"
@@ -567,8 +571,8 @@ echo '  Failed to find logical volume "pve/gone"' >&2; exit 5"#,
         let host = HostRoot::new(root.path());
         let mut p = plan("nfs: nas\n\tserver s\n\texport /e\n", None);
         let dir = doubles(&[]);
-        let err = size_by_statvfs(&state(dir.path()), &host, &mut p).unwrap_err();
-        assert!(err.starts_with("proc/self/mountinfo: "), "{err}");
+        let err = size_by_statvfs(&state(dir.path()), &host, &mut p).unwrap_err().to_string();
+        assert!(err.contains("proc/self/mountinfo: "), "{err}");
         assert!(p.entries[0].usage.is_some(), "local is sized");
         assert!(p.entries[1].usage.is_none());
     }

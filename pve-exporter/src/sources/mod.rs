@@ -10,6 +10,7 @@
 //! - `kernel`: tracefs, BPF programs and maps, netlink, sysfs, KVM debugfs
 //! - `storage`: statvfs, zfs and lvm, and the time-limited commands they run
 
+pub mod error;
 pub mod kernel;
 pub mod proc;
 pub mod pve;

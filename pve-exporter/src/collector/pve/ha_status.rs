@@ -3,6 +3,7 @@
 //! scope only the CRM master emits it (see [`super::HaEmit`]).
 
 use super::{ApiCtx, LocalCtx, PveCollector};
+use crate::collector::Error;
 use crate::{
     catalog::*,
     host::HostRoot,
@@ -25,30 +26,31 @@ impl PveCollector for HaStatusCollector {
         false
     }
 
-    fn local_applies(&self, _host: &HostRoot, _node: Option<&str>, pve_node: bool) -> Result<(), String> {
-        if pve_node { Ok(()) } else { Err("not a PVE node (no /etc/pve)".into()) }
+    fn local_applies(&self, _host: &HostRoot, _node: Option<&str>, pve_node: bool) -> Result<(), Error> {
+        if pve_node { Ok(()) } else { Err(Error::Unavailable("not a PVE node (no /etc/pve)")) }
     }
 
-    fn local(&self, ctx: &LocalCtx, out: &mut MetricSet) -> Result<(), String> {
-        let (state, errors) =
-            ctx.ha.read(ctx.host, ctx.pmxcfs, ctx.pmxcfs_timeout).map_err(|e| format!("/etc/pve/ha: {e}"))?;
+    fn local(&self, ctx: &LocalCtx, out: &mut MetricSet) -> Result<(), Error> {
+        let (state, errors) = ctx
+            .ha
+            .read(ctx.host, ctx.pmxcfs, ctx.pmxcfs_timeout)
+            .map_err(|e| Error::io(ctx.host.path("etc/pve/ha"), e))?;
         // No manager_status: HA has never run here. Nothing to report, nothing wrong.
         let Some(state) = state else { return Ok(()) };
         if ctx.emit.should_emit(&state.manager) {
             emit(&state, out);
         }
-        if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+        Error::all_of(errors)
     }
 
-    fn api(&self, ctx: &ApiCtx, _node: Option<&str>, out: &mut MetricSet) -> Result<(), String> {
+    fn api(&self, ctx: &ApiCtx, _node: Option<&str>, out: &mut MetricSet) -> Result<(), Error> {
         const STATUS: &str = "/cluster/ha/status/manager_status";
         const RESOURCES: &str = "/cluster/ha/resources";
-        let (manager, lrm) =
-            api::parse_ha_manager_status(&ctx.api.get(STATUS)?).map_err(|e| format!("{STATUS}: {e}"))?;
+        let (manager, lrm) = api::parse_ha_manager_status(&ctx.api.get(STATUS)?).map_err(|e| e.input(STATUS))?;
         if !ctx.emit.should_emit(&manager) {
             return Ok(());
         }
-        let resources = api::parse_ha_resources(&ctx.api.get(RESOURCES)?).map_err(|e| format!("{RESOURCES}: {e}"))?;
+        let resources = api::parse_ha_resources(&ctx.api.get(RESOURCES)?).map_err(|e| e.input(RESOURCES))?;
         emit(&HaState { manager, lrm, resources }, out);
         Ok(())
     }

@@ -37,7 +37,7 @@ use crate::{
     host::{BlockingGate, HostRoot, ScrapeFiles, call_with_timeout},
     metrics::MetricSet,
     sources::{
-        pve::api::{self, ApiSettings, PveApi, Session, Trust},
+        pve::api::{self, ApiError, ApiSettings, PveApi, Session, Trust},
         pve::config::vmids_from_listing,
         pve::ha::{HaReader, ManagerStatus, valid_node_name},
         pve::storage_cfg::read_node_name,
@@ -57,10 +57,10 @@ trait PveCollector: Sync {
     }
     /// Err(why) when the host root lacks what the local source reads (checked once at start:
     /// a fixture tree without /proc/loadavg, a host that is not a PVE node).
-    fn local_applies(&self, host: &HostRoot, node: Option<&str>, pve_node: bool) -> Result<(), String>;
-    fn local(&self, ctx: &LocalCtx, out: &mut MetricSet) -> Result<(), String>;
+    fn local_applies(&self, host: &HostRoot, node: Option<&str>, pve_node: bool) -> Result<(), Error>;
+    fn local(&self, ctx: &LocalCtx, out: &mut MetricSet) -> Result<(), Error>;
     /// `node` is Some for node-aware collectors.
-    fn api(&self, ctx: &ApiCtx, node: Option<&str>, out: &mut MetricSet) -> Result<(), String>;
+    fn api(&self, ctx: &ApiCtx, node: Option<&str>, out: &mut MetricSet) -> Result<(), Error>;
 }
 
 /// Every PVE collector, the one registry: flags, plans and runs all come from here.
@@ -111,8 +111,8 @@ impl HaEmit<'_> {
         }
     }
 
-    fn node(&self) -> Result<&str, String> {
-        self.node.ok_or_else(|| "cannot tell this node's name (/proc/sys/kernel/hostname)".to_string())
+    fn node(&self) -> Result<&str, Error> {
+        self.node.ok_or(Error::Unavailable("cannot tell this node's name (/proc/sys/kernel/hostname)"))
     }
 }
 
@@ -159,7 +159,7 @@ impl PveState {
                 let p = path.clone();
                 Some(
                     call_with_timeout("token-file", config.pmxcfs_timeout, move || api::read_token_file(&p))
-                        .unwrap_or_else(|e| Err(format!("API token file {}: {e}", path.display()))),
+                        .unwrap_or_else(|e| Err(ApiError::setup(format!("API token file {}", path.display()), e))),
                 )
             }
             // main() took it out of the environment (no child process inherits it).
@@ -224,9 +224,9 @@ impl PveState {
             };
             let api = PveApi::new(ApiSettings {
                 url: config.pve_api_url.clone(),
-                token: token
-                    .clone()
-                    .unwrap_or_else(|| Err(format!("no API token: set --pve-api-token-file or {}", api::TOKEN_ENV))),
+                token: token.clone().unwrap_or_else(|| {
+                    Err(ApiError::setup("no API token", format!("set --pve-api-token-file or {}", api::TOKEN_ENV)))
+                }),
                 trust,
                 timeout: config.pve_api_timeout,
                 max_concurrent: config.pve_api_max_concurrent.into(),
@@ -293,7 +293,7 @@ fn scope_name(s: PveScope) -> &'static str {
 /// The PVE API of one scrape: its session (or why there is none) and the nodes to ask (the
 /// `pve_nodes` stage: made on the first API collector of the scrape).
 pub struct ApiStage<'a> {
-    session: Result<Session<'a>, String>,
+    session: Result<Session<'a>, ApiError>,
     nodes: Vec<String>,
 }
 
@@ -313,8 +313,7 @@ impl<'a> ApiStage<'a> {
             PveScope::Cluster => {
                 if remote.iter().any(|c| c.per_node()) && cx.enabled("pve_nodes") {
                     let (took, r) = super::error::run_timed(|| {
-                        let list = api::parse_nodes(&session.get("/nodes").map_err(Error::Message)?)
-                            .map_err(|err| Error::parse("/nodes", err))?;
+                        let list = api::parse_nodes(&session.get("/nodes")?).map_err(|e| e.input("/nodes"))?;
                         let mut online = Vec::new();
                         for n in list {
                             if !valid_node_name(&n.node) {
@@ -403,11 +402,11 @@ impl Collector for Adapter {
                     pressure_files: &st.pressure_files,
                     emit,
                 };
-                self.collector.local(&local, out).map_err(Error::Message)
+                self.collector.local(&local, out)
             }
             Some(Source::Api) => {
                 let Some(stage) = cx.pve_api() else { return Err(Error::NotApplicable) };
-                let session = stage.session.as_ref().map_err(|e| Error::Message(e.clone()))?;
+                let session = stage.session.as_ref().map_err(|e| Error::Api(e.clone()))?;
                 collect_api(self.collector, st, cx, session, &stage.nodes, emit, out)
             }
         }
@@ -430,10 +429,10 @@ fn collect_api(
 ) -> Result<(), Error> {
     let ctx = ApiCtx { api: session, emit };
     if !c.per_node() {
-        return c.api(&ctx, None, out).map_err(Error::Message);
+        return c.api(&ctx, None, out);
     }
     if st.scope == PveScope::Local && nodes.is_empty() {
-        return emit.node().map(|_| ()).map_err(Error::Message);
+        return emit.node().map(|_| ());
     }
     // Nodes under back-off are not asked in this scrape (a due try is asked, within the deadline).
     let now = Instant::now();
@@ -466,7 +465,7 @@ fn collect_api(
         let mut part = MetricSet::new(&prefix);
         let t = Instant::now();
         let r = catch_unwind(AssertUnwindSafe(|| c.api(&ctx, Some(node), &mut part)))
-            .unwrap_or_else(|p| Err(format!("panicked: {}", panic_message(&p))));
+            .unwrap_or_else(|p| Err(Error::Panicked(panic_message(&p))));
         (t.elapsed(), r, part)
     });
     let mut results = jobs.iter().zip(results);
@@ -483,7 +482,7 @@ fn collect_api(
         {
             let mut b = st.node_backoff.lock().unwrap_or_else(|p| p.into_inner());
             match &r {
-                Err(err) if err.contains(api::NO_ANSWER) => {
+                Err(Error::Api(ApiError::NoAnswer { .. })) => {
                     b.entry(node.to_string()).or_default().failed(Instant::now())
                 }
                 Err(_) => {}
@@ -493,7 +492,7 @@ fn collect_api(
             }
         }
         merge(out, &part);
-        cx.report(name_of(node), took, r.map_err(Error::Message));
+        cx.report(name_of(node), took, r);
     }
     cx.reported_own_runs();
     Ok(())

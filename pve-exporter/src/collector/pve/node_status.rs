@@ -2,6 +2,7 @@
 //! (`/nodes/<node>/status`, or the node's own /proc, statvfs and /sys/firmware).
 
 use super::{ApiCtx, LocalCtx, PveCollector};
+use crate::collector::Error;
 use crate::{
     catalog::*,
     host::HostRoot,
@@ -27,27 +28,27 @@ impl PveCollector for NodeStatusCollector {
         true
     }
 
-    fn local_applies(&self, host: &HostRoot, node: Option<&str>, _pve_node: bool) -> Result<(), String> {
-        node.ok_or("this node's name is unknown (no /proc/sys/kernel/hostname)")?;
+    fn local_applies(&self, host: &HostRoot, node: Option<&str>, _pve_node: bool) -> Result<(), Error> {
+        node.ok_or(Error::Unavailable("this node's name is unknown (no /proc/sys/kernel/hostname)"))?;
         // Every live host has it; a host root without it (a fixture tree) has no node status.
         if !host.path("proc/loadavg").exists() {
-            return Err(format!("{} does not exist", host.path("proc/loadavg").display()));
+            return Err(Error::io(host.path("proc/loadavg"), std::io::ErrorKind::NotFound.into()));
         }
         Ok(())
     }
 
-    fn local(&self, ctx: &LocalCtx, out: &mut MetricSet) -> Result<(), String> {
+    fn local(&self, ctx: &LocalCtx, out: &mut MetricSet) -> Result<(), Error> {
         let node = ctx.emit.node()?;
         let mut errors = Vec::new();
         let st = node::read_node_status(ctx.host, ctx.files, ctx.statvfs, ctx.statvfs_timeout, &mut errors);
         emit(node, &st, out);
-        if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+        Error::all_of(errors)
     }
 
-    fn api(&self, ctx: &ApiCtx, node: Option<&str>, out: &mut MetricSet) -> Result<(), String> {
-        let node = node.ok_or("no node")?;
+    fn api(&self, ctx: &ApiCtx, node: Option<&str>, out: &mut MetricSet) -> Result<(), Error> {
+        let node = node.ok_or(Error::Unavailable("no node"))?;
         let path = format!("/nodes/{node}/status");
-        let st = api::parse_node_status(&ctx.api.get(&path)?).map_err(|e| format!("{path}: {e}"))?;
+        let st = api::parse_node_status(&ctx.api.get(&path)?).map_err(|e| e.input(path.clone()))?;
         emit(node, &st, out);
         Ok(())
     }

@@ -3,6 +3,7 @@
 //! file read.
 
 use super::{ApiCtx, LocalCtx, PveCollector};
+use crate::collector::Error;
 use crate::{
     catalog::*,
     host::HostRoot,
@@ -29,18 +30,18 @@ impl PveCollector for PhysicalDiskCollector {
         false
     }
 
-    fn local_applies(&self, _host: &HostRoot, _node: Option<&str>, _pve_node: bool) -> Result<(), String> {
-        Err("needs the PVE API (PVE runs smartctl for it)".into())
+    fn local_applies(&self, _host: &HostRoot, _node: Option<&str>, _pve_node: bool) -> Result<(), Error> {
+        Err(Error::Unavailable("needs the PVE API (PVE runs smartctl for it)"))
     }
 
-    fn local(&self, _ctx: &LocalCtx, _out: &mut MetricSet) -> Result<(), String> {
-        Err("needs the PVE API".into())
+    fn local(&self, _ctx: &LocalCtx, _out: &mut MetricSet) -> Result<(), Error> {
+        Err(Error::Unavailable("needs the PVE API"))
     }
 
-    fn api(&self, ctx: &ApiCtx, node: Option<&str>, out: &mut MetricSet) -> Result<(), String> {
-        let node = node.ok_or("no node")?;
+    fn api(&self, ctx: &ApiCtx, node: Option<&str>, out: &mut MetricSet) -> Result<(), Error> {
+        let node = node.ok_or(Error::Unavailable("no node"))?;
         let path = format!("/nodes/{node}/disks/list");
-        let disks = api::parse_disks(&ctx.api.get(&path)?).map_err(|e| format!("{path}: {e}"))?;
+        let disks = api::parse_disks(&ctx.api.get(&path)?).map_err(|e| e.input(path.clone()))?;
         emit(node, &disks, out);
         Ok(())
     }

@@ -12,6 +12,7 @@ use crate::{
         pve::api,
     },
 };
+use crate::{collector::Error, sources::error::SourceError};
 
 pub(super) struct VmPressureCollector;
 
@@ -28,24 +29,26 @@ impl PveCollector for VmPressureCollector {
         true
     }
 
-    fn local_applies(&self, host: &HostRoot, node: Option<&str>, _pve_node: bool) -> Result<(), String> {
-        node.ok_or("this node's name is unknown (no /proc/sys/kernel/hostname)")?;
+    fn local_applies(&self, host: &HostRoot, node: Option<&str>, _pve_node: bool) -> Result<(), Error> {
+        node.ok_or(Error::Unavailable("this node's name is unknown (no /proc/sys/kernel/hostname)"))?;
         if !host.path("sys/fs/cgroup").is_dir() {
-            return Err(format!("{} does not exist (no cgroup v2)", host.path("sys/fs/cgroup").display()));
+            return Err(Error::Unavailable("no cgroup v2 at sys/fs/cgroup below the root"));
         }
         Ok(())
     }
 
-    fn local(&self, ctx: &LocalCtx, out: &mut MetricSet) -> Result<(), String> {
+    fn local(&self, ctx: &LocalCtx, out: &mut MetricSet) -> Result<(), Error> {
         let node = ctx.emit.node()?;
         let mut errors = Vec::new();
-        let mut vmids = pressure::running_vm_scopes(ctx.host).map_err(|e| e.to_string())?;
+        let mut vmids = pressure::running_vm_scopes(ctx.host)
+            .map_err(|e| Error::io(ctx.host.path("sys/fs/cgroup/qemu.slice"), e))?;
         // The API lists the VMs configured on this node; a VM running here without its config
         // is migrating in and belongs to the other node until the migration ends.
         match vm_configs(ctx) {
             Ok(Some(configs)) => vmids.retain(|id| configs.contains(&id.to_string())),
             Ok(None) => {}
-            Err(e) => errors.push(format!("{e} (every running VM reported, without the config check)")),
+            // Every running VM is reported then, without the config check.
+            Err(e) => errors.push(SourceError::io(ctx.host.path("etc/pve/qemu-server"), e)),
         }
         // The pressure files of VMs no longer listed are closed; those listed are held.
         let mut held = ctx.pressure_files.lock().unwrap_or_else(|p| p.into_inner());
@@ -55,13 +58,13 @@ impl PveCollector for VmPressureCollector {
             .filter_map(|id| pressure::read_vm_pressure(ctx.host, &mut held, id, &mut errors))
             .collect();
         emit(node, &vms, out);
-        if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+        Error::all_of(errors)
     }
 
-    fn api(&self, ctx: &ApiCtx, node: Option<&str>, out: &mut MetricSet) -> Result<(), String> {
-        let node = node.ok_or("no node")?;
+    fn api(&self, ctx: &ApiCtx, node: Option<&str>, out: &mut MetricSet) -> Result<(), Error> {
+        let node = node.ok_or(Error::Unavailable("no node"))?;
         let path = format!("/nodes/{node}/qemu");
-        let vms = api::parse_qemu_pressure(&ctx.api.get(&path)?).map_err(|e| format!("{path}: {e}"))?;
+        let vms = api::parse_qemu_pressure(&ctx.api.get(&path)?).map_err(|e| e.input(path.clone()))?;
         emit(node, &vms, out);
         Ok(())
     }

@@ -10,6 +10,7 @@ use procfs::FromBufRead;
 
 use crate::{
     host::{BlockingGate, HostRoot, ScrapeFiles},
+    sources::error::{ParseError, SourceError},
     sources::storage::statvfs,
 };
 
@@ -50,37 +51,37 @@ pub struct BootInfo {
 }
 
 /// `/proc/loadavg`: `0.52 0.58 0.59 2/1234 56789`.
-pub fn parse_loadavg(text: &str) -> Result<[f64; 3], String> {
+pub fn parse_loadavg(text: &str) -> Result<[f64; 3], ParseError> {
     let mut it = text.split_whitespace();
     let mut out = [0.0; 3];
     for v in &mut out {
-        let w = it.next().ok_or_else(|| format!("loadavg: too short: {text:?}"))?;
+        let w = it.next().ok_or_else(|| ParseError::new("/proc/loadavg", format!("too short: {text:?}")))?;
         *v = w
             .parse::<f64>()
             .ok()
             .filter(|x| x.is_finite() && *x >= 0.0)
-            .ok_or_else(|| format!("loadavg: bad {w:?}"))?;
+            .ok_or_else(|| ParseError::new("/proc/loadavg", format!("bad {w:?}")))?;
     }
     Ok(out)
 }
 
 /// Swap of `/proc/meminfo`; used = total - free, as PVE computes it.
-pub fn swap_from_meminfo(text: &[u8]) -> Result<Swap, String> {
-    let mi = procfs::Meminfo::from_buf_read(text).map_err(|e| format!("meminfo: {e}"))?;
+pub fn swap_from_meminfo(text: &[u8]) -> Result<Swap, ParseError> {
+    let mi = procfs::Meminfo::from_buf_read(text).map_err(|e| ParseError::new("/proc/meminfo", e))?;
     Ok(Swap { total: mi.swap_total, free: mi.swap_free, used: mi.swap_total.saturating_sub(mi.swap_free) })
 }
 
 /// `/sys/kernel/mm/ksm/pages_sharing`: one number.
-pub fn parse_pages_sharing(text: &str) -> Result<u64, String> {
-    text.trim().parse().map_err(|_| format!("pages_sharing: bad {:?}", text.trim()))
+pub fn parse_pages_sharing(text: &str) -> Result<u64, ParseError> {
+    text.trim().parse().map_err(|_| ParseError::new("pages_sharing", format!("bad {:?}", text.trim())))
 }
 
 /// The efivarfs file of the `SecureBoot` variable: 4 bytes of attributes, then the value
 /// (1 = on).
-pub fn secure_boot_from_efivar(raw: &[u8]) -> Result<bool, String> {
+pub fn secure_boot_from_efivar(raw: &[u8]) -> Result<bool, ParseError> {
     match raw {
         [_, _, _, _, v, ..] => Ok(*v == 1),
-        _ => Err(format!("SecureBoot variable: {} bytes, expected at least 5", raw.len())),
+        _ => Err(ParseError::new("SecureBoot variable", format!("{} bytes, expected at least 5", raw.len()))),
     }
 }
 
@@ -102,28 +103,28 @@ pub fn read_node_status(
     files: &ScrapeFiles,
     gate: &BlockingGate,
     timeout: Duration,
-    errors: &mut Vec<String>,
+    errors: &mut Vec<SourceError>,
 ) -> NodeStatus {
     let mut st = NodeStatus::default();
     match host.read_to_string("proc/loadavg") {
-        Ok(t) => st.load = parse_loadavg(&t).map_err(|e| errors.push(e)).ok(),
-        Err(e) => errors.push(format!("proc/loadavg: {e}")),
+        Ok(t) => st.load = parse_loadavg(&t).map_err(|e| errors.push(e.into())).ok(),
+        Err(e) => errors.push(SourceError::io(host.path("proc/loadavg"), e)),
     }
     match files.read("proc/meminfo") {
-        Ok(t) => st.swap = swap_from_meminfo(&t).map_err(|e| errors.push(e)).ok(),
-        Err(e) => errors.push(format!("proc/meminfo: {e}")),
+        Ok(t) => st.swap = swap_from_meminfo(&t).map_err(|e| errors.push(e.into())).ok(),
+        Err(e) => errors.push(SourceError::io(host.path("proc/meminfo"), e)),
     }
     let root = host.path("/");
     match gate.call("statvfs-root", timeout, move || statvfs::statvfs(&root)).and_then(|r| r) {
         Ok(u) => st.rootfs = Some(Rootfs { total: u.size, used: u.used, avail: u.free }),
-        Err(e) => errors.push(format!("statvfs /: {e}")),
+        Err(e) => errors.push(SourceError::io(host.path("/"), e)),
     }
     // No KSM in the kernel: nothing shared (PVE reports 0 too).
     st.ksm_shared = match host.read_to_string("sys/kernel/mm/ksm/pages_sharing") {
-        Ok(t) => parse_pages_sharing(&t).map(|p| p.saturating_mul(page_size())).map_err(|e| errors.push(e)).ok(),
+        Ok(t) => parse_pages_sharing(&t).map(|p| p.saturating_mul(page_size())).map_err(|e| errors.push(e.into())).ok(),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Some(0),
         Err(e) => {
-            errors.push(format!("sys/kernel/mm/ksm/pages_sharing: {e}"));
+            errors.push(SourceError::io(host.path("sys/kernel/mm/ksm/pages_sharing"), e));
             None
         }
     };
@@ -132,12 +133,12 @@ pub fn read_node_status(
         // Boot; PVE reports it as off then, and so do we.
         let secureboot = match host.read(SECURE_BOOT_VAR) {
             Ok(raw) => secure_boot_from_efivar(&raw).unwrap_or_else(|e| {
-                errors.push(e);
+                errors.push(e.into());
                 false
             }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => false,
             Err(e) => {
-                errors.push(format!("{SECURE_BOOT_VAR}: {e}"));
+                errors.push(SourceError::io(host.path(SECURE_BOOT_VAR), e));
                 false
             }
         };

@@ -14,7 +14,14 @@
 
 use std::io;
 
-use crate::{heldfile::HeldFiles, host::HostRoot, sources::proc::process::utf8};
+use crate::{
+    heldfile::HeldFiles,
+    host::HostRoot,
+    sources::{
+        error::{ParseError, SourceError},
+        proc::process::utf8,
+    },
+};
 
 /// One line of a pressure file.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -37,9 +44,10 @@ pub struct Pressure {
 
 /// Parse a pressure file. Unknown line kinds and keys are ignored (the kernel may add some);
 /// a known key with a bad value, or a file without a `some` line, is an error.
-pub fn parse_pressure(text: &str) -> Result<Pressure, String> {
+pub fn parse_pressure(text: &str) -> Result<Pressure, ParseError> {
     let mut p = Pressure::default();
-    for line in text.lines() {
+    for (n, line) in text.lines().enumerate() {
+        let bad = |msg: String| ParseError::new("pressure", msg).at(n + 1);
         let mut words = line.split_whitespace();
         let slot = match words.next() {
             Some("some") => &mut p.some,
@@ -50,28 +58,28 @@ pub fn parse_pressure(text: &str) -> Result<Pressure, String> {
         let mut seen = 0;
         for w in words {
             let Some((k, v)) = w.split_once('=') else { continue };
-            let pct = |v: &str| -> Result<f64, String> {
+            let pct = |v: &str| -> Result<f64, ParseError> {
                 v.parse::<f64>()
                     .ok()
                     .filter(|x| x.is_finite() && (0.0..=100.0).contains(x))
-                    .ok_or_else(|| format!("bad {k} {v:?} in {line:?}"))
+                    .ok_or_else(|| bad(format!("bad {k} {v:?} in {line:?}")))
             };
             match k {
                 "avg10" => a.avg10 = pct(v)?,
                 "avg60" => a.avg60 = pct(v)?,
                 "avg300" => a.avg300 = pct(v)?,
-                "total" => a.total_us = v.parse().map_err(|_| format!("bad total {v:?} in {line:?}"))?,
+                "total" => a.total_us = v.parse().map_err(|_| bad(format!("bad total {v:?} in {line:?}")))?,
                 _ => continue,
             }
             seen += 1;
         }
         if seen < 4 {
-            return Err(format!("incomplete pressure line {line:?}"));
+            return Err(bad(format!("incomplete pressure line {line:?}")));
         }
         *slot = Some(a);
     }
     if p.some.is_none() {
-        return Err("no \"some\" line".into());
+        return Err(ParseError::new("pressure", "no \"some\" line"));
     }
     Ok(p)
 }
@@ -131,7 +139,7 @@ pub fn read_vm_pressure(
     host: &HostRoot,
     held: &mut HeldFiles<u32>,
     vmid: u32,
-    errors: &mut Vec<String>,
+    errors: &mut Vec<SourceError>,
 ) -> Option<VmPressure> {
     let mut vm = VmPressure { vmid, ratios: [None; 6] };
     let scope = || format!("sys/fs/cgroup/qemu.slice/{vmid}.scope");
@@ -140,7 +148,7 @@ pub fn read_vm_pressure(
         match held.read(&vmid, i, || host.path(file())).and_then(utf8) {
             Ok(text) => match parse_pressure(text) {
                 Ok(p) => vm.ratios[2 * i..2 * i + 2].copy_from_slice(&ratios(&p)),
-                Err(e) => errors.push(format!("{}: {e}", file())),
+                Err(e) => errors.push(e.input(file()).into()),
             },
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 if !host.path(scope()).exists() {
@@ -150,7 +158,7 @@ pub fn read_vm_pressure(
                 // nothing this exporter can fix (PVE's API then reports 0).
                 log::debug!("{}: missing", file());
             }
-            Err(e) => errors.push(format!("{}: {e}", file())),
+            Err(e) => errors.push(SourceError::io(host.path(file()), e)),
         }
     }
     Some(vm)
@@ -227,7 +235,7 @@ mod tests {
         let vm = read_vm_pressure(&host, &mut held, 101, &mut errors).unwrap();
         assert_eq!(vm.ratios, [Some(0.5), Some(0.0), None, None, None, None]);
         assert_eq!(errors.len(), 1, "{errors:?}");
-        assert!(errors[0].contains("memory.pressure"), "{errors:?}");
+        assert!(errors[0].to_string().contains("memory.pressure"), "{errors:?}");
         // A VM that stopped meanwhile: gone, not an error.
         let mut errors = Vec::new();
         assert_eq!(read_vm_pressure(&host, &mut held, 102, &mut errors), None);

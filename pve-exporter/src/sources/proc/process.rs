@@ -6,7 +6,11 @@ use std::{borrow::Cow, io, time::Duration};
 
 use procfs::{FromBufRead, FromRead};
 
-use crate::{heldfile::HeldFiles, host::HostRoot};
+use crate::{
+    heldfile::HeldFiles,
+    host::HostRoot,
+    sources::error::{ParseError, SourceError},
+};
 
 /// argv of a process from `/proc/<pid>/cmdline` (NUL-separated, trailing NUL optional).
 pub fn parse_cmdline(raw: &[u8]) -> Vec<String> {
@@ -242,9 +246,10 @@ pub struct CpuTimes {
     pub num_threads: u64,
 }
 
-pub fn parse_stat(text: &[u8], ticks_per_second: u64) -> Result<CpuTimes, String> {
+pub fn parse_stat(text: &[u8], ticks_per_second: u64) -> Result<CpuTimes, ParseError> {
     // procfs' own message for a malformed line reads like a bug in procfs; say what it is.
-    let st = procfs::process::Stat::from_read(text).map_err(|e| format!("stat: unparseable ({e})"))?;
+    let st =
+        procfs::process::Stat::from_read(text).map_err(|e| ParseError::new("stat", format!("unparseable ({e})")))?;
     let tps = ticks_per_second.max(1) as f64;
     let d = |t: u64| Duration::from_secs_f64(t as f64 / tps);
     Ok(CpuTimes {
@@ -335,13 +340,13 @@ fn memory_key(k: &str) -> Cow<'static, str> {
 
 pub use procfs::process::Io;
 
-pub fn parse_io(text: &[u8]) -> Result<Io, String> {
-    Io::from_buf_read(text).map_err(|e| format!("io: {e}"))
+pub fn parse_io(text: &[u8]) -> Result<Io, ParseError> {
+    Io::from_buf_read(text).map_err(|e| ParseError::new("io", e))
 }
 
 /// `MemTotal` of `/proc/meminfo`, in bytes.
-pub fn parse_memtotal(text: &[u8]) -> Result<u64, String> {
-    let mi = procfs::Meminfo::from_buf_read(text).map_err(|e| format!("meminfo: {e}"))?;
+pub fn parse_memtotal(text: &[u8]) -> Result<u64, ParseError> {
+    let mi = procfs::Meminfo::from_buf_read(text).map_err(|e| ParseError::new("meminfo", e))?;
     Ok(mi.mem_total)
 }
 
@@ -366,21 +371,21 @@ pub fn read_process(
     host: &HostRoot,
     held: &mut HeldFiles<u32>,
     pid: u32,
-    errors: &mut Vec<String>,
+    errors: &mut Vec<SourceError>,
 ) -> io::Result<ProcessStats> {
     let mut st = ProcessStats::default();
     let stat = held.read(&pid, STAT, || host.path(format!("proc/{pid}/stat")))?; // gone: the caller drops the VM
     match parse_stat(stat, procfs::ticks_per_second()) {
         Ok(c) => st.cpu = Some(c),
-        Err(e) => errors.push(format!("pid {pid}: {e}")),
+        Err(e) => errors.push(e.input(format!("/proc/{pid}/stat")).into()),
     }
     // A file missing while /proc/<pid> is still there (io without CONFIG_TASK_IO_ACCOUNTING)
     // is a missing file, not a process that exited.
-    let failed = |e: io::Error, file: &str, errors: &mut Vec<String>| -> io::Result<()> {
+    let failed = |e: io::Error, file: &str, errors: &mut Vec<SourceError>| -> io::Result<()> {
         if crate::host::is_gone(&e) && !host.path(format!("proc/{pid}")).exists() {
             return Err(e);
         }
-        errors.push(format!("pid {pid}: {file}: {e}"));
+        errors.push(SourceError::io(format!("/proc/{pid}/{file}"), e));
         Ok(())
     };
     match held.read(&pid, STATUS, || host.path(format!("proc/{pid}/status"))).and_then(utf8) {
@@ -390,7 +395,7 @@ pub fn read_process(
     match held.read(&pid, IO, || host.path(format!("proc/{pid}/io"))) {
         Ok(t) => match parse_io(t) {
             Ok(io) => st.io = Some(io),
-            Err(e) => errors.push(format!("pid {pid}: {e}")),
+            Err(e) => errors.push(e.input(format!("/proc/{pid}/io")).into()),
         },
         Err(e) => failed(e, "io", errors)?,
     }
@@ -677,7 +682,7 @@ mod tests {
         assert_eq!(st.status.map(|s| s.memory("vmrss")), Some(Some(500 * 1024)));
         assert!(st.io.is_none());
         assert_eq!(errors.len(), 1, "{errors:?}");
-        assert!(errors[0].starts_with("pid 60: io: "), "{errors:?}");
+        assert!(errors[0].to_string().starts_with("/proc/60/io: "), "{errors:?}");
         assert_eq!(budget.used(), 2);
         // The next read gives the new values through the held files, and finds io now.
         std::fs::write(p.join("stat"), stat(900)).unwrap();
@@ -697,7 +702,10 @@ mod tests {
         let mut errors = Vec::new();
         let st = read_process(&host, &mut held, 60, &mut errors).unwrap();
         assert!(st.status.is_none());
-        assert_eq!(errors, ["pid 60: status: stream did not contain valid UTF-8"]);
+        assert_eq!(
+            errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+            ["/proc/60/status: stream did not contain valid UTF-8"]
+        );
         // A process that is gone: NotFound, nothing reported.
         let mut errors = Vec::new();
         assert!(crate::host::is_gone(&read_process(&host, &mut held, 61, &mut errors).unwrap_err()));

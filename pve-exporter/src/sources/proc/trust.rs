@@ -10,6 +10,8 @@ use std::{
     path::Path,
 };
 
+use crate::sources::error::SourceError;
+
 /// Largest file read by [`read_owned_file`]: pid files are a line.
 const MAX_SMALL_FILE: u64 = 4096;
 
@@ -60,23 +62,23 @@ pub fn is_vmid(id: &str) -> bool {
 
 /// A user name or uid of `--qemu-allowed-users`: digits are a uid, a name is looked up in the
 /// host's user database (the daemon's, not below `--root`).
-pub fn parse_user(s: &str) -> Result<u32, String> {
+pub fn parse_user(s: &str) -> Result<u32, SourceError> {
     let s = s.trim();
     if s.is_empty() {
-        return Err("empty user name".into());
+        return Err(SourceError::invalid("user", "empty user name"));
     }
     if s.bytes().all(|b| b.is_ascii_digit()) {
-        return s.parse::<u32>().map_err(|e| format!("{s:?}: {e}"));
+        return s.parse::<u32>().map_err(|e| SourceError::invalid(format!("{s:?}"), e));
     }
     // Without a lookup: the default must parse on a host whose user database is unreachable.
     if s == "root" {
         return Ok(0);
     }
-    lookup_user(s)?.ok_or_else(|| format!("{s:?}: no such user"))
+    lookup_user(s)?.ok_or_else(|| SourceError::invalid(format!("{s:?}"), "no such user"))
 }
 
-fn lookup_user(name: &str) -> Result<Option<u32>, String> {
-    let c = std::ffi::CString::new(name).map_err(|_| format!("{name:?}: not a user name"))?;
+fn lookup_user(name: &str) -> Result<Option<u32>, SourceError> {
+    let c = std::ffi::CString::new(name).map_err(|_| SourceError::invalid(format!("{name:?}"), "not a user name"))?;
     let mut buf = vec![0u8; 16 << 10];
     // SAFETY: passwd is plain data; zeroed is valid, and getpwnam_r fills it.
     let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
@@ -85,7 +87,10 @@ fn lookup_user(name: &str) -> Result<Option<u32>, String> {
     // result pointer; nothing of them is kept beyond this call but pw_uid, copied out below.
     let rc = unsafe { libc::getpwnam_r(c.as_ptr(), &mut pw, buf.as_mut_ptr().cast(), buf.len(), &mut result) };
     if rc != 0 {
-        return Err(format!("{name:?}: user lookup failed: {}", io::Error::from_raw_os_error(rc)));
+        return Err(SourceError::invalid(
+            format!("{name:?}"),
+            format!("user lookup failed: {}", io::Error::from_raw_os_error(rc)),
+        ));
     }
     Ok((!result.is_null()).then_some(pw.pw_uid))
 }
@@ -106,12 +111,12 @@ mod tests {
 
     #[test]
     fn users_by_name_or_uid() {
-        assert_eq!(parse_user("root"), Ok(0));
-        assert_eq!(parse_user("0"), Ok(0));
-        assert_eq!(parse_user(" 64055 "), Ok(64055));
+        assert_eq!(parse_user("root").unwrap(), 0);
+        assert_eq!(parse_user("0").unwrap(), 0);
+        assert_eq!(parse_user(" 64055 ").unwrap(), 64055);
         // `nobody` exists on every Debian system (uid 65534).
-        assert_eq!(parse_user("nobody"), Ok(65534));
-        assert!(parse_user("no-such-user-here").unwrap_err().contains("no such user"));
+        assert_eq!(parse_user("nobody").unwrap(), 65534);
+        assert!(parse_user("no-such-user-here").unwrap_err().to_string().contains("no such user"));
         assert!(parse_user("").is_err());
         assert!(parse_user("99999999999").is_err());
         assert!(parse_user("a\0b").is_err());

@@ -27,6 +27,7 @@ use ureq::{
 use crate::{
     host::{BlockingGate, HostRoot, call_with_timeout},
     sources::{
+        error::ParseError,
         proc::node::{BootInfo, NodeStatus, Rootfs, Swap},
         proc::pressure::VmPressure,
         pve::config::ParsedFile,
@@ -57,18 +58,18 @@ pub struct Token {
 impl Token {
     /// `user@realm!tokenid=secret` (surrounding white space ignored; a `PVEAPIToken=` prefix,
     /// as in the HTTP header, is accepted).
-    pub fn parse(text: &str) -> Result<Token, String> {
+    pub fn parse(text: &str) -> Result<Token, ParseError> {
         let t = text.trim();
         let t = t.strip_prefix("PVEAPIToken=").unwrap_or(t);
-        let shape = "expected user@realm!tokenid=secret";
-        let (id, secret) = t.split_once('=').ok_or(shape)?;
-        let (user, tokenid) = id.split_once('!').ok_or(shape)?;
+        let shape = || ParseError::new("API token", "expected user@realm!tokenid=secret");
+        let (id, secret) = t.split_once('=').ok_or_else(shape)?;
+        let (user, tokenid) = id.split_once('!').ok_or_else(shape)?;
         let ok = user.split_once('@').is_some_and(|(u, r)| !u.is_empty() && !r.is_empty())
             && !tokenid.is_empty()
             && !secret.is_empty()
             && t.bytes().all(|b| b.is_ascii_graphic());
         if !ok {
-            return Err(shape.into());
+            return Err(shape());
         }
         Ok(Token { id: id.to_string(), header: format!("PVEAPIToken={t}") })
     }
@@ -86,9 +87,9 @@ impl fmt::Debug for Token {
 }
 
 /// Read a token file (as given, not below `--root`: it is the exporter's own configuration).
-pub fn read_token_file(path: &Path) -> Result<Token, String> {
+pub fn read_token_file(path: &Path) -> Result<Token, ApiError> {
     use std::io::Read;
-    let err = |e: std::io::Error| format!("API token file {}: {e}", path.display());
+    let err = |e: std::io::Error| ApiError::setup(format!("API token file {}", path.display()), e);
     let mut f = std::fs::File::open(path).map_err(err)?;
     // The mode of the file read, not of whatever the path names a moment later.
     if let Some(w) = f.metadata().ok().and_then(|m| super::secret::secret_file_warning(path, &m)) {
@@ -97,17 +98,39 @@ pub fn read_token_file(path: &Path) -> Result<Token, String> {
     let mut text = String::new();
     // A token is some 80 bytes: a bound keeps a wrong path (a device, a huge file) harmless.
     (&mut f).take(64 << 10).read_to_string(&mut text).map_err(err)?;
-    Token::parse(&text).map_err(|e| format!("API token file {}: {e}", path.display()))
+    Token::parse(&text).map_err(|e| ApiError::setup(format!("API token file {}", path.display()), e.msg))
 }
 
 /// The token of the environment variable [`TOKEN_ENV`], if set.
-pub fn token_from_env() -> Option<Result<Token, String>> {
+pub fn token_from_env() -> Option<Result<Token, ApiError>> {
     let v = std::env::var_os(TOKEN_ENV)?;
     Some(
         v.into_string()
-            .map_err(|_| format!("{TOKEN_ENV}: not valid UTF-8"))
-            .and_then(|s| Token::parse(&s).map_err(|e| format!("{TOKEN_ENV}: {e}"))),
+            .map_err(|_| ApiError::setup(TOKEN_ENV, "not valid UTF-8"))
+            .and_then(|s| Token::parse(&s).map_err(|e| ApiError::setup(TOKEN_ENV, e.msg))),
     )
+}
+
+/// What the API client fails with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// The API did not answer in time: the caller backs off from that node.
+    #[error("GET {path}: no answer within {limit:?}{hint}")]
+    NoAnswer { path: String, limit: Duration, hint: &'static str },
+    /// The request failed, or the API answered with an error.
+    #[error("GET {path}: {msg}")]
+    Request { path: String, msg: String },
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    /// The client cannot make requests: its URL, token or CA.
+    #[error("{what}: {why}")]
+    Setup { what: String, why: String },
+}
+
+impl ApiError {
+    pub fn setup(what: impl Into<String>, why: impl fmt::Display) -> Self {
+        ApiError::Setup { what: what.into(), why: why.to_string() }
+    }
 }
 
 // ---- Client -----------------------------------------------------------------------------------
@@ -129,7 +152,7 @@ pub struct ApiSettings {
     /// `https://host:port` (a trailing `/` or `/api2/json` is accepted).
     pub url: String,
     /// The token, or why there is none.
-    pub token: Result<Token, String>,
+    pub token: Result<Token, ApiError>,
     pub trust: Trust,
     /// Time budget of each request, retries included.
     pub timeout: Duration,
@@ -142,13 +165,13 @@ type Certs = Arc<Vec<Certificate<'static>>>;
 /// The PVE API client. Cheap to share; the connection pool is kept across scrapes.
 pub struct PveApi {
     /// `https://host:port/api2/json`, or why the URL is unusable.
-    base: Result<String, String>,
-    token: Result<Token, String>,
+    base: Result<String, ApiError>,
+    token: Result<Token, ApiError>,
     trust: Trust,
     /// Certificates of `--pve-api-ca-file` (read once at start), or why they cannot be used.
-    ca_file: Option<Result<Certs, String>>,
+    ca_file: Option<Result<Certs, ApiError>>,
     /// pve-root-ca.pem, parsed again only when it changes.
-    root_ca: Arc<ParsedFile<Result<Certs, String>>>,
+    root_ca: Arc<ParsedFile<Result<Certs, ParseError>>>,
     /// The agent and the CA it trusts (None: Mozilla's roots or insecure): rebuilt when the
     /// CA changes.
     agent: Mutex<Option<(Option<Certs>, Agent)>>,
@@ -163,32 +186,30 @@ impl fmt::Debug for PveApi {
 }
 
 /// `https://host:8006/` -> `https://host:8006/api2/json`.
-pub fn base_url(url: &str) -> Result<String, String> {
+pub fn base_url(url: &str) -> Result<String, ApiError> {
     let u = url.trim().trim_end_matches('/');
     let u = u.strip_suffix("/api2/json").unwrap_or(u);
-    let rest = u
-        .get(..8)
-        .filter(|s| s.eq_ignore_ascii_case("https://"))
-        .map(|_| &u[8..])
-        .ok_or_else(|| format!("--pve-api-url {url:?}: must start with https:// (the API takes a token)"))?;
+    let rest = u.get(..8).filter(|s| s.eq_ignore_ascii_case("https://")).map(|_| &u[8..]).ok_or_else(|| {
+        ApiError::setup(format!("--pve-api-url {url:?}"), "must start with https:// (the API takes a token)")
+    })?;
     if rest.is_empty() || rest.contains(['?', '#', ' ']) {
-        return Err(format!("--pve-api-url {url:?}: expected https://host[:port]"));
+        return Err(ApiError::setup(format!("--pve-api-url {url:?}"), "expected https://host[:port]"));
     }
     Ok(format!("https://{rest}/api2/json"))
 }
 
 /// The certificates of a PEM text.
-pub fn parse_pem_certs(text: &str) -> Result<Certs, String> {
+pub fn parse_pem_certs(text: &str) -> Result<Certs, ParseError> {
     let mut certs = Vec::new();
     for item in ureq::tls::parse_pem(text.as_bytes()) {
         match item {
             Ok(PemItem::Certificate(c)) => certs.push(c),
             Ok(_) => {}
-            Err(e) => return Err(format!("not PEM: {e}")),
+            Err(e) => return Err(ParseError::new("PEM", format!("not PEM: {e}"))),
         }
     }
     if certs.is_empty() {
-        return Err("no certificate in it".into());
+        return Err(ParseError::new("PEM", "no certificate in it"));
     }
     Ok(Arc::new(certs))
 }
@@ -202,8 +223,8 @@ impl PveApi {
                 call_with_timeout("ca-file", s.timeout, move || std::fs::read_to_string(p))
                     .and_then(|r| r)
                     .map_err(|e| e.to_string())
-                    .and_then(|t| parse_pem_certs(&t))
-                    .map_err(|e| format!("--pve-api-ca-file {}: {e}", path.display()))
+                    .and_then(|t| parse_pem_certs(&t).map_err(|e| e.to_string()))
+                    .map_err(|e| ApiError::setup(format!("--pve-api-ca-file {}", path.display()), e))
             }),
             _ => None,
         };
@@ -220,8 +241,8 @@ impl PveApi {
     }
 
     /// Why requests cannot be made at all (no token, bad URL or CA file); None when they can.
-    pub fn unusable(&self) -> Option<String> {
-        fn err<T>(r: &Result<T, String>) -> Option<String> {
+    pub fn unusable(&self) -> Option<ApiError> {
+        fn err<T>(r: &Result<T, ApiError>) -> Option<ApiError> {
             r.as_ref().err().cloned()
         }
         err(&self.base).or_else(|| err(&self.token)).or_else(|| self.ca_file.as_ref().and_then(err))
@@ -235,16 +256,16 @@ impl PveApi {
         host: &HostRoot,
         gate: &BlockingGate,
         pmxcfs_timeout: Duration,
-    ) -> Result<Session<'_>, String> {
+    ) -> Result<Session<'_>, ApiError> {
         if let Some(e) = self.unusable() {
             return Err(e);
         }
         let mut cached = self.agent.lock().unwrap_or_else(|p| p.into_inner());
-        let want: Result<Option<Certs>, String> = match &self.trust {
+        let want: Result<Option<Certs>, ApiError> = match &self.trust {
             Trust::Insecure => Ok(None),
             Trust::CaFile(_) => match &self.ca_file {
                 Some(Ok(c)) => Ok(Some(c.clone())),
-                _ => Err("no CA file".into()),
+                _ => Err(ApiError::setup("--pve-api-ca-file", "no CA file")),
             },
             Trust::PveRootCa => {
                 let file = self.root_ca.clone();
@@ -253,9 +274,9 @@ impl PveApi {
                     Ok(Ok(None)) => Ok(None),
                     Ok(Ok(Some(parsed))) => match parsed.as_ref() {
                         Ok(c) => Ok(Some(c.clone())),
-                        Err(e) => Err(format!("/{PVE_ROOT_CA}: {e}")),
+                        Err(e) => Err(ApiError::setup(format!("/{PVE_ROOT_CA}"), e)),
                     },
-                    Ok(Err(e)) | Err(e) => Err(format!("/{PVE_ROOT_CA}: {e}")),
+                    Ok(Err(e)) | Err(e) => Err(ApiError::setup(format!("/{PVE_ROOT_CA}"), e)),
                 }
             }
         };
@@ -324,28 +345,25 @@ enum Failure {
     },
 }
 
-/// What a request's error says when the API did not answer in time (the caller backs off).
-pub const NO_ANSWER: &str = "no answer within";
-
 impl Session<'_> {
     /// GET `path` (`/nodes/pve1/status`); the body of a 200 answer.
-    pub fn get(&self, path: &str) -> Result<Vec<u8>, String> {
+    pub fn get(&self, path: &str) -> Result<Vec<u8>, ApiError> {
         let (Ok(base), Ok(token)) = (&self.api.base, &self.api.token) else {
-            return Err(self.api.unusable().unwrap_or_default());
+            return Err(self.api.unusable().unwrap_or_else(|| ApiError::setup("PVE API", "unusable")));
         };
         let url = format!("{base}{path}");
         // Never past the deadline of the collection this thread works for.
         let timeout = crate::deadline::cap(self.api.timeout);
         let deadline = Instant::now() + timeout;
-        let _slot =
-            self.api.slots.acquire(deadline).ok_or_else(|| {
-                format!("GET {path}: no free request slot within {timeout:?} (--pve-api-max-concurrent)")
-            })?;
+        let _slot = self.api.slots.acquire(deadline).ok_or_else(|| ApiError::Request {
+            path: path.to_string(),
+            msg: format!("no free request slot within {timeout:?} (--pve-api-max-concurrent)"),
+        })?;
         let mut retries = 0;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(format!("GET {path}: {NO_ANSWER} {timeout:?}"));
+                return Err(ApiError::NoAnswer { path: path.to_string(), limit: timeout, hint: "" });
             }
             let f = match self.once(&url, token, left) {
                 Ok(body) => return Ok(body),
@@ -353,14 +371,18 @@ impl Session<'_> {
             };
             let (msg, retry) = match f {
                 Failure::TimedOut => {
-                    return Err(format!("GET {path}: {NO_ANSWER} {timeout:?} (--pve-api-timeout)"));
+                    return Err(ApiError::NoAnswer {
+                        path: path.to_string(),
+                        limit: timeout,
+                        hint: " (--pve-api-timeout)",
+                    });
                 }
                 Failure::Other { msg, retry } => (msg, retry),
             };
             let wait = BACKOFF * 2u32.pow(retries);
             if !retry || retries >= RETRIES || Instant::now() + wait >= deadline {
                 let tries = if retries > 0 { format!(" (after {} attempts)", retries + 1) } else { String::new() };
-                return Err(format!("GET {path}: {msg}{tries}"));
+                return Err(ApiError::Request { path: path.to_string(), msg: format!("{msg}{tries}") });
             }
             log::debug!("GET {path}: {msg}; retrying in {wait:?}");
             std::thread::sleep(wait);
@@ -467,19 +489,20 @@ impl Drop for SlotGuard<'_> {
 // ---- Response parsers (pure) ------------------------------------------------------------------
 
 /// The `data` member of an API answer.
-pub fn data(body: &[u8]) -> Result<Value, String> {
-    let mut v: Value = serde_json::from_slice(body).map_err(|e| format!("answer is not JSON: {e}"))?;
+pub fn data(body: &[u8]) -> Result<Value, ParseError> {
+    let mut v: Value = serde_json::from_slice(body)
+        .map_err(|e| ParseError::new("API answer", format!("not JSON: {e}")).at(e.column()))?;
     match v.get_mut("data") {
         Some(d) => Ok(d.take()),
-        None => Err("answer has no \"data\"".into()),
+        None => Err(ParseError::new("API answer", "no \"data\"")),
     }
 }
 
-fn array(v: Value, what: &str) -> Result<Vec<Value>, String> {
+fn array(v: Value, what: &'static str) -> Result<Vec<Value>, ParseError> {
     match v {
         Value::Array(a) => Ok(a),
         Value::Null => Ok(Vec::new()),
-        _ => Err(format!("{what}: expected a list")),
+        _ => Err(ParseError::new(what, "expected a list")),
     }
 }
 
@@ -492,7 +515,7 @@ pub struct NodeEntry {
 }
 
 /// `GET /nodes`, sorted by name.
-pub fn parse_nodes(body: &[u8]) -> Result<Vec<NodeEntry>, String> {
+pub fn parse_nodes(body: &[u8]) -> Result<Vec<NodeEntry>, ParseError> {
     let mut out: Vec<NodeEntry> = array(data(body)?, "/nodes")?
         .iter()
         .filter_map(|n| {
@@ -508,10 +531,10 @@ pub fn parse_nodes(body: &[u8]) -> Result<Vec<NodeEntry>, String> {
 
 /// `GET /nodes/<node>/status`: the parts the node status collector exports. Parts the answer
 /// lacks (older PVE has no `boot-info`) stay None.
-pub fn parse_node_status(body: &[u8]) -> Result<NodeStatus, String> {
+pub fn parse_node_status(body: &[u8]) -> Result<NodeStatus, ParseError> {
     let d = data(body)?;
     if !d.is_object() {
-        return Err("node status: expected an object".into());
+        return Err(ParseError::new("node status", "expected an object"));
     }
     let num = |v: &Value, k: &str| v.get(k).and_then(json_u64);
     let load = d.get("loadavg").and_then(Value::as_array).and_then(|a| {
@@ -537,7 +560,7 @@ pub fn parse_node_status(body: &[u8]) -> Result<NodeStatus, String> {
 /// `GET /nodes/<node>/qemu`: the pressure of the running VMs, sorted by vmid (values 0..100
 /// become ratios 0..1). Stopped VMs, and running ones without pressure fields (PVE before
 /// 9.0), have none.
-pub fn parse_qemu_pressure(body: &[u8]) -> Result<Vec<VmPressure>, String> {
+pub fn parse_qemu_pressure(body: &[u8]) -> Result<Vec<VmPressure>, ParseError> {
     const FIELDS: [&str; 6] = [
         "pressurecpusome",
         "pressurecpufull",
@@ -563,7 +586,7 @@ pub fn parse_qemu_pressure(body: &[u8]) -> Result<Vec<VmPressure>, String> {
 
 /// `GET /cluster/ha/status/manager_status`: the manager status and the LRM status of each
 /// node.
-pub fn parse_ha_manager_status(body: &[u8]) -> Result<(ManagerStatus, BTreeMap<String, LrmStatus>), String> {
+pub fn parse_ha_manager_status(body: &[u8]) -> Result<(ManagerStatus, BTreeMap<String, LrmStatus>), ParseError> {
     let d = data(body)?;
     let manager = ha::manager_status_from_json(d.get("manager_status").unwrap_or(&Value::Null))?;
     let mut lrm = BTreeMap::new();
@@ -576,7 +599,7 @@ pub fn parse_ha_manager_status(body: &[u8]) -> Result<(ManagerStatus, BTreeMap<S
 }
 
 /// `GET /cluster/ha/resources`.
-pub fn parse_ha_resources(body: &[u8]) -> Result<Vec<HaResource>, String> {
+pub fn parse_ha_resources(body: &[u8]) -> Result<Vec<HaResource>, ParseError> {
     Ok(array(data(body)?, "/cluster/ha/resources")?.iter().filter_map(ha::resource_from_json).collect())
 }
 
@@ -600,7 +623,7 @@ pub struct PhysicalDisk {
 }
 
 /// `GET /nodes/<node>/disks/list`, sorted by devpath.
-pub fn parse_disks(body: &[u8]) -> Result<Vec<PhysicalDisk>, String> {
+pub fn parse_disks(body: &[u8]) -> Result<Vec<PhysicalDisk>, ParseError> {
     let mut out = Vec::new();
     for d in array(data(body)?, "/disks/list")? {
         let Some(devpath) = d.get("devpath").and_then(json_string).filter(|s| !s.is_empty()) else { continue };
@@ -647,7 +670,7 @@ mod tests {
         for bad in
             ["", "secret", "a@b!c", "a@b!c=", "ab!c=d", "@b!c=d", "a@!c=d", "a@b!=d", "a@b!c=d e", "a@b!c=d\u{7f}"]
         {
-            let e = Token::parse(bad).unwrap_err();
+            let e = Token::parse(bad).unwrap_err().to_string();
             assert!(!e.contains("d e"), "{e}");
         }
     }

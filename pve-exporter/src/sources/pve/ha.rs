@@ -24,7 +24,10 @@ use serde_json::Value;
 
 use crate::{
     host::{BlockingGate, HostRoot},
-    sources::pve::config::ParsedFile,
+    sources::{
+        error::{ParseError, SourceError},
+        pve::config::ParsedFile,
+    },
 };
 
 /// The CRM's view of the cluster.
@@ -124,11 +127,11 @@ pub fn json_bool(v: &Value) -> Option<bool> {
 // ---- From JSON values (both sources) -----------------------------------------------------------
 
 /// The manager status object. A missing or empty object (HA never used) is the default.
-pub fn manager_status_from_json(v: &Value) -> Result<ManagerStatus, String> {
+pub fn manager_status_from_json(v: &Value) -> Result<ManagerStatus, ParseError> {
     let obj = match v {
         Value::Null => return Ok(ManagerStatus::default()),
         Value::Object(o) => o,
-        other => return Err(format!("manager_status: expected an object, got {}", kind(other))),
+        other => return Err(ParseError::new("manager_status", format!("expected an object, got {}", kind(other)))),
     };
     let mut m = ManagerStatus {
         master_node: obj.get("master_node").and_then(json_string).filter(|s| !s.is_empty()),
@@ -188,22 +191,24 @@ fn kind(v: &Value) -> &'static str {
 
 /// `/etc/pve/ha/manager_status`. pmxcfs files can be empty (written, never filled): that is
 /// the default, not an error.
-pub fn parse_manager_status(text: &str) -> Result<ManagerStatus, String> {
+pub fn parse_manager_status(text: &str) -> Result<ManagerStatus, ParseError> {
     if text.trim().is_empty() {
         return Ok(ManagerStatus::default());
     }
-    let v: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let v: Value = serde_json::from_str(text)
+        .map_err(|e| ParseError::new("manager_status", format!("not JSON: {e}")).at(e.line()))?;
     manager_status_from_json(&v)
 }
 
 /// `/etc/pve/nodes/<node>/lrm_status`.
-pub fn parse_lrm_status(text: &str) -> Result<LrmStatus, String> {
+pub fn parse_lrm_status(text: &str) -> Result<LrmStatus, ParseError> {
     if text.trim().is_empty() {
         return Ok(LrmStatus::default());
     }
-    let v: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let v: Value =
+        serde_json::from_str(text).map_err(|e| ParseError::new("lrm_status", format!("not JSON: {e}")).at(e.line()))?;
     if !v.is_object() {
-        return Err(format!("expected an object, got {}", kind(&v)));
+        return Err(ParseError::new("lrm_status", format!("expected an object, got {}", kind(&v))));
     }
     Ok(lrm_status_from_json(&v))
 }
@@ -257,12 +262,12 @@ pub fn parse_resources_cfg(text: &str) -> Vec<HaResource> {
 }
 
 /// One node's lrm_status, parsed again only when it changes.
-type LrmFile = Arc<ParsedFile<Result<LrmStatus, String>>>;
+type LrmFile = Arc<ParsedFile<Result<LrmStatus, ParseError>>>;
 
 /// Reads the HA files through the pmxcfs gate, parsing each again only when it changes.
 #[derive(Debug, Default)]
 pub struct HaReader {
-    manager: ParsedFile<Result<ManagerStatus, String>>,
+    manager: ParsedFile<Result<ManagerStatus, ParseError>>,
     resources: ParsedFile<Vec<HaResource>>,
     lrm: Mutex<HashMap<String, LrmFile>>,
 }
@@ -280,13 +285,13 @@ impl HaReader {
         host: &HostRoot,
         gate: &BlockingGate,
         timeout: Duration,
-    ) -> io::Result<(Option<HaState>, Vec<String>)> {
+    ) -> io::Result<(Option<HaState>, Vec<SourceError>)> {
         let me = self.clone();
         let host = host.clone();
         gate.call("pmxcfs", timeout, move || me.read_blocking(&host))?
     }
 
-    fn read_blocking(&self, host: &HostRoot) -> io::Result<(Option<HaState>, Vec<String>)> {
+    fn read_blocking(&self, host: &HostRoot) -> io::Result<(Option<HaState>, Vec<SourceError>)> {
         let mut errors = Vec::new();
         let manager = match self.manager.get(&host.path("etc/pve/ha/manager_status"), parse_manager_status)? {
             None => return Ok((None, errors)),
@@ -308,7 +313,10 @@ impl HaReader {
         };
         for (node, file) in files {
             if !valid_node_name(&node) {
-                errors.push(format!("node name {node:?} in manager_status is not a valid node name"));
+                errors.push(SourceError::invalid(
+                    format!("node name {node:?} in manager_status"),
+                    "not a valid node name",
+                ));
                 continue;
             }
             let path = host.path(Path::new("etc/pve/nodes").join(&node).join("lrm_status"));
@@ -319,9 +327,9 @@ impl HaReader {
                     Ok(st) => {
                         lrm.insert(node, st.clone());
                     }
-                    Err(e) => errors.push(format!("nodes/{node}/lrm_status: {e}")),
+                    Err(e) => errors.push(e.clone().input(format!("nodes/{node}/lrm_status")).into()),
                 },
-                Err(e) => errors.push(e.to_string()),
+                Err(e) => errors.push(SourceError::io(path, e)),
             }
         }
         Ok((Some(HaState { manager, lrm, resources }), errors))

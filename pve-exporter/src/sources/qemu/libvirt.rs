@@ -11,7 +11,10 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use crate::host::HostRoot;
+use crate::{
+    host::HostRoot,
+    sources::error::{ParseError, SourceError},
+};
 
 /// Where libvirt's QEMU driver keeps its runtime state.
 pub const RUN_DIR: &str = "run/libvirt/qemu";
@@ -128,17 +131,23 @@ fn parse_nova(metadata: roxmltree::Node) -> Option<NovaInstance> {
 /// `<domain>` inside) or a bare `<domain>` (`virsh dumpxml`). Err when it is not XML, has no
 /// domain, or the domain has no name; optional parts that are missing or malformed are left
 /// empty (0 for numbers).
-pub fn parse_domain_xml(xml: &str) -> Result<LibvirtDomain, String> {
-    let doc = roxmltree::Document::parse(xml).map_err(|e| format!("not XML: {e}"))?;
+pub fn parse_domain_xml(xml: &str) -> Result<LibvirtDomain, ParseError> {
+    let doc = roxmltree::Document::parse(xml)
+        .map_err(|e| ParseError::new("domain XML", format!("not XML: {e}")).at(e.pos().row as usize))?;
     let root = doc.root_element();
     let (status, domain) = match root.tag_name().name() {
         "domain" => (None, root),
-        "domstatus" => (Some(root), child(root, "domain").ok_or("<domstatus> without <domain>")?),
-        other => return Err(format!("root element <{other}>, not <domain> or <domstatus>")),
+        "domstatus" => (
+            Some(root),
+            child(root, "domain").ok_or_else(|| ParseError::new("domain XML", "<domstatus> without <domain>"))?,
+        ),
+        other => {
+            return Err(ParseError::new("domain XML", format!("root element <{other}>, not <domain> or <domstatus>")));
+        }
     };
     let name = text(child(domain, "name"));
     if name.is_empty() {
-        return Err("domain without <name>".into());
+        return Err(ParseError::new("domain XML", "domain without <name>"));
     }
     let vcpu = child(domain, "vcpu");
     let vcpus = vcpu
@@ -230,7 +239,7 @@ impl LibvirtReader {
     /// The running domains. Err when the directory cannot be listed; a domain whose files
     /// cannot be read or parsed is left out and named in `errors`; a domain whose files vanish
     /// while we look stopped (not an error).
-    pub fn running(&self, host: &HostRoot, errors: &mut Vec<String>) -> io::Result<Vec<RunningDomain>> {
+    pub fn running(&self, host: &HostRoot, errors: &mut Vec<SourceError>) -> io::Result<Vec<RunningDomain>> {
         let mut names: Vec<String> = Vec::new();
         for e in std::fs::read_dir(host.path(RUN_DIR))? {
             let Ok(e) = e else { continue };
@@ -252,14 +261,14 @@ impl LibvirtReader {
                 Ok(m) => m,
                 Err(e) if crate::host::is_gone(&e) => continue,
                 Err(e) => {
-                    errors.push(format!("{}: {e}", xml_path.display()));
+                    errors.push(SourceError::io(&xml_path, e));
                     continue;
                 }
             };
             // The XML says which process is the domain and which files are its disks (the daemon
             // opens them): root's word only.
             if let Err(e) = crate::sources::proc::trust::check_owner(&xml_path, &meta) {
-                errors.push(e.to_string());
+                errors.push(SourceError::io(&xml_path, e));
                 continue;
             }
             let st = stamp(&meta);
@@ -267,8 +276,10 @@ impl LibvirtReader {
                 Some((s, d)) if *s == st => d.clone(),
                 _ => {
                     let parsed = std::fs::read_to_string(&xml_path)
-                        .map_err(|e| (crate::host::is_gone(&e), e.to_string()))
-                        .and_then(|t| parse_domain_xml(&t).map_err(|e| (false, e)));
+                        .map_err(|e| (crate::host::is_gone(&e), SourceError::io(&xml_path, e)))
+                        .and_then(|t| {
+                            parse_domain_xml(&t).map_err(|e| (false, e.input(xml_path.display().to_string()).into()))
+                        });
                     match parsed {
                         Ok(d) => {
                             let d = Arc::new(d);
@@ -277,7 +288,7 @@ impl LibvirtReader {
                         }
                         Err((true, _)) => continue,
                         Err((false, e)) => {
-                            errors.push(format!("{}: {e}", xml_path.display()));
+                            errors.push(e);
                             continue;
                         }
                     }
@@ -289,7 +300,7 @@ impl LibvirtReader {
             let pid = match crate::sources::proc::trust::read_owned_file(&pid_path) {
                 Ok(t) => t.trim().parse::<u32>().ok(),
                 Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                    errors.push(e.to_string());
+                    errors.push(SourceError::io(&pid_path, e));
                     continue;
                 }
                 Err(_) => None,
@@ -297,7 +308,7 @@ impl LibvirtReader {
             .or(domain.pid);
             match pid {
                 Some(pid) => out.push(RunningDomain { pid, domain }),
-                None => errors.push(format!("libvirt domain {name}: no pid")),
+                None => errors.push(SourceError::invalid(format!("libvirt domain {name}"), "no pid")),
             }
         }
         Ok(out)
@@ -444,7 +455,7 @@ mod tests {
         let got = r.running(&host, &mut errors).unwrap();
         assert_eq!(got.iter().map(|d| (d.domain.name.as_str(), d.pid)).collect::<Vec<_>>(), [("a", 100), ("c", 300)]);
         assert_eq!(errors.len(), 1, "{errors:?}");
-        assert!(errors[0].contains("b.xml"), "{errors:?}");
+        assert!(errors[0].to_string().contains("b.xml"), "{errors:?}");
         // The same Arc while the file is unchanged; a new parse after a replace.
         let again = r.running(&host, &mut Vec::new()).unwrap();
         assert!(Arc::ptr_eq(&got[0].domain, &again[0].domain));
@@ -479,6 +490,6 @@ mod tests {
         let got = LibvirtReader::new().running(&host, &mut errors).unwrap();
         assert!(got.is_empty(), "{got:?}");
         assert_eq!(errors.len(), 2, "{errors:?}");
-        assert!(errors.iter().all(|e| e.contains("owned by uid 65534, not root")), "{errors:?}");
+        assert!(errors.iter().all(|e| e.to_string().contains("owned by uid 65534, not root")), "{errors:?}");
     }
 }

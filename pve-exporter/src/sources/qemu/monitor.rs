@@ -158,6 +158,17 @@ pub struct MonitorOptions {
     pub max_concurrent: usize,
 }
 
+/// Why a VM's monitor did not tell (all of) its devices in this scrape.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MonitorError {
+    /// Not asked, or not waited for: busy, stuck, out of slots, past the deadline.
+    #[error("{0}")]
+    NotAsked(String),
+    /// A command failed: the session could not be opened, QEMU answered an error, or nothing.
+    #[error("{what}: {why}")]
+    Command { what: &'static str, why: String },
+}
+
 /// What one VM's monitor told in this scrape. `None`: not known this time.
 #[derive(Debug, Clone, Default)]
 pub struct VmDevices {
@@ -169,7 +180,7 @@ pub struct VmDevices {
     pub stats: Option<Vec<(String, BlockStats)>>,
     /// Virtual sizes by drive name (QMP only).
     pub sizes: Option<Vec<(String, u64)>>,
-    pub errors: Vec<String>,
+    pub errors: Vec<MonitorError>,
     /// The monitor did not answer in time (as a stopped QEMU, or one whose main loop hangs on
     /// storage): the VM goes under back-off.
     pub stalled: bool,
@@ -571,7 +582,10 @@ impl Monitor {
             match r.unwrap_or_else(|| Err(io::Error::other("no result"))) {
                 Err(e) => {
                     out.stalled = e.kind() == io::ErrorKind::TimedOut;
-                    out.errors.push(format!("blockstats: QMP {}: {e}", path.display()));
+                    out.errors.push(MonitorError::Command {
+                        what: "blockstats",
+                        why: format!("QMP {}: {e}", path.display()),
+                    });
                 }
                 Ok((stats, sizes)) => {
                     match stats {
@@ -582,13 +596,18 @@ impl Monitor {
                                 continue; // to the session path, which reads info block again
                             }
                         },
-                        Some(Err(e)) => out.errors.push(format!("blockstats: query-blockstats: QEMU error: {e}")),
-                        None => out.errors.push("blockstats: no reply".into()),
+                        Some(Err(e)) => out.errors.push(MonitorError::Command {
+                            what: "blockstats",
+                            why: format!("query-blockstats: QEMU error: {e}"),
+                        }),
+                        None => out.errors.push(MonitorError::Command { what: "blockstats", why: "no reply".into() }),
                     }
                     match sizes {
                         Some(Ok(v)) => out.sizes = Some(v),
-                        Some(Err(e)) => out.errors.push(format!("query-block: QEMU error: {e}")),
-                        None => out.errors.push("query-block: no reply".into()),
+                        Some(Err(e)) => out
+                            .errors
+                            .push(MonitorError::Command { what: "query-block", why: format!("QEMU error: {e}") }),
+                        None => out.errors.push(MonitorError::Command { what: "query-block", why: "no reply".into() }),
                     }
                 }
             }
@@ -636,7 +655,7 @@ fn cached_only(inner: &Inner, host: &HostRoot, vm: &Target, why: String) -> VmDe
         id: vm.id.clone(),
         nics: cached_network(inner, vm),
         drives: cached_block(inner, host, vm),
-        errors: vec![why],
+        errors: vec![MonitorError::NotAsked(why)],
         ..VmDevices::default()
     }
 }
@@ -679,14 +698,14 @@ impl Lazy<'_> {
     }
 }
 
-fn note(errors: &mut Vec<String>, what: &str, e: Option<String>) {
+fn note(errors: &mut Vec<MonitorError>, what: &'static str, e: Option<String>) {
     if let Some(e) = e {
-        errors.push(format!("{what}: {e}"));
+        errors.push(MonitorError::Command { what, why: e });
     }
 }
 
 /// `info block` from the VM; cached.
-fn read_block(inner: &Inner, vm: &Target, s: &mut Lazy<'_>, errors: &mut Vec<String>) -> Option<Vec<Drive>> {
+fn read_block(inner: &Inner, vm: &Target, s: &mut Lazy<'_>, errors: &mut Vec<MonitorError>) -> Option<Vec<Drive>> {
     match s.with(|s| s.hmp(INFO_BLOCK)) {
         Ok(t) => {
             let drives = hmp::parse_info_block(&t);
@@ -734,7 +753,10 @@ fn fetch_vm(inner: &Inner, host: &HostRoot, vm: &Target, access: &Access) -> VmD
             }
             out.stats = Some(named.unwrap_or_else(|| {
                 if out.drives.is_some() {
-                    out.errors.push("blockstats: unnamed drives do not match info block".into());
+                    out.errors.push(MonitorError::Command {
+                        what: "blockstats",
+                        why: "unnamed drives do not match info block".into(),
+                    });
                 }
                 rows.into_iter().filter(|(n, _)| !n.is_empty()).collect()
             }));
@@ -928,14 +950,14 @@ mod tests {
         assert!(r[1].stalled);
         // Stuck: not asked again, fails at once.
         let r = m.fetch_all(&host, &vms, far());
-        assert!(r[1].errors[0].contains("not waited on"), "{:?}", r[1].errors);
+        assert!(r[1].errors[0].to_string().contains("not waited on"), "{:?}", r[1].errors);
         assert!(r[0].errors.is_empty() && r[2].errors.is_empty());
         // It recovers; when its try is due, the try runs in the background and it rejoins.
         fake.hang.lock().unwrap().clear();
         release.send(()).unwrap();
         thread::sleep(crate::deadline::BACKOFF_FIRST);
         let r = m.fetch_all(&host, &vms, far());
-        assert!(r[1].errors[0].contains("being tried again"), "{:?}", r[1].errors);
+        assert!(r[1].errors[0].to_string().contains("being tried again"), "{:?}", r[1].errors);
         for _ in 0..1000 {
             if m.inner.stuck.lock().unwrap().is_empty() {
                 break;
@@ -959,7 +981,7 @@ mod tests {
         // The step limit is an hour; the deadline ends the wait.
         let r = m.fetch_all(&host, &[vm("1", 10), vm("2", 20)], Deadline::after(Duration::from_millis(200)));
         assert!(r[0].errors.is_empty());
-        assert!(r[1].stalled && r[1].errors[0].contains("deadline"), "{:?}", r[1]);
+        assert!(r[1].stalled && r[1].errors[0].to_string().contains("deadline"), "{:?}", r[1]);
         release.send(()).unwrap();
     }
 }

@@ -175,6 +175,12 @@ pub enum Error {
     TimedOut { cmd: String, timeout: Duration, stderr: String },
     #[error("{cmd}: more than {limit} bytes of output, killed")]
     TooMuchOutput { cmd: String, limit: usize },
+    /// It ran and failed, with no usable output.
+    #[error("{cmd}: {status}: {stderr}")]
+    Exited { cmd: String, status: String, stderr: String },
+    /// Its output does not parse.
+    #[error(transparent)]
+    Parse(#[from] crate::sources::error::ParseError),
 }
 
 fn stderr_note(stderr: &str) -> String {

@@ -9,7 +9,10 @@ use std::{collections::HashMap, time::Duration};
 
 use serde_json::Value;
 
-use crate::sources::storage::command::{self, Report, Slot, Tools};
+use crate::sources::{
+    error::ParseError,
+    storage::command::{self, Report, Slot, Tools},
+};
 
 /// A volume group's size and free space, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,8 +63,9 @@ pub fn lvs_args(lvs: &[&str]) -> Vec<String> {
 }
 
 /// The rows of the `key` ("vg", "lv") sections of a JSON report.
-fn rows<'a>(doc: &'a Value, key: &str) -> Result<Vec<&'a serde_json::Map<String, Value>>, String> {
-    let report = doc.get("report").and_then(Value::as_array).ok_or("no \"report\" array")?;
+fn rows<'a>(doc: &'a Value, key: &'static str) -> Result<Vec<&'a serde_json::Map<String, Value>>, ParseError> {
+    let report =
+        doc.get("report").and_then(Value::as_array).ok_or_else(|| ParseError::new(key, "no \"report\" array"))?;
     Ok(report
         .iter()
         .filter_map(|r| r.get(key).and_then(Value::as_array))
@@ -87,8 +91,9 @@ fn bytes(row: &serde_json::Map<String, Value>, key: &str) -> Option<u64> {
 }
 
 /// `vgs --reportformat json` -> vg name -> space. Err: not a JSON report.
-pub fn parse_vgs_json(text_in: &str) -> Result<HashMap<String, VgSpace>, String> {
-    let doc: Value = serde_json::from_str(text_in).map_err(|e| format!("vgs output is not JSON: {e}"))?;
+pub fn parse_vgs_json(text_in: &str) -> Result<HashMap<String, VgSpace>, ParseError> {
+    let doc: Value = serde_json::from_str(text_in)
+        .map_err(|e| ParseError::new("vgs output", format!("not JSON: {e}")).at(e.line()))?;
     let mut out = HashMap::new();
     for row in rows(&doc, "vg")? {
         if let (Some(name), Some(size), Some(free)) =
@@ -101,8 +106,9 @@ pub fn parse_vgs_json(text_in: &str) -> Result<HashMap<String, VgSpace>, String>
 }
 
 /// `lvs --reportformat json` -> `vg/lv` -> space. Err: not a JSON report.
-pub fn parse_lvs_json(text_in: &str) -> Result<HashMap<String, LvSpace>, String> {
-    let doc: Value = serde_json::from_str(text_in).map_err(|e| format!("lvs output is not JSON: {e}"))?;
+pub fn parse_lvs_json(text_in: &str) -> Result<HashMap<String, LvSpace>, ParseError> {
+    let doc: Value = serde_json::from_str(text_in)
+        .map_err(|e| ParseError::new("lvs output", format!("not JSON: {e}")).at(e.line()))?;
     let mut out = HashMap::new();
     for row in rows(&doc, "lv")? {
         let (Some(vg), Some(lv), Some(size)) = (text(row, "vg_name"), text(row, "lv_name"), bytes(row, "lv_size"))
@@ -123,34 +129,48 @@ fn run<T>(
     tool: &str,
     args: Vec<String>,
     timeout: Duration,
-    parse: fn(&str) -> Result<HashMap<String, T>, String>,
-) -> Result<Report<T>, String> {
+    parse: fn(&str) -> Result<HashMap<String, T>, ParseError>,
+) -> Result<Report<T>, command::Error> {
     let out = tools
-        .command(tool)
-        .map_err(|e| e.to_string())?
+        .command(tool)?
         .args(args)
         // Keeps LVM from warning about the daemon's inherited descriptors on every run.
         .env("LVM_SUPPRESS_FD_WARNINGS", "1")
         .timeout(timeout)
-        .run_in(slot)
-        .map_err(|e: command::Error| e.to_string())?;
+        .run_in(slot)?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     // LVM prints the report of what it found even when it misses some names (exit 5).
     let found = match parse(&stdout) {
         Ok(found) => found,
-        Err(e) if out.status.success() => return Err(e),
-        Err(_) => return Err(format!("{tool}: {}: {}", out.status, out.stderr_summary())),
+        Err(e) if out.status.success() => return Err(e.into()),
+        Err(_) => {
+            return Err(command::Error::Exited {
+                cmd: tool.to_string(),
+                status: out.status.to_string(),
+                stderr: out.stderr_summary(),
+            });
+        }
     };
     Ok(Report::new(found, &out))
 }
 
 /// `vgs` of the volume groups `vgs` in one run.
-pub fn vg_space(tools: &Tools, slot: &Slot, vgs: &[&str], timeout: Duration) -> Result<Report<VgSpace>, String> {
+pub fn vg_space(
+    tools: &Tools,
+    slot: &Slot,
+    vgs: &[&str],
+    timeout: Duration,
+) -> Result<Report<VgSpace>, command::Error> {
     run(tools, slot, "vgs", vgs_args(vgs), timeout, parse_vgs_json)
 }
 
 /// `lvs` of the logical volumes `lvs` (`vg/lv`) in one run.
-pub fn lv_space(tools: &Tools, slot: &Slot, lvs: &[&str], timeout: Duration) -> Result<Report<LvSpace>, String> {
+pub fn lv_space(
+    tools: &Tools,
+    slot: &Slot,
+    lvs: &[&str],
+    timeout: Duration,
+) -> Result<Report<LvSpace>, command::Error> {
     run(tools, slot, "lvs", lvs_args(lvs), timeout, parse_lvs_json)
 }
 
