@@ -3,7 +3,9 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    io,
     path::PathBuf,
+    sync::Arc,
     sync::Mutex,
     time::{Duration, Instant},
 };
@@ -82,7 +84,7 @@ impl DiskSizes {
 
     /// The sizes of `wanted`, each read on its mount's gate; all mounts at once, each waited
     /// for until one deadline.
-    fn read(&self, host: &HostRoot, wanted: Vec<SizeJob>) -> HashMap<SizeJob, Result<u64, String>> {
+    fn read(&self, host: &HostRoot, wanted: Vec<SizeJob>) -> HashMap<SizeJob, Result<u64, Arc<io::Error>>> {
         let mut out = HashMap::new();
         if wanted.is_empty() {
             return out;
@@ -111,15 +113,15 @@ impl DiskSizes {
             .map(|((_, jobs), gate)| {
                 let (host, jobs) = (host.clone(), jobs.clone());
                 gate.start("disk-size", self.limit, move || {
-                    jobs.iter()
-                        .map(|(p, f)| sysfs::disk_size(&host, p, f).map_err(|e| e.to_string()))
-                        .collect::<Vec<_>>()
+                    jobs.iter().map(|(p, f)| sysfs::disk_size(&host, p, f).map_err(Arc::new)).collect::<Vec<_>>()
                 })
             })
             .collect();
         for ((mount, jobs), rx) in by_mount.into_iter().zip(pending) {
-            let answers: Result<Vec<Result<u64, String>>, String> =
-                rx.and_then(|p| p.wait(deadline)).map_err(|e| format!("{}: {e}", mount.display()));
+            // A mount that did not answer fails each of its disks' sizes alike.
+            let answers: Result<Vec<Result<u64, Arc<io::Error>>>, Arc<io::Error>> = rx
+                .and_then(|p| p.wait(deadline))
+                .map_err(|e| Arc::new(io::Error::new(e.kind(), format!("{}: {e}", mount.display()))));
             match answers {
                 Ok(v) => out.extend(jobs.into_iter().zip(v)),
                 Err(e) => out.extend(jobs.into_iter().map(|j| (j, Err(e.clone())))),
@@ -199,7 +201,7 @@ pub(super) fn collect_disks(
                     None => None,
                     Some(Ok(v)) => Some(*v),
                     Some(Err(e)) => {
-                        errors.push(Error::Message(format!("VM {}: {disk_name}: size: {e}", d.id)));
+                        errors.push(Error::source(format!("VM {}: {disk_name}: size", d.id), e.clone()));
                         None
                     }
                 },

@@ -72,7 +72,7 @@ pub struct KvmDebugfs {
     per_vcpu: bool,
     /// `<debugfs>/kvm`, or why debugfs is not there (decided at start-up; `kvm/` itself comes
     /// and goes with the kvm module and is looked for on every scrape).
-    kvm_dir: Result<PathBuf, String>,
+    kvm_dir: Result<PathBuf, crate::sources::error::SourceError>,
     /// Why reading is refused, once it was: lockdown lasts until reboot, rights do not change.
     refused: Option<String>,
     /// Whether the host-wide stats of `kvm/` were read once, to learn about a refusal even
@@ -121,10 +121,10 @@ impl KvmDebugfs {
     }
 
     pub fn collect(&mut self, vms: &[Vm], out: &mut MetricSet) -> Result<(), Error> {
-        self.collect_with(vms, out, &read_file).map_err(Error::Message)
+        self.collect_with(vms, out, &read_file)
     }
 
-    fn collect_with(&mut self, vms: &[Vm], out: &mut MetricSet, read: ReadFn) -> Result<(), String> {
+    fn collect_with(&mut self, vms: &[Vm], out: &mut MetricSet, read: ReadFn) -> Result<(), Error> {
         let mut errors = Vec::new();
         let outcome = self.read_all(vms, read, &mut errors);
         let state = match &outcome {
@@ -153,7 +153,7 @@ impl KvmDebugfs {
                 }
             }
         }
-        if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+        Error::all(errors)
     }
 
     fn dir_display(&self) -> String {
@@ -168,7 +168,7 @@ impl KvmDebugfs {
         Outcome::Unavailable(why)
     }
 
-    fn read_all(&mut self, vms: &[Vm], read: ReadFn, errors: &mut Vec<String>) -> Outcome {
+    fn read_all(&mut self, vms: &[Vm], read: ReadFn, errors: &mut Vec<Error>) -> Outcome {
         if let Some(why) = &self.refused {
             return Outcome::Unavailable(why.clone());
         }
@@ -185,8 +185,9 @@ impl KvmDebugfs {
             Err(e) => match kvm_debugfs::refusal(&e) {
                 Some(why) => return self.refuse(&kvm_dir, why),
                 None => {
-                    errors.push(format!("{}: {e}", kvm_dir.display()));
-                    return Outcome::Unavailable(format!("{} cannot be listed: {e}", kvm_dir.display()));
+                    let why = format!("{} cannot be listed: {e}", kvm_dir.display());
+                    errors.push(Error::io(&kvm_dir, e));
+                    return Outcome::Unavailable(why);
                 }
             },
         };
@@ -231,8 +232,8 @@ impl KvmDebugfs {
                     failed.insert(i);
                 }
                 Err(DirError::Refused(p, why)) => return self.refuse(&p, why),
-                Err(DirError::Failed(e)) => {
-                    errors.push(format!("VM {} (pid {pid}): {e}", vms[i].id));
+                Err(DirError::Failed(p, e)) => {
+                    errors.push(Error::source(format!("VM {} (pid {pid}): {}", vms[i].id, p.display()), e));
                     per_vm.remove(&i);
                     failed.insert(i);
                 }
@@ -312,14 +313,14 @@ impl KvmDebugfs {
 
 enum DirError {
     Refused(PathBuf, &'static str),
-    Failed(String),
+    Failed(PathBuf, io::Error),
 }
 
 impl DirError {
     fn from_io(p: &Path, e: io::Error) -> Self {
         match kvm_debugfs::refusal(&e) {
             Some(why) => DirError::Refused(p.to_path_buf(), why),
-            None => DirError::Failed(format!("{}: {e}", p.display())),
+            None => DirError::Failed(p.to_path_buf(), e),
         }
     }
 }
@@ -367,7 +368,7 @@ mod tests {
         dir
     }
 
-    fn scrape(d: &mut KvmDebugfs, vms: &[Vm], read: ReadFn) -> (MetricSet, Result<(), String>) {
+    fn scrape(d: &mut KvmDebugfs, vms: &[Vm], read: ReadFn) -> (MetricSet, Result<(), Error>) {
         let mut out = MetricSet::new("pve");
         let r = d.collect_with(vms, &mut out, read);
         (out, r)
@@ -389,7 +390,7 @@ mod tests {
         let dir = tree();
         let mut d = KvmDebugfs::start(&HostRoot::new(dir.path()), true);
         let (out, r) = scrape(&mut d, &[vm("100", 1100)], &read_file);
-        assert_eq!(r, Ok(()));
+        assert!(r.is_ok(), "{r:?}");
         assert_eq!(samples(&out, "pve_exporter_kvm_debugfs_available"), [(vec![], int(1))]);
         let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         // 110-3 is another process's; the table is not a number; pid is not a stat.
@@ -408,7 +409,7 @@ mod tests {
         // A VM that stopped: its directory is gone, and so are its cached names.
         std::fs::remove_dir_all(dir.path().join("sys/kernel/debug/kvm/1100-11")).unwrap();
         let (out, r) = scrape(&mut d, &[vm("100", 1100)], &read_file);
-        assert_eq!(r, Ok(()));
+        assert!(r.is_ok(), "{r:?}");
         assert!(samples(&out, "pve_kvm_debugfs_stat").is_empty());
         assert!(d.names.is_empty(), "{:?}", d.names.keys());
     }
@@ -429,7 +430,7 @@ mod tests {
             std::fs::read_to_string(p)
         };
         let (out, r) = scrape(&mut d, &[vm("100", 1100)], &locked);
-        assert_eq!(r, Ok(()));
+        assert!(r.is_ok(), "{r:?}");
         assert_eq!(samples(&out, "pve_exporter_kvm_debugfs_available"), [(vec![], int(0))]);
         assert!(out.get("pve_kvm_debugfs_stat").is_none());
         assert!(d.refused.as_deref().is_some_and(|r| r.contains("lockdown")), "{:?}", d.refused);
@@ -437,7 +438,7 @@ mod tests {
         assert!(after_first > 0);
         for _ in 0..3 {
             let (out, r) = scrape(&mut d, &[vm("100", 1100)], &locked);
-            assert_eq!(r, Ok(()));
+            assert!(r.is_ok(), "{r:?}");
             assert_eq!(samples(&out, "pve_exporter_kvm_debugfs_available"), [(vec![], int(0))]);
         }
         assert_eq!(reads.get(), after_first, "nothing is read once refused");
@@ -452,7 +453,7 @@ mod tests {
             std::fs::read_to_string(p)
         };
         let (out, r) = scrape(&mut d, &[vm("100", 1100)], &vm_locked);
-        assert_eq!(r, Ok(()));
+        assert!(r.is_ok(), "{r:?}");
         assert_eq!(samples(&out, "pve_exporter_kvm_debugfs_available"), [(vec![], int(0))]);
     }
 
@@ -469,7 +470,7 @@ mod tests {
             std::fs::read_to_string(p)
         };
         let (out, r) = scrape(&mut d, &[vm("100", 1100), vm("200", 1200)], &eio);
-        assert!(r.as_ref().is_err_and(|e| e.contains("VM 100")), "{r:?}");
+        assert!(r.as_ref().is_err_and(|e| e.to_string().contains("VM 100")), "{r:?}");
         assert_eq!(samples(&out, "pve_exporter_kvm_debugfs_available"), [(vec![], int(1))]);
         assert_eq!(samples(&out, "pve_kvm_debugfs_stat"), [(vec!["200".into(), "exits".into()], int(7))]);
         assert!(d.refused.is_none());
@@ -480,7 +481,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut d = KvmDebugfs::start(&HostRoot::new(dir.path()), false);
         let (out, r) = scrape(&mut d, &[vm("100", 1100)], &read_file);
-        assert_eq!(r, Ok(()));
+        assert!(r.is_ok(), "{r:?}");
         assert_eq!(samples(&out, "pve_exporter_kvm_debugfs_available"), [(vec![], int(0))]);
         // debugfs is there, the kvm module is not (yet): looked for again on every scrape.
         std::fs::create_dir_all(dir.path().join("sys/kernel/debug/x86")).unwrap();

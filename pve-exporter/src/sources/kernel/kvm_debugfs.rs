@@ -9,7 +9,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::{host::HostRoot, sources::kernel::tracefs};
+use crate::{
+    host::HostRoot,
+    sources::{error::SourceError, kernel::tracefs},
+};
 
 /// `<pid>-<fd>` of a VM directory: both decimal, nothing else. (`110-3` is pid 110; it has
 /// nothing to do with pid 1100, whose directories read `1100-<fd>`.)
@@ -116,13 +119,13 @@ pub fn refusal(e: &io::Error) -> Option<&'static str> {
 /// The debugfs mount below `host`: `/sys/kernel/debug` when something is mounted there (a
 /// non-empty directory), else debugfs is mounted on that empty directory. Err says why there
 /// is none. Its `kvm/` appears only while the kvm module is loaded: callers look each time.
-pub fn find_or_mount(host: &HostRoot) -> Result<PathBuf, String> {
+pub fn find_or_mount(host: &HostRoot) -> Result<PathBuf, SourceError> {
     let dir = host.path("sys/kernel/debug");
-    let mut entries = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut entries = std::fs::read_dir(&dir).map_err(|e| SourceError::io(&dir, e))?;
     if entries.next().is_some() {
         return Ok(dir);
     }
-    tracefs::mount_pseudo_fs("debugfs", &dir).map_err(|e| e.to_string())?;
+    tracefs::mount_pseudo_fs("debugfs", &dir).map_err(|e| SourceError::io(&dir, e))?;
     log::info!("mounted debugfs at {}", dir.display());
     Ok(dir)
 }
@@ -213,7 +216,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let host = HostRoot::new(dir.path());
         // No /sys/kernel/debug at all: nothing to mount on.
-        assert!(find_or_mount(&host).unwrap_err().contains("sys/kernel/debug"));
+        assert!(find_or_mount(&host).unwrap_err().to_string().contains("sys/kernel/debug"));
         std::fs::create_dir_all(dir.path().join("sys/kernel/debug/kvm")).unwrap();
         assert_eq!(find_or_mount(&host).unwrap(), dir.path().join("sys/kernel/debug"));
     }

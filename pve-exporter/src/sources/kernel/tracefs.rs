@@ -8,7 +8,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::host::HostRoot;
+use crate::{host::HostRoot, sources::error::ParseError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldDesc {
@@ -35,11 +35,14 @@ impl TraceFormat {
     }
 
     /// The field `name` if it exists with the expected size, else why not.
-    pub fn checked_field(&self, name: &str, size: u32) -> Result<&FieldDesc, String> {
+    pub fn checked_field(&self, name: &str, size: u32) -> Result<&FieldDesc, ParseError> {
         match self.field(name) {
             Some(f) if f.size == size => Ok(f),
-            Some(f) => Err(format!("{}: field {name} has size {} (expected {size})", self.name, f.size)),
-            None => Err(format!("{}: no field {name}", self.name)),
+            Some(f) => Err(ParseError::new(
+                format!("tracepoint {}", self.name),
+                format!("field {name} has size {} (expected {size})", f.size),
+            )),
+            None => Err(ParseError::new(format!("tracepoint {}", self.name), format!("no field {name}"))),
         }
     }
 }
@@ -157,7 +160,7 @@ fn parse_field(line: &str) -> Option<FieldDesc> {
 }
 
 /// Parse a tracepoint `format` file.
-pub fn parse_format(text: &str) -> Result<TraceFormat, String> {
+pub fn parse_format(text: &str) -> Result<TraceFormat, ParseError> {
     let mut name = None;
     let mut id = None;
     let mut fields = Vec::new();
@@ -169,12 +172,18 @@ pub fn parse_format(text: &str) -> Result<TraceFormat, String> {
         } else if let Some(v) = t.strip_prefix("ID:") {
             id = v.trim().parse::<u32>().ok();
         } else if t.starts_with("field:") {
-            fields.push(parse_field(t).ok_or_else(|| format!("bad field line {t:?}"))?);
+            fields.push(parse_field(t).ok_or_else(|| ParseError::new("format", format!("bad field line {t:?}")))?);
         } else if let Some(v) = t.strip_prefix("print fmt:") {
             print_fmt = v.trim().to_string();
         }
     }
-    Ok(TraceFormat { name: name.ok_or("format has no name")?, id: id.ok_or("format has no ID")?, fields, print_fmt })
+    let missing = |what: &str| ParseError::new("format", format!("format has no {what}"));
+    Ok(TraceFormat {
+        name: name.ok_or_else(|| missing("name"))?,
+        id: id.ok_or_else(|| missing("ID"))?,
+        fields,
+        print_fmt,
+    })
 }
 
 /// The tracefs mount below `host`: `/sys/kernel/tracing`, else the older

@@ -563,7 +563,7 @@ impl Monitor {
         let paths: Vec<&Path> = warm.iter().map(|(_, p, ..)| p.as_path()).collect();
         let step = Instant::now() + inner.opts.step_timeout;
         // Each VM's replies become rows as soon as they are in (its text is freed then).
-        type Rows<T> = Option<Result<Vec<(String, T)>, String>>;
+        type Rows<T> = Option<Result<Vec<(String, T)>, qmp::QemuError>>;
         type Parsed = io::Result<(Rows<BlockStats>, Rows<u64>)>;
         let mut parsed: Vec<Option<Parsed>> = warm.iter().map(|_| None).collect();
         let cmds = ["query-blockstats", "query-block"];
@@ -596,17 +596,16 @@ impl Monitor {
                                 continue; // to the session path, which reads info block again
                             }
                         },
-                        Some(Err(e)) => out.errors.push(MonitorError::Command {
-                            what: "blockstats",
-                            why: format!("query-blockstats: QEMU error: {e}"),
-                        }),
+                        Some(Err(e)) => out
+                            .errors
+                            .push(MonitorError::Command { what: "blockstats", why: format!("query-blockstats: {e}") }),
                         None => out.errors.push(MonitorError::Command { what: "blockstats", why: "no reply".into() }),
                     }
                     match sizes {
                         Some(Ok(v)) => out.sizes = Some(v),
-                        Some(Err(e)) => out
-                            .errors
-                            .push(MonitorError::Command { what: "query-block", why: format!("QEMU error: {e}") }),
+                        Some(Err(e)) => {
+                            out.errors.push(MonitorError::Command { what: "query-block", why: e.to_string() })
+                        }
                         None => out.errors.push(MonitorError::Command { what: "query-block", why: "no reply".into() }),
                     }
                 }

@@ -298,7 +298,12 @@ fn drive_name(device: Option<&str>, node: Option<&str>) -> Option<String> {
 
 /// The replies of one VM in [`exchange_many`]: one per command, in order, each the JSON text of
 /// its `return`; an error reply is `Err(QEMU's description)` and leaves the others usable.
-pub type Replies = Vec<Result<Box<RawValue>, String>>;
+pub type Replies = Vec<Result<Box<RawValue>, QemuError>>;
+
+/// An error reply of QEMU to one command: its description.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("QEMU error: {0}")]
+pub struct QemuError(pub String);
 
 /// A QMP message as far as [`exchange_many`] needs it; the `return` stays unparsed text.
 #[derive(Deserialize)]
@@ -325,7 +330,7 @@ struct Pipelined<'a> {
     buf: Vec<u8>,
     greeted: bool,
     /// Reply to `qmp_capabilities` (id 0) and to command i (id i + 1).
-    replies: Vec<Option<Result<Box<RawValue>, String>>>,
+    replies: Vec<Option<Result<Box<RawValue>, QemuError>>>,
     done: Option<io::Result<Replies>>,
     /// `done` was handed to the caller.
     reported: bool,
@@ -363,7 +368,7 @@ impl Pipelined<'_> {
             let Some(slot) = usize::try_from(id).ok().and_then(|i| self.replies.get_mut(i)) else { continue };
             *slot = Some(match (m.ret, m.error) {
                 (Some(r), _) => Ok(r.to_owned()),
-                (None, e) => Err(e.and_then(|e| e.desc).unwrap_or_else(|| "unknown error".into())),
+                (None, e) => Err(QemuError(e.and_then(|e| e.desc).unwrap_or_else(|| "unknown error".into()))),
             });
         }
         self.buf.drain(..start);
@@ -371,7 +376,7 @@ impl Pipelined<'_> {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "QMP message too long"));
         }
         if let Some(Some(Err(e))) = self.replies.first() {
-            return Err(io::Error::other(format!("qmp_capabilities: QEMU error: {e}")));
+            return Err(io::Error::other(format!("qmp_capabilities: {e}")));
         }
         Ok(self.replies.iter().all(Option::is_some))
     }
@@ -695,7 +700,7 @@ mod tests {
         for reply in &r[..5] {
             let replies = reply.as_ref().unwrap();
             assert_eq!(blockstats_rows(replies[0].as_ref().unwrap().get())[0].1.rd_bytes, 7);
-            assert_eq!(replies[1].as_ref().unwrap_err(), "nope");
+            assert_eq!(replies[1].as_ref().unwrap_err().0, "nope");
         }
         assert_eq!(r[5].as_ref().unwrap_err().kind(), io::ErrorKind::TimedOut);
         assert_eq!(r[6].as_ref().unwrap_err().kind(), io::ErrorKind::NotFound);
