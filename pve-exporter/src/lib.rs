@@ -17,6 +17,5 @@ pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod sources;
-pub mod testguest;
 pub mod vm;
 pub mod web;

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Daemon, GUEST, Guest, Proc, host_root, require_privileges, sample};
+use common::{Daemon, Guest, Proc, guest, host_root, require_privileges, sample};
 
 fn pin_current_thread(cpu: usize) {
     // SAFETY: a zeroed cpu_set_t filled with CPU_SET, for the calling thread (pid 0).
@@ -27,7 +27,7 @@ fn pin_current_thread(cpu: usize) {
 
 /// A guest whose vCPU writes to a port without end (busy), with every thread on `cpu`.
 fn busy_guest_on_cpu(vmid: u32, cpu: usize) -> Proc {
-    let mut c = Command::new(GUEST);
+    let mut c = Command::new(guest());
     c.arg0("/usr/bin/kvm")
         .args(["-id", &vmid.to_string(), "-name", &format!("busy{vmid},debug-threads=on")])
         .args(["-smp", "1", "-m", "32", "-pio-writes", "4000000000"])
@@ -141,7 +141,7 @@ fn derived_userspace_exit_count_is_exact_before_and_after_registration() {
     require_privileges();
     let root = host_root(&[123]);
     let daemon = Daemon::start(root.path(), &["--ebpf", "on", "--ebpf-stats"]);
-    let mut child = Command::new(GUEST)
+    let mut child = Command::new(guest())
         .arg0("/usr/bin/kvm")
         .args(["-id", "123", "-name", "derived123,debug-threads=on", "-smp", "1", "-m", "32"])
         .args(["-pio-writes", "500", "-pio-interval-ms", "100", "-pio-report"])
@@ -257,7 +257,7 @@ fn guest_on_pid(pid: u32, vmid: u32, writes: u64, dir: &std::path::Path) -> Opti
     for _ in 0..500 {
         let _ = std::fs::remove_file(&ready);
         std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).expect("ns_last_pid (needs root)");
-        let child = Command::new(GUEST)
+        let child = Command::new(guest())
             .arg0("/usr/bin/kvm")
             .args(["-id", &vmid.to_string(), "-name", &format!("reused{vmid},debug-threads=on")])
             .args(["-smp", "1", "-m", "32", "-pio-writes", &writes.to_string()])

@@ -67,7 +67,14 @@ pub fn make_demo_root(root: &Path) -> Result<()> {
 
 pub fn run(ws: &Path, daemon_args: &[String], force_demo: bool) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run_cmd(Command::new(&cargo).current_dir(ws).args(["build", "-p", "pve-exporter", "--bins"]))?;
+    run_cmd(Command::new(&cargo).current_dir(ws).args([
+        "build",
+        "-p",
+        "pve-exporter",
+        "-p",
+        "pve-test-guest",
+        "--bins",
+    ]))?;
     let bin = target_dir(ws).join("debug");
 
     // Ctrl-C reaches the whole process group: the daemon shuts down, and we stay to clean up.

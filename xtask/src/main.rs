@@ -223,6 +223,9 @@ fn test() -> Result<()> {
             .env_remove("RUSTUP_TOOLCHAIN"),
     )?;
     step("cargo test (unit, fixture, golden, promtool, privileged eBPF/KVM)");
+    // The live tests start the KVM test guest, a binary of another workspace crate: cargo
+    // test builds only the tested package's own binaries for its integration tests.
+    cargo(&["build", "-p", "pve-test-guest"])?;
     cargo(&["test", "--no-fail-fast"])?;
     step("procfs-only build (--no-default-features)");
     cargo(&["build", "-p", "pve-exporter", "--no-default-features"])?;

@@ -12,7 +12,20 @@ use std::{
 };
 
 pub const DAEMON: &str = env!("CARGO_BIN_EXE_pve-exporter");
-pub const GUEST: &str = env!("CARGO_BIN_EXE_pve-test-guest");
+/// The KVM test guest (the `pve-test-guest` crate's binary, built beside the daemon:
+/// `cargo xtask test` builds it first; by hand: `cargo build -p pve-test-guest`).
+pub fn guest() -> &'static str {
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let p = Path::new(DAEMON).with_file_name("pve-test-guest");
+        assert!(
+            p.is_file(),
+            "{} is missing: build it first with `cargo build -p pve-test-guest` (cargo xtask test does)",
+            p.display()
+        );
+        p.to_string_lossy().into_owned()
+    })
+}
 
 /// Panic with a clear message if a process on this host already claims one of `vmids`
 /// (a left-over test guest, or a real VM): the live tests count per vmid.
@@ -278,12 +291,12 @@ impl Guest {
 pub fn guest_named(name: &str) -> PathBuf {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = Path::new(GUEST).parent().expect("guest dir").join("qemu-named");
+    let dir = Path::new(guest()).parent().expect("guest dir").join("qemu-named");
     std::fs::create_dir_all(&dir).expect("mkdir qemu-named");
     let link = dir.join(name);
     let tmp = dir.join(format!(".{name}.{}.{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
     let _ = std::fs::remove_file(&tmp);
-    std::fs::hard_link(GUEST, &tmp).expect("hard link of the test guest");
+    std::fs::hard_link(guest(), &tmp).expect("hard link of the test guest");
     std::fs::rename(&tmp, &link).expect("rename the guest link");
     // rename(2) does nothing when both names are links of one file already.
     let _ = std::fs::remove_file(&tmp);

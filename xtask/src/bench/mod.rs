@@ -67,7 +67,15 @@ pub fn run(args: &[String]) -> Result<()> {
     let ws = workspace_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     // Release, as operators run it; the eBPF programs are embedded by the build script.
-    run_cmd(Command::new(&cargo).current_dir(&ws).args(["build", "--release", "-p", "pve-exporter", "--bins"]))?;
+    run_cmd(Command::new(&cargo).current_dir(&ws).args([
+        "build",
+        "--release",
+        "-p",
+        "pve-exporter",
+        "-p",
+        "pve-test-guest",
+        "--bins",
+    ]))?;
     let target = target_dir(&ws);
     let bench = Bench { quick, bin: target.join("release"), dir: target.join("bench") };
     fs::create_dir_all(&bench.dir)?;

@@ -1,5 +1,5 @@
 //! `pve-test-guest`: a tiny real KVM guest with a QEMU-like command line, standing in for a
-//! Proxmox VM in integration tests and demos. See `testguest.rs` for what it does.
+//! Proxmox VM in integration tests and demos. See `lib.rs` for what it does.
 //!
 //! Example: `pve-test-guest -id 100 -name demo,debug-threads=on -smp 2 -m 64 -pio-writes 70000`
 //! prints `started pid=<pid>`, then `done 140000` once both vCPUs made their 70000 port writes,
@@ -7,7 +7,7 @@
 
 use std::process::ExitCode;
 
-use pve_exporter::testguest;
+use pve_test_guest as testguest;
 
 const USAGE: &str = "usage: pve-test-guest [-id VMID] [-name NAME[,debug-threads=on]] \
     [-smp N[,...]] [-m MiB] [-cpu MODEL] [-pio-writes N] [-pio-port PORT] \
