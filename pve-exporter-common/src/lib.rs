@@ -285,6 +285,67 @@ pub const fn log2_bucket(mut v: u64) -> u32 {
     b
 }
 
+/// The names of the eBPF maps, as the programs define them (`#[map]` takes the static's name:
+/// the eBPF crate's statics carry exactly these names, and the daemon names maps only through
+/// these constants; its test `every_map_and_program_name_is_in_the_object` checks both sides
+/// against the built object).
+pub mod maps {
+    // Shared by several programs (pve-exporter-ebpf/src/shared.rs).
+    pub const VM_INDEX: &str = "VM_INDEX";
+    pub const COUNTER_ERRORS: &str = "COUNTER_ERRORS";
+    pub const HIST: &str = "HIST";
+    pub const HIST_ZERO: &str = "HIST_ZERO";
+    // events.rs
+    pub const EVENT_ARRAY: &str = "EVENT_ARRAY";
+    pub const EVENT_COUNTS: &str = "EVENT_COUNTS";
+    // userspace_exits.rs
+    pub const UEXIT_ARRAY: &str = "UEXIT_ARRAY";
+    pub const USERSPACE_EXITS: &str = "USERSPACE_EXITS";
+    // exits.rs
+    pub const EXITS: &str = "EXITS";
+    pub const EXIT_SLOT: &str = "EXIT_SLOT";
+    // halt.rs
+    pub const HALT: &str = "HALT";
+    // runqueue.rs
+    pub const VCPU_THREADS: &str = "VCPU_THREADS";
+    pub const VCPU_FILTER: &str = "VCPU_FILTER";
+    pub const WAIT_START: &str = "WAIT_START";
+
+    /// Every map of the object.
+    pub const ALL: &[&str] = &[
+        VM_INDEX,
+        COUNTER_ERRORS,
+        HIST,
+        HIST_ZERO,
+        EVENT_ARRAY,
+        EVENT_COUNTS,
+        UEXIT_ARRAY,
+        USERSPACE_EXITS,
+        EXITS,
+        EXIT_SLOT,
+        HALT,
+        VCPU_THREADS,
+        VCPU_FILTER,
+        WAIT_START,
+    ];
+}
+
+/// The names of the eBPF programs (their functions' names in pve-exporter-ebpf), besides the
+/// per-slot counters of [`event_program_name`].
+pub mod programs {
+    pub const COUNT_USERSPACE_EXIT: &str = "count_userspace_exit";
+    pub const KVM_EXIT: &str = "kvm_exit";
+    pub const KVM_ENTRY: &str = "kvm_entry";
+    pub const VCPU_WAKEUP: &str = "vcpu_wakeup";
+    pub const SCHED_SWITCH: &str = "sched_switch";
+    pub const SCHED_WAKEUP: &str = "sched_wakeup";
+    pub const SCHED_WAKEUP_NEW: &str = "sched_wakeup_new";
+
+    /// Every program of the object but the per-slot counters.
+    pub const ALL: &[&str] =
+        &[COUNT_USERSPACE_EXIT, KVM_EXIT, KVM_ENTRY, VCPU_WAKEUP, SCHED_SWITCH, SCHED_WAKEUP, SCHED_WAKEUP_NEW];
+}
+
 /// Name of the counter program of `slot`.
 pub fn event_program_name(slot: u32, buf: &mut [u8; 16]) -> &str {
     // "count_event_" + up to 2 digits, without alloc (no_std).

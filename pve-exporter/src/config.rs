@@ -5,15 +5,7 @@ use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, ValueEnum};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum EbpfMode {
-    /// Use eBPF when the kernel has BTF and the programs load; else procfs mode.
-    Auto,
-    /// eBPF or nothing: the daemon refuses to start when the programs cannot be loaded.
-    On,
-    /// procfs mode only.
-    Off,
-}
+pub use crate::sources::kernel::ebpf::EbpfMode;
 
 pub use crate::sources::qemu::monitor::QmMode;
 

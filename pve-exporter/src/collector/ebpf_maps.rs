@@ -9,7 +9,7 @@ use crate::{
     catalog::*,
     host::HostRoot,
     metrics::{HistogramValue, LabelValue, MetricSet},
-    sources::kernel::ebpf::{EbpfCounters, exported_buckets, userspace_exit_label},
+    sources::kernel::ebpf::{EbpfCounters, EbpfError, exported_buckets, userspace_exit_label},
     vm::Vm,
 };
 
@@ -22,7 +22,7 @@ pub fn collect(
     vms: &[Vm],
     vcpus: &[(u32, u32)],
     out: &mut MetricSet,
-) -> Result<(), String> {
+) -> Result<(), EbpfError> {
     counters.sync_vcpus(vcpus);
     let pids: Vec<u32> = vms.iter().map(|v| v.pid).collect();
     // VM processes that exited since the last scrape: their counters go now, before a new
@@ -178,7 +178,7 @@ impl super::Collector for EbpfMaps {
             .iter()
             .flat_map(|vm| threads.listed(vm.pid).unwrap_or_default().into_iter().map(move |t| (vm.pid, t.tid)))
             .collect();
-        collect(cx.host, counters, vms, &vcpus, out).map_err(super::Error::Message)
+        collect(cx.host, counters, vms, &vcpus, out).map_err(|e| super::Error::source("eBPF maps", e))
     }
 }
 

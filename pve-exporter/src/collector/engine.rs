@@ -116,7 +116,7 @@ impl Deref for Engine {
 
 impl Engine {
     /// Build the engine; this loads and attaches the eBPF programs (Err: `--ebpf on` failed).
-    pub fn new(config: Config) -> Result<Self, String> {
+    pub fn new(config: Config) -> Result<Self, ebpf::EbpfError> {
         let host = HostRoot::new(&config.root);
         let ebpf = ebpf::start(
             &host,

@@ -53,9 +53,6 @@ pub enum Error {
     /// A source left something out of its answer (a dataset missing from `zfs get`, say).
     #[error("{what}: {why}")]
     Missing { what: String, why: String },
-    /// What a part reported as text (to be replaced by a typed kind where it is made).
-    #[error("{0}")]
-    Message(String),
     /// A bug: the collector panicked.
     #[error("panicked: {0}")]
     Panicked(String),

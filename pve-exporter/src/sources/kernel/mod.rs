@@ -1,7 +1,6 @@
 //! The kernel's own interfaces: tracefs, BPF programs and their maps, netlink, sysfs and
 //! KVM's debugfs.
 
-pub mod bpf_batch;
 pub mod ebpf;
 pub mod kvm_debugfs;
 pub mod netlink;

@@ -1,5 +1,8 @@
 //! eBPF: load the embedded programs, attach them to tracepoints, and read their maps.
-//! docs/ebpf.md describes every program, map and cost.
+//! docs/ebpf.md describes every program, map and cost. Each program's user side sits beside
+//! this loader, named as its kernel side in pve-exporter-ebpf/src/: `events`, `exits`,
+//! `userspace_exits`, `runqueue` (halt's map is read with the others here); `spec` lists
+//! what the loader attaches and checks; `batch` reads whole maps in one syscall.
 //!
 //! `start` decides the mode once at start-up. In `auto` a kernel without BTF, missing rights
 //! or an object the kernel refuses lead to procfs mode with the reason exported; in `on`
@@ -22,272 +25,89 @@ use pve_exporter_common::{
     CountNs, ERR_MAP_FULL, ERR_NEGATIVE_DELTA, ERR_SLOTS, ERR_UNMATCHED_ENTRY, EVENT_COUNT_SLOTS, EVENT_SLOTS,
     EventCounts, ExitKey, HIST_BUCKETS, HIST_FIRST_BIT, Hist, ISA_SVM, ISA_UNKNOWN, ISA_VMX, MAX_INDEXED_VMS,
     REASON_ERROR, REASON_RESTART, SLOT_KVM_ENTRY, TgidKey, UEXIT_SLOTS, UexitCounts, VmSlot, event_program_name,
-    globals, uexit_reason, vcpu_filter_slot, vm_index_slot,
+    globals, maps, programs, uexit_reason, vcpu_filter_slot, vm_index_slot,
 };
 
 use crate::{
-    config::EbpfMode,
     host::HostRoot,
     sources::{
-        kernel::bpf_batch::{self, BatchError},
+        error::ParseError,
+        kernel::ebpf::batch::{self as bpf_batch, BatchError},
         kernel::tracefs::{self, TraceFormat},
     },
 };
+
+mod batch;
+mod events;
+mod exits;
+mod runqueue;
+mod spec;
+mod userspace_exits;
+
+pub use self::{events::*, exits::*, spec::*, userspace_exits::*};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EbpfMode {
+    /// Use eBPF when the kernel has BTF and the programs load; else procfs mode.
+    Auto,
+    /// eBPF or nothing: the daemon refuses to start when the programs cannot be loaded.
+    On,
+    /// procfs mode only.
+    Off,
+}
+
+/// What loading, attaching and reading the programs fails with.
+#[derive(Debug, thiserror::Error)]
+pub enum EbpfError {
+    /// eBPF cannot run on this host (`--ebpf on` refuses to start): why.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("the kernel refused the eBPF object: {0}")]
+    Object(Box<aya::EbpfError>),
+    #[error("program {0} missing from the object")]
+    ProgramMissing(String),
+    #[error("loading {program} (verifier or rights): {source}")]
+    Load {
+        program: String,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("attaching {program} to {tracepoint}: {source}")]
+    Attach {
+        program: String,
+        tracepoint: String,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("map {0} missing from the object")]
+    MapMissing(&'static str),
+    #[error("map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+    #[error("map {map}: {source}")]
+    Batch {
+        map: &'static str,
+        #[source]
+        source: BatchError,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 /// The compiled `pve-exporter-ebpf` object, when this binary was built with the `ebpf` feature.
 #[cfg(feature = "ebpf")]
 pub static EBPF_OBJECT: Option<&[u8]> =
     Some(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pve-exporter-ebpf")));
+
 #[cfg(not(feature = "ebpf"))]
 pub static EBPF_OBJECT: Option<&[u8]> = None;
-
-/// A record field a program reads: its name, the sizes accepted, and the global the loader
-/// sets to its offset (None for a raw-tracepoint program, which gets the value as a tracepoint
-/// argument: the field is only checked, so that a changed tracepoint is not misread).
-#[derive(Debug)]
-pub struct FieldSpec {
-    pub field: &'static str,
-    pub sizes: &'static [u32],
-    pub global: Option<&'static str>,
-    /// When missing, the global is set to u32::MAX and the program copes (kvm_exit's isa).
-    pub optional: bool,
-}
-
-/// A program of the object with the tracepoint it attaches to.
-#[derive(Debug)]
-pub struct ProgSpec {
-    pub program: &'static str,
-    pub category: &'static str,
-    pub event: &'static str,
-    pub fields: &'static [FieldSpec],
-    /// Attached only when this other program is (kvm_entry pairs with kvm_exit).
-    pub requires: Option<&'static str>,
-    /// A raw tracepoint program (the tracepoint's arguments, no trace record), else a perf
-    /// tracepoint program (the record).
-    pub raw: bool,
-}
-
-const fn field(field: &'static str, sizes: &'static [u32], global: &'static str) -> FieldSpec {
-    FieldSpec { field, sizes, global: Some(global), optional: false }
-}
-
-/// A field a raw-tracepoint program gets as an argument: checked, not passed.
-const fn arg_field(field: &'static str, sizes: &'static [u32]) -> FieldSpec {
-    FieldSpec { field, sizes, global: None, optional: false }
-}
-
-/// Every program besides the per-tracepoint counters.
-pub const PROGRAMS: &[ProgSpec] = &[
-    ProgSpec {
-        program: "count_userspace_exit",
-        category: "kvm",
-        event: "kvm_userspace_exit",
-        fields: &[arg_field("reason", &[4]), arg_field("errno", &[4])],
-        requires: None,
-        raw: true,
-    },
-    ProgSpec {
-        program: "kvm_exit",
-        category: "kvm",
-        event: "kvm_exit",
-        fields: &[
-            field("exit_reason", &[4], globals::EXIT_REASON),
-            FieldSpec { field: "isa", sizes: &[4], global: Some(globals::EXIT_ISA), optional: true },
-        ],
-        requires: None,
-        raw: false,
-    },
-    ProgSpec {
-        program: "kvm_entry",
-        category: "kvm",
-        event: "kvm_entry",
-        fields: &[],
-        requires: Some("kvm_exit"),
-        raw: false,
-    },
-    ProgSpec {
-        program: "vcpu_wakeup",
-        category: "kvm",
-        event: "kvm_vcpu_wakeup",
-        fields: &[
-            field("ns", &[8], globals::WAKEUP_NS),
-            field("waited", &[1], globals::WAKEUP_WAITED),
-            field("valid", &[1], globals::WAKEUP_VALID),
-        ],
-        requires: None,
-        raw: false,
-    },
-    ProgSpec {
-        program: "sched_switch",
-        category: "sched",
-        event: "sched_switch",
-        fields: &[
-            field("prev_pid", &[4], globals::SWITCH_PREV_PID),
-            field("prev_state", &[8], globals::SWITCH_PREV_STATE),
-            field("next_pid", &[4], globals::SWITCH_NEXT_PID),
-        ],
-        requires: None,
-        raw: false,
-    },
-    ProgSpec {
-        program: "sched_wakeup",
-        category: "sched",
-        event: "sched_wakeup",
-        fields: &[field("pid", &[4], globals::SCHED_WAKEUP_PID)],
-        requires: Some("sched_switch"),
-        raw: false,
-    },
-    ProgSpec {
-        program: "sched_wakeup_new",
-        category: "sched",
-        event: "sched_wakeup_new",
-        fields: &[field("pid", &[4], globals::SCHED_WAKEUP_NEW_PID)],
-        requires: Some("sched_switch"),
-        raw: false,
-    },
-];
-
-/// The globals of `spec` from the tracepoint's format: Err when a field is missing or has an
-/// unexpected size (the program is then not loaded). Fields without a global are only checked.
-pub fn resolve_offsets(spec: &ProgSpec, fmt: &TraceFormat) -> Result<Vec<(&'static str, u32)>, String> {
-    let mut out = Vec::new();
-    for f in spec.fields {
-        let offset = match fmt.field(f.field) {
-            Some(d) if f.sizes.contains(&d.size) => d.offset,
-            Some(d) => {
-                return Err(format!("{}: field {} has size {} (expected {:?})", fmt.name, f.field, d.size, f.sizes));
-            }
-            None if f.optional => u32::MAX,
-            None => return Err(format!("{}: no field {}", fmt.name, f.field)),
-        };
-        if let Some(g) = f.global {
-            out.push((g, offset));
-        }
-    }
-    Ok(out)
-}
-
-/// One tracepoint of `--ebpf-events`, counted per VM.
-#[derive(Debug, Clone)]
-pub struct TraceEvent {
-    /// `category:name` as given.
-    pub spec: String,
-    pub name: String,
-    /// What counts it, once attached.
-    pub source: Option<EventSource>,
-    pub attached: bool,
-    /// Why it is not attached.
-    pub error: Option<String>,
-}
-
-/// What counts an event of `--ebpf-events`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventSource {
-    /// Its own counter program, `count_event_<slot>`.
-    Slot(u32),
-    /// The program already on the tracepoint: its counts summed over reasons or outcomes (and
-    /// `kvm_entry`'s count in [`SLOT_KVM_ENTRY`]), so that no second program runs on every hit.
-    UserspaceExits,
-    Exits,
-    Entries,
-    HaltWakeups,
-}
-
-/// The events a program of [`PROGRAMS`] counts anyway: (event, program, how). While that program
-/// is attached, the event gets no counter program.
-pub const DERIVED_EVENTS: &[(&str, &str, EventSource)] = &[
-    ("kvm:kvm_userspace_exit", "count_userspace_exit", EventSource::UserspaceExits),
-    ("kvm:kvm_exit", "kvm_exit", EventSource::Exits),
-    ("kvm:kvm_entry", "kvm_entry", EventSource::Entries),
-    ("kvm:kvm_vcpu_wakeup", "vcpu_wakeup", EventSource::HaltWakeups),
-];
-
-/// The source of `event` (`category:name`) when an attached program counts it already.
-pub fn derived_source(event: &str, programs: &[ProgramStatus]) -> Option<EventSource> {
-    let &(_, program, source) = DERIVED_EVENTS.iter().find(|(e, _, _)| *e == event)?;
-    programs.iter().any(|p| p.program == program && p.attached).then_some(source)
-}
-
-/// One of [`PROGRAMS`] after start-up.
-#[derive(Debug, Clone)]
-pub struct ProgramStatus {
-    pub program: &'static str,
-    pub attached: bool,
-    pub error: Option<String>,
-}
-
-/// Exit reason names from kvm_exit's print fmt: the kernel's own VMX and SVM tables.
-#[derive(Debug, Clone, Default)]
-pub struct ExitReasons {
-    pub vmx: HashMap<u32, String>,
-    pub svm: HashMap<u32, String>,
-    /// The isa to assume when records carry none (old kernels): from the CPU vendor.
-    pub host_isa: u32,
-}
-
-impl ExitReasons {
-    /// Tables from kvm_exit's print fmt: `(REC->isa == 1) ? <VMX table> : <SVM table>`.
-    pub fn from_print_fmt(print_fmt: &str, host_isa: u32) -> Self {
-        let mut tables = tracefs::print_symbolic_tables(print_fmt, "exit_reason").into_iter();
-        let mut table = || -> HashMap<u32, String> {
-            tables
-                .next()
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|(n, s)| Some((u32::try_from(n).ok()?, s.to_ascii_lowercase())))
-                .collect()
-        };
-        let vmx = table();
-        let svm = table();
-        Self { vmx, svm, host_isa }
-    }
-
-    /// The `reason` label: the kernel's name lowercased, else the number.
-    pub fn label(&self, isa: u32, reason: u32) -> String {
-        let isa = if isa == ISA_UNKNOWN { self.host_isa } else { isa };
-        let table = match isa {
-            ISA_VMX => Some(&self.vmx),
-            ISA_SVM => Some(&self.svm),
-            _ => None,
-        };
-        table.and_then(|t| t.get(&reason)).cloned().unwrap_or_else(|| reason.to_string())
-    }
-}
-
-/// The isa of this host's CPU from /proc/cpuinfo's vendor_id.
-pub fn host_isa(cpuinfo: &str) -> u32 {
-    let vendor = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("vendor_id").and_then(|r| r.split(':').nth(1)))
-        .map(str::trim)
-        .unwrap_or("");
-    match vendor {
-        "GenuineIntel" => ISA_VMX,
-        "AuthenticAMD" | "HygonGenuine" => ISA_SVM,
-        _ => ISA_UNKNOWN,
-    }
-}
-
-/// KVM_EXIT_* number -> label (`KVM_EXIT_IO` -> `io`), from kvm_userspace_exit's print fmt.
-pub fn userspace_exit_names(print_fmt: &str) -> HashMap<u32, String> {
-    tracefs::print_symbolic_tables(print_fmt, "reason")
-        .into_iter()
-        .flatten()
-        .filter_map(|(n, name)| {
-            let n = u32::try_from(n).ok()?;
-            Some((n, name.strip_prefix("KVM_EXIT_").unwrap_or(&name).to_ascii_lowercase()))
-        })
-        .collect()
-}
-
-/// The `reason` label of a user-space exit.
-pub fn userspace_exit_label(names: &HashMap<u32, String>, reason: u32) -> String {
-    match reason {
-        REASON_RESTART => "restart".to_string(),
-        REASON_ERROR => "error".to_string(),
-        r => names.get(&r).cloned().unwrap_or_else(|| r.to_string()),
-    }
-}
 
 /// Live eBPF state: the loaded object (dropping it detaches every program) and what is attached.
 pub struct EbpfCounters {
@@ -354,13 +174,13 @@ pub struct EbpfOptions {
 }
 
 /// Start eBPF as `opts.mode` asks. Err only in `on` mode, with the reason.
-pub fn start(host: &HostRoot, opts: &EbpfOptions) -> Result<EbpfStatus, String> {
+pub fn start(host: &HostRoot, opts: &EbpfOptions) -> Result<EbpfStatus, EbpfError> {
     if opts.mode == EbpfMode::Off {
         return Ok(EbpfStatus::procfs("disabled by --ebpf off"));
     }
-    let fail = |reason: String| -> Result<EbpfStatus, String> {
+    let fail = |reason: String| -> Result<EbpfStatus, EbpfError> {
         if opts.mode == EbpfMode::On {
-            Err(reason)
+            Err(EbpfError::Unavailable(reason))
         } else {
             log::warn!("eBPF unavailable, running in procfs mode: {reason}");
             Ok(EbpfStatus::procfs(reason))
@@ -392,7 +212,7 @@ pub fn start(host: &HostRoot, opts: &EbpfOptions) -> Result<EbpfStatus, String> 
             Ok(EbpfStatus { mode: "ebpf", reason, counters: Some(c) })
         }
         Ok(_) => fail("no program could be attached (is the kvm module loaded?)".into()),
-        Err(e) => fail(e),
+        Err(e) => fail(e.to_string()),
     }
 }
 
@@ -410,6 +230,7 @@ pub struct MapSizes {
 
 /// What the preallocated per-CPU values may take, over all CPUs.
 pub const PERCPU_BUDGET: u64 = 32 << 20;
+
 /// VMs the arrays hold at least, however many CPUs.
 pub const MIN_INDEXED_VMS: u32 = 64;
 
@@ -457,29 +278,33 @@ fn raise_memlock_limit() {
     }
 }
 
-fn program<'a>(bpf: &'a mut Ebpf, prog_name: &str) -> Result<&'a mut Program, String> {
-    bpf.program_mut(prog_name).ok_or_else(|| format!("program {prog_name} missing from the object"))
+fn program<'a>(bpf: &'a mut Ebpf, prog_name: &str) -> Result<&'a mut Program, EbpfError> {
+    bpf.program_mut(prog_name).ok_or_else(|| EbpfError::ProgramMissing(prog_name.to_string()))
 }
 
 /// Load `prog_name` and attach it to `cat:name`, as a raw tracepoint or a perf tracepoint.
-fn attach(bpf: &mut Ebpf, prog_name: &str, cat: &str, name: &str, raw: bool) -> Result<(), String> {
-    let load_err = |e| format!("loading {prog_name} (verifier or rights): {e}");
-    let attach_err = |e| format!("attaching {prog_name} to {cat}:{name}: {e}");
+fn attach(bpf: &mut Ebpf, prog_name: &str, cat: &str, name: &str, raw: bool) -> Result<(), EbpfError> {
+    let load_err = |source| EbpfError::Load { program: prog_name.to_string(), source: Box::new(source) };
+    let attach_err = |source| EbpfError::Attach {
+        program: prog_name.to_string(),
+        tracepoint: format!("{cat}:{name}"),
+        source: Box::new(source),
+    };
     if raw {
-        let prog: &mut RawTracePoint = program(bpf, prog_name)?.try_into().map_err(|e| format!("{prog_name}: {e}"))?;
+        let prog: &mut RawTracePoint = program(bpf, prog_name)?.try_into().map_err(load_err)?;
         prog.load().map_err(load_err)?;
         // Raw tracepoints are named without their category (names are unique in a kernel).
         prog.attach(name).map_err(attach_err)?;
     } else {
-        let prog: &mut TracePoint = program(bpf, prog_name)?.try_into().map_err(|e| format!("{prog_name}: {e}"))?;
+        let prog: &mut TracePoint = program(bpf, prog_name)?.try_into().map_err(load_err)?;
         prog.load().map_err(load_err)?;
         prog.attach(cat, name).map_err(attach_err)?;
     }
     Ok(())
 }
 
-fn load(host: &HostRoot, object: &[u8], opts: &EbpfOptions) -> Result<EbpfCounters, String> {
-    let tracefs = tracefs::find_or_mount(host).map_err(|e| format!("tracefs: {e}"))?;
+fn load(host: &HostRoot, object: &[u8], opts: &EbpfOptions) -> Result<EbpfCounters, EbpfError> {
+    let tracefs = tracefs::find_or_mount(host).map_err(|e| EbpfError::Io { what: "tracefs".into(), source: e })?;
 
     // Per-tracepoint counters: which of the requested tracepoints exist here.
     let mut events: Vec<TraceEvent> = Vec::new();
@@ -507,7 +332,7 @@ fn load(host: &HostRoot, object: &[u8], opts: &EbpfOptions) -> Result<EbpfCounte
         let resolved = tracefs::read_format(&tracefs, spec.category, spec.event)
             .map_err(|e| format!("no {}:{} tracepoint ({e})", spec.category, spec.event))
             .and_then(|fmt| {
-                let offsets = resolve_offsets(spec, &fmt)?;
+                let offsets = resolve_offsets(spec, &fmt).map_err(|e| e.to_string())?;
                 formats.insert(spec.event, fmt);
                 Ok(offsets)
             });
@@ -526,7 +351,7 @@ fn load(host: &HostRoot, object: &[u8], opts: &EbpfOptions) -> Result<EbpfCounte
         formats.get("kvm_exit").map(|f| ExitReasons::from_print_fmt(&f.print_fmt, cpu_isa)).unwrap_or_default();
 
     raise_memlock_limit();
-    let nr_cpus = aya::util::nr_cpus().map_err(|(what, e)| format!("{what}: {e}"))?;
+    let nr_cpus = aya::util::nr_cpus().map_err(|(what, e)| EbpfError::Io { what: what.to_string(), source: e })?;
     let sizes = map_sizes(nr_cpus);
     log::info!(
         "eBPF maps sized for {nr_cpus} possible CPUs: {} VMs in the counter arrays, {} histogram keys \
@@ -540,10 +365,10 @@ fn load(host: &HostRoot, object: &[u8], opts: &EbpfOptions) -> Result<EbpfCounte
         loader.override_global(g, v, true);
     }
     loader
-        .map_max_entries("EVENT_ARRAY", sizes.indexed_vms)
-        .map_max_entries("UEXIT_ARRAY", sizes.indexed_vms)
-        .map_max_entries("HIST", sizes.hist_keys);
-    let mut bpf = loader.load(object).map_err(|e| format!("loading the eBPF object: {e}"))?;
+        .map_max_entries(maps::EVENT_ARRAY, sizes.indexed_vms)
+        .map_max_entries(maps::UEXIT_ARRAY, sizes.indexed_vms)
+        .map_max_entries(maps::HIST, sizes.hist_keys);
+    let mut bpf = loader.load(object).map_err(|e| EbpfError::Object(Box::new(e)))?;
     let logger = match aya_log::EbpfLogger::init(&mut bpf) {
         Ok(l) => Some(l),
         Err(e) => {
@@ -564,7 +389,8 @@ fn load(host: &HostRoot, object: &[u8], opts: &EbpfOptions) -> Result<EbpfCounte
             programs[i].error = Some(format!("needs {req}, which is not attached"));
             continue;
         }
-        programs[i].error = attach(&mut bpf, spec.program, spec.category, spec.event, spec.raw).err();
+        programs[i].error =
+            attach(&mut bpf, spec.program, spec.category, spec.event, spec.raw).err().map(|e| e.to_string());
         programs[i].attached = programs[i].error.is_none();
     }
     // The counters, after the programs: an event one of them counts already gets no second
@@ -589,7 +415,7 @@ fn load(host: &HostRoot, object: &[u8], opts: &EbpfOptions) -> Result<EbpfCounte
                 ev.attached = true;
                 slot += 1;
             }
-            Err(e) => ev.error = Some(e),
+            Err(e) => ev.error = Some(e.to_string()),
         }
     }
     for st in programs.iter().filter(|p| p.error.is_some()) {
@@ -656,39 +482,6 @@ pub struct EbpfSnapshot {
 }
 
 impl EbpfSnapshot {
-    /// Events per (process, event name) of the attached `events`, each from its source; only
-    /// non-zero counts. Exact wherever counted: the derived sums add the array and hash counts
-    /// like the counters' do.
-    pub fn event_totals(&self, events: &[TraceEvent]) -> HashMap<(u32, String), u64> {
-        let mut out: HashMap<(u32, String), u64> = HashMap::new();
-        let mut add = |tgid: u32, name: &str, n: u64| {
-            if n > 0 {
-                *out.entry((tgid, name.to_string())).or_default() += n;
-            }
-        };
-        for e in events.iter().filter(|e| e.attached) {
-            let slot = match e.source {
-                Some(EventSource::Slot(s)) => s,
-                Some(EventSource::Entries) => SLOT_KVM_ENTRY,
-                Some(EventSource::UserspaceExits) => {
-                    self.userspace_exits.iter().for_each(|(&(tgid, _), &n)| add(tgid, &e.name, n));
-                    continue;
-                }
-                Some(EventSource::Exits) => {
-                    self.exits.iter().for_each(|(&(tgid, _, _), v)| add(tgid, &e.name, v.count));
-                    continue;
-                }
-                Some(EventSource::HaltWakeups) => {
-                    self.halt.iter().for_each(|(&(tgid, _), v)| add(tgid, &e.name, v.count));
-                    continue;
-                }
-                None => continue,
-            };
-            self.events.iter().filter(|(k, _)| k.1 == slot).for_each(|(&(tgid, _), &n)| add(tgid, &e.name, n));
-        }
-        out
-    }
-
     /// Every process that has an entry in some map.
     pub fn tgids(&self) -> HashSet<u32> {
         self.events
@@ -730,9 +523,12 @@ fn no_batch(batch: &mut bool, e: std::io::Error) {
     *batch = false;
 }
 
-fn percpu_array_mut<'a, V: aya::Pod>(bpf: &'a mut Ebpf, name: &str) -> Result<PerCpuArray<&'a mut MapData, V>, String> {
-    let map = bpf.map_mut(name).ok_or_else(|| format!("map {name} missing"))?;
-    PerCpuArray::try_from(map).map_err(|e| format!("{name}: {e}"))
+fn percpu_array_mut<'a, V: aya::Pod>(
+    bpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<PerCpuArray<&'a mut MapData, V>, EbpfError> {
+    let map = bpf.map_mut(name).ok_or(EbpfError::MapMissing(name))?;
+    PerCpuArray::try_from(map).map_err(|source| EbpfError::Map { map: name, source: Box::new(source) })
 }
 
 impl EbpfCounters {
@@ -743,13 +539,13 @@ impl EbpfCounters {
         name: &'static str,
         limit: usize,
         sum: &impl Fn(&[V]) -> T,
-    ) -> Option<Result<Vec<(K, T)>, String>> {
+    ) -> Option<Result<Vec<(K, T)>, EbpfError>> {
         if !self.batch {
             return None;
         }
         let map = match self.bpf.map(name) {
             Some(m) => m,
-            None => return Some(Err(format!("map {name} missing"))),
+            None => return Some(Err(EbpfError::MapMissing(name))),
         };
         let mut out = Vec::new();
         match bpf_batch::for_each_percpu::<K, V>(map, self.nr_cpus, limit, &mut self.batch_bufs, |k, v| {
@@ -760,7 +556,7 @@ impl EbpfCounters {
                 no_batch(&mut self.batch, e);
                 None
             }
-            Err(e) => Some(Err(format!("{name}: {e}"))),
+            Err(e) => Some(Err(EbpfError::Batch { map: name, source: e })),
         }
     }
 
@@ -772,12 +568,13 @@ impl EbpfCounters {
         name: &'static str,
         capacity: u32,
         sum: impl Fn(&[V]) -> T,
-    ) -> Result<Vec<(K, T)>, String> {
+    ) -> Result<Vec<(K, T)>, EbpfError> {
         if let Some(r) = self.read_batch(name, capacity as usize, &sum) {
             return r;
         }
-        let map = self.bpf.map(name).ok_or_else(|| format!("map {name} missing"))?;
-        let m: PerCpuHashMap<&MapData, K, V> = PerCpuHashMap::try_from(map).map_err(|e| format!("{name}: {e}"))?;
+        let map = self.bpf.map(name).ok_or(EbpfError::MapMissing(name))?;
+        let m: PerCpuHashMap<&MapData, K, V> =
+            PerCpuHashMap::try_from(map).map_err(|source| EbpfError::Map { map: name, source: Box::new(source) })?;
         Ok(m.iter().filter_map(Result::ok).map(|(k, v)| (k, sum(&v))).collect())
     }
 
@@ -788,15 +585,16 @@ impl EbpfCounters {
         name: &'static str,
         n: u32,
         sum: impl Fn(&[V]) -> T,
-    ) -> Result<Vec<(u32, T)>, String> {
+    ) -> Result<Vec<(u32, T)>, EbpfError> {
         if n == 0 {
             return Ok(Vec::new());
         }
         if let Some(r) = self.read_batch(name, n as usize, &sum) {
             return r;
         }
-        let map = self.bpf.map(name).ok_or_else(|| format!("map {name} missing"))?;
-        let m: PerCpuArray<&MapData, V> = PerCpuArray::try_from(map).map_err(|e| format!("{name}: {e}"))?;
+        let map = self.bpf.map(name).ok_or(EbpfError::MapMissing(name))?;
+        let m: PerCpuArray<&MapData, V> =
+            PerCpuArray::try_from(map).map_err(|source| EbpfError::Map { map: name, source: Box::new(source) })?;
         let mut out = Vec::with_capacity(n as usize);
         for i in 0..n {
             match m.get(&i, 0) {
@@ -808,33 +606,35 @@ impl EbpfCounters {
     }
 
     /// Read every map.
-    pub fn read(&mut self) -> Result<EbpfSnapshot, String> {
+    pub fn read(&mut self) -> Result<EbpfSnapshot, EbpfError> {
         use pve_exporter_common::{MAX_EVENT_KEYS, MAX_EXIT_KEYS, MAX_HALT_KEYS, MAX_REASON_KEYS};
         self.flush_log();
         let sum_u64 = |v: &[u64]| v.iter().sum::<u64>();
         let mut s = EbpfSnapshot::default();
-        let events = self.read_hash::<TgidKey, u64, u64>("EVENT_COUNTS", MAX_EVENT_KEYS, sum_u64)?;
-        let uexits = self.read_hash::<TgidKey, u64, u64>("USERSPACE_EXITS", MAX_REASON_KEYS, sum_u64)?;
-        let exits = self.read_hash::<ExitKey, CountNs, CountNs>("EXITS", MAX_EXIT_KEYS, sum_count_ns)?;
-        let hists = self.read_hash::<TgidKey, Hist, Hist>("HIST", self.sizes.hist_keys, sum_hist)?;
-        let halt = self.read_hash::<TgidKey, CountNs, CountNs>("HALT", MAX_HALT_KEYS, sum_count_ns)?;
+        let events = self.read_hash::<TgidKey, u64, u64>(maps::EVENT_COUNTS, MAX_EVENT_KEYS, sum_u64)?;
+        let uexits = self.read_hash::<TgidKey, u64, u64>(maps::USERSPACE_EXITS, MAX_REASON_KEYS, sum_u64)?;
+        let exits = self.read_hash::<ExitKey, CountNs, CountNs>(maps::EXITS, MAX_EXIT_KEYS, sum_count_ns)?;
+        let hists = self.read_hash::<TgidKey, Hist, Hist>(maps::HIST, self.sizes.hist_keys, sum_hist)?;
+        let halt = self.read_hash::<TgidKey, CountNs, CountNs>(maps::HALT, MAX_HALT_KEYS, sum_count_ns)?;
         s.maps = vec![
-            ("EVENT_COUNTS", events.len(), MAX_EVENT_KEYS),
-            ("USERSPACE_EXITS", uexits.len(), MAX_REASON_KEYS),
-            ("EXITS", exits.len(), MAX_EXIT_KEYS),
-            ("HIST", hists.len(), self.sizes.hist_keys),
-            ("HALT", halt.len(), MAX_HALT_KEYS),
-            ("VCPU_THREADS", self.vcpus.len(), pve_exporter_common::MAX_VCPU_THREADS),
+            (maps::EVENT_COUNTS, events.len(), MAX_EVENT_KEYS),
+            (maps::USERSPACE_EXITS, uexits.len(), MAX_REASON_KEYS),
+            (maps::EXITS, exits.len(), MAX_EXIT_KEYS),
+            (maps::HIST, hists.len(), self.sizes.hist_keys),
+            (maps::HALT, halt.len(), MAX_HALT_KEYS),
+            (maps::VCPU_THREADS, self.vcpus.len(), pve_exporter_common::MAX_VCPU_THREADS),
         ];
-        s.maps.push(("VM_INDEX", self.vm_index.len(), self.sizes.indexed_vms));
+        s.maps.push((maps::VM_INDEX, self.vm_index.len(), self.sizes.indexed_vms));
         s.events = events.into_iter().map(|(k, v)| ((k.tgid, k.sub), v)).collect();
         s.userspace_exits = uexits.into_iter().map(|(k, v)| ((k.tgid, k.sub), v)).collect();
         // Registered VMs: their array counters, added to what they counted in the hash maps
         // before they were registered. Indexes are handed out lowest first, so reading up to
         // the highest one held reads every registered VM and few free indexes.
         let n = self.vm_index.values().max().map_or(0, |i| i + 1);
-        let events_arr = self.read_array::<EventCounts, _>("EVENT_ARRAY", n, |v| sum_slots(v.iter().map(|c| c.n)))?;
-        let uexits_arr = self.read_array::<UexitCounts, _>("UEXIT_ARRAY", n, |v| sum_slots(v.iter().map(|c| c.n)))?;
+        let events_arr =
+            self.read_array::<EventCounts, _>(maps::EVENT_ARRAY, n, |v| sum_slots(v.iter().map(|c| c.n)))?;
+        let uexits_arr =
+            self.read_array::<UexitCounts, _>(maps::UEXIT_ARRAY, n, |v| sum_slots(v.iter().map(|c| c.n)))?;
         let events_arr: HashMap<u32, _> = events_arr.into_iter().collect();
         let uexits_arr: HashMap<u32, _> = uexits_arr.into_iter().collect();
         for (&tgid, &index) in &self.vm_index {
@@ -860,7 +660,7 @@ impl EbpfCounters {
         s.hists = hists.into_iter().map(|(k, v)| ((k.tgid, k.sub), v)).collect();
         s.halt = halt.into_iter().map(|(k, v)| ((k.tgid, k.sub), v)).collect();
         let errs: HashMap<u32, u64> =
-            self.read_array::<u64, _>("COUNTER_ERRORS", ERR_SLOTS, sum_u64)?.into_iter().collect();
+            self.read_array::<u64, _>(maps::COUNTER_ERRORS, ERR_SLOTS, sum_u64)?.into_iter().collect();
         for (slot, cause) in [
             (ERR_MAP_FULL, "map_full"),
             (ERR_NEGATIVE_DELTA, "negative_delta"),
@@ -896,56 +696,6 @@ impl EbpfCounters {
     pub fn flush_log(&mut self) {
         if let Some(l) = self.logger.as_mut() {
             l.flush();
-        }
-    }
-
-    /// Tell the programs which threads are vCPUs: `(tgid, tid)` of every vCPU thread of every
-    /// running VM. Only changes reach the kernel: new threads are added, threads of stopped
-    /// VMs (or unplugged vCPUs) removed, with their pending run-queue timestamps.
-    pub fn sync_vcpus(&mut self, current: &[(u32, u32)]) {
-        let want: HashMap<u32, u32> = current.iter().map(|&(tgid, tid)| (tid, tgid)).collect();
-        let gone: Vec<u32> =
-            self.vcpus.iter().filter(|(tid, tgid)| want.get(tid) != Some(tgid)).map(|(t, _)| *t).collect();
-        let added: Vec<(u32, u32)> =
-            want.iter().filter(|(tid, tgid)| self.vcpus.get(tid) != Some(tgid)).map(|(t, g)| (*t, *g)).collect();
-        if gone.is_empty() && added.is_empty() {
-            return;
-        }
-        if let Some(map) = self.bpf.map_mut("VCPU_THREADS")
-            && let Ok(mut m) = BpfHashMap::<&mut MapData, u32, u32>::try_from(map)
-        {
-            for tid in &gone {
-                let _ = m.remove(tid);
-                self.vcpus.remove(tid);
-            }
-            for (tid, tgid) in &added {
-                match m.insert(tid, tgid, 0) {
-                    Ok(()) => {
-                        self.vcpus.insert(*tid, *tgid);
-                    }
-                    Err(e) => log::debug!("VCPU_THREADS insert {tid}: {e}"),
-                }
-            }
-        }
-        if let Some(map) = self.bpf.map_mut("WAIT_START")
-            && let Ok(mut m) = BpfHashMap::<&mut MapData, u32, u64>::try_from(map)
-        {
-            for tid in &gone {
-                let _ = m.remove(tid);
-            }
-        }
-        // The filter holds, per slot, how many registered threads fall into it.
-        let slots: HashSet<u32> =
-            gone.iter().chain(added.iter().map(|(t, _)| t)).map(|&t| vcpu_filter_slot(t)).collect();
-        if let Some(map) = self.bpf.map_mut("VCPU_FILTER")
-            && let Ok(mut m) = Array::<&mut MapData, u8>::try_from(map)
-        {
-            for slot in slots {
-                let n = self.vcpus.keys().filter(|&&t| vcpu_filter_slot(t) == slot).count();
-                if let Err(e) = m.set(slot, n.min(255) as u8, 0) {
-                    log::debug!("VCPU_FILTER set {slot}: {e}");
-                }
-            }
         }
     }
 
@@ -1031,16 +781,19 @@ impl EbpfCounters {
         }
     }
 
-    fn register(&mut self, tgid: u32, index: u32, nr_cpus: usize) -> Result<(), String> {
+    fn register(&mut self, tgid: u32, index: u32, nr_cpus: usize) -> Result<(), EbpfError> {
         let b = &mut self.bpf;
+        let err = |map: &'static str| move |source| EbpfError::Map { map, source: Box::new(source) };
         // Zero first: nothing counts into a free index (no VM_INDEX slot names it).
-        let zeros = PerCpuValues::try_from(vec![EventCounts::default(); nr_cpus]).map_err(|e| e.to_string())?;
-        percpu_array_mut::<EventCounts>(b, "EVENT_ARRAY")?.set(index, zeros, 0).map_err(|e| e.to_string())?;
-        let zeros = PerCpuValues::try_from(vec![UexitCounts::default(); nr_cpus]).map_err(|e| e.to_string())?;
-        percpu_array_mut::<UexitCounts>(b, "UEXIT_ARRAY")?.set(index, zeros, 0).map_err(|e| e.to_string())?;
-        let map = b.map_mut("VM_INDEX").ok_or("map VM_INDEX missing")?;
-        let mut m = Array::<&mut MapData, VmSlot>::try_from(map).map_err(|e| e.to_string())?;
-        m.set(vm_index_slot(tgid), VmSlot { tgid, index }, 0).map_err(|e| e.to_string())
+        let zeros = PerCpuValues::try_from(vec![EventCounts::default(); nr_cpus])
+            .map_err(|e| EbpfError::Io { what: maps::EVENT_ARRAY.into(), source: e })?;
+        percpu_array_mut::<EventCounts>(b, maps::EVENT_ARRAY)?.set(index, zeros, 0).map_err(err(maps::EVENT_ARRAY))?;
+        let zeros = PerCpuValues::try_from(vec![UexitCounts::default(); nr_cpus])
+            .map_err(|e| EbpfError::Io { what: maps::UEXIT_ARRAY.into(), source: e })?;
+        percpu_array_mut::<UexitCounts>(b, maps::UEXIT_ARRAY)?.set(index, zeros, 0).map_err(err(maps::UEXIT_ARRAY))?;
+        let map = b.map_mut(maps::VM_INDEX).ok_or(EbpfError::MapMissing(maps::VM_INDEX))?;
+        let mut m = Array::<&mut MapData, VmSlot>::try_from(map).map_err(err(maps::VM_INDEX))?;
+        m.set(vm_index_slot(tgid), VmSlot { tgid, index }, 0).map_err(err(maps::VM_INDEX))
     }
 
     /// Drop every counter of the given processes (they exited), so the bounded maps never
@@ -1048,7 +801,7 @@ impl EbpfCounters {
     pub fn forget(&mut self, tgids: &HashSet<u32>, snap: &EbpfSnapshot) {
         let gone: Vec<u32> = self.vm_index.keys().copied().filter(|t| tgids.contains(t)).collect();
         if !gone.is_empty()
-            && let Some(map) = self.bpf.map_mut("VM_INDEX")
+            && let Some(map) = self.bpf.map_mut(maps::VM_INDEX)
             && let Ok(mut m) = Array::<&mut MapData, VmSlot>::try_from(map)
         {
             for tgid in gone {
@@ -1076,27 +829,27 @@ impl EbpfCounters {
         let b = &mut self.bpf;
         remove::<TgidKey, u64>(
             b,
-            "EVENT_COUNTS",
+            maps::EVENT_COUNTS,
             snap.events.keys().filter(|k| dead(&k.0)).map(|&(tgid, sub)| TgidKey { tgid, sub }),
         );
         remove::<TgidKey, u64>(
             b,
-            "USERSPACE_EXITS",
+            maps::USERSPACE_EXITS,
             snap.userspace_exits.keys().filter(|k| dead(&k.0)).map(|&(tgid, sub)| TgidKey { tgid, sub }),
         );
         remove::<ExitKey, CountNs>(
             b,
-            "EXITS",
+            maps::EXITS,
             snap.exits.keys().filter(|k| dead(&k.0)).map(|&(tgid, isa, reason)| ExitKey { tgid, isa, reason }),
         );
         remove::<TgidKey, Hist>(
             b,
-            "HIST",
+            maps::HIST,
             snap.hists.keys().filter(|k| dead(&k.0)).map(|&(tgid, sub)| TgidKey { tgid, sub }),
         );
         remove::<TgidKey, CountNs>(
             b,
-            "HALT",
+            maps::HALT,
             snap.halt.keys().filter(|k| dead(&k.0)).map(|&(tgid, sub)| TgidKey { tgid, sub }),
         );
     }
@@ -1105,27 +858,6 @@ impl EbpfCounters {
 /// Whether an operator turned the kernel's BPF statistics on (`sysctl kernel.bpf_stats_enabled=1`).
 fn stats_enabled_by_sysctl() -> bool {
     std::fs::read_to_string(Path::new("/proc/sys/kernel/bpf_stats_enabled")).is_ok_and(|s| s.trim() == "1")
-}
-
-/// The exported buckets of a BPF histogram: (le in seconds, count in that bucket alone), +Inf
-/// last, and the total count. (The encoder makes them cumulative.) The program buckets at the
-/// exported resolution already (`pve_exporter_common::hist_bucket`): `le` = 2^10, 2^12, …
-/// 2^30 ns, then +Inf.
-pub fn exported_buckets(h: &Hist) -> (Vec<(f64, u64)>, u64) {
-    let out = h
-        .buckets
-        .iter()
-        .enumerate()
-        .map(|(i, &n)| {
-            let le = if i + 1 < HIST_BUCKETS {
-                (1u64 << (HIST_FIRST_BIT + 2 * i as u32)) as f64 / 1e9
-            } else {
-                f64::INFINITY
-            };
-            (le, n)
-        })
-        .collect();
-    (out, h.buckets.iter().sum())
 }
 
 #[cfg(test)]
@@ -1158,9 +890,9 @@ mod tests {
         // isa is optional: old kernels.
         assert_eq!(resolve_offsets(&PROGRAMS[1], &fmt).unwrap()[1], (globals::EXIT_ISA, u32::MAX));
         fmt.fields.iter_mut().find(|f| f.name == "exit_reason").unwrap().size = 8;
-        assert!(resolve_offsets(&PROGRAMS[1], &fmt).unwrap_err().contains("size 8"));
+        assert!(resolve_offsets(&PROGRAMS[1], &fmt).unwrap_err().to_string().contains("size 8"));
         fmt.fields.retain(|f| f.name != "exit_reason");
-        assert!(resolve_offsets(&PROGRAMS[1], &fmt).unwrap_err().contains("no field exit_reason"));
+        assert!(resolve_offsets(&PROGRAMS[1], &fmt).unwrap_err().to_string().contains("no field exit_reason"));
     }
 
     #[test]
@@ -1309,5 +1041,27 @@ mod tests {
             assert!(map_sizes(cpus * 2).indexed_vms <= s.indexed_vms);
         }
         assert_eq!(PERCPU_BYTES_PER_VM, 200 + 256 + 4 * 104);
+    }
+
+    /// The daemon names maps and programs only through `pve_exporter_common::{maps, programs}`;
+    /// the eBPF crate names them by its statics and functions. Both sides agree with the
+    /// object actually built.
+    #[cfg(feature = "ebpf")]
+    #[test]
+    fn every_map_and_program_name_is_in_the_object() {
+        use std::collections::BTreeSet;
+        let obj = aya_obj::Object::parse(EBPF_OBJECT.unwrap()).unwrap();
+        // Sections of globals (.rodata, .bss, ...) and aya-log's own map are not ours to name.
+        let built: BTreeSet<&str> =
+            obj.maps.keys().map(String::as_str).filter(|m| !m.starts_with('.') && *m != "AYA_LOGS").collect();
+        assert_eq!(built, maps::ALL.iter().copied().collect::<BTreeSet<_>>(), "maps");
+        let mut buf = [0u8; 16];
+        let mut named: BTreeSet<String> = programs::ALL.iter().map(|p| p.to_string()).collect();
+        named.extend((0..EVENT_SLOTS).map(|s| event_program_name(s, &mut buf).to_string()));
+        let built: BTreeSet<String> = obj.programs.keys().cloned().collect();
+        assert_eq!(built, named, "programs");
+        for spec in PROGRAMS {
+            assert!(programs::ALL.contains(&spec.program), "{}", spec.program);
+        }
     }
 }

@@ -45,6 +45,8 @@ pub enum BatchError {
     Failed(String),
 }
 
+impl std::error::Error for BatchError {}
+
 impl std::fmt::Display for BatchError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
