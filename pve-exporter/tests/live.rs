@@ -115,13 +115,18 @@ fn a_vm_without_config_is_not_reported_and_a_vmid_is_reported_once() {
 fn http_endpoints_and_formats() {
     require_privileges();
     let root = host_root(&[]);
-    let daemon = Daemon::start(root.path(), &["--ebpf", "off"]);
+    let daemon = Daemon::start(root.path(), &["--ebpf", "off", "--no-collector.kvm_debugfs"]);
     let (st, _, body) = daemon.try_get("/healthz", None).expect("healthz");
     assert_eq!((st, body.as_str()), (200, "ok\n"));
     let (st, ctype, body) = daemon.try_get("/", None).expect("index");
     assert_eq!(st, 200);
     assert!(ctype.starts_with("text/html"), "{ctype}");
     assert!(body.contains("href=\"/metrics\"") && body.contains("procfs"), "{body}");
+    // The page lists every line of the collector registry with its switch.
+    for e in pve_exporter::collector::REGISTRY {
+        let state = if e.name == "kvm_debugfs" { "off" } else { "on" };
+        assert!(body.contains(&format!("<td><code>{}</code></td><td>{state}</td>", e.name)), "{}: {body}", e.name);
+    }
     let (st, ctype, text) = daemon.try_get("/metrics", None).expect("metrics");
     assert_eq!((st, ctype.as_str()), (200, "text/plain; version=0.0.4; charset=utf-8"));
     assert!(text.contains("# TYPE pve_exporter_build_info gauge") && !text.contains("# EOF"));

@@ -183,8 +183,12 @@ impl Engine {
         }
         let mut runs = Vec::new();
         let mut fresh: Vec<(Group, Vec<&'static Def>, Vec<CollectorRun>, Instant)> = Vec::new();
+        // A group is waited for past its own deadline by half the reserve at most: the other
+        // half is for replaying what did not answer and merging, so that the collection is
+        // done before the scrape's deadline (the HTTP side answers then with whatever it has).
+        let wait_until = Deadline::at(inner.instant() + reserve / 2);
         for (g, rx) in started {
-            let answer = rx.and_then(|rx| rx.recv_timeout(deadline.left()).ok());
+            let answer = rx.and_then(|rx| rx.recv_timeout(wait_until.left()).ok());
             match answer {
                 Some(o) => {
                     let families: Vec<&'static Def> = o.set.families().iter().map(|f| f.def).collect();

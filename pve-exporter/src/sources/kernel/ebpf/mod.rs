@@ -62,7 +62,7 @@ pub enum EbpfError {
     /// eBPF cannot run on this host (`--ebpf on` refuses to start): why.
     #[error("{0}")]
     Unavailable(String),
-    #[error("the kernel refused the eBPF object: {0}")]
+    #[error("loading the eBPF object: {0}")]
     Object(Box<aya::EbpfError>),
     #[error("program {0} missing from the object")]
     ProgramMissing(String),
