@@ -76,7 +76,19 @@ fn poser(exe: &Path, argv0: &str, args: &[&str], uid: Option<u32>) -> (Proc, Chi
     if let Some(uid) = uid {
         c.uid(uid).gid(uid);
     }
-    let mut child = Proc(c.spawn().expect("start the poser"));
+    // A copy of the shell just written may still be open in a process another test thread is
+    // forking at this moment (ETXTBSY until that child execs): try again briefly.
+    let mut tries = 0;
+    let child = loop {
+        match c.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => break r.expect("start the poser"),
+        }
+    };
+    let mut child = Proc(child);
     let stdin = child.0.stdin.take().expect("stdin");
     let pid = child.0.id();
     // Its new command line is in place before the daemon looks (spawn returns while execve

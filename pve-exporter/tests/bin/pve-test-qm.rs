@@ -52,7 +52,8 @@ fn main() -> ExitCode {
         if let Some(log) = std::env::var_os("PVE_TEST_QM_LOG")
             && let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log)
         {
-            let _ = writeln!(f, "{vmid} {line}");
+            // One write: several qm runs append to the log at once.
+            let _ = f.write_all(format!("{vmid} {line}\n").as_bytes());
         }
         if hangs {
             loop {
