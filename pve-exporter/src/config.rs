@@ -347,29 +347,25 @@ impl Config {
         use clap::{Arg, ArgAction, CommandFactory};
         let mut cmd = Config::command();
         for s in switches {
-            // clap keeps argument ids as &'static str: these few strings live as long as the process.
-            let on: &'static str = Box::leak(format!("collector.{}", s.name).into_boxed_str());
-            let off: &'static str = Box::leak(format!("no-collector.{}", s.name).into_boxed_str());
-            let env: &'static str =
-                Box::leak(format!("PVE_EXPORTER_COLLECTOR_{}", s.name.to_ascii_uppercase()).into_boxed_str());
-            let help: &'static str = Box::leak(
-                format!("{} (default {}; --{off} turns it off)", s.help, if s.default_on { "on" } else { "off" })
-                    .into_boxed_str(),
-            );
+            let on = format!("collector.{}", s.name);
+            let off = format!("no-collector.{}", s.name);
+            let env = format!("PVE_EXPORTER_COLLECTOR_{}", s.name.to_ascii_uppercase());
+            let help =
+                format!("{} (default {}; --{off} turns it off)", s.help, if s.default_on { "on" } else { "off" });
             cmd = cmd
                 .arg(
-                    Arg::new(on)
-                        .long(on)
+                    Arg::new(on.clone())
+                        .long(on.clone())
                         .env(env)
                         .help(help)
                         .action(ArgAction::Set)
                         .num_args(0..=1)
                         .default_missing_value("true")
                         .value_parser(clap::builder::BoolishValueParser::new())
-                        .overrides_with(off)
+                        .overrides_with(off.clone())
                         .help_heading("Collectors"),
                 )
-                .arg(Arg::new(off).long(off).action(ArgAction::SetTrue).overrides_with(on).hide(true));
+                .arg(Arg::new(off.clone()).long(off).action(ArgAction::SetTrue).overrides_with(on).hide(true));
         }
         cmd
     }

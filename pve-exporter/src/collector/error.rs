@@ -24,8 +24,8 @@ pub enum Error {
         source: io::Error,
     },
     /// Text that does not parse: the input's name and, where known, the position in it.
-    #[error("{input}{}: {msg}", position.map(|p| format!(" at {p}")).unwrap_or_default())]
-    Parse { input: String, position: Option<usize>, msg: String },
+    #[error(transparent)]
+    Parse(#[from] ParseError),
     #[error("{what}: no answer within {limit:?}")]
     Timeout { what: String, limit: Duration },
     /// A source's own error, with what it was reading.
@@ -63,16 +63,10 @@ impl From<SourceError> for Error {
         match e {
             SourceError::Gone(what) => Error::Gone(what),
             SourceError::Io { path, source } => Error::Io { path, source },
-            SourceError::Parse(p) => p.into(),
+            SourceError::Parse(p) => Error::Parse(p),
             SourceError::Timeout { what, limit } => Error::Timeout { what, limit },
             e @ SourceError::Invalid { .. } => Error::Source { what: "check".into(), source: Box::new(e) },
         }
-    }
-}
-
-impl From<ParseError> for Error {
-    fn from(p: ParseError) -> Self {
-        Error::Parse { input: p.input.into_owned(), position: p.position, msg: p.msg }
     }
 }
 
@@ -88,10 +82,6 @@ impl Error {
 
     pub fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
         Error::Io { path: path.into(), source }
-    }
-
-    pub fn parse(input: impl Into<String>, msg: impl std::fmt::Display) -> Self {
-        Error::Parse { input: input.into(), position: None, msg: msg.to_string() }
     }
 
     /// Ok when `errors` (of any error type that converts) is empty, else the one error or all of them.

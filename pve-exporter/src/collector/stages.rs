@@ -162,8 +162,8 @@ impl<'a> Stages<'a> {
         if let Some(v) = self.vms.get() {
             return v;
         }
-        let (kind, pve) = self.pve_config(cx).clone();
-        let list = discover(self.state, self.config, self.host, kind, pve.as_ref());
+        let (kind, pve) = self.pve_config(cx);
+        let list = discover(self.state, self.config, self.host, *kind, pve.as_ref());
         let list = self.vms.get_or_init(|| list);
         if self.monitor_wanted && cx.enabled("qm") {
             *self.fetch.borrow_mut() = Some(self.start_fetch(&list.vms));
@@ -359,9 +359,8 @@ fn discover(
 /// domains' monitors itself, and plain QEMU has none we know of; their devices come from the
 /// XML or command line.
 fn fetch_devices(monitor: &Monitor, host: &HostRoot, vms: &[Vm], deadline: Deadline) -> FetchResult {
-    let t = Instant::now();
     let mut out = Vec::new();
-    let (_, r) = run_timed(|| {
+    let (took, r) = run_timed(|| {
         let pve: Vec<Target> = vms
             .iter()
             .filter(|v| v.source == crate::vm::PVE)
@@ -380,7 +379,7 @@ fn fetch_devices(monitor: &Monitor, host: &HostRoot, vms: &[Vm], deadline: Deadl
                 .collect(),
         )
     });
-    (t.elapsed(), r, out)
+    (took, r, out)
 }
 
 /// The devices of VMs whose discovery read them (libvirt's XML, plain QEMU's command line).

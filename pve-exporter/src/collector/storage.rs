@@ -171,10 +171,6 @@ impl Collector for StorageCollector {
     }
 }
 
-fn result(errors: Vec<Error>) -> Result<(), Error> {
-    Error::all(errors)
-}
-
 /// statvfs of the enabled path storages, all at once (each limited to the storage timeout,
 /// so a hung NFS server delays the scrape by one timeout at most).
 fn size_by_statvfs(st: &StorageState, host: &HostRoot, plan: &mut Plan) -> Result<(), Error> {
@@ -246,7 +242,7 @@ fn size_by_statvfs(st: &StorageState, host: &HostRoot, plan: &mut Plan) -> Resul
             }
         }
     }
-    result(errors)
+    Error::all(errors)
 }
 
 /// Distinct values in first-seen order.
@@ -297,7 +293,7 @@ fn size_zfs(st: &StorageState, plan: &mut Plan) -> Result<(), Error> {
             }
         }
     }
-    result(errors)
+    Error::all(errors)
 }
 
 /// `vgs` of the enabled lvm storages' volume groups and `lvs` of the lvmthin storages' thin
@@ -356,7 +352,7 @@ fn size_lvm(st: &StorageState, plan: &mut Plan) -> Result<(), Error> {
             }
         }
     }
-    result(errors)
+    Error::all(errors)
 }
 
 fn flag(b: bool) -> String {

@@ -411,9 +411,6 @@ impl Collector for Adapter {
             }
         }
     }
-    fn stuck(&self) -> Vec<(String, Duration)> {
-        Vec::new()
-    }
 }
 
 /// One API collector: once, or once per node (all nodes at once, at most
