@@ -70,6 +70,24 @@ pub fn net_statistics(host: &HostRoot, ifname: &str) -> io::Result<Vec<(usize, u
     Ok(out)
 }
 
+/// Some counters of `/sys/class/net/<ifname>/statistics/`, in the order of `names` (None: a
+/// file the kernel lacks). An interface that does not exist is NotFound.
+pub fn net_counters(host: &HostRoot, ifname: &str, names: &[&str]) -> io::Result<Vec<Option<u64>>> {
+    if ifname.is_empty() || ifname.contains('/') || ifname.starts_with('.') {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad interface name {ifname:?}")));
+    }
+    let dir = host.path(format!("sys/class/net/{ifname}/statistics"));
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        match std::fs::read_to_string(dir.join(name)) {
+            Ok(t) => out.push(parse_counter(&t)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && dir.exists() => out.push(None),
+            Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", dir.join(name).display()))),
+        }
+    }
+    Ok(out)
+}
+
 /// Virtual size of a qcow2 image from its header: magic `QFI\xfb`, then the size as a
 /// big-endian u64 at offset 24. None when `header` is not a qcow2 header.
 pub fn qcow2_virtual_size(header: &[u8]) -> Option<u64> {

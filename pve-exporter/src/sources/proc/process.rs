@@ -244,6 +244,8 @@ pub struct CpuTimes {
     /// Block I/O delay (delayacct_blkio_ticks).
     pub iowait: Duration,
     pub num_threads: u64,
+    /// When the process started, since boot (`starttime`): its uptime is /proc/uptime less this.
+    pub started: Duration,
 }
 
 pub fn parse_stat(text: &[u8], ticks_per_second: u64) -> Result<CpuTimes, ParseError> {
@@ -257,6 +259,7 @@ pub fn parse_stat(text: &[u8], ticks_per_second: u64) -> Result<CpuTimes, ParseE
         system: d(st.stime),
         iowait: d(st.delayacct_blkio_ticks.unwrap_or(0)),
         num_threads: st.num_threads.max(0) as u64,
+        started: d(st.starttime),
     })
 }
 

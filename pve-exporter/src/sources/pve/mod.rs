@@ -1,7 +1,10 @@
 //! Proxmox VE: /etc/pve (guest configs, HA state, storage.cfg) and the PVE API.
 
 pub mod api;
+pub mod cluster;
 pub mod config;
+pub mod guest_config;
+pub mod guests;
 pub mod ha;
 pub mod secret;
 pub mod storage_cfg;

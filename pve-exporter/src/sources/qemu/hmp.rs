@@ -400,9 +400,41 @@ pub fn stats_by_name(rows: &[(String, BlockStats)]) -> HashMap<&str, &BlockStats
     m
 }
 
+/// QEMU's run state from `info status` (`hmp_info_status`): `VM status: running`,
+/// `VM status: paused`, or `VM status: paused (<state>)` for every other state
+/// (`prelaunch`, `inmigrate`, `postmigrate`, `suspended`, `io-error`, ...), as QMP's
+/// `query-status` names them. A ` (single step mode)` suffix is not a state.
+pub fn parse_info_status(text: &str) -> Option<String> {
+    let rest = text.lines().find_map(|l| l.trim().strip_prefix("VM status: "))?;
+    let rest = rest.replace(" (single step mode)", "");
+    let (head, detail) = match rest.split_once(" (") {
+        Some((h, d)) => (h, Some(d.strip_suffix(')')?)),
+        None => (rest.as_str(), None),
+    };
+    match (head.trim(), detail) {
+        ("running", None) => Some("running".into()),
+        ("paused", None) => Some("paused".into()),
+        (_, Some(d)) if !d.is_empty() && d.bytes().all(|b| b.is_ascii_lowercase() || b == b'-') => Some(d.to_string()),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn info_status_states() {
+        assert_eq!(parse_info_status("VM status: running\r\n").as_deref(), Some("running"));
+        assert_eq!(parse_info_status("VM status: paused\n").as_deref(), Some("paused"));
+        assert_eq!(parse_info_status("VM status: paused (prelaunch)\n").as_deref(), Some("prelaunch"));
+        assert_eq!(parse_info_status("VM status: paused (postmigrate)").as_deref(), Some("postmigrate"));
+        assert_eq!(parse_info_status("VM status: paused (io-error)").as_deref(), Some("io-error"));
+        assert_eq!(parse_info_status("VM status: running (single step mode)").as_deref(), Some("running"));
+        for bad in ["", "VM status:", "status: running", "VM status: paused (", "VM status: odd (X Y)"] {
+            assert_eq!(parse_info_status(bad), None, "{bad:?}");
+        }
+    }
 
     const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/qemu");
 

@@ -43,6 +43,7 @@ use crate::{
 pub const INFO_NETWORK: &str = "info network";
 pub const INFO_BLOCK: &str = "info block";
 const INFO_BLOCKSTATS: &str = "info blockstats";
+const INFO_STATUS: &str = "info status";
 
 /// Past the step limit, how long a scrape still waits for a session's own timeout to report.
 const GRACE: Duration = Duration::from_millis(250);
@@ -55,6 +56,8 @@ pub trait Session {
     fn blockstats(&mut self) -> io::Result<Vec<(String, BlockStats)>>;
     /// (drive name, virtual size) as QEMU reports them; None when the way has no such query.
     fn virtual_sizes(&mut self) -> io::Result<Option<Vec<(String, u64)>>>;
+    /// QEMU's run state (`running`, `paused`, `prelaunch`, `inmigrate`, ...).
+    fn status(&mut self) -> io::Result<String>;
     /// A step failed: the session is not used again.
     fn broken(&self) -> bool;
 }
@@ -68,6 +71,11 @@ impl Session for Qmp {
     }
     fn virtual_sizes(&mut self) -> io::Result<Option<Vec<(String, u64)>>> {
         self.execute("query-block", None).map(|r| Some(qmp::virtual_sizes(&r.to_string())))
+    }
+    fn status(&mut self) -> io::Result<String> {
+        let r = self.execute("query-status", None)?;
+        qmp::run_state(&r.to_string())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "query-status: no status"))
     }
     fn broken(&self) -> bool {
         Qmp::broken(self)
@@ -83,6 +91,12 @@ impl Session for QmSession {
     }
     fn virtual_sizes(&mut self) -> io::Result<Option<Vec<(String, u64)>>> {
         Ok(None)
+    }
+    fn status(&mut self) -> io::Result<String> {
+        let t = self.command(INFO_STATUS)?;
+        hmp::parse_info_status(&t).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("info status: unexpected {:?}", t.trim()))
+        })
     }
     fn broken(&self) -> bool {
         QmSession::broken(self)
@@ -180,6 +194,8 @@ pub struct VmDevices {
     pub stats: Option<Vec<(String, BlockStats)>>,
     /// Virtual sizes by drive name (QMP only).
     pub sizes: Option<Vec<(String, u64)>>,
+    /// QEMU's run state (`query-status`, `info status`).
+    pub status: Option<String>,
     pub errors: Vec<MonitorError>,
     /// The monitor did not answer in time (as a stopped QEMU, or one whose main loop hangs on
     /// storage): the VM goes under back-off.
@@ -564,14 +580,16 @@ impl Monitor {
         let step = Instant::now() + inner.opts.step_timeout;
         // Each VM's replies become rows as soon as they are in (its text is freed then).
         type Rows<T> = Option<Result<Vec<(String, T)>, qmp::QemuError>>;
-        type Parsed = io::Result<(Rows<BlockStats>, Rows<u64>)>;
+        type Status = Option<Result<Option<String>, qmp::QemuError>>;
+        type Parsed = io::Result<(Rows<BlockStats>, Rows<u64>, Status)>;
         let mut parsed: Vec<Option<Parsed>> = warm.iter().map(|_| None).collect();
-        let cmds = ["query-blockstats", "query-block"];
+        let cmds = ["query-blockstats", "query-block", "query-status"];
         qmp::exchange_many_each(&paths, &cmds, slots.len(), step.min(deadline), |k, r| {
             parsed[k] = Some(r.map(|mut replies| {
+                let status = replies.pop().map(|r| r.map(|v| qmp::run_state(v.get())));
                 let sizes = replies.pop().map(|r| r.map(|v| qmp::virtual_sizes(v.get())));
                 let stats = replies.pop().map(|r| r.map(|v| qmp::blockstats_rows(v.get())));
-                (stats, sizes)
+                (stats, sizes, status)
             }));
         });
         drop(slots);
@@ -587,7 +605,17 @@ impl Monitor {
                         why: format!("QMP {}: {e}", path.display()),
                     });
                 }
-                Ok((stats, sizes)) => {
+                Ok((stats, sizes, status)) => {
+                    match status {
+                        Some(Ok(Some(st))) => out.status = Some(st),
+                        Some(Ok(None)) => out
+                            .errors
+                            .push(MonitorError::Command { what: "query-status", why: "no status in the reply".into() }),
+                        Some(Err(e)) => {
+                            out.errors.push(MonitorError::Command { what: "query-status", why: e.to_string() })
+                        }
+                        None => out.errors.push(MonitorError::Command { what: "query-status", why: "no reply".into() }),
+                    }
                     match stats {
                         Some(Ok(rows)) => match hmp::assign_blockstats(rows, &drives) {
                             Some(named) => out.stats = Some(named),
@@ -767,6 +795,10 @@ fn fetch_vm(inner: &Inner, host: &HostRoot, vm: &Target, access: &Access) -> VmD
         Ok(sizes) => out.sizes = sizes,
         Err(e) => note(&mut out.errors, "query-block", e),
     }
+    match s.with(|s| s.status()) {
+        Ok(st) => out.status = Some(st),
+        Err(e) => note(&mut out.errors, "query-status", e),
+    }
     out.stalled = s.timed_out;
     out
 }
@@ -805,6 +837,9 @@ mod tests {
         }
         fn virtual_sizes(&mut self) -> io::Result<Option<Vec<(String, u64)>>> {
             Ok(None)
+        }
+        fn status(&mut self) -> io::Result<String> {
+            Ok("running".into())
         }
         fn broken(&self) -> bool {
             false

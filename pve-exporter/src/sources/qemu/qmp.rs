@@ -259,6 +259,15 @@ pub fn blockstats_rows(ret: &str) -> Vec<(String, BlockStats)> {
         .collect()
 }
 
+/// The run state of a `query-status` reply's `return` (JSON text): `{"running": true,
+/// "status": "running"}` -> `running` (QAPI `RunState`: `paused`, `prelaunch`, `inmigrate`,
+/// `postmigrate`, `suspended`, ...).
+pub fn run_state(ret: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(ret).ok()?;
+    let s = v.get("status")?.as_str()?;
+    (!s.is_empty() && s.len() < 64 && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')).then(|| s.to_string())
+}
+
 /// Virtual sizes of `query-block` (its `return` array, as JSON text): (drive name, bytes) for
 /// every drive with a medium. The size the guest sees, whatever the image format or storage.
 pub fn virtual_sizes(ret: &str) -> Vec<(String, u64)> {
@@ -564,6 +573,18 @@ fn report(vms: &mut [Pipelined<'_>], done: &mut impl FnMut(usize, io::Result<Rep
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_status_run_state() {
+        assert_eq!(
+            run_state(r#"{"running": false, "singlestep": false, "status": "prelaunch"}"#).as_deref(),
+            Some("prelaunch")
+        );
+        assert_eq!(run_state(r#"{"running": true, "status": "running"}"#).as_deref(), Some("running"));
+        for bad in ["", "[]", r#"{"status": 3}"#, r#"{"status": "Bad State"}"#, r#"{"running": true}"#] {
+            assert_eq!(run_state(bad), None, "{bad:?}");
+        }
+    }
 
     const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/qemu");
 

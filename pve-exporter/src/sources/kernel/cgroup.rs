@@ -1,0 +1,634 @@
+//! Control groups of LXC containers as PVE's LXC lays them out: `lxc/<ctid>/` below the
+//! cgroup mount (the container's limits and accounting), the payload in `lxc/<ctid>/ns/`
+//! (PVE sets `lxc.cgroup.dir.container = lxc/<ctid>` and `.inner = ns`).
+//!
+//! Like pve-common's `PVE::CGroup`, each controller is read where the host has it: in the
+//! cgroup2 hierarchy when it is enabled there (PVE 7+ default: everything in cgroup2 at
+//! /sys/fs/cgroup), else in its own cgroup v1 hierarchy (hybrid hosts: memory, cpu, blkio,
+//! pids on v1, cgroup2 at /sys/fs/cgroup/unified with the pressure files). The mounts come from
+//! mountinfo, wherever they are.
+//!
+//! cgroup v2 files (Documentation/admin-guide/cgroup-v2.rst) and their v1 counterparts
+//! (cgroup-v1/memory.rst, blkio-controller.rst, cpuacct.rst):
+//!
+//! | what | v2 | v1 |
+//! |---|---|---|
+//! | CPU user/system | `cpu.stat` user_usec, system_usec | `cpuacct.usage_user`/`_sys` (ns), else `cpuacct.stat` (ticks) |
+//! | memory | `memory.current`, `memory.stat` anon/file/kernel | `memory.usage_in_bytes`, `memory.stat` total_rss/total_cache, `memory.kmem.usage_in_bytes` |
+//! | swap | `memory.swap.current` | `memory.memsw.usage_in_bytes` - usage |
+//! | limits | `memory.max`, `memory.swap.max`, `cpu.max` | `memory.limit_in_bytes`, `memory.memsw.limit_in_bytes` - limit, `cpu.cfs_quota_us`/`cpu.cfs_period_us` |
+//! | block I/O | `io.stat` rbytes/wbytes/rios/wios | `blkio.throttle.io_service_bytes_recursive`, `io_serviced_recursive` |
+//! | processes | `pids.current` | `pids.current` |
+//! | OOM kills | `memory.events` oom_kill | `memory.oom_control` oom_kill |
+//! | pressure | `{cpu,memory,io}.pressure` | (none) |
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    io,
+    path::{Path, PathBuf},
+};
+
+use crate::{
+    host::HostRoot,
+    sources::{
+        error::{ParseError, SourceError},
+        proc::pressure::{Pressure, parse_pressure},
+    },
+};
+
+/// Where each controller is: the cgroup2 mount with its enabled controllers, and each v1
+/// hierarchy's mount by controller.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hierarchies {
+    /// The cgroup2 mount point (host path, `/sys/fs/cgroup` or `/sys/fs/cgroup/unified`).
+    pub v2: Option<PathBuf>,
+    /// Controllers enabled in cgroup2 (its root's `cgroup.controllers`).
+    pub v2_controllers: Vec<String>,
+    /// controller -> v1 mount point.
+    pub v1: BTreeMap<String, PathBuf>,
+}
+
+/// The cgroup mounts of a mountinfo text: cgroup2 (the first one, as the host's own is mounted
+/// before any a container sees) and each v1 hierarchy by its controllers (`cpu,cpuacct`
+/// mounted together serves both). Named v1 hierarchies (`name=systemd`) hold no controller.
+pub fn parse_cgroup_mounts(mountinfo: &str) -> (Option<PathBuf>, BTreeMap<String, PathBuf>) {
+    let mut v2 = None;
+    let mut v1 = BTreeMap::new();
+    for line in mountinfo.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = fields.iter().skip(6).position(|f| *f == "-").map(|i| i + 6) else { continue };
+        let (Some(mp), Some(fstype)) = (fields.get(4), fields.get(sep + 1)) else { continue };
+        if !mp.starts_with('/') || mp.contains('\\') {
+            continue;
+        }
+        match *fstype {
+            "cgroup2" if v2.is_none() => v2 = Some(PathBuf::from(mp)),
+            "cgroup" => {
+                for opt in fields.get(sep + 3).unwrap_or(&"").split(',') {
+                    if CONTROLLERS.contains(&opt) {
+                        v1.entry(opt.to_string()).or_insert_with(|| PathBuf::from(mp));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    (v2, v1)
+}
+
+/// The v1 controllers this module reads.
+const CONTROLLERS: &[&str] = &["cpu", "cpuacct", "memory", "blkio", "pids", "io", "freezer"];
+
+impl Hierarchies {
+    /// The host's hierarchies, from `/proc/self/mountinfo` and cgroup2's root `cgroup.controllers`.
+    pub fn read(host: &HostRoot) -> io::Result<Self> {
+        let text = host.read_to_string("proc/self/mountinfo")?;
+        let (v2, v1) = parse_cgroup_mounts(&text);
+        let v2_controllers = match &v2 {
+            Some(m) => host
+                .read_to_string(m.join("cgroup.controllers"))
+                .map(|t| t.split_whitespace().map(str::to_string).collect())
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        Ok(Self { v2, v2_controllers, v1 })
+    }
+
+    /// Where controller `c` (v2 name) is read: (mount, is v2). v1 names: `io` is `blkio`,
+    /// CPU accounting is `cpuacct`, CPU limits `cpu`.
+    fn find(&self, v2_name: &str, v1_name: &str) -> Option<(&Path, bool)> {
+        if let Some(m) = &self.v2
+            && self.v2_controllers.iter().any(|c| c == v2_name)
+        {
+            return Some((m, true));
+        }
+        self.v1.get(v1_name).map(|m| (m.as_path(), false))
+    }
+
+    /// The directory listing running containers: cgroup2's `lxc/`, else a v1 hierarchy's.
+    pub fn lxc_dirs(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = self.v2.iter().map(|m| m.join("lxc")).collect();
+        v.extend(self.v1.values().map(|m| m.join("lxc")));
+        v.dedup();
+        v
+    }
+}
+
+/// What one container's cgroups say.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CgroupStats {
+    pub cpu_user_seconds: Option<f64>,
+    pub cpu_system_seconds: Option<f64>,
+    /// Memory charged to the container (file cache included).
+    pub memory_bytes: Option<u64>,
+    pub memory_anon: Option<u64>,
+    pub memory_file: Option<u64>,
+    pub memory_kernel: Option<u64>,
+    pub swap_bytes: Option<u64>,
+    /// Limits: Some(None) = no limit.
+    pub memory_max: Option<Option<u64>>,
+    pub swap_max: Option<Option<u64>>,
+    pub cpu_max_cores: Option<Option<f64>>,
+    /// device (`major:minor`) -> counters.
+    pub io: BTreeMap<String, IoCounters>,
+    pub pids: Option<u64>,
+    pub oom_kills: Option<u64>,
+    /// cpu, memory, io.
+    pub pressure: [Option<Pressure>; 3],
+}
+
+impl CgroupStats {
+    /// What PVE shows as the container's memory: charged memory less the file cache
+    /// (pve-common `get_memory_stat`).
+    pub fn memory_used(&self) -> Option<u64> {
+        Some(self.memory_bytes?.saturating_sub(self.memory_file.unwrap_or(0)))
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoCounters {
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub read_ops: u64,
+    pub write_ops: u64,
+}
+
+/// `key value` lines (cpu.stat, memory.stat, memory.events); malformed lines are skipped.
+pub fn parse_flat_keyed(text: &str) -> HashMap<&str, u64> {
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let (k, v) = (w.next()?, w.next()?);
+            Some((k, v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// A single number, or `max` (no limit).
+pub fn parse_limit(text: &str) -> Result<Option<u64>, ParseError> {
+    let t = text.trim();
+    if t == "max" {
+        return Ok(None);
+    }
+    t.parse::<u64>().map(Some).map_err(|_| ParseError::new("limit", format!("not a number or max: {t:?}")))
+}
+
+/// v1's "no limit": the largest page-aligned value (PAGE_COUNTER_MAX * page size), printed as
+/// 9223372036854771712 on x86-64.
+fn v1_limit(v: u64) -> Option<u64> {
+    (v < (1 << 62)).then_some(v)
+}
+
+/// `cpu.max`: `$MAX $PERIOD` (`max 100000`: no limit) -> cores.
+pub fn parse_cpu_max(text: &str) -> Result<Option<f64>, ParseError> {
+    let mut w = text.split_whitespace();
+    let bad = || ParseError::new("cpu.max", format!("unexpected {:?}", text.trim()));
+    let quota = w.next().ok_or_else(bad)?;
+    let period: f64 = w.next().unwrap_or("100000").parse().map_err(|_| bad())?;
+    if quota == "max" {
+        return Ok(None);
+    }
+    let q: f64 = quota.parse().map_err(|_| bad())?;
+    if period <= 0.0 {
+        return Err(bad());
+    }
+    Ok(Some(q / period))
+}
+
+/// `io.stat`: `8:0 rbytes=1 wbytes=2 rios=3 wios=4 dbytes=0 dios=0` per device.
+pub fn parse_io_stat(text: &str) -> BTreeMap<String, IoCounters> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let mut w = line.split_whitespace();
+        let Some(dev) = w.next().filter(|d| d.contains(':')) else { continue };
+        let mut c = IoCounters::default();
+        for kv in w {
+            let Some((k, v)) = kv.split_once('=') else { continue };
+            let Ok(v) = v.parse::<u64>() else { continue };
+            match k {
+                "rbytes" => c.read_bytes = v,
+                "wbytes" => c.write_bytes = v,
+                "rios" => c.read_ops = v,
+                "wios" => c.write_ops = v,
+                _ => {}
+            }
+        }
+        out.insert(dev.to_string(), c);
+    }
+    out
+}
+
+/// v1 `blkio.throttle.io_service_bytes_recursive` / `io_serviced_recursive`:
+/// `8:0 Read 4096` lines (and `Total`) -> device -> (read, write).
+pub fn parse_blkio(text: &str) -> BTreeMap<String, (u64, u64)> {
+    let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for line in text.lines() {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        let [dev, op, v] = w[..] else { continue };
+        let Ok(v) = v.parse::<u64>() else { continue };
+        let e = out.entry(dev.to_string()).or_default();
+        match op {
+            "Read" => e.0 += v,
+            "Write" => e.1 += v,
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Read container `ctid`'s cgroups (`lxc/<ctid>` of each hierarchy). A file that cannot be
+/// read or parsed costs its own value (in `errors`); a cgroup that is gone (the container
+/// stopped mid-scrape) gives None.
+pub fn read_container(
+    host: &HostRoot,
+    h: &Hierarchies,
+    ctid: &str,
+    errors: &mut Vec<SourceError>,
+) -> Option<CgroupStats> {
+    read_cgroup(host, h, &format!("lxc/{ctid}"), errors)
+}
+
+/// The cgroup PVE starts VM `vmid` in (`qemu.slice/<vmid>.scope`).
+pub fn vm_cgroup(vmid: &str) -> String {
+    format!("qemu.slice/{vmid}.scope")
+}
+
+/// Read the cgroup `rel` (below each hierarchy's mount) as [`read_container`] does.
+pub fn read_cgroup(host: &HostRoot, h: &Hierarchies, rel: &str, errors: &mut Vec<SourceError>) -> Option<CgroupStats> {
+    let ctid = rel; // the cgroup's path below each mount
+    let mut st = CgroupStats::default();
+    let mut gone = false;
+    let mut read = |mount: &Path, file: &str| -> Option<String> {
+        let p = mount.join(ctid).join(file);
+        match host.read_to_string(&p) {
+            Ok(t) => Some(t),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if !host.path(mount.join(ctid)).exists() {
+                    gone = true;
+                }
+                None
+            }
+            // ENODEV: the cgroup was removed while its file was open.
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {
+                gone = true;
+                None
+            }
+            Err(e) => {
+                errors.push(SourceError::io(host.path(p), e));
+                None
+            }
+        }
+    };
+    let mut parse_err = Vec::new();
+    // CPU.
+    if let Some((m, v2)) = h.find("cpu", "cpuacct") {
+        if v2 {
+            if let Some(t) = read(m, "cpu.stat") {
+                let k = parse_flat_keyed(&t);
+                st.cpu_user_seconds = k.get("user_usec").map(|u| *u as f64 / 1e6);
+                st.cpu_system_seconds = k.get("system_usec").map(|u| *u as f64 / 1e6);
+            }
+        } else if let (Some(u), Some(s)) = (read(m, "cpuacct.usage_user"), read(m, "cpuacct.usage_sys")) {
+            st.cpu_user_seconds = u.trim().parse::<u64>().ok().map(|n| n as f64 / 1e9);
+            st.cpu_system_seconds = s.trim().parse::<u64>().ok().map(|n| n as f64 / 1e9);
+        } else if let Some(t) = read(m, "cpuacct.stat") {
+            let k = parse_flat_keyed(&t);
+            let hz = ticks_per_second();
+            st.cpu_user_seconds = k.get("user").map(|u| *u as f64 / hz);
+            st.cpu_system_seconds = k.get("system").map(|u| *u as f64 / hz);
+        }
+    } else if let Some(m) = &h.v2 {
+        // cgroup2 has cpu.stat's usage lines without the cpu controller.
+        if let Some(t) = read(m, "cpu.stat") {
+            let k = parse_flat_keyed(&t);
+            st.cpu_user_seconds = k.get("user_usec").map(|u| *u as f64 / 1e6);
+            st.cpu_system_seconds = k.get("system_usec").map(|u| *u as f64 / 1e6);
+        }
+    }
+    if let Some((m, v2)) = h.find("cpu", "cpu") {
+        if v2 {
+            if let Some(t) = read(m, "cpu.max") {
+                match parse_cpu_max(&t) {
+                    Ok(c) => st.cpu_max_cores = Some(c),
+                    Err(e) => parse_err.push(e.input(format!("{ctid}/cpu.max"))),
+                }
+            }
+        } else if let (Some(q), Some(p)) = (read(m, "cpu.cfs_quota_us"), read(m, "cpu.cfs_period_us")) {
+            let (q, p) = (q.trim().parse::<i64>().ok(), p.trim().parse::<f64>().ok());
+            st.cpu_max_cores = match (q, p) {
+                (Some(q), Some(p)) if q > 0 && p > 0.0 => Some(Some(q as f64 / p)),
+                (Some(_), Some(_)) => Some(None),
+                _ => None,
+            };
+        }
+    }
+    // Memory.
+    if let Some((m, v2)) = h.find("memory", "memory") {
+        if v2 {
+            st.memory_bytes = read(m, "memory.current").and_then(|t| t.trim().parse().ok());
+            if let Some(t) = read(m, "memory.stat") {
+                let k = parse_flat_keyed(&t);
+                st.memory_anon = k.get("anon").copied();
+                st.memory_file = k.get("file").copied();
+                // `kernel` since 5.18; before, its parts.
+                st.memory_kernel = k.get("kernel").copied().or_else(|| {
+                    let parts = ["kernel_stack", "pagetables", "percpu", "sock", "slab", "vmalloc"];
+                    parts.iter().any(|p| k.contains_key(p)).then(|| parts.iter().filter_map(|p| k.get(p)).sum())
+                });
+            }
+            st.swap_bytes = read(m, "memory.swap.current").and_then(|t| t.trim().parse().ok());
+            for (file, slot) in [("memory.max", &mut st.memory_max), ("memory.swap.max", &mut st.swap_max)] {
+                if let Some(t) = read(m, file) {
+                    match parse_limit(&t) {
+                        Ok(l) => *slot = Some(l),
+                        Err(e) => parse_err.push(e.input(format!("{ctid}/{file}"))),
+                    }
+                }
+            }
+            st.oom_kills = read(m, "memory.events").and_then(|t| parse_flat_keyed(&t).get("oom_kill").copied());
+        } else {
+            let usage: Option<u64> = read(m, "memory.usage_in_bytes").and_then(|t| t.trim().parse().ok());
+            st.memory_bytes = usage;
+            if let Some(t) = read(m, "memory.stat") {
+                let k = parse_flat_keyed(&t);
+                st.memory_anon = k.get("total_rss").copied();
+                st.memory_file = k.get("total_cache").copied();
+            }
+            st.memory_kernel = read(m, "memory.kmem.usage_in_bytes").and_then(|t| t.trim().parse().ok());
+            // memsw files exist only with swap accounting (swapaccount=1).
+            let memsw: Option<u64> = read_optional(host, m, ctid, "memory.memsw.usage_in_bytes");
+            st.swap_bytes = memsw.zip(usage).map(|(sw, u)| sw.saturating_sub(u));
+            let limit: Option<u64> = read(m, "memory.limit_in_bytes").and_then(|t| t.trim().parse().ok());
+            st.memory_max = limit.map(v1_limit);
+            let swlimit: Option<u64> = read_optional(host, m, ctid, "memory.memsw.limit_in_bytes");
+            st.swap_max = swlimit.zip(limit).map(|(sw, l)| v1_limit(sw).map(|sw| sw.saturating_sub(l)));
+            st.oom_kills = read(m, "memory.oom_control").and_then(|t| parse_flat_keyed(&t).get("oom_kill").copied());
+        }
+    }
+    // Block I/O.
+    if let Some((m, v2)) = h.find("io", "blkio") {
+        if v2 {
+            if let Some(t) = read(m, "io.stat") {
+                st.io = parse_io_stat(&t);
+            }
+        } else if let Some(b) = read(m, "blkio.throttle.io_service_bytes_recursive") {
+            let ops = read(m, "blkio.throttle.io_serviced_recursive").map(|t| parse_blkio(&t)).unwrap_or_default();
+            for (dev, (r, w)) in parse_blkio(&b) {
+                let (ro, wo) = ops.get(&dev).copied().unwrap_or_default();
+                st.io.insert(dev, IoCounters { read_bytes: r, write_bytes: w, read_ops: ro, write_ops: wo });
+            }
+        }
+    }
+    if let Some((m, _)) = h.find("pids", "pids") {
+        st.pids = read(m, "pids.current").and_then(|t| t.trim().parse().ok());
+    }
+    // Pressure: cgroup2 only (it is there without any controller enabled).
+    if let Some(m) = &h.v2 {
+        for (i, res) in ["cpu", "memory", "io"].iter().enumerate() {
+            if let Some(t) = read(m, &format!("{res}.pressure")) {
+                match parse_pressure(&t) {
+                    Ok(p) => st.pressure[i] = Some(p),
+                    Err(e) => parse_err.push(e.input(format!("{ctid}/{res}.pressure"))),
+                }
+            }
+        }
+    }
+    if gone {
+        return None;
+    }
+    errors.extend(parse_err.into_iter().map(SourceError::from));
+    Some(st)
+}
+
+/// Memory a cgroup uses as PVE counts it (charged memory less page cache), reading only the
+/// memory controller's files: the `ppe` collector's VM memory (`qemu.slice/<vmid>.scope`).
+pub fn memory_used(host: &HostRoot, h: &Hierarchies, rel: &str) -> Option<u64> {
+    let (m, v2) = h.find("memory", "memory")?;
+    let dir = m.join(rel);
+    let (cur, cache_key) = if v2 { ("memory.current", "file") } else { ("memory.usage_in_bytes", "total_cache") };
+    let current: u64 = host.read_to_string(dir.join(cur)).ok()?.trim().parse().ok()?;
+    let stat = host.read_to_string(dir.join("memory.stat")).ok()?;
+    let cache = parse_flat_keyed(&stat).get(cache_key).copied().unwrap_or(0);
+    Some(current.saturating_sub(cache))
+}
+
+/// Whether container `ctid` is frozen (`lxc-freeze`, a suspended container): cgroup2's
+/// `cgroup.events` says `frozen 1` (of `lxc/<ctid>` or its `ns`), or v1's `freezer.state`
+/// says `FROZEN`.
+pub fn frozen(host: &HostRoot, h: &Hierarchies, ctid: &str) -> bool {
+    let dirs = [format!("lxc/{ctid}"), format!("lxc/{ctid}/ns")];
+    if let Some(m) = &h.v2 {
+        for d in &dirs {
+            if let Ok(t) = host.read_to_string(m.join(d).join("cgroup.events"))
+                && parse_flat_keyed(&t).get("frozen") == Some(&1)
+            {
+                return true;
+            }
+        }
+    }
+    if let Some(m) = h.v1.get("freezer") {
+        for d in &dirs {
+            if let Ok(t) = host.read_to_string(m.join(d).join("freezer.state"))
+                && t.trim() == "FROZEN"
+            {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// A file that exists only with a kernel option: missing is not an error.
+fn read_optional(host: &HostRoot, mount: &Path, ctid: &str, file: &str) -> Option<u64> {
+    host.read_to_string(mount.join(ctid).join(file)).ok().and_then(|t| t.trim().parse().ok())
+}
+
+fn ticks_per_second() -> f64 {
+    procfs::ticks_per_second().max(1) as f64
+}
+
+/// The processes of container `ctid`'s payload (`lxc/<ctid>/ns` and its sub-cgroups, where
+/// a systemd inside puts them; two levels deep), from the first hierarchy that has it.
+pub fn container_pids(host: &HostRoot, h: &Hierarchies, ctid: &str) -> Vec<u32> {
+    for dir in h.lxc_dirs() {
+        let ns = host.path(dir.join(ctid).join("ns"));
+        let mut pids = Vec::new();
+        collect_pids(&ns, 2, &mut pids);
+        if !pids.is_empty() {
+            pids.sort_unstable();
+            return pids;
+        }
+    }
+    Vec::new()
+}
+
+fn collect_pids(dir: &Path, depth: u32, out: &mut Vec<u32>) {
+    if let Ok(t) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+        out.extend(t.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+    }
+    if depth == 0 || !out.is_empty() {
+        return;
+    }
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                collect_pids(&e.path(), depth - 1, out);
+            }
+        }
+    }
+}
+
+/// Container ids with a cgroup `lxc/<ctid>` (numeric names; `lxc.monitor`, `lxc.pivot` are
+/// LXC's own).
+pub fn container_ids(host: &HostRoot, h: &Hierarchies) -> io::Result<Vec<String>> {
+    let mut ids = Vec::new();
+    for dir in h.lxc_dirs() {
+        let rd = match std::fs::read_dir(host.path(&dir)) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", host.path(&dir).display()))),
+        };
+        for e in rd.flatten() {
+            if let Ok(n) = e.file_name().into_string()
+                && !n.is_empty()
+                && n.bytes().all(|b| b.is_ascii_digit())
+                && !ids.contains(&n)
+            {
+                ids.push(n);
+            }
+        }
+        // The first hierarchy with an lxc/ directory lists them all.
+        if !ids.is_empty() {
+            break;
+        }
+    }
+    ids.sort_by_key(|i| (i.len(), i.clone()));
+    Ok(ids)
+}
+
+/// The pid in the container's own PID namespace (the last `NSpid:` field of
+/// /proc/<pid>/status); the container's init has 1.
+pub fn ns_pid(status: &str) -> Option<u32> {
+    status.lines().find_map(|l| l.strip_prefix("NSpid:")).and_then(|v| v.split_whitespace().last()?.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This machine's kind: hybrid (memory, cpu, blkio, pids on v1; cgroup2 at .../unified).
+    const HYBRID: &str = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
+        32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct\n\
+        35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n\
+        38 31 0:35 / /sys/fs/cgroup/blkio rw,relatime - cgroup cgroup rw,blkio\n\
+        39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids\n\
+        40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,name=systemd\n\
+        41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw,nsdelegate\n";
+    /// PVE 7+ default: one cgroup2 at /sys/fs/cgroup.
+    const UNIFIED: &str = "35 24 0:30 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot\n";
+
+    #[test]
+    fn mounts_of_hybrid_and_unified_hosts() {
+        let (v2, v1) = parse_cgroup_mounts(HYBRID);
+        assert_eq!(v2.as_deref(), Some(Path::new("/sys/fs/cgroup/unified")));
+        assert_eq!(v1.get("cpuacct").map(PathBuf::as_path), Some(Path::new("/sys/fs/cgroup/cpu,cpuacct")));
+        assert_eq!(v1.get("memory").map(PathBuf::as_path), Some(Path::new("/sys/fs/cgroup/memory")));
+        assert!(!v1.contains_key("systemd") && !v1.contains_key("name=systemd"));
+        let (v2, v1) = parse_cgroup_mounts(UNIFIED);
+        assert_eq!(v2.as_deref(), Some(Path::new("/sys/fs/cgroup")));
+        assert!(v1.is_empty());
+        let h = Hierarchies { v2, v2_controllers: vec!["cpu".into(), "memory".into()], v1 };
+        assert_eq!(h.find("memory", "memory"), Some((Path::new("/sys/fs/cgroup"), true)));
+        assert_eq!(h.find("io", "blkio"), None);
+    }
+
+    #[test]
+    fn v2_files() {
+        assert_eq!(parse_cpu_max("max 100000\n").unwrap(), None);
+        assert_eq!(parse_cpu_max("150000 100000\n").unwrap(), Some(1.5));
+        assert!(parse_cpu_max("").is_err() && parse_cpu_max("x y").is_err() && parse_cpu_max("1 0").is_err());
+        assert_eq!(parse_limit("max\n").unwrap(), None);
+        assert_eq!(parse_limit("536870912\n").unwrap(), Some(512 << 20));
+        assert!(parse_limit("-1").is_err());
+        let io = parse_io_stat(
+            "8:0 rbytes=1459200 wbytes=314773504 rios=192 wios=353 dbytes=0 dios=0\n253:1 rbytes=4096 wbytes=0 rios=1 wios=0 dbytes=0 dios=0\n",
+        );
+        assert_eq!(
+            io["8:0"],
+            IoCounters { read_bytes: 1_459_200, write_bytes: 314_773_504, read_ops: 192, write_ops: 353 }
+        );
+        assert_eq!(io.len(), 2);
+        let k = parse_flat_keyed("anon 100\nfile 50\nbad\nx y\n");
+        assert_eq!((k["anon"], k["file"], k.len()), (100, 50, 2));
+    }
+
+    #[test]
+    fn v1_blkio() {
+        let b = parse_blkio("8:0 Read 4096\n8:0 Write 8192\n8:0 Sync 0\n8:0 Total 12288\n8:16 Read 1\nTotal 12289\n");
+        assert_eq!(b["8:0"], (4096, 8192));
+        assert_eq!(b["8:16"], (1, 0));
+        assert_eq!(v1_limit(9_223_372_036_854_771_712), None);
+        assert_eq!(v1_limit(1 << 30), Some(1 << 30));
+    }
+
+    #[test]
+    fn nspid() {
+        assert_eq!(ns_pid("Name:\tinit\nNSpid:\t4242\t1\n"), Some(1));
+        assert_eq!(ns_pid("NSpid:\t4242\n"), Some(4242));
+        assert_eq!(ns_pid("Name: x\n"), None);
+    }
+
+    /// A container's cgroup tree on a unified host, as files.
+    #[test]
+    fn reads_a_unified_container() {
+        let dir = tempfile::tempdir().unwrap();
+        let cg = dir.path().join("sys/fs/cgroup/lxc/101");
+        std::fs::create_dir_all(cg.join("ns")).unwrap();
+        for (f, t) in [
+            ("cpu.stat", "usage_usec 3000000\nuser_usec 2000000\nsystem_usec 1000000\n"),
+            ("memory.current", "104857600\n"),
+            ("memory.stat", "anon 52428800\nfile 41943040\nkernel 10485760\n"),
+            ("memory.swap.current", "0\n"),
+            ("memory.max", "536870912\n"),
+            ("memory.swap.max", "max\n"),
+            ("cpu.max", "200000 100000\n"),
+            ("io.stat", "8:0 rbytes=10 wbytes=20 rios=1 wios=2 dbytes=0 dios=0\n"),
+            ("pids.current", "7\n"),
+            ("memory.events", "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n"),
+            (
+                "cpu.pressure",
+                "some avg10=1.00 avg60=0.00 avg300=0.00 total=5\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n",
+            ),
+            ("memory.pressure", "garbage\n"),
+        ] {
+            std::fs::write(cg.join(f), t).unwrap();
+        }
+        std::fs::write(cg.join("ns/cgroup.procs"), "4242\n4243\n").unwrap();
+        let host = HostRoot::new(dir.path());
+        let h = Hierarchies {
+            v2: Some("/sys/fs/cgroup".into()),
+            v2_controllers: ["cpu", "memory", "io", "pids"].map(String::from).to_vec(),
+            v1: BTreeMap::new(),
+        };
+        let mut errors = Vec::new();
+        let st = read_container(&host, &h, "101", &mut errors).unwrap();
+        assert_eq!(st.cpu_user_seconds, Some(2.0));
+        assert_eq!(st.memory_used(), Some(104_857_600 - 41_943_040));
+        assert_eq!(st.memory_kernel, Some(10_485_760));
+        assert_eq!(
+            (st.memory_max, st.swap_max, st.cpu_max_cores),
+            (Some(Some(512 << 20)), Some(None), Some(Some(2.0)))
+        );
+        assert_eq!((st.pids, st.oom_kills), (Some(7), Some(1)));
+        assert_eq!(st.io["8:0"].write_ops, 2);
+        assert!(st.pressure[0].is_some() && st.pressure[1].is_none());
+        assert_eq!(errors.len(), 1, "the bad pressure file is its own error: {errors:?}");
+        assert_eq!(container_ids(&host, &h).unwrap(), vec!["101".to_string()]);
+        assert_eq!(container_pids(&host, &h, "101"), vec![4242, 4243]);
+        // Stopped mid-scrape: gone, not an error.
+        std::fs::remove_dir_all(&cg).unwrap();
+        let mut errors = Vec::new();
+        assert!(read_container(&host, &h, "101", &mut errors).is_none());
+        assert!(errors.is_empty());
+    }
+}

@@ -1,0 +1,236 @@
+//! Every guest configured on this node, running or not: `/etc/pve/.vmlist` says which guests
+//! are this node's and of which type, each `qemu-server/<vmid>.conf` or `lxc/<ctid>.conf` what
+//! they are, `.members` the node's and cluster's names, and `ha/manager_status` each HA
+//! guest's state. Every file is parsed again only when it changed (mtime, size, inode).
+//!
+//! /etc/pve is pmxcfs: the caller runs [`GuestReader::read`] behind the timed pmxcfs gate.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    io,
+    sync::{Arc, Mutex},
+};
+
+use super::{
+    cluster::{Members, Vmlist, parse_members, parse_vmlist},
+    config::ParsedFile,
+    guest_config::{GuestConfig, GuestType, parse_guest_config},
+    ha::{ManagerStatus, parse_manager_status},
+    storage_cfg::read_node_name,
+};
+use crate::{
+    host::{HostRoot, is_gone},
+    sources::error::{ParseError, SourceError},
+};
+
+/// One configured guest of this node.
+#[derive(Debug, Clone)]
+pub struct ConfiguredGuest {
+    pub vmid: String,
+    pub ty: GuestType,
+    pub config: Arc<GuestConfig>,
+    /// The HA manager's state of the guest (`started`, `stopped`, ...), when HA manages it.
+    pub ha_state: Option<String>,
+}
+
+/// What a scrape knows of this node's guests.
+#[derive(Debug, Default)]
+pub struct Guests {
+    /// This node's name (`.members`' nodename, else the kernel's host name).
+    pub node: String,
+    pub members: Option<Members>,
+    /// Sorted by vmid.
+    pub guests: Vec<ConfiguredGuest>,
+    /// Nodes' HA states (`online`, `maintenance`, ...) of the manager status.
+    pub ha_nodes: BTreeMap<String, String>,
+    /// What could not be read (the guests it concerns are missing, the rest are there).
+    pub errors: Vec<SourceError>,
+}
+
+/// (type, vmid).
+type GuestKey = (GuestType, String);
+
+/// Keeps each parsed file between scrapes.
+#[derive(Debug, Default)]
+pub struct GuestReader {
+    vmlist: ParsedFile<Result<Vmlist, ParseError>>,
+    members: ParsedFile<Result<Members, ParseError>>,
+    manager: ParsedFile<Result<ManagerStatus, ParseError>>,
+    configs: Mutex<HashMap<GuestKey, Arc<ParsedFile<GuestConfig>>>>,
+}
+
+impl GuestReader {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Read /etc/pve (blocking: run it behind the pmxcfs gate). Fails only when /etc/pve
+    /// cannot be listed at all; a file that cannot be read costs what it concerns.
+    pub fn read(&self, host: &HostRoot) -> io::Result<Guests> {
+        let mut out = Guests::default();
+        let members = match self.members.get(&host.path("etc/pve/.members"), parse_members) {
+            Ok(Some(m)) => match m.as_ref() {
+                Ok(m) => Some(m.clone()),
+                Err(e) => {
+                    out.errors.push(e.clone().input("/etc/pve/.members").into());
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(e) => {
+                out.errors.push(SourceError::io(host.path("etc/pve/.members"), e));
+                None
+            }
+        };
+        out.node = members
+            .as_ref()
+            .map(|m| m.nodename.clone())
+            .filter(|n| !n.is_empty())
+            .or_else(|| read_node_name(host))
+            .unwrap_or_default();
+        out.members = members;
+        let ids = self.ids(host, &out.node, &mut out.errors)?;
+        let ha = match self.manager.get(&host.path("etc/pve/ha/manager_status"), parse_manager_status) {
+            Ok(Some(m)) => match m.as_ref() {
+                Ok(m) => m.clone(),
+                Err(e) => {
+                    out.errors.push(e.clone().input("/etc/pve/ha/manager_status").into());
+                    ManagerStatus::default()
+                }
+            },
+            Ok(None) => ManagerStatus::default(),
+            Err(e) => {
+                out.errors.push(SourceError::io(host.path("etc/pve/ha/manager_status"), e));
+                ManagerStatus::default()
+            }
+        };
+        out.ha_nodes = ha.node_status.clone();
+        let mut configs = self.configs.lock().unwrap_or_else(|p| p.into_inner());
+        let wanted: HashSet<(GuestType, String)> = ids.iter().cloned().collect();
+        configs.retain(|k, _| wanted.contains(k));
+        for (ty, vmid) in ids {
+            let file = configs.entry((ty, vmid.clone())).or_default().clone();
+            let path = host.path(format!("{}/{vmid}.conf", ty.config_dir()));
+            let config = match file.get(&path, parse_guest_config) {
+                Ok(Some(c)) => c,
+                // Deleted or moved to another node since the list was written: not ours now.
+                Ok(None) => continue,
+                Err(e) if is_gone(&e) => continue,
+                Err(e) => {
+                    out.errors.push(SourceError::io(path, e));
+                    continue;
+                }
+            };
+            if config.malformed > 0 {
+                log::debug!("{}: {} malformed line(s) skipped", path.display(), config.malformed);
+            }
+            let sid = format!("{}:{vmid}", if ty == GuestType::Qemu { "vm" } else { "ct" });
+            let ha_state = ha.service_status.get(&sid).map(|s| s.state.clone());
+            out.guests.push(ConfiguredGuest { vmid, ty, config, ha_state });
+        }
+        Ok(out)
+    }
+
+    /// (type, vmid) of this node's guests, sorted: from `.vmlist`, else (no pmxcfs status
+    /// file: a fixture tree, a node whose pmxcfs has not written it) from the config
+    /// directories.
+    fn ids(&self, host: &HostRoot, node: &str, errors: &mut Vec<SourceError>) -> io::Result<Vec<(GuestType, String)>> {
+        let path = host.path("etc/pve/.vmlist");
+        let from_list = match self.vmlist.get(&path, parse_vmlist) {
+            Ok(Some(l)) => match l.as_ref() {
+                Ok(l) => {
+                    if !l.unknown.is_empty() {
+                        log::debug!("/etc/pve/.vmlist: entries of unknown type skipped: {:?}", l.unknown);
+                    }
+                    Some(l.on_node(node).into_iter().map(|g| (g.ty, g.vmid.clone())).collect::<Vec<_>>())
+                }
+                Err(e) => {
+                    errors.push(e.clone().input("/etc/pve/.vmlist").into());
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(e) => {
+                errors.push(SourceError::io(path, e));
+                None
+            }
+        };
+        if let Some(ids) = from_list {
+            return Ok(ids);
+        }
+        let mut ids = Vec::new();
+        for ty in [GuestType::Qemu, GuestType::Lxc] {
+            let dir = host.path(ty.config_dir());
+            let rd = match std::fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", dir.display()))),
+            };
+            let names = rd.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok());
+            ids.extend(super::config::vmids_from_listing(names).into_iter().map(|id| (ty, id)));
+        }
+        ids.sort_by(|a, b| (a.1.len(), &a.1, a.0).cmp(&(b.1.len(), &b.1, b.0)));
+        Ok(ids)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        for dir in ["etc/pve/qemu-server", "etc/pve/lxc", "etc/pve/ha", "proc/sys/kernel"] {
+            std::fs::create_dir_all(p.join(dir)).unwrap();
+        }
+        std::fs::write(p.join("proc/sys/kernel/hostname"), "pve1.example.com\n").unwrap();
+        std::fs::write(p.join("etc/pve/qemu-server/100.conf"), "name: web\nmemory: 1024\n").unwrap();
+        std::fs::write(p.join("etc/pve/lxc/101.conf"), "hostname: ct\n").unwrap();
+        d
+    }
+
+    #[test]
+    fn from_config_directories_without_vmlist() {
+        let d = tree();
+        let g = GuestReader::new().read(&HostRoot::new(d.path())).unwrap();
+        assert_eq!(g.node, "pve1");
+        let ids: Vec<(&str, GuestType)> = g.guests.iter().map(|g| (g.vmid.as_str(), g.ty)).collect();
+        assert_eq!(ids, vec![("100", GuestType::Qemu), ("101", GuestType::Lxc)]);
+        assert!(g.errors.is_empty(), "{:?}", g.errors);
+    }
+
+    #[test]
+    fn vmlist_selects_this_nodes_guests_and_ha_states() {
+        let d = tree();
+        let p = d.path();
+        std::fs::write(
+            p.join("etc/pve/.vmlist"),
+            "{\n\"version\": 3,\n\"ids\": {\n\"100\": { \"node\": \"pve1\", \"type\": \"qemu\", \"version\": 1 },\n\
+             \"101\": { \"node\": \"pve1\", \"type\": \"lxc\", \"version\": 1 },\n\
+             \"102\": { \"node\": \"pve1\", \"type\": \"qemu\", \"version\": 1 },\n\
+             \"200\": { \"node\": \"pve2\", \"type\": \"qemu\", \"version\": 1 }}\n\n}\n",
+        )
+        .unwrap();
+        std::fs::write(p.join("etc/pve/.members"), "{\n\"nodename\": \"pve1\",\n\"version\": 0\n}\n").unwrap();
+        std::fs::write(
+            p.join("etc/pve/ha/manager_status"),
+            r#"{"master_node":"pve1","node_status":{"pve1":"online"},"service_status":{"vm:100":{"node":"pve1","state":"started","uid":"x"}}}"#,
+        )
+        .unwrap();
+        let r = GuestReader::new();
+        let g = r.read(&HostRoot::new(p)).unwrap();
+        // 102 is listed but its config is gone (deleted since): not a failure.
+        let ids: Vec<&str> = g.guests.iter().map(|g| g.vmid.as_str()).collect();
+        assert_eq!(ids, vec!["100", "101"]);
+        assert_eq!(g.guests[0].ha_state.as_deref(), Some("started"));
+        assert_eq!(g.guests[1].ha_state, None);
+        assert_eq!(g.ha_nodes.get("pve1").map(String::as_str), Some("online"));
+        assert!(g.errors.is_empty(), "{:?}", g.errors);
+        // A .vmlist that does not parse: the config directories, and the error said.
+        std::fs::write(p.join("etc/pve/.vmlist"), "{ not json").unwrap();
+        let g = r.read(&HostRoot::new(p)).unwrap();
+        assert_eq!(g.guests.len(), 2);
+        assert_eq!(g.errors.len(), 1);
+    }
+}
