@@ -498,6 +498,298 @@ pub static KVM_EBPF: &[&Def] = &[
     &KVM_HALT_SECONDS,
 ];
 
+// ---- Every configured guest, VMs and containers, running or not (issue 17; collector::guest) ----
+const GUEST: &[&str] = &["id", "type"];
+pub static GUEST_CONFIG_INFO: Def = gauge(
+    "guest_config_info",
+    &["id", "type", "name", "node", "ostype", "tags", "pool", "pool_levels", "pool1", "pool2", "pool3"],
+    "Every guest configured on this node, running or not, with its name, OS type, tags and pool (1)",
+);
+pub static GUEST_UP: Def =
+    gauge("guest_up", GUEST, "1 when the guest runs (its QEMU process or container init exists), else 0");
+pub static GUEST_STATE: Def = gauge(
+    "guest_state",
+    &["id", "type", "state"],
+    "The guest's run state (1): running, stopped; VMs also QEMU's status (paused, prelaunch, ...)",
+);
+pub static GUEST_UPTIME: Def = gauge(
+    "guest_uptime_seconds",
+    GUEST,
+    "Seconds since the guest's process (QEMU or container init) started; 0 when stopped",
+);
+pub static GUEST_TEMPLATE: Def = gauge("guest_template", GUEST, "1 when the guest is a template");
+pub static GUEST_ONBOOT: Def = gauge("guest_onboot", GUEST, "The config's onboot (1: started when the node boots)");
+pub static GUEST_STARTUP_ORDER: Def =
+    gauge("guest_startup_order", GUEST, "The config's startup order (guests with an order only)");
+pub static GUEST_PROTECTION: Def = gauge("guest_protection", GUEST, "1 when the guest is protected against removal");
+pub static GUEST_LOCK: Def = gauge(
+    "guest_lock",
+    &["id", "type", "lock"],
+    "The config's lock (backup, migrate, snapshot, ...; locked guests only; 1)",
+);
+pub static GUEST_HA_STATE: Def = gauge(
+    "guest_ha_state",
+    &["id", "type", "state"],
+    "The HA manager's state of the guest (HA-managed guests only; 1)",
+);
+pub static GUEST_CPUS: Def = gauge(
+    "guest_cpus",
+    GUEST,
+    "CPUs configured as PVE counts them: a VM's vcpus or sockets x cores, a container's cores or cpulimit",
+);
+pub static GUEST_MEMORY_BYTES: Def = gauge("guest_memory_bytes", GUEST, "Memory configured (memory)");
+pub static GUEST_BALLOON_MIN_BYTES: Def =
+    gauge("guest_balloon_min_bytes", GUEST, "A VM's balloon minimum (balloon; VMs with ballooning only)");
+pub static GUEST_SWAP_BYTES: Def = gauge("guest_swap_bytes", GUEST, "A container's swap configured (swap)");
+pub static GUEST_DISK_SIZE_BYTES: Def = gauge(
+    "guest_disk_size_bytes",
+    &["id", "type", "disk", "volume"],
+    "Size of each configured disk or mount point as the config gives it (size=)",
+);
+pub static GUEST_SNAPSHOTS: Def = gauge("guest_snapshots", GUEST, "Snapshots of the guest (config sections)");
+pub static GUEST_SNAPSHOT_NEWEST: Def = gauge(
+    "guest_snapshot_newest_timestamp_seconds",
+    GUEST,
+    "When the newest snapshot was taken (snaptime; guests with snapshots only)",
+);
+pub static GUEST_FAMILIES: &[&Def] = &[
+    &GUEST_CONFIG_INFO,
+    &GUEST_UP,
+    &GUEST_STATE,
+    &GUEST_UPTIME,
+    &GUEST_TEMPLATE,
+    &GUEST_ONBOOT,
+    &GUEST_STARTUP_ORDER,
+    &GUEST_PROTECTION,
+    &GUEST_LOCK,
+    &GUEST_HA_STATE,
+    &GUEST_CPUS,
+    &GUEST_MEMORY_BYTES,
+    &GUEST_BALLOON_MIN_BYTES,
+    &GUEST_SWAP_BYTES,
+    &GUEST_DISK_SIZE_BYTES,
+    &GUEST_SNAPSHOTS,
+    &GUEST_SNAPSHOT_NEWEST,
+];
+
+// ---- LXC containers (issue 17; collector::lxc): running containers from their cgroups ----
+pub static LXC_INFO: Def = gauge(
+    "lxc_info",
+    &["id", "name", "pid", "ostype", "arch", "unprivileged", "tags", "pool", "pool_levels", "pool1", "pool2", "pool3"],
+    "Every running container (1): hostname, init pid, OS type, architecture, unprivileged, tags, pool",
+);
+pub static LXC_CPU_SECONDS: Def =
+    counter("lxc_cpu_seconds_total", &["id", "mode"], "CPU time of the container by mode (user, system; cgroup)");
+pub static LXC_MEMORY_BYTES: Def = gauge(
+    "lxc_memory_bytes",
+    &["id", "type"],
+    "Memory charged to the container by type: current (all), anon, file (page cache), kernel (cgroup)",
+);
+pub static LXC_MEMORY_USED_BYTES: Def =
+    gauge("lxc_memory_used_bytes", ID, "Memory the container uses as PVE shows it: charged memory less page cache");
+pub static LXC_SWAP_BYTES: Def = gauge("lxc_swap_bytes", ID, "Swap the container uses (cgroup)");
+pub static LXC_MEMORY_LIMIT_BYTES: Def =
+    gauge("lxc_memory_limit_bytes", ID, "The container's memory limit (memory.max; containers with a limit only)");
+pub static LXC_SWAP_LIMIT_BYTES: Def =
+    gauge("lxc_swap_limit_bytes", ID, "The container's swap limit (memory.swap.max; containers with a limit only)");
+pub static LXC_CPU_LIMIT_CORES: Def =
+    gauge("lxc_cpu_limit_cores", ID, "The container's CPU limit in cores (cpu.max; containers with a limit only)");
+pub static LXC_IO_BYTES: Def = counter(
+    "lxc_io_bytes_total",
+    &["id", "device", "direction"],
+    "Block I/O bytes of the container by device (major:minor) and direction (read, write)",
+);
+pub static LXC_IO_OPERATIONS: Def = counter(
+    "lxc_io_operations_total",
+    &["id", "device", "direction"],
+    "Block I/O operations of the container by device (major:minor) and direction (read, write)",
+);
+pub static LXC_PRESSURE_RATIO: Def = gauge(
+    "lxc_pressure_ratio",
+    &["id", "resource", "kind"],
+    "Share of the last 10 s the container stalled on cpu, memory or io (some, full; avg10 / 100)",
+);
+pub static LXC_PRESSURE_SECONDS: Def = counter(
+    "lxc_pressure_stalled_seconds_total",
+    &["id", "resource", "kind"],
+    "Time the container stalled on cpu, memory or io (some, full; PSI total)",
+);
+pub static LXC_PROCESSES: Def = gauge("lxc_processes", ID, "Processes in the container (pids.current)");
+pub static LXC_OOM_KILLS: Def =
+    counter("lxc_oom_kills_total", ID, "Processes of the container killed by the OOM killer");
+pub static LXC_NIC_RX_BYTES: Def = counter(
+    "lxc_nic_rx_bytes_total",
+    &["id", "ifname", "net"],
+    "Bytes the container's veth received on the host side (what the container sent)",
+);
+pub static LXC_NIC_TX_BYTES: Def = counter(
+    "lxc_nic_tx_bytes_total",
+    &["id", "ifname", "net"],
+    "Bytes the container's veth sent on the host side (what the container received)",
+);
+pub static LXC_NIC_RX_PACKETS: Def = counter(
+    "lxc_nic_rx_packets_total",
+    &["id", "ifname", "net"],
+    "Packets the container's veth received on the host side",
+);
+pub static LXC_NIC_TX_PACKETS: Def =
+    counter("lxc_nic_tx_packets_total", &["id", "ifname", "net"], "Packets the container's veth sent on the host side");
+pub static LXC_NIC_RX_DROPPED: Def = counter(
+    "lxc_nic_rx_dropped_total",
+    &["id", "ifname", "net"],
+    "Packets the container's veth dropped on receive (host side)",
+);
+pub static LXC_NIC_TX_DROPPED: Def = counter(
+    "lxc_nic_tx_dropped_total",
+    &["id", "ifname", "net"],
+    "Packets the container's veth dropped on send (host side)",
+);
+pub static LXC_FS_SIZE_BYTES: Def = gauge(
+    "lxc_fs_size_bytes",
+    &["id", "disk", "mountpoint", "volume"],
+    "Size of the container's root file system and mount points (statvfs in the container)",
+);
+pub static LXC_FS_USED_BYTES: Def = gauge(
+    "lxc_fs_used_bytes",
+    &["id", "disk", "mountpoint", "volume"],
+    "Space used on the container's root file system and mount points (statvfs in the container)",
+);
+pub static LXC_FS_FREE_BYTES: Def = gauge(
+    "lxc_fs_free_bytes",
+    &["id", "disk", "mountpoint", "volume"],
+    "Space available to the container's users on its file systems (statvfs f_bavail)",
+);
+pub static LXC_FAMILIES: &[&Def] = &[
+    &LXC_INFO,
+    &LXC_CPU_SECONDS,
+    &LXC_MEMORY_BYTES,
+    &LXC_MEMORY_USED_BYTES,
+    &LXC_SWAP_BYTES,
+    &LXC_MEMORY_LIMIT_BYTES,
+    &LXC_SWAP_LIMIT_BYTES,
+    &LXC_CPU_LIMIT_CORES,
+    &LXC_IO_BYTES,
+    &LXC_IO_OPERATIONS,
+    &LXC_PRESSURE_RATIO,
+    &LXC_PRESSURE_SECONDS,
+    &LXC_PROCESSES,
+    &LXC_OOM_KILLS,
+    &LXC_NIC_RX_BYTES,
+    &LXC_NIC_TX_BYTES,
+    &LXC_NIC_RX_PACKETS,
+    &LXC_NIC_TX_PACKETS,
+    &LXC_NIC_RX_DROPPED,
+    &LXC_NIC_TX_DROPPED,
+    &LXC_FS_SIZE_BYTES,
+    &LXC_FS_USED_BYTES,
+    &LXC_FS_FREE_BYTES,
+];
+
+// ---- prometheus-pve-exporter's families from local data (issue 17; collector::ppe) ----
+// Names, labels and meaning as prometheus-pve-exporter's ClusterResourcesCollector and
+// StatusCollector emit them from /cluster/resources and /cluster/status: `id` is `qemu/100`,
+// `lxc/101`, `node/pve1`, `storage/pve1/local` or `cluster/<name>`.
+const PPE_ID: &[&str] = &["id"];
+pub static PPE_UP: Def = gauge("up", PPE_ID, "Node/VM/CT-Status is online/running");
+pub static PPE_GUEST_INFO: Def = gauge("guest_info", &["id", "node", "name", "type", "template", "tags"], "VM/CT info");
+pub static PPE_NODE_INFO: Def = gauge("node_info", &["id", "level", "name", "nodeid"], "Node info");
+pub static PPE_CLUSTER_INFO: Def = gauge("cluster_info", &["id", "nodes", "quorate", "version"], "Cluster info");
+pub static PPE_CPU_USAGE_RATIO: Def =
+    gauge("cpu_usage_ratio", PPE_ID, "CPU utilization (for types 'node', 'qemu' and 'lxc').");
+pub static PPE_CPU_USAGE_LIMIT: Def =
+    gauge("cpu_usage_limit", PPE_ID, "Number of available CPUs (for types 'node', 'qemu' and 'lxc').");
+pub static PPE_MEMORY_USAGE: Def =
+    gauge("memory_usage_bytes", PPE_ID, "Used memory in bytes (for types 'node', 'qemu' and 'lxc').");
+pub static PPE_MEMORY_SIZE: Def =
+    gauge("memory_size_bytes", PPE_ID, "Number of available memory in bytes (for types 'node', 'qemu' and 'lxc').");
+pub static PPE_DISK_SIZE: Def = gauge(
+    "disk_size_bytes",
+    PPE_ID,
+    "Storage size in bytes (for type 'storage'), root image size for VMs (for types 'qemu' and 'lxc').",
+);
+pub static PPE_DISK_USAGE: Def = gauge(
+    "disk_usage_bytes",
+    PPE_ID,
+    "Used disk space in bytes (for type 'storage'), used root image space for VMs (for types 'qemu' and 'lxc').",
+);
+pub static PPE_DISK_READ: Def = gauge(
+    "disk_read_bytes",
+    PPE_ID,
+    "The amount of bytes the guest read from its block devices since the guest was started. DEPRECATED: Use pve_disk_read_bytes_total instead.",
+);
+pub static PPE_DISK_WRITE: Def = gauge(
+    "disk_write_bytes",
+    PPE_ID,
+    "The amount of bytes the guest wrote to its block devices since the guest was started. DEPRECATED: Use pve_disk_written_bytes_total instead.",
+);
+pub static PPE_DISK_READ_TOTAL: Def = counter(
+    "disk_read_bytes_total",
+    PPE_ID,
+    "The amount of bytes the guest read from its block devices since the guest was started.",
+);
+pub static PPE_DISK_WRITTEN_TOTAL: Def = counter(
+    "disk_written_bytes_total",
+    PPE_ID,
+    "The amount of bytes the guest wrote to its block devices since the guest was started.",
+);
+pub static PPE_NET_RECEIVE: Def = gauge(
+    "network_receive_bytes",
+    PPE_ID,
+    "The amount of traffic in bytes that was sent to the guest over the network since it was started. DEPRECATED: Use pve_network_receive_bytes_total instead.",
+);
+pub static PPE_NET_TRANSMIT: Def = gauge(
+    "network_transmit_bytes",
+    PPE_ID,
+    "The amount of traffic in bytes that was sent from the guest over the network since it was started. DEPRECATED: Use pve_network_transmit_bytes_total instead.",
+);
+pub static PPE_NET_RECEIVE_TOTAL: Def = counter(
+    "network_receive_bytes_total",
+    PPE_ID,
+    "The amount of traffic in bytes that was sent to the guest over the network since it was started.",
+);
+pub static PPE_NET_TRANSMIT_TOTAL: Def = counter(
+    "network_transmit_bytes_total",
+    PPE_ID,
+    "The amount of traffic in bytes that was sent from the guest over the network since it was started.",
+);
+pub static PPE_UPTIME: Def =
+    gauge("uptime_seconds", PPE_ID, "Uptime of node or virtual guest in seconds (for types 'node', 'qemu' and 'lxc').");
+pub static PPE_ONBOOT: Def = gauge("onboot_status", &["id", "node", "type"], "Proxmox vm config onboot value");
+pub static PPE_LOCK_STATE: Def =
+    gauge("lock_state", &["id", "state"], "The guest's current config lock (for types 'qemu' and 'lxc')");
+pub static PPE_HA_STATE: Def = gauge("ha_state", &["id", "state"], "HA service status (for HA managed VMs).");
+pub static PPE_STORAGE_INFO: Def =
+    gauge("storage_info", &["id", "node", "storage", "plugintype", "content"], "Storage info");
+pub static PPE_STORAGE_SHARED: Def =
+    gauge("storage_shared", PPE_ID, "Whether or not the storage is shared among cluster nodes");
+/// What the `ppe` collector emits; the storage families come from the `storage` collector.
+pub static PPE_FAMILIES: &[&Def] = &[
+    &PPE_UP,
+    &PPE_GUEST_INFO,
+    &PPE_NODE_INFO,
+    &PPE_CLUSTER_INFO,
+    &PPE_CPU_USAGE_RATIO,
+    &PPE_CPU_USAGE_LIMIT,
+    &PPE_MEMORY_USAGE,
+    &PPE_MEMORY_SIZE,
+    &PPE_DISK_SIZE,
+    &PPE_DISK_USAGE,
+    &PPE_DISK_READ,
+    &PPE_DISK_WRITE,
+    &PPE_DISK_READ_TOTAL,
+    &PPE_DISK_WRITTEN_TOTAL,
+    &PPE_NET_RECEIVE,
+    &PPE_NET_TRANSMIT,
+    &PPE_NET_RECEIVE_TOTAL,
+    &PPE_NET_TRANSMIT_TOTAL,
+    &PPE_UPTIME,
+    &PPE_ONBOOT,
+    &PPE_LOCK_STATE,
+    &PPE_HA_STATE,
+];
+/// PPE's storage families (the `storage` collector, when `ppe` is on).
+pub static PPE_STORAGE: &[&Def] = &[&PPE_STORAGE_INFO, &PPE_STORAGE_SHARED];
+
 pub static EXPORTER: &[&Def] = &[
     &BUILD_INFO,
     &EBPF_ENABLED,
@@ -534,6 +826,10 @@ pub fn all() -> impl Iterator<Item = &'static Def> {
         PVE_VM_PRESSURE,
         PVE_HA,
         PVE_PHYSICAL_DISKS,
+        GUEST_FAMILIES,
+        LXC_FAMILIES,
+        PPE_FAMILIES,
+        PPE_STORAGE,
         EXPORTER,
         EXPORTER_KVM_DEBUGFS,
         EXPORTER_PVE,

@@ -224,10 +224,13 @@ fn pve_basic_self_metrics() {
 // ---------------------------------------------------------------------------------------------
 // pve-broken: one bad VM must not take the others down.
 
-/// The lines of `text` that carry `id="<id>"`, other than kvm_info (pools differ per tree).
+/// The lines of `text` that carry `id="<id>"`, other than kvm_info (pools differ per tree) and
+/// the `guest` collector's (a guest configured on the node has them, running or not).
 fn vm_lines<'a>(text: &'a str, id: &str) -> Vec<&'a str> {
     let needle = format!("id=\"{id}\"");
-    text.lines().filter(|l| l.contains(&needle) && !l.starts_with("pve_kvm_info{")).collect()
+    text.lines()
+        .filter(|l| l.contains(&needle) && !l.starts_with("pve_kvm_info{") && !l.starts_with("pve_guest_"))
+        .collect()
 }
 
 #[test]
@@ -267,7 +270,14 @@ fn pve_broken_isolates_failures() {
     // VM 103 vanished (cmdline, no stat): gone without a trace.
     assert!(vm_lines(&t, "103").is_empty(), "{t}");
     assert!(series(&t, "pve_kvm_info", &[("id", "103")]).is_empty());
-    assert!(!t.contains("vanished"));
+    // Its config stays: a stopped guest named "vanished", and nothing of a process.
+    assert!(
+        t.lines()
+            .filter(|l| l.contains("vanished"))
+            .all(|l| l.starts_with("pve_guest_config_info{") || l.starts_with("pve_guest_info{")),
+        "{t}"
+    );
+    assert_value(&t, "pve_guest_up", &[("id", "103"), ("type", "qemu")], 0.0);
 
     // The unparseable stat is a failure of the kvm collector; /etc/pve read fine.
     assert_value(&t, "pve_exporter_collector_success", &[("collector", "kvm")], 0.0);
@@ -308,6 +318,9 @@ fn vm_that_exits_mid_scrape_is_not_an_error() {
     assert_eq!(ids(&t, "pve_kvm_info"), ["100", "200"], "{t}");
     assert!(vm_lines(&t, "300").is_empty(), "{t}");
     assert_value(&t, "pve_exporter_collector_success", &[("collector", "kvm")], 1.0);
+    // Its config is still there: a stopped guest, not a failure.
+    assert_value(&t, "pve_guest_up", &[("id", "300"), ("type", "qemu")], 0.0);
+    assert_value(&t, "pve_exporter_collector_success", &[("collector", "guest")], 1.0);
 }
 
 // ---------------------------------------------------------------------------------------------

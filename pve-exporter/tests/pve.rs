@@ -9,8 +9,9 @@
 //!
 //! Golden files `fixtures/golden/pve-cluster-local.prom` (local source, this node) and
 //! `fixtures/golden/pve-cluster-api.prom` (API, cluster scope): before comparing, every
-//! `*_duration_seconds` value and, in the local output, the `pve_node_rootfs_*` values (statvfs
-//! of the checkout's file system) become 0. Regenerate after an intended change with
+//! `*_duration_seconds` value and, in the local output, the `pve_node_rootfs_*` and
+//! `pve_disk_*{id="node/..."}` values of both (statvfs of the checkout's file system) become 0.
+//! Regenerate after an intended change with
 //!
 //! ```sh
 //! UPDATE_GOLDEN=1 cargo test -p pve-exporter --test pve
@@ -111,9 +112,18 @@ fn of_node(text: &str, node: &str) -> Vec<Sample> {
 }
 
 fn is_pve_family(name: &str) -> bool {
-    ["pve_node_", "pve_vm_pressure_", "pve_ha_", "pve_physical_disk_"]
-        .iter()
-        .any(|p| name.starts_with(p) && !name.starts_with("pve_node_storage_") && !name.starts_with("pve_node_zpool_"))
+    ["pve_node_", "pve_vm_pressure_", "pve_ha_", "pve_physical_disk_"].iter().any(|p| {
+        name.starts_with(p)
+            && !name.starts_with("pve_node_storage_")
+            && !name.starts_with("pve_node_zpool_")
+            && !is_ppe_family(name)
+    })
+}
+
+/// prometheus-pve-exporter's families (the `ppe` collector) whose names share a prefix with
+/// the PVE collectors' (`pve_node_info`, `pve_ha_state`).
+fn is_ppe_family(name: &str) -> bool {
+    ["pve_node_info", "pve_ha_state"].contains(&name)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -121,7 +131,12 @@ fn is_pve_family(name: &str) -> bool {
 
 /// The root file system's figures of the local source are this machine's.
 fn normalize(text: &str, zero_rootfs: bool) -> String {
-    fixture_scrape::normalize(text, |s| zero_rootfs && s.name.starts_with("pve_node_rootfs_"))
+    fixture_scrape::normalize(text, |s| {
+        (zero_rootfs && s.name.starts_with("pve_node_rootfs_"))
+            // prometheus-pve-exporter's node disk: statvfs of the checkout's file system in
+            // both outputs (the `ppe` collector reads this node's files whatever the source).
+            || (s.name.starts_with("pve_disk_") && s.label("id").is_some_and(|i| i.starts_with("node/")))
+    })
 }
 
 #[test]
@@ -210,7 +225,7 @@ fn tree_copy() -> tempfile::TempDir {
 }
 
 fn ha_families(text: &str) -> Vec<Sample> {
-    samples(text).into_iter().filter(|s| s.name.starts_with("pve_ha_")).collect()
+    samples(text).into_iter().filter(|s| s.name.starts_with("pve_ha_") && !is_ppe_family(&s.name)).collect()
 }
 
 #[test]
@@ -276,7 +291,7 @@ fn broken_files_cost_only_their_series() {
 #[test]
 fn collectors_can_be_switched_off() {
     let t = scrape(&tree(), &["--no-collector.vm_pressure", "--no-collector.ha_status"]);
-    assert!(samples(&t).iter().all(|s| !s.name.starts_with("pve_vm_pressure_") && !s.name.starts_with("pve_ha_")));
+    assert!(samples(&t).iter().all(|s| !s.name.starts_with("pve_vm_pressure_") && !ha_families(&t).contains(s)));
     assert_value(&t, "pve_exporter_pve_collector_info", &[("collector", "vm_pressure"), ("source", "off")], 1.0);
     assert_eq!(success(&t, "vm_pressure"), None);
     assert_value(&t, "pve_node_load1", &[("node", "pve1")], 3.12);

@@ -5,7 +5,8 @@
 //! Golden files `fixtures/golden/pve-storage.{prom,om}`: before comparing, the value of every
 //! `*_duration_seconds` sample and of every size/free/used sample of a statvfs-sized storage
 //! (dir, btrfs, nfs, cifs, cephfs, glusterfs: they measure the file system the checkout is on)
-//! becomes `0`, and `ebpf_programs` of the build info becomes `absent`. The targeted tests
+//! becomes `0` (so do prometheus-pve-exporter's `pve_disk_*` of the node and of those storages),
+//! and `ebpf_programs` of the build info becomes `absent`. The targeted tests
 //! check the real values. Regenerate after an intended change with
 //!
 //! ```sh
@@ -50,12 +51,23 @@ fn collector(text: &str, name: &str) -> Option<f64> {
 
 const STATVFS_TYPES: &[&str] = &["dir", "btrfs", "nfs", "cifs", "cephfs", "glusterfs"];
 
-/// Sizes by statvfs depend on this machine's file systems; the targeted test checks them.
+/// Sizes by statvfs depend on this machine's file systems; the targeted test checks them. The
+/// `ppe` collector's `pve_disk_*` of the node (`df /`) and of statvfs-sized storages too.
 fn normalize(text: &str) -> String {
+    let statvfs_ids: Vec<String> = samples(text, "pve_node_storage_info")
+        .into_iter()
+        .filter(|s| STATVFS_TYPES.contains(&s.get("type")))
+        .map(|s| format!("/{}", s.get("name")))
+        .collect();
     fixture_scrape::normalize(text, |s| {
-        s.name.starts_with("pve_node_storage_")
+        (s.name.starts_with("pve_node_storage_")
             && s.name.ends_with("_bytes")
-            && s.label("type").is_some_and(|t| STATVFS_TYPES.contains(&t))
+            && s.label("type").is_some_and(|t| STATVFS_TYPES.contains(&t)))
+            || (s.name.starts_with("pve_disk_")
+                && s.label("id").is_some_and(|id| {
+                    id.starts_with("node/")
+                        || (id.starts_with("storage/") && statvfs_ids.iter().any(|n| id.ends_with(n.as_str())))
+                }))
     })
 }
 
@@ -251,11 +263,11 @@ fn statvfs(p: &Path) -> libc::statvfs {
 #[test]
 fn no_storage_cfg_is_not_a_failure() {
     let t = scrape_with(&["--root", &tree("pve-basic")], Format::Text);
-    assert!(!t.contains("pve_node_"), "{t}");
+    assert!(!t.contains("pve_node_storage_"), "{t}");
     assert_eq!(collector(&t, "storage"), Some(1.0), "{t}");
     assert_eq!(collector(&t, "storage_zfs"), None, "no zfspool storage: the zfs collector does not run");
     let t = scrape_storage(&tree("pve-storage"), &commands(), &["--collect-storage", "false"], Format::Text);
-    assert!(!t.contains("pve_node_") && collector(&t, "storage").is_none(), "{t}");
+    assert!(!t.contains("pve_node_storage_") && collector(&t, "storage").is_none(), "{t}");
 }
 
 /// A copy of the command doubles in which `tool` is replaced by `script`.
@@ -324,7 +336,7 @@ fn a_hung_storage_cfg_fails_the_storage_collector_only() {
     let root = dir.path().to_str().unwrap();
     let t = scrape_storage(root, &commands(), &["--pmxcfs-timeout", "200ms"], Format::Text);
     assert_eq!(collector(&t, "storage"), Some(0.0), "{t}");
-    assert!(!t.contains("pve_node_"), "{t}");
+    assert!(!t.contains("pve_node_storage_"), "{t}");
     assert!(t.contains("pve_scrape_duration_seconds"));
 }
 

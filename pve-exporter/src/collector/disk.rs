@@ -273,6 +273,7 @@ mod tests {
             sizes: Some(crate::sources::qemu::qmp::virtual_sizes(&b["return"].to_string())),
             errors: vec![],
             stalled: false,
+            status: None,
         };
         let dir = tempfile::tempdir().unwrap();
         let host = HostRoot::new(dir.path());

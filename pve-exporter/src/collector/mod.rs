@@ -16,9 +16,12 @@ mod disk;
 mod ebpf_maps;
 pub mod engine;
 mod error;
+mod guest;
 mod kvm;
 pub mod kvm_debugfs;
+mod lxc;
 pub(crate) mod nic;
+mod ppe;
 mod pve;
 mod selfmetrics;
 mod stages;
@@ -80,6 +83,8 @@ pub enum Need {
     Monitor,
     /// The PVE API session and, in cluster scope, the node list (the `pve_nodes` stage).
     PveApi,
+    /// This node's configured guests, VMs and containers, running or not (/etc/pve).
+    Guests,
 }
 
 /// A collector: one registry line, one file.
@@ -144,6 +149,17 @@ pub static REGISTRY: &[Entry] = &[
     collector("vcpu", "Per-vCPU schedstat: run time and run-queue wait", vcpu::new),
     collector("kvm_debugfs", "KVM's debugfs statistics per VM (--kvm-debugfs)", kvm_debugfs::new),
     collector("ebpf", "Per-VM counters of the eBPF programs (VM exits, run-queue wait, halts)", ebpf_maps::new),
+    collector(
+        "guest",
+        "Every guest configured on this node, VMs and containers, running or not (/etc/pve)",
+        guest::new,
+    ),
+    collector(
+        "lxc",
+        "Running LXC containers: cgroup CPU, memory, I/O, pressure; veth counters; file systems",
+        lxc::new,
+    ),
+    collector("ppe", "prometheus-pve-exporter's families (pve_up, pve_guest_info, ...) from local data", ppe::new),
     collector("storage", "Storages of /etc/pve/storage.cfg, sized by statvfs", storage::new),
     part("storage_zfs", "zfspool storages sized by zfs and zpool"),
     part("storage_lvm", "lvm and lvmthin storages sized by vgs and lvs"),
@@ -238,6 +254,45 @@ impl<'a> Context<'a> {
     /// The PVE API session and node list (None: no collector reads the API).
     pub fn pve_api(&self) -> Option<&pve::ApiStage<'a>> {
         self.stages.pve_api(self)
+    }
+
+    /// This node's configured guests (read by the first collector that asks).
+    pub fn guests(&self) -> &stages::GuestList {
+        self.stages.guests()
+    }
+
+    /// Pools by vmid from /etc/pve/user.cfg (empty off PVE).
+    pub fn pools(&self) -> std::sync::Arc<std::collections::HashMap<String, crate::sources::pve::config::PoolInfo>> {
+        self.stages.pve_config(self).1.as_ref().map(|c| c.pools.clone()).unwrap_or_default()
+    }
+
+    /// The containers running on this host.
+    pub fn containers(&self) -> &[stages::RunningContainer] {
+        self.stages.containers()
+    }
+
+    /// Container `ctid`'s cgroup figures, read once per scrape (None: it stopped).
+    pub fn container_stats(
+        &self,
+        ctid: &str,
+        errors: &mut Vec<crate::sources::error::SourceError>,
+    ) -> Option<std::rc::Rc<crate::sources::kernel::cgroup::CgroupStats>> {
+        self.stages.container_stats(ctid, errors)
+    }
+
+    /// Record container `ctid`'s root file system figures for other collectors of the scrape.
+    pub fn set_container_rootfs(&self, ctid: &str, u: crate::sources::storage::statvfs::Usage) {
+        self.stages.ct_rootfs.borrow_mut().insert(ctid.to_string(), u);
+    }
+
+    /// Container `ctid`'s root file system figures, when `lxc` read them in this scrape.
+    pub fn container_rootfs(&self, ctid: &str) -> Option<crate::sources::storage::statvfs::Usage> {
+        self.stages.ct_rootfs.borrow().get(ctid).copied()
+    }
+
+    /// The host's cgroup hierarchies.
+    pub fn cgroups(&self) -> Option<&crate::sources::kernel::cgroup::Hierarchies> {
+        self.stages.cgroups()
     }
 
     /// What the stages keep between scrapes.

@@ -11,7 +11,7 @@
 
 use std::{
     cell::{OnceCell, RefCell},
-    sync::{Mutex, mpsc},
+    sync::{Arc, Mutex, mpsc},
     time::{Duration, Instant},
 };
 
@@ -22,11 +22,15 @@ use crate::{
     heldfile::{FdBudget, HeldFiles, OnStale},
     host::{HostRoot, Worker, is_gone},
     sources::{
+        kernel::cgroup::{CgroupStats, Hierarchies},
         proc::{
             process::{self, ProcessStats},
             scan::ProcScanner,
         },
-        pve::config::{PveConfig, PveConfigReader},
+        pve::{
+            config::{PveConfig, PveConfigReader},
+            guests::{GuestReader, Guests},
+        },
         qemu::{
             libvirt::{self, LibvirtReader},
             monitor::{Monitor, MonitorError, Target, VmDevices},
@@ -54,6 +58,8 @@ pub struct StageState {
     pub vcpu_threads: super::VcpuThreadCache,
     /// The PVE collectors' plan, API client and caches.
     pub pve: PveState,
+    /// This node's guest configs, each parsed once per version.
+    guests: Arc<GuestReader>,
 }
 
 impl StageState {
@@ -69,6 +75,7 @@ impl StageState {
             monitor: Monitor::new(crate::config::monitor_options(config)),
             fetch_worker: Worker::default(),
             vcpu_threads: super::VcpuThreadCache::with_budget(host.clone(), fds),
+            guests: GuestReader::new(),
         }
     }
 }
@@ -120,6 +127,33 @@ pub struct Stages<'a> {
     fetch: RefCell<Option<Fetch>>,
     devices: OnceCell<Vec<VmDevices>>,
     pve_api: OnceCell<Option<super::pve::ApiStage<'a>>>,
+    guests: OnceCell<GuestList>,
+    cgroups: OnceCell<Option<Hierarchies>>,
+    containers: OnceCell<Vec<RunningContainer>>,
+    /// Each running container's cgroup figures, read once per scrape (`lxc` and `ppe`).
+    ct_stats: RefCell<std::collections::HashMap<String, Option<std::rc::Rc<CgroupStats>>>>,
+    /// Each running container's root file system (statvfs by `lxc`, used by `ppe`).
+    pub ct_rootfs: RefCell<std::collections::HashMap<String, crate::sources::storage::statvfs::Usage>>,
+}
+
+/// A running container: its cgroup exists and holds processes.
+#[derive(Debug, Clone)]
+pub struct RunningContainer {
+    pub ctid: String,
+    /// Its init process (pid 1 in its PID namespace) as the host sees it.
+    pub pid: u32,
+    /// When init started, since boot.
+    pub started: Option<Duration>,
+}
+
+/// This node's configured guests for one scrape (the `guest` collector reports what could
+/// not be read).
+pub struct GuestList {
+    pub guests: Guests,
+    /// Whether /etc/pve answered at all (a hung pmxcfs: no guest is known).
+    pub read: bool,
+    /// What went wrong (taken and reported by the `guest` collector).
+    pub errors: RefCell<Vec<Error>>,
 }
 
 impl<'a> Stages<'a> {
@@ -141,7 +175,70 @@ impl<'a> Stages<'a> {
             fetch: RefCell::new(None),
             devices: OnceCell::new(),
             pve_api: OnceCell::new(),
+            guests: OnceCell::new(),
+            cgroups: OnceCell::new(),
+            containers: OnceCell::new(),
+            ct_stats: RefCell::default(),
+            ct_rootfs: RefCell::default(),
         }
+    }
+
+    /// This node's configured guests (read once per scrape, through the timed pmxcfs gate).
+    pub fn guests(&self) -> &GuestList {
+        self.guests.get_or_init(|| {
+            let reader = self.state.guests.clone();
+            let host = self.host.clone();
+            let r = self.state.pve_config.gate().call("pmxcfs", self.config.pmxcfs_timeout, move || reader.read(&host));
+            match r.and_then(|r| r) {
+                Ok(mut guests) => {
+                    let errors = std::mem::take(&mut guests.errors).into_iter().map(Error::from).collect();
+                    GuestList { guests, read: true, errors: RefCell::new(errors) }
+                }
+                Err(e) => GuestList {
+                    guests: Guests::default(),
+                    read: false,
+                    errors: RefCell::new(vec![Error::io(self.host.path("etc/pve"), e)]),
+                },
+            }
+        })
+    }
+
+    /// The containers running on this host (from their cgroups, not a process walk).
+    pub fn containers(&self) -> &[RunningContainer] {
+        self.containers.get_or_init(|| {
+            let Some(h) = self.cgroups() else { return Vec::new() };
+            let ids = match crate::sources::kernel::cgroup::container_ids(self.host, h) {
+                Ok(ids) => ids,
+                Err(e) => {
+                    log::warn!("containers: {e}");
+                    return Vec::new();
+                }
+            };
+            ids.into_iter().filter_map(|ctid| running_container(self.host, h, ctid)).collect()
+        })
+    }
+
+    /// Container `ctid`'s cgroup figures (read on first use in this scrape; None: stopped).
+    /// What could not be read goes to `errors` of the first caller.
+    pub fn container_stats(
+        &self,
+        ctid: &str,
+        errors: &mut Vec<crate::sources::error::SourceError>,
+    ) -> Option<std::rc::Rc<CgroupStats>> {
+        if let Some(s) = self.ct_stats.borrow().get(ctid) {
+            return s.clone();
+        }
+        let h = self.cgroups()?;
+        let st = crate::sources::kernel::cgroup::read_container(self.host, h, ctid, errors).map(std::rc::Rc::new);
+        self.ct_stats.borrow_mut().insert(ctid.to_string(), st.clone());
+        st
+    }
+
+    /// The host's cgroup hierarchies (None: /proc/self/mountinfo unreadable).
+    pub fn cgroups(&self) -> Option<&Hierarchies> {
+        self.cgroups
+            .get_or_init(|| Hierarchies::read(self.host).map_err(|e| log::debug!("cgroup mounts: {e}")).ok())
+            .as_ref()
     }
 
     pub fn state(&self) -> &'a StageState {
@@ -233,6 +330,26 @@ impl<'a> Stages<'a> {
             }
         }
     }
+}
+
+/// Container `ctid` if it runs: its init among the payload's processes (the one that is pid 1
+/// in its namespace; the lowest pid where none says so, as on kernels without NSpid).
+fn running_container(host: &HostRoot, h: &Hierarchies, ctid: String) -> Option<RunningContainer> {
+    use crate::sources::kernel::cgroup::{container_pids, ns_pid};
+    let pids = container_pids(host, h, &ctid);
+    let first = *pids.first()?;
+    let pid = pids
+        .iter()
+        .take(8)
+        .copied()
+        .find(|pid| host.read_to_string(format!("proc/{pid}/status")).ok().and_then(|s| ns_pid(&s)) == Some(1))
+        .unwrap_or(first);
+    let started = host
+        .read(format!("proc/{pid}/stat"))
+        .ok()
+        .and_then(|t| process::parse_stat(&t, procfs::ticks_per_second()).ok())
+        .map(|c| c.started);
+    Some(RunningContainer { ctid, pid, started })
 }
 
 /// The VM source a scrape now would use (without reporting anything).

@@ -146,7 +146,8 @@ impl Collector for StorageCollector {
             .map_err(|err| Error::io(cx.host.path("etc/pve/storage.cfg"), err))?;
         // No storage.cfg: not a PVE host (or not yet), nothing to report and nothing wrong.
         let Some(cfg) = cfg else { return Ok(()) };
-        let mut plan = Plan::new(cfg, read_node_name(cx.host).as_deref());
+        let node = read_node_name(cx.host);
+        let mut plan = Plan::new(cfg, node.as_deref());
         let r = size_by_statvfs(st, cx.host, &mut plan);
         // The parts report their own runs, after this one's: so the run is recorded first.
         let (zfs, lvm) = (
@@ -163,6 +164,9 @@ impl Collector for StorageCollector {
             parts.push(("storage_lvm", d, r));
         }
         emit(&plan, out);
+        if cx.enabled("ppe") {
+            emit_ppe(&plan, node.as_deref().unwrap_or(""), out);
+        }
         cx.after(parts);
         r
     }
@@ -410,8 +414,38 @@ fn emit(plan: &Plan, out: &mut MetricSet) {
     }
 }
 
-/// The catalogue sections this collector fills.
-static FAMILIES: &[&[&crate::catalog::Def]] = &[NODE_STORAGE];
+/// prometheus-pve-exporter's storage series (`/cluster/resources` type `storage`): the
+/// storages enabled for this node, `id="storage/<node>/<name>"`, up when sized ("available").
+fn emit_ppe(plan: &Plan, node: &str, out: &mut MetricSet) {
+    for (s, e) in plan.cfg.storages.iter().zip(&plan.entries) {
+        if !e.enabled {
+            continue;
+        }
+        let id = format!("storage/{node}/{}", s.name);
+        let one = || [("id", id.clone())];
+        let mut content: Vec<String> = s.content().split(',').filter(|c| !c.is_empty()).map(str::to_string).collect();
+        content.sort();
+        out.family(&PPE_STORAGE_INFO).push(
+            [
+                ("id", id.clone()),
+                ("node", node.to_string()),
+                ("storage", s.name.clone()),
+                ("plugintype", s.kind.clone()),
+                ("content", content.join(",")),
+            ],
+            1u64,
+        );
+        out.family(&PPE_STORAGE_SHARED).push(one(), s.shared());
+        out.family(&PPE_UP).push(one(), e.usage.is_some());
+        if let Some(u) = e.usage {
+            out.family(&PPE_DISK_SIZE).push(one(), u.size);
+            out.family(&PPE_DISK_USAGE).push(one(), u.used);
+        }
+    }
+}
+
+/// The catalogue sections this collector fills (PPE's storage series when `ppe` is on).
+static FAMILIES: &[&[&crate::catalog::Def]] = &[NODE_STORAGE, PPE_STORAGE, PPE_FAMILIES];
 
 #[cfg(test)]
 mod tests {

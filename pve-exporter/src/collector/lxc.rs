@@ -1,0 +1,281 @@
+//! The `lxc` collector: every running LXC container, from its cgroups (no process walk): CPU,
+//! memory, swap, limits, block I/O, pressure, processes, OOM kills; its NICs' host-side veth
+//! counters (`net<N>` -> `veth<ctid>i<N>`); and its root file system and mount points, by
+//! statvfs through `/proc/<init>/root/<mount point>` (what PVE shows as the CT's disk usage),
+//! each container's on a thread of its own with a time limit, as an NFS mount point can hang.
+
+use std::{collections::HashMap, sync::Mutex, time::Duration};
+
+use super::{Collector, Context, Error, Group, Need, Setup, stages::RunningContainer};
+use crate::{
+    catalog::*,
+    host::BlockingGate,
+    metrics::{LabelValue, MetricSet},
+    sources::{
+        kernel::{cgroup, sysfs},
+        pve::guest_config::{ConfigDisk, GuestConfig, GuestType},
+        storage::statvfs::{self, Usage},
+    },
+};
+
+pub fn new(setup: &Setup) -> Box<dyn Collector> {
+    Box::new(Lxc { timeout: setup.config.storage_timeout, gates: Mutex::default() })
+}
+
+struct Lxc {
+    /// Limit of one container's statvfs calls.
+    timeout: Duration,
+    /// One gate per container: a hung mount point holds its container's thread, no other.
+    gates: Mutex<HashMap<String, BlockingGate>>,
+}
+
+type FsResult = Vec<(ConfigDisk, std::io::Result<Usage>)>;
+
+impl Collector for Lxc {
+    fn name(&self) -> &'static str {
+        "lxc"
+    }
+    fn families(&self) -> &'static [&'static [&'static Def]] {
+        FAMILIES
+    }
+    fn group(&self) -> Group {
+        Group::Vms
+    }
+    fn needs(&self) -> &'static [Need] {
+        &[Need::Guests, Need::PveConfig]
+    }
+    fn stuck(&self) -> Vec<(String, Duration)> {
+        let gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        gates.iter().filter_map(|(ct, g)| Some((format!("statvfs of container {ct}"), g.hung()?))).collect()
+    }
+    fn collect(&self, cx: &Context, out: &mut MetricSet) -> Result<(), Error> {
+        if cx.cgroups().is_none() {
+            return Err(Error::NotApplicable);
+        }
+        let cts = cx.containers();
+        let list = cx.guests();
+        let configs: HashMap<&str, &GuestConfig> = list
+            .guests
+            .guests
+            .iter()
+            .filter(|g| g.ty == GuestType::Lxc)
+            .map(|g| (g.vmid.as_str(), g.config.as_ref()))
+            .collect();
+        let pools = cx.pools();
+        // File systems first, on their threads, while the cgroups are read here.
+        let pending = self.start_statvfs(cx, cts, &configs);
+        let mut errors = Vec::new();
+        for ct in cts {
+            let config = configs.get(ct.ctid.as_str()).copied();
+            let mut errs = Vec::new();
+            let Some(st) = cx.container_stats(&ct.ctid, &mut errs) else {
+                continue; // stopped mid-scrape
+            };
+            errors.extend(errs.into_iter().map(|e| Error::source(format!("container {}", ct.ctid), e)));
+            emit(ct, config, &st, pools.get(&ct.ctid), out);
+            if let Some(c) = config {
+                emit_nics(cx, ct, c, out, &mut errors);
+            }
+        }
+        self.finish_statvfs(cx, pending, out, &mut errors);
+        Error::all(errors)
+    }
+}
+
+impl Lxc {
+    fn start_statvfs(
+        &self,
+        cx: &Context,
+        cts: &[RunningContainer],
+        configs: &HashMap<&str, &GuestConfig>,
+    ) -> Vec<(String, std::io::Result<crate::host::Pending<FsResult>>)> {
+        let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        gates.retain(|ct, g| g.busy() || cts.iter().any(|c| &c.ctid == ct));
+        let mut out = Vec::new();
+        for ct in cts {
+            let Some(c) = configs.get(ct.ctid.as_str()) else { continue };
+            let disks: Vec<ConfigDisk> =
+                c.disks(GuestType::Lxc).into_iter().filter(|d| d.mountpoint.is_some()).collect();
+            if disks.is_empty() {
+                continue;
+            }
+            let root = cx.host.path(format!("proc/{}/root", ct.pid));
+            let gate = gates.entry(ct.ctid.clone()).or_default().clone();
+            let job = move || {
+                disks
+                    .into_iter()
+                    .map(|d| {
+                        let mp = d.mountpoint.as_deref().unwrap_or("/").trim_start_matches('/');
+                        let r = statvfs::statvfs(&root.join(mp));
+                        (d, r)
+                    })
+                    .collect::<FsResult>()
+            };
+            out.push((ct.ctid.clone(), gate.start(&format!("statvfs-ct{}", ct.ctid), self.timeout, job)));
+        }
+        out
+    }
+
+    fn finish_statvfs(
+        &self,
+        cx: &Context,
+        pending: Vec<(String, std::io::Result<crate::host::Pending<FsResult>>)>,
+        out: &mut MetricSet,
+        errors: &mut Vec<Error>,
+    ) {
+        let until = cx.deadline.cap_instant(self.timeout);
+        for (ctid, p) in pending {
+            let r = p.and_then(|p| p.wait(until));
+            let rows = match r {
+                Ok(rows) => rows,
+                Err(e) => {
+                    errors.push(Error::io(format!("statvfs of container {ctid}'s file systems"), e));
+                    continue;
+                }
+            };
+            let id = LabelValue::Shared(ctid.as_str().into());
+            for (d, r) in rows {
+                match r {
+                    Ok(u) => {
+                        if d.key == "rootfs" {
+                            cx.set_container_rootfs(&ctid, u);
+                        }
+                        let labels = || {
+                            [
+                                ("id", id.clone()),
+                                ("disk", LabelValue::from(d.key.clone())),
+                                ("mountpoint", d.mountpoint.clone().unwrap_or_default().into()),
+                                ("volume", d.volume.clone().into()),
+                            ]
+                        };
+                        out.family(&LXC_FS_SIZE_BYTES).push(labels(), u.size);
+                        out.family(&LXC_FS_USED_BYTES).push(labels(), u.used);
+                        out.family(&LXC_FS_FREE_BYTES).push(labels(), u.free);
+                    }
+                    // The container stopped, or the mount point is not mounted (yet).
+                    Err(e) if crate::host::is_gone(&e) => {}
+                    Err(e) => errors.push(Error::io(format!("container {ctid}: statvfs of {}", d.key), e)),
+                }
+            }
+        }
+    }
+}
+
+fn emit(
+    ct: &RunningContainer,
+    config: Option<&GuestConfig>,
+    st: &cgroup::CgroupStats,
+    pool: Option<&crate::sources::pve::config::PoolInfo>,
+    out: &mut MetricSet,
+) {
+    let id = LabelValue::Shared(ct.ctid.as_str().into());
+    let one = || [("id", id.clone())];
+    let get = |k: &str| config.and_then(|c| c.get(k)).unwrap_or("").to_string();
+    let pool = pool.cloned().unwrap_or_default();
+    let level = |i: usize| pool.levels.get(i).cloned().unwrap_or_default();
+    out.family(&LXC_INFO).push(
+        [
+            ("id", id.clone()),
+            ("name", config.map(|c| c.name(GuestType::Lxc, &ct.ctid)).unwrap_or_default().into()),
+            ("pid", ct.pid.to_string().into()),
+            ("ostype", get("ostype").into()),
+            ("arch", get("arch").into()),
+            ("unprivileged", LabelValue::from(if config.is_some_and(|c| c.unprivileged()) { "1" } else { "0" })),
+            ("tags", config.map(|c| c.tags()).unwrap_or_default().into()),
+            ("pool", pool.name.clone().into()),
+            ("pool_levels", pool.levels.len().to_string().into()),
+            ("pool1", level(0).into()),
+            ("pool2", level(1).into()),
+            ("pool3", level(2).into()),
+        ],
+        1u64,
+    );
+    if let (Some(u), Some(s)) = (st.cpu_user_seconds, st.cpu_system_seconds) {
+        let f = out.family(&LXC_CPU_SECONDS);
+        f.push([("id", id.clone()), ("mode", "user".into())], u);
+        f.push([("id", id.clone()), ("mode", "system".into())], s);
+    }
+    let f = out.family(&LXC_MEMORY_BYTES);
+    for (ty, v) in
+        [("current", st.memory_bytes), ("anon", st.memory_anon), ("file", st.memory_file), ("kernel", st.memory_kernel)]
+    {
+        if let Some(v) = v {
+            f.push([("id", id.clone()), ("type", ty.into())], v);
+        }
+    }
+    if let Some(u) = st.memory_used() {
+        out.family(&LXC_MEMORY_USED_BYTES).push(one(), u);
+    }
+    if let Some(s) = st.swap_bytes {
+        out.family(&LXC_SWAP_BYTES).push(one(), s);
+    }
+    if let Some(Some(m)) = st.memory_max {
+        out.family(&LXC_MEMORY_LIMIT_BYTES).push(one(), m);
+    }
+    if let Some(Some(m)) = st.swap_max {
+        out.family(&LXC_SWAP_LIMIT_BYTES).push(one(), m);
+    }
+    if let Some(Some(c)) = st.cpu_max_cores {
+        out.family(&LXC_CPU_LIMIT_CORES).push(one(), c);
+    }
+    for (dev, c) in &st.io {
+        for (def, r, w) in [(&LXC_IO_BYTES, c.read_bytes, c.write_bytes), (&LXC_IO_OPERATIONS, c.read_ops, c.write_ops)]
+        {
+            let f = out.family(def);
+            f.push([("id", id.clone()), ("device", dev.clone().into()), ("direction", "read".into())], r);
+            f.push([("id", id.clone()), ("device", dev.clone().into()), ("direction", "write".into())], w);
+        }
+    }
+    for (res, p) in ["cpu", "memory", "io"].iter().zip(&st.pressure) {
+        let Some(p) = p else { continue };
+        for (kind, a) in [("some", p.some), ("full", p.full)] {
+            let Some(a) = a else { continue };
+            let labels = || [("id", id.clone()), ("resource", LabelValue::from(*res)), ("kind", kind.into())];
+            out.family(&LXC_PRESSURE_RATIO).push(labels(), a.avg10 / 100.0);
+            out.family(&LXC_PRESSURE_SECONDS).push(labels(), a.total_us as f64 / 1e6);
+        }
+    }
+    if let Some(p) = st.pids {
+        out.family(&LXC_PROCESSES).push(one(), p);
+    }
+    if let Some(o) = st.oom_kills {
+        out.family(&LXC_OOM_KILLS).push(one(), o);
+    }
+}
+
+/// The veth counters files read per NIC.
+const VETH_COUNTERS: [&str; 6] = ["rx_bytes", "tx_bytes", "rx_packets", "tx_packets", "rx_dropped", "tx_dropped"];
+
+fn emit_nics(cx: &Context, ct: &RunningContainer, config: &GuestConfig, out: &mut MetricSet, errors: &mut Vec<Error>) {
+    let id = LabelValue::Shared(ct.ctid.as_str().into());
+    for nic in config.nics() {
+        let ifname = format!("veth{}i{}", ct.ctid, nic.index);
+        let values = match sysfs::net_counters(cx.host, &ifname, &VETH_COUNTERS) {
+            Ok(v) => v,
+            // Not up (yet), or the container stopped.
+            Err(e) if crate::host::is_gone(&e) => continue,
+            Err(e) => {
+                errors.push(Error::io(cx.host.path(format!("sys/class/net/{ifname}")), e));
+                continue;
+            }
+        };
+        let defs = [
+            &LXC_NIC_RX_BYTES,
+            &LXC_NIC_TX_BYTES,
+            &LXC_NIC_RX_PACKETS,
+            &LXC_NIC_TX_PACKETS,
+            &LXC_NIC_RX_DROPPED,
+            &LXC_NIC_TX_DROPPED,
+        ];
+        let ifl: LabelValue = ifname.into();
+        let net: LabelValue = format!("net{}", nic.index).into();
+        for (def, v) in defs.into_iter().zip(values) {
+            if let Some(v) = v {
+                out.family(def).push([("id", id.clone()), ("ifname", ifl.clone()), ("net", net.clone())], v);
+            }
+        }
+    }
+}
+
+/// The catalogue sections this collector fills.
+static FAMILIES: &[&[&Def]] = &[LXC_FAMILIES];

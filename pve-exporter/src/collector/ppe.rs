@@ -1,0 +1,429 @@
+//! The `ppe` collector: prometheus-pve-exporter's families (`pve_up`, `pve_guest_info`,
+//! `pve_cpu_usage_ratio`, ...) for this node, its cluster and its guests, from local files
+//! instead of `/cluster/resources`, so dashboards built for it (Grafana 10347) work unchanged.
+//! The figures follow PVE's own definitions (qemu-server's and pve-container's `vmstatus`,
+//! pvestatd): CPU usage is the share of the configured CPUs used since the last scrape, a
+//! VM's memory its cgroup's (less page cache) or else its QEMU process's RSS, network "receive"
+//! the tap's or veth's transmit counter. PPE's storage series come from the `storage`
+//! collector. The names carry `--metrics-prefix`; the dashboards expect `pve`.
+
+use std::{collections::HashMap, sync::Mutex, time::Instant};
+
+use super::{
+    Collector, Context, Error, Group, Need, Setup,
+    guest::{host_cpus, host_uptime, running},
+};
+use crate::{
+    catalog::*,
+    host::BlockingGate,
+    metrics::MetricSet,
+    sources::{
+        kernel::{cgroup, sysfs},
+        pve::guest_config::GuestType,
+        storage::statvfs,
+    },
+};
+
+pub fn new(_: &Setup) -> Box<dyn Collector> {
+    Box::new(Ppe { cpu: Mutex::default(), statvfs: BlockingGate::default() })
+}
+
+/// PPE's lock states (LockStateMetric.GUEST_STATES): one series each per guest.
+pub const LOCK_STATES: [&str; 9] =
+    ["backup", "clone", "create", "migrate", "rollback", "snapshot", "snapshot-delete", "suspended", "suspending"];
+/// PPE's HA states of guests and of nodes (HighAvailabilityStateMetric).
+pub const HA_GUEST_STATES: [&str; 11] = [
+    "stopped",
+    "request_stop",
+    "request_start",
+    "request_start_balance",
+    "started",
+    "fence",
+    "recovery",
+    "migrate",
+    "relocate",
+    "freeze",
+    "error",
+];
+pub const HA_NODE_STATES: [&str; 5] = ["online", "maintenance", "unknown", "fence", "gone"];
+
+/// The last CPU reading per id: (when, CPU seconds used, the ratio given then).
+type CpuSample = (Instant, f64, f64);
+
+struct Ppe {
+    cpu: Mutex<HashMap<String, CpuSample>>,
+    /// statvfs of the node's root file system.
+    statvfs: BlockingGate,
+}
+
+impl Ppe {
+    /// CPU usage as PVE's vmstatus computes it: CPU seconds used since the last reading per
+    /// wall second, per CPU given; a reading less than a second after the last repeats the last
+    /// ratio; the first reading of a guest is 0.
+    fn ratio(&self, seen: &mut HashMap<String, CpuSample>, id: &str, used: f64, cpus: f64, now: Instant) -> f64 {
+        let Some(&(t, u, last)) = self.cpu.lock().unwrap_or_else(|p| p.into_inner()).get(id) else {
+            seen.insert(id.to_string(), (now, used, 0.0));
+            return 0.0;
+        };
+        let dt = now.saturating_duration_since(t).as_secs_f64();
+        if dt < 1.0 {
+            seen.insert(id.to_string(), (t, u, last));
+            return last;
+        }
+        let r = ((used - u).max(0.0) / dt / cpus.max(0.01)).max(0.0);
+        seen.insert(id.to_string(), (now, used, r));
+        r
+    }
+}
+
+/// Guest figures PPE takes from `/cluster/resources`.
+#[derive(Default)]
+struct Figures {
+    cpu: f64,
+    mem: u64,
+    disk: u64,
+    maxdisk: u64,
+    netin: u64,
+    netout: u64,
+    diskread: u64,
+    diskwrite: u64,
+    uptime: f64,
+}
+
+impl Collector for Ppe {
+    fn name(&self) -> &'static str {
+        "ppe"
+    }
+    fn families(&self) -> &'static [&'static [&'static Def]] {
+        FAMILIES
+    }
+    fn group(&self) -> Group {
+        Group::Vms
+    }
+    fn needs(&self) -> &'static [Need] {
+        &[Need::Guests, Need::PveConfig, Need::Vms, Need::Monitor]
+    }
+    fn collect(&self, cx: &Context, out: &mut MetricSet) -> Result<(), Error> {
+        let list = cx.guests();
+        if !list.read {
+            return Err(Error::Unavailable("/etc/pve did not answer"));
+        }
+        if list.guests.guests.is_empty() && !cx.host.path("etc/pve").is_dir() {
+            return Err(Error::NotApplicable);
+        }
+        let now = Instant::now();
+        let mut seen = HashMap::new();
+        let mut errors = Vec::new();
+        let node = list.guests.node.clone();
+        let host_cpus = host_cpus(cx);
+        let uptime = host_uptime(cx);
+        let run = running(cx);
+        let vms = cx.vms();
+        let by_vmid: HashMap<&str, usize> = vms
+            .vms
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.source == crate::vm::PVE)
+            .map(|(i, v)| (v.id.as_str(), i))
+            .collect();
+        let devices: HashMap<&str, &crate::sources::qemu::monitor::VmDevices> =
+            cx.devices().iter().map(|d| (d.id.as_str(), d)).collect();
+        let net = net_by_guest(cx);
+
+        // The node and its cluster (a node without a name, as a fixture tree without a host
+        // name: none).
+        let node_id = format!("node/{node}");
+        let named = !node.is_empty();
+        if named {
+            self.node_series(cx, &node, &node_id, host_cpus, uptime, &mut seen, now, out, &mut errors);
+        }
+        if let Some(c) = list.guests.members.as_ref().and_then(|m| m.cluster.as_ref()) {
+            let id = format!("cluster/{}", c.name);
+            out.family(&PPE_UP).push([("id", id.clone())], c.quorate);
+            out.family(&PPE_CLUSTER_INFO).push(
+                [
+                    ("id", id),
+                    ("nodes", c.nodes.to_string()),
+                    ("quorate", u8::from(c.quorate).to_string()),
+                    ("version", c.version.to_string()),
+                ],
+                1u64,
+            );
+        }
+
+        for g in &list.guests.guests {
+            let c = &g.config;
+            let id = format!("{}/{}", g.ty.as_str(), g.vmid);
+            let one = || [("id", id.clone())];
+            let cpus = c.cpus(g.ty, host_cpus);
+            let running_since = run.get(&(g.ty, g.vmid.clone()));
+            let mut f = Figures::default();
+            if let Some((rx, tx)) = net.get(&(g.ty, g.vmid.clone())) {
+                // The host's receive is what the guest sent.
+                (f.netout, f.netin) = (*rx, *tx);
+            }
+            match g.ty {
+                GuestType::Qemu => {
+                    f.maxdisk = c.boot_disk().and_then(|d| d.size).unwrap_or(0);
+                    if let Some(&i) = by_vmid.get(g.vmid.as_str()) {
+                        let (vm, st) = (&vms.vms[i], &vms.stats[i]);
+                        if let Some(t) = st.cpu {
+                            f.cpu = self.ratio(&mut seen, &id, (t.user + t.system).as_secs_f64(), cpus, now);
+                        }
+                        f.mem = cx
+                            .cgroups()
+                            .and_then(|h| cgroup::memory_used(cx.host, h, &cgroup::vm_cgroup(&vm.id)))
+                            .or_else(|| st.status.as_ref().and_then(|s| s.memory("vmrss")))
+                            .unwrap_or(0);
+                        if let Some(stats) = devices.get(g.vmid.as_str()).and_then(|d| d.stats.as_ref()) {
+                            f.diskread = stats.iter().map(|(_, s)| s.rd_bytes).sum();
+                            f.diskwrite = stats.iter().map(|(_, s)| s.wr_bytes).sum();
+                        }
+                    }
+                }
+                GuestType::Lxc => {
+                    f.maxdisk = c
+                        .disks(GuestType::Lxc)
+                        .into_iter()
+                        .find(|d| d.key == "rootfs")
+                        .and_then(|d| d.size)
+                        .unwrap_or(4 << 30);
+                    if running_since.is_some() {
+                        let mut errs = Vec::new();
+                        if let Some(st) = cx.container_stats(&g.vmid, &mut errs) {
+                            if let (Some(u), Some(s)) = (st.cpu_user_seconds, st.cpu_system_seconds) {
+                                f.cpu = self.ratio(&mut seen, &id, u + s, cpus, now);
+                            }
+                            f.mem = st.memory_used().unwrap_or(0);
+                            f.diskread = st.io.values().map(|c| c.read_bytes).sum();
+                            f.diskwrite = st.io.values().map(|c| c.write_bytes).sum();
+                        }
+                        errors.extend(errs.into_iter().map(|e| Error::source(format!("container {}", g.vmid), e)));
+                        if let Some(u) = cx.container_rootfs(&g.vmid) {
+                            (f.disk, f.maxdisk) = (u.used, u.size);
+                        }
+                    }
+                }
+            }
+            if let (Some(Some(started)), Some(now)) = (running_since, uptime) {
+                f.uptime = (now - started.as_secs_f64()).max(0.0).floor();
+            }
+            out.family(&PPE_UP).push(one(), running_since.is_some());
+            out.family(&PPE_GUEST_INFO).push(
+                [
+                    ("id", id.clone()),
+                    ("node", node.clone()),
+                    ("name", c.name(g.ty, &g.vmid)),
+                    ("type", g.ty.as_str().to_string()),
+                    ("template", u8::from(c.template()).to_string()),
+                    ("tags", c.tags()),
+                ],
+                1u64,
+            );
+            out.family(&PPE_CPU_USAGE_RATIO).push(one(), f.cpu);
+            out.family(&PPE_CPU_USAGE_LIMIT).push(one(), cpus);
+            out.family(&PPE_MEMORY_USAGE).push(one(), f.mem);
+            out.family(&PPE_MEMORY_SIZE).push(one(), c.memory_bytes());
+            out.family(&PPE_DISK_SIZE).push(one(), f.maxdisk);
+            out.family(&PPE_DISK_USAGE).push(one(), f.disk);
+            for (gauge, counter, v) in [
+                (&PPE_DISK_READ, &PPE_DISK_READ_TOTAL, f.diskread),
+                (&PPE_DISK_WRITE, &PPE_DISK_WRITTEN_TOTAL, f.diskwrite),
+                (&PPE_NET_RECEIVE, &PPE_NET_RECEIVE_TOTAL, f.netin),
+                (&PPE_NET_TRANSMIT, &PPE_NET_TRANSMIT_TOTAL, f.netout),
+            ] {
+                out.family(gauge).push(one(), v);
+                out.family(counter).push(one(), v);
+            }
+            out.family(&PPE_UPTIME).push(one(), f.uptime);
+            if let Some(b) = c.onboot() {
+                out.family(&PPE_ONBOOT)
+                    .push([("id", id.clone()), ("node", node.clone()), ("type", g.ty.as_str().to_string())], b);
+            }
+            for st in LOCK_STATES {
+                out.family(&PPE_LOCK_STATE).push([("id", id.clone()), ("state", st.to_string())], c.lock() == Some(st));
+            }
+            for st in HA_GUEST_STATES {
+                out.family(&PPE_HA_STATE)
+                    .push([("id", id.clone()), ("state", st.to_string())], g.ha_state.as_deref() == Some(st));
+            }
+        }
+        // Guests not seen this time (deleted, moved away) are forgotten.
+        *self.cpu.lock().unwrap_or_else(|p| p.into_inner()) = seen;
+        Error::all(errors)
+    }
+}
+
+impl Ppe {
+    /// The node's own series: up, info, its figures and its HA state.
+    #[allow(clippy::too_many_arguments)]
+    fn node_series(
+        &self,
+        cx: &Context,
+        node: &str,
+        node_id: &str,
+        host_cpus: u64,
+        uptime: Option<f64>,
+        seen: &mut HashMap<String, CpuSample>,
+        now: Instant,
+        out: &mut MetricSet,
+        errors: &mut Vec<Error>,
+    ) {
+        let list = cx.guests();
+        out.family(&PPE_UP).push([("id", node_id.to_string())], 1u64);
+        let nodeid = list
+            .guests
+            .members
+            .as_ref()
+            .and_then(|m| m.nodes.iter().find(|n| n.name == node))
+            .map(|n| n.id)
+            .unwrap_or(0);
+        out.family(&PPE_NODE_INFO).push(
+            [
+                ("id", node_id.to_string()),
+                ("level", String::new()),
+                ("name", node.to_string()),
+                ("nodeid", nodeid.to_string()),
+            ],
+            1u64,
+        );
+        self.node(cx, node_id, host_cpus, uptime, seen, now, out, errors);
+        let ha_node = list.guests.ha_nodes.get(node);
+        for st in HA_NODE_STATES {
+            out.family(&PPE_HA_STATE)
+                .push([("id", node_id.to_string()), ("state", st.to_string())], ha_node.is_some_and(|s| s == st));
+        }
+    }
+
+    /// The node's figures as pvestatd gives them: CPU busy share of /proc/stat, memory used
+    /// (MemTotal - MemAvailable), the root file system, uptime.
+    #[allow(clippy::too_many_arguments)]
+    fn node(
+        &self,
+        cx: &Context,
+        id: &str,
+        cpus: u64,
+        uptime: Option<f64>,
+        seen: &mut HashMap<String, CpuSample>,
+        now: Instant,
+        out: &mut MetricSet,
+        errors: &mut Vec<Error>,
+    ) {
+        let one = || [("id", id.to_string())];
+        match cx.files.read("proc/stat") {
+            Ok(t) => match proc_stat_busy(&String::from_utf8_lossy(&t)) {
+                // Busy seconds of all CPUs against wall time times the CPUs.
+                Some(busy) => {
+                    out.family(&PPE_CPU_USAGE_RATIO).push(one(), self.ratio(seen, id, busy, cpus as f64, now))
+                }
+                None => errors.push(Error::Unavailable("/proc/stat: no cpu line")),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => errors.push(Error::io(cx.host.path("proc/stat"), e)),
+        }
+        out.family(&PPE_CPU_USAGE_LIMIT).push(one(), cpus);
+        if let Ok(t) = cx.files.read("proc/meminfo") {
+            let t = String::from_utf8_lossy(&t);
+            let kb = |k: &str| {
+                t.lines().find_map(|l| l.strip_prefix(k)?.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            };
+            if let (Some(total), Some(avail)) = (kb("MemTotal:"), kb("MemAvailable:")) {
+                out.family(&PPE_MEMORY_SIZE).push(one(), total * 1024);
+                out.family(&PPE_MEMORY_USAGE).push(one(), total.saturating_sub(avail) * 1024);
+            }
+        }
+        // The root file system, as pvestatd's df of / (through a gate: a time limit, and one
+        // thread however long it hangs).
+        let root = cx.host.path("/");
+        match self.statvfs.call("statvfs-root", cx.config.storage_timeout, move || statvfs::statvfs(&root)) {
+            Ok(Ok(u)) => {
+                out.family(&PPE_DISK_SIZE).push(one(), u.size);
+                out.family(&PPE_DISK_USAGE).push(one(), u.used);
+            }
+            Ok(Err(e)) | Err(e) => errors.push(Error::io(cx.host.path("/"), e)),
+        }
+        if let Some(u) = uptime {
+            out.family(&PPE_UPTIME).push(one(), u.floor());
+        }
+    }
+}
+
+/// Busy CPU seconds of all CPUs from /proc/stat's `cpu` line (everything but idle and iowait).
+pub fn proc_stat_busy(text: &str) -> Option<f64> {
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    if v.len() < 4 {
+        return None;
+    }
+    // user nice system idle iowait irq softirq steal (guest, guest_nice are in user, nice).
+    let busy: u64 = v.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, x)| x).sum();
+    Some(busy as f64 / procfs::ticks_per_second().max(1) as f64)
+}
+
+/// Host-side (rx, tx) byte counters summed per guest over its `tap<vmid>i<N>` and
+/// `veth<ctid>i<N>` interfaces (as vmstatus sums /proc/net/dev).
+fn net_by_guest(cx: &Context) -> HashMap<(GuestType, String), (u64, u64)> {
+    let mut out: HashMap<(GuestType, String), (u64, u64)> = HashMap::new();
+    let Ok(rd) = std::fs::read_dir(cx.host.path("sys/class/net")) else { return out };
+    for e in rd.flatten() {
+        let Ok(name) = e.file_name().into_string() else { continue };
+        let Some((ty, vmid)) = guest_of_interface(&name) else { continue };
+        if let Ok(v) = sysfs::net_counters(cx.host, &name, &["rx_bytes", "tx_bytes"]) {
+            let s = out.entry((ty, vmid)).or_default();
+            s.0 += v[0].unwrap_or(0);
+            s.1 += v[1].unwrap_or(0);
+        }
+    }
+    out
+}
+
+/// `tap100i0` -> (qemu, 100); `veth101i1` -> (lxc, 101); anything else None.
+pub fn guest_of_interface(name: &str) -> Option<(GuestType, String)> {
+    let (ty, rest) = if let Some(r) = name.strip_prefix("tap") {
+        (GuestType::Qemu, r)
+    } else {
+        (GuestType::Lxc, name.strip_prefix("veth")?)
+    };
+    let (id, n) = rest.split_once('i')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(id) && !id.starts_with('0') && digits(n)).then(|| (ty, id.to_string()))
+}
+
+/// The catalogue sections this collector fills.
+static FAMILIES: &[&[&Def]] = &[PPE_FAMILIES];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interfaces_of_guests() {
+        assert_eq!(guest_of_interface("tap100i0"), Some((GuestType::Qemu, "100".into())));
+        assert_eq!(guest_of_interface("veth101i12"), Some((GuestType::Lxc, "101".into())));
+        for other in ["tap0", "veth1234abc", "vethi0", "tap01i0", "vmbr0", "fwpr100p0", "tap100i"] {
+            assert_eq!(guest_of_interface(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn busy_cpu_seconds() {
+        let hz = procfs::ticks_per_second() as f64;
+        let b = proc_stat_busy("cpu  100 5 50 1000 20 1 2 3 0 0\ncpu0 1 1 1 1\n").unwrap();
+        assert!((b - 161.0 / hz).abs() < 1e-9);
+        assert_eq!(proc_stat_busy("intr 1\n"), None);
+    }
+
+    #[test]
+    fn cpu_ratio_as_vmstatus() {
+        let p = Ppe { cpu: Mutex::default(), statvfs: BlockingGate::default() };
+        let t0 = Instant::now();
+        let mut seen = HashMap::new();
+        assert_eq!(p.ratio(&mut seen, "qemu/1", 10.0, 2.0, t0), 0.0, "first reading");
+        *p.cpu.lock().unwrap() = std::mem::take(&mut seen);
+        let r = p.ratio(&mut seen, "qemu/1", 14.0, 2.0, t0 + std::time::Duration::from_secs(4));
+        assert!((r - 0.5).abs() < 1e-9, "4 s of CPU in 4 s on 2 CPUs: {r}");
+        *p.cpu.lock().unwrap() = std::mem::take(&mut seen);
+        let again = p.ratio(&mut seen, "qemu/1", 20.0, 2.0, t0 + std::time::Duration::from_millis(4500));
+        assert_eq!(again, r, "less than a second later: the last ratio");
+    }
+}
