@@ -9,6 +9,8 @@
 //! Guest memory layout: vCPU `i` runs its own copy of the program from the code page at guest
 //! physical address `0x1000 * (i + 1)`; nothing else in guest memory is touched.
 
+pub mod container;
+
 use std::convert::Infallible;
 use std::ffi::OsString;
 use std::fs;
