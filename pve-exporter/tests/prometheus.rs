@@ -243,3 +243,138 @@ fn a_real_prometheus_scrapes_the_daemon_plain_and_over_tls_with_basic_auth() {
     let vms = prom.query(&fill(&by_title("Running VMs")));
     assert_eq!(vms.first().map(value), Some(1.0), "{vms:?}");
 }
+
+/// The guest table and node panels of Grafana 10347 ("Proxmox via Prometheus"), built for
+/// prometheus-pve-exporter, with `$instance` filled in: (query, whether only running guests
+/// answer it).
+const PPE_DASHBOARD: &[(&str, bool)] = &[
+    (r#"sum by (id, name, type) (pve_guest_info{instance="$instance",template!="1"})"#, false),
+    (r#"sum by (id) (pve_up{instance="$instance"} and on (id, instance) pve_guest_info{template!="1"})"#, false),
+    (
+        r#"sum by (id) (pve_cpu_usage_limit{instance="$instance"} and on (id, instance) pve_guest_info{template!="1"})"#,
+        false,
+    ),
+    (
+        r#"sum by (id) (pve_memory_size_bytes{instance="$instance"} and on (id, instance) pve_guest_info{template!="1"})"#,
+        false,
+    ),
+    (
+        r#"sum by (id) (pve_memory_usage_bytes{instance="$instance"} / pve_memory_size_bytes and on (id, instance) pve_guest_info{template!="1"} and on (id) pve_up==1)"#,
+        true,
+    ),
+    (
+        r#"sum by (id) (pve_disk_size_bytes{instance="$instance"} and on (id, instance) pve_guest_info{template!="1"})"#,
+        false,
+    ),
+    (
+        r#"sum by (id) ((pve_cpu_usage_ratio{instance="$instance"} / pve_cpu_usage_limit) and on (id, instance) pve_guest_info{template!="1"} and on(id) pve_up==1)"#,
+        true,
+    ),
+    (
+        r#"sum by (id) ((rate(pve_disk_write_bytes{instance="$instance"}[5m]) + rate(pve_disk_read_bytes{instance="$instance"}[5m])) and on (id, instance) pve_guest_info{template!="1"} and on(id) pve_up==1)"#,
+        true,
+    ),
+    (
+        r#"sum by (id) ((rate(pve_network_receive_bytes{instance="$instance"}[5m]) + rate(pve_network_transmit_bytes{instance="$instance"}[5m])) and on (id, instance) pve_guest_info{template!="1"} and on(id) pve_up==1)"#,
+        true,
+    ),
+    (r#"pve_uptime_seconds{instance="$instance"} * on(id, instance) group_left(name) pve_guest_info"#, false),
+    (
+        r#"rate(pve_network_transmit_bytes_total{instance="$instance"}[1m]) * on(id, instance) group_left(name) pve_guest_info"#,
+        false,
+    ),
+    // PPE has it for guests whose config sets onboot (the test's three do).
+    (r#"pve_onboot_status{instance="$instance"} * on(id, instance) group_left(name) pve_guest_info"#, false),
+    (
+        r#"sum by (id, instance) (pve_lock_state{instance="$instance"}) * on(id, instance) group_left(name) pve_guest_info"#,
+        false,
+    ),
+    (
+        r#"sum by (id, instance) (pve_ha_state{instance="$instance",id!~"node/.*"}) * on(id, instance) group_left(name) pve_guest_info"#,
+        false,
+    ),
+];
+
+/// The node and storage panels: each must answer for this node or its storage.
+const PPE_NODE_PANELS: &[&str] = &[
+    r#"pve_up{instance="$instance",id=~"node/.*"} * on(id) group_left(name) pve_node_info"#,
+    r#"pve_cpu_usage_ratio{instance="$instance",id=~"node/.*"}"#,
+    r#"pve_memory_usage_bytes{instance="$instance",id=~"node/.*"} / pve_memory_size_bytes"#,
+    r#"pve_disk_usage_bytes{instance="$instance",id=~"storage/.*"} / pve_disk_size_bytes * on(id, instance) group_left(storage, plugintype) pve_storage_info"#,
+    r#"pve_storage_shared{instance="$instance"} * on(id, instance) group_left(storage) pve_storage_info"#,
+];
+
+/// prometheus-pve-exporter's dashboards on this exporter's local data: a real Prometheus
+/// scrapes a node with a running KVM guest, a running container (laid out as PVE's LXC does)
+/// and a stopped VM, and every query of the dashboard's guest table returns each guest it
+/// should (the running ones where the query asks `pve_up==1`).
+#[test]
+fn prometheus_pve_exporter_dashboards_see_every_guest() {
+    common::require_privileges();
+    let (vm, ct, stopped) = (171u32, 972u32, 173u32);
+    let root = common::host_root(&[vm, ct, stopped]);
+    let r = root.path();
+    std::fs::remove_file(r.join(format!("etc/pve/qemu-server/{ct}.conf"))).expect("rm");
+    std::fs::create_dir_all(r.join("etc/pve/lxc")).expect("mkdir");
+    std::fs::write(
+        r.join(format!("etc/pve/lxc/{ct}.conf")),
+        format!(
+            "hostname: ct{ct}\nmemory: 128\nrootfs: local:{ct}/vm-{ct}-disk-0.raw,size=16M\nonboot: 1\n\
+                 net0: name=eth0,bridge=vmbr0,hwaddr=BC:24:11:00:09:72,type=veth\n"
+        ),
+    )
+    .expect("ct conf");
+    std::fs::write(r.join(format!("etc/pve/qemu-server/{vm}.conf")), "name: vm171\nmemory: 32\ncores: 2\nonboot: 0\n")
+        .expect("vm");
+    std::fs::write(
+        r.join(format!("etc/pve/qemu-server/{stopped}.conf")),
+        "name: off173\nmemory: 64\nlock: backup\nonboot: 1\n",
+    )
+    .expect("stopped");
+    std::fs::create_dir_all(r.join("var/lib/vz")).expect("mkdir");
+    std::fs::write(r.join("etc/pve/storage.cfg"), "dir: local\n\tpath /var/lib/vz\n\tcontent iso,vztmpl,backup\n")
+        .expect("storage.cfg");
+    let _guest = common::Guest::start(vm, 2, 50, r);
+    let _ct = common::Ct::start(ct, &["--veth", "--rootfs-mib", "16"]);
+    common::wait_until_up(&format!("veth{ct}p0"));
+    common::send_frames(&format!("veth{ct}p0"), 3, 200);
+    let exporter = ops::Exporter::start(r, &["--ebpf", "off"], &[]);
+    let prom = Prometheus::start(&format!(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
+         scrape_configs:\n\
+         \x20 - job_name: pve\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
+        exporter.port
+    ));
+    let limit = Duration::from_secs(60);
+    let instance = format!("127.0.0.1:{}", exporter.port);
+    let fill = |q: &str| q.replace("$instance", &instance);
+    // Enough samples for rate() over every window used.
+    prom.wait_for("count_over_time(pve_up{job=\"pve\"}[1m])", |r| r.iter().all(|s| value(s) >= 3.0), limit);
+    let all: BTreeSet<String> = [format!("qemu/{vm}"), format!("lxc/{ct}"), format!("qemu/{stopped}")].into();
+    let running: BTreeSet<String> = [format!("qemu/{vm}"), format!("lxc/{ct}")].into();
+    for (q, running_only) in PPE_DASHBOARD {
+        let want = if *running_only { &running } else { &all };
+        let ids = |r: &[Value]| -> BTreeSet<String> {
+            r.iter().filter_map(|s| s["metric"]["id"].as_str().map(str::to_string)).collect()
+        };
+        let r = prom.wait_for(&fill(q), |r| want.is_subset(&ids(r)), limit);
+        let got = ids(&r);
+        assert!(got.iter().all(|i| all.contains(i) || i.starts_with("node/")), "{q}: {got:?}\n{}", exporter.logs());
+    }
+    for q in PPE_NODE_PANELS {
+        prom.wait_for(&fill(q), |r| !r.is_empty(), limit);
+    }
+    // The figures behind them: the guests' names and state as PVE would show them.
+    let info = prom.query(&fill(r#"pve_guest_info{instance="$instance"}"#));
+    let name_of = |id: &str| info.iter().find(|s| s["metric"]["id"] == id).map(|s| s["metric"]["name"].clone());
+    assert_eq!(name_of(&format!("lxc/{ct}")), Some(Value::from(format!("ct{ct}"))));
+    assert_eq!(name_of(&format!("qemu/{stopped}")), Some(Value::from("off173")));
+    let up = prom.query(&fill(r#"pve_up{instance="$instance",id=~"qemu/.*|lxc/.*"}"#));
+    let up_of = |id: &str| up.iter().find(|s| s["metric"]["id"] == id).map(value);
+    assert_eq!(
+        (up_of(&format!("qemu/{vm}")), up_of(&format!("lxc/{ct}")), up_of(&format!("qemu/{stopped}"))),
+        (Some(1.0), Some(1.0), Some(0.0))
+    );
+    let tx = prom.query(&fill(&format!(r#"pve_network_transmit_bytes_total{{instance="$instance",id="lxc/{ct}"}}"#)));
+    assert_eq!(tx.first().map(value), Some(600.0), "the container sent 3 frames of 200 bytes: {tx:?}");
+}

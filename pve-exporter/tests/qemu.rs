@@ -240,6 +240,28 @@ fn qmp_reports_every_nic_and_disk_of_a_real_qemu() {
     assert_eq!(io(&m, "read_bytes", "scsi0"), 4096.0 + 16384.0);
     assert_eq!((io(&m, "write_operations", "virtio0"), io(&m, "write_bytes", "virtio0")), (1.0, 4096.0));
 
+    // QEMU's run state, from query-status on each scrape: -S is prelaunch; `cont` runs it,
+    // `stop` pauses it. prometheus-pve-exporter's families see a running guest throughout.
+    let state = |m: &[Sample]| {
+        let s = find(m, "pve_guest_state", &[("id", "930")]);
+        assert_eq!(s.len(), 1, "one state per guest");
+        s[0].label("state").unwrap_or_default().to_string()
+    };
+    assert_eq!(state(&m), "prelaunch");
+    vm.hmp("cont");
+    let (_, m) = scrape(&daemon);
+    assert_eq!(state(&m), "running");
+    vm.hmp("stop");
+    let (_, m) = scrape(&daemon);
+    assert_eq!(state(&m), "paused");
+    assert_eq!(value(&m, "pve_up", &[("id", "qemu/930")]), Some(1.0));
+    assert_eq!(value(&m, "pve_guest_up", &[("id", "930"), ("type", "qemu")]), Some(1.0));
+    // The VM's block statistics are PPE's disk read/write figures (the firmware that `cont`
+    // started may have read its boot disk since).
+    let read = value(&m, "pve_disk_read_bytes_total", &[("id", "qemu/930")]).unwrap_or(0.0);
+    assert!(read >= 4096.0 + 16384.0, "{read}");
+    assert_eq!(value(&m, "pve_disk_written_bytes_total", &[("id", "qemu/930")]), Some(8192.0 + 4096.0));
+
     promtool_accepts(&text);
 }
 
@@ -301,27 +323,34 @@ fn qm_through_a_pty_reports_what_qmp_reports_and_caches_the_topology() {
         new
     };
     // The start-up collection, the warm-up scrape of Daemon::start and the scrape above: the
-    // topology once, then the I/O counters on every collection.
+    // topology once, then the I/O counters and the run state on every collection.
     let first = new_commands();
     assert_eq!(first[..2], ["931 info network", "931 info block"], "{first:?}");
-    assert!(first.len() >= 3 && first[2..].iter().all(|c| c == "931 info blockstats"), "{first:?}");
-    scrape(&via_qm);
-    assert_eq!(new_commands(), ["931 info blockstats"], "topology from the cache");
+    assert!(
+        first.len() >= 4
+            && first[2..].chunks(2).all(|c| c == ["931 info blockstats".to_string(), "931 info status".to_string()]),
+        "{first:?}"
+    );
+    // `info status` of a QEMU started with -S: prelaunch, as query-status says.
+    assert_eq!(value(&bm, "pve_guest_state", &[("id", "931"), ("state", "prelaunch")]), Some(1.0), "{b:?}");
+    let (_, m) = scrape(&via_qm);
+    assert_eq!(new_commands(), ["931 info blockstats", "931 info status"], "topology from the cache");
+    assert_eq!(value(&m, "pve_guest_up", &[("id", "931"), ("type", "qemu")]), Some(1.0));
 
     // The disk on the block device "moved": its /dev path no longer resolves below the root.
     let link = root.path().join(lp.dev.trim_start_matches('/'));
     std::fs::remove_file(&link).expect("remove link");
     scrape(&via_qm);
-    assert_eq!(new_commands(), ["931 info block", "931 info blockstats"]);
+    assert_eq!(new_commands(), ["931 info block", "931 info blockstats", "931 info status"]);
     std::os::unix::fs::symlink(&lp.dev, &link).expect("restore link");
     scrape(&via_qm);
-    assert_eq!(new_commands(), ["931 info blockstats"]);
+    assert_eq!(new_commands(), ["931 info blockstats", "931 info status"]);
 
     // A restarted VM has a new pid: everything is read again.
     drop(vm);
     let vm = Qemu::start(root.path(), 931, &spec);
     let (_, m) = scrape(&via_qm);
-    assert_eq!(new_commands(), ["931 info network", "931 info block", "931 info blockstats"]);
+    assert_eq!(new_commands(), ["931 info network", "931 info block", "931 info blockstats", "931 info status"]);
     assert_eq!(value(&m, "pve_kvm_disk_write_bytes_total", &[("disk_name", "scsi0")]), Some(0.0), "a new process");
     let pid = vm.pid.to_string();
     assert!(value(&m, "pve_kvm_info", &[("id", "931"), ("pid", &pid)]).is_some());

@@ -80,7 +80,7 @@ fn cgroup_mounts() -> Result<Vec<(PathBuf, bool, Vec<String>)>> {
                     .get(sep + 3)
                     .unwrap_or(&"")
                     .split(',')
-                    .filter(|o| ["cpu", "cpuacct", "memory", "blkio", "pids"].contains(o))
+                    .filter(|o| ["cpu", "cpuacct", "memory", "blkio", "pids", "freezer"].contains(o))
                     .map(str::to_string)
                     .collect();
                 if !ctrl.is_empty() {
@@ -139,7 +139,12 @@ pub fn run_container(c: &ContainerConfig) -> Result<()> {
         }
         let ct = lxc.join(ctid.to_string());
         if ct.exists() {
-            bail!("{} exists: is container {ctid} running already?", ct.display());
+            // Left over from a run that was killed: empty cgroups go; one with processes is a
+            // container that runs.
+            let _ = fs::remove_dir(ct.join("ns"));
+            if fs::remove_dir(&ct).is_err() {
+                bail!("{} exists: is container {ctid} running already?", ct.display());
+            }
         }
         fs::create_dir(&ct).with_context(|| format!("creating {}", ct.display()))?;
         layout.dirs.push(ct.clone());
@@ -175,25 +180,25 @@ pub fn run_container(c: &ContainerConfig) -> Result<()> {
         }
     }
 
-    // The init: pid 1 of a new PID namespace, in a new mount namespace rooted in a tmpfs.
+    // The init: pid 1 of a new PID namespace, in a new mount namespace rooted in a tmpfs. A
+    // middle process makes the namespaces and forks it, so that this one stays in the host's
+    // PID namespace and can still start `ip` to clean up once the init is gone.
     let (mut ready_r, ready_w) = pipe()?;
     let (go_r, mut go_w) = pipe()?;
-    // SAFETY: unshare(2) of this (single-threaded) process's namespaces for its next child.
-    if unsafe { libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWPID) } != 0 {
-        return Err(io::Error::last_os_error()).context("unshare");
-    }
+    let (mut pid_r, mut pid_w) = pipe()?;
     // SAFETY: fork(2) in a single-threaded process; the child only makes system calls.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
+    let middle = unsafe { libc::fork() };
+    if middle < 0 {
         return Err(io::Error::last_os_error()).context("fork");
     }
-    if pid == 0 {
+    if middle == 0 {
         drop(ready_r);
         drop(go_w);
-        let code = match init(c, go_r, ready_w) {
+        drop(pid_r);
+        let code = match middle_process(c, go_r, ready_w, &mut pid_w) {
             Ok(()) => 0,
             Err(e) => {
-                eprintln!("pve-test-container init: {e:#}");
+                eprintln!("pve-test-container: {e:#}");
                 1
             }
         };
@@ -202,7 +207,12 @@ pub fn run_container(c: &ContainerConfig) -> Result<()> {
     }
     drop(go_r);
     drop(ready_w);
-    let r = (|| -> Result<()> {
+    drop(pid_w);
+    let mut pid_text = String::new();
+    let r = (|| -> Result<libc::pid_t> {
+        // One line: the write end stays open in the init too, so no end of file comes.
+        io::BufRead::read_line(&mut io::BufReader::new(&mut pid_r), &mut pid_text).context("the init's pid")?;
+        let pid: libc::pid_t = pid_text.trim().parse().context("the init's pid")?;
         for ns in &ns_dirs {
             write(&ns.join("cgroup.procs"), &pid.to_string())?;
         }
@@ -210,25 +220,60 @@ pub fn run_container(c: &ContainerConfig) -> Result<()> {
         drop(go_w);
         let mut b = [0u8; 1];
         ready_r.read_exact(&mut b).context("the container's init did not get ready")?;
-        Ok(())
+        Ok(pid)
     })();
-    if let Err(e) = r {
-        kill_and_reap(pid);
-        return Err(e);
-    }
+    let pid = match r {
+        Ok(pid) => pid,
+        Err(e) => {
+            if let Ok(pid) = pid_text.trim().parse() {
+                kill_and_reap_init(pid, middle);
+            }
+            return Err(e);
+        }
+    };
     println!("started pid={pid}");
     let _ = io::stdout().flush();
     wait_for_signal();
-    kill_and_reap(pid);
+    kill_and_reap_init(pid, middle);
     drop(layout);
+    let _ = fs::remove_dir(format!("/tmp/pve-test-container-{ctid}"));
     Ok(())
 }
 
-fn kill_and_reap(pid: libc::pid_t) {
-    // SAFETY: kill and waitpid on our own child.
+/// Make the namespaces, fork the init, report its (host) pid and wait for it.
+fn middle_process(c: &ContainerConfig, go: fs::File, ready: fs::File, pid_w: &mut fs::File) -> Result<()> {
+    // SAFETY: unshare(2) of this (single-threaded) process's namespaces for its next child.
+    if unsafe { libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWPID) } != 0 {
+        return Err(io::Error::last_os_error()).context("unshare");
+    }
+    // SAFETY: as the fork above.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error()).context("fork");
+    }
+    if pid == 0 {
+        let code = match init(c, go, ready) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("pve-test-container init: {e:#}");
+                1
+            }
+        };
+        // SAFETY: as above.
+        unsafe { libc::_exit(code) };
+    }
+    drop((go, ready));
+    pid_w.write_all(format!("{pid}\n").as_bytes())?;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+    Ok(())
+}
+
+fn kill_and_reap_init(pid: libc::pid_t, middle: libc::pid_t) {
+    // SAFETY: kill the init (the middle process's child) and reap the middle process, ours.
     unsafe {
         libc::kill(pid, libc::SIGKILL);
-        libc::waitpid(pid, std::ptr::null_mut(), 0);
+        libc::waitpid(middle, std::ptr::null_mut(), 0);
     }
 }
 

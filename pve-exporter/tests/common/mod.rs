@@ -27,6 +27,13 @@ pub fn guest() -> &'static str {
     })
 }
 
+/// The `pve-test-container` binary beside the daemon (a container laid out as PVE's LXC does).
+pub fn container_bin() -> PathBuf {
+    let p = Path::new(guest()).with_file_name("pve-test-container");
+    assert!(p.is_file(), "{} is missing: build it with `cargo build -p pve-test-guest --bins`", p.display());
+    p
+}
+
 /// Panic with a clear message if a process on this host already claims one of `vmids`
 /// (a left-over test guest, or a real VM): the live tests count per vmid.
 fn require_vmids_free(vmids: &[u32]) {
@@ -396,5 +403,54 @@ pub fn wait_until_up(dev: &str) {
     while std::fs::read_to_string(&path).map(|s| s.trim() != "up").unwrap_or(true) {
         assert!(Instant::now() < deadline, "{dev} did not come up");
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A running test container; killed (and its cgroups and veth removed) when dropped.
+pub struct Ct {
+    proc: Option<Proc>,
+    pub pid: u32,
+}
+
+impl Ct {
+    pub fn start(ctid: u32, args: &[&str]) -> Ct {
+        let mut child = Command::new(container_bin())
+            .arg(ctid.to_string())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start pve-test-container");
+        let out = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).expect("read");
+        let pid = line.trim().strip_prefix("started pid=").and_then(|p| p.parse().ok());
+        let proc = Proc(child);
+        let Some(pid) = pid else { panic!("pve-test-container {ctid} did not start: {line:?}") };
+        Ct { proc: Some(proc), pid }
+    }
+
+    /// Stop it as `pct stop` would, and wait until its cgroups are gone.
+    pub fn stop(&mut self, h: &pve_exporter::sources::kernel::cgroup::Hierarchies, ctid: u32) {
+        if let Some(mut p) = self.proc.take() {
+            // SAFETY: SIGTERM to our own child: it kills its init and removes the cgroups.
+            unsafe { libc::kill(p.0.id() as i32, libc::SIGTERM) };
+            let _ = p.0.wait();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while h.lxc_dirs().iter().any(|d| d.join(ctid.to_string()).exists()) {
+            assert!(Instant::now() < deadline, "the cgroups of {ctid} were not removed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Ct {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            // SAFETY: as in stop().
+            unsafe { libc::kill(p.0.id() as i32, libc::SIGTERM) };
+            let _ = p.0.wait();
+        }
     }
 }
