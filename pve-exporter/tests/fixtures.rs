@@ -383,3 +383,72 @@ fn sample_parser() {
         "a_duration_seconds{x=\"a b\"} 0\nb_duration_seconds 0\nc 1\n"
     );
 }
+
+/// Guests and containers from bad input: a config with malformed lines and unknown keys, a
+/// `.vmlist` entry of an unknown type, a config that cannot be read, a container whose
+/// `memory.current` cannot be read. Each costs what it concerns; the scrape answers.
+#[test]
+fn bad_guest_configs_vmlist_and_cgroup_files_cost_only_their_own_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path();
+    copy_tree(Path::new(&host_root("pve-basic")), r);
+    let w = |rel: &str, text: &str| {
+        let p = r.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    w("proc/sys/kernel/hostname", "pve1\n");
+    // Malformed lines, unknown keys, a snapshot without snaptime, garbage bytes.
+    w(
+        "etc/pve/lxc/700.conf",
+        "hostname: ok-ct\nthis is no key value\nfuture-key: 42\nmemory: lots\ncores: 2\n\u{0}\u{7f}: x\n\
+         rootfs: local:700/vm-700-disk-0.raw,size=8G\n[snap]\nparent: x\n",
+    );
+    // Another node's guest, an unknown type, a guest whose config is a directory (EISDIR).
+    w(
+        "etc/pve/.vmlist",
+        "{\n\"version\": 9,\n\"ids\": {\n\"100\": { \"node\": \"pve1\", \"type\": \"qemu\", \"version\": 1 },\n\
+         \"200\": { \"node\": \"pve1\", \"type\": \"qemu\", \"version\": 1 },\n\
+         \"300\": { \"node\": \"pve1\", \"type\": \"qemu\", \"version\": 1 },\n\
+         \"700\": { \"node\": \"pve1\", \"type\": \"lxc\", \"version\": 1 },\n\
+         \"701\": { \"node\": \"pve1\", \"type\": \"lxc\", \"version\": 1 },\n\
+         \"800\": { \"node\": \"pve1\", \"type\": \"openvz\", \"version\": 1 },\n\
+         \"900\": { \"node\": \"pve2\", \"type\": \"qemu\", \"version\": 1 }}\n\n}\n",
+    );
+    std::fs::create_dir_all(r.join("etc/pve/lxc/701.conf")).unwrap();
+    // Container 700 runs: cgroup2 at /sys/fs/cgroup with its controllers, init pid 1700.
+    w("proc/self/mountinfo", "35 24 0:30 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n");
+    w("sys/fs/cgroup/cgroup.controllers", "cpu io memory pids\n");
+    w("sys/fs/cgroup/lxc/700/cpu.stat", "usage_usec 3000000\nuser_usec 2000000\nsystem_usec 1000000\n");
+    w("sys/fs/cgroup/lxc/700/memory.stat", "anon 1048576\nfile 4096\n");
+    w("sys/fs/cgroup/lxc/700/pids.current", "3\n");
+    std::fs::create_dir_all(r.join("sys/fs/cgroup/lxc/700/memory.current")).unwrap();
+    w("sys/fs/cgroup/lxc/700/ns/cgroup.procs", "1700\n");
+    w("proc/1700/status", "Name:\tinit\nNSpid:\t1700\t1\n");
+    let t = scrape_root(r.to_str().unwrap(), &[], Format::Text);
+
+    // The readable guests are all there; the unreadable config is the guest collector's error.
+    for (id, ty) in [("100", "qemu"), ("200", "qemu"), ("300", "qemu"), ("700", "lxc")] {
+        assert!(!series(&t, "pve_guest_config_info", &[("id", id), ("type", ty)]).is_empty(), "{id}\n{t}");
+    }
+    assert_value(&t, "pve_guest_memory_bytes", &[("id", "700")], 512.0 * 1024.0 * 1024.0);
+    assert_value(&t, "pve_guest_cpus", &[("id", "700")], 2.0);
+    assert_value(&t, "pve_guest_snapshots", &[("id", "700")], 1.0);
+    assert!(series(&t, "pve_guest_snapshot_newest_timestamp_seconds", &[("id", "700")]).is_empty());
+    for gone in ["701", "800", "900"] {
+        assert!(series(&t, "pve_guest_config_info", &[("id", gone)]).is_empty(), "{gone}");
+    }
+    assert_value(&t, "pve_exporter_collector_success", &[("collector", "guest")], 0.0);
+    // The container: its other cgroup figures, without the unreadable one.
+    assert_value(&t, "pve_lxc_info", &[("id", "700"), ("pid", "1700"), ("name", "ok-ct")], 1.0);
+    assert_value(&t, "pve_lxc_cpu_seconds_total", &[("id", "700"), ("mode", "user")], 2.0);
+    assert_value(&t, "pve_lxc_processes", &[("id", "700")], 3.0);
+    assert_value(&t, "pve_lxc_memory_bytes", &[("id", "700"), ("type", "anon")], 1_048_576.0);
+    assert!(series(&t, "pve_lxc_memory_bytes", &[("id", "700"), ("type", "current")]).is_empty());
+    assert_value(&t, "pve_exporter_collector_success", &[("collector", "lxc")], 0.0);
+    // Everything else is unaffected.
+    for c in ["kvm", "ppe"] {
+        assert_value(&t, "pve_exporter_collector_success", &[("collector", c)], 1.0);
+    }
+    assert_value(&t, "pve_guest_up", &[("id", "700"), ("type", "lxc")], 1.0);
+}

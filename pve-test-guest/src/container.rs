@@ -104,10 +104,14 @@ struct Layout {
 
 impl Drop for Layout {
     fn drop(&mut self) {
-        // Children first: ns, then lxc/<ctid>. A cgroup with processes cannot go; the caller
-        // killed and reaped the init before.
+        // Children first: ns, then lxc/<ctid>. A cgroup with processes cannot go: the caller
+        // killed the init before, and a killed process leaves its cgroup once reaped, which
+        // may take a moment when its parent is gone too.
         for d in self.dirs.iter().rev() {
-            let _ = fs::remove_dir(d);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while fs::remove_dir(d).is_err() && d.exists() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
         }
         if let Some(v) = &self.veth {
             let _ = Command::new("ip").args(["link", "del", v]).status();
@@ -242,6 +246,13 @@ pub fn run_container(c: &ContainerConfig) -> Result<()> {
 
 /// Make the namespaces, fork the init, report its (host) pid and wait for it.
 fn middle_process(c: &ContainerConfig, go: fs::File, ready: fs::File, pid_w: &mut fs::File) -> Result<()> {
+    // Ctrl-C reaches the whole process group: this one stays to reap the init, which the
+    // parent kills.
+    // SAFETY: ignoring two signals in this single-threaded process.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
+    }
     // SAFETY: unshare(2) of this (single-threaded) process's namespaces for its next child.
     if unsafe { libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWPID) } != 0 {
         return Err(io::Error::last_os_error()).context("unshare");

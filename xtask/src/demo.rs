@@ -18,6 +18,11 @@ const DEMO_VMS: &[(&str, &str, &[&str])] = &[
     ("101", "demo-db", &["-smp", "1", "-m", "128", "-cpu", "kvm64,+lahf_lm", "-pio-writes", "2000"]),
 ];
 
+/// The demo container (a container laid out as PVE's LXC does, `pve-test-container`) and the
+/// demo VM that is configured and not running.
+const DEMO_CT: &str = "102";
+const DEMO_STOPPED: &str = "103";
+
 fn host_has_vms() -> bool {
     fs::read_dir("/etc/pve/qemu-server")
         .map(|rd| rd.filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().ends_with(".conf")))
@@ -58,9 +63,26 @@ pub fn make_demo_root(root: &Path) -> Result<()> {
             format!("name: {name}\nostype: l26\nmemory: 256\n"),
         )?;
     }
+    fs::create_dir_all(root.join("etc/pve/lxc"))?;
+    fs::write(
+        root.join(format!("etc/pve/lxc/{DEMO_CT}.conf")),
+        format!(
+            "arch: amd64\ncores: 1\nhostname: demo-ct\nmemory: 256\nswap: 128\nostype: debian\nunprivileged: 1\n\
+             net0: name=eth0,bridge=vmbr0,hwaddr=BC:24:11:00:01:02,ip=dhcp,type=veth\n\
+             rootfs: local:{DEMO_CT}/vm-{DEMO_CT}-disk-0.raw,size=64M\ntags: demo\n"
+        ),
+    )?;
+    fs::write(
+        root.join(format!("etc/pve/qemu-server/{DEMO_STOPPED}.conf")),
+        format!(
+            "name: demo-stopped\nostype: l26\nmemory: 1024\ncores: 2\nonboot: 0\n\
+             scsi0: local-lvm:vm-{DEMO_STOPPED}-disk-0,size=8G\nboot: order=scsi0\nparent: before-upgrade\n\n\
+             [before-upgrade]\nsnaptime: 1764547200\n"
+        ),
+    )?;
     fs::write(
         root.join("etc/pve/user.cfg"),
-        "user:root@pam:1:0:::root@pam:\npool:demo:Demo VMs:100:\npool:demo/databases:Demo DBs:101:\n",
+        "user:root@pam:1:0:::root@pam:\npool:demo:Demo VMs:100,102:\npool:demo/databases:Demo DBs:101:\n",
     )?;
     Ok(())
 }
@@ -104,6 +126,19 @@ pub fn run(ws: &Path, daemon_args: &[String], force_demo: bool) -> Result<()> {
             guests.0.push(c.spawn().context("starting a demo VM (pve-test-guest); is /dev/kvm there?")?);
             println!("demo VM {id} ({name}) started: {}", guests.0.last().map_or(0, |c| c.id()));
         }
+        let mut c = Command::new(bin.join("pve-test-container"));
+        c.args([DEMO_CT, "--veth", "--rootfs-mib", "64", "--memory-mib", "256", "--touch-mib", "16"]);
+        // SAFETY: prctl in the child before exec; the container goes with us.
+        unsafe {
+            c.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        guests.0.push(c.spawn().context("starting the demo container (pve-test-container)")?);
+        println!(
+            "demo container {DEMO_CT} (demo-ct) started; demo VM {DEMO_STOPPED} (demo-stopped) is configured, not running"
+        );
         daemon.arg("--root").arg(&root);
         println!("demo host root: {} (/proc and /sys are the real ones)", root.display());
         guests
