@@ -604,15 +604,10 @@ pub static LXC_IO_OPERATIONS: Def = counter(
     &["id", "device", "direction"],
     "Block I/O operations of the container by device (major:minor) and direction (read, write)",
 );
-pub static LXC_PRESSURE_RATIO: Def = gauge(
-    "lxc_pressure_ratio",
-    &["id", "resource", "kind"],
-    "Share of the last 10 s the container stalled on cpu, memory or io (some, full; avg10 / 100)",
-);
 pub static LXC_PRESSURE_SECONDS: Def = counter(
     "lxc_pressure_stalled_seconds_total",
     &["id", "resource", "kind"],
-    "Time the container stalled on cpu, memory or io (some, full; PSI total)",
+    "Time the container stalled on cpu, memory or io (some, full; PSI total): rate() is the stall share",
 );
 pub static LXC_PROCESSES: Def = gauge("lxc_processes", ID, "Processes in the container (pids.current)");
 pub static LXC_OOM_KILLS: Def =
@@ -670,7 +665,6 @@ pub static LXC_FAMILIES: &[&Def] = &[
     &LXC_CPU_LIMIT_CORES,
     &LXC_IO_BYTES,
     &LXC_IO_OPERATIONS,
-    &LXC_PRESSURE_RATIO,
     &LXC_PRESSURE_SECONDS,
     &LXC_PROCESSES,
     &LXC_OOM_KILLS,

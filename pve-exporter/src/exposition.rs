@@ -40,12 +40,29 @@ impl Format {
 }
 
 #[derive(Debug)]
-struct SetCollector(Arc<MetricSet>);
+struct SetCollector {
+    set: Arc<MetricSet>,
+    /// OpenMetrics names a counter family without `_total`: a gauge of that very name
+    /// (prometheus-pve-exporter's deprecated `pve_disk_read_bytes` beside its
+    /// `pve_disk_read_bytes_total`) would be a second family of one name, which OpenMetrics
+    /// forbids. Such gauges are left out of OpenMetrics output; the text format has both.
+    skip_clashing_gauges: bool,
+}
 
 impl Collector for SetCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        for fam in self.0.families() {
-            if fam.samples.is_empty() {
+        let families = self.set.families();
+        let counters: std::collections::HashSet<&str> = if self.skip_clashing_gauges {
+            families
+                .iter()
+                .filter(|f| f.kind() == Kind::Counter && !f.samples.is_empty())
+                .filter_map(|f| f.name.strip_suffix("_total"))
+                .collect()
+        } else {
+            Default::default()
+        };
+        for fam in families {
+            if fam.samples.is_empty() || (fam.kind() == Kind::Gauge && counters.contains(fam.name.as_str())) {
                 continue;
             }
             let (name, ty) = match fam.kind() {
@@ -88,7 +105,7 @@ pub fn render(set: Arc<MetricSet>, format: Format) -> String {
     let series: usize = set.families().iter().map(|f| f.samples.len()).sum();
     let mut om = String::with_capacity(series * 96 + (64 << 10));
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(SetCollector(set)));
+    registry.register_collector(Box::new(SetCollector { set, skip_clashing_gauges: format == Format::OpenMetrics }));
     // Writing into a String cannot fail; an error here would be a bug in a label value
     // encoder, and the scrape still answers with what was written.
     if let Err(e) = encode(&mut om, &registry) {
@@ -194,6 +211,25 @@ mod tests {
         assert!(t.contains("pve_kvm_exit_handling_seconds_bucket{le=\"+Inf\",id=\"100\"} 4\n"), "{t}");
         assert!(t.contains("pve_kvm_exit_handling_seconds_sum{id=\"100\"} 3.5\n"), "{t}");
         assert!(t.contains("pve_kvm_exit_handling_seconds_count{id=\"100\"} 4\n"), "{t}");
+    }
+
+    /// PPE's deprecated gauge beside its counter: two families of one name in OpenMetrics, so
+    /// only the counter goes there; the text format keeps both, as PPE serves them.
+    #[test]
+    fn a_gauge_named_like_a_counter_family_is_left_out_of_openmetrics() {
+        let mut m = MetricSet::new("pve");
+        m.family(&crate::catalog::PPE_DISK_READ).push([("id", "qemu/1")], 5u64);
+        m.family(&crate::catalog::PPE_DISK_READ_TOTAL).push([("id", "qemu/1")], 5u64);
+        let set = Arc::new(m);
+        let om = render(set.clone(), Format::OpenMetrics);
+        assert_eq!(om.matches("# TYPE pve_disk_read_bytes ").count(), 1, "{om}");
+        assert!(om.contains("# TYPE pve_disk_read_bytes counter") && !om.contains("pve_disk_read_bytes{"), "{om}");
+        let text = render(set, Format::Text);
+        assert!(text.contains("# TYPE pve_disk_read_bytes gauge\npve_disk_read_bytes{id=\"qemu/1\"} 5"), "{text}");
+        assert!(
+            text.contains("# TYPE pve_disk_read_bytes_total counter\npve_disk_read_bytes_total{id=\"qemu/1\"} 5"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -98,10 +98,8 @@ impl Collector for Guest {
                 (Some(_), GuestType::Qemu) => {
                     qemu_state.get(g.vmid.as_str()).map_or("running".into(), |s| s.to_string().into())
                 }
-                (Some(_), GuestType::Lxc) => match cx.cgroups() {
-                    Some(h) if crate::sources::kernel::cgroup::frozen(cx.host, h, &g.vmid) => "frozen".into(),
-                    _ => "running".into(),
-                },
+                (Some(_), GuestType::Lxc) if cx.container_frozen(&g.vmid) => "frozen".into(),
+                (Some(_), GuestType::Lxc) => "running".into(),
             };
             out.family(&GUEST_STATE).push([("id", id.clone()), ("type", ty.clone()), ("state", state)], 1u64);
             let up = match (run, uptime) {

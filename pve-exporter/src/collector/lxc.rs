@@ -12,7 +12,7 @@ use crate::{
     host::BlockingGate,
     metrics::{LabelValue, MetricSet},
     sources::{
-        kernel::{cgroup, sysfs},
+        kernel::cgroup,
         pve::guest_config::{ConfigDisk, GuestConfig, GuestType},
         storage::statvfs::{self, Usage},
     },
@@ -25,11 +25,10 @@ pub fn new(setup: &Setup) -> Box<dyn Collector> {
 struct Lxc {
     /// Limit of one container's statvfs calls.
     timeout: Duration,
-    /// One gate per container: a hung mount point holds its container's thread, no other.
+    /// One gate per storage: a hung storage holds its own thread and costs the file system
+    /// figures of the mount points on it, no others.
     gates: Mutex<HashMap<String, BlockingGate>>,
 }
-
-type FsResult = Vec<(ConfigDisk, std::io::Result<Usage>)>;
 
 impl Collector for Lxc {
     fn name(&self) -> &'static str {
@@ -46,7 +45,10 @@ impl Collector for Lxc {
     }
     fn stuck(&self) -> Vec<(String, Duration)> {
         let gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
-        gates.iter().filter_map(|(ct, g)| Some((format!("statvfs of container {ct}"), g.hung()?))).collect()
+        gates
+            .iter()
+            .filter_map(|(st, g)| Some((format!("statvfs of container mount points on {st}"), g.hung()?)))
+            .collect()
     }
     fn collect(&self, cx: &Context, out: &mut MetricSet) -> Result<(), Error> {
         if cx.cgroups().is_none() {
@@ -74,7 +76,7 @@ impl Collector for Lxc {
             errors.extend(errs.into_iter().map(|e| Error::source(format!("container {}", ct.ctid), e)));
             emit(ct, config, &st, pools.get(&ct.ctid), out);
             if let Some(c) = config {
-                emit_nics(cx, ct, c, out, &mut errors);
+                emit_nics(cx, ct, c, out);
             }
         }
         self.finish_statvfs(cx, pending, out, &mut errors);
@@ -82,59 +84,64 @@ impl Collector for Lxc {
     }
 }
 
+/// One container's mount point to size: (ctid, disk, path through the init's root).
+type FsJob = (String, ConfigDisk, std::path::PathBuf);
+type FsResult = Vec<(String, ConfigDisk, std::io::Result<Usage>)>;
+type Pending = (String, std::io::Result<crate::host::Pending<FsResult>>);
+
+/// The storage a volume is on (`local-lvm:vm-101-disk-0` -> `local-lvm`); a bind mount's host
+/// path is its own. A hung NFS or CIFS server hangs every mount point on it, and only those.
+fn storage_of(volume: &str) -> String {
+    match volume.split_once(':') {
+        Some((storage, _)) if !volume.starts_with('/') => storage.to_string(),
+        _ => format!("bind:{volume}"),
+    }
+}
+
 impl Lxc {
+    /// statvfs of every running container's mount points, one job per storage on that
+    /// storage's gate (a thread kept between scrapes): all started now, waited for later.
     fn start_statvfs(
         &self,
         cx: &Context,
         cts: &[RunningContainer],
         configs: &HashMap<&str, &GuestConfig>,
-    ) -> Vec<(String, std::io::Result<crate::host::Pending<FsResult>>)> {
-        let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
-        gates.retain(|ct, g| g.busy() || cts.iter().any(|c| &c.ctid == ct));
-        let mut out = Vec::new();
+    ) -> Vec<Pending> {
+        let mut jobs: std::collections::BTreeMap<String, Vec<FsJob>> = Default::default();
         for ct in cts {
             let Some(c) = configs.get(ct.ctid.as_str()) else { continue };
-            let disks: Vec<ConfigDisk> =
-                c.disks(GuestType::Lxc).into_iter().filter(|d| d.mountpoint.is_some()).collect();
-            if disks.is_empty() {
-                continue;
-            }
             let root = cx.host.path(format!("proc/{}/root", ct.pid));
-            let gate = gates.entry(ct.ctid.clone()).or_default().clone();
-            let job = move || {
-                disks
-                    .into_iter()
-                    .map(|d| {
-                        let mp = d.mountpoint.as_deref().unwrap_or("/").trim_start_matches('/');
-                        let r = statvfs::statvfs(&root.join(mp));
-                        (d, r)
-                    })
-                    .collect::<FsResult>()
-            };
-            out.push((ct.ctid.clone(), gate.start(&format!("statvfs-ct{}", ct.ctid), self.timeout, job)));
+            for d in c.disks(GuestType::Lxc) {
+                let Some(mp) = d.mountpoint.clone() else { continue };
+                let path = root.join(mp.trim_start_matches('/'));
+                jobs.entry(storage_of(&d.volume)).or_default().push((ct.ctid.clone(), d, path));
+            }
         }
-        out
+        let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        gates.retain(|storage, g| g.busy() || jobs.contains_key(storage));
+        jobs.into_iter()
+            .map(|(storage, list)| {
+                let gate = gates.entry(storage.clone()).or_default().clone();
+                let job = move || {
+                    list.into_iter().map(|(ctid, d, path)| (ctid, d, statvfs::statvfs(&path))).collect::<FsResult>()
+                };
+                let started = gate.start(&format!("statvfs-{storage}"), self.timeout, job);
+                (storage, started)
+            })
+            .collect()
     }
 
-    fn finish_statvfs(
-        &self,
-        cx: &Context,
-        pending: Vec<(String, std::io::Result<crate::host::Pending<FsResult>>)>,
-        out: &mut MetricSet,
-        errors: &mut Vec<Error>,
-    ) {
+    fn finish_statvfs(&self, cx: &Context, pending: Vec<Pending>, out: &mut MetricSet, errors: &mut Vec<Error>) {
         let until = cx.deadline.cap_instant(self.timeout);
-        for (ctid, p) in pending {
-            let r = p.and_then(|p| p.wait(until));
-            let rows = match r {
+        for (storage, p) in pending {
+            let rows = match p.and_then(|p| p.wait(until)) {
                 Ok(rows) => rows,
                 Err(e) => {
-                    errors.push(Error::io(format!("statvfs of container {ctid}'s file systems"), e));
+                    errors.push(Error::io(format!("statvfs of container mount points on storage {storage}"), e));
                     continue;
                 }
             };
-            let id = LabelValue::Shared(ctid.as_str().into());
-            for (d, r) in rows {
+            for (ctid, d, r) in rows {
                 match r {
                     Ok(u) => {
                         if d.key == "rootfs" {
@@ -142,7 +149,7 @@ impl Lxc {
                         }
                         let labels = || {
                             [
-                                ("id", id.clone()),
+                                ("id", LabelValue::from(ctid.clone())),
                                 ("disk", LabelValue::from(d.key.clone())),
                                 ("mountpoint", d.mountpoint.clone().unwrap_or_default().into()),
                                 ("volume", d.volume.clone().into()),
@@ -231,7 +238,6 @@ fn emit(
         for (kind, a) in [("some", p.some), ("full", p.full)] {
             let Some(a) = a else { continue };
             let labels = || [("id", id.clone()), ("resource", LabelValue::from(*res)), ("kind", kind.into())];
-            out.family(&LXC_PRESSURE_RATIO).push(labels(), a.avg10 / 100.0);
             out.family(&LXC_PRESSURE_SECONDS).push(labels(), a.total_us as f64 / 1e6);
         }
     }
@@ -246,31 +252,25 @@ fn emit(
 /// The veth counters files read per NIC.
 const VETH_COUNTERS: [&str; 6] = ["rx_bytes", "tx_bytes", "rx_packets", "tx_packets", "rx_dropped", "tx_dropped"];
 
-fn emit_nics(cx: &Context, ct: &RunningContainer, config: &GuestConfig, out: &mut MetricSet, errors: &mut Vec<Error>) {
+fn emit_nics(cx: &Context, ct: &RunningContainer, config: &GuestConfig, out: &mut MetricSet) {
     let id = LabelValue::Shared(ct.ctid.as_str().into());
+    let links = cx.guest_links();
+    let defs = [
+        &LXC_NIC_RX_BYTES,
+        &LXC_NIC_TX_BYTES,
+        &LXC_NIC_RX_PACKETS,
+        &LXC_NIC_TX_PACKETS,
+        &LXC_NIC_RX_DROPPED,
+        &LXC_NIC_TX_DROPPED,
+    ];
     for nic in config.nics() {
         let ifname = format!("veth{}i{}", ct.ctid, nic.index);
-        let values = match sysfs::net_counters(cx.host, &ifname, &VETH_COUNTERS) {
-            Ok(v) => v,
-            // Not up (yet), or the container stopped.
-            Err(e) if crate::host::is_gone(&e) => continue,
-            Err(e) => {
-                errors.push(Error::io(cx.host.path(format!("sys/class/net/{ifname}")), e));
-                continue;
-            }
-        };
-        let defs = [
-            &LXC_NIC_RX_BYTES,
-            &LXC_NIC_TX_BYTES,
-            &LXC_NIC_RX_PACKETS,
-            &LXC_NIC_TX_PACKETS,
-            &LXC_NIC_RX_DROPPED,
-            &LXC_NIC_TX_DROPPED,
-        ];
+        // Not up (yet), or the container stopped: no counters, no error.
+        let Some(stats) = links.get(&ifname) else { continue };
         let ifl: LabelValue = ifname.into();
         let net: LabelValue = format!("net{}", nic.index).into();
-        for (def, v) in defs.into_iter().zip(values) {
-            if let Some(v) = v {
+        for (def, name) in defs.into_iter().zip(VETH_COUNTERS) {
+            if let Some(v) = stats.get(name) {
                 out.family(def).push([("id", id.clone()), ("ifname", ifl.clone()), ("net", net.clone())], v);
             }
         }

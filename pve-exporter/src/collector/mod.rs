@@ -266,6 +266,16 @@ impl<'a> Context<'a> {
         self.stages.pve_config(self).1.as_ref().map(|c| c.pools.clone()).unwrap_or_default()
     }
 
+    /// Counters of the guests' host interfaces (`tap<vmid>i<N>`, `veth<ctid>i<N>`) by name.
+    pub fn guest_links(&self) -> &std::collections::HashMap<String, crate::sources::kernel::netlink::LinkStats> {
+        self.stages.guest_links()
+    }
+
+    /// Whether container `ctid` is frozen (its cgroup's freezer).
+    pub fn container_frozen(&self, ctid: &str) -> bool {
+        self.stages.container_frozen(ctid)
+    }
+
     /// The containers running on this host.
     pub fn containers(&self) -> &[stages::RunningContainer] {
         self.stages.containers()

@@ -15,17 +15,22 @@ use super::{
 };
 use crate::{
     catalog::*,
+    heldfile::{HeldFiles, OnStale},
     host::BlockingGate,
     metrics::MetricSet,
     sources::{
-        kernel::{cgroup, sysfs},
-        pve::guest_config::GuestType,
+        kernel::cgroup,
+        pve::guest_config::{GuestType, guest_of_interface},
         storage::statvfs,
     },
 };
 
-pub fn new(_: &Setup) -> Box<dyn Collector> {
-    Box::new(Ppe { cpu: Mutex::default(), statvfs: BlockingGate::default() })
+pub fn new(setup: &Setup) -> Box<dyn Collector> {
+    Box::new(Ppe {
+        cpu: Mutex::default(),
+        statvfs: BlockingGate::default(),
+        vm_files: Mutex::new(HeldFiles::new(setup.fds.clone(), OnStale::Reopen)),
+    })
 }
 
 /// PPE's lock states (LockStateMetric.GUEST_STATES): one series each per guest.
@@ -54,6 +59,8 @@ struct Ppe {
     cpu: Mutex<HashMap<String, CpuSample>>,
     /// statvfs of the node's root file system.
     statvfs: BlockingGate,
+    /// Each running VM's cgroup memory files, held open between scrapes.
+    vm_files: Mutex<HeldFiles<cgroup::CgroupKey>>,
 }
 
 impl Ppe {
@@ -129,6 +136,9 @@ impl Collector for Ppe {
         let devices: HashMap<&str, &crate::sources::qemu::monitor::VmDevices> =
             cx.devices().iter().map(|d| (d.id.as_str(), d)).collect();
         let net = net_by_guest(cx);
+        let mut vm_files = self.vm_files.lock().unwrap_or_else(|p| p.into_inner());
+        let running_vms: std::collections::HashSet<u32> = by_vmid.keys().filter_map(|id| id.parse().ok()).collect();
+        vm_files.retain(|k| running_vms.contains(&k.1));
 
         // The node and its cluster (a node without a name, as a fixture tree without a host
         // name: none).
@@ -172,7 +182,10 @@ impl Collector for Ppe {
                         }
                         f.mem = cx
                             .cgroups()
-                            .and_then(|h| cgroup::memory_used(cx.host, h, &cgroup::vm_cgroup(&vm.id)))
+                            .and_then(|h| {
+                                let mut files = cgroup::CgroupFiles::held(cx.host, &mut vm_files);
+                                cgroup::memory_used(&mut files, h, &cgroup::vm_cgroup(&vm.id))
+                            })
                             .or_else(|| st.status.as_ref().and_then(|s| s.memory("vmrss")))
                             .unwrap_or(0);
                         if let Some(stats) = devices.get(g.vmid.as_str()).and_then(|d| d.stats.as_ref()) {
@@ -364,29 +377,13 @@ pub fn proc_stat_busy(text: &str) -> Option<f64> {
 /// `veth<ctid>i<N>` interfaces (as vmstatus sums /proc/net/dev).
 fn net_by_guest(cx: &Context) -> HashMap<(GuestType, String), (u64, u64)> {
     let mut out: HashMap<(GuestType, String), (u64, u64)> = HashMap::new();
-    let Ok(rd) = std::fs::read_dir(cx.host.path("sys/class/net")) else { return out };
-    for e in rd.flatten() {
-        let Ok(name) = e.file_name().into_string() else { continue };
-        let Some((ty, vmid)) = guest_of_interface(&name) else { continue };
-        if let Ok(v) = sysfs::net_counters(cx.host, &name, &["rx_bytes", "tx_bytes"]) {
-            let s = out.entry((ty, vmid)).or_default();
-            s.0 += v[0].unwrap_or(0);
-            s.1 += v[1].unwrap_or(0);
-        }
+    for (name, stats) in cx.guest_links() {
+        let Some((ty, vmid)) = guest_of_interface(name) else { continue };
+        let s = out.entry((ty, vmid)).or_default();
+        s.0 += stats.get("rx_bytes").unwrap_or(0);
+        s.1 += stats.get("tx_bytes").unwrap_or(0);
     }
     out
-}
-
-/// `tap100i0` -> (qemu, 100); `veth101i1` -> (lxc, 101); anything else None.
-pub fn guest_of_interface(name: &str) -> Option<(GuestType, String)> {
-    let (ty, rest) = if let Some(r) = name.strip_prefix("tap") {
-        (GuestType::Qemu, r)
-    } else {
-        (GuestType::Lxc, name.strip_prefix("veth")?)
-    };
-    let (id, n) = rest.split_once('i')?;
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    (digits(id) && !id.starts_with('0') && digits(n)).then(|| (ty, id.to_string()))
 }
 
 /// The catalogue sections this collector fills.
@@ -395,15 +392,6 @@ static FAMILIES: &[&[&Def]] = &[PPE_FAMILIES];
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn interfaces_of_guests() {
-        assert_eq!(guest_of_interface("tap100i0"), Some((GuestType::Qemu, "100".into())));
-        assert_eq!(guest_of_interface("veth101i12"), Some((GuestType::Lxc, "101".into())));
-        for other in ["tap0", "veth1234abc", "vethi0", "tap01i0", "vmbr0", "fwpr100p0", "tap100i"] {
-            assert_eq!(guest_of_interface(other), None, "{other}");
-        }
-    }
 
     #[test]
     fn busy_cpu_seconds() {
@@ -415,7 +403,11 @@ mod tests {
 
     #[test]
     fn cpu_ratio_as_vmstatus() {
-        let p = Ppe { cpu: Mutex::default(), statvfs: BlockingGate::default() };
+        let p = Ppe {
+            cpu: Mutex::default(),
+            statvfs: BlockingGate::default(),
+            vm_files: Mutex::new(HeldFiles::new(crate::heldfile::FdBudget::new(8), OnStale::Reopen)),
+        };
         let t0 = Instant::now();
         let mut seen = HashMap::new();
         assert_eq!(p.ratio(&mut seen, "qemu/1", 10.0, 2.0, t0), 0.0, "first reading");

@@ -22,7 +22,10 @@ use crate::{
     heldfile::{FdBudget, HeldFiles, OnStale},
     host::{HostRoot, Worker, is_gone},
     sources::{
-        kernel::cgroup::{CgroupStats, Hierarchies},
+        kernel::{
+            cgroup::{CgroupFiles, CgroupStats, Hierarchies},
+            netlink::LinkStats,
+        },
         proc::{
             process::{self, ProcessStats},
             scan::ProcScanner,
@@ -60,6 +63,10 @@ pub struct StageState {
     pub pve: PveState,
     /// This node's guest configs, each parsed once per version.
     guests: Arc<GuestReader>,
+    /// Each running container's cgroup files, held open between scrapes (by mount and cgroup).
+    ct_files: Mutex<HeldFiles<crate::sources::kernel::cgroup::CgroupKey>>,
+    /// Each running container's init: (pid, start since boot), kept while the payload holds it.
+    ct_init: Mutex<std::collections::HashMap<String, (u32, Option<Duration>)>>,
 }
 
 impl StageState {
@@ -74,8 +81,10 @@ impl StageState {
             process_files: Mutex::new(HeldFiles::new(fds.clone(), OnStale::Reopen)),
             monitor: Monitor::new(crate::config::monitor_options(config)),
             fetch_worker: Worker::default(),
-            vcpu_threads: super::VcpuThreadCache::with_budget(host.clone(), fds),
+            vcpu_threads: super::VcpuThreadCache::with_budget(host.clone(), fds.clone()),
             guests: GuestReader::new(),
+            ct_files: Mutex::new(HeldFiles::new(fds, OnStale::Reopen)),
+            ct_init: Mutex::default(),
         }
     }
 }
@@ -130,6 +139,7 @@ pub struct Stages<'a> {
     guests: OnceCell<GuestList>,
     cgroups: OnceCell<Option<Hierarchies>>,
     containers: OnceCell<Vec<RunningContainer>>,
+    guest_links: OnceCell<std::collections::HashMap<String, LinkStats>>,
     /// Each running container's cgroup figures, read once per scrape (`lxc` and `ppe`).
     ct_stats: RefCell<std::collections::HashMap<String, Option<std::rc::Rc<CgroupStats>>>>,
     /// Each running container's root file system (statvfs by `lxc`, used by `ppe`).
@@ -178,6 +188,7 @@ impl<'a> Stages<'a> {
             guests: OnceCell::new(),
             cgroups: OnceCell::new(),
             containers: OnceCell::new(),
+            guest_links: OnceCell::new(),
             ct_stats: RefCell::default(),
             ct_rootfs: RefCell::default(),
         }
@@ -214,8 +225,51 @@ impl<'a> Stages<'a> {
                     return Vec::new();
                 }
             };
-            ids.into_iter().filter_map(|ctid| running_container(self.host, h, ctid)).collect()
+            let mut held = self.state.ct_files.lock().unwrap_or_else(|p| p.into_inner());
+            // The files of containers that stopped are closed.
+            let running: std::collections::HashSet<u32> = ids.iter().filter_map(|id| id.parse().ok()).collect();
+            held.retain(|k| running.contains(&k.1));
+            let mut files = CgroupFiles::held(self.host, &mut held);
+            let mut init = self.state.ct_init.lock().unwrap_or_else(|p| p.into_inner());
+            init.retain(|id, _| ids.contains(id));
+            ids.into_iter().filter_map(|ctid| running_container(self.host, &mut files, h, &mut init, ctid)).collect()
         })
+    }
+
+    /// The counters of every guest interface of PVE's naming (`tap<vmid>i<N>`,
+    /// `veth<ctid>i<N>`): one netlink dump where the host root's /sys is the daemon's own, else
+    /// the statistics files below the root.
+    pub fn guest_links(&self) -> &std::collections::HashMap<String, LinkStats> {
+        self.guest_links.get_or_init(|| {
+            use crate::sources::{kernel::netlink, pve::guest_config::guest_of_interface};
+            let keep = |n: &str| guest_of_interface(n).is_some();
+            if netlink::sees_own_sysfs(self.host) {
+                match netlink::dump_links(&keep) {
+                    Ok(d) => return d.links.into_iter().filter_map(|(n, s)| Some((n, s?))).collect(),
+                    Err(e) => log::debug!("guest interfaces: {e}; reading sysfs"),
+                }
+            }
+            let Ok(rd) = std::fs::read_dir(self.host.path("sys/class/net")) else { return Default::default() };
+            rd.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| keep(n))
+                .filter_map(|n| {
+                    let stats = crate::sources::kernel::sysfs::net_statistics(self.host, &n).ok()?;
+                    let mut v = [None; crate::sources::kernel::sysfs::NET_STATISTICS.len()];
+                    for (i, x) in stats {
+                        v[i] = Some(x);
+                    }
+                    Some((n, LinkStats(v)))
+                })
+                .collect()
+        })
+    }
+
+    /// Whether container `ctid` is frozen.
+    pub fn container_frozen(&self, ctid: &str) -> bool {
+        let Some(h) = self.cgroups() else { return false };
+        let mut held = self.state.ct_files.lock().unwrap_or_else(|p| p.into_inner());
+        crate::sources::kernel::cgroup::frozen(&mut CgroupFiles::held(self.host, &mut held), h, ctid)
     }
 
     /// Container `ctid`'s cgroup figures (read on first use in this scrape; None: stopped).
@@ -229,7 +283,14 @@ impl<'a> Stages<'a> {
             return s.clone();
         }
         let h = self.cgroups()?;
-        let st = crate::sources::kernel::cgroup::read_container(self.host, h, ctid, errors).map(std::rc::Rc::new);
+        let mut held = self.state.ct_files.lock().unwrap_or_else(|p| p.into_inner());
+        let st = crate::sources::kernel::cgroup::read_container(
+            &mut CgroupFiles::held(self.host, &mut held),
+            h,
+            ctid,
+            errors,
+        )
+        .map(std::rc::Rc::new);
         self.ct_stats.borrow_mut().insert(ctid.to_string(), st.clone());
         st
     }
@@ -333,11 +394,23 @@ impl<'a> Stages<'a> {
 }
 
 /// Container `ctid` if it runs: its init among the payload's processes (the one that is pid 1
-/// in its namespace; the lowest pid where none says so, as on kernels without NSpid).
-fn running_container(host: &HostRoot, h: &Hierarchies, ctid: String) -> Option<RunningContainer> {
+/// in its namespace; the lowest pid where none says so, as on kernels without NSpid), found
+/// once and kept while the payload holds it.
+fn running_container(
+    host: &HostRoot,
+    files: &mut CgroupFiles,
+    h: &Hierarchies,
+    known: &mut std::collections::HashMap<String, (u32, Option<Duration>)>,
+    ctid: String,
+) -> Option<RunningContainer> {
     use crate::sources::kernel::cgroup::{container_pids, ns_pid};
-    let pids = container_pids(host, h, &ctid);
+    let pids = container_pids(files, h, &ctid);
     let first = *pids.first()?;
+    if let Some(&(pid, started)) = known.get(&ctid)
+        && pids.binary_search(&pid).is_ok()
+    {
+        return Some(RunningContainer { ctid, pid, started });
+    }
     let pid = pids
         .iter()
         .take(8)
@@ -349,6 +422,7 @@ fn running_container(host: &HostRoot, h: &Hierarchies, ctid: String) -> Option<R
         .ok()
         .and_then(|t| process::parse_stat(&t, procfs::ticks_per_second()).ok())
         .map(|c| c.started);
+    known.insert(ctid.clone(), (pid, started));
     Some(RunningContainer { ctid, pid, started })
 }
 

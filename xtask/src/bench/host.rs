@@ -132,6 +132,10 @@ fn measure(bench: &Bench, host: String, vms: usize, args: &[&str], starts: usize
     let (_, body) = daemon.scrape()?;
     let (series, bytes) = (body.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).count(), body.len());
     check_vms(&host, &body, vms)?;
+    let cts = body.lines().filter(|l| l.starts_with("pve_lxc_info{")).count();
+    if host.contains("CTs") && cts != vms {
+        bail!("{host}: the scrape shows {cts} containers, expected {vms}");
+    }
     daemon.scrape()?;
 
     let ticks_before = daemon.cpu_ticks()?;
@@ -237,8 +241,83 @@ fn qemu_host(bench: &Bench, n: usize, starts: usize, scrapes: usize) -> Result<(
     // the QEMU processes' own time to answer QMP.
     let args = ["--root", &root_s, "--ebpf", "on", "--qm-mode", "off"];
     let off = measure(bench, format!("qemu-{n}, --qm-mode off"), n, &args, starts, scrapes)?;
+    // Every guest of a PVE node: as many containers as VMs and half as many stopped VMs.
+    let guests = with_guests(bench, &root, n, |bench| {
+        measure(bench, format!("qemu-{n} + {n} CTs + {} stopped, --qm-mode off", n / 2), n, &args, starts, scrapes)
+    })?;
     drop(vms);
-    Ok((vec![all, off], floor))
+    Ok((vec![all, off, guests], floor))
+}
+
+/// First ctid of the generated containers and first vmid of the stopped VMs.
+const FIRST_CTID: u32 = 3000;
+const FIRST_STOPPED: u32 = 4000;
+
+/// Test containers (`pve-test-container`), stopped (cgroups and veths removed) when dropped.
+struct Cts(Vec<Child>);
+
+impl Drop for Cts {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            // SAFETY: SIGTERM to our own child: it kills its init and removes what it made.
+            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+        }
+        for c in &mut self.0 {
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Run `f` on `root` with `n` containers (laid out as PVE's LXC does, each with a veth) and
+/// `n / 2` VMs configured and not running added to its /etc/pve; they go again afterwards.
+fn with_guests<T>(bench: &Bench, root: &Path, n: usize, f: impl FnOnce(&Bench) -> Result<T>) -> Result<T> {
+    let etc = root.join("etc/pve");
+    fs::create_dir_all(etc.join("lxc"))?;
+    let t = Instant::now();
+    let mut cts = Cts(Vec::new());
+    for i in 0..n {
+        let ctid = FIRST_CTID + i as u32;
+        fs::write(
+            etc.join(format!("lxc/{ctid}.conf")),
+            format!(
+                "arch: amd64\ncores: 1\nhostname: ct{ctid}\nmemory: 128\nswap: 0\nostype: debian\nunprivileged: 1\n\
+                 net0: name=eth0,bridge=vmbr0,hwaddr={},ip=dhcp,type=veth\n\
+                 rootfs: local:{ctid}/vm-{ctid}-disk-0.raw,size=4M\n",
+                mac(ctid, 0)
+            ),
+        )?;
+        let mut c = Command::new(bench.bin.join("pve-test-container"));
+        c.args([&ctid.to_string(), "--veth", "--rootfs-mib", "4", "--touch-mib", "0", "--file-bytes", "0"])
+            .stdout(Stdio::piped());
+        let mut child = c.spawn().context("starting pve-test-container")?;
+        let out = child.stdout.take().context("stdout")?;
+        cts.0.push(child);
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line)?;
+        if !line.starts_with("started") {
+            bail!("container {ctid} did not start: {line:?}");
+        }
+    }
+    for i in 0..n / 2 {
+        let vmid = FIRST_STOPPED + i as u32;
+        fs::write(
+            etc.join(format!("qemu-server/{vmid}.conf")),
+            format!(
+                "boot: order=scsi0\ncores: 2\nmemory: 2048\nname: stopped{vmid}\nonboot: 1\nostype: l26\n\
+                 scsi0: local:{vmid}/vm-{vmid}-disk-0.qcow2,size=32G\nparent: snap\n\n[snap]\nsnaptime: 1764547200\n"
+            ),
+        )?;
+    }
+    println!("    {n} containers up and {} stopped VMs configured in {:.1} s", n / 2, t.elapsed().as_secs_f64());
+    let r = f(bench);
+    drop(cts);
+    for i in 0..n {
+        let _ = fs::remove_file(etc.join(format!("lxc/{}.conf", FIRST_CTID + i as u32)));
+    }
+    for i in 0..n / 2 {
+        let _ = fs::remove_file(etc.join(format!("qemu-server/{}.conf", FIRST_STOPPED + i as u32)));
+    }
+    r
 }
 
 /// QEMU's own time to answer what a warm scrape asks each VM (`qmp_capabilities`,

@@ -29,6 +29,7 @@ use std::{
 };
 
 use crate::{
+    heldfile::HeldFiles,
     host::HostRoot,
     sources::{
         error::{ParseError, SourceError},
@@ -236,16 +237,103 @@ pub fn parse_blkio(text: &str) -> BTreeMap<String, (u64, u64)> {
     out
 }
 
+/// Every cgroup file this module reads, by name: its slot among a cgroup's held files.
+const FILES: &[&str] = &[
+    "cpu.stat",
+    "cpuacct.usage_user",
+    "cpuacct.usage_sys",
+    "cpuacct.stat",
+    "cpu.max",
+    "cpu.cfs_quota_us",
+    "cpu.cfs_period_us",
+    "memory.current",
+    "memory.stat",
+    "memory.swap.current",
+    "memory.max",
+    "memory.swap.max",
+    "memory.events",
+    "memory.usage_in_bytes",
+    "memory.kmem.usage_in_bytes",
+    "memory.memsw.usage_in_bytes",
+    "memory.limit_in_bytes",
+    "memory.memsw.limit_in_bytes",
+    "memory.oom_control",
+    "io.stat",
+    "blkio.throttle.io_service_bytes_recursive",
+    "blkio.throttle.io_serviced_recursive",
+    "pids.current",
+    "cpu.pressure",
+    "memory.pressure",
+    "io.pressure",
+    "ns/cgroup.procs",
+    "ns/cgroup.events",
+    "ns/freezer.state",
+];
+
+/// How cgroup files are read: by path each time, or through descriptors held between scrapes
+/// (a cgroup file read through its open descriptor costs no path walk through kernfs, which
+/// is most of the cost of reading a container's ~20 files).
+pub struct CgroupFiles<'a> {
+    host: &'a HostRoot,
+    held: Option<&'a mut HeldFiles<CgroupKey>>,
+}
+
+/// A held cgroup's key: (its hierarchy's mount, hashed; the container's or VM's id).
+pub type CgroupKey = (u64, u32);
+
+/// The key of cgroup `rel` (`lxc/<ctid>`, `qemu.slice/<vmid>.scope`) below `mount`.
+fn key_of(mount: &Path, rel: &str) -> CgroupKey {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    mount.hash(&mut h);
+    rel.hash(&mut h);
+    (h.finish(), id_of(rel))
+}
+
+/// The numeric id in a cgroup path (`lxc/101` -> 101, `qemu.slice/100.scope` -> 100).
+pub fn id_of(rel: &str) -> u32 {
+    rel.bytes()
+        .skip_while(|b| !b.is_ascii_digit())
+        .take_while(|b| b.is_ascii_digit())
+        .fold(0u32, |n, b| n.wrapping_mul(10).wrapping_add(u32::from(b - b'0')))
+}
+
+impl<'a> CgroupFiles<'a> {
+    pub fn by_path(host: &'a HostRoot) -> Self {
+        Self { host, held: None }
+    }
+
+    pub fn held(host: &'a HostRoot, held: &'a mut HeldFiles<CgroupKey>) -> Self {
+        Self { host, held: Some(held) }
+    }
+
+    /// File `file` of cgroup `rel` below `mount` (a host path).
+    fn read(&mut self, mount: &Path, rel: &str, file: &str) -> io::Result<String> {
+        let path = mount.join(rel).join(file);
+        let host = self.host;
+        match &mut self.held {
+            Some(held) => {
+                // One key per (mount, cgroup): a controller's files live in its own hierarchy.
+                let key = key_of(mount, rel);
+                let slot = FILES.iter().position(|f| *f == file).unwrap_or(FILES.len());
+                let raw = held.read(&key, slot, || host.path(&path))?;
+                Ok(String::from_utf8_lossy(raw).into_owned())
+            }
+            None => host.read_to_string(&path),
+        }
+    }
+}
+
 /// Read container `ctid`'s cgroups (`lxc/<ctid>` of each hierarchy). A file that cannot be
 /// read or parsed costs its own value (in `errors`); a cgroup that is gone (the container
 /// stopped mid-scrape) gives None.
 pub fn read_container(
-    host: &HostRoot,
+    files: &mut CgroupFiles,
     h: &Hierarchies,
     ctid: &str,
     errors: &mut Vec<SourceError>,
 ) -> Option<CgroupStats> {
-    read_cgroup(host, h, &format!("lxc/{ctid}"), errors)
+    read_cgroup(files, h, &format!("lxc/{ctid}"), errors)
 }
 
 /// The cgroup PVE starts VM `vmid` in (`qemu.slice/<vmid>.scope`).
@@ -254,13 +342,19 @@ pub fn vm_cgroup(vmid: &str) -> String {
 }
 
 /// Read the cgroup `rel` (below each hierarchy's mount) as [`read_container`] does.
-pub fn read_cgroup(host: &HostRoot, h: &Hierarchies, rel: &str, errors: &mut Vec<SourceError>) -> Option<CgroupStats> {
+pub fn read_cgroup(
+    files: &mut CgroupFiles,
+    h: &Hierarchies,
+    rel: &str,
+    errors: &mut Vec<SourceError>,
+) -> Option<CgroupStats> {
     let ctid = rel; // the cgroup's path below each mount
+    let host = files.host;
     let mut st = CgroupStats::default();
     let mut gone = false;
     let mut read = |mount: &Path, file: &str| -> Option<String> {
         let p = mount.join(ctid).join(file);
-        match host.read_to_string(&p) {
+        match files.read(mount, ctid, file) {
             Ok(t) => Some(t),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 if !host.path(mount.join(ctid)).exists() {
@@ -355,12 +449,12 @@ pub fn read_cgroup(host: &HostRoot, h: &Hierarchies, rel: &str, errors: &mut Vec
                 st.memory_file = k.get("total_cache").copied();
             }
             st.memory_kernel = read(m, "memory.kmem.usage_in_bytes").and_then(|t| t.trim().parse().ok());
-            // memsw files exist only with swap accounting (swapaccount=1).
-            let memsw: Option<u64> = read_optional(host, m, ctid, "memory.memsw.usage_in_bytes");
+            // memsw files exist only with swap accounting (swapaccount=1): missing is no error.
+            let memsw: Option<u64> = read(m, "memory.memsw.usage_in_bytes").and_then(|t| t.trim().parse().ok());
             st.swap_bytes = memsw.zip(usage).map(|(sw, u)| sw.saturating_sub(u));
             let limit: Option<u64> = read(m, "memory.limit_in_bytes").and_then(|t| t.trim().parse().ok());
             st.memory_max = limit.map(v1_limit);
-            let swlimit: Option<u64> = read_optional(host, m, ctid, "memory.memsw.limit_in_bytes");
+            let swlimit: Option<u64> = read(m, "memory.memsw.limit_in_bytes").and_then(|t| t.trim().parse().ok());
             st.swap_max = swlimit.zip(limit).map(|(sw, l)| v1_limit(sw).map(|sw| sw.saturating_sub(l)));
             st.oom_kills = read(m, "memory.oom_control").and_then(|t| parse_flat_keyed(&t).get("oom_kill").copied());
         }
@@ -402,58 +496,46 @@ pub fn read_cgroup(host: &HostRoot, h: &Hierarchies, rel: &str, errors: &mut Vec
 
 /// Memory a cgroup uses as PVE counts it (charged memory less page cache), reading only the
 /// memory controller's files: the `ppe` collector's VM memory (`qemu.slice/<vmid>.scope`).
-pub fn memory_used(host: &HostRoot, h: &Hierarchies, rel: &str) -> Option<u64> {
+pub fn memory_used(files: &mut CgroupFiles, h: &Hierarchies, rel: &str) -> Option<u64> {
     let (m, v2) = h.find("memory", "memory")?;
-    let dir = m.join(rel);
     let (cur, cache_key) = if v2 { ("memory.current", "file") } else { ("memory.usage_in_bytes", "total_cache") };
-    let current: u64 = host.read_to_string(dir.join(cur)).ok()?.trim().parse().ok()?;
-    let stat = host.read_to_string(dir.join("memory.stat")).ok()?;
+    let current: u64 = files.read(m, rel, cur).ok()?.trim().parse().ok()?;
+    let stat = files.read(m, rel, "memory.stat").ok()?;
     let cache = parse_flat_keyed(&stat).get(cache_key).copied().unwrap_or(0);
     Some(current.saturating_sub(cache))
 }
 
 /// Whether container `ctid` is frozen (`lxc-freeze`, a suspended container): cgroup2's
-/// `cgroup.events` says `frozen 1` (of `lxc/<ctid>` or its `ns`), or v1's `freezer.state`
-/// says `FROZEN`.
-pub fn frozen(host: &HostRoot, h: &Hierarchies, ctid: &str) -> bool {
-    let dirs = [format!("lxc/{ctid}"), format!("lxc/{ctid}/ns")];
-    if let Some(m) = &h.v2 {
-        for d in &dirs {
-            if let Ok(t) = host.read_to_string(m.join(d).join("cgroup.events"))
-                && parse_flat_keyed(&t).get("frozen") == Some(&1)
-            {
-                return true;
-            }
-        }
-    }
+/// `cgroup.events` of its payload says `frozen 1`, or v1's `freezer.state` says `FROZEN`
+/// (both give the effective state: a frozen `lxc/<ctid>` freezes its `ns` too).
+pub fn frozen(files: &mut CgroupFiles, h: &Hierarchies, ctid: &str) -> bool {
+    let rel = format!("lxc/{ctid}");
     if let Some(m) = h.v1.get("freezer") {
-        for d in &dirs {
-            if let Ok(t) = host.read_to_string(m.join(d).join("freezer.state"))
-                && t.trim() == "FROZEN"
-            {
-                return true;
-            }
-        }
+        return files.read(m, &rel, "ns/freezer.state").is_ok_and(|t| t.trim() == "FROZEN");
+    }
+    if let Some(m) = &h.v2 {
+        return files.read(m, &rel, "ns/cgroup.events").is_ok_and(|t| parse_flat_keyed(&t).get("frozen") == Some(&1));
     }
     false
-}
-
-/// A file that exists only with a kernel option: missing is not an error.
-fn read_optional(host: &HostRoot, mount: &Path, ctid: &str, file: &str) -> Option<u64> {
-    host.read_to_string(mount.join(ctid).join(file)).ok().and_then(|t| t.trim().parse().ok())
 }
 
 fn ticks_per_second() -> f64 {
     procfs::ticks_per_second().max(1) as f64
 }
 
-/// The processes of container `ctid`'s payload (`lxc/<ctid>/ns` and its sub-cgroups, where
+/// The processes of container `ctid`'s payload (`lxc/<ctid>/ns`, else its sub-cgroups, where
 /// a systemd inside puts them; two levels deep), from the first hierarchy that has it.
-pub fn container_pids(host: &HostRoot, h: &Hierarchies, ctid: &str) -> Vec<u32> {
-    for dir in h.lxc_dirs() {
-        let ns = host.path(dir.join(ctid).join("ns"));
-        let mut pids = Vec::new();
-        collect_pids(&ns, 2, &mut pids);
+pub fn container_pids(files: &mut CgroupFiles, h: &Hierarchies, ctid: &str) -> Vec<u32> {
+    let rel = format!("lxc/{ctid}");
+    let mounts: Vec<PathBuf> = h.v2.iter().cloned().chain(h.v1.values().cloned()).collect();
+    for m in &mounts {
+        let mut pids: Vec<u32> = match files.read(m, &rel, "ns/cgroup.procs") {
+            Ok(t) => t.lines().filter_map(|l| l.trim().parse().ok()).collect(),
+            Err(_) => continue,
+        };
+        if pids.is_empty() {
+            collect_pids(&files.host.path(m.join(&rel).join("ns")), 2, &mut pids);
+        }
         if !pids.is_empty() {
             pids.sort_unstable();
             return pids;
@@ -462,6 +544,7 @@ pub fn container_pids(host: &HostRoot, h: &Hierarchies, ctid: &str) -> Vec<u32> 
     Vec::new()
 }
 
+/// The pids of `dir`'s `cgroup.procs`, else of its sub-cgroups', `depth` levels down.
 fn collect_pids(dir: &Path, depth: u32, out: &mut Vec<u32>) {
     if let Ok(t) = std::fs::read_to_string(dir.join("cgroup.procs")) {
         out.extend(t.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
@@ -611,7 +694,7 @@ mod tests {
             v1: BTreeMap::new(),
         };
         let mut errors = Vec::new();
-        let st = read_container(&host, &h, "101", &mut errors).unwrap();
+        let st = read_container(&mut CgroupFiles::by_path(&host), &h, "101", &mut errors).unwrap();
         assert_eq!(st.cpu_user_seconds, Some(2.0));
         assert_eq!(st.memory_used(), Some(104_857_600 - 41_943_040));
         assert_eq!(st.memory_kernel, Some(10_485_760));
@@ -624,11 +707,31 @@ mod tests {
         assert!(st.pressure[0].is_some() && st.pressure[1].is_none());
         assert_eq!(errors.len(), 1, "the bad pressure file is its own error: {errors:?}");
         assert_eq!(container_ids(&host, &h).unwrap(), vec!["101".to_string()]);
-        assert_eq!(container_pids(&host, &h, "101"), vec![4242, 4243]);
+        assert_eq!(container_pids(&mut CgroupFiles::by_path(&host), &h, "101"), vec![4242, 4243]);
         // Stopped mid-scrape: gone, not an error.
         std::fs::remove_dir_all(&cg).unwrap();
         let mut errors = Vec::new();
-        assert!(read_container(&host, &h, "101", &mut errors).is_none());
+        assert!(read_container(&mut CgroupFiles::by_path(&host), &h, "101", &mut errors).is_none());
         assert!(errors.is_empty());
+    }
+
+    /// Random text for every parser of cgroup files: none panics.
+    #[test]
+    fn random_input_never_panics() {
+        const ALPHABET: &[u8] = b"0189:= max\nrbytesios-_ReadWriteTotal\t8:0 \xff";
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..3000 {
+            let len = (x % 120) as usize;
+            let mut text = Vec::with_capacity(len);
+            for _ in 0..len {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                text.push(ALPHABET[(x % ALPHABET.len() as u64) as usize]);
+            }
+            let t = String::from_utf8_lossy(&text);
+            let _ = (parse_cpu_max(&t), parse_limit(&t), parse_io_stat(&t), parse_blkio(&t), parse_flat_keyed(&t));
+            let _ = (ns_pid(&t), parse_cgroup_mounts(&t));
+        }
     }
 }

@@ -372,9 +372,30 @@ impl GuestConfig {
     }
 }
 
+/// `tap100i0` -> (qemu, 100); `veth101i1` -> (lxc, 101); anything else None.
+pub fn guest_of_interface(name: &str) -> Option<(GuestType, String)> {
+    let (ty, rest) = if let Some(r) = name.strip_prefix("tap") {
+        (GuestType::Qemu, r)
+    } else {
+        (GuestType::Lxc, name.strip_prefix("veth")?)
+    };
+    let (id, n) = rest.split_once('i')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(id) && !id.starts_with('0') && digits(n)).then(|| (ty, id.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interfaces_of_guests() {
+        assert_eq!(guest_of_interface("tap100i0"), Some((GuestType::Qemu, "100".into())));
+        assert_eq!(guest_of_interface("veth101i12"), Some((GuestType::Lxc, "101".into())));
+        for other in ["tap0", "veth1234abc", "vethi0", "tap01i0", "vmbr0", "fwpr100p0", "tap100i"] {
+            assert_eq!(guest_of_interface(other), None, "{other}");
+        }
+    }
 
     /// In the form of qemu-server's `test/parse-config-input/sections.conf`: a main section,
     /// `[PENDING]`, `[special:cloudinit]` and one snapshot.
@@ -480,5 +501,31 @@ mod tests {
         }
         assert_eq!(parse_size("707456K"), Some(707_456 << 10));
         assert_eq!(parse_size("4194304"), Some(4_194_304));
+    }
+
+    /// Random text made of the characters that matter to the parser: no input panics (the
+    /// fuzzing of issue 20 goes further; this keeps the parser honest in every test run).
+    #[test]
+    fn random_input_never_panics() {
+        const ALPHABET: &[u8] = b"ab019:=,;[]\n #.-_ \tGMKTsize=mp=order=cdrom\xc3\xa9";
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..3000 {
+            let len = (x % 200) as usize;
+            let mut text = Vec::with_capacity(len);
+            for _ in 0..len {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                text.push(ALPHABET[(x % ALPHABET.len() as u64) as usize]);
+            }
+            let text = String::from_utf8_lossy(&text);
+            let c = parse_guest_config(&text);
+            for ty in [GuestType::Qemu, GuestType::Lxc] {
+                let _ = (c.name(ty, "1"), c.cpus(ty, 4), c.cores(ty), c.disks(ty));
+            }
+            let _ = (c.memory_bytes(), c.balloon_min_bytes(), c.swap_bytes(), c.tags(), c.startup_order());
+            let _ = (c.nics(), c.boot_disk(), c.newest_snapshot(), c.lock(), c.cpulimit());
+            let _ = parse_size(&text);
+        }
     }
 }
