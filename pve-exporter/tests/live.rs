@@ -63,7 +63,8 @@ fn ebpf_counts_port_writes_exactly_per_vm() {
     // A VM that stops disappears from the next scrape; the other stays, counts unchanged.
     drop(g100);
     let m = daemon.get("/metrics");
-    assert!(!m.contains("id=\"100\""), "stopped VM 100 still reported:\n{m}");
+    assert!(common::process_series(&m, "100").is_empty(), "stopped VM 100 still reported:\n{m}");
+    assert_eq!(sample(&m, "pve_guest_up", &[("id", "100")]), Some(0.0), "its config stays: a stopped guest");
     assert_eq!(sample(&m, "pve_kvm_tracepoint_events_total", &[("id", "101"), ("event", "kvm_pio")]), Some(600.0));
     assert_eq!(sample(&m, "pve_exporter_collector_success", &[("collector", "ebpf")]), Some(1.0));
     drop(g101);

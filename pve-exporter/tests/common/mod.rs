@@ -27,6 +27,13 @@ pub fn guest() -> &'static str {
     })
 }
 
+/// The lines of a scrape that carry `id="<id>"` from a process (everything but the `guest`
+/// collector's, which a configured guest has whether it runs or not).
+pub fn process_series<'a>(m: &'a str, id: &str) -> Vec<&'a str> {
+    let needle = format!("id=\"{id}\"");
+    m.lines().filter(|l| l.contains(&needle) && !l.starts_with("pve_guest_")).collect()
+}
+
 /// The `pve-test-container` binary beside the daemon (a container laid out as PVE's LXC does).
 pub fn container_bin() -> PathBuf {
     let p = Path::new(guest()).with_file_name("pve-test-container");
