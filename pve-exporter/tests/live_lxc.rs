@@ -95,7 +95,7 @@ fn containers_and_stopped_guests_from_real_cgroups_veths_and_mounts() {
     // Known frames from the container's side: the host end receives them.
     send_frames(&format!("veth{ctid}p0"), 5, 100);
 
-    let daemon = Daemon::start(r, &["--ebpf", "off"]);
+    let daemon = Daemon::start(r, &["--ebpf", "off", "--collector.ppe"]);
     let before = charged_memory(&h, ctid);
     let t = daemon.get("/metrics");
     let after = charged_memory(&h, ctid);

@@ -338,7 +338,7 @@ fn prometheus_pve_exporter_dashboards_see_every_guest() {
     let _ct = common::Ct::start(ct, &["--veth", "--rootfs-mib", "16"]);
     common::wait_until_up(&format!("veth{ct}p0"));
     common::send_frames(&format!("veth{ct}p0"), 3, 200);
-    let exporter = ops::Exporter::start(r, &["--ebpf", "off"], &[]);
+    let exporter = ops::Exporter::start(r, &["--ebpf", "off", "--collector.ppe"], &[]);
     let prom = Prometheus::start(&format!(
         "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
          scrape_configs:\n\

@@ -119,7 +119,7 @@ fn qmp_reports_every_nic_and_disk_of_a_real_qemu() {
     vm.hmp(r#"qemu-io drive-scsi0 "aio_flush""#);
     send_frames("tap930i0", 3);
 
-    let daemon = Daemon::start(root.path(), &["--ebpf", "off"]);
+    let daemon = Daemon::start(root.path(), &["--ebpf", "off", "--collector.ppe"]);
     let before: Vec<Vec<u64>> = ["tap930i0", "tap930i1"].iter().map(|t| net_stats(t)).collect();
     let (text, m) = scrape(&daemon);
     let after: Vec<Vec<u64>> = ["tap930i0", "tap930i1"].iter().map(|t| net_stats(t)).collect();

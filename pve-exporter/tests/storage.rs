@@ -30,7 +30,8 @@ fn commands() -> String {
 
 /// The storage fixture host, storage collectors only.
 fn scrape_storage(root: &str, cmds: &str, extra: &[&str], format: Format) -> String {
-    let mut args = vec!["--root", root, "--command-path", cmds, "--collect-running-vms", "false"];
+    // With prometheus-pve-exporter's families, whose storage series the storage collector adds.
+    let mut args = vec!["--root", root, "--command-path", cmds, "--collect-running-vms", "false", "--collector.ppe"];
     args.extend_from_slice(extra);
     scrape_with(&args, format)
 }
