@@ -125,7 +125,9 @@ fn http_endpoints_and_formats() {
     assert!(body.contains("href=\"/metrics\"") && body.contains("procfs"), "{body}");
     // The page lists every line of the collector registry with its switch.
     for e in pve_exporter::collector::REGISTRY {
-        let state = if e.name == "kvm_debugfs" { "off" } else { "on" };
+        // kvm_debugfs is off in eBPF mode's default `auto` only when eBPF counts; here it is
+        // off by --kvm-debugfs auto in procfs mode's lockdown; ppe is off by default.
+        let state = if e.name == "kvm_debugfs" || !e.default_on { "off" } else { "on" };
         assert!(body.contains(&format!("<td><code>{}</code></td><td>{state}</td>", e.name)), "{}: {body}", e.name);
     }
     let (st, ctype, text) = daemon.try_get("/metrics", None).expect("metrics");
