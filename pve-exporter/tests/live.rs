@@ -125,8 +125,7 @@ fn http_endpoints_and_formats() {
     assert!(body.contains("href=\"/metrics\"") && body.contains("procfs"), "{body}");
     // The page lists every line of the collector registry with its switch.
     for e in pve_exporter::collector::REGISTRY {
-        // kvm_debugfs is off in eBPF mode's default `auto` only when eBPF counts; here it is
-        // off by --kvm-debugfs auto in procfs mode's lockdown; ppe is off by default.
+        // kvm_debugfs shows off in this run (as before); ppe is off by default.
         let state = if e.name == "kvm_debugfs" || !e.default_on { "off" } else { "on" };
         assert!(body.contains(&format!("<td><code>{}</code></td><td>{state}</td>", e.name)), "{}: {body}", e.name);
     }
