@@ -17,6 +17,19 @@ pub fn new(_: &Setup) -> Box<dyn Collector> {
 
 struct Guest;
 
+/// This node's configured guests, for a collector that needs /etc/pve: NotApplicable off PVE;
+/// /etc/pve's failure (reported by the first collector that asks) when it did not answer.
+pub fn configured_guests<'c>(cx: &'c Context) -> Result<&'c super::stages::GuestList, Error> {
+    let list = cx.guests();
+    if !list.read {
+        return Err(Error::all(list.errors.take()).err().unwrap_or(Error::Unavailable("/etc/pve did not answer")));
+    }
+    if list.guests.guests.is_empty() && !cx.host.path("etc/pve").is_dir() {
+        return Err(Error::NotApplicable);
+    }
+    Ok(list)
+}
+
 /// Seconds since boot of `/proc/uptime`.
 pub fn host_uptime(cx: &Context) -> Option<f64> {
     let t = cx.files.read("proc/uptime").ok()?;
@@ -52,13 +65,7 @@ impl Collector for Guest {
         &[Need::Guests, Need::PveConfig, Need::Vms, Need::Monitor]
     }
     fn collect(&self, cx: &Context, out: &mut MetricSet) -> Result<(), Error> {
-        let list = cx.guests();
-        if !list.read {
-            return Err(Error::all(list.errors.take()).err().unwrap_or(Error::Unavailable("/etc/pve")));
-        }
-        if list.guests.guests.is_empty() && !cx.host.path("etc/pve").is_dir() {
-            return Err(Error::NotApplicable);
-        }
+        let list = configured_guests(cx)?;
         let running = running(cx);
         let host_cpus = host_cpus(cx);
         let uptime = host_uptime(cx);

@@ -11,7 +11,7 @@ use std::{collections::HashMap, sync::Mutex, time::Instant};
 
 use super::{
     Collector, Context, Error, Group, Need, Setup,
-    guest::{host_cpus, host_uptime, running},
+    guest::{configured_guests, host_cpus, host_uptime, running},
 };
 use crate::{
     catalog::*,
@@ -111,13 +111,7 @@ impl Collector for Ppe {
         &[Need::Guests, Need::PveConfig, Need::Vms, Need::Monitor]
     }
     fn collect(&self, cx: &Context, out: &mut MetricSet) -> Result<(), Error> {
-        let list = cx.guests();
-        if !list.read {
-            return Err(Error::Unavailable("/etc/pve did not answer"));
-        }
-        if list.guests.guests.is_empty() && !cx.host.path("etc/pve").is_dir() {
-            return Err(Error::NotApplicable);
-        }
+        let list = configured_guests(cx)?;
         let now = Instant::now();
         let mut seen = HashMap::new();
         let mut errors = Vec::new();

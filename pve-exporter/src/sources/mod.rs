@@ -16,3 +16,25 @@ pub mod proc;
 pub mod pve;
 pub mod qemu;
 pub mod storage;
+
+/// Random text for the parsers' no-panic tests (issue 20 fuzzes them properly).
+#[cfg(test)]
+pub mod testing {
+    /// `n` texts of up to `max_len` characters drawn from `alphabet` (xorshift from `seed`).
+    pub fn random_texts(alphabet: &[u8], seed: u64, n: usize, max_len: u64) -> Vec<String> {
+        let mut x = seed.max(1);
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        (0..n)
+            .map(|_| {
+                let len = next() % (max_len + 1);
+                let bytes: Vec<u8> = (0..len).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect();
+                String::from_utf8_lossy(&bytes).into_owned()
+            })
+            .collect()
+    }
+}

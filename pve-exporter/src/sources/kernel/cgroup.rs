@@ -719,17 +719,7 @@ mod tests {
     #[test]
     fn random_input_never_panics() {
         const ALPHABET: &[u8] = b"0189:= max\nrbytesios-_ReadWriteTotal\t8:0 \xff";
-        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-        for _ in 0..3000 {
-            let len = (x % 120) as usize;
-            let mut text = Vec::with_capacity(len);
-            for _ in 0..len {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                text.push(ALPHABET[(x % ALPHABET.len() as u64) as usize]);
-            }
-            let t = String::from_utf8_lossy(&text);
+        for t in crate::sources::testing::random_texts(ALPHABET, 0x2545_f491_4f6c_dd1d, 3000, 120) {
             let _ = (parse_cpu_max(&t), parse_limit(&t), parse_io_stat(&t), parse_blkio(&t), parse_flat_keyed(&t));
             let _ = (ns_pid(&t), parse_cgroup_mounts(&t));
         }

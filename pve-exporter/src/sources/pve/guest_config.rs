@@ -508,17 +508,7 @@ mod tests {
     #[test]
     fn random_input_never_panics() {
         const ALPHABET: &[u8] = b"ab019:=,;[]\n #.-_ \tGMKTsize=mp=order=cdrom\xc3\xa9";
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        for _ in 0..3000 {
-            let len = (x % 200) as usize;
-            let mut text = Vec::with_capacity(len);
-            for _ in 0..len {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                text.push(ALPHABET[(x % ALPHABET.len() as u64) as usize]);
-            }
-            let text = String::from_utf8_lossy(&text);
+        for text in crate::sources::testing::random_texts(ALPHABET, 0x9e37_79b9_7f4a_7c15, 3000, 200) {
             let c = parse_guest_config(&text);
             for ty in [GuestType::Qemu, GuestType::Lxc] {
                 let _ = (c.name(ty, "1"), c.cpus(ty, 4), c.cores(ty), c.disks(ty));
