@@ -654,6 +654,15 @@ pub static LXC_FS_FREE_BYTES: Def = gauge(
     &["id", "disk", "mountpoint", "volume"],
     "Space available to the container's users on its file systems (statvfs f_bavail)",
 );
+/// The veth counter families, in the order of `collector::lxc`'s counter files.
+pub static LXC_NIC: &[&Def] = &[
+    &LXC_NIC_RX_BYTES,
+    &LXC_NIC_TX_BYTES,
+    &LXC_NIC_RX_PACKETS,
+    &LXC_NIC_TX_PACKETS,
+    &LXC_NIC_RX_DROPPED,
+    &LXC_NIC_TX_DROPPED,
+];
 pub static LXC_FAMILIES: &[&Def] = &[
     &LXC_INFO,
     &LXC_CPU_SECONDS,
@@ -668,12 +677,6 @@ pub static LXC_FAMILIES: &[&Def] = &[
     &LXC_PRESSURE_SECONDS,
     &LXC_PROCESSES,
     &LXC_OOM_KILLS,
-    &LXC_NIC_RX_BYTES,
-    &LXC_NIC_TX_BYTES,
-    &LXC_NIC_RX_PACKETS,
-    &LXC_NIC_TX_PACKETS,
-    &LXC_NIC_RX_DROPPED,
-    &LXC_NIC_TX_DROPPED,
     &LXC_FS_SIZE_BYTES,
     &LXC_FS_USED_BYTES,
     &LXC_FS_FREE_BYTES,
@@ -822,6 +825,7 @@ pub fn all() -> impl Iterator<Item = &'static Def> {
         PVE_PHYSICAL_DISKS,
         GUEST_FAMILIES,
         LXC_FAMILIES,
+        LXC_NIC,
         PPE_FAMILIES,
         PPE_STORAGE,
         EXPORTER,

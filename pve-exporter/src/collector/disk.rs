@@ -318,7 +318,7 @@ mod tests {
         // NICs: the user-mode NIC has info only; the tap counters are missing here (no
         // /sys below the root): gone, not a failure.
         let mut out = MetricSet::new("pve");
-        crate::collector::nic::collect_nics(&host, &[dev], &mut out).unwrap();
+        crate::collector::nic::collect_nics(&host, &[dev], None, &mut out).unwrap();
         assert_eq!(out.get("pve_kvm_nic_info").unwrap().samples.len(), 3);
         let q = out.get("pve_kvm_nic_queues").unwrap();
         assert_eq!(q.samples.iter().map(|s| s.value.clone()).collect::<Vec<_>>(), [Value::Int(1), Value::Int(4)]);

@@ -249,27 +249,19 @@ fn emit(
     }
 }
 
-/// The veth counters files read per NIC.
+/// The veth counters exported per NIC, in the order of `catalog::LXC_NIC`.
 const VETH_COUNTERS: [&str; 6] = ["rx_bytes", "tx_bytes", "rx_packets", "tx_packets", "rx_dropped", "tx_dropped"];
 
 fn emit_nics(cx: &Context, ct: &RunningContainer, config: &GuestConfig, out: &mut MetricSet) {
     let id = LabelValue::Shared(ct.ctid.as_str().into());
     let links = cx.guest_links();
-    let defs = [
-        &LXC_NIC_RX_BYTES,
-        &LXC_NIC_TX_BYTES,
-        &LXC_NIC_RX_PACKETS,
-        &LXC_NIC_TX_PACKETS,
-        &LXC_NIC_RX_DROPPED,
-        &LXC_NIC_TX_DROPPED,
-    ];
     for nic in config.nics() {
         let ifname = format!("veth{}i{}", ct.ctid, nic.index);
         // Not up (yet), or the container stopped: no counters, no error.
         let Some(stats) = links.get(&ifname) else { continue };
         let ifl: LabelValue = ifname.into();
         let net: LabelValue = format!("net{}", nic.index).into();
-        for (def, name) in defs.into_iter().zip(VETH_COUNTERS) {
+        for (def, name) in LXC_NIC.iter().zip(VETH_COUNTERS) {
             if let Some(v) = stats.get(name) {
                 out.family(def).push([("id", id.clone()), ("ifname", ifl.clone()), ("net", net.clone())], v);
             }
@@ -278,4 +270,4 @@ fn emit_nics(cx: &Context, ct: &RunningContainer, config: &GuestConfig, out: &mu
 }
 
 /// The catalogue sections this collector fills.
-static FAMILIES: &[&[&Def]] = &[LXC_FAMILIES];
+static FAMILIES: &[&[&Def]] = &[LXC_FAMILIES, LXC_NIC];

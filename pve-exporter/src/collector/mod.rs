@@ -272,6 +272,12 @@ impl<'a> Context<'a> {
         self.stages.pve_config(self).1.as_ref().map(|c| c.pools.clone()).unwrap_or_default()
     }
 
+    /// The scrape's one netlink dump of interface counters (None: read sysfs); `wanted` adds
+    /// names to PVE's guest interfaces when this call makes the dump.
+    pub fn host_links(&self, wanted: &dyn Fn(&str) -> bool) -> Option<&crate::sources::kernel::netlink::Dump> {
+        self.stages.host_links(wanted)
+    }
+
     /// Counters of the guests' host interfaces (`tap<vmid>i<N>`, `veth<ctid>i<N>`) by name.
     pub fn guest_links(&self) -> &std::collections::HashMap<String, crate::sources::kernel::netlink::LinkStats> {
         self.stages.guest_links()

@@ -1,10 +1,7 @@
 //! Per-VM NICs: topology from each VM's monitor (the `qm` stage), tap counters from one
 //! netlink dump or sysfs.
 
-use std::{
-    collections::HashSet,
-    sync::atomic::{AtomicBool, Ordering},
-};
+use std::collections::HashSet;
 
 use super::{Collector, Context, Error, Group, Need, Setup};
 use crate::{
@@ -37,42 +34,27 @@ impl Collector for Nic {
         &[Need::Vms, Need::Monitor]
     }
     fn collect(&self, cx: &Context, out: &mut MetricSet) -> Result<(), Error> {
-        collect_nics(cx.host, cx.devices(), out)
-    }
-}
-
-/// The counters of every NIC's host interface in one netlink dump, where the host root's
-/// `/sys/class/net` is the daemon's own (None elsewhere, e.g. under a fixture root: the caller
-/// reads the files below the root). A failed dump costs that scrape the faster path only, and is
-/// logged at warning level once per process (then at debug: it would otherwise repeat every scrape).
-fn nic_dump(host: &HostRoot, devices: &[VmDevices]) -> Option<netlink::Dump> {
-    let wanted: HashSet<&str> = devices
-        .iter()
-        .flat_map(|d| d.nics.iter().flatten())
-        .map(|n| n.ifname.as_str())
-        .filter(|n| !n.is_empty())
-        .collect();
-    if wanted.is_empty() || !netlink::sees_own_sysfs(host) {
-        return None;
-    }
-    match netlink::dump_links(&|name| wanted.contains(name)) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            static LOGGED: AtomicBool = AtomicBool::new(false);
-            if LOGGED.swap(true, Ordering::Relaxed) {
-                log::debug!("NIC counters: {e}; reading sysfs");
-            } else {
-                log::warn!("NIC counters: {e}; reading sysfs instead (logged once, then at debug level)");
-            }
-            None
-        }
+        let devices = cx.devices();
+        let wanted: HashSet<&str> = devices
+            .iter()
+            .flat_map(|d| d.nics.iter().flatten())
+            .map(|n| n.ifname.as_str())
+            .filter(|n| !n.is_empty())
+            .collect();
+        // The scrape's one dump (the containers' veths may have asked for it already).
+        let dump = if wanted.is_empty() { None } else { cx.host_links(&|n| wanted.contains(n)) };
+        collect_nics(cx.host, devices, dump, out)
     }
 }
 
 /// NIC families: info and queues from `info network`, counters of each tap from one netlink
-/// dump (see [`nic_dump`]) or its sysfs statistics files.
-pub(super) fn collect_nics(host: &HostRoot, devices: &[VmDevices], out: &mut MetricSet) -> Result<(), Error> {
-    let dump = nic_dump(host, devices);
+/// dump (the scrape's `host_links`) or its sysfs statistics files.
+pub(super) fn collect_nics(
+    host: &HostRoot,
+    devices: &[VmDevices],
+    dump: Option<&netlink::Dump>,
+    out: &mut MetricSet,
+) -> Result<(), Error> {
     let mut errors = Vec::new();
     for d in devices {
         let Some(nics) = &d.nics else { continue };
@@ -99,7 +81,7 @@ pub(super) fn collect_nics(host: &HostRoot, devices: &[VmDevices], out: &mut Met
             }
             let labels = || [("id", id.clone()), ("ifname", ifname.clone())];
             out.family(&KVM_NIC_QUEUES).push(labels(), nic.queues);
-            let stats = match dump.as_ref().map(|d| d.links.get(&nic.ifname)) {
+            let stats = match dump.map(|d| d.links.get(&nic.ifname)) {
                 Some(Some(Some(link))) => Ok(link.statistics()),
                 // Not in the dump: gone, or missed by a dump the kernel flagged as interrupted,
                 // or a name the dump cannot have; sysfs says which (NotFound when gone). Also

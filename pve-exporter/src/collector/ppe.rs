@@ -20,6 +20,7 @@ use crate::{
     metrics::MetricSet,
     sources::{
         kernel::cgroup,
+        proc::node,
         pve::guest_config::{GuestType, guest_of_interface},
         storage::statvfs,
     },
@@ -318,7 +319,7 @@ impl Ppe {
     ) {
         let one = || [("id", id.to_string())];
         match cx.files.read("proc/stat") {
-            Ok(t) => match proc_stat_busy(&String::from_utf8_lossy(&t)) {
+            Ok(t) => match node::busy_cpu_seconds(&String::from_utf8_lossy(&t)) {
                 // Busy seconds of all CPUs against wall time times the CPUs.
                 Some(busy) => {
                     out.family(&PPE_CPU_USAGE_RATIO).push(one(), self.ratio(seen, id, busy, cpus as f64, now))
@@ -330,13 +331,12 @@ impl Ppe {
         }
         out.family(&PPE_CPU_USAGE_LIMIT).push(one(), cpus);
         if let Ok(t) = cx.files.read("proc/meminfo") {
-            let t = String::from_utf8_lossy(&t);
-            let kb = |k: &str| {
-                t.lines().find_map(|l| l.strip_prefix(k)?.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            };
-            if let (Some(total), Some(avail)) = (kb("MemTotal:"), kb("MemAvailable:")) {
-                out.family(&PPE_MEMORY_SIZE).push(one(), total * 1024);
-                out.family(&PPE_MEMORY_USAGE).push(one(), total.saturating_sub(avail) * 1024);
+            match node::memory_from_meminfo(&t) {
+                Ok((total, used)) => {
+                    out.family(&PPE_MEMORY_SIZE).push(one(), total);
+                    out.family(&PPE_MEMORY_USAGE).push(one(), used);
+                }
+                Err(e) => errors.push(e.into()),
             }
         }
         // The root file system, as pvestatd's df of / (through a gate: a time limit, and one
@@ -353,18 +353,6 @@ impl Ppe {
             out.family(&PPE_UPTIME).push(one(), u.floor());
         }
     }
-}
-
-/// Busy CPU seconds of all CPUs from /proc/stat's `cpu` line (everything but idle and iowait).
-pub fn proc_stat_busy(text: &str) -> Option<f64> {
-    let line = text.lines().find(|l| l.starts_with("cpu "))?;
-    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
-    if v.len() < 4 {
-        return None;
-    }
-    // user nice system idle iowait irq softirq steal (guest, guest_nice are in user, nice).
-    let busy: u64 = v.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, x)| x).sum();
-    Some(busy as f64 / procfs::ticks_per_second().max(1) as f64)
 }
 
 /// Host-side (rx, tx) byte counters summed per guest over its `tap<vmid>i<N>` and
@@ -386,14 +374,6 @@ static FAMILIES: &[&[&Def]] = &[PPE_FAMILIES];
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn busy_cpu_seconds() {
-        let hz = procfs::ticks_per_second() as f64;
-        let b = proc_stat_busy("cpu  100 5 50 1000 20 1 2 3 0 0\ncpu0 1 1 1 1\n").unwrap();
-        assert!((b - 161.0 / hz).abs() < 1e-9);
-        assert_eq!(proc_stat_busy("intr 1\n"), None);
-    }
 
     #[test]
     fn cpu_ratio_as_vmstatus() {

@@ -24,7 +24,7 @@ use crate::{
     sources::{
         kernel::{
             cgroup::{CgroupFiles, CgroupStats, Hierarchies},
-            netlink::LinkStats,
+            netlink::{self, LinkStats},
         },
         proc::{
             process::{self, ProcessStats},
@@ -139,6 +139,7 @@ pub struct Stages<'a> {
     guests: OnceCell<GuestList>,
     cgroups: OnceCell<Option<Hierarchies>>,
     containers: OnceCell<Vec<RunningContainer>>,
+    host_links: OnceCell<Option<netlink::Dump>>,
     guest_links: OnceCell<std::collections::HashMap<String, LinkStats>>,
     /// Each running container's cgroup figures, read once per scrape (`lxc` and `ppe`).
     ct_stats: RefCell<std::collections::HashMap<String, Option<std::rc::Rc<CgroupStats>>>>,
@@ -188,6 +189,7 @@ impl<'a> Stages<'a> {
             guests: OnceCell::new(),
             cgroups: OnceCell::new(),
             containers: OnceCell::new(),
+            host_links: OnceCell::new(),
             guest_links: OnceCell::new(),
             ct_stats: RefCell::default(),
             ct_rootfs: RefCell::default(),
@@ -236,18 +238,50 @@ impl<'a> Stages<'a> {
         })
     }
 
+    /// The scrape's one RTM_GETLINK dump (every caller shares it): the guests' interfaces of
+    /// PVE's naming (`tap<vmid>i<N>`, `veth<ctid>i<N>`) and what the first caller adds with
+    /// `wanted` (libvirt's and plain QEMU's taps); an interface missing from it is read from
+    /// sysfs by its caller. None where the host root's /sys is not the daemon's own (a
+    /// fixture root) or the dump failed: logged at warning level once per process, then at
+    /// debug (it would otherwise repeat every scrape).
+    pub fn host_links(&self, wanted: &dyn Fn(&str) -> bool) -> Option<&netlink::Dump> {
+        self.host_links
+            .get_or_init(|| {
+                use crate::sources::pve::guest_config::guest_of_interface;
+                if !netlink::sees_own_sysfs(self.host) {
+                    return None;
+                }
+                match netlink::dump_links(&|n| guest_of_interface(n).is_some() || wanted(n)) {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+                        if LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                            log::debug!("interface counters: {e}; reading sysfs");
+                        } else {
+                            log::warn!(
+                                "interface counters: {e}; reading sysfs instead (logged once, then at debug level)"
+                            );
+                        }
+                        None
+                    }
+                }
+            })
+            .as_ref()
+    }
+
     /// The counters of every guest interface of PVE's naming (`tap<vmid>i<N>`,
-    /// `veth<ctid>i<N>`): one netlink dump where the host root's /sys is the daemon's own, else
-    /// the statistics files below the root.
+    /// `veth<ctid>i<N>`): from the scrape's dump, else the statistics files below the root.
     pub fn guest_links(&self) -> &std::collections::HashMap<String, LinkStats> {
         self.guest_links.get_or_init(|| {
-            use crate::sources::{kernel::netlink, pve::guest_config::guest_of_interface};
+            use crate::sources::pve::guest_config::guest_of_interface;
             let keep = |n: &str| guest_of_interface(n).is_some();
-            if netlink::sees_own_sysfs(self.host) {
-                match netlink::dump_links(&keep) {
-                    Ok(d) => return d.links.into_iter().filter_map(|(n, s)| Some((n, s?))).collect(),
-                    Err(e) => log::debug!("guest interfaces: {e}; reading sysfs"),
-                }
+            if let Some(d) = self.host_links(&|_| false) {
+                return d
+                    .links
+                    .iter()
+                    .filter(|(n, _)| keep(n))
+                    .filter_map(|(n, s)| Some((n.clone(), s.clone()?)))
+                    .collect();
             }
             let Ok(rd) = std::fs::read_dir(self.host.path("sys/class/net")) else { return Default::default() };
             rd.flatten()

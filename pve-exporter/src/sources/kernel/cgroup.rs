@@ -34,6 +34,7 @@ use crate::{
     sources::{
         error::{ParseError, SourceError},
         proc::pressure::{Pressure, parse_pressure},
+        storage::statvfs::parse_mountinfo,
     },
 };
 
@@ -55,20 +56,12 @@ pub struct Hierarchies {
 pub fn parse_cgroup_mounts(mountinfo: &str) -> (Option<PathBuf>, BTreeMap<String, PathBuf>) {
     let mut v2 = None;
     let mut v1 = BTreeMap::new();
-    for line in mountinfo.lines() {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let Some(sep) = fields.iter().skip(6).position(|f| *f == "-").map(|i| i + 6) else { continue };
-        let (Some(mp), Some(fstype)) = (fields.get(4), fields.get(sep + 1)) else { continue };
-        if !mp.starts_with('/') || mp.contains('\\') {
-            continue;
-        }
-        match *fstype {
-            "cgroup2" if v2.is_none() => v2 = Some(PathBuf::from(mp)),
+    for m in parse_mountinfo(mountinfo) {
+        match m.fstype.as_str() {
+            "cgroup2" if v2.is_none() => v2 = Some(m.mount_point),
             "cgroup" => {
-                for opt in fields.get(sep + 3).unwrap_or(&"").split(',') {
-                    if CONTROLLERS.contains(&opt) {
-                        v1.entry(opt.to_string()).or_insert_with(|| PathBuf::from(mp));
-                    }
+                for opt in m.options.split(',').filter(|o| CONTROLLERS.contains(o)) {
+                    v1.entry(opt.to_string()).or_insert_with(|| m.mount_point.clone());
                 }
             }
             _ => {}

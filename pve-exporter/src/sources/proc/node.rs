@@ -71,6 +71,26 @@ pub fn swap_from_meminfo(text: &[u8]) -> Result<Swap, ParseError> {
     Ok(Swap { total: mi.swap_total, free: mi.swap_free, used: mi.swap_total.saturating_sub(mi.swap_free) })
 }
 
+/// Memory of `/proc/meminfo` as pvestatd reports the node's: (total, used = total -
+/// available), in bytes.
+pub fn memory_from_meminfo(text: &[u8]) -> Result<(u64, u64), ParseError> {
+    let mi = procfs::Meminfo::from_buf_read(text).map_err(|e| ParseError::new("/proc/meminfo", e))?;
+    let avail = mi.mem_available.ok_or_else(|| ParseError::new("/proc/meminfo", "no MemAvailable"))?;
+    Ok((mi.mem_total, mi.mem_total.saturating_sub(avail)))
+}
+
+/// Busy CPU seconds of all CPUs from /proc/stat's `cpu` line (everything but idle and iowait).
+pub fn busy_cpu_seconds(text: &str) -> Option<f64> {
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    if v.len() < 4 {
+        return None;
+    }
+    // user nice system idle iowait irq softirq steal (guest, guest_nice are in user, nice).
+    let busy: u64 = v.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, x)| x).sum();
+    Some(busy as f64 / procfs::ticks_per_second().max(1) as f64)
+}
+
 /// `/sys/kernel/mm/ksm/pages_sharing`: one number.
 pub fn parse_pages_sharing(text: &str) -> Result<u64, ParseError> {
     text.trim().parse().map_err(|_| ParseError::new("pages_sharing", format!("bad {:?}", text.trim())))
@@ -152,6 +172,23 @@ pub fn read_node_status(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn busy_cpu_seconds_of_proc_stat() {
+        let hz = procfs::ticks_per_second() as f64;
+        let b = busy_cpu_seconds("cpu  100 5 50 1000 20 1 2 3 0 0\ncpu0 1 1 1 1\n").unwrap();
+        assert!((b - 161.0 / hz).abs() < 1e-9);
+        assert_eq!(busy_cpu_seconds("intr 1\n"), None);
+    }
+
+    #[test]
+    fn node_memory_as_pvestatd() {
+        // The complete meminfo of the pve-cluster fixture host (procfs wants every field).
+        let mi = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/hosts/pve-cluster/proc/meminfo"));
+        let (total, used) = memory_from_meminfo(mi).unwrap();
+        assert_eq!((total, used), (65_536_000 * 1024, (65_536_000 - 49_152_000) * 1024));
+        assert!(memory_from_meminfo(b"MemTotal: 1 kB\n").is_err());
+    }
 
     #[test]
     fn loadavg() {

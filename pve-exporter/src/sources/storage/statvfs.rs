@@ -50,6 +50,8 @@ pub struct Mount {
     pub mount_point: PathBuf,
     pub fstype: String,
     pub source: String,
+    /// The super options (`rw,memory` of a cgroup v1 hierarchy: its controllers).
+    pub options: String,
 }
 
 /// Lines of `/proc/self/mountinfo`:
@@ -73,6 +75,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
             mount_point: PathBuf::from(unescape(mp)),
             fstype: unescape(fstype),
             source: fields.get(sep + 2).map(|s| unescape(s)).unwrap_or_default(),
+            options: fields.get(sep + 3).map(|s| unescape(s)).unwrap_or_default(),
         });
     }
     out
@@ -176,7 +179,8 @@ garbage line
             Mount {
                 mount_point: "/mnt/pve/nas".into(),
                 fstype: "nfs4".into(),
-                source: "10.0.0.1:/export/images".into()
+                source: "10.0.0.1:/export/images".into(),
+                options: "rw,vers=4.2".into(),
             }
         );
         assert_eq!(m[3].mount_point, Path::new("/mnt/pve/with space"));
