@@ -16,7 +16,6 @@
 //! are read by path (open, read, close), which gives the same values.
 
 use std::{
-    collections::HashMap,
     fs::{File, Metadata},
     hash::Hash,
     io,
@@ -94,13 +93,13 @@ pub enum OnStale {
 pub struct HeldFiles<K> {
     budget: Arc<FdBudget>,
     on_stale: OnStale,
-    entries: HashMap<K, Vec<Option<Held>>>,
+    entries: crate::fasthash::FastMap<K, Vec<Option<Held>>>,
     buf: Vec<u8>,
 }
 
 impl<K: Hash + Eq + Clone> HeldFiles<K> {
     pub fn new(budget: Arc<FdBudget>, on_stale: OnStale) -> Self {
-        Self { budget, on_stale, entries: HashMap::new(), buf: Vec::new() }
+        Self { budget, on_stale, entries: Default::default(), buf: Vec::new() }
     }
 
     /// The whole contents of file `slot` of `key`: through its held descriptor, else opened by

@@ -10,6 +10,7 @@ pub mod collector;
 pub mod config;
 pub mod deadline;
 pub mod exposition;
+pub mod fasthash;
 pub mod heldfile;
 pub mod host;
 pub mod http_limits;

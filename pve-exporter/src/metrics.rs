@@ -196,7 +196,7 @@ pub struct MetricSet {
     families: Vec<Family>,
     /// Family index by the address of its (static) `Def`: a push is a hash lookup, not a walk
     /// over every family comparing names (a 100-VM scrape pushes ~10 000 samples).
-    index: std::collections::HashMap<usize, usize>,
+    index: crate::fasthash::FastMap<usize, usize>,
 }
 
 impl MetricSet {

@@ -228,12 +228,22 @@ fn qemu_host(bench: &Bench, n: usize, starts: usize, scrapes: usize) -> Result<(
     }
     println!("    {n} QEMU VMs up in {:.1} s", t.elapsed().as_secs_f64());
     let root_s = root.to_string_lossy().into_owned();
-    if std::env::var_os("BENCH_HOLD").is_some() {
-        // For profiling by hand: keep the VMs up until killed.
-        println!("    holding: pve-exporter --root {root_s}");
-        loop {
-            std::thread::sleep(Duration::from_secs(3600));
+    // For profiling by hand: keep the VMs (BENCH_HOLD=vms), or the VMs, containers and stopped
+    // VMs (BENCH_HOLD=guests), up until killed.
+    let hold = |what: &str| {
+        if std::env::var("BENCH_HOLD").is_ok_and(|h| h == what) {
+            println!("    holding: pve-exporter --root {root_s}");
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
         }
+    };
+    hold("vms");
+    if std::env::var("BENCH_HOLD").is_ok_and(|h| h == "guests") {
+        with_guests(bench, &root, n, |_| -> Result<()> {
+            hold("guests");
+            Ok(())
+        })?;
     }
     let floor = qmp_floor(&run_dir, n)?;
     let all = measure(bench, format!("qemu-{n}"), n, &["--root", &root_s, "--ebpf", "on"], starts, scrapes)?;

@@ -23,7 +23,7 @@
 //! | pressure | `{cpu,memory,io}.pressure` | (none) |
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     io,
     path::{Path, PathBuf},
 };
@@ -148,14 +148,40 @@ pub struct IoCounters {
 }
 
 /// `key value` lines (cpu.stat, memory.stat, memory.events); malformed lines are skipped.
-pub fn parse_flat_keyed(text: &str) -> HashMap<&str, u64> {
-    text.lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            let (k, v) = (w.next()?, w.next()?);
-            Some((k, v.parse().ok()?))
-        })
-        .collect()
+pub fn parse_flat_keyed(text: &str) -> FlatKeyed<'_> {
+    FlatKeyed(
+        text.lines()
+            .filter_map(|l| {
+                let mut w = l.split_ascii_whitespace();
+                let (k, v) = (w.next()?, w.next()?);
+                Some((k, v.parse().ok()?))
+            })
+            .collect(),
+    )
+}
+
+/// A flat-keyed file's values. A list, not a map: these files have a few dozen lines and a
+/// reader asks for a handful of keys, so a scan costs less than hashing every key (a scrape
+/// parses some hundred of them).
+#[derive(Debug, Default)]
+pub struct FlatKeyed<'a>(Vec<(&'a str, u64)>);
+
+impl FlatKeyed<'_> {
+    pub fn get(&self, key: &str) -> Option<u64> {
+        self.0.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+    }
+
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// A single number, or `max` (no limit).
@@ -276,11 +302,13 @@ pub type CgroupKey = (u64, u32);
 
 /// The key of cgroup `rel` (`lxc/<ctid>`, `qemu.slice/<vmid>.scope`) below `mount`.
 fn key_of(mount: &Path, rel: &str) -> CgroupKey {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    mount.hash(&mut h);
-    rel.hash(&mut h);
-    (h.finish(), id_of(rel))
+    // FNV-1a: some thousand keys per scrape, of a dozen distinct mounts; SipHash's resistance
+    // to chosen keys buys nothing for paths the host's mountinfo names.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in mount.as_os_str().as_encoded_bytes().iter().chain([&0u8]).chain(rel.as_bytes()) {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    (h, id_of(rel))
 }
 
 /// The numeric id in a cgroup path (`lxc/101` -> 101, `qemu.slice/100.scope` -> 100).
@@ -302,17 +330,21 @@ impl<'a> CgroupFiles<'a> {
 
     /// File `file` of cgroup `rel` below `mount` (a host path).
     fn read(&mut self, mount: &Path, rel: &str, file: &str) -> io::Result<String> {
-        let path = mount.join(rel).join(file);
         let host = self.host;
         match &mut self.held {
             Some(held) => {
                 // One key per (mount, cgroup): a controller's files live in its own hierarchy.
                 let key = key_of(mount, rel);
                 let slot = FILES.iter().position(|f| *f == file).unwrap_or(FILES.len());
-                let raw = held.read(&key, slot, || host.path(&path))?;
-                Ok(String::from_utf8_lossy(raw).into_owned())
+                // The path only when the file is opened: a held file's read allocates nothing
+                // but the text it returns.
+                let raw = held.read(&key, slot, || host.path(mount.join(rel).join(file)))?;
+                Ok(match std::str::from_utf8(raw) {
+                    Ok(t) => t.to_owned(),
+                    Err(_) => String::from_utf8_lossy(raw).into_owned(),
+                })
             }
-            None => host.read_to_string(&path),
+            None => host.read_to_string(mount.join(rel).join(file)),
         }
     }
 }
@@ -346,7 +378,6 @@ pub fn read_cgroup(
     let mut st = CgroupStats::default();
     let mut gone = false;
     let mut read = |mount: &Path, file: &str| -> Option<String> {
-        let p = mount.join(ctid).join(file);
         match files.read(mount, ctid, file) {
             Ok(t) => Some(t),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -361,7 +392,7 @@ pub fn read_cgroup(
                 None
             }
             Err(e) => {
-                errors.push(SourceError::io(host.path(p), e));
+                errors.push(SourceError::io(host.path(mount.join(ctid).join(file)), e));
                 None
             }
         }
@@ -372,8 +403,8 @@ pub fn read_cgroup(
         if v2 {
             if let Some(t) = read(m, "cpu.stat") {
                 let k = parse_flat_keyed(&t);
-                st.cpu_user_seconds = k.get("user_usec").map(|u| *u as f64 / 1e6);
-                st.cpu_system_seconds = k.get("system_usec").map(|u| *u as f64 / 1e6);
+                st.cpu_user_seconds = k.get("user_usec").map(|u| u as f64 / 1e6);
+                st.cpu_system_seconds = k.get("system_usec").map(|u| u as f64 / 1e6);
             }
         } else if let (Some(u), Some(s)) = (read(m, "cpuacct.usage_user"), read(m, "cpuacct.usage_sys")) {
             st.cpu_user_seconds = u.trim().parse::<u64>().ok().map(|n| n as f64 / 1e9);
@@ -381,15 +412,15 @@ pub fn read_cgroup(
         } else if let Some(t) = read(m, "cpuacct.stat") {
             let k = parse_flat_keyed(&t);
             let hz = ticks_per_second();
-            st.cpu_user_seconds = k.get("user").map(|u| *u as f64 / hz);
-            st.cpu_system_seconds = k.get("system").map(|u| *u as f64 / hz);
+            st.cpu_user_seconds = k.get("user").map(|u| u as f64 / hz);
+            st.cpu_system_seconds = k.get("system").map(|u| u as f64 / hz);
         }
     } else if let Some(m) = &h.v2 {
         // cgroup2 has cpu.stat's usage lines without the cpu controller.
         if let Some(t) = read(m, "cpu.stat") {
             let k = parse_flat_keyed(&t);
-            st.cpu_user_seconds = k.get("user_usec").map(|u| *u as f64 / 1e6);
-            st.cpu_system_seconds = k.get("system_usec").map(|u| *u as f64 / 1e6);
+            st.cpu_user_seconds = k.get("user_usec").map(|u| u as f64 / 1e6);
+            st.cpu_system_seconds = k.get("system_usec").map(|u| u as f64 / 1e6);
         }
     }
     if let Some((m, v2)) = h.find("cpu", "cpu") {
@@ -415,10 +446,10 @@ pub fn read_cgroup(
             st.memory_bytes = read(m, "memory.current").and_then(|t| t.trim().parse().ok());
             if let Some(t) = read(m, "memory.stat") {
                 let k = parse_flat_keyed(&t);
-                st.memory_anon = k.get("anon").copied();
-                st.memory_file = k.get("file").copied();
+                st.memory_anon = k.get("anon");
+                st.memory_file = k.get("file");
                 // `kernel` since 5.18; before, its parts.
-                st.memory_kernel = k.get("kernel").copied().or_else(|| {
+                st.memory_kernel = k.get("kernel").or_else(|| {
                     let parts = ["kernel_stack", "pagetables", "percpu", "sock", "slab", "vmalloc"];
                     parts.iter().any(|p| k.contains_key(p)).then(|| parts.iter().filter_map(|p| k.get(p)).sum())
                 });
@@ -432,14 +463,14 @@ pub fn read_cgroup(
                     }
                 }
             }
-            st.oom_kills = read(m, "memory.events").and_then(|t| parse_flat_keyed(&t).get("oom_kill").copied());
+            st.oom_kills = read(m, "memory.events").and_then(|t| parse_flat_keyed(&t).get("oom_kill"));
         } else {
             let usage: Option<u64> = read(m, "memory.usage_in_bytes").and_then(|t| t.trim().parse().ok());
             st.memory_bytes = usage;
             if let Some(t) = read(m, "memory.stat") {
                 let k = parse_flat_keyed(&t);
-                st.memory_anon = k.get("total_rss").copied();
-                st.memory_file = k.get("total_cache").copied();
+                st.memory_anon = k.get("total_rss");
+                st.memory_file = k.get("total_cache");
             }
             st.memory_kernel = read(m, "memory.kmem.usage_in_bytes").and_then(|t| t.trim().parse().ok());
             // memsw files exist only with swap accounting (swapaccount=1): missing is no error.
@@ -449,7 +480,7 @@ pub fn read_cgroup(
             st.memory_max = limit.map(v1_limit);
             let swlimit: Option<u64> = read(m, "memory.memsw.limit_in_bytes").and_then(|t| t.trim().parse().ok());
             st.swap_max = swlimit.zip(limit).map(|(sw, l)| v1_limit(sw).map(|sw| sw.saturating_sub(l)));
-            st.oom_kills = read(m, "memory.oom_control").and_then(|t| parse_flat_keyed(&t).get("oom_kill").copied());
+            st.oom_kills = read(m, "memory.oom_control").and_then(|t| parse_flat_keyed(&t).get("oom_kill"));
         }
     }
     // Block I/O.
@@ -471,8 +502,8 @@ pub fn read_cgroup(
     }
     // Pressure: cgroup2 only (it is there without any controller enabled).
     if let Some(m) = &h.v2 {
-        for (i, res) in ["cpu", "memory", "io"].iter().enumerate() {
-            if let Some(t) = read(m, &format!("{res}.pressure")) {
+        for (i, (res, file)) in [("cpu", "cpu.pressure"), ("memory", "memory.pressure"), ("io", "io.pressure")].iter().enumerate() {
+            if let Some(t) = read(m, file) {
                 match parse_pressure(&t) {
                     Ok(p) => st.pressure[i] = Some(p),
                     Err(e) => parse_err.push(e.input(format!("{ctid}/{res}.pressure"))),
@@ -494,7 +525,7 @@ pub fn memory_used(files: &mut CgroupFiles, h: &Hierarchies, rel: &str) -> Optio
     let (cur, cache_key) = if v2 { ("memory.current", "file") } else { ("memory.usage_in_bytes", "total_cache") };
     let current: u64 = files.read(m, rel, cur).ok()?.trim().parse().ok()?;
     let stat = files.read(m, rel, "memory.stat").ok()?;
-    let cache = parse_flat_keyed(&stat).get(cache_key).copied().unwrap_or(0);
+    let cache = parse_flat_keyed(&stat).get(cache_key).unwrap_or(0);
     Some(current.saturating_sub(cache))
 }
 
@@ -507,7 +538,7 @@ pub fn frozen(files: &mut CgroupFiles, h: &Hierarchies, ctid: &str) -> bool {
         return files.read(m, &rel, "ns/freezer.state").is_ok_and(|t| t.trim() == "FROZEN");
     }
     if let Some(m) = &h.v2 {
-        return files.read(m, &rel, "ns/cgroup.events").is_ok_and(|t| parse_flat_keyed(&t).get("frozen") == Some(&1));
+        return files.read(m, &rel, "ns/cgroup.events").is_ok_and(|t| parse_flat_keyed(&t).get("frozen") == Some(1));
     }
     false
 }
@@ -520,8 +551,7 @@ fn ticks_per_second() -> f64 {
 /// a systemd inside puts them; two levels deep), from the first hierarchy that has it.
 pub fn container_pids(files: &mut CgroupFiles, h: &Hierarchies, ctid: &str) -> Vec<u32> {
     let rel = format!("lxc/{ctid}");
-    let mounts: Vec<PathBuf> = h.v2.iter().cloned().chain(h.v1.values().cloned()).collect();
-    for m in &mounts {
+    for m in h.v2.iter().chain(h.v1.values()) {
         let mut pids: Vec<u32> = match files.read(m, &rel, "ns/cgroup.procs") {
             Ok(t) => t.lines().filter_map(|l| l.trim().parse().ok()).collect(),
             Err(_) => continue,
@@ -568,7 +598,6 @@ pub fn container_ids(host: &HostRoot, h: &Hierarchies) -> io::Result<Vec<String>
             if let Ok(n) = e.file_name().into_string()
                 && !n.is_empty()
                 && n.bytes().all(|b| b.is_ascii_digit())
-                && !ids.contains(&n)
             {
                 ids.push(n);
             }
@@ -578,7 +607,9 @@ pub fn container_ids(host: &HostRoot, h: &Hierarchies) -> io::Result<Vec<String>
             break;
         }
     }
-    ids.sort_by_key(|i| (i.len(), i.clone()));
+    // Numeric order without parsing (ids have no leading zeros); no clone per comparison.
+    ids.sort_unstable_by(|a, b| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
+    ids.dedup();
     Ok(ids)
 }
 
@@ -635,7 +666,7 @@ mod tests {
         );
         assert_eq!(io.len(), 2);
         let k = parse_flat_keyed("anon 100\nfile 50\nbad\nx y\n");
-        assert_eq!((k["anon"], k["file"], k.len()), (100, 50, 2));
+        assert_eq!((k.get("anon"), k.get("file"), k.get("x"), k.len()), (Some(100), Some(50), None, 2));
     }
 
     #[test]
