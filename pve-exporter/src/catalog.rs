@@ -406,6 +406,45 @@ pub static KVM_GUEST: &[&Def] = &[
     &KVM_GUEST_NETWORK_RECEIVE_PACKETS,
     &KVM_GUEST_NETWORK_TRANSMIT_PACKETS,
 ];
+// Per-VM guest memory, from the balloon device over the monitor (the `balloon` collector).
+pub static KVM_BALLOON_ACTUAL_BYTES: Def = gauge(
+    "kvm_balloon_actual_bytes",
+    ID,
+    "Memory the guest has, the balloon taken out (query-balloon's actual); no series for a VM without a balloon device",
+);
+pub static KVM_GUEST_MEMORY_BYTES: Def = gauge(
+    "kvm_guest_memory_bytes",
+    &["id", "type"],
+    "The guest's memory as its balloon driver reports it, by type (total, free, available, cache); no series before the guest reports or for values it does not report",
+);
+pub static KVM_GUEST_MEMORY_USED_BYTES: Def = gauge(
+    "kvm_guest_memory_used_bytes",
+    ID,
+    "Memory the guest uses, as PVE counts it: its reported total less free (page cache included)",
+);
+pub static KVM_GUEST_SWAP_IN_BYTES: Def =
+    counter("kvm_guest_swap_in_bytes_total", ID, "Bytes the guest swapped in, as its balloon driver reports it");
+pub static KVM_GUEST_SWAP_OUT_BYTES: Def =
+    counter("kvm_guest_swap_out_bytes_total", ID, "Bytes the guest swapped out, as its balloon driver reports it");
+pub static KVM_GUEST_PAGE_FAULTS: Def = counter(
+    "kvm_guest_page_faults_total",
+    &["id", "type"],
+    "Page faults in the guest by type (major, minor), as its balloon driver reports them",
+);
+pub static KVM_GUEST_MEMORY_STATS_TIMESTAMP: Def = gauge(
+    "kvm_guest_memory_stats_timestamp_seconds",
+    ID,
+    "When the guest last reported its memory statistics (unix time; PVE has QEMU poll every 2 s)",
+);
+pub static KVM_BALLOON: &[&Def] = &[
+    &KVM_BALLOON_ACTUAL_BYTES,
+    &KVM_GUEST_MEMORY_BYTES,
+    &KVM_GUEST_MEMORY_USED_BYTES,
+    &KVM_GUEST_SWAP_IN_BYTES,
+    &KVM_GUEST_SWAP_OUT_BYTES,
+    &KVM_GUEST_PAGE_FAULTS,
+    &KVM_GUEST_MEMORY_STATS_TIMESTAMP,
+];
 // ---- end of non-PVE VM sources ----
 pub static KVM_DISK: &[&Def] = &[
     &KVM_DISK_INFO,
@@ -814,6 +853,7 @@ pub fn all() -> impl Iterator<Item = &'static Def> {
         KVM_NIC_STATS,
         KVM_LIBVIRT,
         KVM_GUEST,
+        KVM_BALLOON,
         KVM_DISK,
         KVM_EBPF,
         KVM_VCPU,

@@ -107,7 +107,7 @@ pub struct Config {
     pub stale_max_age: Duration,
 
     /// Deprecated: `--no-collector.<name>` for the per-VM collectors (false turns off
-    /// pve_config, kvm, qm, nic, disk, vcpu, kvm_debugfs and ebpf).
+    /// pve_config, kvm, qm, nic, disk, balloon, vcpu, kvm_debugfs and ebpf).
     #[arg(long, env = "PVE_EXPORTER_COLLECT_RUNNING_VMS", action = clap::ArgAction::Set, hide_short_help = true)]
     pub collect_running_vms: Option<bool>,
 
@@ -336,7 +336,8 @@ pub struct CollectorSwitch {
 }
 
 /// The collectors the deprecated `--collect-running-vms false` turns off.
-pub const RUNNING_VM_COLLECTORS: &[&str] = &["pve_config", "kvm", "qm", "nic", "disk", "vcpu", "kvm_debugfs", "ebpf"];
+pub const RUNNING_VM_COLLECTORS: &[&str] =
+    &["pve_config", "kvm", "qm", "nic", "disk", "balloon", "vcpu", "kvm_debugfs", "ebpf"];
 /// The collectors the deprecated `--collect-storage false` turns off.
 pub const STORAGE_COLLECTORS: &[&str] = &["storage", "storage_zfs", "storage_lvm"];
 

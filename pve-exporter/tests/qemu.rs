@@ -91,9 +91,16 @@ fn send_frames(tap: &str, n: usize) {
     }
 }
 
-/// The lines of the NIC and disk families, for comparing two scrapes.
+/// The lines of the NIC, disk and balloon families, for comparing two scrapes.
 fn device_lines(text: &str) -> BTreeSet<String> {
-    text.lines().filter(|l| l.starts_with("pve_kvm_nic_") || l.starts_with("pve_kvm_disk_")).map(String::from).collect()
+    text.lines()
+        .filter(|l| {
+            ["pve_kvm_nic_", "pve_kvm_disk_", "pve_kvm_balloon_", "pve_kvm_guest_memory"]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .map(String::from)
+        .collect()
 }
 
 #[track_caller]
@@ -111,7 +118,7 @@ fn qmp_reports_every_nic_and_disk_of_a_real_qemu() {
     let root = host_root(&[930]);
     link_own_path(root.path());
     let lp = Loop::new(root.path(), &root.path().join("lvm.img"), 32 << 20);
-    let vm = Qemu::start(root.path(), 930, &VmSpec { block_device: Some(lp.dev.clone()) });
+    let vm = Qemu::start(root.path(), 930, &VmSpec { block_device: Some(lp.dev.clone()), ..VmSpec::default() });
     // Known I/O through scsi0's own BlockBackend (qemu-io's aio commands are accounted like
     // a guest's requests), and frames into the first tap.
     vm.hmp(r#"qemu-io drive-scsi0 "aio_read 0 4k""#);
@@ -265,6 +272,46 @@ fn qmp_reports_every_nic_and_disk_of_a_real_qemu() {
     promtool_accepts(&text);
 }
 
+/// The balloon of real QEMUs in both monitor modes: PVE's `balloon0` device gives the VM's
+/// size (`actual`, the configured 64 MiB: no driver in a `-S` guest inflates it), and no guest
+/// statistics (QEMU answers -1 and `last-update` 0 until a driver reports: no series, not
+/// zeros); a VM without a balloon device has no balloon series and costs no collector error.
+#[test]
+fn the_balloon_of_real_qemus_in_both_modes() {
+    require_qemu();
+    let root = host_root(&[933, 934]);
+    link_own_path(root.path());
+    let _with = Qemu::start(root.path(), 933, &VmSpec::default());
+    let _without = Qemu::start(root.path(), 934, &VmSpec { no_balloon: true, ..VmSpec::default() });
+    let log = root.path().join("qm.log");
+    let qm = qm_wrapper(root.path(), &log, &[]);
+    let qm = qm.to_str().expect("path");
+    for args in [&["--qm-mode", "qmp"][..], &["--qm-mode", "qm", "--qm-path", qm][..]] {
+        let mut all = vec!["--ebpf", "off", "--collector.ppe"];
+        all.extend_from_slice(args);
+        let daemon = Daemon::start(root.path(), &all);
+        let (text, m) = scrape(&daemon);
+        for c in ["qm", "balloon", "ppe"] {
+            assert_eq!(
+                value(&m, "pve_exporter_collector_success", &[("collector", c)]),
+                Some(1.0),
+                "{args:?} {c}\n{text}"
+            );
+        }
+        assert_eq!(value(&m, "pve_kvm_balloon_actual_bytes", &[("id", "933")]), Some(64.0 * MIB), "{args:?}\n{text}");
+        assert_eq!(find(&m, "pve_kvm_balloon_actual_bytes", &[("id", "934")]).len(), 0, "{args:?}");
+        for fam in ["pve_kvm_guest_memory_bytes", "pve_kvm_guest_memory_used_bytes", "pve_kvm_guest_page_faults_total"]
+        {
+            assert_eq!(find(&m, fam, &[]).len(), 0, "{args:?}: {fam} without a guest report");
+        }
+        // PPE's memory usage without a guest report: what the host sees of the process.
+        assert!(value(&m, "pve_memory_usage_bytes", &[("id", "qemu/933")]).is_some_and(|v| v > 0.0), "{text}");
+        promtool_accepts(&text);
+    }
+    let asked = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(asked.contains("933 info balloon") && asked.contains("934 info balloon"), "{asked}");
+}
+
 fn promtool_accepts(text: &str) {
     use std::io::Write;
     let mut child = std::process::Command::new("promtool")
@@ -287,13 +334,21 @@ fn promtool_accepts(text: &str) {
 /// `qm monitor` on a PTY gives the same series as QMP (sizes measured on the host instead of
 /// asked from QEMU; the `-blockdev` drive's counters matched by position), and its topology
 /// is cached until a disk's /dev path disappears or the VM restarts.
+/// What a warm scrape asks VM 931 through `qm monitor`.
+const EVERY_SCRAPE: [&str; 4] = [
+    "931 info blockstats",
+    "931 info status",
+    "931 info balloon",
+    "931 qom-get /machine/peripheral/balloon0 guest-stats",
+];
+
 #[test]
 fn qm_through_a_pty_reports_what_qmp_reports_and_caches_the_topology() {
     require_qemu();
     let root = host_root(&[931]);
     link_own_path(root.path());
     let lp = Loop::new(root.path(), &root.path().join("lvm.img"), 32 << 20);
-    let spec = VmSpec { block_device: Some(lp.dev.clone()) };
+    let spec = VmSpec { block_device: Some(lp.dev.clone()), ..VmSpec::default() };
     let vm = Qemu::start(root.path(), 931, &spec);
     vm.hmp(r#"qemu-io drive-scsi0 "aio_write 0 12k""#);
     vm.hmp(r#"qemu-io drive-scsi0 "aio_flush""#);
@@ -323,34 +378,30 @@ fn qm_through_a_pty_reports_what_qmp_reports_and_caches_the_topology() {
         new
     };
     // The start-up collection, the warm-up scrape of Daemon::start and the scrape above: the
-    // topology once, then the I/O counters and the run state on every collection.
+    // topology once, then the I/O counters, the run state and the balloon on every collection.
     let first = new_commands();
     assert_eq!(first[..2], ["931 info network", "931 info block"], "{first:?}");
-    assert!(
-        first.len() >= 4
-            && first[2..].chunks(2).all(|c| c == ["931 info blockstats".to_string(), "931 info status".to_string()]),
-        "{first:?}"
-    );
+    assert!(first.len() >= 6 && first[2..].chunks(4).all(|c| c == EVERY_SCRAPE), "{first:?}");
     // `info status` of a QEMU started with -S: prelaunch, as query-status says.
     assert_eq!(value(&bm, "pve_guest_state", &[("id", "931"), ("state", "prelaunch")]), Some(1.0), "{b:?}");
     let (_, m) = scrape(&via_qm);
-    assert_eq!(new_commands(), ["931 info blockstats", "931 info status"], "topology from the cache");
+    assert_eq!(new_commands(), EVERY_SCRAPE, "topology from the cache");
     assert_eq!(value(&m, "pve_guest_up", &[("id", "931"), ("type", "qemu")]), Some(1.0));
 
     // The disk on the block device "moved": its /dev path no longer resolves below the root.
     let link = root.path().join(lp.dev.trim_start_matches('/'));
     std::fs::remove_file(&link).expect("remove link");
     scrape(&via_qm);
-    assert_eq!(new_commands(), ["931 info block", "931 info blockstats", "931 info status"]);
+    assert_eq!(new_commands()[..2], ["931 info block", "931 info blockstats"]);
     std::os::unix::fs::symlink(&lp.dev, &link).expect("restore link");
     scrape(&via_qm);
-    assert_eq!(new_commands(), ["931 info blockstats", "931 info status"]);
+    assert_eq!(new_commands(), EVERY_SCRAPE);
 
     // A restarted VM has a new pid: everything is read again.
     drop(vm);
     let vm = Qemu::start(root.path(), 931, &spec);
     let (_, m) = scrape(&via_qm);
-    assert_eq!(new_commands(), ["931 info network", "931 info block", "931 info blockstats", "931 info status"]);
+    assert_eq!(new_commands()[..3], ["931 info network", "931 info block", "931 info blockstats"]);
     assert_eq!(value(&m, "pve_kvm_disk_write_bytes_total", &[("disk_name", "scsi0")]), Some(0.0), "a new process");
     let pid = vm.pid.to_string();
     assert!(value(&m, "pve_kvm_info", &[("id", "931"), ("pid", &pid)]).is_some());

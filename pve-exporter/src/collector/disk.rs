@@ -271,6 +271,7 @@ mod tests {
             drives: Some(hmp::parse_info_block(&fixture("info-block.txt"))),
             stats: Some(crate::sources::qemu::qmp::blockstats_rows(&q["return"].to_string())),
             sizes: Some(crate::sources::qemu::qmp::virtual_sizes(&b["return"].to_string())),
+            balloon: None,
             errors: vec![],
             stalled: false,
             status: None,

@@ -12,6 +12,7 @@
 //! `pve_exporter_collector_success{collector} 0`; the scrape goes on. Adding one:
 //! docs/architecture.md, "Adding a collector".
 
+pub(crate) mod balloon;
 mod disk;
 mod ebpf_maps;
 pub mod engine;
@@ -146,6 +147,11 @@ pub static REGISTRY: &[Entry] = &[
     stage("qm", "Every PVE VM's QEMU monitor (QMP or qm monitor): NIC and disk topology and I/O"),
     collector("nic", "Per-VM NICs: tap counters from netlink or sysfs", nic::new),
     collector("disk", "Per-VM disks: sizes from QEMU or the host, I/O counters", disk::new),
+    collector(
+        "balloon",
+        "Per-VM guest memory: balloon size and the guest's own memory statistics (QEMU monitor)",
+        balloon::new,
+    ),
     collector("vcpu", "Per-vCPU schedstat: run time and run-queue wait", vcpu::new),
     collector("kvm_debugfs", "KVM's debugfs statistics per VM (--kvm-debugfs)", kvm_debugfs::new),
     collector("ebpf", "Per-VM counters of the eBPF programs (VM exits, run-queue wait, halts)", ebpf_maps::new),

@@ -3,7 +3,9 @@
 //! instead of `/cluster/resources`, so dashboards built for it (Grafana 10347) work unchanged.
 //! The figures follow PVE's own definitions (qemu-server's and pve-container's `vmstatus`,
 //! pvestatd): CPU usage is the share of the configured CPUs used since the last scrape, a
-//! VM's memory its cgroup's (less page cache) or else its QEMU process's RSS, network "receive"
+//! VM's memory the guest's total less free when its balloon driver reports them (the
+//! `balloon` collector's `kvm_guest_memory_used_bytes`), else its cgroup's (less page cache),
+//! else its QEMU process's RSS, network "receive"
 //! the tap's or veth's transmit counter. PPE's storage series come from the `storage`
 //! collector. The names carry `--metrics-prefix`; the dashboards expect `pve`.
 
@@ -175,11 +177,17 @@ impl Collector for Ppe {
                         if let Some(t) = st.cpu {
                             f.cpu = self.ratio(&mut seen, &id, (t.user + t.system).as_secs_f64(), cpus, now);
                         }
-                        f.mem = cx
-                            .cgroups()
-                            .and_then(|h| {
-                                let mut files = cgroup::CgroupFiles::held(cx.host, &mut vm_files);
-                                cgroup::memory_used(&mut files, h, &cgroup::vm_cgroup(&vm.id))
+                        let guest_used = devices
+                            .get(g.vmid.as_str())
+                            .and_then(|d| d.balloon.as_ref()?.as_ref()?.stats.as_ref()?.used_bytes());
+                        // qemu-server's vmstatus: the guest's total less free when its balloon
+                        // driver reports them, else what the host sees.
+                        f.mem = guest_used
+                            .or_else(|| {
+                                cx.cgroups().and_then(|h| {
+                                    let mut files = cgroup::CgroupFiles::held(cx.host, &mut vm_files);
+                                    cgroup::memory_used(&mut files, h, &cgroup::vm_cgroup(&vm.id))
+                                })
                             })
                             .or_else(|| st.status.as_ref().and_then(|s| s.memory("vmrss")))
                             .unwrap_or(0);

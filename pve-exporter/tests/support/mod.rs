@@ -70,6 +70,8 @@ impl Drop for Loop {
 pub struct VmSpec {
     /// A raw disk on this block device (`virtio1`).
     pub block_device: Option<String>,
+    /// No balloon device (PVE's `balloon: 0`); by default there is PVE's `balloon0`.
+    pub no_balloon: bool,
 }
 
 /// A real QEMU process with a PVE-shaped command line, killed when dropped.
@@ -123,6 +125,12 @@ impl Qemu {
             .args(["-pidfile", &path(&run_dir.join(format!("{vmid}.pid")))])
             .args(["-smp", "1,sockets=1,cores=1,maxcpus=1", "-nodefaults", "-display", "none", "-m", "64"])
             .args(["-accel", "tcg", "-S", "-cpu", "qemu64"])
+            // PVE's balloon device, where its config does not say `balloon: 0`.
+            .args(if spec.no_balloon {
+                &[][..]
+            } else {
+                &["-device", "virtio-balloon-pci,id=balloon0,bus=pci.0,addr=0x3,free-page-reporting=on"][..]
+            })
             .args(["-netdev", &format!("type=tap,id=net0,ifname=tap{vmid}i0,script=no,downscript=no")])
             .args(["-device", &format!("virtio-net-pci,mac={},netdev=net0,id=net0", mac(vmid, 0))])
             .args([

@@ -331,22 +331,25 @@ fn with_guests<T>(bench: &Bench, root: &Path, n: usize, f: impl FnOnce(&Bench) -
 }
 
 /// QEMU's own time to answer what a warm scrape asks each VM (`qmp_capabilities`,
-/// `query-blockstats`, `query-block`, pipelined as the daemon does), without the daemon: each
+/// `query-blockstats`, `query-block`, `query-status`, `query-balloon`, the balloon's
+/// `guest-stats`, pipelined as the daemon does), without the daemon: each
 /// VM alone (the latency one VM adds), and all VMs 16 at a time (the daemon's default window).
 /// This is the floor of the `qm` collector's wall time on this machine.
 fn qmp_floor(run_dir: &Path, n: usize) -> Result<String> {
     use std::{io::Read, io::Write, os::unix::net::UnixStream};
-    const REQUEST: &[u8] = b"{\"execute\":\"qmp_capabilities\",\"id\":0}\n{\"execute\":\"query-blockstats\",\"id\":1}\n{\"execute\":\"query-block\",\"id\":2}\n";
+    const REQUEST: &[u8] = b"{\"execute\":\"qmp_capabilities\",\"id\":0}\n{\"execute\":\"query-blockstats\",\"id\":1}\n{\"execute\":\"query-block\",\"id\":2}\n\
+        {\"execute\":\"query-status\",\"id\":3}\n{\"execute\":\"query-balloon\",\"id\":4}\n\
+        {\"execute\":\"qom-get\",\"arguments\":{\"path\":\"/machine/peripheral/balloon0\",\"property\":\"guest-stats\"},\"id\":5}\n";
     let ask = |vmid: u32| -> Result<UnixStream> {
         let mut s = UnixStream::connect(run_dir.join(format!("{vmid}.qmp")))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
         s.write_all(REQUEST)?;
         Ok(s)
     };
-    // Greeting and three replies: four lines.
+    // Greeting and six replies: seven lines.
     let finish = |mut s: UnixStream| -> Result<()> {
         let (mut buf, mut chunk) = (Vec::new(), [0u8; 16 << 10]);
-        while buf.iter().filter(|b| **b == b'\n').count() < 4 {
+        while buf.iter().filter(|b| **b == b'\n').count() < 7 {
             let k = s.read(&mut chunk)?;
             if k == 0 {
                 bail!("QEMU closed the QMP connection");
@@ -423,6 +426,8 @@ fn start_qemu(root: &Path, vmid: u32, shim: &Path, template: &[PathBuf; 2]) -> R
         .args(["-pidfile", &p(&run_dir.join(format!("{vmid}.pid")))])
         .args(["-smp", "1,sockets=1,cores=1,maxcpus=1", "-nodefaults", "-display", "none", "-m", "32"])
         .args(["-accel", "tcg", "-S", "-cpu", "qemu64"])
+        // PVE's balloon device (every VM without `balloon: 0`): the warm scrape asks it too.
+        .args(["-device", "virtio-balloon-pci,id=balloon0,bus=pci.0,addr=0x3,free-page-reporting=on"])
         .args(["-netdev", &format!("type=tap,id=net0,ifname=tap{vmid}i0,script=no,downscript=no")])
         .args(["-device", &format!("virtio-net-pci,mac={},netdev=net0,id=net0", mac(vmid, 0))])
         .args(["-netdev", "type=user,id=net1"])

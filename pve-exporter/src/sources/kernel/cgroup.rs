@@ -502,7 +502,9 @@ pub fn read_cgroup(
     }
     // Pressure: cgroup2 only (it is there without any controller enabled).
     if let Some(m) = &h.v2 {
-        for (i, (res, file)) in [("cpu", "cpu.pressure"), ("memory", "memory.pressure"), ("io", "io.pressure")].iter().enumerate() {
+        for (i, (res, file)) in
+            [("cpu", "cpu.pressure"), ("memory", "memory.pressure"), ("io", "io.pressure")].iter().enumerate()
+        {
             if let Some(t) = read(m, file) {
                 match parse_pressure(&t) {
                     Ok(p) => st.pressure[i] = Some(p),

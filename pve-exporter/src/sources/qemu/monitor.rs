@@ -34,6 +34,7 @@ use crate::{
     host::HostRoot,
     sources::{
         kernel::sysfs,
+        qemu::balloon::{self, Balloon},
         qemu::hmp::{self, BlockStats, Drive, Nic},
         qemu::qm::QmSession,
         qemu::qmp::{self, Qmp},
@@ -44,6 +45,7 @@ pub const INFO_NETWORK: &str = "info network";
 pub const INFO_BLOCK: &str = "info block";
 const INFO_BLOCKSTATS: &str = "info blockstats";
 const INFO_STATUS: &str = "info status";
+const INFO_BALLOON: &str = "info balloon";
 
 /// Past the step limit, how long a scrape still waits for a session's own timeout to report.
 const GRACE: Duration = Duration::from_millis(250);
@@ -58,8 +60,18 @@ pub trait Session {
     fn virtual_sizes(&mut self) -> io::Result<Option<Vec<(String, u64)>>>;
     /// QEMU's run state (`running`, `paused`, `prelaunch`, `inmigrate`, ...).
     fn status(&mut self) -> io::Result<String>;
+    /// The balloon's size and the guest's memory statistics; None: the VM has no balloon device.
+    fn balloon(&mut self) -> io::Result<Option<Balloon>>;
     /// A step failed: the session is not used again.
     fn broken(&self) -> bool;
+}
+
+/// QEMU's answer when a VM has no balloon device (`balloon: 0` in PVE's config): to
+/// `query-balloon` (class `DeviceNotActive`) and `info balloon`.
+const NO_BALLOON: &str = "No balloon device has been activated";
+/// The `guest-stats` question: the balloon device's `qom-get`.
+fn guest_stats_arguments() -> serde_json::Value {
+    serde_json::json!({ "path": balloon::BALLOON_QOM_PATH, "property": "guest-stats" })
 }
 
 impl Session for Qmp {
@@ -76,6 +88,21 @@ impl Session for Qmp {
         let r = self.execute("query-status", None)?;
         qmp::run_state(&r.to_string())
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "query-status: no status"))
+    }
+    fn balloon(&mut self) -> io::Result<Option<Balloon>> {
+        let b = match self.execute("query-balloon", None) {
+            Ok(r) => balloon::parse_query_balloon(&r.to_string()).map_err(io::Error::other)?,
+            Err(e) if e.to_string().contains(NO_BALLOON) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        // The device's own report; a VM whose balloon is not PVE's `balloon0` (another id) has
+        // only what query-balloon says.
+        let stats = match self.execute("qom-get", Some(guest_stats_arguments())) {
+            Ok(r) => balloon::parse_guest_stats(&r.to_string()).map_err(io::Error::other)?,
+            Err(e) if e.kind() == io::ErrorKind::Other => None,
+            Err(e) => return Err(e),
+        };
+        Ok(Some(balloon::merge(b, stats)))
     }
     fn broken(&self) -> bool {
         Qmp::broken(self)
@@ -97,6 +124,24 @@ impl Session for QmSession {
         hmp::parse_info_status(&t).ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidData, format!("info status: unexpected {:?}", t.trim()))
         })
+    }
+    fn balloon(&mut self) -> io::Result<Option<Balloon>> {
+        let t = self.command(INFO_BALLOON)?;
+        let Some(b) = balloon::parse_info_balloon(&t) else {
+            if t.contains(NO_BALLOON) {
+                return Ok(None);
+            }
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("info balloon: unexpected {:?}", t.trim())));
+        };
+        // HMP's qom-get prints the property as JSON; anything else (an error text) leaves
+        // what info balloon said.
+        let t = self.command(&format!("qom-get {} guest-stats", balloon::BALLOON_QOM_PATH))?;
+        let stats = if t.trim_start().starts_with('{') {
+            balloon::parse_guest_stats(&t).map_err(io::Error::other)?
+        } else {
+            None
+        };
+        Ok(Some(balloon::merge(b, stats)))
     }
     fn broken(&self) -> bool {
         QmSession::broken(self)
@@ -196,6 +241,9 @@ pub struct VmDevices {
     pub sizes: Option<Vec<(String, u64)>>,
     /// QEMU's run state (`query-status`, `info status`).
     pub status: Option<String>,
+    /// The balloon and the guest's memory statistics (`query-balloon` and the device's
+    /// `guest-stats`); `Some(None)`: the VM has no balloon device.
+    pub balloon: Option<Option<Balloon>>,
     pub errors: Vec<MonitorError>,
     /// The monitor did not answer in time (as a stopped QEMU, or one whose main loop hangs on
     /// storage): the VM goes under back-off.
@@ -581,15 +629,25 @@ impl Monitor {
         // Each VM's replies become rows as soon as they are in (its text is freed then).
         type Rows<T> = Option<Result<Vec<(String, T)>, qmp::QemuError>>;
         type Status = Option<Result<Option<String>, qmp::QemuError>>;
-        type Parsed = io::Result<(Rows<BlockStats>, Rows<u64>, Status)>;
+        type Reply = Option<Result<Box<serde_json::value::RawValue>, qmp::QemuError>>;
+        type Parsed = io::Result<(Rows<BlockStats>, Rows<u64>, Status, Reply, Reply)>;
         let mut parsed: Vec<Option<Parsed>> = warm.iter().map(|_| None).collect();
-        let cmds = ["query-blockstats", "query-block", "query-status"];
+        let stats_args = guest_stats_arguments();
+        let cmds = [
+            qmp::Command::from("query-blockstats"),
+            qmp::Command::from("query-block"),
+            qmp::Command::from("query-status"),
+            qmp::Command::from("query-balloon"),
+            qmp::Command { execute: "qom-get", arguments: Some(&stats_args) },
+        ];
         qmp::exchange_many_each(&paths, &cmds, slots.len(), step.min(deadline), |k, r| {
             parsed[k] = Some(r.map(|mut replies| {
+                let guest_stats = replies.pop();
+                let balloon = replies.pop();
                 let status = replies.pop().map(|r| r.map(|v| qmp::run_state(v.get())));
                 let sizes = replies.pop().map(|r| r.map(|v| qmp::virtual_sizes(v.get())));
                 let stats = replies.pop().map(|r| r.map(|v| qmp::blockstats_rows(v.get())));
-                (stats, sizes, status)
+                (stats, sizes, status, balloon, guest_stats)
             }));
         });
         drop(slots);
@@ -605,7 +663,7 @@ impl Monitor {
                         why: format!("QMP {}: {e}", path.display()),
                     });
                 }
-                Ok((stats, sizes, status)) => {
+                Ok((stats, sizes, status, balloon, guest_stats)) => {
                     match status {
                         Some(Ok(Some(st))) => out.status = Some(st),
                         Some(Ok(None)) => out
@@ -615,6 +673,10 @@ impl Monitor {
                             out.errors.push(MonitorError::Command { what: "query-status", why: e.to_string() })
                         }
                         None => out.errors.push(MonitorError::Command { what: "query-status", why: "no reply".into() }),
+                    }
+                    match balloon_of(balloon, guest_stats) {
+                        Ok(b) => out.balloon = Some(b),
+                        Err(e) => out.errors.push(e),
                     }
                     match stats {
                         Some(Ok(rows)) => match hmp::assign_blockstats(rows, &drives) {
@@ -655,6 +717,27 @@ impl Monitor {
         // A flag still set belongs to an exchange in flight: keep it, so no second one starts.
         busy.retain(|id, f| ids.contains(id.as_str()) || f.load(Ordering::Acquire));
     }
+}
+
+/// The balloon from the pipelined `query-balloon` and `qom-get` replies. `Ok(None)`: the VM
+/// has no balloon device. The device's `guest-stats` missing (a balloon of another id than
+/// PVE's `balloon0`) leaves what `query-balloon` says.
+fn balloon_of(
+    balloon: Option<Result<Box<serde_json::value::RawValue>, qmp::QemuError>>,
+    guest_stats: Option<Result<Box<serde_json::value::RawValue>, qmp::QemuError>>,
+) -> Result<Option<Balloon>, MonitorError> {
+    let failed = |why: String| MonitorError::Command { what: "query-balloon", why };
+    let b = match balloon {
+        Some(Ok(r)) => balloon::parse_query_balloon(r.get()).map_err(|e| failed(e.to_string()))?,
+        Some(Err(e)) if e.class == "DeviceNotActive" || e.desc.contains(NO_BALLOON) => return Ok(None),
+        Some(Err(e)) => return Err(failed(e.to_string())),
+        None => return Err(failed("no reply".into())),
+    };
+    let stats = match guest_stats {
+        Some(Ok(r)) => balloon::parse_guest_stats(r.get()).map_err(|e| failed(format!("guest-stats: {e}")))?,
+        _ => None,
+    };
+    Ok(Some(balloon::merge(b, stats)))
 }
 
 /// `info block` text from the cache, if it is still good: no disk's `/dev` path stopped
@@ -799,6 +882,10 @@ fn fetch_vm(inner: &Inner, host: &HostRoot, vm: &Target, access: &Access) -> VmD
         Ok(st) => out.status = Some(st),
         Err(e) => note(&mut out.errors, "query-status", e),
     }
+    match s.with(|s| s.balloon()) {
+        Ok(b) => out.balloon = Some(b),
+        Err(e) => note(&mut out.errors, "query-balloon", e),
+    }
     out.stalled = s.timed_out;
     out
 }
@@ -840,6 +927,9 @@ mod tests {
         }
         fn status(&mut self) -> io::Result<String> {
             Ok("running".into())
+        }
+        fn balloon(&mut self) -> io::Result<Option<Balloon>> {
+            Ok(None)
         }
         fn broken(&self) -> bool {
             false
@@ -886,6 +976,25 @@ mod tests {
         let mut l = std::mem::take(&mut *fake.log.lock().unwrap());
         l.sort();
         l
+    }
+
+    #[test]
+    fn balloon_replies_of_the_pipelined_exchange() {
+        let raw = |t: &str| Ok(serde_json::value::RawValue::from_string(t.to_string()).unwrap());
+        let err = |class: &str, desc: &str| Err(qmp::QemuError { class: class.into(), desc: desc.into() });
+        // No balloon device (`balloon: 0`): no balloon, no error.
+        let none = balloon_of(Some(err("DeviceNotActive", NO_BALLOON)), Some(err("DeviceNotFound", "x")));
+        assert!(matches!(none, Ok(None)));
+        // A balloon whose device is not `balloon0`: its size, without the guest's report.
+        let b = balloon_of(Some(raw(r#"{"actual": 67108864}"#)), Some(err("DeviceNotFound", "x"))).unwrap().unwrap();
+        assert_eq!((b.actual, b.stats), (Some(64 << 20), None));
+        let with = r#"{"stats": {"stat-total-memory": 100, "stat-free-memory": 40}, "last-update": 7}"#;
+        let b = balloon_of(Some(raw(r#"{"actual": 1}"#)), Some(raw(with))).unwrap().unwrap();
+        assert_eq!(b.stats.and_then(|s| s.used_bytes()), Some(60));
+        // Anything else is the VM's monitor error.
+        assert!(balloon_of(Some(err("GenericError", "boom")), None).is_err());
+        assert!(balloon_of(None, None).is_err());
+        assert!(balloon_of(Some(raw("[]")), None).is_err());
     }
 
     #[test]

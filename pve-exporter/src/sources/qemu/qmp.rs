@@ -305,14 +305,31 @@ fn drive_name(device: Option<&str>, node: Option<&str>) -> Option<String> {
     device.filter(|s| !s.is_empty()).or(node.filter(|s| !s.is_empty())).map(str::to_string)
 }
 
+/// A command of a pipelined exchange ([`exchange_many_each`]): its name and arguments.
+#[derive(Debug, Clone, Copy)]
+pub struct Command<'a> {
+    pub execute: &'a str,
+    pub arguments: Option<&'a Value>,
+}
+
+impl<'a> From<&'a str> for Command<'a> {
+    fn from(execute: &'a str) -> Self {
+        Self { execute, arguments: None }
+    }
+}
+
 /// The replies of one VM in [`exchange_many`]: one per command, in order, each the JSON text of
 /// its `return`; an error reply is `Err(QEMU's description)` and leaves the others usable.
 pub type Replies = Vec<Result<Box<RawValue>, QemuError>>;
 
 /// An error reply of QEMU to one command: its description.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("QEMU error: {0}")]
-pub struct QemuError(pub String);
+#[error("QEMU error: {desc}")]
+pub struct QemuError {
+    /// QMP's error class (`GenericError`, `DeviceNotActive`, `DeviceNotFound`, ...).
+    pub class: String,
+    pub desc: String,
+}
 
 /// A QMP message as far as [`exchange_many`] needs it; the `return` stays unparsed text.
 #[derive(Deserialize)]
@@ -327,6 +344,7 @@ struct Envelope<'a> {
 
 #[derive(Deserialize)]
 struct ErrorReply {
+    class: Option<String>,
     desc: Option<String>,
 }
 
@@ -377,7 +395,10 @@ impl Pipelined<'_> {
             let Some(slot) = usize::try_from(id).ok().and_then(|i| self.replies.get_mut(i)) else { continue };
             *slot = Some(match (m.ret, m.error) {
                 (Some(r), _) => Ok(r.to_owned()),
-                (None, e) => Err(QemuError(e.and_then(|e| e.desc).unwrap_or_else(|| "unknown error".into()))),
+                (None, e) => Err(QemuError {
+                    class: e.as_ref().and_then(|e| e.class.clone()).unwrap_or_default(),
+                    desc: e.and_then(|e| e.desc).unwrap_or_else(|| "unknown error".into()),
+                }),
             });
         }
         self.buf.drain(..start);
@@ -435,7 +456,8 @@ impl Pipelined<'_> {
 /// VM, where a session per VM on its own thread costs a thread start and four round trips.
 pub fn exchange_many(paths: &[&Path], commands: &[&str], window: usize, deadline: Instant) -> Vec<io::Result<Replies>> {
     let mut out: Vec<Option<io::Result<Replies>>> = paths.iter().map(|_| None).collect();
-    exchange_many_each(paths, commands, window, deadline, |i, r| out[i] = Some(r));
+    let commands: Vec<Command<'_>> = commands.iter().map(|c| Command::from(*c)).collect();
+    exchange_many_each(paths, &commands, window, deadline, |i, r| out[i] = Some(r));
     out.into_iter().map(|r| r.unwrap_or_else(|| Err(io::Error::other("no result")))).collect()
 }
 
@@ -445,14 +467,18 @@ pub fn exchange_many(paths: &[&Path], commands: &[&str], window: usize, deadline
 /// holding every VM's text until the last one is in (2 MiB for 100 VMs).
 pub fn exchange_many_each(
     paths: &[&Path],
-    commands: &[&str],
+    commands: &[Command<'_>],
     window: usize,
     deadline: Instant,
     mut done: impl FnMut(usize, io::Result<Replies>),
 ) {
     let mut request = Vec::new();
-    for (i, c) in std::iter::once("qmp_capabilities").chain(commands.iter().copied()).enumerate() {
-        request.extend_from_slice(json!({ "execute": c, "id": i }).to_string().as_bytes());
+    for (i, c) in std::iter::once(Command::from("qmp_capabilities")).chain(commands.iter().copied()).enumerate() {
+        let mut m = json!({ "execute": c.execute, "id": i });
+        if let Some(a) = c.arguments {
+            m["arguments"] = a.clone();
+        }
+        request.extend_from_slice(m.to_string().as_bytes());
         request.push(b'\n');
     }
     let mut vms: Vec<Pipelined<'_>> = paths
@@ -721,7 +747,7 @@ mod tests {
         for reply in &r[..5] {
             let replies = reply.as_ref().unwrap();
             assert_eq!(blockstats_rows(replies[0].as_ref().unwrap().get())[0].1.rd_bytes, 7);
-            assert_eq!(replies[1].as_ref().unwrap_err().0, "nope");
+            assert_eq!(replies[1].as_ref().unwrap_err().desc, "nope");
         }
         assert_eq!(r[5].as_ref().unwrap_err().kind(), io::ErrorKind::TimedOut);
         assert_eq!(r[6].as_ref().unwrap_err().kind(), io::ErrorKind::NotFound);
