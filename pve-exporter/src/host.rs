@@ -93,6 +93,11 @@ pub fn call_with_timeout<T: Send + 'static>(
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("{what}: no answer within {timeout:?}")))
 }
 
+/// The message of a caught panic (`panic!("...")` gives a `&str` or a `String`).
+pub fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default()
+}
+
 /// One thread per source, and no piling up behind a hung call: calls run one after another on
 /// the gate's worker (collectors running side by side queue up), but while a call has run past
 /// its limit (hung), new calls fail at once. A call that took longer than its limit puts the gate
@@ -182,7 +187,8 @@ impl Drop for Idle {
 /// A call started on a gate: wait for its answer with [`Pending::wait`]. A caller that gives up
 /// marks the gate, so that later calls fail at once instead of queueing behind the slow one.
 pub struct Pending<T> {
-    rx: mpsc::Receiver<T>,
+    /// The answer, or the message of the panic that ended the call.
+    rx: mpsc::Receiver<Result<T, String>>,
     gate: Arc<GateInner>,
     what: String,
     limit: Duration,
@@ -192,13 +198,21 @@ impl<T> Pending<T> {
     /// The answer, if it comes by `until`.
     pub fn wait(self, until: Instant) -> io::Result<T> {
         let left = until.saturating_duration_since(Instant::now());
-        self.rx.recv_timeout(left).map_err(|_| {
-            let mut st = self.gate.state.lock().unwrap_or_else(|p| p.into_inner());
-            if st.inflight > 0 {
-                st.abandoned = true;
+        match self.rx.recv_timeout(left) {
+            Ok(Ok(t)) => Ok(t),
+            // A bug, not a hang: say so, or it reads as the source not answering.
+            Ok(Err(panic)) => Err(io::Error::other(format!("{}: the read panicked (a bug): {panic}", self.what))),
+            Err(_) => {
+                let mut st = self.gate.state.lock().unwrap_or_else(|p| p.into_inner());
+                if st.inflight > 0 {
+                    st.abandoned = true;
+                }
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{}: no answer within {:?}", self.what, self.limit),
+                ))
             }
-            io::Error::new(io::ErrorKind::TimedOut, format!("{}: no answer within {:?}", self.what, self.limit))
-        })
+        }
     }
 }
 
@@ -251,7 +265,7 @@ impl BlockingGate {
         let job: Job = Box::new(move || {
             let t = Instant::now();
             idle.0.state.lock().unwrap_or_else(|p| p.into_inner()).running = Some((t, limit));
-            let r = f();
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| panic_message(&p));
             let took = t.elapsed();
             {
                 let mut st = idle.0.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -323,7 +337,9 @@ mod tests {
         assert_eq!(a, b, "one worker for successive calls");
         assert_ne!(a, thread::current().id());
         let r = gate.call("boom", Duration::from_secs(5), || -> u32 { panic!("bad input") });
-        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::TimedOut, "the reply never comes");
+        let e = r.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::Other, "a panic is not a hang: {e}");
+        assert!(e.to_string().contains("panicked (a bug): bad input"), "{e}");
         // (The panic message above in the test output is expected.)
         // The panic cleared the busy flag and the worker goes on.
         let c = gate.call("w", Duration::from_secs(5), name).unwrap();

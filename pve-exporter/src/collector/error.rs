@@ -113,6 +113,4 @@ pub fn run_timed(f: impl FnOnce() -> Result<(), Error>) -> (Duration, Result<(),
     (t.elapsed(), r)
 }
 
-pub fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default()
-}
+pub use crate::host::panic_message;

@@ -253,7 +253,10 @@ fn parse_header(line: &str) -> Option<(String, &str)> {
         }
         // `dir:local`: the last colon that has something on both sides.
         None => {
-            let i = line[..line.len().saturating_sub(1)].rfind(':')?;
+            // Without the last character (which may be more than one byte: a header of any
+            // text must not slice off a character boundary).
+            let last = line.chars().next_back().map_or(0, char::len_utf8);
+            let i = line[..line.len() - last].rfind(':')?;
             (&line[..i], &line[i + 1..])
         }
     };
@@ -281,11 +284,18 @@ pub fn parse_storage_cfg(text: &str) -> StorageCfg {
     let mut cfg = StorageCfg::default();
     // The section being read: None between sections; Some(None) for a skipped section.
     let mut current: Option<Option<Storage>> = None;
-    let finish = |cfg: &mut StorageCfg, s: Option<Storage>| {
+    // Sections in order, a replaced one left empty; where each id is (linear in sections:
+    // a file of many thousand sections must not take quadratic time).
+    let mut sections: Vec<Option<Storage>> = Vec::new();
+    let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut finish = |s: Option<Storage>| {
         if let Some(s) = s {
-            // A repeated id replaces the earlier section (PVE keeps the last one).
-            cfg.storages.retain(|o| o.name != s.name);
-            cfg.storages.push(s);
+            // A repeated id replaces the earlier section (PVE keeps the last one, in its place
+            // of the last).
+            if let Some(i) = at.insert(s.name.clone(), sections.len()) {
+                sections[i] = None;
+            }
+            sections.push(Some(s));
         }
     };
     for (i, line) in text.split('\n').enumerate() {
@@ -296,7 +306,7 @@ pub fn parse_storage_cfg(text: &str) -> StorageCfg {
         }
         if line.is_empty() {
             if let Some(s) = current.take() {
-                finish(&mut cfg, s);
+                finish(s);
             }
             continue;
         }
@@ -327,8 +337,9 @@ pub fn parse_storage_cfg(text: &str) -> StorageCfg {
         }
     }
     if let Some(s) = current.take() {
-        finish(&mut cfg, s);
+        finish(s);
     }
+    cfg.storages = sections.into_iter().flatten().collect();
     force_local(&mut cfg);
     cfg
 }
@@ -418,6 +429,30 @@ nfs: nas-backup\n\texport /mnt/backup\n\tpath /mnt/pve/nas-backup\n\tserver 10.0
             nfs.sizing(),
             Sizing::Statvfs { path: "/mnt/pve/nas-backup".into(), mount: Some("/mnt/pve/nas-backup".into()) }
         );
+    }
+
+    #[test]
+    fn a_header_ending_in_a_multibyte_character_is_no_header_and_no_panic() {
+        // Found by hostile input: the `type:id` form sliced off the last byte of `é`.
+        for text in ["dir:é\n", "dir:localé\n\tpath /x\n", "é\n", "diré\n", "dir:\u{1F600}\n"] {
+            let c = parse_storage_cfg(text);
+            assert!(c.storages.iter().all(|s| s.name == "local" || valid_storage_id(&s.name)), "{text:?}");
+        }
+        let c = parse_storage_cfg("dir:local\u{e9}x\n");
+        assert_eq!(names(&c), ["local"], "an invalid id is skipped");
+    }
+
+    #[test]
+    fn repeated_ids_keep_the_last_section_in_linear_time() {
+        let c = parse_storage_cfg("dir: a1\n\tpath /1\n\ndir: b1\n\tpath /2\n\ndir: a1\n\tpath /3\n");
+        assert_eq!(names(&c), ["local", "b1", "a1"]);
+        assert_eq!(c.get("a1").and_then(|s| s.get("path")), Some("/3"));
+        // 40 000 sections, half of them repeats (quadratic de-duplication took seconds here;
+        // the time is the bench's to watch, not this test's).
+        let text: String = (0..40_000).map(|i| format!("dir: s{}\n\tpath /x\n\n", i % 20_000)).collect();
+        let c = parse_storage_cfg(&text);
+        assert_eq!(c.storages.len(), 20_001);
+        assert_eq!(c.storages.last().map(|s| s.name.as_str()), Some("s19999"));
     }
 
     #[test]
