@@ -50,7 +50,8 @@ impl TraceFormat {
 /// The symbol tables of `__print_symbolic(REC-><field>..., { N, "NAME" }, ...)` in a print
 /// fmt line, in order of appearance (kvm_exit has one for VMX and one for SVM). Adjacent string
 /// literals are joined as C does (`"KVM_EXIT_" "IO"` is `KVM_EXIT_IO`); an entry whose number
-/// is not a literal is skipped.
+/// is not a literal is skipped. Negative numbers are taken as the 32-bit fields these tables
+/// decode hold them (`-1` is 0xffffffff).
 pub fn print_symbolic_tables(print_fmt: &str, field: &str) -> Vec<Vec<(u64, String)>> {
     let needle = format!("__print_symbolic(REC->{field}");
     let mut tables = Vec::new();
@@ -105,6 +106,9 @@ pub fn print_symbolic_tables(print_fmt: &str, field: &str) -> Vec<Vec<(u64, Stri
                         let num = num.trim();
                         let v = match num.strip_prefix("0x").or_else(|| num.strip_prefix("0X")) {
                             Some(h) => u64::from_str_radix(h, 16).ok(),
+                            // A negative code (SVM's `{ -1, "invalid_guest_state" }`) is what
+                            // the 32-bit field holds: its two's complement.
+                            None if num.starts_with('-') => num.parse::<i32>().ok().map(|n| u64::from(n as u32)),
                             None => num.parse().ok(),
                         };
                         if let Some(v) = v
@@ -284,6 +288,14 @@ mod tests {
         assert!(t[0].contains(&(12, "HLT".to_string())), "{:?}", &t[0][..5]);
         assert!(t[0].contains(&(30, "IO_INSTRUCTION".to_string())));
         assert!(t[1].iter().any(|(_, n)| n == "hlt" || n == "HLT"), "{:?}", &t[1][..5]);
+        // SVM_EXIT_ERR is -1: the u32 field holds 0xffffffff, which must decode by name.
+        assert!(t[1].contains(&(0xffff_ffff, "invalid_guest_state".to_string())), "{:?}", &t[1]);
+        let r = crate::sources::kernel::ebpf::ExitReasons::from_print_fmt(&f.print_fmt, pve_exporter_common::ISA_SVM);
+        assert_eq!(r.label(pve_exporter_common::ISA_SVM, u32::MAX), "invalid_guest_state");
+        // Beyond 32 bits is no code of these fields.
+        assert!(
+            print_symbolic_tables(r#"__print_symbolic(REC->reason, { -4294967297, "X" })"#, "reason")[0].is_empty()
+        );
     }
 
     #[test]
