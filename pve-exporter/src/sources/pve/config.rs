@@ -42,12 +42,26 @@ pub fn parse_user_cfg_pools(text: &str) -> HashMap<String, PoolInfo> {
             name: name.to_string(),
             levels: name.split('/').filter(|l| !l.is_empty()).map(str::to_string).collect(),
         };
-        for vmid in vmlist.split(',').map(str::trim).filter(|v| !v.is_empty()) {
+        for vmid in split_list(vmlist) {
+            // As PVE's parse_user_config: only digits, as a number (`0100` is VM 100).
+            if vmid.is_empty() || !vmid.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let Ok(vmid) = vmid.parse::<u64>() else { continue };
             // A VM belongs to one pool; should a file list it twice, the first wins.
             out.entry(vmid.to_string()).or_insert_with(|| info.clone());
         }
     }
     out
+}
+
+/// PVE::Tools::split_list: NUL-separated if there is a NUL, else separated by `,`, `;` and
+/// whitespace.
+pub fn split_list(text: &str) -> Vec<&str> {
+    if text.contains('\0') {
+        return text.split('\0').collect();
+    }
+    text.split(|c: char| c == ',' || c == ';' || c.is_whitespace()).filter(|w| !w.is_empty()).collect()
 }
 
 /// vmids with a config in a `qemu-server/` directory listing (`<vmid>.conf`).
@@ -178,15 +192,21 @@ mod tests {
         assert!(parse_user_cfg_pools("pool:empty:No VMs:\n").is_empty());
         let deep = parse_user_cfg_pools("pool:a/b/c::100:local:\n");
         assert_eq!(deep["100"].levels, vec!["a", "b", "c"]);
-        // The odd fixture of the Go tests: "deep" sits in the vmlist position and is taken as a
-        // (never matching) VM id, not as a crash.
+        // The odd fixture of the Go tests: "deep" sits in the vmlist position; PVE skips it as
+        // an invalid vmid (and 100 is in the storage list): no member, no crash.
         let odd = parse_user_cfg_pools("pool:a/b/c::deep:100");
-        assert!(odd.contains_key("deep") && !odd.contains_key("100"));
+        assert!(odd.is_empty(), "{odd:?}");
         assert!(parse_user_cfg_pools("pool:\npool::x:1\n\u{0}garbage:::\n").is_empty());
     }
 
     #[test]
     fn first_pool_wins() {
+        // PVE's split_list: `,`, `;` and whitespace; vmids as numbers; junk skipped.
+        let p = parse_user_cfg_pools("pool:sep::100;101 102\t103, 0104,x1,,;\n");
+        let mut ids: Vec<&str> = p.keys().map(String::as_str).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, ["100", "101", "102", "103", "104"]);
+        assert_eq!(split_list("1\u{0}2,3"), ["1", "2,3"], "NUL-separated wins");
         let p = parse_user_cfg_pools("pool:a::100\npool:b::100,101\n");
         assert_eq!(p["100"].name, "a");
         assert_eq!(p["101"].name, "b");
