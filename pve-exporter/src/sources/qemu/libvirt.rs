@@ -127,11 +127,70 @@ fn parse_nova(metadata: roxmltree::Node) -> Option<NovaInstance> {
     })
 }
 
+/// Deepest element nesting a domain XML may have.
+const MAX_XML_DEPTH: usize = 64;
+
+/// Whether elements nest deeper than `max`, in one pass over the bytes (start tags with their
+/// quoted attribute values, end tags, empty-element tags; comments, CDATA, processing
+/// instructions and declarations skipped).
+fn nesting_exceeds(xml: &str, max: usize) -> bool {
+    let b = xml.as_bytes();
+    let find = |from: usize, what: &[u8]| {
+        b.get(from..).and_then(|r| r.windows(what.len()).position(|w| w == what)).map(|p| from + p + what.len())
+    };
+    let (mut i, mut depth) = (0, 0usize);
+    while let Some(p) = b.get(i..).and_then(|r| r.iter().position(|&c| c == b'<')) {
+        i += p;
+        let rest = &b[i..];
+        let end = if rest.starts_with(b"<!--") {
+            find(i + 4, b"-->")
+        } else if rest.starts_with(b"<![CDATA[") {
+            find(i + 9, b"]]>")
+        } else if rest.starts_with(b"<?") || rest.starts_with(b"<!") {
+            find(i + 2, b">")
+        } else if rest.starts_with(b"</") {
+            depth = depth.saturating_sub(1);
+            find(i + 2, b">")
+        } else {
+            // A start tag: to its `>`, outside quoted attribute values.
+            let mut quote = None;
+            let mut j = i + 1;
+            while let Some(&c) = b.get(j) {
+                match quote {
+                    Some(q) if c == q => quote = None,
+                    Some(_) => {}
+                    None if c == b'"' || c == b'\'' => quote = Some(c),
+                    None if c == b'>' => break,
+                    None => {}
+                }
+                j += 1;
+            }
+            if b.get(j.wrapping_sub(1)) != Some(&b'/') {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            Some(j + 1)
+        };
+        match end {
+            Some(e) => i = e,
+            None => break,
+        }
+    }
+    false
+}
+
 /// Parse a domain XML: the status XML of `/run/libvirt/qemu/<name>.xml` (`<domstatus>` with the
 /// `<domain>` inside) or a bare `<domain>` (`virsh dumpxml`). Err when it is not XML, has no
 /// domain, or the domain has no name; optional parts that are missing or malformed are left
 /// empty (0 for numbers).
 pub fn parse_domain_xml(xml: &str) -> Result<LibvirtDomain, ParseError> {
+    // Bounded before the parser sees it: thousands of nested elements overflowed the stack
+    // (an abort, not a panic one collector could contain). libvirt's own nest ~10 deep.
+    if nesting_exceeds(xml, MAX_XML_DEPTH) {
+        return Err(ParseError::new("domain XML", format!("elements nested deeper than {MAX_XML_DEPTH}")));
+    }
     let doc = roxmltree::Document::parse(xml)
         .map_err(|e| ParseError::new("domain XML", format!("not XML: {e}")).at(e.pos().row as usize))?;
     let root = doc.root_element();
@@ -366,6 +425,18 @@ mod tests {
     </devices>
   </domain>
 </domstatus>"#;
+
+    #[test]
+    fn deep_nesting_is_refused_before_parsing() {
+        let deep = format!("{}{}", "<domain>".repeat(5000), "</domain>".repeat(5000));
+        let e = parse_domain_xml(&deep).unwrap_err();
+        assert!(e.to_string().contains("nested deeper"), "{e}");
+        assert!(!nesting_exceeds("<a><b x='>' y=\"<c>\"/><!-- <d><d><d> --><![CDATA[<e><e>]]></a>", 2));
+        assert!(nesting_exceeds("<a><b><c></c></b></a>", 2));
+        assert!(!nesting_exceeds("<a></a><a></a><a></a>", 1), "siblings are not nesting");
+        assert!(nesting_exceeds("<a", 0), "an unterminated start tag counts");
+        assert!(!nesting_exceeds("<!-- <a><a>", 1) && !nesting_exceeds("</a></a><", 1), "unterminated: no panic");
+    }
 
     #[test]
     fn nova_status_xml() {
