@@ -155,7 +155,7 @@ impl VmExtra {
                 .map(|n| Nic {
                     netdev: n.netdev.clone(),
                     ifname: n.ifname.clone(),
-                    queues: 1,
+                    queues: n.queues,
                     kind: n.kind.clone(),
                     model: n.model.clone(),
                     macaddr: n.mac.clone(),

@@ -63,6 +63,8 @@ pub struct CmdlineNic {
     /// The `-device` driver (`virtio-net-pci`) or `model=` of `-nic`.
     pub model: String,
     pub mac: String,
+    /// `queues=` of the backend (a multiqueue tap); 1 without.
+    pub queues: u32,
 }
 
 /// A `-drive` with a file.
@@ -75,6 +77,11 @@ pub struct CmdlineDrive {
     pub read_only: bool,
 }
 
+/// `queues=N` of a tap backend (QEMU takes 1..=1024); 1 when absent or not a count.
+fn queues(v: &str) -> u32 {
+    kv(v, "queues").and_then(|q| q.parse::<u32>().ok()).filter(|q| *q >= 1).unwrap_or(1)
+}
+
 fn parse_nics(args: &[String]) -> Vec<CmdlineNic> {
     let mut nics: Vec<CmdlineNic> = Vec::new();
     for w in args.windows(2) {
@@ -85,6 +92,7 @@ fn parse_nics(args: &[String]) -> Vec<CmdlineNic> {
                 netdev: kv(v, "id").unwrap_or("").to_string(),
                 kind: kind(),
                 ifname: kv(v, "ifname").unwrap_or("").to_string(),
+                queues: queues(v),
                 ..CmdlineNic::default()
             }),
             "-nic" => nics.push(CmdlineNic {
@@ -93,6 +101,7 @@ fn parse_nics(args: &[String]) -> Vec<CmdlineNic> {
                 ifname: kv(v, "ifname").unwrap_or("").to_string(),
                 model: kv(v, "model").unwrap_or("").to_string(),
                 mac: kv(v, "mac").unwrap_or("").to_string(),
+                queues: queues(v),
             }),
             _ => {}
         }
@@ -161,9 +170,10 @@ fn parse_smp(v: &str) -> u64 {
     if let Some(n) = kv(v, "cpus").and_then(|c| c.parse().ok()) {
         return n;
     }
-    // Topology only: QEMU multiplies it out.
+    // Topology only: QEMU multiplies it out. Saturating: a hostile command line's product
+    // must not wrap around to a small count (QEMU itself rejects such a topology).
     let get = |k| kv(v, k).and_then(|c| c.parse::<u64>().ok()).unwrap_or(1);
-    get("sockets") * get("dies") * get("cores") * get("threads")
+    ["sockets", "dies", "cores", "threads"].into_iter().fold(1u64, |n, k| n.saturating_mul(get(k)))
 }
 
 fn parse_maxmem(args: &[String]) -> u64 {
@@ -179,7 +189,7 @@ fn parse_maxmem(args: &[String]) -> u64 {
     let backends: u64 = option_values(args, "-object")
         .filter(|o| first_field(o).starts_with("memory-backend-"))
         .filter_map(|o| kv(o, "size").and_then(|s| parse_qemu_size(s, 1)))
-        .sum();
+        .fold(0u64, u64::saturating_add);
     if backends > 0 {
         return backends;
     }
@@ -583,13 +593,21 @@ mod tests {
         assert_eq!((c.id, c.vcores, c.maxmem_bytes), (None, 1, 512 << 20));
         // Option at the very end without a value.
         assert_eq!(parse_qemu_cmdline(&args("kvm -id")).id, None);
+        // A hostile topology or memory backends do not wrap around to small numbers.
+        let big = u64::MAX / 2;
+        let c = parse_qemu_cmdline(&args(&format!("kvm -smp sockets={big},cores={big},threads=3")));
+        assert_eq!(c.vcores, u64::MAX);
+        let c = parse_qemu_cmdline(&args(&format!(
+            "kvm -m size=1G,maxmem=2G -object memory-backend-ram,id=a,size={big} -object memory-backend-ram,id=b,size={big} -object memory-backend-ram,id=c,size={big}"
+        )));
+        assert_eq!(c.maxmem_bytes, u64::MAX);
     }
 
     #[test]
     fn plain_qemu_devices() {
         let c = parse_qemu_cmdline(&args(
             "qemu-system-x86_64 -name web -uuid 1b4e28ba-2fa1-11d2-883f-0016d3cca427 \
-             -netdev tap,id=n0,ifname=qtap0,script=no,downscript=no -device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56 \
+             -netdev tap,id=n0,ifname=qtap0,script=no,downscript=no,queues=4 -device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56,mq=on \
              -netdev user,id=n1 -nic tap,ifname=qtap1,model=e1000,mac=52:54:00:00:00:02 \
              -drive file=/img/web.qcow2,format=qcow2,if=virtio,id=disk0 -drive if=none,id=empty \
              -drive file=/img/seed.iso,media=cdrom",
@@ -604,6 +622,7 @@ mod tests {
                 ("nic2", "tap", "qtap1", "e1000", "52:54:00:00:00:02"),
             ]
         );
+        assert_eq!(c.nics.iter().map(|n| n.queues).collect::<Vec<_>>(), [4, 1, 1], "queues=4 of the tap");
         let drives: Vec<_> = c.drives.iter().map(|d| (&*d.name, &*d.file, &*d.format, d.read_only)).collect();
         assert_eq!(drives, [("disk0", "/img/web.qcow2", "qcow2", false), ("drive2", "/img/seed.iso", "", true)]);
     }

@@ -217,7 +217,9 @@ pub fn parse_lrm_status(text: &str) -> Result<LrmStatus, ParseError> {
 /// `<key> <value>`, `#` comments. Lines that fit nowhere are ignored; a repeated sid keeps the
 /// last section (as PVE's section config does).
 pub fn parse_resources_cfg(text: &str) -> Vec<HaResource> {
-    let mut out: Vec<HaResource> = Vec::new();
+    // Sections in order, a replaced one left empty, and where each sid is: linear in sections.
+    let mut out: Vec<Option<HaResource>> = Vec::new();
+    let mut at: HashMap<String, usize> = HashMap::new();
     let mut current: Option<usize> = None;
     for line in text.lines() {
         if line.trim().is_empty() {
@@ -236,18 +238,20 @@ pub fn parse_resources_cfg(text: &str) -> Vec<HaResource> {
                 continue;
             }
             let sid = format!("{kind}:{name}");
-            out.retain(|r| r.sid != sid);
-            out.push(HaResource {
+            if let Some(i) = at.insert(sid.clone(), out.len()) {
+                out[i] = None;
+            }
+            out.push(Some(HaResource {
                 sid,
                 kind: kind.to_string(),
                 max_restart: DEFAULT_MAX_RESTART,
                 max_relocate: DEFAULT_MAX_RELOCATE,
                 failback: DEFAULT_FAILBACK,
-            });
+            }));
             current = Some(out.len() - 1);
             continue;
         }
-        let Some(r) = current.and_then(|i| out.get_mut(i)) else { continue };
+        let Some(r) = current.and_then(|i| out.get_mut(i)).and_then(Option::as_mut) else { continue };
         let mut kv = line.trim().splitn(2, char::is_whitespace);
         let (key, value) = (kv.next().unwrap_or(""), kv.next().unwrap_or("").trim());
         let v = Value::String(value.to_string());
@@ -258,7 +262,7 @@ pub fn parse_resources_cfg(text: &str) -> Vec<HaResource> {
             _ => {}
         }
     }
-    out
+    out.into_iter().flatten().collect()
 }
 
 /// One node's lrm_status, parsed again only when it changes.
@@ -350,6 +354,16 @@ mod tests {
     use super::*;
 
     const MANAGER: &str = r#"{"master_node":"node03","node_status":{"node01":"online","node02":"online","node03":"online","node04":"maintenance","node05":"online"},"service_status":{"vm:106":{"node":"node04","running":1,"state":"started","uid":"abc"},"ct:107":{"node":"node01","state":"stopped"}},"timestamp":1774016351}"#;
+
+    #[test]
+    fn many_resources_parse_in_one_pass() {
+        let text: String =
+            (0..40_000).map(|i| format!("vm: {}\n\tmax_restart {}\n\n", i % 20_000, i / 20_000)).collect();
+        let r = parse_resources_cfg(&text);
+        assert_eq!(r.len(), 20_000);
+        assert!(r.iter().all(|r| r.max_restart == 1), "the last section of a repeated sid wins");
+        assert_eq!(r[0].sid, "vm:0");
+    }
 
     #[test]
     fn manager_status_of_the_spec() {
