@@ -167,6 +167,16 @@ pub static NODE_STORAGE_INFO: Def = gauge(
 );
 pub static NODE_STORAGE_ENABLED: Def =
     gauge("node_storage_enabled", NAME_TYPE, "1 when the storage is enabled and meant for this node, else 0");
+pub static NODE_STORAGE_ACTIVE: Def = gauge(
+    "node_storage_active",
+    NAME_TYPE,
+    "For enabled storages: 1 when it answered (sized), 0 when it is not active here (path missing, not mounted, thin pool inactive); no series when sizing failed",
+);
+pub static NODE_STORAGE_INACTIVE_INFO: Def = gauge(
+    "node_storage_inactive_info",
+    &["name", "type", "reason"],
+    "Why an enabled storage is not active on this node (1; only for inactive storages)",
+);
 pub static NODE_STORAGE_SIZE_BYTES: Def =
     gauge("node_storage_size_bytes", NAME_TYPE, "Size of the storage (storages that can be sized on this node)");
 pub static NODE_STORAGE_FREE_BYTES: Def =
@@ -183,6 +193,8 @@ pub static NODE_ZPOOL_FREE_BYTES: Def = gauge(
 pub static NODE_STORAGE: &[&Def] = &[
     &NODE_STORAGE_INFO,
     &NODE_STORAGE_ENABLED,
+    &NODE_STORAGE_ACTIVE,
+    &NODE_STORAGE_INACTIVE_INFO,
     &NODE_STORAGE_SIZE_BYTES,
     &NODE_STORAGE_FREE_BYTES,
     &NODE_STORAGE_USED_BYTES,
@@ -228,8 +240,16 @@ pub static PVE_HA_SERVICE_CONFIG: Def = gauge(
 );
 pub static PVE_HA_SERVICE_STATUS: Def =
     gauge("ha_service_status", &["sid", "node", "state"], "Service runtime state (always 1)");
-pub static PVE_PHYSICAL_DISK_HEALTH: Def =
-    gauge("physical_disk_health", &["node", "devpath", "model", "serial", "type"], "1 if SMART PASSED, 0 otherwise");
+pub static PVE_PHYSICAL_DISK_HEALTH: Def = gauge(
+    "physical_disk_health",
+    &["node", "devpath", "model", "serial", "type"],
+    "1 if SMART says healthy (PASSED, or OK for SAS), 0 if it says failing; no series without a verdict",
+);
+pub static PVE_PHYSICAL_DISK_SMART_STATUS: Def = gauge(
+    "physical_disk_smart_status",
+    &["node", "devpath", "status"],
+    "SMART health text as PVE gives it (PASSED, OK, FAILED!, UNKNOWN, SMART Disabled, ...); always 1",
+);
 pub static PVE_PHYSICAL_DISK_WEAROUT: Def =
     gauge("physical_disk_wearout_remaining_ratio", PVE_DISK, "Wearout remaining 0.0-1.0");
 pub static PVE_PHYSICAL_DISK_SIZE: Def = gauge("physical_disk_size_bytes", PVE_DISK, "Disk size in bytes");
@@ -277,6 +297,7 @@ pub static PVE_HA: &[&Def] = &[
 ];
 pub static PVE_PHYSICAL_DISKS: &[&Def] = &[
     &PVE_PHYSICAL_DISK_HEALTH,
+    &PVE_PHYSICAL_DISK_SMART_STATUS,
     &PVE_PHYSICAL_DISK_WEAROUT,
     &PVE_PHYSICAL_DISK_SIZE,
     &PVE_PHYSICAL_DISK_INFO,

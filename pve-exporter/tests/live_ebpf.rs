@@ -178,9 +178,20 @@ fn derived_userspace_exit_count_is_exact_before_and_after_registration() {
     // The first bursts run before the daemon knows the VM: they count in the hash maps.
     bursts_after(0);
     // The scrape that finds the VM registers it: from then on it counts in the arrays.
-    while sample(&daemon.get("/metrics"), "pve_kvm_info", &[("id", "123")]).is_none() {
+    let first = loop {
+        let m = daemon.get("/metrics");
+        if sample(&m, "pve_kvm_info", &[("id", "123")]).is_some() {
+            break m;
+        }
         assert!(Instant::now() < deadline, "VM 123 not discovered");
         std::thread::sleep(Duration::from_millis(50));
+    };
+    // Both histograms from that first scrape, observed or not yet (on this machine's PVM
+    // backend kvm_exit never fires: the exit time stays at zero observations).
+    for h in ["pve_kvm_exit_handling_seconds", "pve_kvm_vcpu_runqueue_wait_seconds"] {
+        let count = sample(&first, &format!("{h}_count"), &[("id", "123")]);
+        let inf = sample(&first, &format!("{h}_bucket"), &[("id", "123"), ("le", "+Inf")]);
+        assert!(count.is_some() && count == inf, "{h} from the first scrape\n{first}");
     }
     let registered_at = monotonic_ns();
     let mut checked = 0;

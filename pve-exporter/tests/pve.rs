@@ -348,12 +348,34 @@ fn api_cluster_scope_serves_every_node() {
     assert_value(&t, "pve_vm_pressure_cpu_some_ratio", &[("id", "qemu/301"), ("node", "pve3")], 1.0);
     assert_value(&t, "pve_vm_pressure_io_some_ratio", &[("id", "qemu/200"), ("node", "pve2")], 0.4225);
     assert!(value(&t, "pve_vm_pressure_cpu_some_ratio", &[("id", "qemu/202")]).is_none(), "stopped");
-    // Disks: health PASSED -> 1, UNKNOWN / empty / FAILED -> 0; N/A wear-out skipped; one osd
-    // series per OSD.
+    // Disks: health PASSED (ATA, NVMe) and OK (SAS) -> 1; FAILED! and a SAS informational
+    // exception -> 0; UNKNOWN and empty -> no health series, their text in the status family;
+    // N/A wear-out skipped; one osd series per OSD.
     let disk = |node, dev| [("node", node), ("devpath", dev)];
     assert_value(&t, "pve_physical_disk_health", &disk("pve1", "/dev/nvme0n1"), 1.0);
-    assert_value(&t, "pve_physical_disk_health", &disk("pve2", "/dev/sda"), 0.0);
-    assert_value(&t, "pve_physical_disk_health", &disk("pve3", "/dev/sdb"), 0.0);
+    assert_value(&t, "pve_physical_disk_health", &disk("pve2", "/dev/sdb"), 1.0);
+    assert_value(&t, "pve_physical_disk_health", &disk("pve2", "/dev/sdc"), 0.0);
+    assert_value(&t, "pve_physical_disk_health", &disk("pve3", "/dev/sda"), 0.0);
+    assert!(value(&t, "pve_physical_disk_health", &disk("pve2", "/dev/sda")).is_none(), "UNKNOWN");
+    assert!(value(&t, "pve_physical_disk_health", &disk("pve3", "/dev/sdb")).is_none(), "empty");
+    assert_value(
+        &t,
+        "pve_physical_disk_smart_status",
+        &[("devpath", "/dev/sda"), ("node", "pve2"), ("status", "UNKNOWN")],
+        1.0,
+    );
+    assert_value(
+        &t,
+        "pve_physical_disk_smart_status",
+        &[("devpath", "/dev/sdb"), ("node", "pve2"), ("status", "OK")],
+        1.0,
+    );
+    assert_value(
+        &t,
+        "pve_physical_disk_smart_status",
+        &[("devpath", "/dev/sda"), ("node", "pve3"), ("status", "FAILED!")],
+        1.0,
+    );
     assert_value(&t, "pve_physical_disk_wearout_remaining_ratio", &disk("pve1", "/dev/sda"), 0.97);
     assert!(value(&t, "pve_physical_disk_wearout_remaining_ratio", &disk("pve1", "/dev/sdb")).is_none());
     assert_value(&t, "pve_physical_disk_size_bytes", &disk("pve1", "/dev/nvme0n1"), 7_681_501_126_656.0);

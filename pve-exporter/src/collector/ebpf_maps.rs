@@ -3,7 +3,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use pve_exporter_common::{HALT_INVALID, HALT_POLLED, HALT_WAITED, HIST_EXIT_HANDLING, HIST_RUNQUEUE_WAIT};
+use pve_exporter_common::{
+    HALT_INVALID, HALT_POLLED, HALT_WAITED, HIST_EXIT_HANDLING, HIST_RUNQUEUE_WAIT, Hist, programs,
+};
 
 use crate::{
     catalog::*,
@@ -85,16 +87,32 @@ pub fn collect(
         f.push([("id", vm.clone()), ("reason", reason.clone().into())], *ns as f64 / 1e9);
     }
 
-    for (kind, def) in
-        [(HIST_EXIT_HANDLING, &KVM_EXIT_HANDLING_SECONDS), (HIST_RUNQUEUE_WAIT, &KVM_RUNQUEUE_WAIT_SECONDS)]
-    {
-        let rows = snap
+    // Each VM's histogram from the scrape that first sees it, at zero until its first
+    // observation (as client libraries do for a known label set: rate() and
+    // histogram_quantile() work from the start), wherever the program that observes is
+    // attached: the exit time is recorded by kvm_entry's, the run-queue wait by sched_switch's.
+    let zero = Hist::default();
+    for (kind, def, program) in [
+        (HIST_EXIT_HANDLING, &KVM_EXIT_HANDLING_SECONDS, programs::KVM_ENTRY),
+        (HIST_RUNQUEUE_WAIT, &KVM_RUNQUEUE_WAIT_SECONDS, programs::SCHED_SWITCH),
+    ] {
+        let mut rows: Vec<(LabelValue, String, &Hist)> = snap
             .hists
             .iter()
             .filter(|(k, _)| k.1 == kind)
-            .filter_map(|(&(tgid, _), h)| Some((id(tgid)?, String::new(), h)));
+            .filter_map(|(&(tgid, _), h)| Some((id(tgid)?, String::new(), h)))
+            .collect();
+        if counters.program_attached(program) {
+            let seen: HashSet<u32> = snap.hists.keys().filter(|k| k.1 == kind).map(|k| k.0).collect();
+            rows.extend(
+                by_pid
+                    .iter()
+                    .filter(|(tgid, _)| !seen.contains(tgid))
+                    .map(|(_, vm)| (vm.clone(), String::new(), &zero)),
+            );
+        }
         let f = out.family(def);
-        for (vm, _, h) in sorted(rows.collect()) {
+        for (vm, _, h) in sorted(rows) {
             let (buckets, count) = exported_buckets(h);
             f.push([("id", vm)], HistogramValue { buckets, sum: h.sum_ns as f64 / 1e9, count });
         }

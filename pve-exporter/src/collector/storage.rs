@@ -91,6 +91,9 @@ struct Entry {
     enabled: bool,
     sizing: Sizing,
     usage: Option<Usage>,
+    /// Not active on this node, and why (as PVE would not activate it: its path is missing,
+    /// its file system is not mounted, its thin pool is inactive). Not a failure.
+    inactive: Option<String>,
 }
 
 impl Plan {
@@ -98,7 +101,12 @@ impl Plan {
         let entries = cfg
             .storages
             .iter()
-            .map(|s| Entry { enabled: !s.disabled() && s.on_node(node), sizing: s.sizing(), usage: None })
+            .map(|s| Entry {
+                enabled: !s.disabled() && s.on_node(node),
+                sizing: s.sizing(),
+                usage: None,
+                inactive: None,
+            })
             .collect();
         Self { cfg, entries, pools: BTreeMap::new() }
     }
@@ -193,7 +201,7 @@ fn size_by_statvfs(st: &StorageState, host: &HostRoot, plan: &mut Plan) -> Resul
 
     // (entry index, host path, path below the root)
     let mut jobs: Vec<(usize, String, PathBuf)> = Vec::new();
-    for (i, (s, entry)) in plan.cfg.storages.iter().zip(&plan.entries).enumerate() {
+    for (i, (s, entry)) in plan.cfg.storages.iter().zip(plan.entries.iter_mut()).enumerate() {
         match &entry.sizing {
             Sizing::Invalid(why) if entry.enabled => {
                 errors.push(Error::Missing { what: s.name.clone(), why: why.clone() })
@@ -203,6 +211,7 @@ fn size_by_statvfs(st: &StorageState, host: &HostRoot, plan: &mut Plan) -> Resul
                     let Some(table) = &mounts else { continue };
                     if !table.is_mount_point(Path::new(m), &root) {
                         log::debug!("storage {}: {m} is not mounted: not sized", s.name);
+                        entry.inactive = Some(format!("{m} is not mounted"));
                         continue;
                     }
                 }
@@ -241,6 +250,12 @@ fn size_by_statvfs(st: &StorageState, host: &HostRoot, plan: &mut Plan) -> Resul
         let Ok(k) = paths.binary_search(full) else { continue };
         match &results[k] {
             Ok(u) => plan.entries[*i].usage = Some(*u),
+            // An unplugged disk, a share's mount point not there: PVE cannot activate the
+            // storage either ("directory does not exist"). The storage is inactive, the
+            // collector is fine.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                plan.entries[*i].inactive = Some(format!("{path} does not exist"));
+            }
             Err(err) => {
                 errors.push(Error::source(format!("{}: statvfs {path}", plan.cfg.storages[*i].name), err.clone()))
             }
@@ -251,13 +266,8 @@ fn size_by_statvfs(st: &StorageState, host: &HostRoot, plan: &mut Plan) -> Resul
 
 /// Distinct values in first-seen order.
 fn distinct<'a>(it: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
-    let mut v: Vec<&str> = Vec::new();
-    for x in it {
-        if !v.contains(&x) {
-            v.push(x);
-        }
-    }
-    v
+    let mut seen = std::collections::HashSet::new();
+    it.filter(|x| seen.insert(*x)).collect()
 }
 
 /// `zfs get` of every enabled zfspool storage's dataset and `zpool list` of their pools, one
@@ -348,7 +358,10 @@ fn size_lvm(st: &StorageState, plan: &mut Plan) -> Result<(), Error> {
                         Some(lv) => match lv.thin_usage() {
                             Some((used, free)) => entry.usage = Some(Usage { size: lv.size, free, used }),
                             // Not a failure: LVM says the pool is not active; PVE would activate it.
-                            None => log::debug!("storage {}: thin pool {name} is not active: not sized", s.name),
+                            None => {
+                                log::debug!("storage {}: thin pool {name} is not active: not sized", s.name);
+                                entry.inactive = Some(format!("thin pool {name} is not active"));
+                            }
                         },
                         None => errors.push(Error::Missing { what: s.name.clone(), why: report.missing(&name) }),
                     }
@@ -389,6 +402,21 @@ fn emit(plan: &Plan, out: &mut MetricSet) {
     let f = out.family(&NODE_STORAGE_ENABLED);
     for (s, e) in plan.cfg.storages.iter().zip(&plan.entries) {
         f.push(name_type(s), e.enabled);
+    }
+    let f = out.family(&NODE_STORAGE_ACTIVE);
+    for (s, e) in plan.cfg.storages.iter().zip(&plan.entries).filter(|(_, e)| e.enabled) {
+        match (&e.usage, &e.inactive) {
+            (Some(_), _) => f.push(name_type(s), 1u64),
+            (None, Some(_)) => f.push(name_type(s), 0u64),
+            // Sizing failed (an error the collector reports) or was not asked: unknown.
+            (None, None) => {}
+        }
+    }
+    let f = out.family(&NODE_STORAGE_INACTIVE_INFO);
+    for (s, e) in plan.cfg.storages.iter().zip(&plan.entries).filter(|(_, e)| e.enabled && e.usage.is_none()) {
+        if let Some(why) = &e.inactive {
+            f.push([("name", s.name.clone()), ("type", s.kind.clone()), ("reason", why.clone())], 1u64);
+        }
     }
     let sized: Vec<(&Storage, Usage)> =
         plan.cfg.storages.iter().zip(&plan.entries).filter_map(|(s, e)| e.usage.map(|u| (s, u))).collect();
@@ -580,10 +608,24 @@ echo '  Failed to find logical volume "pve/gone"' >&2; exit 5"#,
             None,
         );
         let dir = doubles(&[]);
-        let err = size_by_statvfs(&state(dir.path()), &host, &mut p).unwrap_err().to_string();
+        // A missing path (`local`'s /var/lib/vz and /srv/missing here) is an inactive storage,
+        // as for PVE, not a failure; the others are sized.
+        size_by_statvfs(&state(dir.path()), &host, &mut p).unwrap();
+        let why =
+            |name: &str| p.cfg.storages.iter().position(|s| s.name == name).and_then(|i| p.entries[i].inactive.clone());
+        assert_eq!(why("missing").as_deref(), Some("/srv/missing does not exist"));
+        assert_eq!(why("gone").as_deref(), Some("/mnt/pve/gone is not mounted"));
+        assert_eq!(why("data"), None);
+        let mut out = MetricSet::new("pve");
+        emit(&p, &mut out);
+        let text = crate::exposition::render(Arc::new(out), crate::exposition::Format::Text);
+        assert!(text.contains("pve_node_storage_active{name=\"missing\",type=\"dir\"} 0"), "{text}");
+        assert!(text.contains("pve_node_storage_active{name=\"data\",type=\"dir\"} 1"), "{text}");
         assert!(
-            err.starts_with("local: statvfs /var/lib/vz: ") && err.contains("missing: statvfs /srv/missing: "),
-            "{err}"
+            text.contains(
+                "pve_node_storage_inactive_info{name=\"gone\",type=\"nfs\",reason=\"/mnt/pve/gone is not mounted\"} 1"
+            ),
+            "{text}"
         );
         let u = |name: &str| p.cfg.storages.iter().position(|s| s.name == name).and_then(|i| p.entries[i].usage);
         let real = statvfs::statvfs(root.path()).unwrap();

@@ -51,6 +51,9 @@ pub(super) fn emit(node: &str, disks: &[PhysicalDisk], out: &mut MetricSet) {
     let nd = |d: &PhysicalDisk| [("node", node.to_string()), ("devpath", d.devpath.clone())];
     let f = out.family(&PVE_PHYSICAL_DISK_HEALTH);
     for d in disks {
+        // No verdict (no SMART data, SMART off) is no series, not "failing": the status
+        // family below says which.
+        let Some(healthy) = d.healthy() else { continue };
         f.push(
             [
                 ("node", node.to_string()),
@@ -59,8 +62,13 @@ pub(super) fn emit(node: &str, disks: &[PhysicalDisk], out: &mut MetricSet) {
                 ("serial", d.serial.clone()),
                 ("type", d.kind.clone()),
             ],
-            d.healthy,
+            healthy,
         );
+    }
+    let f = out.family(&PVE_PHYSICAL_DISK_SMART_STATUS);
+    for d in disks {
+        let status = if d.health.is_empty() { "UNKNOWN".to_string() } else { d.health.clone() };
+        f.push([("node", node.to_string()), ("devpath", d.devpath.clone()), ("status", status)], 1u64);
     }
     for d in disks {
         if let Some(w) = d.wearout_remaining {

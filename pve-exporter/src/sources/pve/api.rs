@@ -607,8 +607,11 @@ pub fn parse_ha_resources(body: &[u8]) -> Result<Vec<HaResource>, ParseError> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PhysicalDisk {
     pub devpath: String,
-    /// SMART health is `PASSED` (anything else, `UNKNOWN` or nothing included, is not).
-    pub healthy: bool,
+    /// SMART health as PVE gives it: what `smartctl -H` prints after `self-assessment test
+    /// result: ` (ATA, NVMe: `PASSED`, `FAILED!`) or `Health Status: ` (SAS/SCSI: `OK`, or an
+    /// informational exception such as `FAILURE PREDICTION THRESHOLD EXCEEDED [...]`), or PVE's
+    /// own `SMART Disabled`, `UNKNOWN` (no SMART data); empty when the API gives none.
+    pub health: String,
     /// Wear-out remaining, 0..1; None when the disk does not report one (`N/A`).
     pub wearout_remaining: Option<f64>,
     pub size: Option<u64>,
@@ -620,6 +623,19 @@ pub struct PhysicalDisk {
     pub used: String,
     /// Ceph OSD ids on the disk.
     pub osds: Vec<u64>,
+}
+
+impl PhysicalDisk {
+    /// Whether SMART says the disk is healthy: `PASSED` (ATA, NVMe) and `OK` (SAS) are; any
+    /// other verdict smartctl prints is not; None when there is no verdict (`UNKNOWN`,
+    /// `SMART Disabled`, nothing).
+    pub fn healthy(&self) -> Option<bool> {
+        match self.health.as_str() {
+            "PASSED" | "OK" => Some(true),
+            "" | "UNKNOWN" | "SMART Disabled" => None,
+            _ => Some(false),
+        }
+    }
 }
 
 /// `GET /nodes/<node>/disks/list`, sorted by devpath.
@@ -636,7 +652,7 @@ pub fn parse_disks(body: &[u8]) -> Result<Vec<PhysicalDisk>, ParseError> {
         osds.sort_unstable();
         osds.dedup();
         out.push(PhysicalDisk {
-            healthy: s("health") == "PASSED",
+            health: s("health").trim().to_string(),
             wearout_remaining: d
                 .get("wearout")
                 .and_then(json_f64)
@@ -768,7 +784,7 @@ mod tests {
              "serial":"ADD3NA317I0104K2N","type":"nvme","used":"LVM","osdid":"8","osdid-list":["8"]},
             {"devpath":"/dev/sda","health":"UNKNOWN","wearout":"N/A","size":4000787030016,"model":"HDD","serial":"S1",
              "type":"hdd","osdid":-1,"osdid-list":null},
-            {"devpath":"/dev/nvme1n1","health":"FAILED","wearout":"97","size":1,"type":"nvme","osdid":"3","osdid-list":["3","4","x",4]},
+            {"devpath":"/dev/nvme1n1","health":"FAILED!","wearout":"97","size":1,"type":"nvme","osdid":"3","osdid-list":["3","4","x",4]},
             {"devpath":"/dev/sdb","health":"","osdid":"12"},
             {"health":"PASSED"}]}"#;
         let d = parse_disks(body).unwrap();
@@ -776,7 +792,16 @@ mod tests {
             d.iter().map(|d| d.devpath.as_str()).collect::<Vec<_>>(),
             ["/dev/nvme0n1", "/dev/nvme1n1", "/dev/sda", "/dev/sdb"]
         );
-        assert!(d[0].healthy && !d[1].healthy && !d[2].healthy && !d[3].healthy);
+        let verdicts: Vec<Option<bool>> = d.iter().map(PhysicalDisk::healthy).collect();
+        assert_eq!(verdicts, [Some(true), Some(false), None, None]);
+        // Every health text PVE gives (pve-storage's Diskmanage: smartctl's verdict line).
+        let disk = |h: &str| PhysicalDisk { health: h.into(), ..d[0].clone() }.healthy();
+        assert_eq!(disk("OK"), Some(true), "SAS disks are healthy with OK");
+        assert_eq!(disk("PASSED"), Some(true));
+        assert_eq!(disk("FAILED!"), Some(false));
+        assert_eq!(disk("FAILURE PREDICTION THRESHOLD EXCEEDED [asc=5d, ascq=10]"), Some(false));
+        assert_eq!(disk("SMART Disabled"), None);
+        assert_eq!(disk("UNKNOWN"), None);
         assert_eq!(d[0].wearout_remaining, Some(1.0));
         assert_eq!(d[1].wearout_remaining, Some(0.97));
         assert_eq!(d[2].wearout_remaining, None, "N/A");

@@ -681,6 +681,11 @@ impl EbpfCounters {
         Ok(s)
     }
 
+    /// Whether `program` (a name of `pve_exporter_common::programs`) runs now.
+    pub fn program_attached(&self, program: &str) -> bool {
+        self.is_attached(program)
+    }
+
     fn is_attached(&self, program: &str) -> bool {
         self.programs.iter().any(|p| p.attached && p.program == program)
             || self.events.iter().any(|e| match e.source {
