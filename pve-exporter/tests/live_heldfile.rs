@@ -112,7 +112,14 @@ fn held_pressure_files_of_a_recreated_scope() {
     let mut raw = HeldFiles::new(budget.clone(), OnStale::Fail);
     let read = |held: &mut HeldFiles<u32>| {
         let mut errors = Vec::new();
-        let vm = pressure::read_vm_pressure(&host, held, 990, &mut errors);
+        let vm = pressure::read_cgroup_pressure(
+            &host,
+            held,
+            990,
+            std::path::Path::new("/sys/fs/cgroup/qemu.slice/990.scope"),
+            "990".into(),
+            &mut errors,
+        );
         assert!(errors.is_empty(), "{errors:?}");
         vm
     };

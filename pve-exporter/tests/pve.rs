@@ -288,6 +288,53 @@ fn broken_files_cost_only_their_series() {
     assert_value(&t, "pve_node_swap_total_bytes", &[("node", "pve1")], 8_388_604.0 * 1024.0);
 }
 
+/// VM pressure wherever cgroup2 is mounted: the same VMs and values when the tree is laid out
+/// as a hybrid host (cgroup2 at /sys/fs/cgroup/unified, as this test machine has it; v1
+/// controllers beside it, and /proc/<pid>/cgroup listing them before the `0::` line); a VM
+/// whose cgroup is not where its process says is an error, not "no VMs".
+#[test]
+fn vm_pressure_on_a_hybrid_host_and_a_broken_lookup() {
+    let pure = scrape(&tree(), &[]);
+    let pressure = |t: &str| -> Vec<String> {
+        samples(t).into_iter().filter(|s| s.name.starts_with("pve_vm_pressure_")).map(|s| format!("{s:?}")).collect()
+    };
+    assert_eq!(pressure(&pure).len(), 12, "{pure}");
+
+    let dir = tree_copy();
+    let p = dir.path();
+    let cg = p.join("sys/fs/cgroup");
+    std::fs::create_dir_all(cg.join("unified")).unwrap();
+    std::fs::rename(cg.join("qemu.slice"), cg.join("unified/qemu.slice")).unwrap();
+    std::fs::write(cg.join("unified/cgroup.controllers"), "").unwrap();
+    std::fs::remove_file(cg.join("cgroup.controllers")).unwrap();
+    std::fs::write(
+        p.join("proc/self/mountinfo"),
+        "28 1 253:1 / / rw,relatime shared:1 - ext4 /dev/mapper/pve-root rw\n\
+         25 22 0:23 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:8 - tmpfs tmpfs ro,mode=755\n\
+         26 25 0:24 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 rw,nsdelegate\n\
+         33 25 0:31 / /sys/fs/cgroup/memory rw,nosuid,nodev,noexec,relatime shared:16 - cgroup cgroup rw,memory\n\
+         34 25 0:32 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid,nodev,noexec,relatime shared:17 - cgroup cgroup rw,cpu,cpuacct\n",
+    )
+    .unwrap();
+    for (pid, vmid) in [(3100, 100), (3101, 101), (3105, 105)] {
+        std::fs::write(
+            p.join(format!("proc/{pid}/cgroup")),
+            format!("4:memory:/qemu.slice/{vmid}.scope\n2:cpu,cpuacct:/qemu.slice/{vmid}.scope\n0::/qemu.slice/{vmid}.scope\n"),
+        )
+        .unwrap();
+    }
+    let hybrid = scrape(p.to_str().unwrap(), &[]);
+    assert_eq!(success(&hybrid, "vm_pressure"), Some(1.0), "{hybrid}");
+    assert_eq!(pressure(&hybrid), pressure(&pure), "the same VMs and values on the hybrid layout");
+
+    // VM 101's process says a cgroup that is not below the mount: its series go, with an error.
+    std::fs::write(p.join("proc/3101/cgroup"), "0::/elsewhere.slice/101.scope\n").unwrap();
+    let t = scrape(p.to_str().unwrap(), &[]);
+    assert_eq!(success(&t, "vm_pressure"), Some(0.0), "a broken lookup is no success");
+    assert!(value(&t, "pve_vm_pressure_cpu_some_ratio", &[("id", "qemu/101")]).is_none());
+    assert_value(&t, "pve_vm_pressure_cpu_some_ratio", &[("id", "qemu/100")], 0.125);
+}
+
 #[test]
 fn collectors_can_be_switched_off() {
     let t = scrape(&tree(), &["--no-collector.vm_pressure", "--no-collector.ha_status"]);

@@ -59,6 +59,11 @@ trait PveCollector: Sync {
     /// a fixture tree without /proc/loadavg, a host that is not a PVE node).
     fn local_applies(&self, host: &HostRoot, node: Option<&str>, pve_node: bool) -> Result<(), Error>;
     fn local(&self, ctx: &LocalCtx, out: &mut MetricSet) -> Result<(), Error>;
+    /// Whether its local source reads the VMs (vm_pressure: each VM process's cgroup): it then
+    /// runs in the `vms` group, on the discovery the other per-VM collectors share.
+    fn local_reads_vms(&self) -> bool {
+        false
+    }
     /// `node` is Some for node-aware collectors.
     fn api(&self, ctx: &ApiCtx, node: Option<&str>, out: &mut MetricSet) -> Result<(), Error>;
 }
@@ -72,7 +77,7 @@ static REGISTRY: [&dyn PveCollector; 4] = [
 ];
 
 /// What the local collectors need.
-struct LocalCtx<'a> {
+struct LocalCtx<'a, 'c> {
     host: &'a HostRoot,
     /// Host-wide files shared with the other collectors of this collection.
     files: &'a ScrapeFiles,
@@ -82,9 +87,13 @@ struct LocalCtx<'a> {
     statvfs: &'a BlockingGate,
     statvfs_timeout: Duration,
     ha: &'a Arc<HaReader>,
-    /// The VMs' pressure files held open by vmid (vm_pressure).
+    /// The VMs' pressure files and their /proc/<pid>/cgroup, held open by QEMU pid
+    /// (vm_pressure).
     pressure_files: &'a Mutex<HeldFiles<u32>>,
     emit: HaEmit<'a>,
+    /// The collection's stages: the VMs and the cgroup mounts (collectors whose
+    /// `local_reads_vms`).
+    cx: &'a Context<'c>,
 }
 
 /// What the API collectors need.
@@ -361,6 +370,12 @@ struct Adapter {
     scope: PveScope,
 }
 
+impl Adapter {
+    fn local_reads_vms(&self) -> bool {
+        self.source == Some(Source::Local) && self.collector.local_reads_vms()
+    }
+}
+
 impl Collector for Adapter {
     fn name(&self) -> &'static str {
         self.collector.name()
@@ -369,10 +384,10 @@ impl Collector for Adapter {
         self.collector.families()
     }
     fn group(&self) -> Group {
-        Group::Pve
+        if self.local_reads_vms() { Group::Vms } else { Group::Pve }
     }
     fn needs(&self) -> &'static [Need] {
-        &[Need::PveApi]
+        if self.local_reads_vms() { &[Need::Vms] } else { &[Need::PveApi] }
     }
     /// Where it reads from (`pve_exporter_pve_collector_info`), also when it is off.
     fn describe(&self, _config: &Config, out: &mut MetricSet) {
@@ -401,6 +416,7 @@ impl Collector for Adapter {
                     ha: &st.ha,
                     pressure_files: &st.pressure_files,
                     emit,
+                    cx,
                 };
                 self.collector.local(&local, out)
             }

@@ -1,20 +1,31 @@
 //! vm_pressure: CPU, memory and I/O pressure (PSI) of each running QEMU VM, as ratios 0..1
 //! (`/nodes/<node>/qemu`, or the VMs' cgroup pressure files). LXC containers are not covered:
-//! PVE's API has no pressure for them.
+//! PVE's API has no pressure for them (the `lxc` collector reads theirs).
+//!
+//! Locally each VM's cgroup is its QEMU process's (`0::` of `/proc/<pid>/cgroup`: PVE's
+//! `qemu.slice/<vmid>.scope`, libvirt's `machine.slice/machine-qemu…scope/…`, wherever a
+//! plain QEMU was started) below the cgroup2 mount that mountinfo names (`/sys/fs/cgroup`, or
+//! `/sys/fs/cgroup/unified` on a hybrid host), for every VM the discovery found.
+
+use std::collections::HashSet;
 
 use super::{ApiCtx, LocalCtx, PveCollector, vm_configs};
 use crate::{
     catalog::*,
-    host::HostRoot,
+    host::{HostRoot, is_gone},
     metrics::MetricSet,
     sources::{
         proc::pressure::{self, VmPressure},
         pve::api,
     },
+    vm::{self, Vm},
 };
 use crate::{collector::Error, sources::error::SourceError};
 
 pub(super) struct VmPressureCollector;
+
+/// The slot of `/proc/<pid>/cgroup` among a VM's held files (0..3: the pressure files).
+const CGROUP_SLOT: usize = pressure::RESOURCES.len();
 
 impl PveCollector for VmPressureCollector {
     fn families(&self) -> &'static [&'static [&'static crate::catalog::Def]] {
@@ -31,33 +42,81 @@ impl PveCollector for VmPressureCollector {
 
     fn local_applies(&self, host: &HostRoot, node: Option<&str>, _pve_node: bool) -> Result<(), Error> {
         node.ok_or(Error::Unavailable("this node's name is unknown (no /proc/sys/kernel/hostname)"))?;
-        if !host.path("sys/fs/cgroup").is_dir() {
-            return Err(Error::Unavailable("no cgroup v2 at sys/fs/cgroup below the root"));
+        // Wherever it is mounted (a hybrid host has it at /sys/fs/cgroup/unified).
+        match crate::sources::kernel::cgroup::Hierarchies::read(host) {
+            Ok(h) if h.v2.is_some() => Ok(()),
+            _ => Err(Error::Unavailable("no cgroup2 mount in /proc/self/mountinfo")),
         }
-        Ok(())
+    }
+
+    fn local_reads_vms(&self) -> bool {
+        true
     }
 
     fn local(&self, ctx: &LocalCtx, out: &mut MetricSet) -> Result<(), Error> {
         let node = ctx.emit.node()?;
+        let cx = ctx.cx;
         let mut errors = Vec::new();
-        let mut vmids = pressure::running_vm_scopes(ctx.host)
-            .map_err(|e| Error::io(ctx.host.path("sys/fs/cgroup/qemu.slice"), e))?;
+        let mut vms: Vec<&Vm> = cx.vms().vms.iter().collect();
         // The API lists the VMs configured on this node; a VM running here without its config
         // is migrating in and belongs to the other node until the migration ends.
         match vm_configs(ctx) {
-            Ok(Some(configs)) => vmids.retain(|id| configs.contains(&id.to_string())),
+            Ok(Some(configs)) => vms.retain(|vm| vm.source != vm::PVE || configs.contains(&vm.id)),
             Ok(None) => {}
             // Every running VM is reported then, without the config check.
             Err(e) => errors.push(SourceError::io(ctx.host.path("etc/pve/qemu-server"), e)),
         }
-        // The pressure files of VMs no longer listed are closed; those listed are held.
+        // The files of VMs no longer running are closed; those running are held.
         let mut held = ctx.pressure_files.lock().unwrap_or_else(|p| p.into_inner());
-        held.retain(|id| vmids.binary_search(id).is_ok());
-        let vms: Vec<VmPressure> = vmids
-            .into_iter()
-            .filter_map(|id| pressure::read_vm_pressure(ctx.host, &mut held, id, &mut errors))
-            .collect();
-        emit(node, &vms, out);
+        let pids: HashSet<u32> = vms.iter().map(|vm| vm.pid).collect();
+        held.retain(|pid| pids.contains(pid));
+        if vms.is_empty() {
+            return Error::all_of(errors);
+        }
+        let Some(mount) = cx.cgroups().and_then(|h| h.v2.clone()) else {
+            // VMs run, and no cgroup2 to read them from: say so, not "success, no VMs".
+            return Err(Error::Unavailable("no cgroup2 mount in /proc/self/mountinfo"));
+        };
+        let mut found = Vec::new();
+        for vm in vms {
+            let proc_cgroup = format!("proc/{}/cgroup", vm.pid);
+            let text = match held.read(&vm.pid, CGROUP_SLOT, || ctx.host.path(&proc_cgroup)) {
+                Ok(raw) => String::from_utf8_lossy(raw).into_owned(),
+                // Stopped since the discovery: not a failure.
+                Err(e) if is_gone(&e) => continue,
+                Err(e) => {
+                    errors.push(SourceError::io(ctx.host.path(&proc_cgroup), e));
+                    continue;
+                }
+            };
+            let Some(rel) = pressure::cgroup2_path(&text) else {
+                errors.push(SourceError::io(
+                    ctx.host.path(&proc_cgroup),
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, "no cgroup2 (0::) line"),
+                ));
+                continue;
+            };
+            // In the root cgroup (a plain QEMU started by hand): the host's pressure, not the VM's.
+            if rel == "/" {
+                log::debug!("VM {}: its QEMU process is in the root cgroup: no pressure of its own", vm.id);
+                continue;
+            }
+            let dir = mount.join(rel.trim_start_matches('/'));
+            match pressure::read_cgroup_pressure(ctx.host, &mut held, vm.pid, &dir, vm.id.clone(), &mut errors) {
+                Some(p) => found.push(p),
+                // The cgroup is gone: the VM stopped, unless its process is still there (then
+                // the lookup is wrong, and that must not read as "no VMs").
+                None if ctx.host.path(format!("proc/{}", vm.pid)).exists() => errors.push(SourceError::io(
+                    ctx.host.path(&dir),
+                    std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("the cgroup of VM {} is not there", vm.id),
+                    ),
+                )),
+                None => {}
+            }
+        }
+        emit(node, &found, out);
         Error::all_of(errors)
     }
 
@@ -75,7 +134,7 @@ pub(super) fn emit(node: &str, vms: &[VmPressure], out: &mut MetricSet) {
     for (i, def) in PVE_VM_PRESSURE.iter().enumerate() {
         for vm in vms {
             if let Some(r) = vm.ratios[i] {
-                out.family(def).push([("id", format!("qemu/{}", vm.vmid)), ("node", node.to_string())], r);
+                out.family(def).push([("id", format!("qemu/{}", vm.id)), ("node", node.to_string())], r);
             }
         }
     }

@@ -87,7 +87,9 @@ pub fn parse_pressure(text: &str) -> Result<Pressure, ParseError> {
 /// The six pressure ratios of a VM, in the order of [`RESOURCES`] × (some, full).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct VmPressure {
-    pub vmid: u32,
+    /// The VM's id as the `id` label has it after `qemu/`: the vmid for PVE (and the API), the
+    /// VM source's id for libvirt and plain QEMU.
+    pub id: String,
     /// cpu some, cpu full, memory some, memory full, io some, io full; ratios 0..=1. None when
     /// not known (the local file is missing).
     pub ratios: [Option<f64>; 6],
@@ -103,60 +105,45 @@ pub fn ratios(p: &Pressure) -> [Option<f64>; 2] {
     [r(p.some), Some(r(p.full).unwrap_or(0.0))]
 }
 
-/// vmids with a cgroup scope below `sys/fs/cgroup/qemu.slice/` (`<vmid>.scope`): the VMs
-/// running on this node, sorted. No qemu.slice (no VM started since boot, or cgroup v1): none.
-pub fn running_vm_scopes(host: &HostRoot) -> io::Result<Vec<u32>> {
-    let dir = host.path("sys/fs/cgroup/qemu.slice");
-    let rd = match std::fs::read_dir(&dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", dir.display()))),
-    };
-    let mut ids: Vec<u32> = rd
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter_map(|n| vmid_of_scope(&n))
-        .collect();
-    ids.sort_unstable();
-    Ok(ids)
+/// A process's cgroup2 path: the `0::<path>` line of `/proc/<pid>/cgroup` (on a hybrid host
+/// the other lines are the v1 hierarchies'). None without one (a pure v1 host).
+pub fn cgroup2_path(proc_cgroup: &str) -> Option<&str> {
+    proc_cgroup.lines().find_map(|l| l.strip_prefix("0::")).map(str::trim).filter(|p| p.starts_with('/'))
 }
 
-/// `123.scope` -> 123.
-pub fn vmid_of_scope(name: &str) -> Option<u32> {
-    let id = name.strip_suffix(".scope")?;
-    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    id.parse().ok()
-}
-
-/// Read the three pressure files of VM `vmid`, through the files `held` keeps open for it
+/// Read the three pressure files of cgroup directory `dir` (a host path: the cgroup2 mount
+/// joined with the VM process's cgroup2 path), through the files `held` keeps open for `key`
 /// (slot i: `RESOURCES[i]`). A file that cannot be read or parsed leaves its two ratios
-/// unknown and is reported in `errors`; a scope that vanished (the VM stopped during the
-/// scrape) gives None. A VM restarted since the last read has a new scope: the held files of
-/// the old one fail (ENODEV) and the new ones are opened by path.
-pub fn read_vm_pressure(
+/// unknown and is reported in `errors`; a directory that vanished (the VM stopped during the
+/// scrape) gives None; pressure files missing from a directory that exists are an error (a
+/// kernel booted with `psi=0`): a lookup that finds nothing must not read as success.
+pub fn read_cgroup_pressure(
     host: &HostRoot,
     held: &mut HeldFiles<u32>,
-    vmid: u32,
+    key: u32,
+    dir: &std::path::Path,
+    id: String,
     errors: &mut Vec<SourceError>,
 ) -> Option<VmPressure> {
-    let mut vm = VmPressure { vmid, ratios: [None; 6] };
-    let scope = || format!("sys/fs/cgroup/qemu.slice/{vmid}.scope");
+    let mut vm = VmPressure { id, ratios: [None; 6] };
     for (i, res) in RESOURCES.iter().enumerate() {
-        let file = || format!("{}/{res}.pressure", scope());
-        match held.read(&vmid, i, || host.path(file())).and_then(utf8) {
+        let file = || dir.join(format!("{res}.pressure"));
+        match held.read(&key, i, || host.path(file())).and_then(utf8) {
             Ok(text) => match parse_pressure(text) {
                 Ok(p) => vm.ratios[2 * i..2 * i + 2].copy_from_slice(&ratios(&p)),
-                Err(e) => errors.push(e.input(file()).into()),
+                Err(e) => errors.push(e.input(file().display().to_string()).into()),
             },
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                if !host.path(scope()).exists() {
+                if !host.path(dir).exists() {
                     return None;
                 }
-                // A kernel booted with psi=0 has no pressure files: nothing to report, and
-                // nothing this exporter can fix (PVE's API then reports 0).
-                log::debug!("{}: missing", file());
+                errors.push(SourceError::io(
+                    host.path(file()),
+                    io::Error::new(
+                        io::ErrorKind::NotFound,
+                        "no pressure file in the VM's cgroup (kernel booted with psi=0?)",
+                    ),
+                ));
             }
             Err(e) => errors.push(SourceError::io(host.path(file()), e)),
         }
@@ -212,35 +199,40 @@ mod tests {
     }
 
     #[test]
-    fn scope_names() {
-        assert_eq!(vmid_of_scope("100.scope"), Some(100));
-        assert_eq!(vmid_of_scope("999999999.scope"), Some(999_999_999));
-        for bad in [".scope", "100", "x100.scope", "100.slice", "1-2.scope", "99999999999999.scope"] {
-            assert_eq!(vmid_of_scope(bad), None, "{bad}");
-        }
+    fn cgroup2_lines() {
+        // Hybrid (this machine's kind): the v1 hierarchies first, cgroup2 as `0::`.
+        assert_eq!(
+            cgroup2_path("4:memory:/qemu.slice/100.scope\n1:cpu:/\n0::/qemu.slice/100.scope\n"),
+            Some("/qemu.slice/100.scope")
+        );
+        // libvirt's emulator thread group below the machine scope.
+        let libvirt = r"/machine.slice/machine-qemu\x2d1\x2dweb.scope/libvirt/emulator";
+        assert_eq!(cgroup2_path(&format!("0::{libvirt}\n")), Some(libvirt));
+        assert_eq!(cgroup2_path("4:memory:/x\n1:cpu:/\n"), None, "pure v1");
+        assert_eq!(cgroup2_path("0::\n"), None);
     }
 
     #[test]
     fn reading_a_tree() {
         let dir = tempfile::tempdir().unwrap();
-        let scope = dir.path().join("sys/fs/cgroup/qemu.slice/101.scope");
-        std::fs::create_dir_all(&scope).unwrap();
-        std::fs::create_dir_all(dir.path().join("sys/fs/cgroup/qemu.slice/other.slice")).unwrap();
-        std::fs::write(scope.join("cpu.pressure"), "some avg10=50.00 avg60=0 avg300=0 total=1\n").unwrap();
-        std::fs::write(scope.join("memory.pressure"), "garbage\n").unwrap();
+        let scope = std::path::Path::new("/sys/fs/cgroup/unified/qemu.slice/101.scope");
+        let full = dir.path().join(scope.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(&full).unwrap();
+        std::fs::write(full.join("cpu.pressure"), "some avg10=50.00 avg60=0 avg300=0 total=1\n").unwrap();
+        std::fs::write(full.join("memory.pressure"), "garbage\n").unwrap();
         let host = HostRoot::new(dir.path());
-        assert_eq!(running_vm_scopes(&host).unwrap(), [101]);
         let mut held = HeldFiles::new(FdBudget::new(100), OnStale::Reopen);
         let mut errors = Vec::new();
-        let vm = read_vm_pressure(&host, &mut held, 101, &mut errors).unwrap();
+        let vm = read_cgroup_pressure(&host, &mut held, 4242, scope, "101".into(), &mut errors).unwrap();
         assert_eq!(vm.ratios, [Some(0.5), Some(0.0), None, None, None, None]);
-        assert_eq!(errors.len(), 1, "{errors:?}");
+        // memory.pressure is malformed, io.pressure missing while the cgroup exists: both said.
+        assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors[0].to_string().contains("memory.pressure"), "{errors:?}");
-        // A VM that stopped meanwhile: gone, not an error.
+        assert!(errors[1].to_string().contains("psi=0"), "{errors:?}");
+        // A VM that stopped meanwhile (its cgroup gone): not an error.
         let mut errors = Vec::new();
-        assert_eq!(read_vm_pressure(&host, &mut held, 102, &mut errors), None);
+        let gone = std::path::Path::new("/sys/fs/cgroup/unified/qemu.slice/102.scope");
+        assert_eq!(read_cgroup_pressure(&host, &mut held, 4243, gone, "102".into(), &mut errors), None);
         assert!(errors.is_empty());
-        // No qemu.slice at all.
-        assert!(running_vm_scopes(&HostRoot::new("/nonexistent")).unwrap().is_empty());
     }
 }

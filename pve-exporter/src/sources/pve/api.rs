@@ -577,11 +577,11 @@ pub fn parse_qemu_pressure(body: &[u8]) -> Result<Vec<VmPressure>, ParseError> {
         let Some(vmid) = vm.get("vmid").and_then(json_u64).and_then(|v| u32::try_from(v).ok()) else { continue };
         let ratios = FIELDS.map(|f| vm.get(f).and_then(json_f64).map(|p| p / 100.0));
         if ratios.iter().any(Option::is_some) {
-            out.push(VmPressure { vmid, ratios });
+            out.push((vmid, VmPressure { id: vmid.to_string(), ratios }));
         }
     }
-    out.sort_by_key(|v| v.vmid);
-    Ok(out)
+    out.sort_by_key(|(vmid, _)| *vmid);
+    Ok(out.into_iter().map(|(_, p)| p).collect())
 }
 
 /// `GET /cluster/ha/status/manager_status`: the manager status and the LRM status of each
@@ -751,7 +751,7 @@ mod tests {
             {"vmid":114,"status":"running"},
             {"status":"running","pressurecpusome":1}]}"#;
         let p = parse_qemu_pressure(body).unwrap();
-        assert_eq!(p.iter().map(|v| v.vmid).collect::<Vec<_>>(), [110, 112]);
+        assert_eq!(p.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(), ["110", "112"]);
         assert_eq!(p[1].ratios, [Some(0.125), Some(0.0), Some(0.015), Some(0.0), Some(0.5), Some(0.25)]);
         assert!(parse_qemu_pressure(br#"{"data":{}}"#).is_err());
         assert!(parse_qemu_pressure(br#"{"data":null}"#).unwrap().is_empty());
