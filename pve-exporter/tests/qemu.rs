@@ -22,7 +22,8 @@ use std::{
 use common::{Daemon, Guest, host_root, require_privileges};
 use pve_exporter::sources::kernel::sysfs::NET_STATISTICS;
 use support::{
-    Loop, Qemu, Sample, VmSpec, children, fd_count, find, link_own_path, mac, parse, qm_wrapper, thread_count, value,
+    Loop, Pve, Qemu, Sample, VmSpec, children, fd_count, find, link_own_path, mac, parse, qm_wrapper, thread_count,
+    value,
 };
 
 const GIB: f64 = (1u64 << 30) as f64;
@@ -310,6 +311,49 @@ fn the_balloon_of_real_qemus_in_both_modes() {
     }
     let asked = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(asked.contains("933 info balloon") && asked.contains("934 info balloon"), "{asked}");
+}
+
+/// UEFI VMs as PVE 8 (`-drive if=pflash`) and PVE 9 (`-blockdev` nodes for `-machine
+/// pflash0=,pflash1=`) start them: the firmware's code ROM and the EFI vars disk are no guest
+/// disks (no series), in QMP and qm modes alike, and every data disk keeps its series (in qm
+/// mode the unnamed blockstats rows still match their drives by position).
+#[test]
+fn firmware_and_efi_vars_are_not_guest_disks() {
+    require_qemu();
+    let root = host_root(&[936, 937]);
+    link_own_path(root.path());
+    let _pve8 = Qemu::start(root.path(), 936, &VmSpec { uefi: Some(Pve::V8), ..VmSpec::default() });
+    let _pve9 = Qemu::start(root.path(), 937, &VmSpec { uefi: Some(Pve::V9), ..VmSpec::default() });
+    let log = root.path().join("qm.log");
+    let qm = qm_wrapper(root.path(), &log, &[]);
+    let qm = qm.to_str().expect("path");
+    let mut by_mode = Vec::new();
+    for args in [&["--qm-mode", "qmp"][..], &["--qm-mode", "qm", "--qm-path", qm][..]] {
+        let mut all = vec!["--ebpf", "off"];
+        all.extend_from_slice(args);
+        let daemon = Daemon::start(root.path(), &all);
+        let (text, m) = scrape(&daemon);
+        for c in ["qm", "disk"] {
+            assert_eq!(
+                value(&m, "pve_exporter_collector_success", &[("collector", c)]),
+                Some(1.0),
+                "{args:?} {c}\n{text}"
+            );
+        }
+        for vmid in ["936", "937"] {
+            let names: BTreeSet<&str> =
+                find(&m, "pve_kvm_disk_info", &[("id", vmid)]).iter().filter_map(|s| s.label("disk_name")).collect();
+            assert_eq!(names, BTreeSet::from(["scsi0", "virtio0", "ide0", "scsi1"]), "{args:?} VM {vmid}\n{text}");
+            let io: BTreeSet<&str> = find(&m, "pve_kvm_disk_read_operations_total", &[("id", vmid)])
+                .iter()
+                .filter_map(|s| s.label("disk_name"))
+                .collect();
+            assert_eq!(io, names, "{args:?} VM {vmid}: I/O of every data disk, none of the firmware");
+        }
+        assert!(!text.contains("pflash") && !text.contains("efidisk"), "{args:?}\n{text}");
+        by_mode.push(device_lines(&text));
+    }
+    assert_eq!(by_mode[0], by_mode[1], "QMP and qm modes report the same disks");
 }
 
 fn promtool_accepts(text: &str) {

@@ -54,10 +54,23 @@ impl Collector for Disk {
     }
 }
 
-/// Whether a drive is exported: it has a medium, and is not the EFI vars disk (firmware
-/// state, not a guest disk).
+/// Whether a drive is exported: it has a medium, and is one of the guest's disks.
 fn exported(d: &hmp::Drive) -> bool {
-    d.path.is_some() && !d.name.contains("efidisk")
+    d.path.is_some() && !firmware_or_state(d)
+}
+
+/// Drives that are no guest disk: the UEFI firmware's code ROM and its vars store (QEMU's
+/// `pflash0`/`pflash1`, by name or by their machine flash devices; PVE 8 `-drive if=pflash`,
+/// PVE 9 `-blockdev` nodes for `-machine pflash0=,pflash1=`), PVE's EFI vars disk
+/// (`drive-efidisk0`) and TPM state (`drive-tpmstate0-backup`, attached while PVE backs it
+/// up). Left out of the disk families: they are PVE volumes, not disks the guest writes data
+/// to, and the ROM is the same read-only file on every UEFI VM (docs/metrics.md).
+fn firmware_or_state(d: &hmp::Drive) -> bool {
+    let name = d.disk_name();
+    name.starts_with("pflash")
+        || name.starts_with("efidisk")
+        || name.starts_with("tpmstate")
+        || d.attached_to.starts_with("/machine/system.flash")
 }
 
 /// Disk sizes read from the host (qcow2 headers, file lengths, device sizes) where QEMU does
@@ -246,6 +259,40 @@ mod tests {
 
     fn fixture(name: &str) -> String {
         std::fs::read_to_string(format!("{FIXTURES}/{name}")).unwrap()
+    }
+
+    #[test]
+    fn firmware_and_state_drives_are_no_guest_disks() {
+        // A plain QEMU's UEFI pair as its command line names it, and PVE's forms.
+        let c = crate::sources::proc::process::parse_qemu_cmdline(
+            &"qemu-system-x86_64 -drive if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE.fd -drive if=pflash,format=raw,file=/vm/vars.fd -drive file=/vm/disk.qcow2,if=virtio"
+                .split(' ')
+                .map(String::from)
+                .collect::<Vec<_>>(),
+        );
+        let drive = |name: &str, attached: &str| hmp::Drive {
+            name: name.into(),
+            path: Some("/x".into()),
+            attached_to: attached.into(),
+            ..hmp::Drive::default()
+        };
+        let kept: Vec<&str> = c
+            .drives
+            .iter()
+            .map(|d| drive(&d.name, ""))
+            .filter(exported)
+            .map(|d| if d.name == "virtio0" { "virtio0" } else { "other" })
+            .collect();
+        assert_eq!(kept, ["virtio0"]);
+        for (name, attached) in [
+            ("pflash0", "/machine/system.flash0"),
+            ("drive-efidisk0", "/machine/system.flash1"),
+            ("drive-tpmstate0-backup", ""),
+            ("", "/machine/system.flash0"),
+        ] {
+            assert!(!exported(&drive(name, attached)), "{name} {attached}");
+        }
+        assert!(exported(&drive("drive-scsi0", "scsi0")));
     }
 
     #[test]

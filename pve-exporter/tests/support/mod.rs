@@ -72,6 +72,16 @@ pub struct VmSpec {
     pub block_device: Option<String>,
     /// No balloon device (PVE's `balloon: 0`); by default there is PVE's `balloon0`.
     pub no_balloon: bool,
+    /// UEFI firmware as PVE 8 (`-drive if=pflash`) or PVE 9 (`-blockdev` + `-machine
+    /// pflash0=,pflash1=`) passes it: a 2 MiB code ROM and an EFI vars disk.
+    pub uefi: Option<Pve>,
+}
+
+/// Which PVE generation's command-line layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pve {
+    V8,
+    V9,
 }
 
 /// A real QEMU process with a PVE-shaped command line, killed when dropped.
@@ -175,6 +185,45 @@ impl Qemu {
                 "-device",
                 "ide-cd,bus=ide.1,unit=0,drive=drive-ide2,id=ide2",
             ]);
+        if let Some(pve) = spec.uefi {
+            // OVMF_CODE's stand-in (QEMU needs a multiple of the flash sector size, not OVMF),
+            // and the EFI vars disk, 528 KiB as PVE's 4m vars.
+            let code = root.join("usr/share/pve-edk2-firmware/OVMF_CODE_4M.secboot.fd");
+            std::fs::create_dir_all(code.parent().expect("dir")).expect("mkdir");
+            std::fs::File::create(&code).and_then(|f| f.set_len(2 << 20)).expect("code");
+            let vars = images.join(format!("vm-{vmid}-disk-3.raw"));
+            std::fs::File::create(&vars).and_then(|f| f.set_len(528 << 10)).expect("vars");
+            match pve {
+                Pve::V8 => {
+                    cmd.args(["-drive", &format!("if=pflash,unit=0,format=raw,readonly=on,file={}", path(&code))])
+                        .args([
+                            "-drive",
+                            &format!("if=pflash,unit=1,id=drive-efidisk0,format=raw,file={},size=540672", path(&vars)),
+                        ]);
+                }
+                Pve::V9 => {
+                    cmd.args(["-object", "throttle-group,id=throttle-drive-efidisk0"])
+                        .args([
+                            "-blockdev",
+                            &serde_json::json!({
+                                "driver": "raw", "file": {"driver": "file", "filename": path(&code)},
+                                "node-name": "pflash0", "read-only": true
+                            })
+                            .to_string(),
+                        ])
+                        .args([
+                            "-blockdev",
+                            &serde_json::json!({
+                                "driver": "throttle", "throttle-group": "throttle-drive-efidisk0",
+                                "node-name": "drive-efidisk0",
+                                "file": {"driver": "raw", "size": 540_672, "file": {"driver": "file", "filename": path(&vars)}}
+                            })
+                            .to_string(),
+                        ])
+                        .args(["-machine", "pc,pflash0=pflash0,pflash1=drive-efidisk0"]);
+                }
+            }
+        }
         if let Some(dev) = &spec.block_device {
             cmd.args(["-drive", &format!("file={dev},if=none,id=drive-virtio1,format=raw,cache=none")])
                 .args(["-device", "virtio-blk-pci,drive=drive-virtio1,id=virtio1"]);

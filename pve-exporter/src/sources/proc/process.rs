@@ -2,7 +2,7 @@
 //! context switches and I/O. Parsers are pure functions from file contents to types; the
 //! reading functions do one read per file.
 
-use std::{borrow::Cow, io, time::Duration};
+use std::{borrow::Cow, collections::HashSet, io, time::Duration};
 
 use procfs::{FromBufRead, FromRead};
 
@@ -117,17 +117,58 @@ fn parse_nics(args: &[String]) -> Vec<CmdlineNic> {
 }
 
 fn parse_drives(args: &[String]) -> Vec<CmdlineDrive> {
+    let mut taken: HashSet<(String, u64, u64)> = HashSet::new();
     option_values(args, "-drive")
-        .enumerate()
-        .filter_map(|(i, d)| {
+        .filter_map(|d| {
+            // Every drive takes its (interface, bus, unit), named or not, as QEMU counts them.
+            let name = qemu_drive_name(d, &mut taken);
             Some(CmdlineDrive {
-                name: kv(d, "id").map_or_else(|| format!("drive{i}"), str::to_string),
+                name: kv(d, "id").map_or(name, str::to_string),
                 file: kv(d, "file").filter(|f| !f.is_empty())?.to_string(),
                 format: kv(d, "format").unwrap_or("").to_string(),
                 read_only: matches!(kv(d, "readonly"), Some("on" | "true" | "yes")) || kv(d, "media") == Some("cdrom"),
             })
         })
         .collect()
+}
+
+/// The name QEMU gives a `-drive` without `id=` (blockdev.c, drive_new): `<if><bus>-hd<unit>`
+/// or `-cd<unit>` for IDE (2 units a bus) and SCSI (7), `<if><unit>` for the others
+/// (`pflash0`, `virtio1`); `if=` defaults to `ide` (x86's machines); a unit not given is the
+/// first free one of its interface, counted over every drive before it.
+fn qemu_drive_name(d: &str, taken: &mut HashSet<(String, u64, u64)>) -> String {
+    let iface = kv(d, "if").unwrap_or("ide").to_string();
+    let max_devs: u64 = match iface.as_str() {
+        "ide" => 2,
+        "scsi" => 7,
+        _ => 0,
+    };
+    let num = |k| kv(d, k).and_then(|v| v.parse::<u64>().ok());
+    let (mut bus, mut unit) = (num("bus").unwrap_or(0), num("unit"));
+    if let Some(index) = num("index") {
+        (bus, unit) = match index.checked_div(max_devs) {
+            Some(b) => (b, Some(index % max_devs)),
+            None => (0, Some(index)),
+        };
+    }
+    let unit = unit.unwrap_or_else(|| {
+        let mut u = 0u64;
+        while taken.contains(&(iface.clone(), bus, u)) && u < 4096 {
+            u += 1;
+            if max_devs > 0 && u >= max_devs {
+                u -= max_devs;
+                bus += 1;
+            }
+        }
+        u
+    });
+    taken.insert((iface.clone(), bus, unit));
+    let media = match (iface.as_str(), kv(d, "media")) {
+        ("ide" | "scsi", Some("cdrom")) => "-cd",
+        ("ide" | "scsi", _) => "-hd",
+        _ => "",
+    };
+    if max_devs > 0 { format!("{iface}{bus}{media}{unit}") } else { format!("{iface}{media}{unit}") }
 }
 
 fn option_values<'a>(args: &'a [String], opt: &'a str) -> impl Iterator<Item = &'a str> + 'a {
@@ -624,7 +665,16 @@ mod tests {
         );
         assert_eq!(c.nics.iter().map(|n| n.queues).collect::<Vec<_>>(), [4, 1, 1], "queues=4 of the tap");
         let drives: Vec<_> = c.drives.iter().map(|d| (&*d.name, &*d.file, &*d.format, d.read_only)).collect();
-        assert_eq!(drives, [("disk0", "/img/web.qcow2", "qcow2", false), ("drive2", "/img/seed.iso", "", true)]);
+        assert_eq!(drives, [("disk0", "/img/web.qcow2", "qcow2", false), ("ide0-cd0", "/img/seed.iso", "", true)]);
+        // Drives without id= as QEMU names them: the UEFI firmware's pflash pair, IDE units
+        // filling bus 0 then bus 1, explicit index= and unit=.
+        let c = parse_qemu_cmdline(&args(
+            "qemu-system-x86_64 -drive if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE.fd \
+             -drive if=pflash,format=raw,file=/var/lib/vm/OVMF_VARS.fd -drive file=/a.img -drive file=/b.img \
+             -drive file=/c.iso,media=cdrom -drive file=/d.img,if=virtio -drive file=/e.img,if=scsi,index=8",
+        ));
+        let names: Vec<&str> = c.drives.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["pflash0", "pflash1", "ide0-hd0", "ide0-hd1", "ide1-cd0", "virtio0", "scsi1-hd1"]);
     }
 
     #[test]
