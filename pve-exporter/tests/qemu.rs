@@ -314,16 +314,21 @@ fn the_balloon_of_real_qemus_in_both_modes() {
 }
 
 /// UEFI VMs as PVE 8 (`-drive if=pflash`) and PVE 9 (`-blockdev` nodes for `-machine
-/// pflash0=,pflash1=`) start them: the firmware's code ROM and the EFI vars disk are no guest
-/// disks (no series), in QMP and qm modes alike, and every data disk keeps its series (in qm
-/// mode the unnamed blockstats rows still match their drives by position).
+/// pflash0=,pflash1=`) start them, each with a PVE 9 `-blockdev` drive whose protocol node has
+/// no file name (`null-co`): the firmware's code ROM and the EFI vars disk are no guest disks
+/// (no series), the file-less drive is one (named by its driver), in QMP and qm modes alike,
+/// and every data disk keeps its series (in qm mode the unnamed blockstats rows match their
+/// drives).
 #[test]
-fn firmware_and_efi_vars_are_not_guest_disks() {
+fn firmware_and_efi_vars_are_not_guest_disks_and_file_less_drives_are() {
     require_qemu();
     let root = host_root(&[936, 937]);
     link_own_path(root.path());
-    let _pve8 = Qemu::start(root.path(), 936, &VmSpec { uefi: Some(Pve::V8), ..VmSpec::default() });
-    let _pve9 = Qemu::start(root.path(), 937, &VmSpec { uefi: Some(Pve::V9), ..VmSpec::default() });
+    let spec = |pve| VmSpec { uefi: Some(pve), null_disk: true, ..VmSpec::default() };
+    let pve8 = Qemu::start(root.path(), 936, &spec(Pve::V8));
+    let _pve9 = Qemu::start(root.path(), 937, &spec(Pve::V9));
+    // A read on the device's own BlockBackend (`-d`: the drive has no name of its own).
+    pve8.hmp(r#"qemu-io -d scsi2 "aio_read 0 4k""#);
     let log = root.path().join("qm.log");
     let qm = qm_wrapper(root.path(), &log, &[]);
     let qm = qm.to_str().expect("path");
@@ -343,7 +348,13 @@ fn firmware_and_efi_vars_are_not_guest_disks() {
         for vmid in ["936", "937"] {
             let names: BTreeSet<&str> =
                 find(&m, "pve_kvm_disk_info", &[("id", vmid)]).iter().filter_map(|s| s.label("disk_name")).collect();
-            assert_eq!(names, BTreeSet::from(["scsi0", "virtio0", "ide0", "scsi1"]), "{args:?} VM {vmid}\n{text}");
+            assert_eq!(
+                names,
+                BTreeSet::from(["scsi0", "virtio0", "ide0", "scsi1", "scsi2"]),
+                "{args:?} VM {vmid}\n{text}"
+            );
+            let null = find(&m, "pve_kvm_disk_info", &[("id", vmid), ("disk_name", "scsi2")]);
+            assert_eq!(null[0].label("disk_path"), Some("null-co"), "{args:?}");
             let io: BTreeSet<&str> = find(&m, "pve_kvm_disk_read_operations_total", &[("id", vmid)])
                 .iter()
                 .filter_map(|s| s.label("disk_name"))
@@ -351,9 +362,18 @@ fn firmware_and_efi_vars_are_not_guest_disks() {
             assert_eq!(io, names, "{args:?} VM {vmid}: I/O of every data disk, none of the firmware");
         }
         assert!(!text.contains("pflash") && !text.contains("efidisk"), "{args:?}\n{text}");
-        by_mode.push(device_lines(&text));
+        assert_eq!(
+            value(&m, "pve_kvm_disk_read_operations_total", &[("id", "936"), ("disk_name", "scsi2")]),
+            Some(1.0),
+            "{args:?}: the file-less drive's own counters"
+        );
+        // In qm mode sizes come from the host, which has no file to measure for `null-co`.
+        let mut lines = device_lines(&text);
+        lines.retain(|l| !(l.starts_with("pve_kvm_disk_size_bytes") && l.contains("\"scsi2\"")));
+        by_mode.push(lines);
     }
-    assert_eq!(by_mode[0], by_mode[1], "QMP and qm modes report the same disks");
+    let (a, b) = (&by_mode[0], &by_mode[1]);
+    assert!(a == b, "QMP and qm modes differ:\nonly qmp: {:#?}\nonly qm: {:#?}", a.difference(b), b.difference(a));
 }
 
 fn promtool_accepts(text: &str) {

@@ -75,6 +75,9 @@ pub struct VmSpec {
     /// UEFI firmware as PVE 8 (`-drive if=pflash`) or PVE 9 (`-blockdev` + `-machine
     /// pflash0=,pflash1=`) passes it: a 2 MiB code ROM and an EFI vars disk.
     pub uefi: Option<Pve>,
+    /// A PVE 9 `-blockdev` drive whose protocol node has no file name (`null-co`, standing in
+    /// for iSCSI, NBD, RBD), attached as scsi2.
+    pub null_disk: bool,
 }
 
 /// Which PVE generation's command-line layout.
@@ -223,6 +226,18 @@ impl Qemu {
                         .args(["-machine", "pc,pflash0=pflash0,pflash1=drive-efidisk0"]);
                 }
             }
+        }
+        if spec.null_disk {
+            cmd.args(["-object", "throttle-group,id=throttle-drive-scsi2"])
+                .args([
+                    "-blockdev",
+                    &serde_json::json!({
+                        "driver": "throttle", "throttle-group": "throttle-drive-scsi2", "node-name": "drive-scsi2",
+                        "file": {"driver": "raw", "file": {"driver": "null-co", "size": 1_048_576}}
+                    })
+                    .to_string(),
+                ])
+                .args(["-device", "scsi-hd,bus=scsihw0.0,channel=0,scsi-id=2,lun=2,drive=drive-scsi2,id=scsi2"]);
         }
         if let Some(dev) = &spec.block_device {
             cmd.args(["-drive", &format!("file={dev},if=none,id=drive-virtio1,format=raw,cache=none")])

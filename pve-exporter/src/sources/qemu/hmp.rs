@@ -222,7 +222,9 @@ fn parse_header(line: &str) -> Option<Drive> {
     }
     d.driver = driver.to_string();
     if let Some(json) = path.strip_prefix("json:") {
-        let (file, format) = resolve_json_path(json)?;
+        // A drive is never dropped for its description: it is attached to a guest device, and
+        // its place in the list names the unnamed blockstats rows.
+        let (file, format) = resolve_json_path(json).unwrap_or_else(|| (driver.to_string(), driver.to_string()));
         d.path = Some(file);
         d.format = format;
     } else {
@@ -242,10 +244,13 @@ fn is_word(s: &str) -> bool {
 /// Filter drivers that sit above the format driver and say nothing about the image.
 const FILTER_DRIVERS: &[&str] = &["throttle", "copy-on-read", "compress", "preallocate"];
 
-/// The image of a `json:{...}` node description (PVE 9's `-blockdev` drives): the file name of
-/// the protocol node at the bottom of the `file` chain (`file`, `host_device`, ...; `rbd:`
-/// pool/image for librbd) and the first format driver below the filters. None when the JSON
-/// does not parse or names no image.
+/// The image of a `json:{...}` node description (PVE 9's `-blockdev` drives) and the first
+/// format driver below the filters. The image is the best identity the protocol node at the
+/// bottom of the `file` chain gives: its file name (`file`, `host_device`, ...); `rbd:<pool>/
+/// [<namespace>/]<image>` for librbd; `iscsi://<portal>/<target>/<lun>` (`iscsidirect`, ZFS
+/// over iSCSI); `nbd://<host>:<port>/<export>` or `nbd+unix:///<export>?socket=<path>`;
+/// `gluster://<host>/<volume>/<path>`; a `url`; else the driver's name (`null-co`). None only
+/// when the JSON does not parse or has no node.
 pub fn resolve_json_path(json: &str) -> Option<(String, String)> {
     let v: serde_json::Value = serde_json::from_str(json).ok()?;
     let mut node = &v;
@@ -253,16 +258,7 @@ pub fn resolve_json_path(json: &str) -> Option<(String, String)> {
     for _ in 0..16 {
         let driver = node.get("driver").and_then(|d| d.as_str()).unwrap_or("");
         let Some(child) = node.get("file").filter(|f| f.is_object()) else {
-            // The protocol node.
-            let path = if let Some(f) = node.get("filename").and_then(|f| f.as_str()) {
-                f.to_string()
-            } else if driver == "rbd" {
-                let pool = node.get("pool").and_then(|p| p.as_str())?;
-                let image = node.get("image").and_then(|i| i.as_str())?;
-                format!("rbd:{pool}/{image}")
-            } else {
-                return None;
-            };
+            let path = protocol_identity(node, driver);
             return Some((path, format.unwrap_or(driver).to_string()));
         };
         if format.is_none() && !FILTER_DRIVERS.contains(&driver) && !driver.is_empty() {
@@ -271,6 +267,42 @@ pub fn resolve_json_path(json: &str) -> Option<(String, String)> {
         node = child;
     }
     None
+}
+
+/// The identity of a protocol node (see [`resolve_json_path`]); never credentials (iSCSI's
+/// `user`, `password-secret` and the like are left out).
+fn protocol_identity(node: &serde_json::Value, driver: &str) -> String {
+    let s = |k: &str| node.get(k).and_then(|v| v.as_str()).unwrap_or("");
+    let n = |k: &str| match node.get(k) {
+        Some(serde_json::Value::Number(n)) => n.to_string(),
+        Some(serde_json::Value::String(t)) => t.clone(),
+        _ => String::new(),
+    };
+    let server = |v: &serde_json::Value| -> (String, String, String) {
+        let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
+        (s("type"), s("host"), if s("type") == "unix" { s("path") } else { s("port") })
+    };
+    if !s("filename").is_empty() {
+        return s("filename").to_string();
+    }
+    match driver {
+        "rbd" if !s("pool").is_empty() && !s("image").is_empty() => {
+            let ns = if s("namespace").is_empty() { String::new() } else { format!("{}/", s("namespace")) };
+            format!("rbd:{}/{ns}{}", s("pool"), s("image"))
+        }
+        "iscsi" if !s("portal").is_empty() => format!("iscsi://{}/{}/{}", s("portal"), s("target"), n("lun")),
+        "nbd" => match node.get("server").map(server) {
+            Some((t, _, path)) if t == "unix" => format!("nbd+unix:///{}?socket={path}", s("export")),
+            Some((_, host, port)) if !host.is_empty() => format!("nbd://{host}:{port}/{}", s("export")),
+            _ => driver.to_string(),
+        },
+        "gluster" => {
+            let host = node.get("server").and_then(|v| v.get(0)).map(server).map(|(_, h, _)| h).unwrap_or_default();
+            format!("gluster://{host}/{}/{}", s("volume"), s("path"))
+        }
+        _ if !s("url").is_empty() => s("url").to_string(),
+        _ => driver.to_string(),
+    }
 }
 
 /// What the path of a disk tells about its storage (the labels of `pve_kvm_disk_info`).
@@ -411,6 +443,21 @@ pub fn assign_blockstats(rows: Vec<(String, BlockStats)>, drives: &[Drive]) -> O
     if rows.iter().all(|(n, _)| !n.is_empty()) {
         return Some(rows);
     }
+    // The unnamed rows are the drives without a BlockBackend name: `info block` prints those
+    // by their node name alone (no `(#blockN)` after it), with a medium. Matched in order
+    // among themselves, the named rows by name: a drive added or dropped elsewhere in the
+    // list costs no other drive its row.
+    let anonymous: Vec<&Drive> = drives.iter().filter(|d| d.node.is_empty() && d.path.is_some()).collect();
+    let unnamed = rows.iter().filter(|(n, _)| n.is_empty()).count();
+    let names: std::collections::HashSet<&str> = drives.iter().map(|d| d.name.as_str()).collect();
+    if unnamed == anonymous.len() && rows.iter().all(|(n, _)| n.is_empty() || names.contains(n.as_str())) {
+        let mut anon = anonymous.into_iter();
+        return rows
+            .into_iter()
+            .map(|(n, st)| if n.is_empty() { anon.next().map(|d| (d.name.clone(), st)) } else { Some((n, st)) })
+            .collect();
+    }
+    // Else the whole list, position by position (a QEMU that prints no node names).
     if rows.len() != drives.len() || rows.iter().zip(drives).any(|((n, _), d)| !n.is_empty() && *n != d.name) {
         return None;
     }
@@ -648,6 +695,37 @@ mod tests {
             "drive-virtio1: json:{\"driver\":\"throttle\",\"file\":{\"driver\":\"raw\",\"file\":{\"driver\":\"rbd\",\"pool\":\"pool1\",\"image\":\"vm-100-disk-1\"}}} (throttle)\n",
         );
         assert_eq!(d.path.as_deref(), Some("rbd:pool1/vm-100-disk-1"));
+        // Protocol nodes without a file name: every drive is kept with the identity it has
+        // (PVE 9's iscsidirect and ZFS over iSCSI, NBD, RBD namespaces, anything else).
+        for (json, want) in [
+            (
+                r#"{"driver":"throttle","file":{"driver":"raw","file":{"driver":"iscsi","transport":"tcp","portal":"10.0.0.5:3260","target":"iqn.2003-01.org.linux-iscsi.san:disk1","lun":1,"user":"u","password-secret":"s"}}}"#,
+                "iscsi://10.0.0.5:3260/iqn.2003-01.org.linux-iscsi.san:disk1/1",
+            ),
+            (
+                r#"{"driver":"raw","file":{"driver":"nbd","server":{"type":"inet","host":"10.0.0.9","port":"10809"},"export":"vm-100-disk-0"}}"#,
+                "nbd://10.0.0.9:10809/vm-100-disk-0",
+            ),
+            (
+                r#"{"driver":"raw","file":{"driver":"nbd","server":{"type":"unix","path":"/run/qemu-server/100_nbd.migrate"},"export":"drive-scsi0"}}"#,
+                "nbd+unix:///drive-scsi0?socket=/run/qemu-server/100_nbd.migrate",
+            ),
+            (
+                r#"{"driver":"raw","file":{"driver":"rbd","pool":"p","namespace":"ns","image":"vm-1-disk-0"}}"#,
+                "rbd:p/ns/vm-1-disk-0",
+            ),
+            (
+                r#"{"driver":"qcow2","file":{"driver":"gluster","volume":"gv0","path":"images/100/vm-100-disk-0.qcow2","server":[{"type":"inet","host":"g1","port":"24007"}]}}"#,
+                "gluster://g1/gv0/images/100/vm-100-disk-0.qcow2",
+            ),
+            (r#"{"driver":"throttle","file":{"driver":"raw","file":{"driver":"null-co","size":1048576}}}"#, "null-co"),
+        ] {
+            let d = one(&format!("drive-scsi5: json:{json} (throttle)\n"));
+            assert_eq!(d.path.as_deref(), Some(want), "{json}");
+            assert!(!d.path.as_deref().unwrap_or("").contains("password"), "no credentials");
+        }
+        // A description that is no JSON at all: kept, named by its driver.
+        assert_eq!(one("drive-scsi6: json:{not json (raw)\n").path.as_deref(), Some("raw"));
         // Throttle JSON with "drive-" inside values, and the detail lines of both drives kept.
         let drives = parse_info_block(
             "drive-ide2: json:{\"throttle-group\": \"throttle-drive-ide2\", \"driver\": \"throttle\", \"file\": {\"driver\": \"raw\", \"file\": {\"driver\": \"host_device\", \"filename\": \"/dev/zvol/rpool/data/vm-100-cloudinit\"}}} (throttle, read-only)\n    Attached to:      ide2\n    Removable device: locked, tray closed\n    Cache mode:       writeback\n\ndrive-virtio0: json:{\"throttle-group\": \"throttle-drive-virtio0\", \"driver\": \"throttle\", \"file\": {\"driver\": \"raw\", \"file\": {\"driver\": \"host_device\", \"filename\": \"/dev/rbd-pve/00000000-0000-0000-0000-000000000001/pool1/vm-100-disk-0\"}}} (throttle)\n    Attached to:      /machine/peripheral/virtio0/virtio-backend\n    Cache mode:       writeback\n    Detect zeroes:    on\n",
@@ -679,8 +757,6 @@ mod tests {
     fn block_garbage() {
         for bad in [
             "drive-scsi0: this is not a valid header",
-            "drive-scsi0 (#block100): json:{invalid json} (raw, read-write)",
-            "drive-scsi0 (#block100): json:{\"driver\":\"raw\"} (raw)",
             "drive-scsi0 (#block100):  (raw)",
             "drive-scsi0 (#block100): /x (raw, sideways)",
             "drive-scsi0 (#block100: /x (raw)",
@@ -692,15 +768,23 @@ mod tests {
         ] {
             assert!(parse_info_block(bad).is_empty(), "{bad:?}");
         }
+        // A description that says nothing about its image still is a drive (issue 19: PVE 9
+        // drives were dropped for it), named by what it does say.
+        for (odd, want) in [
+            ("drive-scsi0 (#block100): json:{invalid json} (raw, read-write)", "raw"),
+            ("drive-scsi0 (#block100): json:{\"driver\":\"raw\"} (raw)", "raw"),
+        ] {
+            assert_eq!(parse_info_block(odd)[0].path.as_deref(), Some(want), "{odd}");
+        }
         // Detail lines of a bad header do not attach to the previous drive.
         let d = parse_info_block("drive-a: /a (raw)\ngarbage: here\n    Cache mode:       none\n");
         assert_eq!((d.len(), d[0].cache_mode.as_str()), (1, ""));
         // A name listed twice keeps the first drive: duplicate series would fail the scrape.
         let d = parse_info_block("drive-a: /a (raw)\ndrive-a: /b (raw)\n");
         assert_eq!((d.len(), d[0].path.as_deref()), (1, Some("/a")));
-        // Deeply nested JSON is bounded.
+        // Deeply nested JSON is bounded: the walk stops, the drive stays (named by its driver).
         let deep = format!("drive-a: json:{}{}{} (raw)", "{\"file\":".repeat(40), "{}", "}".repeat(40));
-        assert!(parse_info_block(&deep).is_empty());
+        assert_eq!(parse_info_block(&deep)[0].path.as_deref(), Some("raw"));
     }
 
     /// Cut and corrupted captures: the parsers never panic (a cheap stand-in for a fuzzer).
@@ -783,11 +867,18 @@ mod tests {
         let drives = parse_info_block(&fixture("info-block.txt"));
         let named = assign_blockstats(rows.clone(), &drives).unwrap();
         assert_eq!((named[6].0.as_str(), named[7].0.as_str()), ("drive-scsi2", "drive-scsi3"));
-        // A different topology: no guessing.
-        assert!(assign_blockstats(rows.clone(), &drives[1..]).is_none());
+        // A drive that is not there (not in the rows) costs no other drive its row: the
+        // unnamed rows still match the drives without a BlockBackend name, in order.
+        let fewer: Vec<Drive> = drives.iter().filter(|d| d.name != "drive-scsi0").cloned().collect();
+        let named_again = assign_blockstats(rows[1..].to_vec(), &fewer).unwrap();
+        assert_eq!((named_again[5].0.as_str(), named_again[6].0.as_str()), ("drive-scsi2", "drive-scsi3"));
+        // A different topology of the unnamed drives: no guessing.
+        let one_anonymous_less: Vec<Drive> = drives.iter().filter(|d| d.name != "drive-scsi3").cloned().collect();
+        assert!(assign_blockstats(rows.clone(), &one_anonymous_less).is_none());
+        // Named rows go by their names, wherever the drives are listed.
         let mut swapped = drives.clone();
         swapped.swap(0, 1);
-        assert!(assign_blockstats(rows, &swapped).is_none());
+        assert_eq!(assign_blockstats(rows.clone(), &swapped), Some(named));
         assert!(parse_info_blockstats("garbage\nx y: rd_bytes=1\ndrive-a: nothing=1 rd_bytes=x\n").is_empty());
     }
 }
