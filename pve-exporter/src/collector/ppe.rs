@@ -177,9 +177,8 @@ impl Collector for Ppe {
                         if let Some(t) = st.cpu {
                             f.cpu = self.ratio(&mut seen, &id, (t.user + t.system).as_secs_f64(), cpus, now);
                         }
-                        let guest_used = devices
-                            .get(g.vmid.as_str())
-                            .and_then(|d| d.balloon.as_ref()?.as_ref()?.stats.as_ref()?.used_bytes());
+                        let dev = devices.get(g.vmid.as_str());
+                        let guest_used = dev.and_then(|d| d.balloon.as_ref()?.as_ref()?.stats.as_ref()?.used_bytes());
                         // qemu-server's vmstatus: the guest's total less free when its balloon
                         // driver reports them, else what the host sees.
                         f.mem = guest_used
@@ -191,7 +190,7 @@ impl Collector for Ppe {
                             })
                             .or_else(|| st.status.as_ref().and_then(|s| s.memory("vmrss")))
                             .unwrap_or(0);
-                        if let Some(stats) = devices.get(g.vmid.as_str()).and_then(|d| d.stats.as_ref()) {
+                        if let Some(stats) = dev.and_then(|d| d.stats.as_ref()) {
                             f.diskread = stats.iter().map(|(_, s)| s.rd_bytes).sum();
                             f.diskwrite = stats.iter().map(|(_, s)| s.wr_bytes).sum();
                         }
