@@ -466,6 +466,34 @@ pub static KVM_BALLOON: &[&Def] = &[
     &KVM_GUEST_PAGE_FAULTS,
     &KVM_GUEST_MEMORY_STATS_TIMESTAMP,
 ];
+// Per-VM, from the QEMU guest agent (PVE VMs with `agent: 1`).
+pub static KVM_AGENT_UP: Def = gauge(
+    "kvm_agent_up",
+    ID,
+    "1 when the VM's guest agent answered its last query, 0 when it did not (asked at most once per --agent-interval); no series for VMs without `agent: 1` or before the first answer",
+);
+pub static KVM_AGENT_LAST_ANSWER: Def = gauge(
+    "kvm_agent_last_answer_timestamp_seconds",
+    ID,
+    "When the guest agent's answer the file system series come from was read",
+);
+pub static KVM_GUEST_FS_INFO: Def = gauge(
+    "kvm_guest_filesystem_info",
+    &["id", "mountpoint", "name", "type", "serial"],
+    "A file system mounted in the guest, as its agent reports it (guest-get-fsinfo): its device name, type and the serials of the disks under it (comma-separated)",
+);
+pub static KVM_GUEST_FS_SIZE_BYTES: Def = gauge(
+    "kvm_guest_filesystem_size_bytes",
+    &["id", "mountpoint"],
+    "Size of a guest file system as an unprivileged user sees it (used + available; the agent's total-bytes)",
+);
+pub static KVM_GUEST_FS_USED_BYTES: Def = gauge(
+    "kvm_guest_filesystem_used_bytes",
+    &["id", "mountpoint"],
+    "Bytes used on a guest file system (the agent's used-bytes)",
+);
+pub static KVM_AGENT: &[&Def] =
+    &[&KVM_AGENT_UP, &KVM_AGENT_LAST_ANSWER, &KVM_GUEST_FS_INFO, &KVM_GUEST_FS_SIZE_BYTES, &KVM_GUEST_FS_USED_BYTES];
 // ---- end of non-PVE VM sources ----
 pub static KVM_DISK: &[&Def] = &[
     &KVM_DISK_INFO,
@@ -875,6 +903,7 @@ pub fn all() -> impl Iterator<Item = &'static Def> {
         KVM_LIBVIRT,
         KVM_GUEST,
         KVM_BALLOON,
+        KVM_AGENT,
         KVM_DISK,
         KVM_EBPF,
         KVM_VCPU,

@@ -170,6 +170,20 @@ pub struct Config {
           value_parser = clap::value_parser!(u16).range(1..))]
     pub qm_max_concurrent: u16,
 
+    /// Time limit of one guest agent query (connect, handshake and answers together).
+    #[arg(long, env = "PVE_EXPORTER_AGENT_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub agent_timeout: Duration,
+
+    /// How often a VM's guest agent is asked for its file systems (the answer, or the failure,
+    /// is reported in between).
+    #[arg(long, env = "PVE_EXPORTER_AGENT_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub agent_interval: Duration,
+
+    /// Guest agent queries running at once, over all VMs and scrapes.
+    #[arg(long, env = "PVE_EXPORTER_AGENT_MAX_CONCURRENT", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub agent_max_concurrent: u16,
+
     /// Root of the host file system: every host path (/proc, /sys, /etc/pve, ...) is read below it.
     #[arg(long, env = "PVE_EXPORTER_ROOT", default_value = "/")]
     pub root: PathBuf,

@@ -241,7 +241,8 @@ fn pve_broken_isolates_failures() {
     let basic = scrape("pve-basic", Format::Text);
     let (got, want) = (vm_lines(&t, "100"), vm_lines(&basic, "100"));
     assert_eq!(got, want, "VM 100 in pve-broken vs pve-basic");
-    assert_eq!(want.len(), 3 + 1 + 1 + 1 + 1 + 16 + 1 + 2 + 6);
+    // ... and pve_kvm_agent_up (agent: 1, no socket in a fixture tree).
+    assert_eq!(want.len(), 3 + 1 + 1 + 1 + 1 + 16 + 1 + 2 + 6 + 1);
     let info = series(&t, "pve_kvm_info", &[("id", "100")]);
     assert_eq!(info.len(), 1);
     // The one valid pool line among the garbage of user.cfg.

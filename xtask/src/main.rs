@@ -31,14 +31,15 @@ usage: cargo xtask <task> [args]
 
 /// Debian packages the build and the tests use.
 const APT_PACKAGES: &[&str] = &[
-    "llvm-22-dev",     // bpf-linker links against it
-    "prometheus",      // promtool checks a real scrape
-    "qemu-system-x86", // the NIC and disk tests run real QEMU VMs (tests/qemu.rs)
-    "qemu-utils",      // qemu-img makes their disks
-    "curl",            // tests/web.rs: a real TLS client
-    "openssl",         // tests/web.rs: test certificates
-    "systemd",         // tests/package.rs: systemd-analyze verify of the unit
-    "binutils",        // xtask deb: strip, objdump
+    "llvm-22-dev",      // bpf-linker links against it
+    "prometheus",       // promtool checks a real scrape
+    "qemu-system-x86",  // the NIC and disk tests run real QEMU VMs (tests/qemu.rs)
+    "qemu-utils",       // qemu-img makes their disks
+    "qemu-guest-agent", // tests/agent.rs asks a real agent about this machine's file systems
+    "curl",             // tests/web.rs: a real TLS client
+    "openssl",          // tests/web.rs: test certificates
+    "systemd",          // tests/package.rs: systemd-analyze verify of the unit
+    "binutils",         // xtask deb: strip, objdump
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

@@ -12,6 +12,7 @@
 //! `pve_exporter_collector_success{collector} 0`; the scrape goes on. Adding one:
 //! docs/architecture.md, "Adding a collector".
 
+mod agent;
 pub(crate) mod balloon;
 mod disk;
 mod ebpf_maps;
@@ -151,6 +152,11 @@ pub static REGISTRY: &[Entry] = &[
         "balloon",
         "Per-VM guest memory: balloon size and the guest's own memory statistics (QEMU monitor)",
         balloon::new,
+    ),
+    collector(
+        "agent",
+        "Per-VM guest file systems from the QEMU guest agent (PVE VMs with `agent: 1`), asked once per --agent-interval",
+        agent::new,
     ),
     collector("vcpu", "Per-vCPU schedstat: run time and run-queue wait", vcpu::new),
     collector("kvm_debugfs", "KVM's debugfs statistics per VM (--kvm-debugfs)", kvm_debugfs::new),

@@ -1,6 +1,7 @@
-//! QEMU: its monitors (QMP, HMP text, PVE's `qm monitor`), the per-scrape monitor exchange
+//! QEMU: its monitors (QMP, HMP text, PVE's `qm monitor`), its guest agent, the per-scrape monitor exchange
 //! with its cache, redaction of what the monitors say, and libvirt's view of its domains.
 
+pub mod agent;
 pub mod balloon;
 pub mod hmp;
 pub mod libvirt;

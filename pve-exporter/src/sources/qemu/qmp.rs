@@ -42,7 +42,7 @@ fn timed_out(what: &str, step: Duration) -> io::Error {
 
 /// Connect a non-blocking Unix stream socket. A listener whose backlog is full makes
 /// `connect` fail with EAGAIN (nothing to wait on): retry until the deadline.
-fn connect(path: &Path, deadline: Instant, step: Duration) -> io::Result<UnixStream> {
+pub(crate) fn connect(path: &Path, deadline: Instant, step: Duration) -> io::Result<UnixStream> {
     use std::os::unix::ffi::OsStrExt;
     let bytes = path.as_os_str().as_bytes();
     // SAFETY: sockaddr_un is plain data; zeroed is a valid value.
