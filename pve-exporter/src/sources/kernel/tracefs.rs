@@ -298,6 +298,178 @@ mod tests {
         );
     }
 
+    /// kvm_exit as each kernel PVE ships renders it (fixtures/tracepoints/README.md says where
+    /// each comes from), with the 6.18 capture as the newest.
+    struct KvmExitLayout {
+        fixture: &'static str,
+        text: &'static str,
+        /// Entries of the VMX and the SVM table as parsed. The SVM count leaves out the kernel's
+        /// 17 `{ 0x040 + N, "XX excp" }` entries: their number is a sum, which the parser skips.
+        vmx_len: usize,
+        svm_len: usize,
+        /// Offset of the `u64 requests` field (6.14 and newer).
+        requests: Option<u32>,
+        /// Present in this kernel's tables.
+        vmx_has: &'static [(u64, &'static str)],
+        svm_has: &'static [(u64, &'static str)],
+        /// Codes this kernel's tables do not name yet (a newer kernel's does).
+        vmx_lacks: &'static [u64],
+        svm_lacks: &'static [u64],
+    }
+
+    const KVM_EXIT_LAYOUTS: &[KvmExitLayout] = &[
+        KvmExitLayout {
+            fixture: "v5.15",
+            text: include_str!("../../../../fixtures/tracepoints/kvm_kvm_exit.v5.15-reconstructed.format"),
+            vmx_len: 61,
+            svm_len: 86,
+            requests: None,
+            vmx_has: &[(74, "BUS_LOCK"), (68, "TPAUSE")],
+            svm_has: &[(0x8000_0005, "vmgexit_ap_jump_table")],
+            vmx_lacks: &[75, 77, 84, 85],
+            svm_lacks: &[0x8000_0010, 0x8000_0013, 0x8000_fffd, 0xa5, 0xa6],
+        },
+        KvmExitLayout {
+            fixture: "v6.2",
+            text: include_str!("../../../../fixtures/tracepoints/kvm_kvm_exit.v6.2-reconstructed.format"),
+            vmx_len: 62,
+            svm_len: 91,
+            requests: None,
+            vmx_has: &[(75, "NOTIFY")],
+            svm_has: &[(0x8000_0010, "vmgexit_page_state_change"), (0x8000_fffd, "vmgexit_hypervisor_feature")],
+            vmx_lacks: &[77, 84, 85],
+            svm_lacks: &[0xa5, 0xa6],
+        },
+        KvmExitLayout {
+            fixture: "v6.5",
+            text: include_str!("../../../../fixtures/tracepoints/kvm_kvm_exit.v6.5-reconstructed.format"),
+            vmx_len: 62,
+            svm_len: 91,
+            requests: None,
+            vmx_has: &[(75, "NOTIFY")],
+            svm_has: &[(0x8000_0011, "vmgexit_guest_request"), (0x8000_0013, "vmgexit_ap_creation")],
+            vmx_lacks: &[77, 84, 85],
+            svm_lacks: &[0xa5, 0xa6],
+        },
+        KvmExitLayout {
+            fixture: "v6.8",
+            text: include_str!("../../../../fixtures/tracepoints/kvm_kvm_exit.v6.8-reconstructed.format"),
+            vmx_len: 62,
+            svm_len: 91,
+            requests: None,
+            vmx_has: &[(75, "NOTIFY")],
+            svm_has: &[(0x8000_0012, "vmgexit_ext_guest_request")],
+            vmx_lacks: &[77, 84, 85],
+            svm_lacks: &[0xa5, 0xa6],
+        },
+        KvmExitLayout {
+            fixture: "v6.14",
+            text: include_str!("../../../../fixtures/tracepoints/kvm_kvm_exit.v6.14-reconstructed.format"),
+            vmx_len: 62,
+            svm_len: 91,
+            requests: Some(64),
+            vmx_has: &[(75, "NOTIFY")],
+            svm_has: &[(0x8000_fffd, "vmgexit_hypervisor_feature")],
+            vmx_lacks: &[77, 84, 85],
+            svm_lacks: &[0xa5, 0xa6],
+        },
+        KvmExitLayout {
+            fixture: "6.18 capture",
+            text: include_str!("../../../../fixtures/tracepoints/kvm_kvm_exit.format"),
+            vmx_len: 65,
+            svm_len: 93,
+            requests: Some(64),
+            vmx_has: &[(77, "TDCALL"), (84, "MSR_READ_IMM"), (85, "MSR_WRITE_IMM")],
+            svm_has: &[(0xa5, "buslock"), (0xa6, "idle-halt")],
+            vmx_lacks: &[],
+            svm_lacks: &[],
+        },
+    ];
+
+    #[test]
+    fn kvm_exit_layout_of_every_shipped_kernel() {
+        use crate::sources::kernel::ebpf::{ExitReasons, PROGRAMS, resolve_offsets};
+        use pve_exporter_common::{ISA_SVM, ISA_VMX, globals};
+        let kvm_exit = PROGRAMS.iter().find(|p| p.event == "kvm_exit").unwrap();
+        for l in KVM_EXIT_LAYOUTS {
+            let f = parse_format(l.text).unwrap_or_else(|e| panic!("{}: {e}", l.fixture));
+            assert_eq!(f.name, "kvm_exit", "{}", l.fixture);
+            // The record: what the BPF program reads is where it always was.
+            let reason = f.checked_field("exit_reason", 4).unwrap();
+            assert_eq!((reason.offset, reason.ty.as_str(), reason.signed), (8, "unsigned int", false), "{}", l.fixture);
+            let isa = f.checked_field("isa", 4).unwrap();
+            assert_eq!((isa.offset, isa.ty.as_str()), (24, "u32"), "{}", l.fixture);
+            assert_eq!(f.checked_field("guest_rip", 8).unwrap().offset, 16, "{}", l.fixture);
+            assert_eq!(f.checked_field("vcpu_id", 4).unwrap().offset, 56, "{}", l.fixture);
+            assert_eq!(f.field("requests").map(|r| (r.offset, r.size)), l.requests.map(|o| (o, 8)), "{}", l.fixture);
+            assert_eq!(
+                resolve_offsets(kvm_exit, &f).unwrap(),
+                [(globals::EXIT_REASON, 8), (globals::EXIT_ISA, 24)],
+                "{}",
+                l.fixture
+            );
+            // The print fmt picks the table by isa: 1 is VMX (on the low 16 bits), else SVM.
+            assert!(f.print_fmt.contains("(REC->isa == 1) ? __print_symbolic(REC->exit_reason & 0xffff, {"));
+            assert!(f.print_fmt.contains(") : __print_symbolic(REC->exit_reason, {"));
+            let t = print_symbolic_tables(&f.print_fmt, "exit_reason");
+            assert_eq!(t.len(), 2, "{}: VMX and SVM tables, the flags table is not one", l.fixture);
+            let (vmx, svm) = (&t[0], &t[1]);
+            assert_eq!((vmx.len(), svm.len()), (l.vmx_len, l.svm_len), "{}", l.fixture);
+            let has = |table: &[(u64, String)], n: u64, name: &str| table.iter().any(|(c, s)| *c == n && s == name);
+            for (n, name) in [(0, "EXCEPTION_NMI"), (12, "HLT"), (30, "IO_INSTRUCTION"), (48, "EPT_VIOLATION")]
+                .iter()
+                .chain(l.vmx_has)
+            {
+                assert!(has(vmx, *n, name), "{}: VMX {n} {name}", l.fixture);
+            }
+            for (n, name) in [(0x78, "hlt"), (0x7b, "io"), (0x400, "npf"), (0x403, "vmgexit")].iter().chain(l.svm_has) {
+                assert!(has(svm, *n, name), "{}: SVM {n:#x} {name}", l.fixture);
+            }
+            for n in l.vmx_lacks {
+                assert!(!vmx.iter().any(|(c, _)| c == n), "{}: VMX {n} should be unnamed", l.fixture);
+            }
+            for n in l.svm_lacks {
+                assert!(!svm.iter().any(|(c, _)| c == n), "{}: SVM {n:#x} should be unnamed", l.fixture);
+            }
+            // The BPF program keeps only the low 16 bits of a VMX reason: every VMX code fits.
+            assert!(vmx.iter().all(|(c, _)| *c <= 0xffff), "{}", l.fixture);
+            // SVM_EXIT_ERR is `-1`: last in the table, decoded as the u32 field holds it.
+            assert!(f.print_fmt.contains(r#"{ -1, "invalid_guest_state" })"#), "{}", l.fixture);
+            assert_eq!(svm.last(), Some(&(0xffff_ffff, "invalid_guest_state".to_string())), "{}", l.fixture);
+            assert!(svm.iter().all(|(c, _)| *c <= u64::from(u32::MAX)), "{}", l.fixture);
+            // VM-entry failure is a flag above the 16 bits, printed by its own table.
+            let flags = r#"__print_flags(REC->exit_reason & ~0xffff, " ", { 0x80000000, "FAILED_VMENTRY" })"#;
+            assert!(f.print_fmt.contains(flags), "{}", l.fixture);
+            let as_symbolic = f.print_fmt.replace("__print_flags(", "__print_symbolic(");
+            let with_flags = print_symbolic_tables(&as_symbolic, "exit_reason");
+            assert_eq!(with_flags.len(), 3, "{}", l.fixture);
+            assert_eq!(with_flags[2], [(0x8000_0000, "FAILED_VMENTRY".to_string())], "{}", l.fixture);
+            // What the daemon labels with.
+            let r = ExitReasons::from_print_fmt(&f.print_fmt, ISA_SVM);
+            assert_eq!((r.vmx.len(), r.svm.len()), (l.vmx_len, l.svm_len), "{}", l.fixture);
+            assert_eq!(r.label(ISA_VMX, 30), "io_instruction");
+            assert_eq!(r.label(ISA_SVM, 0x7b), "io");
+            assert_eq!(r.label(ISA_SVM, u32::MAX), "invalid_guest_state");
+            assert_eq!(r.label(ISA_VMX, u32::MAX), u32::MAX.to_string());
+            let notify = if l.vmx_lacks.contains(&75) { "75" } else { "notify" };
+            assert_eq!(r.label(ISA_VMX, 75), notify, "{}", l.fixture);
+            // The exception intercepts are in every kernel's table as `0x040 + <vector>` (not in
+            // the parsed counts above, see `svm_len`).
+            assert!(f.print_fmt.contains(r#"{ 0x040 + 14, "PF excp" }"#), "{}", l.fixture);
+        }
+    }
+
+    #[test]
+    fn kvm_exit_6_2_to_6_8_render_alike() {
+        // Same trace.h, vmx.h and svm.h in all three trees: the files differ in the ID only.
+        let body = |s: &str| s.lines().filter(|l| !l.starts_with("ID:")).collect::<Vec<_>>().join("\n");
+        let v = |i: usize| body(KVM_EXIT_LAYOUTS[i].text);
+        assert_eq!(v(1), v(2));
+        assert_eq!(v(2), v(3));
+        assert_ne!(v(0), v(1));
+        assert_ne!(v(3), v(4));
+    }
+
     #[test]
     fn print_symbolic_edge_cases() {
         assert!(print_symbolic_tables("", "reason").is_empty());
