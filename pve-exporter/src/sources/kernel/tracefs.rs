@@ -104,13 +104,7 @@ pub fn print_symbolic_tables(print_fmt: &str, field: &str) -> Vec<Vec<(u64, Stri
                 '}' => {
                     if let Some((num, name)) = entry.take() {
                         let num = num.trim();
-                        let v = match num.strip_prefix("0x").or_else(|| num.strip_prefix("0X")) {
-                            Some(h) => u64::from_str_radix(h, 16).ok(),
-                            // A negative code (SVM's `{ -1, "invalid_guest_state" }`) is what
-                            // the 32-bit field holds: its two's complement.
-                            None if num.starts_with('-') => num.parse::<i32>().ok().map(|n| u64::from(n as u32)),
-                            None => num.parse().ok(),
-                        };
+                        let v = symbol_value(num);
                         if let Some(v) = v
                             && !name.is_empty()
                         {
@@ -130,6 +124,28 @@ pub fn print_symbolic_tables(print_fmt: &str, field: &str) -> Vec<Vec<(u64, Stri
         tables.push(table);
     }
     tables
+}
+
+/// The number of a `__print_symbolic` entry as the preprocessor left it: a literal (hex or
+/// decimal), or a sum of them (SVM's exception intercepts, `{ 0x040 + 14, "PF excp" }`, are
+/// `SVM_EXIT_EXCP_BASE + PF_VECTOR`). A negative code (SVM's `{ -1, "invalid_guest_state" }`)
+/// is what the 32-bit field holds: its two's complement. Anything else: None (skipped).
+fn symbol_value(num: &str) -> Option<u64> {
+    let literal = |t: &str| {
+        let t = t.trim();
+        match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+            Some(h) => u64::from_str_radix(h, 16).ok(),
+            None => t.parse::<u64>().ok(),
+        }
+    };
+    if num.starts_with('-') {
+        return num.parse::<i32>().ok().map(|n| u64::from(n as u32));
+    }
+    let mut sum = 0u64;
+    for term in num.split('+') {
+        sum = sum.checked_add(literal(term)?)?;
+    }
+    Some(sum)
 }
 
 fn parse_field(line: &str) -> Option<FieldDesc> {
@@ -303,8 +319,8 @@ mod tests {
     struct KvmExitLayout {
         fixture: &'static str,
         text: &'static str,
-        /// Entries of the VMX and the SVM table as parsed. The SVM count leaves out the kernel's
-        /// 17 `{ 0x040 + N, "XX excp" }` entries: their number is a sum, which the parser skips.
+        /// Entries of the VMX and the SVM table as parsed, the SVM count with the kernel's 17
+        /// `{ 0x040 + N, "XX excp" }` exception intercepts (their number is a sum).
         vmx_len: usize,
         svm_len: usize,
         /// Offset of the `u64 requests` field (6.14 and newer).
@@ -322,7 +338,7 @@ mod tests {
             fixture: "v5.15",
             text: include_str!("../../../../fixtures/tracepoints/kvm_kvm_exit.v5.15-reconstructed.format"),
             vmx_len: 61,
-            svm_len: 86,
+            svm_len: 103,
             requests: None,
             vmx_has: &[(74, "BUS_LOCK"), (68, "TPAUSE")],
             svm_has: &[(0x8000_0005, "vmgexit_ap_jump_table")],
@@ -333,7 +349,7 @@ mod tests {
             fixture: "v6.2",
             text: include_str!("../../../../fixtures/tracepoints/kvm_kvm_exit.v6.2-reconstructed.format"),
             vmx_len: 62,
-            svm_len: 91,
+            svm_len: 108,
             requests: None,
             vmx_has: &[(75, "NOTIFY")],
             svm_has: &[(0x8000_0010, "vmgexit_page_state_change"), (0x8000_fffd, "vmgexit_hypervisor_feature")],
@@ -344,7 +360,7 @@ mod tests {
             fixture: "v6.5",
             text: include_str!("../../../../fixtures/tracepoints/kvm_kvm_exit.v6.5-reconstructed.format"),
             vmx_len: 62,
-            svm_len: 91,
+            svm_len: 108,
             requests: None,
             vmx_has: &[(75, "NOTIFY")],
             svm_has: &[(0x8000_0011, "vmgexit_guest_request"), (0x8000_0013, "vmgexit_ap_creation")],
@@ -355,7 +371,7 @@ mod tests {
             fixture: "v6.8",
             text: include_str!("../../../../fixtures/tracepoints/kvm_kvm_exit.v6.8-reconstructed.format"),
             vmx_len: 62,
-            svm_len: 91,
+            svm_len: 108,
             requests: None,
             vmx_has: &[(75, "NOTIFY")],
             svm_has: &[(0x8000_0012, "vmgexit_ext_guest_request")],
@@ -366,7 +382,7 @@ mod tests {
             fixture: "v6.14",
             text: include_str!("../../../../fixtures/tracepoints/kvm_kvm_exit.v6.14-reconstructed.format"),
             vmx_len: 62,
-            svm_len: 91,
+            svm_len: 108,
             requests: Some(64),
             vmx_has: &[(75, "NOTIFY")],
             svm_has: &[(0x8000_fffd, "vmgexit_hypervisor_feature")],
@@ -377,7 +393,7 @@ mod tests {
             fixture: "6.18 capture",
             text: include_str!("../../../../fixtures/tracepoints/kvm_kvm_exit.format"),
             vmx_len: 65,
-            svm_len: 93,
+            svm_len: 110,
             requests: Some(64),
             vmx_has: &[(77, "TDCALL"), (84, "MSR_READ_IMM"), (85, "MSR_WRITE_IMM")],
             svm_has: &[(0xa5, "buslock"), (0xa6, "idle-halt")],
@@ -453,9 +469,10 @@ mod tests {
             assert_eq!(r.label(ISA_VMX, u32::MAX), u32::MAX.to_string());
             let notify = if l.vmx_lacks.contains(&75) { "75" } else { "notify" };
             assert_eq!(r.label(ISA_VMX, 75), notify, "{}", l.fixture);
-            // The exception intercepts are in every kernel's table as `0x040 + <vector>` (not in
-            // the parsed counts above, see `svm_len`).
+            // The exception intercepts are in every kernel's table as `0x040 + <vector>`: named
+            // by their sum (a page fault intercept is exit code 0x4e).
             assert!(f.print_fmt.contains(r#"{ 0x040 + 14, "PF excp" }"#), "{}", l.fixture);
+            assert_eq!(r.label(ISA_SVM, 0x4e), "pf excp", "{}", l.fixture);
         }
     }
 
