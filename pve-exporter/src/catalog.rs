@@ -494,6 +494,71 @@ pub static KVM_GUEST_FS_USED_BYTES: Def = gauge(
 );
 pub static KVM_AGENT: &[&Def] =
     &[&KVM_AGENT_UP, &KVM_AGENT_LAST_ANSWER, &KVM_GUEST_FS_INFO, &KVM_GUEST_FS_SIZE_BYTES, &KVM_GUEST_FS_USED_BYTES];
+// Per guest of this node, from its backups (the task list, the dump directories, jobs.cfg).
+const GUEST_LABELS: &[&str] = &["id", "type"];
+const GUEST_STORAGE: &[&str] = &["id", "type", "storage"];
+pub static GUEST_BACKUP_LAST_RUN_TIMESTAMP: Def = gauge(
+    "guest_backup_last_run_timestamp_seconds",
+    GUEST_LABELS,
+    "When the guest's last finished backup started, successful or not (its vzdump task on this node)",
+);
+pub static GUEST_BACKUP_LAST_RUN_SUCCESS: Def = gauge(
+    "guest_backup_last_run_success",
+    GUEST_LABELS,
+    "1 when the guest's last finished backup succeeded, 0 when it failed",
+);
+pub static GUEST_BACKUP_LAST_RUN_DURATION: Def = gauge(
+    "guest_backup_last_run_duration_seconds",
+    GUEST_LABELS,
+    "How long the guest's last finished backup took (until it failed, for a failed one)",
+);
+pub static GUEST_BACKUP_LAST_ERROR_INFO: Def = gauge(
+    "guest_backup_last_error_info",
+    &["id", "type", "error"],
+    "Why the guest's last backup failed (vzdump's error); only while the last backup failed",
+);
+pub static GUEST_BACKUP_LAST_SUCCESS_TIMESTAMP: Def = gauge(
+    "guest_backup_last_success_timestamp_seconds",
+    GUEST_LABELS,
+    "When the guest's last successful backup started",
+);
+pub static GUEST_BACKUP_RUNNING: Def =
+    gauge("guest_backup_running", GUEST_LABELS, "1 while a backup of the guest runs on this node");
+pub static GUEST_BACKUP_COVERED: Def = gauge(
+    "guest_backup_covered",
+    GUEST_LABELS,
+    "1 when an enabled backup job of /etc/pve/jobs.cfg includes the guest, 0 when none does",
+);
+pub static GUEST_BACKUP_FILE_NEWEST_TIMESTAMP: Def = gauge(
+    "guest_backup_file_newest_timestamp_seconds",
+    GUEST_STORAGE,
+    "When the newest backup archive of the guest on a file storage of this node was made (from its name)",
+);
+pub static GUEST_BACKUP_FILE_NEWEST_AGE: Def = gauge(
+    "guest_backup_file_newest_age_seconds",
+    GUEST_STORAGE,
+    "Age of the newest backup archive of the guest on the storage",
+);
+pub static GUEST_BACKUP_FILE_NEWEST_SIZE: Def = gauge(
+    "guest_backup_file_newest_size_bytes",
+    GUEST_STORAGE,
+    "Size of the newest backup archive of the guest on the storage",
+);
+pub static GUEST_BACKUP_FILES: Def =
+    gauge("guest_backup_files", GUEST_STORAGE, "Backup archives of the guest on the storage");
+pub static GUEST_BACKUP: &[&Def] = &[
+    &GUEST_BACKUP_LAST_RUN_TIMESTAMP,
+    &GUEST_BACKUP_LAST_RUN_SUCCESS,
+    &GUEST_BACKUP_LAST_RUN_DURATION,
+    &GUEST_BACKUP_LAST_ERROR_INFO,
+    &GUEST_BACKUP_LAST_SUCCESS_TIMESTAMP,
+    &GUEST_BACKUP_RUNNING,
+    &GUEST_BACKUP_COVERED,
+    &GUEST_BACKUP_FILE_NEWEST_TIMESTAMP,
+    &GUEST_BACKUP_FILE_NEWEST_AGE,
+    &GUEST_BACKUP_FILE_NEWEST_SIZE,
+    &GUEST_BACKUP_FILES,
+];
 // ---- end of non-PVE VM sources ----
 pub static KVM_DISK: &[&Def] = &[
     &KVM_DISK_INFO,
@@ -904,6 +969,7 @@ pub fn all() -> impl Iterator<Item = &'static Def> {
         KVM_GUEST,
         KVM_BALLOON,
         KVM_AGENT,
+        GUEST_BACKUP,
         KVM_DISK,
         KVM_EBPF,
         KVM_VCPU,

@@ -13,6 +13,7 @@
 //! docs/architecture.md, "Adding a collector".
 
 mod agent;
+mod backup;
 pub(crate) mod balloon;
 mod disk;
 mod ebpf_maps;
@@ -177,6 +178,11 @@ pub static REGISTRY: &[Entry] = &[
     collector("storage", "Storages of /etc/pve/storage.cfg, sized by statvfs", storage::new),
     part("storage_zfs", "zfspool storages sized by zfs and zpool"),
     part("storage_lvm", "lvm and lvmthin storages sized by vgs and lvs"),
+    collector(
+        "backup",
+        "Each guest's last backup, backup archives and job coverage (task list, dump directories, jobs.cfg)",
+        backup::new,
+    ),
     stage("pve_nodes", "The cluster's node list from the PVE API (--pve-scope cluster)"),
     collector("node_status", "This node's status (local files or the API)", pve::node_status),
     collector("vm_pressure", "Each VM's pressure stall figures (local cgroups or the API)", pve::vm_pressure),

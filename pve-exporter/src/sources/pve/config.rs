@@ -156,6 +156,14 @@ impl PveConfigReader {
         self.gate.call("pmxcfs", timeout, move || me.read_blocking(&host))?
     }
 
+    /// user.cfg's pools alone (parsed again only when it changed), within `timeout`: for
+    /// collectors outside the per-VM group that need pools but not the `pve_config` stage.
+    pub fn read_pools(self: &Arc<Self>, host: &HostRoot, timeout: Duration) -> io::Result<Pools> {
+        let me = self.clone();
+        let host = host.clone();
+        self.gate.call("pmxcfs", timeout, move || me.pools(&host))?
+    }
+
     fn read_blocking(&self, host: &HostRoot) -> io::Result<PveConfig> {
         let vm_configs = match std::fs::read_dir(host.path("etc/pve/qemu-server")) {
             Ok(rd) => {

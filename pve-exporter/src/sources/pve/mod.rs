@@ -1,4 +1,5 @@
-//! Proxmox VE: /etc/pve (guest configs, HA state, storage.cfg) and the PVE API.
+//! Proxmox VE: /etc/pve (guest configs, HA state, storage.cfg, backup jobs), its task list and
+//! backups, and the PVE API.
 
 pub mod api;
 pub mod cluster;
@@ -8,3 +9,5 @@ pub mod guests;
 pub mod ha;
 pub mod secret;
 pub mod storage_cfg;
+pub mod tasks;
+pub mod vzdump;

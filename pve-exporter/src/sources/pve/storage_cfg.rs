@@ -237,7 +237,7 @@ fn is_ws(b: u8) -> bool {
 }
 
 /// `<type>: <id>` (PVE: `^(\S+):\s*(\S+)\s*$`, the type lowercased).
-fn parse_header(line: &str) -> Option<(String, &str)> {
+pub(crate) fn parse_header(line: &str) -> Option<(String, &str)> {
     if line.bytes().next().is_none_or(is_ws) {
         return None;
     }
@@ -264,7 +264,7 @@ fn parse_header(line: &str) -> Option<(String, &str)> {
 }
 
 /// An indented `<key> [<value>]` line (PVE: `^\s+(\S+)(\s+(.*\S))?\s*$`).
-fn parse_property(line: &str) -> Option<(&str, Option<&str>)> {
+pub(crate) fn parse_property(line: &str) -> Option<(&str, Option<&str>)> {
     if !line.bytes().next().is_some_and(is_ws) {
         return None;
     }
