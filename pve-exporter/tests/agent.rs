@@ -3,7 +3,8 @@
 //! machine's own file systems, so what the daemon reports must equal statvfs of those mounts.
 //! Beside it, agents that fail as real ones do: silent, closing, answering garbage, answering
 //! late (the late answer waits on the socket for the next client, as QEMU's chardev keeps it),
-//! and a VM locked for backup, whose agent must not be asked at all. Production defaults
+//! one that floods (what is read is capped), and a VM locked for backup, whose agent must not be
+//! asked at all. Production defaults
 //! throughout (2 s per query, once per 60 s). Needs root and /dev/kvm (real KVM guests).
 
 mod common;
@@ -29,6 +30,7 @@ const GARBAGE: u32 = 983;
 const LATE: u32 = 984;
 const LOCKED: u32 = 985;
 const OFF: u32 = 986;
+const FLOOD: u32 = 987;
 
 fn qga_path(root: &Path, vmid: u32) -> PathBuf {
     root.join(format!("var/run/qemu-server/{vmid}.qga"))
@@ -79,6 +81,8 @@ enum Fake {
     Late,
     /// Counts connections (a VM that must not be asked).
     Counts,
+    /// Answers the handshake, then sends without end (the answer is capped, not read to the end).
+    Flood,
 }
 
 /// A fake agent on `socket`; the counter counts the connections it took.
@@ -97,6 +101,15 @@ fn fake_agent(socket: &Path, how: Fake) -> Arc<AtomicUsize> {
                 Fake::Closes => drop(s),
                 Fake::Garbage => {
                     serve(&mut s, |_| Some(b"this is { not json\n".to_vec()));
+                }
+                Fake::Flood => {
+                    std::thread::spawn(move || {
+                        serve(&mut s, |_| {
+                            let mut a = b"{\"return\": [".to_vec();
+                            a.extend(std::iter::repeat_n(b' ', 64 << 20));
+                            Some(a)
+                        })
+                    });
                 }
                 Fake::Late => {
                     if counter.load(Ordering::SeqCst) == 1 {
@@ -165,11 +178,11 @@ fn statvfs(path: &str) -> (u64, u64) {
 #[test]
 fn guest_file_systems_from_a_real_agent_and_agents_that_fail() {
     require_privileges();
-    let root = host_root(&[REAL, SILENT, CLOSES, GARBAGE, LATE, LOCKED, OFF]);
+    let root = host_root(&[REAL, SILENT, CLOSES, GARBAGE, LATE, LOCKED, OFF, FLOOD]);
     let conf = |vmid: u32, text: &str| {
         std::fs::write(root.path().join(format!("etc/pve/qemu-server/{vmid}.conf")), text).expect("conf")
     };
-    for vmid in [REAL, SILENT, CLOSES, GARBAGE, LATE] {
+    for vmid in [REAL, SILENT, CLOSES, GARBAGE, LATE, FLOOD] {
         conf(vmid, "agent: 1,fstrim_cloned_disks=1\nmemory: 64\n");
     }
     conf(LOCKED, "agent: enabled=1\nlock: backup\nmemory: 64\n");
@@ -183,8 +196,9 @@ fn guest_file_systems_from_a_real_agent_and_agents_that_fail() {
     let late = fake_agent(&qga_path(root.path(), LATE), Fake::Late);
     let locked = fake_agent(&qga_path(root.path(), LOCKED), Fake::Counts);
     let off = fake_agent(&qga_path(root.path(), OFF), Fake::Counts);
+    let _flood = fake_agent(&qga_path(root.path(), FLOOD), Fake::Flood);
 
-    let guests: Vec<Guest> = [REAL, SILENT, CLOSES, GARBAGE, LATE, LOCKED, OFF]
+    let guests: Vec<Guest> = [REAL, SILENT, CLOSES, GARBAGE, LATE, LOCKED, OFF, FLOOD]
         .iter()
         .map(|&id| Guest::start(id, 1, 1, root.path()))
         .collect();
@@ -194,7 +208,7 @@ fn guest_file_systems_from_a_real_agent_and_agents_that_fail() {
     let up = |m: &str, vmid: u32| sample(m, "pve_kvm_agent_up", &[("id", &vmid.to_string())]);
     assert_eq!(sample(&m, "pve_exporter_collector_success", &[("collector", "agent")]), Some(1.0), "{m}");
     assert_eq!(up(&m, REAL), Some(1.0), "{m}");
-    for vmid in [SILENT, CLOSES, GARBAGE, LATE] {
+    for vmid in [SILENT, CLOSES, GARBAGE, LATE, FLOOD] {
         // Four queries at once (--agent-max-concurrent): a fifth may start late in the first
         // scrape and end after it stopped waiting; the next one reports it then.
         assert!(matches!(up(&m, vmid), Some(0.0) | None), "{vmid}\n{m}");
@@ -221,7 +235,7 @@ fn guest_file_systems_from_a_real_agent_and_agents_that_fail() {
             .expect("info");
         assert!(info.contains("type=\""), "{info}");
     }
-    for vmid in [SILENT, CLOSES, GARBAGE, LATE] {
+    for vmid in [SILENT, CLOSES, GARBAGE, LATE, FLOOD] {
         assert!(!m.contains(&format!("pve_kvm_guest_filesystem_size_bytes{{id=\"{vmid}\"")), "{vmid}\n{m}");
     }
 
@@ -232,7 +246,7 @@ fn guest_file_systems_from_a_real_agent_and_agents_that_fail() {
     }
     let m2 = daemon.get("/metrics");
     assert_eq!(up(&m2, REAL), Some(1.0));
-    for vmid in [SILENT, CLOSES, GARBAGE, LATE] {
+    for vmid in [SILENT, CLOSES, GARBAGE, LATE, FLOOD] {
         assert_eq!(up(&m2, vmid), Some(0.0), "{vmid}\n{m2}");
     }
     let asked = [&silent, &closes, &late].map(|c| c.load(Ordering::SeqCst));

@@ -58,11 +58,14 @@ pub fn make_demo_root(root: &Path) -> Result<()> {
     symlink("/proc", root.join("proc"))?;
     symlink("/sys", root.join("sys"))?;
     for (id, name, _) in DEMO_VMS {
+        // The first demo VM has a guest agent (a real qemu-ga answering about this machine).
+        let agent = if *id == DEMO_VMS[0].0 { "agent: 1\n" } else { "" };
         fs::write(
             root.join(format!("etc/pve/qemu-server/{id}.conf")),
-            format!("name: {name}\nostype: l26\nmemory: 256\n"),
+            format!("{agent}name: {name}\nostype: l26\nmemory: 256\n"),
         )?;
     }
+    fs::create_dir_all(root.join("var/run/qemu-server"))?;
     fs::create_dir_all(root.join("etc/pve/lxc"))?;
     fs::write(
         root.join(format!("etc/pve/lxc/{DEMO_CT}.conf")),
@@ -79,6 +82,11 @@ pub fn make_demo_root(root: &Path) -> Result<()> {
              scsi0: local-lvm:vm-{DEMO_STOPPED}-disk-0,size=8G\nboot: order=scsi0\nparent: before-upgrade\n\n\
              [before-upgrade]\nsnaptime: 1764547200\n"
         ),
+    )?;
+    // A nightly backup job of the pool `demo` (pve_guest_backup_covered).
+    fs::write(
+        root.join("etc/pve/jobs.cfg"),
+        "vzdump: backup-demo0000-0001\n\tschedule 21:00\n\tenabled 1\n\tmode snapshot\n\tpool demo\n\tstorage local\n",
     )?;
     fs::write(
         root.join("etc/pve/user.cfg"),
@@ -139,6 +147,27 @@ pub fn run(ws: &Path, daemon_args: &[String], force_demo: bool) -> Result<()> {
         println!(
             "demo container {DEMO_CT} (demo-ct) started; demo VM {DEMO_STOPPED} (demo-stopped) is configured, not running"
         );
+        // The first demo VM's guest agent: the real qemu-ga on the socket PVE would give it,
+        // answering about this machine's own file systems (pve_kvm_guest_filesystem_*).
+        let qga = root.join(format!("var/run/qemu-server/{}.qga", DEMO_VMS[0].0));
+        let state = root.join("qga-state");
+        fs::create_dir_all(&state)?;
+        let mut c = Command::new("qemu-ga");
+        c.args(["-m", "unix-listen", "-p"]).arg(&qga).arg("-t").arg(&state);
+        // SAFETY: prctl in the child before exec; the agent goes with us.
+        unsafe {
+            c.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        match c.spawn() {
+            Ok(child) => {
+                guests.0.push(child);
+                println!("demo guest agent of VM {} on {}", DEMO_VMS[0].0, qga.display());
+            }
+            Err(e) => println!("no demo guest agent (qemu-ga: {e}; `cargo xtask setup` installs qemu-guest-agent)"),
+        }
         daemon.arg("--root").arg(&root);
         println!("demo host root: {} (/proc and /sys are the real ones)", root.display());
         guests

@@ -45,6 +45,7 @@ pub fn new(setup: &Setup) -> Box<dyn Collector> {
         dirs: Mutex::default(),
         timeout: setup.config.storage_timeout,
         pmxcfs_timeout: setup.config.pmxcfs_timeout,
+        malformed: Mutex::default(),
     })
 }
 
@@ -57,6 +58,8 @@ struct BackupCollector {
     dirs: Mutex<HashMap<PathBuf, DumpDir>>,
     timeout: std::time::Duration,
     pmxcfs_timeout: std::time::Duration,
+    /// Lines skipped as malformed, per file, as last logged.
+    malformed: Mutex<HashMap<&'static str, usize>>,
 }
 
 #[derive(Default)]
@@ -123,12 +126,25 @@ fn labels(vmid: &str, ty: GuestType) -> [(&'static str, LabelValue); 2] {
 }
 
 impl BackupCollector {
+    /// Log the lines of `file` that were skipped, once per change of their number (not on
+    /// every scrape): they cost only themselves.
+    fn note_malformed(&self, file: &'static str, n: usize) {
+        let mut seen = self.malformed.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.insert(file, n).unwrap_or(0) != n && n > 0 {
+            log::warn!("{file}: {n} malformed line(s) skipped (what PVE's own reader skips too)");
+        }
+    }
+
     /// Last and last successful backup per guest, and the running ones, from the task list.
     fn tasks(&self, cx: &Context, guests: &[(&str, GuestType)], out: &mut MetricSet, errors: &mut Vec<Error>) {
         let mut finished: Vec<Task> = Vec::new();
         for f in ["var/log/pve/tasks/index.1", "var/log/pve/tasks/index"] {
             match read_capped(cx.host, f) {
-                Ok(Some(text)) => finished.extend(tasks::parse_index(&text).0.into_iter().filter(is_vzdump)),
+                Ok(Some(text)) => {
+                    let (list, bad) = tasks::parse_index(&text);
+                    self.note_malformed(f, bad);
+                    finished.extend(list.into_iter().filter(is_vzdump));
+                }
                 Ok(None) => {}
                 Err(e) => errors.push(Error::io(cx.host.path(f), e)),
             }
@@ -136,7 +152,9 @@ impl BackupCollector {
         let mut running: Vec<Task> = Vec::new();
         match read_capped(cx.host, "var/log/pve/tasks/active") {
             Ok(Some(text)) => {
-                for (t, saved) in tasks::parse_active(&text).0 {
+                let (list, bad) = tasks::parse_active(&text);
+                self.note_malformed("var/log/pve/tasks/active", bad);
+                for (t, saved) in list {
                     if !is_vzdump(&t) {
                         continue;
                     }
@@ -315,7 +333,8 @@ impl BackupCollector {
                 return;
             }
         };
-        let (jobs, _) = vzdump::parse_jobs_cfg(&text);
+        let (jobs, bad) = vzdump::parse_jobs_cfg(&text);
+        self.note_malformed("etc/pve/jobs.cfg", bad);
         let pools = match cx.stage_state().pve_config.read_pools(cx.host, self.pmxcfs_timeout) {
             Ok(p) => p,
             Err(e) => {

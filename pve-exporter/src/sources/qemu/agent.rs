@@ -196,19 +196,31 @@ impl Conn {
                     self.buf.drain(..skip);
                 }
             }
+            // What is kept starts at a delimiter whose line has not ended: a sync answer is a
+            // few bytes, so a longer one is no answer of ours (a flood is not searched again
+            // and again).
+            if self.buf.len() > 64 {
+                self.buf.drain(..1);
+                continue;
+            }
             self.fill(SYNC)?;
         }
     }
 
     fn read_reply(&mut self, what: &'static str) -> Result<Result<Value, (String, String)>, AgentError> {
+        // Bytes already searched for the end of the line: each byte is looked at once, so a
+        // flood costs linear time up to the cap.
+        let mut searched = 0;
         loop {
-            while let Some(nl) = self.buf.iter().position(|b| *b == b'\n') {
+            while let Some(nl) = self.buf[searched..].iter().position(|b| *b == b'\n').map(|p| p + searched) {
                 let line: Vec<u8> = self.buf.drain(..=nl).collect();
+                searched = 0;
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
                 return Ok(parse_reply(&line, what)?);
             }
+            searched = self.buf.len();
             self.fill(what)?;
         }
     }
