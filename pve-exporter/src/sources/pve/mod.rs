@@ -1,6 +1,7 @@
 //! Proxmox VE: /etc/pve (guest configs, HA state, storage.cfg) and the PVE API.
 
 pub mod api;
+pub mod calendar;
 pub mod cluster;
 pub mod config;
 pub mod guest_config;
