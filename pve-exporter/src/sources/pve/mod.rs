@@ -7,5 +7,6 @@ pub mod config;
 pub mod guest_config;
 pub mod guests;
 pub mod ha;
+pub mod replication;
 pub mod secret;
 pub mod storage_cfg;
