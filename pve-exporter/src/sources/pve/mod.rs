@@ -2,11 +2,13 @@
 //! backups, and the PVE API.
 
 pub mod api;
+pub mod calendar;
 pub mod cluster;
 pub mod config;
 pub mod guest_config;
 pub mod guests;
 pub mod ha;
+pub mod replication;
 pub mod secret;
 pub mod storage_cfg;
 pub mod tasks;
