@@ -559,6 +559,49 @@ pub static GUEST_BACKUP: &[&Def] = &[
     &GUEST_BACKUP_FILE_NEWEST_SIZE,
     &GUEST_BACKUP_FILES,
 ];
+// Per replication job of this node's guests (replication.cfg and PVE's replication state).
+const REPL: &[&str] = &["id", "type", "job", "target"];
+pub static REPLICATION_INFO: Def = gauge(
+    "guest_replication_info",
+    &["id", "type", "job", "target", "schedule", "comment"],
+    "A storage replication job of a guest of this node (replication.cfg), with its schedule (1)",
+);
+pub static REPLICATION_ENABLED: Def =
+    gauge("guest_replication_enabled", REPL, "1 when the replication job runs on its schedule, 0 when it is disabled");
+pub static REPLICATION_LAST_SYNC: Def = gauge(
+    "guest_replication_last_sync_timestamp_seconds",
+    REPL,
+    "When the job's last successful sync started; no series before the first",
+);
+pub static REPLICATION_LAST_TRY: Def = gauge(
+    "guest_replication_last_try_timestamp_seconds",
+    REPL,
+    "When the job's last attempt started, successful or not; no series before the first",
+);
+pub static REPLICATION_NEXT_SYNC: Def = gauge(
+    "guest_replication_next_sync_timestamp_seconds",
+    REPL,
+    "When the job runs next, as PVE computes it (0: not while its target is offline or its schedule has no next event; 1: the job is being removed)",
+);
+pub static REPLICATION_DURATION: Def =
+    gauge("guest_replication_duration_seconds", REPL, "How long the job's last attempt took");
+pub static REPLICATION_FAIL_COUNT: Def =
+    gauge("guest_replication_fail_count", REPL, "Failed attempts of the job in a row (0 after a success)");
+pub static REPLICATION_ERROR_INFO: Def = gauge(
+    "guest_replication_error_info",
+    &["id", "type", "job", "target", "error"],
+    "The error of the job's last attempt; only while the job is failing",
+);
+pub static REPLICATION: &[&Def] = &[
+    &REPLICATION_INFO,
+    &REPLICATION_ENABLED,
+    &REPLICATION_LAST_SYNC,
+    &REPLICATION_LAST_TRY,
+    &REPLICATION_NEXT_SYNC,
+    &REPLICATION_DURATION,
+    &REPLICATION_FAIL_COUNT,
+    &REPLICATION_ERROR_INFO,
+];
 // ---- end of non-PVE VM sources ----
 pub static KVM_DISK: &[&Def] = &[
     &KVM_DISK_INFO,
@@ -970,6 +1013,7 @@ pub fn all() -> impl Iterator<Item = &'static Def> {
         KVM_BALLOON,
         KVM_AGENT,
         GUEST_BACKUP,
+        REPLICATION,
         KVM_DISK,
         KVM_EBPF,
         KVM_VCPU,

@@ -1,4 +1,4 @@
-//! Backups of node pve1 from the fixture host `fixtures/hosts/pve-backup` (described, with
+//! Backups and replication of node pve1 from the fixture host `fixtures/hosts/pve-backup` (described, with
 //! every expected value, in `fixtures/hosts/pve-backup.md`): PVE's task index, `active` and
 //! task logs, the dump directories of its file storages and jobs.cfg, in the formats the PVE
 //! sources write (docs/formats/backups-and-replication.md quotes them). The fixture's
@@ -137,4 +137,88 @@ fn broken_parts_cost_only_their_series() {
     assert!(!text.contains("pve_guest_backup_last_run_timestamp_seconds{"), "{text}");
     assert_eq!(value(&text, "pve_guest_backup_covered", &guest("100", "qemu")), Some(0.0));
     assert_eq!(value(&text, "pve_guest_backup_running", &guest("100", "qemu")), Some(0.0));
+}
+
+/// Replication jobs of pve1's guests from replication.cfg and PVE's state file, with the next
+/// sync as PVE computes it (fixtures/hosts/pve-backup.md, Replication).
+#[test]
+fn replication_of_the_fixture_node() {
+    let root = format!("{FIXTURES}/hosts/pve-backup");
+    let (text, m) = scrape(&root);
+    assert_eq!(value(&text, "pve_exporter_collector_success", &[("collector", "replication")]), Some(1.0), "{text}");
+    // (guest, type, job, target, last sync, last try, fail count, duration, next sync, enabled)
+    #[allow(clippy::type_complexity)]
+    let want: &[(&str, &str, &str, &str, Option<f64>, Option<f64>, f64, Option<f64>, f64, f64)] = &[
+        (
+            "100",
+            "qemu",
+            "100-0",
+            "pve2",
+            Some(1772445600.0),
+            Some(1772445600.0),
+            0.0,
+            Some(3.412671),
+            1772446500.0,
+            1.0,
+        ),
+        (
+            "101",
+            "qemu",
+            "101-0",
+            "pve2",
+            Some(1772442000.0),
+            Some(1772445600.0),
+            2.0,
+            Some(1.927333),
+            1772446200.0,
+            1.0,
+        ),
+        (
+            "101",
+            "qemu",
+            "101-1",
+            "pve3",
+            Some(1772020800.0),
+            Some(1772020800.0),
+            0.0,
+            Some(12.004511),
+            1772021700.0,
+            0.0,
+        ),
+        ("102", "lxc", "102-0", "pve2", Some(1772229600.0), Some(1772229600.0), 0.0, Some(5.801162), 1772488800.0, 1.0),
+        // pve3 is offline: PVE does not plan the retry.
+        ("102", "lxc", "102-1", "pve3", Some(1772396100.0), Some(1772445000.0), 5.0, Some(3.003391), 0.0, 1.0),
+        // Never ran: the first `*/15` event after the epoch, as PVE shows it.
+        ("105", "lxc", "105-0", "pve2", None, None, 0.0, None, 900.0, 1.0),
+    ];
+    for &(id, ty, job, target, sync, tried, fails, duration, next, enabled) in want {
+        let l = [("id", id), ("type", ty), ("job", job), ("target", target)];
+        let v = |name: &str| value(&text, name, &l);
+        assert_eq!(v("pve_guest_replication_last_sync_timestamp_seconds"), sync, "{job}\n{text}");
+        assert_eq!(v("pve_guest_replication_last_try_timestamp_seconds"), tried, "{job}");
+        assert_eq!(v("pve_guest_replication_fail_count"), Some(fails), "{job}");
+        assert_eq!(v("pve_guest_replication_duration_seconds"), duration, "{job}");
+        assert_eq!(v("pve_guest_replication_next_sync_timestamp_seconds"), Some(next), "{job}");
+        assert_eq!(v("pve_guest_replication_enabled"), Some(enabled), "{job}");
+    }
+    let jobs: Vec<&str> = m.iter().filter(|s| s.name == "pve_guest_replication_info").map(|s| s.get("job")).collect();
+    assert_eq!(jobs, ["100-0", "101-0", "101-1", "102-0", "102-1", "105-0"], "200-0's guest is on pve2");
+    let info = m.iter().find(|s| s.name == "pve_guest_replication_info" && s.get("job") == "101-0").expect("101-0");
+    assert_eq!((info.get("schedule"), info.get("comment")), ("*/30", "DB replica: hot standby"));
+    // The error text only while failing.
+    let errors: Vec<&str> =
+        m.iter().filter(|s| s.name == "pve_guest_replication_error_info").map(|s| s.get("job")).collect();
+    assert_eq!(errors, ["101-0", "102-1"]);
+
+    // A state file that does not parse (PVE fails then too): the collector fails, the jobs are
+    // still described, nothing else is lost.
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_tree(std::path::Path::new(&root), dir.path());
+    let state = dir.path().join("var/lib/pve-manager/pve-replication-state.json");
+    std::fs::copy(state.with_extension("json.broken"), &state).expect("broken state");
+    let (text, _) = scrape(dir.path().to_str().expect("utf-8"));
+    assert_eq!(value(&text, "pve_exporter_collector_success", &[("collector", "replication")]), Some(0.0));
+    assert_eq!(value(&text, "pve_exporter_collector_success", &[("collector", "backup")]), Some(1.0));
+    assert!(text.contains("pve_guest_replication_info{id=\"100\""), "{text}");
+    assert!(!text.contains("pve_guest_replication_last_sync_timestamp_seconds{"), "{text}");
 }

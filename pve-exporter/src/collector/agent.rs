@@ -12,8 +12,10 @@
 //!   `--agent-timeout` (connect, handshake and answers together); the connection is closed at
 //!   the end of each.
 //!
-//! A scrape waits for the queries it started until the agent time limit or its own deadline,
-//! whichever comes first; one that is not done by then is reported by a later scrape.
+//! A scrape waits only for the first query of a VM (nothing is known of it yet), until the
+//! agent time limit or its own deadline, whichever comes first; one not done by then is
+//! reported by a later scrape. The refresh of a known answer runs in the background: the
+//! scrape reports the answer it has.
 //!
 //! `pve_kvm_agent_up` tells per VM whether its agent answered; an agent that does not answer is
 //! its VM's state (no agent installed in the guest, say), not the collector's failure.
@@ -197,8 +199,9 @@ struct Job {
     vmid: String,
     pid: u32,
     path: std::path::PathBuf,
-    /// Told when done (the scrape that queued it may still be waiting).
-    done: mpsc::Sender<()>,
+    /// Told when done, when the scrape that queued it waits for it (a VM without an answer
+    /// yet); a refresh of a known answer runs in the background, outside the scrape.
+    done: Option<mpsc::Sender<()>>,
 }
 
 struct Started {
@@ -233,10 +236,11 @@ impl AgentCollector {
                 }
                 e.in_flight = true;
                 let path = cx.host.path(format!("var/run/qemu-server/{vmid}.qga"));
-                jobs.push(Job { vmid: vmid.to_string(), pid, path, done: tx.clone() });
+                let done = e.last.is_none().then(|| tx.clone());
+                jobs.push(Job { vmid: vmid.to_string(), pid, path, done });
             }
         }
-        let count = jobs.len();
+        let count = jobs.iter().filter(|j| j.done.is_some()).count();
         let mut q = self.shared.queue();
         q.jobs.extend(jobs);
         while q.workers < self.max_concurrent && q.workers < q.jobs.len() {
@@ -284,7 +288,9 @@ impl Shared {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed) + sync_base();
             let r = agent::query(&job.path, limit, id);
             self.store(&job.vmid, job.pid, r, interval);
-            let _ = job.done.send(());
+            if let Some(done) = job.done {
+                let _ = done.send(());
+            }
         }
     }
 }

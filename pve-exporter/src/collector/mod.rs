@@ -26,6 +26,7 @@ mod lxc;
 pub(crate) mod nic;
 mod ppe;
 mod pve;
+mod replication;
 mod selfmetrics;
 mod stages;
 mod storage;
@@ -182,6 +183,11 @@ pub static REGISTRY: &[Entry] = &[
         "backup",
         "Each guest's last backup, backup archives and job coverage (task list, dump directories, jobs.cfg)",
         backup::new,
+    ),
+    collector(
+        "replication",
+        "Storage replication jobs of this node's guests: last sync, next sync, failures (replication.cfg, PVE's state)",
+        replication::new,
     ),
     stage("pve_nodes", "The cluster's node list from the PVE API (--pve-scope cluster)"),
     collector("node_status", "This node's status (local files or the API)", pve::node_status),
