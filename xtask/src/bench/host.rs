@@ -4,7 +4,8 @@
 //! - `qemu-N` (N = 10, 100): N real QEMU processes (`-accel tcg -S`) with PVE-shaped command
 //!   lines (`/usr/bin/kvm -id <vmid> ...`, two disks, a tap and a user NIC, a QMP socket and a
 //!   pid file under the host root), PVE configs, pools and storage.cfg; the real /proc and /sys.
-//!   The daemon runs as in production: every collector, eBPF on.
+//!   The daemon runs as in production: every collector, eBPF on. `qemu-N + agents`: the same
+//!   with `agent: 1` and a real qemu-ga per VM.
 //! - `fixture-N` (N = 100, 1000): a generated host root whose /proc holds N QEMU-shaped
 //!   processes (cmdline, stat, status, io, vCPU threads) among other processes, with PVE
 //!   configs and cgroup PSI files; no monitor sockets (so no NIC and disk series) and eBPF off.
@@ -247,6 +248,12 @@ fn qemu_host(bench: &Bench, n: usize, starts: usize, scrapes: usize) -> Result<(
     }
     let floor = qmp_floor(&run_dir, n)?;
     let all = measure(bench, format!("qemu-{n}"), n, &["--root", &root_s, "--ebpf", "on"], starts, scrapes)?;
+    // The same with a guest agent per VM (`agent: 1` and the real qemu-ga on its socket,
+    // answering about this machine): asked by the first scrape, then once per --agent-interval
+    // in the background (issue 18: within 1.2x of the row above).
+    let agents = with_agents(&root, n, || {
+        measure(bench, format!("qemu-{n} + agents"), n, &["--root", &root_s, "--ebpf", "on"], starts, scrapes)
+    })?;
     // The same host without the monitor exchange: what the exporter itself costs, apart from
     // the QEMU processes' own time to answer QMP.
     let args = ["--root", &root_s, "--ebpf", "on", "--qm-mode", "off"];
@@ -256,7 +263,51 @@ fn qemu_host(bench: &Bench, n: usize, starts: usize, scrapes: usize) -> Result<(
         measure(bench, format!("qemu-{n} + {n} CTs + {} stopped, --qm-mode off", n / 2), n, &args, starts, scrapes)
     })?;
     drop(vms);
-    Ok((vec![all, off, guests], floor))
+    Ok((vec![all, agents, off, guests], floor))
+}
+
+/// Run `f` while each of the `n` VMs has `agent: 1` in its config and a real qemu-ga on its
+/// agent socket; the configs are restored after.
+fn with_agents<T>(root: &Path, n: usize, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let etc = root.join("etc/pve/qemu-server");
+    let run_dir = root.join("var/run/qemu-server");
+    let mut agents = Vms(Vec::new());
+    for i in 0..n {
+        let vmid = FIRST_VMID + i as u32;
+        let conf = etc.join(format!("{vmid}.conf"));
+        let text = fs::read_to_string(&conf)?;
+        fs::write(&conf, format!("agent: 1\n{text}"))?;
+        let state = root.join(format!("qga-state/{vmid}"));
+        fs::create_dir_all(&state)?;
+        let socket = run_dir.join(format!("{vmid}.qga"));
+        let _ = fs::remove_file(&socket);
+        let mut c = Command::new("qemu-ga");
+        c.args(["-m", "unix-listen", "-p"])
+            .arg(&socket)
+            .arg("-t")
+            .arg(&state)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        agents.0.push(c.spawn().context("qemu-ga (cargo xtask setup installs qemu-guest-agent)")?);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for i in 0..n {
+        let vmid = FIRST_VMID + i as u32;
+        while !run_dir.join(format!("{vmid}.qga")).exists() {
+            if Instant::now() > deadline {
+                bail!("qemu-ga for VM {vmid} did not create its socket");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let r = f();
+    drop(agents);
+    for i in 0..n {
+        let conf = etc.join(format!("{}.conf", FIRST_VMID + i as u32));
+        let text = fs::read_to_string(&conf)?;
+        fs::write(&conf, text.strip_prefix("agent: 1\n").unwrap_or(&text))?;
+    }
+    r
 }
 
 /// First ctid of the generated containers and first vmid of the stopped VMs.
