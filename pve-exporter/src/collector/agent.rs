@@ -139,14 +139,7 @@ impl Collector for AgentCollector {
         &[Need::Guests, Need::Vms]
     }
     fn collect(&self, cx: &Context, out: &mut MetricSet) -> Result<(), Error> {
-        let list = cx.guests();
-        if !list.read {
-            // /etc/pve's own failure is the `guest` collector's to report.
-            return Err(Error::Unavailable("/etc/pve did not answer: which VMs have an agent is not known"));
-        }
-        if list.guests.guests.is_empty() && !cx.host.path("etc/pve").is_dir() {
-            return Err(Error::NotApplicable);
-        }
+        let list = super::guest::node_guests(cx)?;
         let configs: HashMap<&str, _> = list
             .guests
             .guests

@@ -102,14 +102,7 @@ impl Collector for BackupCollector {
         dirs.iter().filter_map(|(p, d)| Some((p.display().to_string(), d.gate.hung()?))).collect()
     }
     fn collect(&self, cx: &Context, out: &mut MetricSet) -> Result<(), Error> {
-        let list = cx.guests();
-        if !list.read {
-            // /etc/pve's own failure is the `guest` collector's to report.
-            return Err(Error::Unavailable("/etc/pve did not answer: the node's guests are not known"));
-        }
-        if list.guests.guests.is_empty() && !cx.host.path("etc/pve").is_dir() {
-            return Err(Error::NotApplicable);
-        }
+        let list = super::guest::node_guests(cx)?;
         let node = if list.guests.node.is_empty() { read_node_name(cx.host) } else { Some(list.guests.node.clone()) };
         let guests: Vec<(&str, GuestType)> = list.guests.guests.iter().map(|g| (g.vmid.as_str(), g.ty)).collect();
         let mut errors = Vec::new();

@@ -30,6 +30,20 @@ pub fn configured_guests<'c>(cx: &'c Context) -> Result<&'c super::stages::Guest
     Ok(list)
 }
 
+/// This node's configured guests, for a collector other than `guest` (which reports /etc/pve's
+/// failure): Unavailable when /etc/pve did not answer, NotApplicable off PVE. The list's errors
+/// are left for `guest`.
+pub fn node_guests<'c>(cx: &'c Context) -> Result<&'c super::stages::GuestList, Error> {
+    let list = cx.guests();
+    if !list.read {
+        return Err(Error::Unavailable("/etc/pve did not answer: the node's guests are not known"));
+    }
+    if list.guests.guests.is_empty() && !cx.host.path("etc/pve").is_dir() {
+        return Err(Error::NotApplicable);
+    }
+    Ok(list)
+}
+
 /// Seconds since boot of `/proc/uptime`.
 pub fn host_uptime(cx: &Context) -> Option<f64> {
     let t = cx.files.read("proc/uptime").ok()?;

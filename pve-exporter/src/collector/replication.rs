@@ -19,12 +19,18 @@ use crate::{
 const STATE: &str = "var/lib/pve-manager/pve-replication-state.json";
 
 pub fn new(setup: &Setup) -> Box<dyn Collector> {
-    Box::new(Replication { pmxcfs: setup.stages.pve_config.gate().clone(), timeout: setup.config.pmxcfs_timeout })
+    Box::new(Replication {
+        pmxcfs: setup.stages.pve_config.gate().clone(),
+        timeout: setup.config.pmxcfs_timeout,
+        skipped: std::sync::Mutex::new((0, 0)),
+    })
 }
 
 struct Replication {
     pmxcfs: BlockingGate,
     timeout: std::time::Duration,
+    /// (sections, lines) of replication.cfg skipped, as last logged.
+    skipped: std::sync::Mutex<(usize, usize)>,
 }
 
 impl Collector for Replication {
@@ -41,11 +47,7 @@ impl Collector for Replication {
         &[Need::Guests]
     }
     fn collect(&self, cx: &Context, out: &mut MetricSet) -> Result<(), Error> {
-        let list = cx.guests();
-        if !list.read {
-            // /etc/pve's own failure is the `guest` collector's to report.
-            return Err(Error::Unavailable("/etc/pve did not answer: the node's guests are not known"));
-        }
+        let list = super::guest::node_guests(cx)?;
         let host = cx.host.clone();
         let r = self.pmxcfs.call("pmxcfs", self.timeout, move || host.read_to_string("etc/pve/replication.cfg"));
         let text = match r.and_then(|r| r) {
@@ -55,13 +57,18 @@ impl Collector for Replication {
             Err(e) => return Err(Error::io(cx.host.path("etc/pve/replication.cfg"), e)),
         };
         let cfg = replication::parse_config(&text);
-        if cfg.skipped_sections + cfg.skipped_lines > 0 {
-            log::debug!(
+        // Logged once per change, not on every scrape: what PVE skips costs only itself.
+        let skipped = (cfg.skipped_sections, cfg.skipped_lines);
+        let mut last = self.skipped.lock().unwrap_or_else(|p| p.into_inner());
+        if *last != skipped && skipped != (0, 0) {
+            log::warn!(
                 "replication.cfg: {} section(s) and {} line(s) skipped, as PVE skips them",
-                cfg.skipped_sections,
-                cfg.skipped_lines
+                skipped.0,
+                skipped.1
             );
         }
+        *last = skipped;
+        drop(last);
         let node = list.guests.node.as_str();
         // The state PVE keeps: a job that never ran has none. A state file that does not parse
         // fails the collector, as it fails PVE's own status; the jobs are still described.

@@ -5,8 +5,9 @@
 //! `tests/architecture.rs` holds them to it.
 //!
 //! - `proc`: /proc (processes, their scan and events, pressure, node files, ownership rules)
-//! - `qemu`: QEMU's monitors (QMP, HMP text, `qm monitor`, the monitor cache) and libvirt
-//! - `pve`: /etc/pve (guest configs, HA, storage.cfg) and the PVE API
+//! - `qemu`: QEMU's monitors (QMP, HMP text, `qm monitor`, the monitor cache), its guest agent and libvirt
+//! - `pve`: /etc/pve (guest configs, HA, storage.cfg, jobs, replication), the task list and backups,
+//!   calendar events, and the PVE API
 //! - `kernel`: tracefs, BPF programs and maps, netlink, sysfs, KVM debugfs
 //! - `storage`: statvfs, zfs and lvm, and the time-limited commands they run
 
@@ -16,6 +17,19 @@ pub mod proc;
 pub mod pve;
 pub mod qemu;
 pub mod storage;
+
+/// `s` cut to at most `max` bytes, on a character boundary: texts from outside (a guest, a log)
+/// that become labels are bounded.
+pub fn clip(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
 
 /// Random text for the parsers' no-panic tests (issue 20 fuzzes them properly).
 #[cfg(test)]

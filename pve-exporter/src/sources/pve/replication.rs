@@ -451,11 +451,7 @@ fn number(v: Option<&Value>) -> Option<f64> {
 
 /// At most `max` bytes, cut at a character boundary.
 fn truncate(s: &str, max: usize) -> String {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
+    crate::sources::clip(s, max).to_string()
 }
 
 /// The job as PVE's `job_status` lists it on `local_node`, or None when it does not list it there.

@@ -205,15 +205,9 @@ pub fn is_vmid(s: &str) -> bool {
     (3..=9).contains(&s.len()) && !s.starts_with('0') && s.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// `s` cut to [`MAX_ERROR`] bytes.
 fn clip(s: &str) -> &str {
-    if s.len() <= MAX_ERROR {
-        return s;
-    }
-    let mut end = MAX_ERROR;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+    crate::sources::clip(s, MAX_ERROR)
 }
 
 /// A backup archive with PVE's standard name (pve-storage `archive_info`):

@@ -316,16 +316,9 @@ pub fn parse_fsinfo(v: &Value) -> Result<Vec<GuestFs>, ParseError> {
     Ok(out)
 }
 
-/// `s` cut to at most [`MAX_TEXT`] bytes, on a character boundary.
+/// `s` cut to [`MAX_TEXT`] bytes.
 fn clip(s: &str) -> &str {
-    if s.len() <= MAX_TEXT {
-        return s;
-    }
-    let mut end = MAX_TEXT;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+    crate::sources::clip(s, MAX_TEXT)
 }
 
 /// Whether a PVE VM config's `agent` property switches the agent on: `[enabled=]<bool>` first,

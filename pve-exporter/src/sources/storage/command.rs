@@ -152,7 +152,7 @@ fn summarize(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
     let mut s: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
     if s.len() > 300 {
-        let cut = (0..=300).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+        let cut = crate::sources::clip(&s, 300).len();
         s.truncate(cut);
         s.push_str(" ...");
     }
