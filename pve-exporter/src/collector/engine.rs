@@ -165,6 +165,7 @@ impl Engine {
     pub fn collect_until(&self, deadline: Deadline) -> Arc<MetricSet> {
         let start = Instant::now();
         let files = Arc::new(ScrapeFiles::new(&self.host));
+        let shared = Arc::new(super::stages::Shared::default());
         // The groups' own waits end a little earlier, so that what they found is merged and
         // sent before the scrape's deadline.
         let reserve = deadline.left().div_f64(20.0).min(GROUP_RESERVE);
@@ -174,7 +175,7 @@ impl Engine {
         let started: Vec<(Group, Option<mpsc::Receiver<GroupOutput>>)> = Group::ALL
             .iter()
             .filter(|g| self.collectors.iter().any(|(c, on)| *on && c.group() == **g))
-            .map(|&g| (g, self.start_group(g, inner, &files)))
+            .map(|&g| (g, self.start_group(g, inner, &files, &shared)))
             .collect();
         let mut out = MetricSet::new(&self.config.metrics_prefix);
         // What collectors say of themselves, switched on or not (never waits).
@@ -221,6 +222,7 @@ impl Engine {
         g: Group,
         deadline: Deadline,
         files: &Arc<ScrapeFiles>,
+        shared: &Arc<super::stages::Shared>,
     ) -> Option<mpsc::Receiver<GroupOutput>> {
         let slot = &self.groups[index(g)];
         {
@@ -236,11 +238,11 @@ impl Engine {
             *running = Some(deadline);
         }
         let (tx, rx) = mpsc::sync_channel(1);
-        let (me, files) = (self.clone(), files.clone());
+        let (me, files, shared) = (self.clone(), files.clone(), shared.clone());
         let job = Box::new(move || {
             let _d = deadline::enter(deadline);
             let mut set = MetricSet::new(&me.config.metrics_prefix);
-            let runs = me.run_group(g, deadline, &files, &mut set);
+            let runs = me.run_group(g, deadline, &files, &shared, &mut set);
             let slot = &me.groups[index(g)];
             *slot.running.lock().unwrap_or_else(|p| p.into_inner()) = None;
             let out = GroupOutput { set, runs, at: Instant::now() };
@@ -267,11 +269,18 @@ impl Engine {
     /// Run the switched-on collectors of group `g`: those that wait for a background stage
     /// (the monitors) after the others, so that it runs while they do. Runs are reported in
     /// registry order, each after the stages and parts its collector started.
-    fn run_group(&self, g: Group, deadline: Deadline, files: &ScrapeFiles, out: &mut MetricSet) -> Vec<CollectorRun> {
+    fn run_group(
+        &self,
+        g: Group,
+        deadline: Deadline,
+        files: &ScrapeFiles,
+        shared: &super::stages::Shared,
+        out: &mut MetricSet,
+    ) -> Vec<CollectorRun> {
         let mine: Vec<&dyn Collector> =
             self.collectors.iter().filter(|(c, on)| *on && c.group() == g).map(|(c, _)| c.as_ref()).collect();
         let background = |c: &&dyn Collector| c.needs().contains(&Need::Monitor);
-        let stages = Stages::new(&self.stages, &self.config, &self.host, deadline, mine.iter().any(background));
+        let stages = Stages::new(&self.stages, &self.config, &self.host, deadline, mine.iter().any(background), shared);
         let order = mine.iter().filter(|c| !background(c)).chain(mine.iter().filter(|c| background(c)));
         let mut runs: Vec<(usize, CollectorRun)> = Vec::new();
         for c in order {

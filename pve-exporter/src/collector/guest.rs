@@ -19,10 +19,10 @@ struct Guest;
 
 /// This node's configured guests, for a collector that needs /etc/pve: NotApplicable off PVE;
 /// /etc/pve's failure (reported by the first collector that asks) when it did not answer.
-pub fn configured_guests<'c>(cx: &'c Context) -> Result<&'c super::stages::GuestList, Error> {
+pub fn configured_guests<'c, 'a>(cx: &'c Context<'a>) -> Result<&'c super::stages::GuestList<'a>, Error> {
     let list = cx.guests();
     if !list.read {
-        return Err(Error::all(list.errors.take()).err().unwrap_or(Error::Unavailable("/etc/pve did not answer")));
+        return Err(Error::all(list.take_errors()).err().unwrap_or(Error::Unavailable("/etc/pve did not answer")));
     }
     if list.guests.guests.is_empty() && !cx.host.path("etc/pve").is_dir() {
         return Err(Error::NotApplicable);
@@ -33,7 +33,7 @@ pub fn configured_guests<'c>(cx: &'c Context) -> Result<&'c super::stages::Guest
 /// This node's configured guests, for a collector other than `guest` (which reports /etc/pve's
 /// failure): Unavailable when /etc/pve did not answer, NotApplicable off PVE. The list's errors
 /// are left for `guest`.
-pub fn node_guests<'c>(cx: &'c Context) -> Result<&'c super::stages::GuestList, Error> {
+pub fn node_guests<'c, 'a>(cx: &'c Context<'a>) -> Result<&'c super::stages::GuestList<'a>, Error> {
     let list = cx.guests();
     if !list.read {
         return Err(Error::Unavailable("/etc/pve did not answer: the node's guests are not known"));
@@ -165,7 +165,7 @@ impl Collector for Guest {
                 out.family(&GUEST_SNAPSHOT_NEWEST).push(both(), t);
             }
         }
-        Error::all(list.errors.take())
+        Error::all(list.take_errors())
     }
 }
 

@@ -287,7 +287,7 @@ impl<'a> Context<'a> {
     }
 
     /// This node's configured guests (read by the first collector that asks).
-    pub fn guests(&self) -> &stages::GuestList {
+    pub fn guests(&self) -> &stages::GuestList<'a> {
         self.stages.guests()
     }
 

@@ -136,7 +136,9 @@ pub struct Stages<'a> {
     fetch: RefCell<Option<Fetch>>,
     devices: OnceCell<Vec<VmDevices>>,
     pve_api: OnceCell<Option<super::pve::ApiStage<'a>>>,
-    guests: OnceCell<GuestList>,
+    guests: OnceCell<GuestList<'a>>,
+    /// Shared with the other groups of this collection.
+    shared: &'a Shared,
     cgroups: OnceCell<Option<Hierarchies>>,
     containers: OnceCell<Vec<RunningContainer>>,
     host_links: OnceCell<Option<netlink::Dump>>,
@@ -159,12 +161,31 @@ pub struct RunningContainer {
 
 /// This node's configured guests for one scrape (the `guest` collector reports what could
 /// not be read).
-pub struct GuestList {
-    pub guests: Guests,
+pub struct GuestList<'a> {
+    pub guests: Arc<Guests>,
     /// Whether /etc/pve answered at all (a hung pmxcfs: no guest is known).
     pub read: bool,
-    /// What went wrong (taken and reported by the `guest` collector).
-    pub errors: RefCell<Vec<Error>>,
+    /// What went wrong (taken and reported by the `guest` collector), shared by the groups.
+    errors: &'a Mutex<Vec<Error>>,
+}
+
+impl GuestList<'_> {
+    /// What went wrong reading the guests, for the collector that reports it (once).
+    pub fn take_errors(&self) -> Vec<Error> {
+        std::mem::take(&mut *self.errors.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// What the collector groups of one collection share: read by the first group that asks.
+#[derive(Default)]
+pub struct Shared {
+    guests: std::sync::OnceLock<SharedGuests>,
+}
+
+struct SharedGuests {
+    guests: Arc<Guests>,
+    read: bool,
+    errors: Mutex<Vec<Error>>,
 }
 
 impl<'a> Stages<'a> {
@@ -174,8 +195,10 @@ impl<'a> Stages<'a> {
         host: &'a HostRoot,
         deadline: Deadline,
         monitor_wanted: bool,
+        shared: &'a Shared,
     ) -> Self {
         Self {
+            shared,
             state,
             config,
             host,
@@ -196,23 +219,28 @@ impl<'a> Stages<'a> {
         }
     }
 
-    /// This node's configured guests (read once per scrape, through the timed pmxcfs gate).
-    pub fn guests(&self) -> &GuestList {
+    /// This node's configured guests: read once per collection, by the first group that asks
+    /// (through the timed pmxcfs gate), and shared with the other groups.
+    pub fn guests(&self) -> &GuestList<'a> {
         self.guests.get_or_init(|| {
-            let reader = self.state.guests.clone();
-            let host = self.host.clone();
-            let r = self.state.pve_config.gate().call("pmxcfs", self.config.pmxcfs_timeout, move || reader.read(&host));
-            match r.and_then(|r| r) {
-                Ok(mut guests) => {
-                    let errors = std::mem::take(&mut guests.errors).into_iter().map(Error::from).collect();
-                    GuestList { guests, read: true, errors: RefCell::new(errors) }
+            let shared = self.shared.guests.get_or_init(|| {
+                let reader = self.state.guests.clone();
+                let host = self.host.clone();
+                let r =
+                    self.state.pve_config.gate().call("pmxcfs", self.config.pmxcfs_timeout, move || reader.read(&host));
+                match r.and_then(|r| r) {
+                    Ok(mut guests) => {
+                        let errors = std::mem::take(&mut guests.errors).into_iter().map(Error::from).collect();
+                        SharedGuests { guests: Arc::new(guests), read: true, errors: Mutex::new(errors) }
+                    }
+                    Err(e) => SharedGuests {
+                        guests: Arc::new(Guests::default()),
+                        read: false,
+                        errors: Mutex::new(vec![Error::io(self.host.path("etc/pve"), e)]),
+                    },
                 }
-                Err(e) => GuestList {
-                    guests: Guests::default(),
-                    read: false,
-                    errors: RefCell::new(vec![Error::io(self.host.path("etc/pve"), e)]),
-                },
-            }
+            });
+            GuestList { guests: shared.guests.clone(), read: shared.read, errors: &shared.errors }
         })
     }
 
