@@ -1,8 +1,9 @@
-//! Developer tasks. `cargo xtask setup | run | demo | test | bench | deb`; see README.md.
+//! Developer tasks. `cargo xtask setup | run | demo | test | bench | fuzz | deb`; see README.md.
 
 mod bench;
 mod deb;
 mod demo;
+mod fuzz;
 
 use std::{
     env,
@@ -26,6 +27,10 @@ usage: cargo xtask <task> [args]
   bench [--quick] [host|ebpf|parsers|all]
                    the benchmarks of docs/benchmarks.md (release build; results also in
                    target/bench/); --quick is the test suite's small, fast mode
+  fuzz [TARGET ...] [--seconds N] [--smoke]
+                   the parsers' fuzz targets (fuzz/, cargo-fuzz on nightly), each for N
+                   seconds (default 60; --smoke: the test suite's few seconds); figures in
+                   target/fuzz/report.md, failing inputs in target/fuzz/artifacts/
   deb [--binary PATH] [--out DIR]
                    build the Debian package (release build; target/debian/ by default)";
 
@@ -75,6 +80,10 @@ fn real_main() -> Result<()> {
         "bench" => {
             setup()?;
             bench::run(&passthrough)
+        }
+        "fuzz" => {
+            setup()?;
+            fuzz::run(&passthrough)
         }
         "deb" => deb::build(&deb::Options::parse(&passthrough)?).map(|_| ()),
         "help" | "-h" | "--help" => {
@@ -177,6 +186,9 @@ fn setup() -> Result<()> {
     }
     run_cmd(Command::new("rustup").args(["component", "add", "rust-src", "clippy", "--toolchain", "nightly"]))?;
 
+    step("setup: cargo-fuzz (the parsers' fuzz targets, fuzz/)");
+    fuzz::ensure_cargo_fuzz()?;
+
     step("setup: bpf-linker");
     let linker_ok = Command::new("bpf-linker")
         .arg("--version")
@@ -232,6 +244,9 @@ fn test() -> Result<()> {
     cargo(&["build", "-p", "pve-exporter", "--no-default-features"])?;
     // The benchmarks run in their quick mode so they never rot; they assert nothing about time
     // (the figures go into docs/benchmarks.md from a full `cargo xtask bench`).
+    // Every fuzz target for a few seconds, so none rots (the long runs: cargo xtask fuzz).
+    step("fuzz targets, smoke run (cargo xtask fuzz --smoke)");
+    fuzz::run(&["--smoke".to_string()])?;
     step("benchmarks, quick mode (cargo xtask bench --quick)");
     bench::run(&["--quick".to_string()])?;
     println!("==> all tests passed");

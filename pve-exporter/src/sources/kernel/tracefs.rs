@@ -170,12 +170,18 @@ fn parse_field(line: &str) -> Option<FieldDesc> {
         None => (decl, ""),
     };
     let head = head.trim_end();
-    let split = head.rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))?;
-    let name = &head[split + 1..];
+    // Where the name starts: after the last character that cannot be in it (which may be
+    // more than one byte: a hostile format must not slice off a character boundary).
+    let split = head
+        .char_indices()
+        .rev()
+        .find(|(_, c)| !(c.is_ascii_alphanumeric() || *c == '_'))
+        .map(|(i, c)| i + c.len_utf8())?;
+    let name = &head[split..];
     if name.is_empty() {
         return None;
     }
-    let ty = format!("{}{}", head[..split + 1].trim(), array);
+    let ty = format!("{}{}", head[..split].trim(), array);
     Some(FieldDesc { ty, name: name.to_string(), offset: offset?, size: size?, signed: signed.unwrap_or(false) })
 }
 
@@ -485,6 +491,19 @@ mod tests {
         assert_eq!(v(2), v(3));
         assert_ne!(v(0), v(1));
         assert_ne!(v(3), v(4));
+    }
+
+    /// Found by the `tracefs_format` fuzz target: a multi-byte character before a field's
+    /// name sliced a string off a character boundary (a panic).
+    #[test]
+    fn a_field_name_after_a_multibyte_character() {
+        let f = parse_field("field:unsigned inté exit_reason;\toffset:8;\tsize:4;\tsigned:0;").unwrap();
+        assert_eq!((f.name.as_str(), f.ty.as_str()), ("exit_reason", "unsigned inté"));
+        let f = parse_field("field:intéx;\toffset:8;\tsize:4;\tsigned:0;").unwrap();
+        assert_eq!((f.name.as_str(), f.ty.as_str()), ("x", "inté"));
+        assert!(parse_field("field:é;\toffset:8;\tsize:4;").is_none());
+        let crash = include_bytes!("../../../../fixtures/fuzz/tracefs_format-crash-12d79a84");
+        let _ = parse_format(&String::from_utf8_lossy(crash));
     }
 
     #[test]

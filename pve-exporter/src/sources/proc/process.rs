@@ -299,18 +299,30 @@ pub struct CpuTimes {
     pub started: Duration,
 }
 
+/// `/proc/<pid>/stat` (proc(5)): `pid (comm) state ppid ...`. Our own parser, not procfs':
+/// that one sliced the line off a character boundary (a panic, found by the `proc_files` fuzz
+/// target) when `comm`, which any process may set, held a multi-byte character.
 pub fn parse_stat(text: &[u8], ticks_per_second: u64) -> Result<CpuTimes, ParseError> {
-    // procfs' own message for a malformed line reads like a bug in procfs; say what it is.
-    let st =
-        procfs::process::Stat::from_read(text).map_err(|e| ParseError::new("stat", format!("unparseable ({e})")))?;
+    let bad = |why: &str| ParseError::new("stat", why.to_string());
+    // `comm` may hold spaces and parentheses: the fields start after the last `)`.
+    let close = text.iter().rposition(|b| *b == b')').ok_or_else(|| bad("no `(comm)`"))?;
+    let rest = std::str::from_utf8(&text[close + 1..]).map_err(|_| bad("fields are not text"))?;
+    // Field N of proc(5) is rest[N - 3] (field 3, the state, comes first).
+    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
+    let num = |n: usize, what: &str| -> Result<u64, ParseError> {
+        let f = fields.get(n - 3).ok_or_else(|| bad(&format!("no {what} (field {n})")))?;
+        f.parse::<u64>().map_err(|_| bad(&format!("{what} (field {n}) is not a number: {f:?}")))
+    };
     let tps = ticks_per_second.max(1) as f64;
     let d = |t: u64| Duration::from_secs_f64(t as f64 / tps);
     Ok(CpuTimes {
-        user: d(st.utime),
-        system: d(st.stime),
-        iowait: d(st.delayacct_blkio_ticks.unwrap_or(0)),
-        num_threads: st.num_threads.max(0) as u64,
-        started: d(st.starttime),
+        user: d(num(14, "utime")?),
+        system: d(num(15, "stime")?),
+        // Since Linux 2.6.18; absent on older kernels.
+        iowait: d(num(42, "delayacct_blkio_ticks").unwrap_or(0)),
+        // A signed field: a negative or garbled count is no count.
+        num_threads: fields.get(20 - 3).and_then(|f| f.parse::<i64>().ok()).unwrap_or(0).max(0) as u64,
+        started: d(num(22, "starttime")?),
     })
 }
 
@@ -725,6 +737,13 @@ mod tests {
         assert_eq!(parse_stat(text, 100).unwrap().user, Duration::from_millis(30));
         assert!(parse_stat(b"garbage", 100).is_err());
         assert!(parse_stat(b"", 100).is_err());
+        // Found by the `proc_files` fuzz target: a multi-byte character in `comm` made
+        // procfs' parser panic; it parses (comm is not needed).
+        let crash = include_bytes!("../../../../fixtures/fuzz/proc_files-crash-a207919d");
+        let _ = parse_stat(crash, 100);
+        let c = parse_stat("3100 (kvm\u{e9}) S 1 3100 3100 0 -1 0 0 0 0 0 7 8 0 0 20 0 3 0 9".as_bytes(), 1).unwrap();
+        assert_eq!((c.user, c.num_threads, c.started), (Duration::from_secs(7), 3, Duration::from_secs(9)));
+        assert!(parse_stat(b"1 (x) S 1 1 1 0 -1 0 0 0 0 0 x 8 0 0 20 0 3 0 9", 1).is_err());
     }
 
     #[test]
