@@ -4,7 +4,7 @@
 
 use std::{borrow::Cow, collections::HashSet, io, time::Duration};
 
-use procfs::{FromBufRead, FromRead};
+use procfs::FromBufRead;
 
 use crate::{
     heldfile::HeldFiles,
