@@ -6,8 +6,6 @@
 
 use std::{io, time::Duration};
 
-use procfs::FromBufRead;
-
 use crate::{
     host::{BlockingGate, HostRoot, ScrapeFiles},
     sources::error::{ParseError, SourceError},
@@ -65,18 +63,36 @@ pub fn parse_loadavg(text: &str) -> Result<[f64; 3], ParseError> {
     Ok(out)
 }
 
+/// One line of `/proc/meminfo` (`Key:   <n> kB`, or a bare count), in bytes; saturating.
+/// Our own reader, not procfs': that one wants every line a kernel may lack and panicked on
+/// a number too large for its kB multiplication (found by the `proc_files` fuzz target).
+pub fn meminfo_bytes(text: &[u8], key: &str) -> Result<u64, ParseError> {
+    let bad = |why: String| ParseError::new("/proc/meminfo", why);
+    let text = std::str::from_utf8(text).map_err(|_| bad("not text".into()))?;
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
+        .ok_or_else(|| bad(format!("no {key}")))?;
+    let mut words = line.split_whitespace();
+    let n: u64 = words.next().and_then(|w| w.parse().ok()).ok_or_else(|| bad(format!("{key}: not a number")))?;
+    Ok(match words.next() {
+        Some("kB") => n.saturating_mul(1024),
+        None => n,
+        Some(unit) => return Err(bad(format!("{key}: unknown unit {unit:?}"))),
+    })
+}
+
 /// Swap of `/proc/meminfo`; used = total - free, as PVE computes it.
 pub fn swap_from_meminfo(text: &[u8]) -> Result<Swap, ParseError> {
-    let mi = procfs::Meminfo::from_buf_read(text).map_err(|e| ParseError::new("/proc/meminfo", e))?;
-    Ok(Swap { total: mi.swap_total, free: mi.swap_free, used: mi.swap_total.saturating_sub(mi.swap_free) })
+    let (total, free) = (meminfo_bytes(text, "SwapTotal")?, meminfo_bytes(text, "SwapFree")?);
+    Ok(Swap { total, free, used: total.saturating_sub(free) })
 }
 
 /// Memory of `/proc/meminfo` as pvestatd reports the node's: (total, used = total -
 /// available), in bytes.
 pub fn memory_from_meminfo(text: &[u8]) -> Result<(u64, u64), ParseError> {
-    let mi = procfs::Meminfo::from_buf_read(text).map_err(|e| ParseError::new("/proc/meminfo", e))?;
-    let avail = mi.mem_available.ok_or_else(|| ParseError::new("/proc/meminfo", "no MemAvailable"))?;
-    Ok((mi.mem_total, mi.mem_total.saturating_sub(avail)))
+    let (total, avail) = (meminfo_bytes(text, "MemTotal")?, meminfo_bytes(text, "MemAvailable")?);
+    Ok((total, total.saturating_sub(avail)))
 }
 
 /// Busy CPU seconds of all CPUs from /proc/stat's `cpu` line (everything but idle and iowait).
@@ -87,7 +103,8 @@ pub fn busy_cpu_seconds(text: &str) -> Option<f64> {
         return None;
     }
     // user nice system idle iowait irq softirq steal (guest, guest_nice are in user, nice).
-    let busy: u64 = v.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, x)| x).sum();
+    let busy: u64 =
+        v.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).fold(0u64, |a, (_, x)| a.saturating_add(*x));
     Some(busy as f64 / procfs::ticks_per_second().max(1) as f64)
 }
 
@@ -183,11 +200,31 @@ mod tests {
 
     #[test]
     fn node_memory_as_pvestatd() {
-        // The complete meminfo of the pve-cluster fixture host (procfs wants every field).
+        // The complete meminfo of the pve-cluster fixture host.
         let mi = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/hosts/pve-cluster/proc/meminfo"));
         let (total, used) = memory_from_meminfo(mi).unwrap();
         assert_eq!((total, used), (65_536_000 * 1024, (65_536_000 - 49_152_000) * 1024));
         assert!(memory_from_meminfo(b"MemTotal: 1 kB\n").is_err());
+        // Only the lines needed: a kernel's meminfo without some other line is fine.
+        assert_eq!(memory_from_meminfo(b"MemTotal: 4 kB\nMemAvailable: 1 kB\n").unwrap(), (4096, 3072));
+    }
+
+    /// Found by the `proc_files` fuzz target: procfs' meminfo parser panicked on a number too
+    /// large for its kB multiplication. Ours saturates, and rejects what is not a count.
+    #[test]
+    fn meminfo_hostile_numbers() {
+        let crash = include_bytes!("../../../../fixtures/fuzz/proc_files-crash-ccead2de");
+        let _ = memory_from_meminfo(crash);
+        let _ = swap_from_meminfo(crash);
+        assert_eq!(meminfo_bytes(b"MemTotal: 18446744073709551615 kB\n", "MemTotal").unwrap(), u64::MAX);
+        assert_eq!(meminfo_bytes(b"HugePages_Total:       7\n", "HugePages_Total").unwrap(), 7);
+        for bad in [&b"MemTotal: x kB\n"[..], b"MemTotal: 1 MB\n", b"MemTotal 1 kB\n", b"\xff"] {
+            assert!(meminfo_bytes(bad, "MemTotal").is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            busy_cpu_seconds(&format!("cpu  {0} {0} {0} 0 0 {0} {0} {0}\n", u64::MAX)).map(|b| b > 0.0),
+            Some(true)
+        );
     }
 
     #[test]
@@ -201,7 +238,7 @@ mod tests {
 
     #[test]
     fn swap() {
-        // The complete meminfo of the pve-cluster fixture host (procfs wants every field).
+        // The complete meminfo of the pve-cluster fixture host.
         let mi = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/hosts/pve-cluster/proc/meminfo"));
         let s = swap_from_meminfo(mi).unwrap();
         assert_eq!(s, Swap { total: 8_388_604 * 1024, free: 8_126_460 * 1024, used: 262_144 * 1024 });

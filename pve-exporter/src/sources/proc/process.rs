@@ -4,8 +4,6 @@
 
 use std::{borrow::Cow, collections::HashSet, io, time::Duration};
 
-use procfs::FromBufRead;
-
 use crate::{
     heldfile::HeldFiles,
     host::HostRoot,
@@ -153,11 +151,16 @@ fn qemu_drive_name(d: &str, taken: &mut HashSet<(String, u64, u64)>) -> String {
     }
     let unit = unit.unwrap_or_else(|| {
         let mut u = 0u64;
-        while taken.contains(&(iface.clone(), bus, u)) && u < 4096 {
+        // At most as many steps as drives a command line can name: a hostile `bus=` at the
+        // end of the numbers must not keep it going.
+        let mut steps = 0;
+        while taken.contains(&(iface.clone(), bus, u)) && u < 4096 && steps < 4096 {
+            steps += 1;
             u += 1;
             if max_devs > 0 && u >= max_devs {
                 u -= max_devs;
-                bus += 1;
+                // A hostile `bus=` near u64::MAX must not wrap (found by the `qemu_cmdline` fuzz target).
+                bus = bus.saturating_add(1);
             }
         }
         u
@@ -434,8 +437,7 @@ pub fn parse_io(text: &[u8]) -> Result<Io, ParseError> {
 
 /// `MemTotal` of `/proc/meminfo`, in bytes.
 pub fn parse_memtotal(text: &[u8]) -> Result<u64, ParseError> {
-    let mi = procfs::Meminfo::from_buf_read(text).map_err(|e| ParseError::new("meminfo", e))?;
-    Ok(mi.mem_total)
+    super::node::meminfo_bytes(text, "MemTotal")
 }
 
 /// Everything we read about one process: each file read once.
@@ -652,6 +654,27 @@ mod tests {
                 ..QemuCmdline::default()
             }
         );
+    }
+
+    /// Found by the `qemu_cmdline` fuzz target: a `-drive` with `bus=` near u64::MAX and no
+    /// unit made the search for a free unit wrap the bus number (a panic with overflow checks).
+    #[test]
+    fn a_drive_bus_at_the_end_of_the_numbers() {
+        let crash = include_bytes!("../../../../fixtures/fuzz/qemu_cmdline-crash-a63290c9");
+        let _ = parse_qemu_cmdline(&parse_cmdline(crash));
+        let max = u64::MAX.to_string();
+        let args: Vec<String> = [
+            "kvm",
+            "-drive",
+            &format!("file=a,if=scsi,bus={max},unit=6"),
+            "-drive",
+            &format!("file=b,if=scsi,bus={max}"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let names: Vec<String> = parse_qemu_cmdline(&args).drives.into_iter().map(|d| d.name).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
     }
 
     #[test]
