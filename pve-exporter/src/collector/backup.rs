@@ -27,6 +27,7 @@ use crate::{
     host::{BlockingGate, HostRoot},
     metrics::{LabelValue, MetricSet},
     sources::pve::{
+        calendar::SystemLocal,
         guest_config::GuestType,
         storage_cfg::{StorageCfgReader, read_node_name},
         tasks::{self, StatusKind, Task},
@@ -286,7 +287,7 @@ impl BackupCollector {
                 if (ty == GuestType::Qemu) != (a.kind == "qemu") {
                     continue;
                 }
-                let Some(at) = a.time.to_unix_local() else { continue };
+                let Some(at) = a.time.to_unix(&SystemLocal) else { continue };
                 let e = per.entry(a.vmid.as_str()).or_insert((i64::MIN, 0, 0));
                 if at > e.0 {
                     (e.0, e.1) = (at, *size);
@@ -383,8 +384,8 @@ fn outcomes(t: &Task, runs: &[GuestRun]) -> Vec<(String, Outcome)> {
     let mut out: Vec<(String, Outcome)> = runs
         .iter()
         .map(|r| {
-            let started = r.started.and_then(|s| s.to_unix_local());
-            let ended = r.ended.and_then(|s| s.to_unix_local());
+            let started = r.started.and_then(|s| s.to_unix(&SystemLocal));
+            let ended = r.ended.and_then(|s| s.to_unix(&SystemLocal));
             let at = started.unwrap_or(t.info.starttime);
             // No verdict in the log of a finished task: it ended without reaching this guest's
             // end (killed, crashed); the task's status says how.

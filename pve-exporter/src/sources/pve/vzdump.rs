@@ -10,6 +10,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::sources::pve::{
+    calendar::{DateTime, LocalTime},
     config::split_list,
     storage_cfg::{parse_header, parse_property},
 };
@@ -44,38 +45,20 @@ impl LocalDateTime {
             .then_some(t)
     }
 
-    /// Seconds since the epoch of this local time in the exporter's own time zone (libc's
-    /// `mktime`: `TZ`, else /etc/localtime), which is the node's when the exporter runs on it.
-    /// A time in a DST gap or overlap is taken as libc resolves it.
-    pub fn to_unix_local(&self) -> Option<i64> {
-        // SAFETY: a zeroed tm is valid; mktime reads and normalises it and reads the time zone.
-        let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-        tm.tm_year = self.year - 1900;
-        tm.tm_mon = self.month as i32 - 1;
-        tm.tm_mday = self.day as i32;
-        tm.tm_hour = self.hour as i32;
-        tm.tm_min = self.minute as i32;
-        tm.tm_sec = self.second as i32;
-        tm.tm_isdst = -1;
-        // SAFETY: `tm` is a valid, owned struct tm.
-        let t = unsafe { libc::mktime(&mut tm) };
-        (t != -1).then_some(t)
-    }
-
-    /// Seconds since the epoch, taking this time as UTC.
-    pub fn to_unix_utc(&self) -> i64 {
-        // Days from civil (Howard Hinnant's algorithm).
-        let (y, m) = if self.month <= 2 {
-            (i64::from(self.year) - 1, self.month + 9)
-        } else {
-            (i64::from(self.year), self.month - 3)
-        };
-        let era = y.div_euclid(400);
-        let yoe = y - era * 400;
-        let doy = (153 * i64::from(m) + 2) / 5 + i64::from(self.day) - 1;
-        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-        let days = era * 146_097 + doe - 719_468;
-        days * 86_400 + i64::from(self.hour) * 3600 + i64::from(self.minute) * 60 + i64::from(self.second)
+    /// Seconds since the epoch of this time in `tz` (the node's: [`SystemLocal`] when the
+    /// exporter runs on it), by the calendar module's conversion.
+    ///
+    /// [`SystemLocal`]: crate::sources::pve::calendar::SystemLocal
+    pub fn to_unix(&self, tz: &dyn LocalTime) -> Option<i64> {
+        tz.to_unix(&DateTime {
+            year: i64::from(self.year),
+            month: i64::from(self.month),
+            day: i64::from(self.day),
+            hour: i64::from(self.hour),
+            minute: i64::from(self.minute),
+            second: i64::from(self.second),
+            weekday: 0,
+        })
     }
 
     /// `YYYY-MM-DD HH:MM:SS` (vzdump's `%F %T` of the log).
@@ -454,14 +437,15 @@ mod tests {
 
     #[test]
     fn times() {
+        use crate::sources::pve::calendar::{SystemLocal, Utc};
         let t = at("2026-03-02 02:30:02").unwrap();
-        assert_eq!(t.to_unix_utc(), 1772418602);
-        assert_eq!(at("1970-01-01 00:00:00").unwrap().to_unix_utc(), 0);
-        assert_eq!(at("2000-02-29 12:00:00").unwrap().to_unix_utc(), 951825600);
+        assert_eq!(t.to_unix(&Utc), Some(1772418602));
+        assert_eq!(at("1970-01-01 00:00:00").unwrap().to_unix(&Utc), Some(0));
+        assert_eq!(at("2000-02-29 12:00:00").unwrap().to_unix(&Utc), Some(951825600));
         // This machine (and CI) run in UTC: local is UTC here.
         let utc = std::fs::read_link("/etc/localtime").map_or(true, |l| l.ends_with("UTC"));
         if std::env::var_os("TZ").is_none() && utc {
-            assert_eq!(t.to_unix_local(), Some(1772418602));
+            assert_eq!(t.to_unix(&SystemLocal), Some(1772418602));
         }
     }
 
