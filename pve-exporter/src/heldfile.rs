@@ -215,6 +215,14 @@ pub fn pread_whole(file: &File, buf: &mut Vec<u8>) -> io::Result<usize> {
                 if n < buf.len() {
                     return Ok(n);
                 }
+                // The files read here are a few KiB; one that keeps filling the room is not
+                // one of them, and is not read past the cap of every host file.
+                if buf.len() as u64 >= crate::host::MAX_FILE {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("larger than {} bytes, not read", crate::host::MAX_FILE),
+                    ));
+                }
                 buf.resize(buf.len() * 2, 0);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -269,6 +277,14 @@ mod tests {
 
     fn read(set: &mut HeldFiles<u32>, key: u32, slot: usize, path: &Path) -> io::Result<String> {
         set.read(&key, slot, || path.to_path_buf()).map(|b| String::from_utf8_lossy(b).into_owned())
+    }
+
+    #[test]
+    fn a_file_that_never_ends_is_not_read_past_the_cap() {
+        let mut buf = Vec::new();
+        let e = pread_whole(&File::open("/dev/zero").unwrap(), &mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        assert!(buf.len() as u64 <= 2 * crate::host::MAX_FILE);
     }
 
     #[test]

@@ -33,14 +33,47 @@ impl HostRoot {
         &self.root
     }
 
-    /// Read a whole (small) file below the root.
+    /// Read a whole (small) file below the root, at most [`MAX_FILE`] bytes.
     pub fn read(&self, rel: impl AsRef<Path>) -> io::Result<Vec<u8>> {
-        fs::read(self.path(rel))
+        read_capped(&self.path(rel), MAX_FILE)
     }
 
+    /// Read a whole (small) text file below the root, at most [`MAX_FILE`] bytes.
     pub fn read_to_string(&self, rel: impl AsRef<Path>) -> io::Result<String> {
-        fs::read_to_string(self.path(rel))
+        read_string_capped(&self.path(rel), MAX_FILE)
     }
+}
+
+/// The most the daemon reads of one host file. The largest it reads are `/proc/self/mountinfo`
+/// (about 150 bytes a mount: a host with 20,000 mounts stays under 4 MiB), libvirt's domain
+/// status XML and PVE's files, which pmxcfs holds to 1 MiB each; a file larger than this is not
+/// one of those (a runaway or hostile writer), and reading it whole would cost memory and time
+/// for every scrape.
+pub const MAX_FILE: u64 = 16 << 20;
+
+/// Read a whole file, failing (`InvalidData`, naming the cap) if it holds more than `cap` bytes
+/// instead of reading on: a file that grows without end, or a huge one, costs one bounded read.
+pub fn read_capped(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
+    use io::Read;
+    let f = fs::File::open(path)?;
+    let mut buf = Vec::new();
+    // One byte past the cap tells "exactly at the cap" from "over it".
+    f.take(cap.saturating_add(1)).read_to_end(&mut buf)?;
+    if buf.len() as u64 > cap {
+        return Err(too_large(path, cap));
+    }
+    Ok(buf)
+}
+
+/// [`read_capped`] as text (UTF-8, as `fs::read_to_string` checks it).
+pub fn read_string_capped(path: &Path, cap: u64) -> io::Result<String> {
+    String::from_utf8(read_capped(path, cap)?)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("{}: not UTF-8 text", path.display())))
+}
+
+/// The error of a file over its size cap.
+pub fn too_large(path: &Path, cap: u64) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("{}: larger than {} bytes, not read", path.display(), cap))
 }
 
 /// One read of a file: its contents, or the error (kept as kind and text: io::Error is not Clone).
@@ -319,6 +352,25 @@ mod tests {
         assert_eq!(files.read("f").unwrap().as_slice(), b"one", "one read per collection");
         assert_eq!(files.read("missing").unwrap_err().kind(), io::ErrorKind::NotFound);
         assert_eq!(ScrapeFiles::new(&host).read("f").unwrap().as_slice(), b"two");
+    }
+
+    #[test]
+    fn reads_stop_at_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRoot::new(dir.path());
+        std::fs::write(dir.path().join("at"), vec![b'a'; 4096]).unwrap();
+        std::fs::write(dir.path().join("over"), vec![b'a'; 4097]).unwrap();
+        assert_eq!(read_capped(&dir.path().join("at"), 4096).unwrap().len(), 4096);
+        let e = read_capped(&dir.path().join("over"), 4096).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("larger than 4096 bytes"), "{e}");
+        // A file that never ends (here /dev/zero) costs one bounded read, not all memory.
+        let e = read_capped(Path::new("/dev/zero"), 1 << 20).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(read_string_capped(&dir.path().join("over"), 4096).is_err());
+        std::fs::write(dir.path().join("bin"), [0xff, 0xfe]).unwrap();
+        assert_eq!(host.read_to_string("bin").unwrap_err().kind(), io::ErrorKind::InvalidData);
+        assert_eq!(host.read("at").unwrap().len(), 4096);
     }
 
     #[test]

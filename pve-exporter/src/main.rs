@@ -275,7 +275,8 @@ impl EnvFile {
 }
 
 fn read_env(path: &std::path::Path) -> Result<BTreeMap<String, String>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = pve_exporter::host::read_string_capped(path, 1 << 20)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     service::parse_env_file(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 

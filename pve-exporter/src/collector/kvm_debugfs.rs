@@ -65,7 +65,7 @@ impl Collector for KvmDebugfsCollector {
 pub type ReadFn<'a> = &'a dyn Fn(&Path) -> io::Result<String>;
 
 fn read_file(p: &Path) -> io::Result<String> {
-    std::fs::read_to_string(p)
+    crate::host::read_string_capped(p, crate::host::MAX_FILE)
 }
 
 pub struct KvmDebugfs {

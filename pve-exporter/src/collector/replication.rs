@@ -73,7 +73,7 @@ impl Collector for Replication {
         // The state PVE keeps: a job that never ran has none. A state file that does not parse
         // fails the collector, as it fails PVE's own status; the jobs are still described.
         let mut errors = Vec::new();
-        let state = match std::fs::read_to_string(cx.host.path(STATE)) {
+        let state = match cx.host.read_to_string(STATE) {
             Ok(t) => match replication::parse_state(&t) {
                 Ok(s) => Some(s),
                 Err(e) => {

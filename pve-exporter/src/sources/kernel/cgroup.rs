@@ -571,7 +571,7 @@ pub fn container_pids(files: &mut CgroupFiles, h: &Hierarchies, ctid: &str) -> V
 
 /// The pids of `dir`'s `cgroup.procs`, else of its sub-cgroups', `depth` levels down.
 fn collect_pids(dir: &Path, depth: u32, out: &mut Vec<u32>) {
-    if let Ok(t) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+    if let Ok(t) = crate::host::read_string_capped(&dir.join("cgroup.procs"), crate::host::MAX_FILE) {
         out.extend(t.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
     }
     if depth == 0 || !out.is_empty() {

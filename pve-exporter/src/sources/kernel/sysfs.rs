@@ -10,6 +10,9 @@ use crate::host::HostRoot;
 
 /// The counter files of `/sys/class/net/<if>/statistics/` (Linux's `netstat_attrs`), in the
 /// kernel's order. Each is exported as `pve_kvm_nic_<name>_total`.
+/// A counter file holds one number and a newline; sysfs answers at most a page.
+const COUNTER_FILE: u64 = 4096;
+
 pub const NET_STATISTICS: [&str; 24] = [
     "rx_packets",
     "tx_packets",
@@ -52,7 +55,7 @@ pub fn net_statistics(host: &HostRoot, ifname: &str) -> io::Result<Vec<(usize, u
     let dir = host.path(format!("sys/class/net/{ifname}/statistics"));
     let mut out = Vec::with_capacity(NET_STATISTICS.len());
     for (i, name) in NET_STATISTICS.iter().enumerate() {
-        match std::fs::read_to_string(dir.join(name)) {
+        match crate::host::read_string_capped(&dir.join(name), COUNTER_FILE) {
             Ok(t) => match parse_counter(&t) {
                 Some(v) => out.push((i, v)),
                 None => {
@@ -79,7 +82,7 @@ pub fn net_counters(host: &HostRoot, ifname: &str, names: &[&str]) -> io::Result
     let dir = host.path(format!("sys/class/net/{ifname}/statistics"));
     let mut out = Vec::with_capacity(names.len());
     for name in names {
-        match std::fs::read_to_string(dir.join(name)) {
+        match crate::host::read_string_capped(&dir.join(name), COUNTER_FILE) {
             Ok(t) => out.push(parse_counter(&t)),
             Err(e) if e.kind() == io::ErrorKind::NotFound && dir.exists() => out.push(None),
             Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", dir.join(name).display()))),

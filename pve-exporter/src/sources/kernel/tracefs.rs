@@ -248,7 +248,7 @@ pub fn mount_pseudo_fs(fstype: &str, target: &Path) -> io::Result<()> {
 /// Read and parse `events/<category>/<name>/format`.
 pub fn read_format(tracefs: &Path, category: &str, name: &str) -> io::Result<TraceFormat> {
     let p = tracefs.join("events").join(category).join(name).join("format");
-    let text = std::fs::read_to_string(&p)?;
+    let text = crate::host::read_string_capped(&p, crate::host::MAX_FILE)?;
     parse_format(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", p.display())))
 }
 

@@ -220,11 +220,13 @@ impl PveApi {
             // Within a time limit: the file may be on pmxcfs, which can hang.
             Trust::CaFile(path) => Some({
                 let p = path.clone();
-                call_with_timeout("ca-file", s.timeout, move || std::fs::read_to_string(p))
-                    .and_then(|r| r)
-                    .map_err(|e| e.to_string())
-                    .and_then(|t| parse_pem_certs(&t).map_err(|e| e.to_string()))
-                    .map_err(|e| ApiError::setup(format!("--pve-api-ca-file {}", path.display()), e))
+                call_with_timeout("ca-file", s.timeout, move || {
+                    crate::host::read_string_capped(&p, crate::host::MAX_FILE)
+                })
+                .and_then(|r| r)
+                .map_err(|e| e.to_string())
+                .and_then(|t| parse_pem_certs(&t).map_err(|e| e.to_string()))
+                .map_err(|e| ApiError::setup(format!("--pve-api-ca-file {}", path.display()), e))
             }),
             _ => None,
         };

@@ -123,8 +123,8 @@ impl<T> ParsedFile<T> {
         {
             return Ok(Some(parsed.clone()));
         }
-        let text =
-            std::fs::read_to_string(path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        let text = crate::host::read_string_capped(path, crate::host::MAX_FILE)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
         let parsed = Arc::new(parse(&text));
         *cache = Some((st, parsed.clone()));
         Ok(Some(parsed))

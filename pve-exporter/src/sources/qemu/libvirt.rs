@@ -334,7 +334,7 @@ impl LibvirtReader {
             let domain = match cache.get(&name) {
                 Some((s, d)) if *s == st => d.clone(),
                 _ => {
-                    let parsed = std::fs::read_to_string(&xml_path)
+                    let parsed = crate::host::read_string_capped(&xml_path, crate::host::MAX_FILE)
                         .map_err(|e| (crate::host::is_gone(&e), SourceError::io(&xml_path, e)))
                         .and_then(|t| {
                             parse_domain_xml(&t).map_err(|e| (false, e.input(xml_path.display().to_string()).into()))
