@@ -2,11 +2,6 @@
 #![no_main]
 
 mod common;
-#[allow(unused_imports)]
-use common::*;
+mod targets;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let s = text(data);
-    let _ = api::Token::parse(&s);
-    let _ = api::parse_pem_certs(&s);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::api_secrets(data));

@@ -2,11 +2,6 @@
 #![no_main]
 
 mod common;
-#[allow(unused_imports)]
-use common::*;
+mod targets;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    if let Ok(e) = calendar::parse(&text(data)) {
-        let _ = e.next_after(1_772_445_900, &calendar::Utc);
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::calendar_event(data));

@@ -2,11 +2,6 @@
 #![no_main]
 
 mod common;
-#[allow(unused_imports)]
-use common::*;
+mod targets;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let s = text(data);
-    let _ = cluster::parse_vmlist(&s);
-    let _ = cluster::parse_members(&s);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::cluster_files(data));

@@ -2,13 +2,6 @@
 #![no_main]
 
 mod common;
-#[allow(unused_imports)]
-use common::*;
+mod targets;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let s = text(data);
-    let c = guest_config::parse_guest_config(&s);
-    for (_, v) in &c.main {
-        let _ = guest_config::parse_size(v);
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::guest_config(data));

@@ -2,12 +2,6 @@
 #![no_main]
 
 mod common;
-#[allow(unused_imports)]
-use common::*;
+mod targets;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let s = text(data);
-    let _ = ha::parse_manager_status(&s);
-    let _ = ha::parse_lrm_status(&s);
-    let _ = ha::parse_resources_cfg(&s);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::ha_status(data));

@@ -2,11 +2,6 @@
 #![no_main]
 
 mod common;
-#[allow(unused_imports)]
-use common::*;
+mod targets;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    for d in hmp::parse_info_block(&text(data)) {
-        let _ = redact::drive_path(&format!("{d:?}"));
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::hmp_info_block(data));

@@ -2,12 +2,6 @@
 #![no_main]
 
 mod common;
-#[allow(unused_imports)]
-use common::*;
+mod targets;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let s = text(data);
-    let _ = hmp::parse_info_blockstats(&s);
-    let _ = hmp::parse_info_status(&s);
-    let _ = balloon::parse_info_balloon(&s);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::hmp_info_blockstats(data));

@@ -2,9 +2,6 @@
 #![no_main]
 
 mod common;
-#[allow(unused_imports)]
-use common::*;
+mod targets;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = hmp::parse_info_network(&text(data));
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::hmp_info_network(data));

@@ -2,12 +2,6 @@
 #![no_main]
 
 mod common;
-#[allow(unused_imports)]
-use common::*;
+mod targets;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let (jobs, _) = vzdump::parse_jobs_cfg(&text(data));
-    for j in &jobs {
-        let _ = j.includes("100", "pve1", Some("pool"));
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::jobs_cfg(data));

@@ -2,13 +2,6 @@
 #![no_main]
 
 mod common;
-#[allow(unused_imports)]
-use common::*;
+mod targets;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let s = text(data);
-    let _ = kvm_debugfs::parse_vm_dir_name(&s);
-    let _ = kvm_debugfs::parse_vcpu_dir_name(&s);
-    let _ = kvm_debugfs::parse_stat_value(&s);
-    let _ = sysfs::parse_counter(&s);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::kernel_small_files(data));

@@ -2,11 +2,6 @@
 #![no_main]
 
 mod common;
-#[allow(unused_imports)]
-use common::*;
+mod targets;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let s = text(data);
-    let _ = lvm::parse_vgs_json(&s);
-    let _ = lvm::parse_lvs_json(&s);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::lvm_output(data));

@@ -2,11 +2,6 @@
 #![no_main]
 
 mod common;
-#[allow(unused_imports)]
-use common::*;
+mod targets;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let s = text(data);
-    let _ = cgroup::parse_cgroup_mounts(&s);
-    let _ = statvfs::parse_mountinfo(&s);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::mountinfo(data));

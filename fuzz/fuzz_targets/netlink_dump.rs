@@ -2,10 +2,6 @@
 #![no_main]
 
 mod common;
-#[allow(unused_imports)]
-use common::*;
+mod targets;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let mut dump = netlink::Dump::default();
-    let _ = netlink::parse_part(data, 1, 0, &|_| true, &mut dump);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::netlink_dump(data));

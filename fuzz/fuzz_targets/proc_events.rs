@@ -2,10 +2,6 @@
 #![no_main]
 
 mod common;
-#[allow(unused_imports)]
-use common::*;
+mod targets;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let mut pids = std::collections::HashMap::new();
-    events::parse_events(data, &mut pids);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::proc_events(data));

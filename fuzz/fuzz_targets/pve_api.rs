@@ -2,15 +2,6 @@
 #![no_main]
 
 mod common;
-#[allow(unused_imports)]
-use common::*;
+mod targets;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = api::data(data);
-    let _ = api::parse_nodes(data);
-    let _ = api::parse_node_status(data);
-    let _ = api::parse_qemu_pressure(data);
-    let _ = api::parse_ha_manager_status(data);
-    let _ = api::parse_ha_resources(data);
-    let _ = api::parse_disks(data);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::pve_api(data));

@@ -2,13 +2,6 @@
 #![no_main]
 
 mod common;
-#[allow(unused_imports)]
-use common::*;
+mod targets;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let args = process::parse_cmdline(data);
-    let _ = process::parse_qemu_cmdline(&args);
-    for a in &args {
-        let _ = process::parse_qemu_size(a, 1 << 20);
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::qemu_cmdline(data));

@@ -2,12 +2,6 @@
 #![no_main]
 
 mod common;
-#[allow(unused_imports)]
-use common::*;
+mod targets;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let cleaned = qm::clean_terminal_output(data);
-    for c in ["info block", "info network", "info blockstats", "info status"] {
-        let _ = qm::command_output(&cleaned, c);
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::qm_transcript(data));

@@ -2,14 +2,6 @@
 #![no_main]
 
 mod common;
-#[allow(unused_imports)]
-use common::*;
+mod targets;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let s = text(data);
-    let _ = qmp::blockstats_rows(&s);
-    let _ = qmp::run_state(&s);
-    let _ = qmp::virtual_sizes(&s);
-    let _ = balloon::parse_query_balloon(&s);
-    let _ = balloon::parse_guest_stats(&s);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::qmp_replies(data));

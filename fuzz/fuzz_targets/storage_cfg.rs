@@ -2,12 +2,6 @@
 #![no_main]
 
 mod common;
-#[allow(unused_imports)]
-use common::*;
+mod targets;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    for st in storage_cfg::parse_storage_cfg(&text(data)).storages {
-        let _ = st.sizing();
-        let _ = (st.content(), st.nodes(), st.path());
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::storage_cfg(data));

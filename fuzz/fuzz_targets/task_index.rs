@@ -2,14 +2,6 @@
 #![no_main]
 
 mod common;
-#[allow(unused_imports)]
-use common::*;
+mod targets;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let s = text(data);
-    let _ = tasks::parse_index(&s);
-    let _ = tasks::parse_active(&s);
-    for w in s.split_whitespace() {
-        let _ = tasks::log_path(w);
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::task_index(data));

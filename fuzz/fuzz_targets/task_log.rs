@@ -2,13 +2,6 @@
 #![no_main]
 
 mod common;
-#[allow(unused_imports)]
-use common::*;
+mod targets;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let s = text(data);
-    let _ = vzdump::parse_task_log(&s);
-    for l in s.lines() {
-        let _ = vzdump::parse_archive_name(l);
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::task_log(data));

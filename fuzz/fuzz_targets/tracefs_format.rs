@@ -2,13 +2,6 @@
 #![no_main]
 
 mod common;
-#[allow(unused_imports)]
-use common::*;
+mod targets;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let s = text(data);
-    if let Ok(f) = tracefs::parse_format(&s) {
-        let _ = tracefs::print_symbolic_tables(&f.print_fmt, "exit_reason");
-        let _ = ebpf::ExitReasons::from_print_fmt(&f.print_fmt, 1);
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::tracefs_format(data));

@@ -2,11 +2,6 @@
 #![no_main]
 
 mod common;
-#[allow(unused_imports)]
-use common::*;
+mod targets;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let s = text(data);
-    let _ = config::parse_user_cfg_pools(&s);
-    let _ = config::split_list(&s);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::user_cfg(data));

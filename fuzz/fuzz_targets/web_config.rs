@@ -2,11 +2,6 @@
 #![no_main]
 
 mod common;
-#[allow(unused_imports)]
-use common::*;
+mod targets;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let s = text(data);
-    let _ = pve_exporter::web::parse(&s, std::path::Path::new("/etc/pve-exporter"));
-    let _ = pve_exporter::web::parse_basic(&s);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::web_config(data));

@@ -2,11 +2,6 @@
 #![no_main]
 
 mod common;
-#[allow(unused_imports)]
-use common::*;
+mod targets;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let s = text(data);
-    let _ = zfs::parse_zfs_get(&s);
-    let _ = zfs::parse_zpool_list(&s);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::zfs_output(data));

@@ -1,6 +1,6 @@
-//! `cargo xtask fuzz [TARGET ...] [--seconds N]`: the parsers' fuzz targets (`fuzz/`,
-//! cargo-fuzz on the nightly toolchain, libFuzzer), each for N seconds (default 60), with a
-//! corpus kept in `target/fuzz/corpus/<target>` and seeded from the fixtures (`fuzz/seeds.txt`).
+//! `cargo xtask fuzz [TARGET ...] [--seconds N] [--runs N] [--jobs N]`: the parsers' fuzz targets (`fuzz/`,
+//! cargo-fuzz on the nightly toolchain, libFuzzer), each for N seconds (default 60) or N
+//! executions, N targets at once (`--jobs`, one core each), with a corpus kept in `target/fuzz/corpus/<target>` and seeded from the fixtures (`fuzz/seeds.txt`).
 //! A crash, a timeout (an input that takes over 10 s) or running out of memory fails the task
 //! and leaves the input in `target/fuzz/artifacts/<target>/`; every one found becomes a
 //! regression test of the normal suite. The figures (executions, coverage, crashes) go to
@@ -24,22 +24,43 @@ pub const SMOKE_SECONDS: u64 = 3;
 
 struct Options {
     targets: Vec<String>,
+    /// Time per target; 0 is no limit (with `--runs`).
     seconds: u64,
+    /// Executions per target (libFuzzer's `-runs`); 0 is no limit (the time limit ends the run).
+    runs: u64,
+    /// Targets run at once (one process each).
+    jobs: usize,
+    /// Run the scaling check (no fuzzing): every target on its corpus and on 10x the input.
+    scaling: bool,
+    /// The smoke run (few seconds each) and, with `scaling`, the scaling check's quick mode.
+    quick: bool,
 }
 
+const USAGE: &str = "cargo xtask fuzz [TARGET ...] [--seconds N] [--runs N] [--jobs N] [--smoke] [--scaling]";
+
 fn parse(args: &[String]) -> Result<Options> {
-    let mut o = Options { targets: Vec::new(), seconds: 60 };
+    let mut o = Options { targets: Vec::new(), seconds: 60, runs: 0, jobs: 1, scaling: false, quick: false };
+    let mut seconds = None;
     let mut it = args.iter();
+    let num = |it: &mut std::slice::Iter<'_, String>, what: &str| -> Result<u64> {
+        it.next().with_context(|| format!("{what} N"))?.parse().with_context(|| format!("{what} takes a whole number"))
+    };
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--seconds" => {
-                o.seconds = it.next().context("--seconds N")?.parse().context("--seconds takes a whole number")?
+            "--seconds" => seconds = Some(num(&mut it, "--seconds")?),
+            "--runs" => o.runs = num(&mut it, "--runs")?,
+            "--jobs" => o.jobs = num(&mut it, "--jobs")?.max(1) as usize,
+            "--smoke" => {
+                seconds = Some(SMOKE_SECONDS);
+                o.quick = true;
             }
-            "--smoke" => o.seconds = SMOKE_SECONDS,
+            "--scaling" => o.scaling = true,
             t if !t.starts_with('-') => o.targets.push(t.to_string()),
-            other => bail!("fuzz: unknown option {other:?} (cargo xtask fuzz [TARGET ...] [--seconds N] [--smoke])"),
+            other => bail!("fuzz: unknown option {other:?} ({USAGE})"),
         }
     }
+    // `--runs` alone runs each target to its count, however long that takes.
+    o.seconds = seconds.unwrap_or(if o.runs > 0 { 0 } else { 60 });
     Ok(o)
 }
 
@@ -48,7 +69,7 @@ pub fn all_targets(ws: &Path) -> Result<Vec<String>> {
     let mut v: Vec<String> = fs::read_dir(ws.join("fuzz/fuzz_targets"))?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .filter_map(|n| n.strip_suffix(".rs").map(str::to_string))
-        .filter(|n| n != "common")
+        .filter(|n| n != "common" && n != "targets")
         .collect();
     v.sort();
     Ok(v)
@@ -177,45 +198,116 @@ fn figures(stderr: &str, ok: bool) -> Figures {
     f
 }
 
+/// One target's run: its figures, whether it passed, and libFuzzer's last lines.
+type Outcome = (Figures, bool, String);
+
+fn fuzz_one(ws: &Path, t: &str, o: &Options) -> Result<Outcome> {
+    let corpus = ws.join("target/fuzz/corpus").join(t);
+    let artifacts = ws.join("target/fuzz/artifacts").join(t);
+    fs::create_dir_all(&corpus)?;
+    fs::create_dir_all(&artifacts)?;
+    let seeded = seed(ws, t, &corpus)?;
+    let limit = match (o.seconds, o.runs) {
+        (0, r) => format!("{r} executions"),
+        (s, 0) => format!("{s} s"),
+        (s, r) => format!("{r} executions or {s} s"),
+    };
+    println!("==> fuzz {t}: {limit} ({seeded} seeds from the fixtures)");
+    let mut cmd = nightly_cargo(ws);
+    cmd.args(["fuzz", "run", "--sanitizer", "none", t])
+        .arg(&corpus)
+        .arg("--")
+        .arg(format!("-max_total_time={}", o.seconds))
+        .arg(format!("-artifact_prefix={}/", artifacts.display()))
+        .args(["-timeout=10", "-rss_limit_mb=2048", "-max_len=65536", "-print_final_stats=1"]);
+    if o.runs > 0 {
+        cmd.arg(format!("-runs={}", o.runs));
+    }
+    let out = cmd.output().with_context(|| format!("cargo fuzz run {t}"))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let f = figures(&stderr, out.status.success());
+    println!("    {t}: {} executions ({}/s), coverage {} edges, {}", f.execs, f.per_second, f.coverage, f.outcome);
+    let tail: Vec<&str> = stderr.lines().rev().take(40).collect();
+    Ok((f, out.status.success(), tail.into_iter().rev().collect::<Vec<_>>().join("\n")))
+}
+
+/// The scaling check (`pve-exporter/benches/scaling.rs`): each target's body timed on the
+/// inputs of its corpus (seeded from the fixtures where no fuzz run made one yet) and on ten
+/// times those inputs. It fails on a ratio that is not linear (its doc says how it is judged).
+fn scaling(ws: &Path, targets: &[String], quick: bool) -> Result<()> {
+    let corpora = ws.join("target/fuzz/corpus");
+    for t in targets {
+        let corpus = corpora.join(t);
+        fs::create_dir_all(&corpus)?;
+        seed(ws, t, &corpus)?;
+    }
+    step("fuzz: scaling check, every parser on 10x its inputs (release build)");
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(ws).args(["bench", "-p", "pve-exporter", "--bench", "scaling", "--"]).arg(&corpora);
+    if quick {
+        cmd.arg("--quick");
+    }
+    let out = cmd.args(targets).output().context("cargo bench --bench scaling")?;
+    let table = String::from_utf8_lossy(&out.stdout);
+    print!("{table}");
+    eprint!(
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("Compiling"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    fs::create_dir_all(ws.join("target/fuzz"))?;
+    fs::write(ws.join("target/fuzz/scaling.md"), table.as_bytes())?;
+    if !out.status.success() {
+        bail!("scaling check failed (table in target/fuzz/scaling.md)");
+    }
+    Ok(())
+}
+
 pub fn run(args: &[String]) -> Result<()> {
     let o = parse(args)?;
     let ws = workspace_root();
+    if o.scaling {
+        let targets = if o.targets.is_empty() { all_targets(&ws)? } else { o.targets.clone() };
+        return scaling(&ws, &targets, o.quick);
+    }
     ensure_cargo_fuzz()?;
     let targets = if o.targets.is_empty() { all_targets(&ws)? } else { o.targets.clone() };
     step("fuzz: build the targets (nightly, libFuzzer)");
     crate::run_cmd(nightly_cargo(&ws).args(["fuzz", "build", "--sanitizer", "none"]))?;
+    // `--jobs N`: N targets at once, each its own libFuzzer process (one core each).
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: std::sync::Mutex<Vec<Option<Result<Outcome>>>> =
+        std::sync::Mutex::new((0..targets.len()).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..o.jobs.min(targets.len()) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(t) = targets.get(i) else { break };
+                    let r = fuzz_one(&ws, t, &o);
+                    results.lock().unwrap()[i] = Some(r);
+                }
+            });
+        }
+    });
     let mut md = String::from(
         "| target | seconds | executions | executions/s | coverage (edges) | features | corpus | result |\n|---|---|---|---|---|---|---|---|\n",
     );
     let mut failed = Vec::new();
-    for t in &targets {
-        let corpus = ws.join("target/fuzz/corpus").join(t);
-        let artifacts = ws.join("target/fuzz/artifacts").join(t);
-        fs::create_dir_all(&corpus)?;
-        fs::create_dir_all(&artifacts)?;
-        let seeded = seed(&ws, t, &corpus)?;
-        println!("==> fuzz {t}: {} s ({seeded} seeds from the fixtures)", o.seconds);
-        let out = nightly_cargo(&ws)
-            .args(["fuzz", "run", "--sanitizer", "none", t])
-            .arg(&corpus)
-            .arg("--")
-            .arg(format!("-max_total_time={}", o.seconds))
-            .arg(format!("-artifact_prefix={}/", artifacts.display()))
-            .args(["-timeout=10", "-rss_limit_mb=2048", "-max_len=65536", "-print_final_stats=1"])
-            .output()
-            .with_context(|| format!("cargo fuzz run {t}"))?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let f = figures(&stderr, out.status.success());
-        println!("    {} executions ({}/s), coverage {} edges, {}", f.execs, f.per_second, f.coverage, f.outcome);
-        if !out.status.success() {
-            let tail: Vec<&str> = stderr.lines().rev().take(40).collect();
-            eprintln!("{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+    for (t, r) in targets.iter().zip(results.into_inner().unwrap()) {
+        let (f, ok, tail) = r.context("a fuzz job did not report")??;
+        if !ok {
+            eprintln!("==> {t} failed:\n{tail}");
             failed.push(t.clone());
         }
+        let secs = f.execs.checked_div(f.per_second).unwrap_or(o.seconds);
         let _ = writeln!(
             md,
-            "| {t} | {} | {} | {} | {} | {} | {} | {} |",
-            o.seconds, f.execs, f.per_second, f.coverage, f.features, f.corpus, f.outcome
+            "| {t} | {secs} | {} | {} | {} | {} | {} | {} |",
+            f.execs, f.per_second, f.coverage, f.features, f.corpus, f.outcome
         );
     }
     let report = ws.join("target/fuzz/report.md");
