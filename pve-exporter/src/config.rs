@@ -297,7 +297,7 @@ pub struct Config {
           value_parser = parse_positive_duration)]
     pub web_write_timeout: Duration,
 
-    /// Basic-auth checks that may wait for one of the two bcrypt slots (a password not
+    /// Basic-auth checks that may wait for a bcrypt slot (a quarter of the CPUs, one or two; a password not
     /// verified before); further ones are answered 503 at once.
     #[arg(long = "web.max-auth-waiting", env = "PVE_EXPORTER_WEB_MAX_AUTH_WAITING", default_value_t = 16)]
     pub web_max_auth_waiting: u32,

@@ -42,6 +42,10 @@ use tokio::{
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
 /// Time a client has to complete the TLS handshake.
+/// The web config file and the PEM files it names: a few KiB each (a certificate chain, a
+/// list of users); anything over this is not one.
+const MAX_CONFIG_FILE: u64 = 1 << 20;
+
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where a PEM block comes from: a file (`cert_file`) or the config itself (`cert`).
@@ -295,7 +299,8 @@ fn parse_tls(t: RawTls, base: &Path) -> Result<Option<TlsSettings>, String> {
 fn read_pem(p: &Pem, what: &str) -> Result<Vec<u8>, String> {
     match p {
         Pem::Inline(text) => Ok(text.as_bytes().to_vec()),
-        Pem::File(path) => std::fs::read(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display())),
+        Pem::File(path) => crate::host::read_capped(path, MAX_CONFIG_FILE)
+            .map_err(|e| format!("cannot read {what} {}: {e}", path.display())),
     }
 }
 
@@ -466,14 +471,23 @@ pub struct BasicAuth {
     /// bcrypt runs at once: wrong passwords are not cached, and a flood of them must not
     /// take every blocking thread.
     slots: Arc<tokio::sync::Semaphore>,
-    /// Checks running or waiting for a slot: past `BCRYPT_SLOTS` + the queue bound a check is
+    /// Checks running or waiting for a slot: past the slots + the queue bound a check is
     /// answered 503 at once, so a flood of wrong passwords cannot pile up requests (and their
-    /// connections) behind the two slots.
+    /// connections) behind the slots.
     in_check: AtomicUsize,
+    /// bcrypt checks that run at once: [`bcrypt_slots`].
+    slot_count: usize,
 }
 
-/// bcrypt checks that run at once.
-const BCRYPT_SLOTS: usize = 2;
+/// bcrypt checks that run at once: a quarter of the host's CPUs, at least one and at most two.
+/// Each check keeps a CPU busy for tens of ms (cost 10), and wrong passwords are not cached, so
+/// a flood of them keeps every slot busy: on a node with 2 to 7 CPUs two slots would give the
+/// flood half the machine or all of it, and the guests' vCPUs would pay (the soak harness
+/// measures it: `cargo xtask soak`).
+fn bcrypt_slots() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cpus / 4).clamp(1, 2)
+}
 /// How long a check waits for a bcrypt slot before it is answered 503: the queue bound alone
 /// lets a waiting request sit for (queue ÷ slots) checks, seconds with a high bcrypt cost.
 const BCRYPT_WAIT: Duration = Duration::from_secs(2);
@@ -501,8 +515,9 @@ impl BasicAuth {
         Self {
             users,
             verified: Mutex::default(),
-            slots: Arc::new(tokio::sync::Semaphore::new(BCRYPT_SLOTS)),
+            slots: Arc::new(tokio::sync::Semaphore::new(bcrypt_slots())),
             in_check: AtomicUsize::new(0),
+            slot_count: bcrypt_slots(),
         }
     }
 
@@ -528,7 +543,7 @@ impl BasicAuth {
             },
         };
         let _counted = InCheck(&self.in_check);
-        if self.in_check.fetch_add(1, Ordering::AcqRel) >= BCRYPT_SLOTS + max_waiting {
+        if self.in_check.fetch_add(1, Ordering::AcqRel) >= self.slot_count + max_waiting {
             return AuthCheck::Busy;
         }
         let _permit = match tokio::time::timeout(BCRYPT_WAIT, self.slots.clone().acquire_owned()).await {
@@ -566,7 +581,8 @@ impl WebRuntime {
     /// Read `path` (None: plain HTTP) and the files it names. Blocking.
     pub fn load(path: Option<&Path>) -> Result<Self, String> {
         let Some(path) = path else { return Ok(Self::open()) };
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let text = crate::host::read_string_capped(path, MAX_CONFIG_FILE)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let config = parse(&text, base).map_err(|e| format!("{}: {e}", path.display()))?;
         let tls = match &config.tls {
@@ -853,7 +869,7 @@ mod tests {
         assert_eq!(auth.in_check.load(Ordering::Acquire), 0, "every check counted out");
     }
 
-    /// Past the two bcrypt slots and `max_waiting` waiting checks, a check that needs bcrypt is
+    /// Past the bcrypt slots and `max_waiting` waiting checks, a check that needs bcrypt is
     /// answered Busy at once; a cached password still passes without waiting.
     #[tokio::test]
     async fn the_bcrypt_queue_is_bounded() {
@@ -861,15 +877,17 @@ mod tests {
         let auth = Arc::new(BasicAuth::new(BTreeMap::from([("prom".to_string(), hash)])));
         assert_eq!(auth.check(Some(&basic("prom", "right")), 0).await, AuthCheck::Allowed);
         // Both bcrypt slots taken (as by two long checks): every check that needs bcrypt waits.
-        let held = auth.slots.clone().acquire_many_owned(BCRYPT_SLOTS as u32).await.unwrap();
+        let slots = auth.slot_count;
+        assert!((1..=2).contains(&slots));
+        let held = auth.slots.clone().acquire_many_owned(slots as u32).await.unwrap();
         let max_waiting = 3;
-        let waiting: Vec<_> = (0..BCRYPT_SLOTS + max_waiting)
+        let waiting: Vec<_> = (0..slots + max_waiting)
             .map(|i| {
                 let auth = auth.clone();
                 tokio::spawn(async move { auth.check(Some(&basic("prom", &format!("guess{i}"))), max_waiting).await })
             })
             .collect();
-        while auth.in_check.load(Ordering::Acquire) < BCRYPT_SLOTS + max_waiting {
+        while auth.in_check.load(Ordering::Acquire) < slots + max_waiting {
             tokio::task::yield_now().await;
         }
         // The queue is full: one more is turned away at once, a cached password passes.
@@ -887,7 +905,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_check_waits_for_a_slot_at_most_bcrypt_wait() {
         let auth = BasicAuth::new(BTreeMap::from([("prom".to_string(), bcrypt::hash("right", 4).unwrap())]));
-        let _held = auth.slots.clone().acquire_many_owned(BCRYPT_SLOTS as u32).await.unwrap();
+        let _held = auth.slots.clone().acquire_many_owned(auth.slot_count as u32).await.unwrap();
         let start = tokio::time::Instant::now();
         assert_eq!(auth.check(Some(&basic("prom", "right")), 16).await, AuthCheck::Busy);
         assert_eq!(start.elapsed(), BCRYPT_WAIT);
