@@ -1,9 +1,10 @@
-//! Developer tasks. `cargo xtask setup | run | demo | test | bench | fuzz | deb`; see README.md.
+//! Developer tasks. `cargo xtask setup | run | demo | test | bench | fuzz | soak | deb`; see README.md.
 
 mod bench;
 mod deb;
 mod demo;
 mod fuzz;
+mod soak;
 
 use std::{
     env,
@@ -27,10 +28,17 @@ usage: cargo xtask <task> [args]
   bench [--quick] [host|ebpf|parsers|all]
                    the benchmarks of docs/benchmarks.md (release build; results also in
                    target/bench/); --quick is the test suite's small, fast mode
-  fuzz [TARGET ...] [--seconds N] [--smoke]
+  fuzz [TARGET ...] [--seconds N] [--runs N] [--jobs N] [--smoke] [--scaling]
                    the parsers' fuzz targets (fuzz/, cargo-fuzz on nightly), each for N
-                   seconds (default 60; --smoke: the test suite's few seconds); figures in
-                   target/fuzz/report.md, failing inputs in target/fuzz/artifacts/
+                   seconds (default 60; --smoke: the test suite's few seconds) or N
+                   executions, --jobs targets at once; figures in target/fuzz/report.md,
+                   failing inputs in target/fuzz/artifacts/; --scaling: no fuzzing, time
+                   every parser on its corpus and on 10x those inputs (target/fuzz/scaling.md)
+  soak [--short] [--hours N]
+                   the soak and load harness on the release build: 50 scrapers on 20 KVM
+                   guests, 200 guest lifetimes with eBPF, slow and hostile clients; --short
+                   is the test suite's variant, --hours N repeats load and churn (release
+                   checks); figures in target/soak/report.md
   deb [--binary PATH] [--out DIR]
                    build the Debian package (release build; target/debian/ by default)";
 
@@ -84,6 +92,10 @@ fn real_main() -> Result<()> {
         "fuzz" => {
             setup()?;
             fuzz::run(&passthrough)
+        }
+        "soak" => {
+            setup()?;
+            soak::run(&passthrough)
         }
         "deb" => deb::build(&deb::Options::parse(&passthrough)?).map(|_| ()),
         "help" | "-h" | "--help" => {
@@ -242,11 +254,17 @@ fn test() -> Result<()> {
     cargo(&["test", "--no-fail-fast"])?;
     step("procfs-only build (--no-default-features)");
     cargo(&["build", "-p", "pve-exporter", "--no-default-features"])?;
-    // The benchmarks run in their quick mode so they never rot; they assert nothing about time
-    // (the figures go into docs/benchmarks.md from a full `cargo xtask bench`).
-    // Every fuzz target for a few seconds, so none rots (the long runs: cargo xtask fuzz).
+    // Every fuzz target for a few seconds, so none rots (the long runs: cargo xtask fuzz), and
+    // every parser on 10x its inputs (a ratio far from 10 is super-linear time).
     step("fuzz targets, smoke run (cargo xtask fuzz --smoke)");
     fuzz::run(&["--smoke".to_string()])?;
+    step("fuzz targets, scaling check on 10x inputs (cargo xtask fuzz --scaling --smoke)");
+    fuzz::run(&["--scaling".to_string(), "--smoke".to_string()])?;
+    // The soak harness's short variant: load, guest churn and hostile clients, release build.
+    step("soak harness, short variant (cargo xtask soak --short)");
+    soak::run(&["--short".to_string()])?;
+    // The benchmarks run in their quick mode so they never rot; they assert nothing about time
+    // (the figures go into docs/benchmarks.md from a full `cargo xtask bench`).
     step("benchmarks, quick mode (cargo xtask bench --quick)");
     bench::run(&["--quick".to_string()])?;
     println!("==> all tests passed");
