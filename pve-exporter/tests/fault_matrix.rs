@@ -1,0 +1,371 @@
+//! The fault matrix of docs/robustness.md: each fault an operator can meet, made with the real
+//! component (a real QEMU and its QMP socket, `qm` on a pseudo-terminal, a storage tool, the
+//! PVE API over TLS, the kernel's BPF, tracefs, file descriptor and cgroup limits, a full file
+//! system), with the daemon's production limits (none is shortened here). Each test checks what
+//! the operator sees (which series go, `pve_exporter_collector_success`, the log line), that
+//! nothing else goes, and that everything comes back once the fault is gone.
+//!
+//! The scrapes are made as Prometheus makes them, with its default 10 s timeout in
+//! `X-Prometheus-Scrape-Timeout-Seconds`; the one time asserted is that each answer came within
+//! it. Needs root, /dev/kvm and QEMU (`cargo xtask setup`).
+
+mod common;
+mod ops;
+mod pve_server;
+mod support;
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    os::unix::net::{UnixListener, UnixStream},
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use common::{Daemon, Guest, host_root, require_privileges, sample};
+use support::{QM_DOUBLE, Qemu, VmSpec, link_own_path};
+
+/// Prometheus's default scrape timeout, sent with every scrape.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a log line may take from the daemon to the test (it is read from a pipe).
+const LOG_WAIT: Duration = Duration::from_secs(5);
+
+/// GET /metrics as Prometheus sends it, with its default scrape timeout in the header; asserts
+/// the answer is a 200 that came within that timeout, and returns its body.
+#[track_caller]
+fn scrape(port: u16) -> String {
+    let t = Instant::now();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(120))).expect("timeout");
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nAccept: text/plain;version=0.0.4\r\n\
+         X-Prometheus-Scrape-Timeout-Seconds: {}\r\nConnection: close\r\n\r\n",
+        SCRAPE_TIMEOUT.as_secs()
+    )
+    .expect("request");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("answer");
+    let took = t.elapsed();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status: u16 = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    eprintln!("scrape answered {status} in {took:?}");
+    assert_eq!(status, 200, "{head}\n{body}");
+    assert!(took < SCRAPE_TIMEOUT, "answered after {took:?}, beyond Prometheus's scrape timeout");
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() }
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Scrape until `ok` holds, at most `limit` (each scrape checked as in [`scrape`]).
+#[track_caller]
+fn scrape_until(port: u16, limit: Duration, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let m = scrape(port);
+        if ok(&m) {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "{what} did not happen within {limit:?}:\n{m}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn success(m: &str, collector: &str) -> Option<f64> {
+    sample(m, "pve_exporter_collector_success", &[("collector", collector)])
+}
+
+/// Whether the scrape has a sample of `name` with (at least) `labels`.
+fn has(m: &str, name: &str, labels: &[(&str, &str)]) -> bool {
+    sample(m, name, labels).is_some()
+}
+
+/// The names of the families with a sample whose `id` is `id` (the `guest` collector's, which
+/// a configured guest has running or not, left out).
+fn families_of(m: &str, id: &str) -> std::collections::BTreeSet<String> {
+    common::process_series(m, id).iter().filter_map(|l| l.split(['{', ' ']).next()).map(String::from).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// QEMU monitors.
+
+/// `--qm-path`: the `qm` test double (which talks to the VM's real QEMU), hanging on the
+/// commands of `hang`. Replaced atomically: a `qm` started meanwhile reads a whole script.
+fn install_qm(root: &Path, log: &Path, hang: &[u32]) -> String {
+    let hang: Vec<String> = hang.iter().map(u32::to_string).collect();
+    let script = root.join("qm");
+    let tmp = root.join("qm.new");
+    std::fs::write(
+        &tmp,
+        format!(
+            "#!/bin/sh\nPVE_TEST_QM_ROOT='{}' PVE_TEST_QM_LOG='{}' PVE_TEST_QM_HANG='{}' exec '{}' \"$@\"\n",
+            root.display(),
+            log.display(),
+            hang.join(","),
+            QM_DOUBLE
+        ),
+    )
+    .expect("write qm wrapper");
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    std::fs::rename(&tmp, &script).expect("rename qm wrapper");
+    script.to_string_lossy().into_owned()
+}
+
+/// The disk I/O counters of a VM: what only its monitor gives (the topology is cached).
+fn disk_io(m: &str, id: &str) -> bool {
+    has(m, "pve_kvm_disk_read_bytes_total", &[("id", id), ("disk_name", "scsi0")])
+}
+
+/// `qm monitor` hangs for one VM (PVE's `qm` through a pseudo-terminal, `--qm-mode qm`): the
+/// first scrape waits for it at most until its deadline, that VM loses its monitor's series
+/// (disk I/O) and `qm` fails, with one warning naming the VM; the other VM and every other
+/// collector keep everything; the VM rejoins once its `qm` answers again.
+#[test]
+fn a_hung_qm_costs_its_vms_monitor_series() {
+    require_privileges();
+    let root = host_root(&[711, 712]);
+    link_own_path(root.path());
+    let _healthy = Qemu::start(root.path(), 711, &VmSpec::default());
+    let _stuck = Qemu::start(root.path(), 712, &VmSpec::default());
+    let log = root.path().join("qm.log");
+    let qm = install_qm(root.path(), &log, &[]);
+    let daemon = Daemon::start(root.path(), &["--ebpf", "off", "--qm-mode", "qm", "--qm-path", &qm]);
+    let m = scrape(daemon.port);
+    assert!(disk_io(&m, "711") && disk_io(&m, "712"), "{m}");
+    let before_711 = families_of(&m, "711");
+
+    // From now on qm hangs on VM 712's commands (a QEMU whose main loop is stuck).
+    install_qm(root.path(), &log, &[712]);
+    let m = scrape_until(daemon.port, Duration::from_secs(60), "qm failing", |m| success(m, "qm") == Some(0.0));
+    let line = daemon.wait_for_log("VM 712: its monitor did not answer in time: not waited on until it does", LOG_WAIT);
+    assert!(line.contains(" WARN "), "{line}");
+    assert!(daemon.wait_for_log("collector qm failed: ", LOG_WAIT).contains("712"));
+    for _ in 0..3 {
+        let m = scrape(daemon.port);
+        // VM 712: still reported from /proc, with its cached NIC and disk topology, without
+        // the disk I/O counters only its monitor gives.
+        assert!(has(&m, "pve_kvm_info", &[("id", "712")]), "{m}");
+        assert!(has(&m, "pve_kvm_disk_info", &[("id", "712"), ("disk_name", "scsi0")]), "{m}");
+        assert!(!disk_io(&m, "712"), "{m}");
+        // VM 711 keeps every family; only qm fails.
+        assert_eq!(families_of(&m, "711"), before_711, "{m}");
+        assert_eq!(success(&m, "qm"), Some(0.0), "{m}");
+        for c in ["pve_config", "kvm", "nic", "disk", "balloon", "vcpu", "guest", "node_status"] {
+            assert_eq!(success(&m, c), Some(1.0), "{c}\n{m}");
+        }
+    }
+    assert!(daemon.log_lines("VM 711").is_empty(), "{}", daemon.logs());
+    assert_eq!(daemon.log_lines("VM 712: its monitor did not answer").len(), 1, "{}", daemon.logs());
+
+    // qm answers again: a try in the background finds it, and the VM rejoins.
+    install_qm(root.path(), &log, &[]);
+    let m = scrape_until(daemon.port, Duration::from_secs(120), "VM 712 rejoining", |m| {
+        disk_io(m, "712") && success(m, "qm") == Some(1.0)
+    });
+    assert_eq!(families_of(&m, "711"), before_711, "{m}");
+    daemon.wait_for_log("VM 712: its monitor answers again", LOG_WAIT);
+    daemon.wait_for_log("collector qm works again", LOG_WAIT);
+}
+
+/// A proxy in front of a real QEMU's QMP socket: passes everything through, or, while `cut`
+/// is set, sends QEMU's greeting and its answer to `qmp_capabilities` and then only the first
+/// half of the next answer before it closes the connection (QEMU or the socket going away in
+/// the middle of an answer).
+struct QmpProxy {
+    cut: Arc<AtomicBool>,
+    cuts: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl QmpProxy {
+    fn start(front: &Path, back: std::path::PathBuf) -> QmpProxy {
+        let listener = UnixListener::bind(front).expect("bind the proxy socket");
+        let cut = Arc::new(AtomicBool::new(false));
+        let cuts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (c, n) = (cut.clone(), cuts.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = UnixStream::connect(&back) else { return };
+                let (c, n) = (c.clone(), n.clone());
+                std::thread::spawn(move || Self::relay(client, server, &c, &n));
+            }
+        });
+        QmpProxy { cut, cuts }
+    }
+
+    fn relay(mut client: UnixStream, server: UnixStream, cut: &AtomicBool, cuts: &std::sync::atomic::AtomicUsize) {
+        let (Ok(mut from_client), Ok(mut to_server)) = (client.try_clone(), server.try_clone()) else { return };
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from_client, &mut to_server);
+            let _ = to_server.shutdown(std::net::Shutdown::Write);
+        });
+        let mut reader = BufReader::new(server);
+        for n in 1.. {
+            let mut line = Vec::new();
+            if !reader.read_until(b'\n', &mut line).is_ok_and(|len| len > 0) {
+                break;
+            }
+            // 1: the greeting, 2: the answer to qmp_capabilities, 3: the first answer to a query.
+            if n == 3 && cut.load(Ordering::SeqCst) {
+                let _ = client.write_all(&line[..line.len() / 2]);
+                cuts.fetch_add(1, Ordering::SeqCst);
+                break;
+            }
+            if client.write_all(&line).is_err() {
+                break;
+            }
+        }
+        let _ = client.shutdown(std::net::Shutdown::Both);
+        let _ = reader.get_ref().shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// A VM's QMP connection closes in the middle of an answer: that VM loses its monitor's
+/// series (disk I/O) and `qm` fails with the reason, at once (no waiting: the connection is
+/// closed, not silent); the other VM and every other collector keep everything; the next
+/// scrape after the socket answers whole again has the VM back.
+#[test]
+fn a_qmp_connection_closing_mid_answer_costs_its_vms_monitor_series() {
+    require_privileges();
+    let root = host_root(&[713, 714]);
+    link_own_path(root.path());
+    let _vm = Qemu::start(root.path(), 713, &VmSpec::default());
+    let _other = Qemu::start(root.path(), 714, &VmSpec::default());
+    // The proxy takes VM 713's socket path; QEMU's own socket moves aside.
+    let run = root.path().join("var/run/qemu-server");
+    std::fs::rename(run.join("713.qmp"), run.join("713.qemu.qmp")).expect("move QEMU's socket");
+    let proxy = QmpProxy::start(&run.join("713.qmp"), run.join("713.qemu.qmp"));
+    let daemon = Daemon::start(root.path(), &["--ebpf", "off"]);
+    let m = scrape(daemon.port);
+    assert!(disk_io(&m, "713") && disk_io(&m, "714"), "through the proxy as without it:\n{m}");
+    assert_eq!(success(&m, "qm"), Some(1.0), "{m}");
+    let before_714 = families_of(&m, "714");
+
+    proxy.cut.store(true, Ordering::SeqCst);
+    for _ in 0..3 {
+        let m = scrape(daemon.port);
+        assert!(has(&m, "pve_kvm_info", &[("id", "713")]), "{m}");
+        assert!(has(&m, "pve_kvm_disk_info", &[("id", "713"), ("disk_name", "scsi0")]), "cached topology\n{m}");
+        assert!(!disk_io(&m, "713"), "{m}");
+        assert_eq!(families_of(&m, "714"), before_714, "{m}");
+        assert_eq!(success(&m, "qm"), Some(0.0), "{m}");
+        for c in ["pve_config", "kvm", "nic", "disk", "balloon", "vcpu", "guest", "node_status"] {
+            assert_eq!(success(&m, c), Some(1.0), "{c}\n{m}");
+        }
+    }
+    assert!(proxy.cuts.load(Ordering::SeqCst) >= 3, "the proxy never cut an answer");
+    let line = daemon.wait_for_log("collector qm failed: ", LOG_WAIT);
+    assert!(line.contains(" WARN ") && line.contains("713") && line.contains("closed the connection"), "{line}");
+    assert_eq!(daemon.log_lines("collector qm failed").len(), 1, "{}", daemon.logs());
+    // Closed, not silent: the VM is asked again on the next scrape, not put under back-off.
+    assert!(daemon.log_lines("did not answer in time").is_empty(), "{}", daemon.logs());
+    assert!(daemon.log_lines("714").is_empty(), "{}", daemon.logs());
+
+    proxy.cut.store(false, Ordering::SeqCst);
+    let m = scrape(daemon.port);
+    assert!(disk_io(&m, "713"), "{m}");
+    assert_eq!(families_of(&m, "714"), before_714, "{m}");
+    assert_eq!(success(&m, "qm"), Some(1.0), "{m}");
+    daemon.wait_for_log("collector qm works again", LOG_WAIT);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Storage tools.
+
+/// dir `local` (sized by statvfs) and two zfspool storages (sized by `zfs get` and `zpool
+/// list`), as the recorded outputs of fixtures/commands/pve-storage answer them.
+const ZFS_STORAGE_CFG: &str = "dir: local\n\tpath /var/lib/vz\n\tcontent iso,vztmpl,backup\n\n\
+zfspool: local-zfs\n\tpool rpool/data\n\tsparse\n\tcontent images,rootdir\n\n\
+zfspool: tank-vm\n\tpool tank\n\tcontent rootdir,images\n";
+
+/// A `--command-path` with the recorded `zpool` of the pve-storage fixture and `zfs` as given
+/// (replaced atomically, so a run never reads half a script).
+fn storage_tools(dir: &Path, zfs: &str) {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/commands/pve-storage");
+    std::fs::create_dir_all(dir.join("bin")).expect("mkdir bin");
+    for f in ["zfs-get.out", "zpool-list.out"] {
+        std::fs::copy(fixture.join(f), dir.join(f)).expect("copy recorded output");
+    }
+    std::fs::copy(fixture.join("bin/zpool"), dir.join("bin/zpool")).expect("copy zpool");
+    let tmp = dir.join("bin/.zfs.new");
+    std::fs::write(&tmp, zfs).expect("write zfs");
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    std::fs::rename(&tmp, dir.join("bin/zfs")).expect("rename zfs");
+}
+
+/// `zfs` hangs (a pool whose disks stopped answering): the scrape waits for it at most
+/// `--storage-timeout` (5 s), kills it, and is not held up by it again while it is under
+/// back-off; the zfspool storages lose their sizes and `storage_zfs` fails with the reason;
+/// `zpool list`, the statvfs-sized storage and every other collector keep theirs; once `zfs`
+/// answers again a try finds it and the sizes return.
+#[test]
+fn a_hung_storage_command_costs_only_its_storages_sizes() {
+    require_privileges();
+    let root = host_root(&[]);
+    std::fs::write(root.path().join("etc/pve/storage.cfg"), ZFS_STORAGE_CFG).expect("storage.cfg");
+    std::fs::create_dir_all(root.path().join("var/lib/vz")).expect("mkdir");
+    let tools = tempfile::tempdir().expect("tempdir");
+    let runs = tools.path().join("zfs.runs");
+    let hung = format!("#!/bin/sh\necho \"$$\" >> '{}'\nexec sleep 3600\n", runs.display());
+    let recorded = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/commands/pve-storage/bin/zfs");
+    let recorded = std::fs::read_to_string(recorded).expect("the recorded zfs");
+    storage_tools(tools.path(), &recorded);
+    let bin = tools.path().join("bin");
+    let daemon = Daemon::start(root.path(), &["--ebpf", "off", "--command-path", bin.to_str().expect("utf-8")]);
+    let size = |m: &str, name: &str| sample(m, "pve_node_storage_size_bytes", &[("name", name)]);
+    let m = scrape(daemon.port);
+    for name in ["local", "local-zfs", "tank-vm"] {
+        assert!(size(&m, name).is_some(), "{name}\n{m}");
+    }
+    assert_eq!(success(&m, "storage_zfs"), Some(1.0), "{m}");
+
+    storage_tools(tools.path(), &hung);
+    let m = scrape_until(daemon.port, Duration::from_secs(30), "storage_zfs failing", |m| {
+        success(m, "storage_zfs") == Some(0.0)
+    });
+    let line = daemon.wait_for_log("collector storage_zfs failed: ", LOG_WAIT);
+    assert!(line.contains(" WARN ") && line.contains("zfs") && line.contains("killed"), "{line}");
+    for m in [m, scrape(daemon.port), scrape(daemon.port)] {
+        assert!(size(&m, "local-zfs").is_none() && size(&m, "tank-vm").is_none(), "{m}");
+        assert!(size(&m, "local").is_some(), "{m}");
+        assert!(has(&m, "pve_node_zpool_size_bytes", &[("pool", "rpool")]), "zpool still answers\n{m}");
+        assert!(has(&m, "pve_node_storage_info", &[("name", "tank-vm")]), "{m}");
+        assert_eq!(success(&m, "storage_zfs"), Some(0.0), "{m}");
+        for c in ["storage", "pve_config", "kvm", "guest", "node_status"] {
+            assert_eq!(success(&m, c), Some(1.0), "{c}\n{m}");
+        }
+    }
+    // Every hung run was killed: none of them is left.
+    let pids = std::fs::read_to_string(&runs).expect("zfs ran");
+    for pid in pids.lines() {
+        let deadline = Instant::now() + LOG_WAIT;
+        while Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(Instant::now() < deadline, "the hung zfs {pid} is still running");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    storage_tools(tools.path(), &recorded);
+    let m = scrape_until(daemon.port, Duration::from_secs(120), "storage_zfs answering again", |m| {
+        success(m, "storage_zfs") == Some(1.0)
+    });
+    assert!(size(&m, "local-zfs").is_some() && size(&m, "tank-vm").is_some(), "{m}");
+    daemon.wait_for_log("collector storage_zfs works again", LOG_WAIT);
+}
