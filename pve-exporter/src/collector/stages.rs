@@ -521,8 +521,13 @@ fn resolve_source(
         return (wanted, pve);
     }
     let mut last = state.last_source.lock().unwrap_or_else(|p| p.into_inner());
+    // A node seen as PVE stays one while /etc/pve has no VM configs: that is pmxcfs not
+    // mounted (pve-cluster stopped or restarting), not another kind of host. The VMs keep
+    // their ids (plain-QEMU discovery would name them by `-name`), and pve_config says why.
+    let unmounted = matches!(&pve, Some(c) if c.vm_configs.is_none()) && *last == Some(VmSourceMode::Pve);
     let kind = match &pve {
         Some(c) if c.vm_configs.is_some() => VmSourceMode::Pve,
+        Some(_) if unmounted => VmSourceMode::Pve,
         Some(_) if host.path(libvirt::RUN_DIR).is_dir() => VmSourceMode::Libvirt,
         Some(_) => VmSourceMode::Qemu,
         // /etc/pve did not answer: a hung pmxcfs is a PVE node's.
@@ -533,6 +538,14 @@ fn resolve_source(
     match kind {
         // Not a PVE host: no pve_config stage to report.
         VmSourceMode::Libvirt | VmSourceMode::Qemu if !failed_now => (kind, None),
+        _ if unmounted => {
+            let why = "no VM configs: pmxcfs is not mounted (pve-cluster stopped?)";
+            report(Err(Error::io(
+                host.path("etc/pve/qemu-server"),
+                std::io::Error::new(std::io::ErrorKind::NotFound, why),
+            )));
+            (kind, pve)
+        }
         _ => {
             report(failed.map_or(Ok(()), Err));
             (kind, pve)
