@@ -369,3 +369,61 @@ fn a_hung_storage_command_costs_only_its_storages_sizes() {
     assert!(size(&m, "local-zfs").is_some() && size(&m, "tank-vm").is_some(), "{m}");
     daemon.wait_for_log("collector storage_zfs works again", LOG_WAIT);
 }
+
+// ---------------------------------------------------------------------------------------------
+// pmxcfs.
+
+/// pmxcfs stops (pve-cluster stopped or restarting): /etc/pve is an empty directory. The VMs
+/// are still reported from /proc under their vmids (without the pools user.cfg gave them),
+/// `pve_config` fails with one warning that says pmxcfs is not mounted, and what only /etc/pve
+/// knows goes: the guests' configs (`pve_guest_*`) and the storages; once pmxcfs is back, all
+/// of it returns.
+#[test]
+fn a_missing_pmxcfs_keeps_the_vms_under_their_ids() {
+    require_privileges();
+    let root = host_root(&[715]);
+    let etc = root.path().join("etc/pve");
+    std::fs::write(etc.join("user.cfg"), "pool:prod::715::\n").expect("user.cfg");
+    std::fs::write(etc.join("storage.cfg"), "dir: local\n\tpath /var/lib/vz\n\tcontent iso\n").expect("storage.cfg");
+    std::fs::create_dir_all(root.path().join("var/lib/vz")).expect("mkdir");
+    let _guest = Guest::start(715, 1, 1, root.path());
+    let daemon = Daemon::start(root.path(), &["--ebpf", "off"]);
+    let m = scrape(daemon.port);
+    assert!(has(&m, "pve_kvm_info", &[("id", "715"), ("pool", "prod")]), "{m}");
+    assert!(has(&m, "pve_guest_up", &[("id", "715")]), "{m}");
+    assert!(has(&m, "pve_node_storage_size_bytes", &[("name", "local")]), "{m}");
+    let vm_families = families_of(&m, "715");
+    let healthy: Vec<(String, f64)> = ["kvm", "qm", "nic", "disk", "vcpu", "guest", "storage", "node_status"]
+        .iter()
+        .map(|c| (c.to_string(), success(&m, c).unwrap_or_else(|| panic!("{c} not reported\n{m}"))))
+        .collect();
+
+    // pmxcfs is not mounted: the mount point is an empty directory.
+    let away = root.path().join("etc/pve.mounted");
+    std::fs::rename(&etc, &away).expect("unmount /etc/pve");
+    std::fs::create_dir(&etc).expect("the empty mount point");
+    for _ in 0..3 {
+        let m = scrape(daemon.port);
+        assert!(has(&m, "pve_kvm_info", &[("id", "715"), ("pool", "")]), "{m}");
+        assert_eq!(families_of(&m, "715"), vm_families, "{m}");
+        assert!(!m.contains("id=\"test715\""), "the VM was renamed after its -name:\n{m}");
+        assert_eq!(success(&m, "pve_config"), Some(0.0), "{m}");
+        for (c, was) in &healthy {
+            assert_eq!(success(&m, c), Some(*was), "{c}\n{m}");
+        }
+        assert!(!has(&m, "pve_guest_up", &[("id", "715")]), "{m}");
+        assert!(!m.contains("pve_node_storage_"), "{m}");
+    }
+    let line = daemon.wait_for_log("collector pve_config failed: ", LOG_WAIT);
+    assert!(line.contains(" WARN ") && line.contains("pmxcfs is not mounted"), "{line}");
+    assert_eq!(daemon.log_lines("failed:").len(), 1, "one warning:\n{}", daemon.logs());
+
+    std::fs::remove_dir(&etc).expect("rmdir");
+    std::fs::rename(&away, &etc).expect("mount /etc/pve again");
+    let m = scrape(daemon.port);
+    assert!(has(&m, "pve_kvm_info", &[("id", "715"), ("pool", "prod")]), "{m}");
+    assert!(has(&m, "pve_guest_up", &[("id", "715")]), "{m}");
+    assert!(has(&m, "pve_node_storage_size_bytes", &[("name", "local")]), "{m}");
+    assert_eq!(success(&m, "pve_config"), Some(1.0), "{m}");
+    daemon.wait_for_log("collector pve_config works again", LOG_WAIT);
+}
