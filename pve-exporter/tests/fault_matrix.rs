@@ -427,3 +427,293 @@ fn a_missing_pmxcfs_keeps_the_vms_under_their_ids() {
     assert_eq!(success(&m, "pve_config"), Some(1.0), "{m}");
     daemon.wait_for_log("collector pve_config works again", LOG_WAIT);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The PVE API.
+
+const TOKEN: &str = "monitor@pve!metrics=5e9f5d3c-2a0b-4c1e-9f47-0d2b7f1a8c63";
+
+/// What the relay in front of the API does with a new connection.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Relay {
+    /// Pass it to the API server on this port.
+    To(u16),
+    /// Pass it on after this long (pveproxy overloaded).
+    Slow(u16, Duration),
+    /// Nothing listens on the port: connections are refused (pveproxy stopped).
+    Down,
+}
+
+/// A TCP relay on a port of its own in front of the test API servers: the URL the daemon
+/// knows stays the same while the API behind it goes down, gets slow, or is replaced by a
+/// server whose certificate another CA signed (TLS passes through untouched).
+struct ApiRelay {
+    port: u16,
+    mode: Arc<std::sync::Mutex<Relay>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl ApiRelay {
+    fn start(to: u16) -> ApiRelay {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind relay");
+        let port = listener.local_addr().expect("address").port();
+        let mode = Arc::new(std::sync::Mutex::new(Relay::To(to)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (m, s) = (mode.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut listener = Some(listener);
+            while !s.load(Ordering::SeqCst) {
+                let current = *m.lock().expect("mode");
+                match (current, listener.take()) {
+                    (Relay::Down, l) => {
+                        // Closed: the kernel refuses connections to the port.
+                        drop(l);
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    (_, None) => {
+                        // Back up on the same port (std sets SO_REUSEADDR).
+                        listener = std::net::TcpListener::bind(("127.0.0.1", port)).ok();
+                        if listener.is_none() {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                    }
+                    (_, Some(l)) => {
+                        l.set_nonblocking(true).expect("nonblocking");
+                        match l.accept() {
+                            Ok((conn, _)) => {
+                                let mode = *m.lock().expect("mode");
+                                std::thread::spawn(move || Self::pipe(conn, mode));
+                            }
+                            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                        }
+                        listener = Some(l);
+                    }
+                }
+            }
+        });
+        ApiRelay { port, mode, stop }
+    }
+
+    fn set(&self, mode: Relay) {
+        *self.mode.lock().expect("mode") = mode;
+        if mode == Relay::Down {
+            let deadline = Instant::now() + LOG_WAIT;
+            while TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                assert!(Instant::now() < deadline, "the relay still accepts connections");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    fn pipe(client: TcpStream, mode: Relay) {
+        let to = match mode {
+            Relay::To(p) => p,
+            Relay::Slow(p, d) => {
+                std::thread::sleep(d);
+                p
+            }
+            Relay::Down => return,
+        };
+        let _ = client.set_nodelay(true);
+        let Ok(server) = TcpStream::connect(("127.0.0.1", to)) else { return };
+        let (Ok(mut c_read), Ok(mut s_write)) = (client.try_clone(), server.try_clone()) else { return };
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut c_read, &mut s_write);
+            let _ = s_write.shutdown(std::net::Shutdown::Write);
+        });
+        let (mut s_read, mut c_write) = (server, client);
+        let _ = std::io::copy(&mut s_read, &mut c_write);
+        let _ = c_write.shutdown(std::net::Shutdown::Write);
+    }
+
+    fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for ApiRelay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A central exporter's setup (`--pve-scope cluster`, a token, the cluster's CA) on a host
+/// with a real guest, against the test API server through a relay.
+struct ApiSetup {
+    server: pve_server::PveServer,
+    relay: ApiRelay,
+    dir: tempfile::TempDir,
+}
+
+impl ApiSetup {
+    fn new() -> ApiSetup {
+        let server = pve_server::PveServer::start(TOKEN);
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).expect("token");
+        std::fs::set_permissions(dir.path().join("token"), std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod");
+        std::fs::write(dir.path().join("ca.pem"), &server.pki.ca_pem).expect("ca");
+        let relay = ApiRelay::start(server.port);
+        ApiSetup { server, relay, dir }
+    }
+
+    fn args(&self) -> Vec<String> {
+        let f = |n: &str| self.dir.path().join(n).to_string_lossy().into_owned();
+        ["--ebpf", "off", "--pve-scope", "cluster", "--pve-api-url", &self.relay.url()]
+            .into_iter()
+            .map(String::from)
+            .chain(["--pve-api-token-file".into(), f("token"), "--pve-api-ca-file".into(), f("ca.pem")])
+            .collect()
+    }
+}
+
+/// The API collectors' runs in a scrape: `collector` label -> success, for the names that
+/// start with one of the API collectors' (`node_status/pve1`, ...) and `pve_nodes`.
+fn api_runs(m: &str) -> std::collections::BTreeMap<String, f64> {
+    m.lines()
+        .filter_map(|l| l.strip_prefix("pve_exporter_collector_success{collector=\""))
+        .filter_map(|l| l.split_once("\"} "))
+        .filter(|(c, _)| {
+            ["pve_nodes", "node_status", "vm_pressure", "ha_status", "physical_disk"]
+                .iter()
+                .any(|n| c == n || c.starts_with(&format!("{n}/")))
+        })
+        .map(|(c, v)| (c.to_string(), v.parse().expect("a number")))
+        .collect()
+}
+
+impl ApiSetup {
+    /// The daemon with a real guest beside the API (its series are what must stay), after a
+    /// first scrape in which every API collector worked; returns it with that scrape.
+    fn daemon(&self, root: &Path) -> (Daemon, String) {
+        let args = self.args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let daemon = Daemon::start(root, &args);
+        let m = scrape(daemon.port);
+        let runs = api_runs(&m);
+        assert_eq!(runs.len(), 11, "pve_nodes, ha_status and three per node of pve1..pve3: {runs:?}");
+        assert!(runs.values().all(|v| *v == 1.0), "{runs:?}");
+        assert!(has(&m, "pve_node_load1", &[("node", "pve2")]), "{m}");
+        (daemon, m)
+    }
+}
+
+/// The local collectors that must not notice the API's faults, and the guest's series.
+fn assert_local_kept(m: &str, vm: &str, vm_families: &std::collections::BTreeSet<String>) {
+    assert_eq!(&families_of(m, vm), vm_families, "{m}");
+    for c in ["pve_config", "kvm", "qm", "vcpu", "guest", "storage"] {
+        assert_eq!(success(m, c), Some(1.0), "{c}\n{m}");
+    }
+}
+
+/// The PVE API is down (pveproxy stopped: connections refused), for a central exporter
+/// (`--pve-scope cluster`): every API collector fails at once (after two quick retries) and
+/// its series go, with one warning per collector and node naming the refused connection;
+/// the VMs of the exporter's own host and the local collectors keep everything; once the API
+/// listens again the next scrape has everything back.
+#[test]
+fn the_api_down_costs_only_the_api_series() {
+    require_privileges();
+    let root = host_root(&[716]);
+    let _guest = Guest::start(716, 1, 1, root.path());
+    let api = ApiSetup::new();
+    let (daemon, m) = api.daemon(root.path());
+    let vm_families = families_of(&m, "716");
+
+    api.relay.set(Relay::Down);
+    for _ in 0..3 {
+        let m = scrape(daemon.port);
+        let runs = api_runs(&m);
+        assert!(runs.len() == 11 && runs.values().all(|v| *v == 0.0), "{runs:?}");
+        assert!(!m.contains("pve_node_load1{") && !m.contains("pve_physical_disk_"), "{m}");
+        assert_local_kept(&m, "716", &vm_families);
+    }
+    let line = daemon.wait_for_log("collector node_status/pve2 failed: ", LOG_WAIT);
+    assert!(line.contains(" WARN ") && line.contains("GET /nodes/pve2/status") && line.contains("refused"), "{line}");
+    assert!(daemon.wait_for_log("collector pve_nodes failed: ", LOG_WAIT).contains("GET /nodes: "));
+    assert_eq!(daemon.log_lines("failed: ").len(), 11, "one line per collector and node:\n{}", daemon.logs());
+
+    api.relay.set(Relay::To(api.server.port));
+    let m = scrape(daemon.port);
+    assert!(api_runs(&m).values().all(|v| *v == 1.0), "{m}");
+    assert!(has(&m, "pve_node_load1", &[("node", "pve2")]), "{m}");
+    daemon.wait_for_log("collector node_status/pve2 works again", LOG_WAIT);
+}
+
+/// The PVE API answers, but only after `--pve-api-timeout` (5 s; pveproxy overloaded): every
+/// scrape still answers within Prometheus's timeout; the API collectors fail, with the time
+/// limit in the log, and their series go (or, while the PVE group is still waiting, its last
+/// values are served with their age in `pve_exporter_collector_data_age_seconds`, never as
+/// fresh ones); the VMs and the local collectors keep everything; the API's series are fresh
+/// again once it answers in time.
+#[test]
+fn a_slow_api_costs_only_fresh_api_values() {
+    require_privileges();
+    let root = host_root(&[717]);
+    let _guest = Guest::start(717, 1, 1, root.path());
+    let api = ApiSetup::new();
+    let (daemon, m) = api.daemon(root.path());
+    let vm_families = families_of(&m, "717");
+    let age = |m: &str| sample(m, "pve_exporter_collector_data_age_seconds", &[("collector", "node_status/pve2")]);
+    assert_eq!(age(&m), Some(0.0), "{m}");
+
+    api.relay.set(Relay::Slow(api.server.port, Duration::from_secs(6)));
+    for _ in 0..3 {
+        let m = scrape(daemon.port);
+        let runs = api_runs(&m);
+        assert!(runs.values().all(|v| *v == 0.0), "{runs:?}");
+        // The PVE group answered by the deadline with its failures, without the API's series,
+        // or (its requests still running) its last values were served: never as fresh ones.
+        if has(&m, "pve_node_load1", &[("node", "pve2")]) {
+            assert!(age(&m).is_some_and(|a| a > 0.0), "API values served as fresh:\n{m}");
+        }
+        assert_local_kept(&m, "717", &vm_families);
+    }
+    let line = daemon.wait_for_log("collector pve_nodes failed: ", LOG_WAIT);
+    assert!(line.contains(" WARN ") && line.contains("GET /nodes: no answer within 5s (--pve-api-timeout)"), "{line}");
+    assert!(daemon.wait_for_log("collector node_status/pve2 failed: ", LOG_WAIT).contains(" WARN "));
+
+    api.relay.set(Relay::To(api.server.port));
+    // Its nodes were put under back-off (up to a minute between tries).
+    let m = scrape_until(daemon.port, Duration::from_secs(150), "the API answering in time again", |m| {
+        api_runs(m).values().all(|v| *v == 1.0)
+    });
+    assert_eq!(age(&m), Some(0.0), "{m}");
+    assert_local_kept(&m, "717", &vm_families);
+    daemon.wait_for_log("collector node_status/pve2 works again", LOG_WAIT);
+}
+
+/// The API's certificate changes to one the configured CA did not sign (the cluster's
+/// certificates renewed by another CA, `--pve-api-ca-file` stale): every API collector fails
+/// at once (a TLS failure is not retried) and its series go; the log says the certificate is
+/// not trusted and names `--pve-api-ca-file`; the VMs and local collectors keep everything;
+/// with the right certificate back, so are the API's series.
+#[test]
+fn an_api_certificate_of_another_ca_costs_only_the_api_series() {
+    require_privileges();
+    let root = host_root(&[718]);
+    let _guest = Guest::start(718, 1, 1, root.path());
+    let api = ApiSetup::new();
+    let (daemon, m) = api.daemon(root.path());
+    let vm_families = families_of(&m, "718");
+
+    // Another test API server: its own CA signed its certificate.
+    let other = pve_server::PveServer::start(TOKEN);
+    api.relay.set(Relay::To(other.port));
+    for _ in 0..3 {
+        let m = scrape(daemon.port);
+        let runs = api_runs(&m);
+        assert!(runs.len() == 11 && runs.values().all(|v| *v == 0.0), "{runs:?}");
+        assert!(!m.contains("pve_node_load1{") && !m.contains("pve_physical_disk_"), "{m}");
+        assert_local_kept(&m, "718", &vm_families);
+    }
+    assert!(other.log().is_empty(), "a request got through: {:?}", other.log());
+    let line = daemon.wait_for_log("collector pve_nodes failed: ", LOG_WAIT);
+    assert!(line.contains(" WARN ") && line.contains("TLS") && line.contains("not trusted"), "{line}");
+    assert!(line.contains("--pve-api-ca-file") && !line.contains("attempts"), "{line}");
+
+    api.relay.set(Relay::To(api.server.port));
+    let m = scrape(daemon.port);
+    assert!(api_runs(&m).values().all(|v| *v == 1.0), "{m}");
+    daemon.wait_for_log("collector pve_nodes works again", LOG_WAIT);
+}
