@@ -717,3 +717,59 @@ fn an_api_certificate_of_another_ca_costs_only_the_api_series() {
     assert!(api_runs(&m).values().all(|v| *v == 1.0), "{m}");
     daemon.wait_for_log("collector pve_nodes works again", LOG_WAIT);
 }
+
+// ---------------------------------------------------------------------------------------------
+// eBPF.
+
+/// A host root whose /sys is the real one except /sys/kernel/tracing and /sys/kernel/debug,
+/// which are not there (a kernel without tracefs, or a /sys where it cannot be mounted): each
+/// other entry of /sys and /sys/kernel links to the real one, BTF included.
+fn root_without_tracefs(vmids: &[u32]) -> common::TestRoot {
+    let root = host_root(vmids);
+    let sys = root.path().join("sys");
+    std::fs::remove_file(&sys).expect("rm the sys link");
+    std::fs::create_dir_all(sys.join("kernel")).expect("mkdir sys/kernel");
+    for (dir, skip) in [("/sys", &["kernel"][..]), ("/sys/kernel", &["tracing", "debug"][..])] {
+        for e in std::fs::read_dir(dir).expect(dir).flatten() {
+            let name = e.file_name();
+            if skip.iter().any(|s| name == *s) {
+                continue;
+            }
+            let rel = Path::new(dir).strip_prefix("/").expect("absolute").join(&name);
+            std::os::unix::fs::symlink(e.path(), root.path().join(rel)).expect("symlink");
+        }
+    }
+    root
+}
+
+/// No tracefs (the daemon finds none and cannot mount one where it looks): `--ebpf auto`
+/// runs in procfs mode, says why in `pve_exporter_ebpf_info` and one warning; the eBPF
+/// families are absent (the `ebpf` collector does not apply and reports nothing), and the
+/// guest's procfs series and every collector are there.
+#[test]
+fn no_tracefs_serves_procfs_mode_and_says_why() {
+    require_privileges();
+    let root = root_without_tracefs(&[719]);
+    assert!(root.path().join("sys/kernel/btf/vmlinux").exists(), "this test needs the kernel's BTF");
+    let _guest = Guest::start(719, 1, 1, root.path());
+    let daemon = Daemon::start(root.path(), &[]);
+    let m = scrape(daemon.port);
+    assert_eq!(sample(&m, "pve_exporter_ebpf_enabled", &[]), Some(0.0), "{m}");
+    let reason = m
+        .lines()
+        .find_map(|l| l.strip_prefix("pve_exporter_ebpf_info{mode=\"procfs\",reason=\""))
+        .unwrap_or_else(|| panic!("no procfs-mode info\n{m}"));
+    assert!(reason.starts_with("tracefs: mount tracefs at ") && reason.contains("sys/kernel/tracing"), "{reason}");
+    let line = daemon.wait_for_log("eBPF unavailable, running in procfs mode: tracefs: ", LOG_WAIT);
+    assert!(line.contains(" WARN "), "{line}");
+    for f in ["pve_kvm_tracepoint_events_total{", "pve_kvm_exits_total{", "pve_kvm_vcpu_runqueue_wait_seconds"] {
+        assert!(!m.contains(f), "{f}\n{m}");
+    }
+    assert_eq!(success(&m, "ebpf"), None, "{m}");
+    for f in ["pve_kvm_info", "pve_kvm_cpu_seconds_total", "pve_kvm_vcpu_run_seconds_total", "pve_kvm_threads"] {
+        assert!(has(&m, f, &[("id", "719")]), "{f}\n{m}");
+    }
+    let failed: Vec<&str> =
+        m.lines().filter(|l| l.starts_with("pve_exporter_collector_success{") && l.ends_with(" 0")).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+}
