@@ -773,3 +773,93 @@ fn no_tracefs_serves_procfs_mode_and_says_why() {
         m.lines().filter(|l| l.starts_with("pve_exporter_collector_success{") && l.ends_with(" 0")).collect();
     assert!(failed.is_empty(), "{failed:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Host limits and layouts.
+
+/// The mount points of cgroup2 in this process's /proc/self/mountinfo.
+fn cgroup2_mounts() -> Vec<std::path::PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    info.lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            if right.split(' ').next()? != "cgroup2" {
+                return None;
+            }
+            Some(std::path::PathBuf::from(left.split(' ').nth(4)?))
+        })
+        .collect()
+}
+
+/// A cgroup of its own below the cgroup2 mount, removed (after its processes) when dropped.
+struct TestCgroup(std::path::PathBuf);
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        if let Ok(rd) = std::fs::read_dir(&self.0) {
+            for e in rd.flatten().filter(|e| e.path().is_dir()) {
+                let _ = std::fs::remove_dir(e.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// cgroup2 is mounted at an odd place (not /sys/fs/cgroup, not /sys/fs/cgroup/unified): the
+/// daemon, in a mount namespace where that is the only cgroup2 mount, finds it through
+/// /proc/self/mountinfo and reports the VM's pressure from its cgroup there, as PVE's own
+/// `qemu.slice/<vmid>.scope` would be read; nothing fails and nothing is lost.
+#[test]
+fn cgroup2_mounted_elsewhere_is_found_through_mountinfo() {
+    require_privileges();
+    let usual = cgroup2_mounts();
+    assert!(!usual.is_empty(), "this test needs a cgroup2 mount");
+    let slice = TestCgroup(usual[0].join(format!("pve-exporter-fault-matrix-{}.slice", std::process::id())));
+    let scope = slice.0.join("720.scope");
+    std::fs::create_dir_all(&scope).expect("mkdir the test cgroup");
+    assert!(scope.join("cpu.pressure").exists(), "{}: no pressure files (psi=0?)", scope.display());
+    let root = host_root(&[720]);
+    link_own_path(root.path());
+    let guest = Guest::start(720, 1, 1, root.path());
+    std::fs::write(scope.join("cgroup.procs"), guest.pid.to_string()).expect("move the guest into its scope");
+    let elsewhere = root.path().join("odd/place/for/cgroup2");
+    std::fs::create_dir_all(&elsewhere).expect("mkdir");
+
+    // Prepared before the fork: the child only makes system calls.
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("path");
+    let unmount: Vec<std::ffi::CString> = usual.iter().map(|p| c(p)).collect();
+    let (target, fstype, none, slash) = (c(&elsewhere), c(Path::new("cgroup2")), c(Path::new("none")), c(Path::new("/")));
+    let daemon = Daemon::start_with(root.path(), &["--ebpf", "off"], move |cmd| {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: only async-signal-safe system calls on strings made before the fork; they
+        // change the child's own (new) mount namespace, never the test's.
+        unsafe {
+            cmd.pre_exec(move || {
+                let check = |rc: libc::c_int| if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
+                check(libc::unshare(libc::CLONE_NEWNS))?;
+                check(libc::mount(std::ptr::null(), slash.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()))?;
+                for m in &unmount {
+                    check(libc::umount2(m.as_ptr(), libc::MNT_DETACH))?;
+                }
+                check(libc::mount(none.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()))
+            });
+        }
+    });
+    // In the daemon's namespace cgroup2 is only at the odd place.
+    let info = std::fs::read_to_string(format!("/proc/{}/mountinfo", daemon.proc.0.id())).expect("its mountinfo");
+    let its: Vec<&str> = info.lines().filter(|l| l.contains(" - cgroup2 ")).collect();
+    assert!(its.len() == 1 && its[0].contains(elsewhere.to_str().expect("utf-8")), "{its:?}");
+
+    let m = scrape(daemon.port);
+    for f in ["pve_vm_pressure_cpu_some_ratio", "pve_vm_pressure_memory_full_ratio", "pve_vm_pressure_io_some_ratio"] {
+        assert!(has(&m, f, &[("id", "qemu/720")]), "{f}\n{m}");
+    }
+    assert_eq!(success(&m, "vm_pressure"), Some(1.0), "{m}");
+    assert!(has(&m, "pve_kvm_info", &[("id", "720")]), "{m}");
+    let failed: Vec<&str> =
+        m.lines().filter(|l| l.starts_with("pve_exporter_collector_success{") && l.ends_with(" 0")).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(daemon.log_lines("cgroup").is_empty(), "{}", daemon.logs());
+    drop(daemon);
+    drop(guest);
+}
