@@ -828,7 +828,8 @@ fn cgroup2_mounted_elsewhere_is_found_through_mountinfo() {
     // Prepared before the fork: the child only makes system calls.
     let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("path");
     let unmount: Vec<std::ffi::CString> = usual.iter().map(|p| c(p)).collect();
-    let (target, fstype, none, slash) = (c(&elsewhere), c(Path::new("cgroup2")), c(Path::new("none")), c(Path::new("/")));
+    let (target, fstype, none, slash) =
+        (c(&elsewhere), c(Path::new("cgroup2")), c(Path::new("none")), c(Path::new("/")));
     let daemon = Daemon::start_with(root.path(), &["--ebpf", "off"], move |cmd| {
         use std::os::unix::process::CommandExt;
         // SAFETY: only async-signal-safe system calls on strings made before the fork; they
@@ -837,7 +838,13 @@ fn cgroup2_mounted_elsewhere_is_found_through_mountinfo() {
             cmd.pre_exec(move || {
                 let check = |rc: libc::c_int| if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
                 check(libc::unshare(libc::CLONE_NEWNS))?;
-                check(libc::mount(std::ptr::null(), slash.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()))?;
+                check(libc::mount(
+                    std::ptr::null(),
+                    slash.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ))?;
                 for m in &unmount {
                     check(libc::umount2(m.as_ptr(), libc::MNT_DETACH))?;
                 }
@@ -862,4 +869,96 @@ fn cgroup2_mounted_elsewhere_is_found_through_mountinfo() {
     assert!(daemon.log_lines("cgroup").is_empty(), "{}", daemon.logs());
     drop(daemon);
     drop(guest);
+}
+
+/// Set the soft open-file limit of process `pid` (at most its hard limit; None: up to the hard
+/// limit, as the daemon sets it at start); returns the hard limit.
+fn set_nofile(pid: u32, soft: Option<u64>) -> u64 {
+    let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: prlimit with no new limit fills `old`.
+    let rc = unsafe { libc::prlimit(pid as libc::pid_t, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+    assert_eq!(rc, 0, "prlimit {pid}: {}", std::io::Error::last_os_error());
+    let lim = libc::rlimit { rlim_cur: soft.unwrap_or(old.rlim_max).min(old.rlim_max), rlim_max: old.rlim_max };
+    // SAFETY: prlimit reads `lim` and writes nothing (no old-limit pointer).
+    let rc = unsafe { libc::prlimit(pid as libc::pid_t, libc::RLIMIT_NOFILE, &lim, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit {pid} {soft:?}: {}", std::io::Error::last_os_error());
+    old.rlim_max
+}
+
+/// The limit below which `pid` has exactly `free` descriptor numbers unused: a new descriptor
+/// takes the lowest free number, and fails with EMFILE when none is below the limit.
+fn nofile_leaving(pid: u32, free: u64) -> u64 {
+    let used: std::collections::BTreeSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("its fds")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    (1..).find(|&l| l - used.range(..l).count() as u64 == free).expect("a limit")
+}
+
+/// The daemon runs out of file descriptors (its open-file limit lowered under it, as a busy
+/// host with the unit's LimitNOFILE too small would bring it there): a VM that starts then cannot
+/// be read, and what has no descriptor kept open fails, each collector with one warning that
+/// says "Too many open files"; the scrape still answers, and the VMs that ran before keep their
+/// series, read through the descriptors the daemon holds; once descriptors are free again the
+/// new VM and every collector are back, and the log says so.
+#[test]
+fn running_out_of_file_descriptors_costs_what_needs_new_ones() {
+    require_privileges();
+    let root = host_root(&[721, 722, 723]);
+    let _a = Guest::start(721, 1, 1, root.path());
+    let _b = Guest::start(722, 1, 1, root.path());
+    let daemon = Daemon::start(root.path(), &[]);
+    let pid = daemon.proc.0.id();
+    let m = scrape(daemon.port);
+    // Read through descriptors held from scrape to scrape (/proc/<pid>/stat, status, io, the
+    // vCPU threads' schedstat; eBPF maps).
+    let held = ["pve_kvm_info", "pve_kvm_cpu_seconds_total", "pve_kvm_threads", "pve_kvm_io_read_bytes_total"];
+    let held: Vec<&str> = held
+        .into_iter()
+        .chain(["pve_kvm_vcpu_run_seconds_total", "pve_kvm_tracepoint_events_total"])
+        .filter(|f| has(&m, f, &[("id", "721")]))
+        .collect();
+    assert!(held.len() >= 5, "{held:?}\n{m}");
+
+    // One descriptor number left (for the scrape's connection), once the daemon is idle.
+    let deadline = Instant::now() + LOG_WAIT;
+    let mut open = support::fd_count(pid);
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = support::fd_count(pid);
+        if now == open {
+            break;
+        }
+        open = now;
+        assert!(Instant::now() < deadline, "the daemon's descriptors do not settle");
+    }
+    set_nofile(pid, Some(nofile_leaving(pid, 1)));
+    let _c = Guest::start(723, 1, 1, root.path());
+    for _ in 0..3 {
+        let m = scrape(daemon.port);
+        for id in ["721", "722"] {
+            for f in &held {
+                assert!(has(&m, f, &[("id", id)]), "{id}: {f}\n{m}");
+            }
+        }
+        assert!(families_of(&m, "723").is_empty(), "{m}");
+        assert_eq!(success(&m, "kvm"), Some(0.0), "{m}");
+    }
+    let line = daemon.wait_for_log("collector kvm failed: ", LOG_WAIT);
+    assert!(line.contains(" WARN ") && line.contains("Too many open files"), "{line}");
+    assert!(line.contains("command line could not be read"), "the new VM is missing, and said so: {line}");
+    for l in daemon.log_lines("failed: ") {
+        assert!(l.contains("Too many open files") || l.contains("did not answer") || l.contains("no cgroup2"), "{l}");
+    }
+
+    set_nofile(pid, None);
+    let m = scrape(daemon.port);
+    for f in &held {
+        assert!(has(&m, f, &[("id", "723")]), "723: {f}\n{m}");
+    }
+    let failed: Vec<&str> =
+        m.lines().filter(|l| l.starts_with("pve_exporter_collector_success{") && l.ends_with(" 0")).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    daemon.wait_for_log("collector kvm works again", LOG_WAIT);
 }
