@@ -962,3 +962,122 @@ fn running_out_of_file_descriptors_costs_what_needs_new_ones() {
     assert!(failed.is_empty(), "{failed:?}");
     daemon.wait_for_log("collector kvm works again", LOG_WAIT);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The web config.
+
+/// A tmpfs of `size` mounted at a new directory, unmounted when dropped.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("mount");
+        assert!(st.success(), "mount tmpfs: {st}");
+        Tmpfs(dir)
+    }
+
+    /// Fill it: write until the file system says it is full.
+    fn fill(&self) {
+        let mut f = std::fs::File::create(self.0.path().join("filler")).expect("filler");
+        let page = [0u8; 4096];
+        loop {
+            match f.write(&page) {
+                Ok(n) if n > 0 => {}
+                Ok(_) => break,
+                Err(e) => {
+                    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+/// A web config with TLS from the certificate files beside it and `users` (name, hash), the
+/// first `pad` bytes of it a comment.
+fn web_config(users: &[(String, String)], pad: usize) -> String {
+    let mut text = format!("# {}\ntls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n", "-".repeat(pad));
+    text.push_str("basic_auth_users:\n");
+    for (u, h) in users {
+        text.push_str(&format!("  {u}: {h}\n"));
+    }
+    text
+}
+
+/// The operator adds users to the web config on a full file system and reloads: the rewrite
+/// stops at the first page (the text cut in the middle of a bcrypt hash), and SIGHUP finds an
+/// unusable file. The daemon logs why and keeps serving with the configuration it has (TLS, the
+/// same users, no access without them); once there is room and the file is whole, the next
+/// reload applies it.
+#[test]
+fn a_web_config_cut_short_by_a_full_disk_keeps_the_current_one() {
+    require_privileges();
+    let root = ops::plain_root();
+    let pki = ops::Pki::new();
+    let fs = Tmpfs::mount("64k");
+    let dir = fs.0.path();
+    for f in ["server.crt", "server.key"] {
+        std::fs::copy(pki.dir.path().join(f), dir.join(f)).expect("certificate files");
+    }
+    let first = vec![("prometheus".to_string(), ops::bcrypt_hash("scrape"))];
+    let config = dir.join("web-config.yml");
+    std::fs::write(&config, web_config(&first, 0)).expect("web config");
+    let mut e = ops::Exporter::start(root.path(), &["--ebpf", "off", "--web.config.file", config.to_str().expect("utf-8")], &[]);
+    let ca = pki.path("ca.crt");
+    let metrics = e.url("https", "/metrics");
+    let get = |creds: Option<&str>| {
+        let mut args = vec!["--cacert", ca.as_str()];
+        args.extend(creds.iter().flat_map(|c| ["-u", *c]));
+        args.push(&metrics);
+        ops::curl(&args).status
+    };
+    assert_eq!((get(Some("prometheus:scrape")), get(None)), (200, 401));
+
+    // A hundred more users: more than the page the old file had; the file system has no other.
+    let mut more = first.clone();
+    more.extend((0..100).map(|i| (format!("team{i:03}"), ops::bcrypt_hash(&format!("pw{i}")))));
+    let (text, cut) = (0..80)
+        .map(|pad| (web_config(&more, pad), 4096))
+        .find(|(t, cut)| {
+            // Cut inside a hash, not at the end of a line (which would leave fewer users, whole).
+            let line = t[..*cut].rsplit('\n').next().unwrap_or("");
+            line.contains(": $2") && !t[*cut..].starts_with('\n')
+        })
+        .expect("a layout whose first page ends inside a hash");
+    fs.fill();
+    let wrote = std::fs::write(&config, &text);
+    let err = wrote.expect_err("the rewrite must hit the full file system");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    let left = std::fs::read_to_string(&config).expect("what is left");
+    assert!(left.len() <= cut && text.starts_with(&left), "{} bytes left", left.len());
+
+    e.signal(libc::SIGHUP);
+    e.wait_for_log("; keeping the current one", Duration::from_secs(10));
+    let logs = e.logs();
+    let line = logs.lines().find(|l| l.contains("reload: web config: ")).expect("the reload's line");
+    assert!(line.contains(" ERROR ") && line.contains("web-config.yml") && line.contains("bcrypt"), "{line}");
+    assert!(!logs.contains("reloaded:"), "{logs}");
+    // Still TLS, still the same users, still no access without them.
+    assert_eq!((get(Some("prometheus:scrape")), get(Some("team000:pw0")), get(None)), (200, 401, 401));
+    let plain = ops::curl(&["-u", "prometheus:scrape", &e.url("http", "/metrics")]);
+    assert_eq!(plain.status, 400, "{}", plain.stderr);
+
+    // Room again, the file written whole, reloaded: the new users are in.
+    std::fs::remove_file(dir.join("filler")).expect("rm filler");
+    std::fs::write(&config, &text).expect("the whole file");
+    e.signal(libc::SIGHUP);
+    e.wait_for_log("reloaded: TLS, basic auth (101 users)", Duration::from_secs(10));
+    assert_eq!((get(Some("prometheus:scrape")), get(Some("team099:pw99")), get(None)), (200, 200, 401));
+    drop(e);
+}
