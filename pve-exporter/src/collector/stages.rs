@@ -633,6 +633,16 @@ fn fetch_devices(monitor: &Monitor, host: &HostRoot, vms: &[Vm], deadline: Deadl
             .map(|v| Target { id: v.id.clone(), pid: v.pid })
             .collect();
         out = monitor.fetch_all(host, &pve, deadline);
+        // A VM whose QEMU exited while it was asked (its socket closed in the middle) is gone,
+        // as its /proc entry says: that is no failure of the monitors.
+        for d in &mut out {
+            if !d.errors.is_empty()
+                && let Some(t) = pve.iter().find(|t| t.id == d.id)
+                && !host.path(format!("proc/{}", t.pid)).exists()
+            {
+                d.errors.clear();
+            }
+        }
         out.extend(extra_devices(vms));
         Error::all(
             out.iter()
