@@ -1007,7 +1007,8 @@ impl Drop for Tmpfs {
 /// A web config with TLS from the certificate files beside it and `users` (name, hash), the
 /// first `pad` bytes of it a comment.
 fn web_config(users: &[(String, String)], pad: usize) -> String {
-    let mut text = format!("# {}\ntls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n", "-".repeat(pad));
+    let mut text =
+        format!("# {}\ntls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n", "-".repeat(pad));
     text.push_str("basic_auth_users:\n");
     for (u, h) in users {
         text.push_str(&format!("  {u}: {h}\n"));
@@ -1033,7 +1034,11 @@ fn a_web_config_cut_short_by_a_full_disk_keeps_the_current_one() {
     let first = vec![("prometheus".to_string(), ops::bcrypt_hash("scrape"))];
     let config = dir.join("web-config.yml");
     std::fs::write(&config, web_config(&first, 0)).expect("web config");
-    let mut e = ops::Exporter::start(root.path(), &["--ebpf", "off", "--web.config.file", config.to_str().expect("utf-8")], &[]);
+    let mut e = ops::Exporter::start(
+        root.path(),
+        &["--ebpf", "off", "--web.config.file", config.to_str().expect("utf-8")],
+        &[],
+    );
     let ca = pki.path("ca.crt");
     let metrics = e.url("https", "/metrics");
     let get = |creds: Option<&str>| {
@@ -1080,4 +1085,126 @@ fn a_web_config_cut_short_by_a_full_disk_keeps_the_current_one() {
     e.wait_for_log("reloaded: TLS, basic auth (101 users)", Duration::from_secs(10));
     assert_eq!((get(Some("prometheus:scrape")), get(Some("team099:pw99")), get(None)), (200, 200, 401));
     drop(e);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Guests that go away.
+
+/// A QMP socket that holds the first connection made to it: it tells the test (the daemon's
+/// scrape is under way, past discovery) and waits for the test's word to close it, as a QEMU
+/// that exits closes its socket.
+struct Hook {
+    accepted: std::sync::mpsc::Receiver<()>,
+    release: std::sync::mpsc::Sender<()>,
+}
+
+impl Hook {
+    fn bind(path: &Path) -> Hook {
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path).expect("bind hook");
+        let (tx, accepted) = std::sync::mpsc::channel();
+        let (release, rx) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            let Ok((conn, _)) = listener.accept() else { return };
+            let _ = tx.send(());
+            let _ = rx.recv();
+            drop(conn);
+        });
+        Hook { accepted, release }
+    }
+}
+
+/// Every collector's success, by collector, in a scrape.
+fn runs(m: &str) -> std::collections::BTreeMap<String, f64> {
+    m.lines()
+        .filter_map(|l| l.strip_prefix("pve_exporter_collector_success{collector=\""))
+        .filter_map(|l| l.split_once("\"} "))
+        .map(|(c, v)| (c.to_string(), v.parse().expect("a number")))
+        .collect()
+}
+
+/// VMs and containers stop while a scrape is under way: a VM whose QEMU exits while its
+/// monitor is being asked (after its /proc files were read: its socket closes in the middle),
+/// and VMs and containers stopped at every point of scrapes that run back to back. Each costs
+/// only its own series, from the scrape after its exit at the latest: no collector fails, no
+/// warning is logged, the VM and the container that keep running keep every series, and a
+/// stopped guest is left with its configuration's series (`pve_guest_up 0`).
+#[test]
+fn guests_that_stop_mid_scrape_cost_only_their_own_series() {
+    require_privileges();
+    let (vm, other_vm, ct, other_ct) = (724u32, 725u32, 726u32, 727u32);
+    let root = host_root(&[vm, other_vm, ct, other_ct]);
+    for id in [ct, other_ct] {
+        std::fs::remove_file(root.path().join(format!("etc/pve/qemu-server/{id}.conf"))).expect("rm");
+        std::fs::create_dir_all(root.path().join("etc/pve/lxc")).expect("mkdir");
+        std::fs::write(root.path().join(format!("etc/pve/lxc/{id}.conf")), "hostname: ct\nmemory: 64\n").expect("conf");
+    }
+    let run = root.path().join("var/run/qemu-server");
+    std::fs::create_dir_all(&run).expect("mkdir");
+    let h = pve_exporter::sources::kernel::cgroup::Hierarchies::read(&pve_exporter::host::HostRoot::new("/"))
+        .expect("cgroup mounts");
+    let _keep_vm = Guest::start(other_vm, 1, 1, root.path());
+    let _keep_ct = common::Ct::start(other_ct, &[]);
+    let daemon = Daemon::start(root.path(), &[]);
+    let m = scrape(daemon.port);
+    let (vm_families, ct_families) = (families_of(&m, "725"), families_of(&m, "727"));
+    assert!(vm_families.contains("pve_kvm_info") && ct_families.contains("pve_lxc_info"), "{m}");
+    let all_ok = |m: &str| {
+        let r = runs(m);
+        assert!(r.len() > 10 && r.values().all(|v| *v == 1.0), "{r:?}");
+        assert_eq!(families_of(m, "725"), vm_families, "{m}");
+        assert_eq!(families_of(m, "727"), ct_families, "{m}");
+    };
+    all_ok(&m);
+
+    // A VM's QEMU exits while the scrape asks its monitor (a socket that holds the scrape
+    // until the VM is gone, then closes as QEMU's does).
+    for _ in 0..3 {
+        let g = Guest::start(vm, 1, 1, root.path());
+        assert!(has(&scrape(daemon.port), "pve_kvm_info", &[("id", "724")]));
+        let hook = Hook::bind(&run.join(format!("{vm}.qmp")));
+        let port = daemon.port;
+        let during = std::thread::spawn(move || scrape(port));
+        hook.accepted.recv_timeout(Duration::from_secs(10)).expect("the scrape asks the VM's monitor");
+        drop(g);
+        hook.release.send(()).expect("release");
+        all_ok(&during.join().expect("the scrape"));
+        let m = scrape(daemon.port);
+        all_ok(&m);
+        assert!(families_of(&m, "724").is_empty(), "{m}");
+        assert_eq!(sample(&m, "pve_guest_up", &[("id", "724")]), Some(0.0), "{m}");
+        std::fs::remove_file(run.join(format!("{vm}.qmp"))).expect("rm socket");
+    }
+
+    // VMs and containers stopped at any point of scrapes made back to back.
+    let stop = Arc::new(AtomicBool::new(false));
+    let scraper = {
+        let (stop, port) = (stop.clone(), daemon.port);
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                seen.push(scrape(port));
+            }
+            seen
+        })
+    };
+    for round in 0..8u64 {
+        let g = Guest::start(vm, 1, 1, root.path());
+        let mut c = common::Ct::start(ct, &[]);
+        std::thread::sleep(Duration::from_millis(7 * round));
+        drop(g);
+        c.stop(&h, ct);
+    }
+    stop.store(true, Ordering::SeqCst);
+    let seen = scraper.join().expect("the scraper");
+    assert!(seen.len() >= 8, "{} scrapes", seen.len());
+    for m in &seen {
+        all_ok(m);
+    }
+    let m = scrape(daemon.port);
+    all_ok(&m);
+    assert!(families_of(&m, "724").is_empty() && families_of(&m, "726").is_empty(), "{m}");
+    assert_eq!(sample(&m, "pve_guest_up", &[("id", "726")]), Some(0.0), "{m}");
+    let warnings: Vec<String> = daemon.log_lines(" WARN ").into_iter().filter(|l| !l.contains("KVM debugfs")).collect();
+    assert!(warnings.is_empty(), "{warnings:?}");
 }
