@@ -42,6 +42,9 @@ use crate::{
     vm::{self, LibvirtSource, PveSource, QemuSource, Vm, VmSource},
 };
 
+/// The most of a group's time kept, after the monitors, for what needs their answers.
+const AFTER_MONITORS: Duration = Duration::from_millis(200);
+
 /// What the stages keep between scrapes.
 pub struct StageState {
     pub pve_config: std::sync::Arc<PveConfigReader>,
@@ -435,7 +438,12 @@ impl<'a> Stages<'a> {
     /// Start the monitor exchange of `vms` on the fetch worker; inline when there is no
     /// monitor to ask (`--qm-mode off`: nothing to wait for) or no thread can be started.
     fn start_fetch(&self, vms: &[Vm]) -> Fetch {
-        let deadline = self.deadline;
+        // The monitors are given up on a little before the group's deadline: what needs their
+        // answers (the disks' sizes from the host, in qm mode and on non-PVE hosts) comes after
+        // them, and with a hung monitor it would otherwise find no time left and fail for
+        // every VM, not only the hung one's.
+        let after = self.deadline.left().div_f64(20.0).min(AFTER_MONITORS);
+        let deadline = Deadline::at(self.deadline.instant().checked_sub(after).unwrap_or(self.deadline.instant()));
         if self.config.qm_mode == QmMode::Off {
             return Fetch::Done(fetch_devices(&self.state.monitor, self.host, vms, deadline));
         }
