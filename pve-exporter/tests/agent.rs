@@ -260,11 +260,12 @@ fn guest_file_systems_from_a_real_agent_and_agents_that_fail() {
         (LATE, "guest-sync-delimited: no answer within 2s"),
         (CLOSES, "the agent closed the connection"),
         (GARBAGE, "not JSON"),
-        (FLOOD, "answer longer than"),
+        // The cap on what is read ends it, or (on a busy machine, before 4 MiB came) the time limit.
+        (FLOOD, "guest-get-fsinfo: answer longer than|guest-get-fsinfo: no answer within 2s"),
     ] {
         let needle = format!("VM {vmid}: guest agent did not answer: ");
         let line = daemon.wait_for_log(&needle, Duration::from_secs(5));
-        assert!(line.contains(" INFO ") && line.contains(why), "VM {vmid}: {line}");
+        assert!(line.contains(" INFO ") && why.split('|').any(|w| line.contains(w)), "VM {vmid}: {line}");
         assert_eq!(daemon.log_lines(&needle).len(), 1, "logged once:\n{}", daemon.logs());
     }
     assert!(daemon.log_lines(&format!("VM {REAL}: guest agent")).is_empty(), "{}", daemon.logs());
