@@ -388,6 +388,14 @@ pub fn discover(host: &HostRoot, scanner: &mut ProcScanner, source: &dyn VmSourc
     let mut out = Discovered::default();
     source.vms(procs, &mut out);
     warn_untrusted(&out.skipped);
+    // A process whose command line could not be read (the daemon out of file descriptors,
+    // say) may be a VM missing from this scrape: that is a failure, not "no such VM".
+    if let Some((n, why)) = scanner.unread() {
+        let e = std::io::Error::other(format!(
+            "{n} process(es) whose command line could not be read ({why}): VMs among them are missing; read again next scrape"
+        ));
+        out.errors.push(SourceError::io(host.path("proc"), e));
+    }
     Ok(out)
 }
 

@@ -251,6 +251,25 @@ fn guest_file_systems_from_a_real_agent_and_agents_that_fail() {
     }
     let asked = [&silent, &closes, &late].map(|c| c.load(Ordering::SeqCst));
     assert_eq!(asked, [1, 1, 1], "asked again within the interval");
+    // What the operator reads: one line per failing agent with its reason, once (an agent that
+    // does not answer is its VM's state, not the collector's failure: INFO, and `agent` keeps
+    // succeeding); nothing about the agent that answers.
+    assert_eq!(sample(&m2, "pve_exporter_collector_success", &[("collector", "agent")]), Some(1.0), "{m2}");
+    for (vmid, why) in [
+        (SILENT, "guest-sync-delimited: no answer within 2s"),
+        (LATE, "guest-sync-delimited: no answer within 2s"),
+        (CLOSES, "the agent closed the connection"),
+        (GARBAGE, "not JSON"),
+        // The cap on what is read ends it, or (on a busy machine, before 4 MiB came) the time limit.
+        (FLOOD, "guest-get-fsinfo: answer longer than|guest-get-fsinfo: no answer within 2s"),
+    ] {
+        let needle = format!("VM {vmid}: guest agent did not answer: ");
+        let line = daemon.wait_for_log(&needle, Duration::from_secs(5));
+        assert!(line.contains(" INFO ") && why.split('|').any(|w| line.contains(w)), "VM {vmid}: {line}");
+        assert_eq!(daemon.log_lines(&needle).len(), 1, "logged once:\n{}", daemon.logs());
+    }
+    assert!(daemon.log_lines(&format!("VM {REAL}: guest agent")).is_empty(), "{}", daemon.logs());
+    assert!(daemon.log_lines("collector agent").is_empty(), "{}", daemon.logs());
     assert_eq!(
         sample(&m2, "pve_kvm_agent_last_answer_timestamp_seconds", &[("id", &REAL.to_string())]),
         sample(&m, "pve_kvm_agent_last_answer_timestamp_seconds", &[("id", &REAL.to_string())]),

@@ -124,6 +124,13 @@ fn a_stalled_pmxcfs_or_storage_mount_costs_its_series_not_the_scrape() {
     let (st, _, health) = daemon.try_get("/healthz", None).expect("healthz");
     assert_eq!(st, 503, "{health}");
     assert!(health.contains("/etc/pve (pmxcfs)"), "{health}");
+    // The log names what hangs, once per collector that starts failing; the VMs' collector
+    // does not fail.
+    let limit = Duration::from_secs(5);
+    let line = daemon.wait_for_log("collector pve_config failed: ", limit);
+    assert!(line.contains(" WARN ") && line.contains("etc/pve: pmxcfs: "), "{line}");
+    assert!(daemon.wait_for_log("collector storage failed: ", limit).contains("storage.cfg: pmxcfs: "));
+    assert!(daemon.log_lines("collector kvm failed").is_empty(), "{}", daemon.logs());
 
     eprintln!("step: NFS stalls");
     // pmxcfs answers again; the NFS storage hangs.
@@ -157,6 +164,10 @@ fn a_stalled_pmxcfs_or_storage_mount_costs_its_series_not_the_scrape() {
     assert!(sample(&m, "pve_node_storage_size_bytes", &nfs_size).is_some(), "{m}");
     let (st, _, health) = daemon.try_get("/healthz", None).expect("healthz");
     assert_eq!((st, health.as_str()), (200, "ok\n"));
+    // And says so.
+    for c in ["pve_config", "storage"] {
+        daemon.wait_for_log(&format!("collector {c} works again"), limit);
+    }
     drop(_release);
     drop(daemon);
     drop((pmxcfs, nfs));
@@ -288,6 +299,12 @@ fn a_stopped_qemu_costs_its_own_series_not_the_scrape() {
     assert!(!now("pve_kvm_info{job=\"pve\",id=\"951\"}").is_empty(), "the stopped VM must still be listed");
     let qm = now("pve_exporter_collector_success{job=\"pve\",collector=\"qm\"}");
     assert_eq!(qm.first().map(value), Some(0.0), "{qm:?}");
+    // The log names the VM, once; not the healthy one.
+    let stuck_line = "VM 951: its monitor did not answer in time: not waited on until it does";
+    assert!(daemon.wait_for_log(stuck_line, Duration::from_secs(5)).contains(" WARN "));
+    assert_eq!(daemon.log_lines(stuck_line).len(), 1, "{}", daemon.logs());
+    assert!(daemon.log_lines("VM 950:").is_empty(), "{}", daemon.logs());
+    assert!(daemon.wait_for_log("collector qm failed: ", Duration::from_secs(5)).contains("951"));
 
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(stuck.pid as i32, libc::SIGCONT) }, 0);
@@ -300,6 +317,8 @@ fn a_stopped_qemu_costs_its_own_series_not_the_scrape() {
         |_| true,
         Duration::from_secs(60),
     );
+    daemon.wait_for_log("VM 951: its monitor answers again", Duration::from_secs(5));
+    daemon.wait_for_log("collector qm works again", Duration::from_secs(5));
     let durations: Vec<f64> =
         raw_samples(&prom, "scrape_duration_seconds", "10m").into_iter().map(|(_, v)| v).collect();
     eprintln!("stopped for {stopped_for:?}; scrape durations (s) over the test: {durations:?}");

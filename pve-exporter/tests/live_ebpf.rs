@@ -416,8 +416,28 @@ fn map_memory_follows_the_sizing_for_the_possible_cpus() {
     assert_eq!(sample(&m, "pve_exporter_ebpf_map_capacity", &[("map", "HIST")]), Some(f64::from(sizes.hist_keys)));
 }
 
+/// Capabilities (linux/capability.h) the BPF programs need to load and attach.
+const CAP_SYS_ADMIN: libc::c_ulong = 21;
+const CAP_PERFMON: libc::c_ulong = 38;
+const CAP_BPF: libc::c_ulong = 39;
+
+/// What a procfs-mode scrape must still have, and must not: the guest's process and vCPU
+/// figures are there and every collector that reports works; the eBPF families are absent
+/// and the `ebpf` collector, which does not apply, reports nothing.
+fn procfs_mode_keeps_the_rest(m: &str, id: &str) {
+    assert_eq!(sample(m, "pve_kvm_vcores", &[("id", id)]), Some(1.0), "procfs families still served\n{m}");
+    assert!(sample(m, "pve_kvm_vcpu_run_seconds_total", &[("id", id)]).is_some(), "{m}");
+    for f in ["pve_kvm_tracepoint_events_total{", "pve_kvm_exits_total{", "pve_kvm_userspace_exits_total{"] {
+        assert!(!m.contains(f), "{f} in procfs mode\n{m}");
+    }
+    assert_eq!(sample(m, "pve_exporter_collector_success", &[("collector", "ebpf")]), None, "{m}");
+    let failed: Vec<&str> =
+        m.lines().filter(|l| l.starts_with("pve_exporter_collector_success{") && l.ends_with(" 0")).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+}
+
 /// Without BTF, or without the rights to load BPF programs, `auto` serves procfs mode and
-/// says why; `on` refuses to start.
+/// says why (the info series and one warning); `on` refuses to start.
 #[test]
 fn falls_back_to_procfs_mode() {
     require_privileges();
@@ -431,6 +451,10 @@ fn falls_back_to_procfs_mode() {
         "reason missing:\n{m}"
     );
     assert_eq!(sample(&m, "pve_kvm_vcores", &[("id", "122")]), Some(1.0), "procfs families still served");
+    procfs_mode_keeps_the_rest(&m, "122");
+    let line = no_btf.wait_for_log("eBPF unavailable, running in procfs mode: ", Duration::from_secs(5));
+    assert!(line.contains(" WARN ") && line.contains("the kernel has no BTF"), "{line}");
+    assert_eq!(no_btf.log_lines("procfs mode:").len(), 1, "{}", no_btf.logs());
 
     // BPF refused: the daemon without CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN.
     let refused = |mode: &str| {
@@ -450,14 +474,27 @@ fn falls_back_to_procfs_mode() {
     assert!(!out.status.success(), "--ebpf on must fail without BPF rights");
     assert!(err.contains("eBPF required by --ebpf on but unavailable"), "{err}");
 
-    let mut auto = Proc(refused("auto"));
-    // It starts and keeps running in procfs mode; its one log line says why.
-    let stderr = auto.0.stderr.take().expect("stderr");
-    let line = std::thread::spawn(move || {
-        use std::io::BufRead;
-        std::io::BufReader::new(stderr).lines().map_while(Result::ok).find(|l| l.contains("running in procfs mode"))
+    // `auto` starts and keeps running in procfs mode (the same bounding set as setpriv's
+    // above, dropped before the exec); its one log line says why.
+    let auto = Daemon::start_with(root.path(), &["--ebpf", "auto"], |cmd| {
+        // SAFETY: prctl is async-signal-safe and touches only the child's own bounding set.
+        unsafe {
+            cmd.pre_exec(|| {
+                for cap in [CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN] {
+                    if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
     });
-    let line = line.join().expect("reader").expect("a log line about procfs mode");
-    assert!(line.contains("loading the eBPF object"), "{line}");
-    assert!(auto.0.try_wait().expect("wait").is_none(), "auto mode must keep running");
+    let line = auto.wait_for_log("running in procfs mode", Duration::from_secs(5));
+    assert!(line.contains(" WARN ") && line.contains("loading the eBPF object"), "{line}");
+    let m = auto.get("/metrics");
+    assert_eq!(sample(&m, "pve_exporter_ebpf_enabled", &[]), Some(0.0));
+    assert!(m.contains(r#"pve_exporter_ebpf_info{mode="procfs",reason="loading the eBPF object"#), "{m}");
+    procfs_mode_keeps_the_rest(&m, "122");
+    let mut auto = auto;
+    assert!(auto.proc.0.try_wait().expect("wait").is_none(), "auto mode must keep running");
 }

@@ -42,6 +42,9 @@ use crate::{
     vm::{self, LibvirtSource, PveSource, QemuSource, Vm, VmSource},
 };
 
+/// The most of a group's time kept, after the monitors, for what needs their answers.
+const AFTER_MONITORS: Duration = Duration::from_millis(200);
+
 /// What the stages keep between scrapes.
 pub struct StageState {
     pub pve_config: std::sync::Arc<PveConfigReader>,
@@ -435,7 +438,12 @@ impl<'a> Stages<'a> {
     /// Start the monitor exchange of `vms` on the fetch worker; inline when there is no
     /// monitor to ask (`--qm-mode off`: nothing to wait for) or no thread can be started.
     fn start_fetch(&self, vms: &[Vm]) -> Fetch {
-        let deadline = self.deadline;
+        // The monitors are given up on a little before the group's deadline: what needs their
+        // answers (the disks' sizes from the host, in qm mode and on non-PVE hosts) comes after
+        // them, and with a hung monitor it would otherwise find no time left and fail for
+        // every VM, not only the hung one's.
+        let after = self.deadline.left().div_f64(20.0).min(AFTER_MONITORS);
+        let deadline = Deadline::at(self.deadline.instant().checked_sub(after).unwrap_or(self.deadline.instant()));
         if self.config.qm_mode == QmMode::Off {
             return Fetch::Done(fetch_devices(&self.state.monitor, self.host, vms, deadline));
         }
@@ -521,8 +529,13 @@ fn resolve_source(
         return (wanted, pve);
     }
     let mut last = state.last_source.lock().unwrap_or_else(|p| p.into_inner());
+    // A node seen as PVE stays one while /etc/pve has no VM configs: that is pmxcfs not
+    // mounted (pve-cluster stopped or restarting), not another kind of host. The VMs keep
+    // their ids (plain-QEMU discovery would name them by `-name`), and pve_config says why.
+    let unmounted = matches!(&pve, Some(c) if c.vm_configs.is_none()) && *last == Some(VmSourceMode::Pve);
     let kind = match &pve {
         Some(c) if c.vm_configs.is_some() => VmSourceMode::Pve,
+        Some(_) if unmounted => VmSourceMode::Pve,
         Some(_) if host.path(libvirt::RUN_DIR).is_dir() => VmSourceMode::Libvirt,
         Some(_) => VmSourceMode::Qemu,
         // /etc/pve did not answer: a hung pmxcfs is a PVE node's.
@@ -533,6 +546,14 @@ fn resolve_source(
     match kind {
         // Not a PVE host: no pve_config stage to report.
         VmSourceMode::Libvirt | VmSourceMode::Qemu if !failed_now => (kind, None),
+        _ if unmounted => {
+            let why = "no VM configs: pmxcfs is not mounted (pve-cluster stopped?)";
+            report(Err(Error::io(
+                host.path("etc/pve/qemu-server"),
+                std::io::Error::new(std::io::ErrorKind::NotFound, why),
+            )));
+            (kind, pve)
+        }
         _ => {
             report(failed.map_or(Ok(()), Err));
             (kind, pve)
@@ -620,6 +641,16 @@ fn fetch_devices(monitor: &Monitor, host: &HostRoot, vms: &[Vm], deadline: Deadl
             .map(|v| Target { id: v.id.clone(), pid: v.pid })
             .collect();
         out = monitor.fetch_all(host, &pve, deadline);
+        // A VM whose QEMU exited while it was asked (its socket closed in the middle) is gone,
+        // as its /proc entry says: that is no failure of the monitors.
+        for d in &mut out {
+            if !d.errors.is_empty()
+                && let Some(t) = pve.iter().find(|t| t.id == d.id)
+                && !host.path(format!("proc/{}", t.pid)).exists()
+            {
+                d.errors.clear();
+            }
+        }
         out.extend(extra_devices(vms));
         Error::all(
             out.iter()

@@ -145,6 +145,9 @@ impl Drop for Proc {
 pub struct Daemon {
     pub proc: Proc,
     pub port: u16,
+    /// Every line the daemon logged so far (each is also forwarded to the test's stderr): the
+    /// fault tests check what an operator reads in the journal.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Daemon {
@@ -152,7 +155,15 @@ impl Daemon {
     /// "listening on" line: a port picked here and handed over could be taken by another
     /// test's daemon in between, and the test would then talk to the wrong daemon.
     pub fn start(root: &Path, extra: &[&str]) -> Daemon {
-        let mut child = Command::new(DAEMON)
+        Self::start_with(root, extra, |_| {})
+    }
+
+    /// [`Daemon::start`], with `configure` applied to the command before it is spawned (a
+    /// `pre_exec` that changes the process's limits, capabilities or mounts).
+    pub fn start_with(root: &Path, extra: &[&str], configure: impl FnOnce(&mut Command)) -> Daemon {
+        let mut cmd = Command::new(DAEMON);
+        configure(&mut cmd);
+        let mut child = cmd
             .arg("--root")
             .arg(root)
             .args(["--host", "127.0.0.1", "--port", "0"])
@@ -167,7 +178,10 @@ impl Daemon {
             .expect("start pve-exporter");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = std::sync::mpsc::channel();
-        // Forward the daemon's log (the test harness shows it for failed tests) and report the port.
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let lines = log.clone();
+        // Forward the daemon's log (the test harness shows it for failed tests), keep it for
+        // the test, and report the port.
         std::thread::spawn(move || {
             use std::io::BufRead;
             for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -179,6 +193,7 @@ impl Daemon {
                     let _ = tx.send(port);
                 }
                 eprintln!("[pve-exporter] {line}");
+                lines.lock().unwrap_or_else(|p| p.into_inner()).push(line);
             }
         });
         let mut proc = Proc(child);
@@ -193,7 +208,7 @@ impl Daemon {
                 Err(e) => panic!("pve-exporter did not say where it listens: {e}"),
             }
         };
-        let d = Daemon { proc, port };
+        let d = Daemon { proc, port, log };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !matches!(d.try_get("/healthz", None), Ok((200, _, _))) {
             assert!(Instant::now() < deadline, "pve-exporter did not answer /healthz within 30 s");
@@ -204,6 +219,30 @@ impl Daemon {
         // the host as it was before the test started its guests.
         let _ = d.get("/metrics");
         d
+    }
+
+    /// The lines the daemon logged so far that contain `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|l| l.contains(needle)).cloned().collect()
+    }
+
+    /// Everything the daemon logged so far.
+    pub fn logs(&self) -> String {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).join("\n")
+    }
+
+    /// Wait until the daemon logs a line containing `needle` (or has logged one already) and
+    /// return it; panics with the whole log after `limit`.
+    #[track_caller]
+    pub fn wait_for_log(&self, needle: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(l) = self.log_lines(needle).into_iter().next() {
+                return l;
+            }
+            assert!(Instant::now() < deadline, "no {needle:?} in the log within {limit:?}:\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// GET a path: (status, content type, body).

@@ -158,9 +158,34 @@ pub struct PveState {
     /// back-off says so (cluster scope, where one down node must not cost every scrape its
     /// time limit).
     node_backoff: Mutex<HashMap<String, Backoff>>,
+    /// The same for the requests that are no node's (`/nodes`, the cluster's HA status): a
+    /// slow API must not cost every scrape its time limit on them either.
+    cluster_backoff: Mutex<Backoff>,
 }
 
 impl PveState {
+    /// Make `request`, one of the API requests that are no node's, under their back-off: not
+    /// made (and failed at once) while a try is not due; a timeout puts them under back-off, an
+    /// answer (also an error answer) takes them out.
+    fn cluster_request(&self, limit: Duration, request: impl FnOnce() -> Result<(), Error>) -> Result<(), Error> {
+        let now = Instant::now();
+        {
+            let mut b = self.cluster_backoff.lock().unwrap_or_else(|p| p.into_inner());
+            match b.verdict(now) {
+                Verdict::Go => {}
+                Verdict::Retry => b.trying(now, limit),
+                Verdict::Wait(_) => return Err(Error::Stalled(format!("the API {}", b.describe(now)))),
+            }
+        }
+        let r = request();
+        let mut b = self.cluster_backoff.lock().unwrap_or_else(|p| p.into_inner());
+        match &r {
+            Err(Error::Api(ApiError::NoAnswer { .. })) => b.failed(Instant::now()),
+            _ => b.recovered(),
+        }
+        r
+    }
+
     pub fn new(config: &Config, host: &HostRoot, pmxcfs: BlockingGate, fds: Arc<FdBudget>) -> Self {
         let token = match &config.pve_api_token_file {
             // Within a time limit: operators keep secrets in /etc/pve/priv too, and pmxcfs can hang.
@@ -266,6 +291,7 @@ impl PveState {
             workers: config.pve_api_max_concurrent.into(),
             pressure_files: Mutex::new(HeldFiles::new(fds, OnStale::Reopen)),
             node_backoff: Mutex::default(),
+            cluster_backoff: Mutex::default(),
         }
     }
 }
@@ -322,19 +348,21 @@ impl<'a> ApiStage<'a> {
             PveScope::Cluster => {
                 if remote.iter().any(|c| c.per_node()) && cx.enabled("pve_nodes") {
                     let (took, r) = super::error::run_timed(|| {
-                        let list = api::parse_nodes(&session.get("/nodes")?).map_err(|e| e.input("/nodes"))?;
-                        let mut online = Vec::new();
-                        for n in list {
-                            if !valid_node_name(&n.node) {
-                                log::warn!("/nodes: skipping node {:?}: not a valid node name", n.node);
-                            } else if n.online {
-                                online.push(n.node);
-                            } else {
-                                log::debug!("node {} is offline: not asked", n.node);
+                        st.cluster_request(config.pve_api_timeout, || {
+                            let list = api::parse_nodes(&session.get("/nodes")?).map_err(|e| e.input("/nodes"))?;
+                            let mut online = Vec::new();
+                            for n in list {
+                                if !valid_node_name(&n.node) {
+                                    log::warn!("/nodes: skipping node {:?}: not a valid node name", n.node);
+                                } else if n.online {
+                                    online.push(n.node);
+                                } else {
+                                    log::debug!("node {} is offline: not asked", n.node);
+                                }
                             }
-                        }
-                        *st.nodes.lock().unwrap_or_else(|p| p.into_inner()) = online;
-                        Ok(())
+                            *st.nodes.lock().unwrap_or_else(|p| p.into_inner()) = online;
+                            Ok(())
+                        })
                     });
                     cx.report("pve_nodes", took, r);
                 }
@@ -442,7 +470,7 @@ fn collect_api(
 ) -> Result<(), Error> {
     let ctx = ApiCtx { api: session, emit };
     if !c.per_node() {
-        return c.api(&ctx, None, out);
+        return st.cluster_request(cx.config.pve_api_timeout, || c.api(&ctx, None, out));
     }
     if st.scope == PveScope::Local && nodes.is_empty() {
         return emit.node().map(|_| ());

@@ -40,6 +40,8 @@ pub struct ProcScanner {
     /// Processes whose cmdline could not be read for another reason than their exit: read
     /// again by the next scan.
     retry: Vec<u32>,
+    /// Why the last of them could not be read.
+    retry_why: String,
     buf: Vec<u8>,
 }
 
@@ -77,7 +79,20 @@ impl ProcScanner {
         } else {
             None
         };
-        Self { events, known: HashMap::new(), complete: false, retry: Vec::new(), buf: Vec::with_capacity(4096) }
+        Self {
+            events,
+            known: HashMap::new(),
+            complete: false,
+            retry: Vec::new(),
+            retry_why: String::new(),
+            buf: Vec::with_capacity(4096),
+        }
+    }
+
+    /// How many processes of the last scan could not be read (not for their exit), and why
+    /// the last of them could not: whether they are QEMU is not known until a read works.
+    pub fn unread(&self) -> Option<(usize, &str)> {
+        (!self.retry.is_empty()).then_some((self.retry.len(), self.retry_why.as_str()))
     }
 
     /// Whether verdicts are kept between scans.
@@ -117,7 +132,8 @@ impl ProcScanner {
                     match self.classify(host, pid) {
                         Ok(v) => v,
                         Err(e) if crate::host::is_gone(&e) => continue, // exited while we looked
-                        Err(_) => {
+                        Err(e) => {
+                            self.retry_why = e.to_string();
                             self.retry.push(pid);
                             continue;
                         }
@@ -153,6 +169,7 @@ impl ProcScanner {
                 Err(e) if crate::host::is_gone(&e) => {} // exited by now: its exit event follows
                 Err(e) => {
                     log::debug!("pid {pid}: cmdline: {e}; read again next scrape");
+                    self.retry_why = e.to_string();
                     self.retry.push(pid);
                 }
             }
