@@ -23,8 +23,9 @@ usage: cargo xtask <task> [args]
                    (no /etc/pve/qemu-server/*.conf) it starts two demo VMs first
   demo [-- ARGS]   like run, but always with the demo VMs
   test             setup, then the whole test suite: fmt, clippy, unit, fixture, golden,
-                   promtool and the privileged eBPF/KVM tests, the procfs-only build, and
-                   the benchmarks in their quick mode
+                   promtool and the privileged eBPF/KVM tests, the procfs-only build, the
+                   fuzz smoke run and scaling check, the short soak, and the benchmarks in
+                   their quick mode
   bench [--quick] [host|ebpf|parsers|all]
                    the benchmarks of docs/benchmarks.md (release build; results also in
                    target/bench/); --quick is the test suite's small, fast mode
