@@ -31,6 +31,19 @@ fn freeze(h: &Hierarchies, ctid: u32, on: bool) {
         None => (h.v2.as_ref().expect("cgroup2").join(format!("lxc/{ctid}/cgroup.freeze")), if on { "1" } else { "0" }),
     };
     std::fs::write(&path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    // Freezing takes until every task is stopped (v1 says FREEZING meanwhile, v2's
+    // cgroup.events says frozen 0): the test asks the exporter only once the kernel says so,
+    // as a PVE node's `pct suspend` waits for it too.
+    let done = || match h.v1.get("freezer") {
+        Some(_) => std::fs::read_to_string(&path).is_ok_and(|t| t.trim() == text),
+        None => std::fs::read_to_string(path.with_file_name("cgroup.events"))
+            .is_ok_and(|t| t.lines().any(|l| l == format!("frozen {}", u8::from(on)))),
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{} did not reach {text} within 30 s", path.display());
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 fn write(root: &Path, rel: &str, text: &str) {
