@@ -431,6 +431,40 @@ fn a_missing_pmxcfs_keeps_the_vms_under_their_ids() {
     daemon.wait_for_log("collector pve_config works again", LOG_WAIT);
 }
 
+/// The daemon starts while pmxcfs is down (a node booting, pve-cluster failing): /etc/pve is
+/// an empty mount point from the start, so the node was never seen as PVE. pmxcfs's database
+/// (`/var/lib/pve-cluster/config.db`) says it is one: the VM keeps its vmid, `pve_config`
+/// fails saying pmxcfs is not mounted, and everything returns once pmxcfs is there.
+#[test]
+fn a_daemon_started_while_pmxcfs_is_down_keeps_the_vms_under_their_ids() {
+    require_privileges();
+    let root = host_root(&[716]);
+    let etc = root.path().join("etc/pve");
+    let away = root.path().join("etc/pve.mounted");
+    std::fs::rename(&etc, &away).expect("unmount /etc/pve");
+    std::fs::create_dir(&etc).expect("the empty mount point");
+    std::fs::create_dir_all(root.path().join("var/lib/pve-cluster")).expect("mkdir");
+    std::fs::write(root.path().join("var/lib/pve-cluster/config.db"), b"SQLite format 3\0").expect("config.db");
+    let _guest = Guest::start(716, 1, 1, root.path());
+    let daemon = Daemon::start(root.path(), &["--ebpf", "off"]);
+    for _ in 0..2 {
+        let m = scrape(daemon.port);
+        assert!(has(&m, "pve_kvm_info", &[("id", "716")]), "{m}");
+        assert!(!m.contains("id=\"test716\""), "the VM was named after its -name:\n{m}");
+        assert_eq!(success(&m, "pve_config"), Some(0.0), "{m}");
+        assert_eq!(success(&m, "kvm"), Some(1.0), "{m}");
+    }
+    let line = daemon.wait_for_log("collector pve_config failed: ", LOG_WAIT);
+    assert!(line.contains(" WARN ") && line.contains("pmxcfs is not mounted"), "{line}");
+
+    std::fs::remove_dir(&etc).expect("rmdir");
+    std::fs::rename(&away, &etc).expect("mount /etc/pve");
+    let m = scrape(daemon.port);
+    assert!(has(&m, "pve_guest_up", &[("id", "716")]), "{m}");
+    assert_eq!(success(&m, "pve_config"), Some(1.0), "{m}");
+    daemon.wait_for_log("collector pve_config works again", LOG_WAIT);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The PVE API.
 

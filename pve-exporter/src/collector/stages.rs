@@ -496,6 +496,10 @@ fn running_container(
     Some(RunningContainer { ctid, pid, started })
 }
 
+/// pmxcfs's SQLite database behind /etc/pve (pve-cluster's `DBFILENAME`): there on every PVE
+/// node, mounted or not.
+const PMXCFS_DB: &str = "var/lib/pve-cluster/config.db";
+
 /// The VM source a scrape now would use (without reporting anything).
 pub fn vm_source(state: &StageState, config: &Config, host: &HostRoot) -> VmSourceMode {
     resolve_source(state, config, host, None).0
@@ -532,7 +536,10 @@ fn resolve_source(
     // A node seen as PVE stays one while /etc/pve has no VM configs: that is pmxcfs not
     // mounted (pve-cluster stopped or restarting), not another kind of host. The VMs keep
     // their ids (plain-QEMU discovery would name them by `-name`), and pve_config says why.
-    let unmounted = matches!(&pve, Some(c) if c.vm_configs.is_none()) && *last == Some(VmSourceMode::Pve);
+    // A daemon started while pmxcfs is down has not seen the node as PVE yet: pmxcfs's
+    // database, on every PVE node whether pmxcfs runs or not, tells it.
+    let unmounted = matches!(&pve, Some(c) if c.vm_configs.is_none())
+        && (*last == Some(VmSourceMode::Pve) || host.path(PMXCFS_DB).is_file());
     let kind = match &pve {
         Some(c) if c.vm_configs.is_some() => VmSourceMode::Pve,
         Some(_) if unmounted => VmSourceMode::Pve,
