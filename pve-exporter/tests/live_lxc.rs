@@ -190,7 +190,7 @@ fn containers_and_stopped_guests_from_real_cgroups_veths_and_mounts() {
     for c in ["guest", "lxc", "ppe"] {
         assert_eq!(success(&t, c), Some(1.0), "{c}\n{t}");
     }
-    assert!(!t.contains("pve_lxc_info{"), "{t}");
+    assert!(!t.contains(&format!("pve_lxc_info{{id=\"{ctid}\"")), "{t}");
     assert_eq!(sample(&t, "pve_guest_up", &lxc), Some(0.0));
     assert_eq!(sample(&t, "pve_up", &[("id", &format!("lxc/{ctid}"))]), Some(0.0));
     // A stopped container's disk: the rootfs size of its config, as pve-container says.

@@ -235,6 +235,11 @@ pub fn run_container(c: &ContainerConfig) -> Result<()> {
             return Err(e);
         }
     };
+    // Blocked before the test hears of the container: a SIGTERM right after "started" (a test
+    // that stops the container at once) would otherwise end this process by its default
+    // action before the mask is set, and leave the init and the middle process running for
+    // good (seen: a leaked container in the next test's scrape).
+    block_stop_signals();
     println!("started pid={pid}");
     let _ = io::stdout().flush();
     wait_for_signal();
@@ -288,20 +293,34 @@ fn kill_and_reap_init(pid: libc::pid_t, middle: libc::pid_t) {
     }
 }
 
-/// Block SIGTERM and SIGINT and wait for one of them (or for the parent to die: SIGTERM by
-/// PR_SET_PDEATHSIG).
-fn wait_for_signal() {
-    // SAFETY: signal mask manipulation of this thread, then sigwait on the same set.
+fn stop_signals() -> libc::sigset_t {
+    // SAFETY: filling a zeroed sigset_t with the libc calls made for it.
     unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        let mut sig = 0;
-        libc::sigwait(&set, &mut sig);
+        set
     }
+}
+
+/// Block SIGTERM and SIGINT (kept pending for [`wait_for_signal`]), and have the parent's
+/// death send SIGTERM (PR_SET_PDEATHSIG).
+fn block_stop_signals() {
+    let set = stop_signals();
+    // SAFETY: signal mask of this (single) thread; prctl on this process.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+    }
+}
+
+/// Wait for SIGTERM or SIGINT, blocked before by [`block_stop_signals`].
+fn wait_for_signal() {
+    let set = stop_signals();
+    let mut sig = 0;
+    // SAFETY: sigwait on a valid set, the signals in it blocked.
+    unsafe { libc::sigwait(&set, &mut sig) };
 }
 
 fn pipe() -> Result<(fs::File, fs::File)> {
