@@ -26,7 +26,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Daemon, Guest, host_root, require_privileges, sample};
+use common::{Daemon, Guest, dechunk, host_root, require_privileges, sample};
 use support::{QM_DOUBLE, Qemu, VmSpec, link_own_path};
 
 /// Prometheus's default scrape timeout, sent with every scrape.
@@ -59,19 +59,6 @@ fn scrape(port: u16) -> String {
     assert_eq!(status, 200, "{head}\n{body}");
     assert!(took < SCRAPE_TIMEOUT, "answered after {took:?}, beyond Prometheus's scrape timeout");
     if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() }
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 /// Scrape until `ok` holds, at most `limit` (each scrape checked as in [`scrape`]).

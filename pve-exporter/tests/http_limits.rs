@@ -12,7 +12,7 @@ mod prom;
 use std::{
     io::{Read, Write},
     net::TcpStream,
-    os::fd::{AsRawFd, FromRawFd},
+    os::fd::FromRawFd,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ops::Exporter;
+use ops::{Exporter, closed_by_peer, raise_nofile, read_response};
 use prom::{Prometheus, value};
 
 /// The attack phase: longer than the write time limit (10 s), so the slow readers meet it.
@@ -31,17 +31,6 @@ const PIPELINED: usize = 2000;
 const FLOODERS: usize = 8;
 /// Prometheus' default scrape timeout: the answer must arrive within it.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn raise_nofile() {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: plain syscalls with valid structs.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        lim.rlim_cur = lim.rlim_max.min(16384);
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0, "RLIMIT_NOFILE");
-    }
-    assert!(lim.rlim_cur >= 4096, "this test needs 4096 descriptors (RLIMIT_NOFILE hard limit {})", lim.rlim_max);
-}
 
 fn connect(port: u16) -> std::io::Result<TcpStream> {
     TcpStream::connect(("127.0.0.1", port))
@@ -77,57 +66,6 @@ fn connect_small_rcvbuf(port: u16) -> std::io::Result<TcpStream> {
         }
         Ok(stream)
     }
-}
-
-/// Whether the other end closed (or reset) the connection, without reading from it.
-fn closed_by_peer(s: &TcpStream) -> bool {
-    let mut p = libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLRDHUP, revents: 0 };
-    // SAFETY: one valid pollfd, no wait.
-    unsafe { libc::poll(&mut p, 1, 0) };
-    p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
-}
-
-/// One HTTP/1.1 response on a kept-alive connection: (status, body).
-fn read_response(s: &mut TcpStream) -> std::io::Result<(u16, Vec<u8>)> {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if s.read(&mut byte)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
-    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = if let Some(len) =
-        head.lines().find_map(|l| l.strip_prefix("content-length:").and_then(|v| v.trim().parse::<usize>().ok()))
-    {
-        let mut body = vec![0; len];
-        s.read_exact(&mut body)?;
-        body
-    } else {
-        // Chunked: size lines and chunks up to the empty one.
-        let mut body = Vec::new();
-        loop {
-            let mut line = Vec::new();
-            while !line.ends_with(b"\r\n") {
-                if s.read(&mut byte)? == 0 {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
-                }
-                line.push(byte[0]);
-            }
-            let n = usize::from_str_radix(String::from_utf8_lossy(&line).trim(), 16)
-                .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))?;
-            let mut chunk = vec![0; n + 2];
-            s.read_exact(&mut chunk)?;
-            if n == 0 {
-                break;
-            }
-            body.extend_from_slice(&chunk[..n]);
-        }
-        body
-    };
-    Ok((status, body))
 }
 
 /// A scrape as Prometheus makes it, on a new connection, with its scrape timeout as the limit

@@ -28,7 +28,7 @@ use std::{
 };
 
 use common::{Guest, host_root, process_series, require_privileges, sample};
-use ops::Exporter;
+use ops::{Exporter, closed_by_peer, raise_nofile, read_response};
 
 /// Prometheus' default scrape timeout: every answer must arrive within it.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -140,59 +140,6 @@ fn settle(pid: u32, threads: usize) -> Held {
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-}
-
-fn raise_nofile() {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: plain syscalls with valid structs.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        lim.rlim_cur = lim.rlim_max.min(16384);
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0, "RLIMIT_NOFILE");
-    }
-}
-
-/// One response on a kept-alive connection: (status, body).
-fn read_response(s: &mut TcpStream) -> std::io::Result<(u16, Vec<u8>)> {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if s.read(&mut byte)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
-    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = if let Some(len) =
-        head.lines().find_map(|l| l.strip_prefix("content-length:").and_then(|v| v.trim().parse::<usize>().ok()))
-    {
-        let mut body = vec![0; len];
-        s.read_exact(&mut body)?;
-        body
-    } else {
-        let mut body = Vec::new();
-        let mut r = std::io::BufReader::new(s);
-        loop {
-            let mut line = Vec::new();
-            while !line.ends_with(b"\r\n") {
-                if r.read(&mut byte)? == 0 {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
-                }
-                line.push(byte[0]);
-            }
-            let n = usize::from_str_radix(String::from_utf8_lossy(&line).trim(), 16)
-                .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))?;
-            let mut chunk = vec![0; n + 2];
-            r.read_exact(&mut chunk)?;
-            if n == 0 {
-                break;
-            }
-            body.extend_from_slice(&chunk[..n]);
-        }
-        body
-    };
-    Ok((status, body))
 }
 
 /// A scrape as Prometheus sends it, on `conn` (kept alive between scrapes, as Prometheus keeps
@@ -459,14 +406,6 @@ fn load_and_churn() {
 
 /// A request head in parts: the request line and some headers, never the empty line.
 const HALF_SENT: &[u8] = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: half\r\n";
-
-/// Whether the other end closed (or reset) the connection, without reading from it.
-fn closed_by_peer(c: &TcpStream) -> bool {
-    let mut p = libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(c), events: libc::POLLRDHUP, revents: 0 };
-    // SAFETY: one valid pollfd, no wait.
-    unsafe { libc::poll(&mut p, 1, 0) };
-    p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
-}
 
 /// Scrapes every 0.5 s for `d`, each on a new connection (as after a Prometheus restart):
 /// (answer times, errors).

@@ -277,7 +277,7 @@ pub fn http_get(port: u16, path: &str, accept: Option<&str>) -> std::io::Result<
     Ok((status, ctype, body))
 }
 
-fn dechunk(mut s: &str) -> String {
+pub fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = s.split_once("\r\n") {
         let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };

@@ -4,7 +4,9 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::{
-    net::TcpListener,
+    io::Read,
+    net::{TcpListener, TcpStream},
+    os::fd::AsRawFd,
     os::unix::net::UnixDatagram,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
@@ -304,4 +306,68 @@ pub fn curl(args: &[&str]) -> CurlResult {
 /// A bcrypt hash for a web config (cost 4: the tests check behaviour, not strength).
 pub fn bcrypt_hash(password: &str) -> String {
     bcrypt::hash(password, 4).expect("bcrypt")
+}
+
+/// Raise the soft RLIMIT_NOFILE to the hard one (at most 16,384): the attack tests hold
+/// thousands of connections.
+pub fn raise_nofile() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain syscalls with valid structs.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max.min(16384);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0, "RLIMIT_NOFILE");
+    }
+    assert!(lim.rlim_cur >= 4096, "this test needs 4096 descriptors (RLIMIT_NOFILE hard limit {})", lim.rlim_max);
+}
+
+/// Whether the other end closed (or reset) the connection, without reading from it.
+pub fn closed_by_peer(s: &TcpStream) -> bool {
+    let mut p = libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLRDHUP, revents: 0 };
+    // SAFETY: one valid pollfd, no wait.
+    unsafe { libc::poll(&mut p, 1, 0) };
+    p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+}
+
+/// One HTTP/1.1 response on a kept-alive connection: (status, body).
+pub fn read_response(s: &mut TcpStream) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = if let Some(len) =
+        head.lines().find_map(|l| l.strip_prefix("content-length:").and_then(|v| v.trim().parse::<usize>().ok()))
+    {
+        let mut body = vec![0; len];
+        s.read_exact(&mut body)?;
+        body
+    } else {
+        // Chunked: size lines and chunks up to the empty one.
+        let mut body = Vec::new();
+        loop {
+            let mut line = Vec::new();
+            while !line.ends_with(b"\r\n") {
+                if s.read(&mut byte)? == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                line.push(byte[0]);
+            }
+            let n = usize::from_str_radix(String::from_utf8_lossy(&line).trim(), 16)
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))?;
+            let mut chunk = vec![0; n + 2];
+            s.read_exact(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+        body
+    };
+    Ok((status, body))
 }
