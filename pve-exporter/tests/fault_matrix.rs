@@ -27,7 +27,7 @@ use std::{
 };
 
 use common::{Daemon, Guest, dechunk, host_root, require_privileges, sample};
-use support::{QM_DOUBLE, Qemu, VmSpec, link_own_path};
+use support::{Qemu, VmSpec, link_own_path};
 
 /// Prometheus's default scrape timeout, sent with every scrape.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -94,25 +94,9 @@ fn families_of(m: &str, id: &str) -> std::collections::BTreeSet<String> {
 // QEMU monitors.
 
 /// `--qm-path`: the `qm` test double (which talks to the VM's real QEMU), hanging on the
-/// commands of `hang`. Replaced atomically: a `qm` started meanwhile reads a whole script.
+/// commands of `hang` (support's wrapper, replaced atomically).
 fn install_qm(root: &Path, log: &Path, hang: &[u32]) -> String {
-    let hang: Vec<String> = hang.iter().map(u32::to_string).collect();
-    let script = root.join("qm");
-    let tmp = root.join("qm.new");
-    std::fs::write(
-        &tmp,
-        format!(
-            "#!/bin/sh\nPVE_TEST_QM_ROOT='{}' PVE_TEST_QM_LOG='{}' PVE_TEST_QM_HANG='{}' exec '{}' \"$@\"\n",
-            root.display(),
-            log.display(),
-            hang.join(","),
-            QM_DOUBLE
-        ),
-    )
-    .expect("write qm wrapper");
-    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
-    std::fs::rename(&tmp, &script).expect("rename qm wrapper");
-    script.to_string_lossy().into_owned()
+    support::qm_wrapper(root, log, hang).to_string_lossy().into_owned()
 }
 
 /// The disk I/O counters of a VM: what only its monitor gives (the topology is cached).

@@ -270,12 +270,14 @@ impl Qemu {
     }
 }
 
-/// A wrapper script for `--qm-path`: the test double with its environment.
+/// A wrapper script for `--qm-path`: the test double with its environment. Replaced
+/// atomically: a `qm` the daemon starts meanwhile reads a whole script, old or new.
 pub fn qm_wrapper(root: &Path, log: &Path, hang: &[u32]) -> PathBuf {
     let script = root.join("qm");
+    let tmp = root.join("qm.new");
     let hang: Vec<String> = hang.iter().map(u32::to_string).collect();
     std::fs::write(
-        &script,
+        &tmp,
         format!(
             "#!/bin/sh\nPVE_TEST_QM_ROOT='{}' PVE_TEST_QM_LOG='{}' PVE_TEST_QM_HANG='{}' exec '{}' \"$@\"\n",
             root.display(),
@@ -285,7 +287,8 @@ pub fn qm_wrapper(root: &Path, log: &Path, hang: &[u32]) -> PathBuf {
         ),
     )
     .expect("write qm wrapper");
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    std::fs::rename(&tmp, &script).expect("rename qm wrapper");
     script
 }
 
