@@ -54,6 +54,8 @@ const APT_PACKAGES: &[&str] = &[
     "openssl",          // tests/web.rs: test certificates
     "systemd",          // tests/package.rs: systemd-analyze verify of the unit
     "binutils",         // xtask deb: strip, objdump
+    "lxc",              // tests/live_lxc_real.rs: a real LXC container laid out as PVE's
+    "busybox-static",   // ... made by LXC's busybox template (a static busybox: no host libraries)
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
