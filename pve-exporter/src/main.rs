@@ -83,8 +83,11 @@ fn run(config: Config, cli: CliSet) -> anyhow::Result<()> {
     let env = EnvFile::open(config.env_file.clone(), config.web_config_file.clone());
     // The collection thread outlives the usual scrape interval (15-60 s): no thread start per
     // scrape.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread serves HTTP: collections run on their own threads (spawn_blocking and the
+    // collector groups' workers), bcrypt on the blocking pool, so the runtime only accepts,
+    // parses and writes. A multi-thread runtime's worker and its scheduler code (which alone
+    // pulls in libm) cost ~0.7 MiB of RSS for nothing (docs/benchmarks.md).
+    let rt = tokio::runtime::Builder::new_current_thread()
         .max_blocking_threads(16)
         .thread_keep_alive(std::time::Duration::from_secs(300))
         .enable_all()
