@@ -139,15 +139,18 @@ impl AppState {
     }
 }
 
-/// Memory the allocator holds free above which it is handed back to the kernel.
-const KEEP_FREED: usize = 4 << 20;
+/// Memory the allocator holds free above which it is handed back to the kernel (the
+/// `M_TRIM_THRESHOLD` main.rs sets for the top of the heap).
+const KEEP_FREED: usize = 512 << 10;
 
-/// Hand memory freed since the last collection back to the kernel when there is much of it.
+/// Hand memory freed since the last collection back to the kernel.
 /// glibc keeps freed memory in its arenas for reuse and returns only what lies at the top of a
-/// heap; a burst of connections (2,000 idle ones hold some 12 MiB of buffers, measured by
-/// `cargo xtask soak`) or one large collection would otherwise stay in the RSS for good. In the
-/// steady state less than [`KEEP_FREED`] is free and this costs one `mallinfo2` (no trim, so no
-/// page faults on the next collection).
+/// heap. Between two collections the free part is the collection before the last (replaced by
+/// this one as the last good values) and this one's temporaries: ~3.7 MiB at 100 VMs + 100
+/// containers, which would otherwise stay in the RSS between scrapes for good; so would a burst
+/// of connections (2,000 idle ones hold some 12 MiB of buffers, measured by `cargo xtask soak`).
+/// The price is the page faults of the next collection, which takes those pages back: ~1 ms of
+/// system CPU per scrape at that size (docs/benchmarks.md, "Memory between scrapes").
 pub fn release_freed_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallinfo2 and malloc_trim have no preconditions; they lock the arenas themselves.
