@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::metrics::{HistogramValue, Kind, MetricSet, Value};
+use crate::metrics::{Family, HistogramValue, Kind, MetricSet, Value};
 
 pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -41,50 +41,65 @@ pub fn render(set: Arc<MetricSet>, format: Format) -> String {
     let families = set.families();
     // Room for the whole text up front: growing a buffer of hundreds of KiB by doubling
     // costs copies and, with glibc, heap consolidation on every scrape.
-    let series: usize = families.iter().map(|f| f.samples.len()).sum();
-    let mut out = String::with_capacity(series * 96 + (64 << 10));
+    let size: usize = families.iter().map(|f| f.text.len() + estimate(f)).sum();
+    let mut out = String::with_capacity(size + (64 << 10));
     let om = format == Format::OpenMetrics;
     for fam in families {
-        let kind = fam.kind();
-        if fam.samples.is_empty() {
+        if fam.samples.is_empty() && fam.text.is_empty() {
             continue;
         }
-        // The sample name's stem: a counter's samples are `<stem>_total`.
-        let stem = match kind {
-            Kind::Counter => fam.name.strip_suffix("_total").unwrap_or(&fam.name),
-            _ => fam.name.as_str(),
-        };
-        let described = if om { stem } else { fam.name.as_str() };
-        for (what, text) in [("# HELP ", fam.help()), ("# TYPE ", kind.as_str())] {
+        let described = if om { stem(fam) } else { fam.name.as_str() };
+        for (what, text) in [("# HELP ", fam.help()), ("# TYPE ", fam.kind().as_str())] {
             out.push_str(what);
             out.push_str(described);
             out.push(' ');
             out.push_str(text);
             out.push('\n');
         }
-        // A label-less sample alone in its family is written without braces: `name 1`.
-        let bare = matches!(fam.samples.as_slice(), [s] if s.labels.is_empty());
-        for s in &fam.samples {
-            let labels = if bare { None } else { Some(s.labels.as_slice()) };
-            match &s.value {
-                Value::Histogram(h) => write_histogram(&mut out, stem, labels, h),
-                v => {
-                    out.push_str(stem);
-                    if kind == Kind::Counter {
-                        out.push_str("_total");
-                    }
-                    write_labels(&mut out, None, labels);
-                    out.push(' ');
-                    write_value(&mut out, v);
-                    out.push('\n');
-                }
-            }
-        }
+        out.push_str(&fam.text);
+        write_samples(&mut out, fam);
     }
     if om {
         out.push_str("# EOF\n");
     }
     out
+}
+
+/// About how long a family's sample lines are (room reserved up front).
+pub fn estimate(fam: &Family) -> usize {
+    fam.samples.len() * 96
+}
+
+/// The sample name's stem: a counter's samples are `<stem>_total`.
+fn stem(fam: &Family) -> &str {
+    match fam.kind() {
+        Kind::Counter => fam.name.strip_suffix("_total").unwrap_or(&fam.name),
+        _ => fam.name.as_str(),
+    }
+}
+
+/// A family's sample lines (its `samples`; what [`MetricSet::freeze`] wrote is not repeated).
+pub fn write_samples(out: &mut String, fam: &Family) {
+    let kind = fam.kind();
+    let stem = stem(fam);
+    // A label-less sample alone in its family is written without braces: `name 1`.
+    let bare = fam.text.is_empty() && matches!(fam.samples.as_slice(), [s] if s.labels.is_empty());
+    for s in &fam.samples {
+        let labels = if bare { None } else { Some(s.labels.as_slice()) };
+        match &s.value {
+            Value::Histogram(h) => write_histogram(out, stem, labels, h),
+            v => {
+                out.push_str(stem);
+                if kind == Kind::Counter {
+                    out.push_str("_total");
+                }
+                write_labels(out, None, labels);
+                out.push(' ');
+                write_value(out, v);
+                out.push('\n');
+            }
+        }
+    }
 }
 
 fn write_value(out: &mut String, v: &Value) {

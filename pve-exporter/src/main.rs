@@ -148,17 +148,8 @@ fn release(engine: Engine) {
 async fn announce(state: AppState, notifier: Notifier, addr: SocketAddr) {
     let t = Instant::now();
     let set = state.scrape(state.default_deadline()).await;
-    let prefix = &state.engine().config.metrics_prefix;
-    let failing: Vec<String> = set
-        .get(&format!("{prefix}_exporter_collector_success"))
-        .map(|f| {
-            f.samples
-                .iter()
-                .filter(|s| s.value == pve_exporter::metrics::Value::Int(0))
-                .filter_map(|s| s.labels.first().map(|l| l.1.to_string()))
-                .collect()
-        })
-        .unwrap_or_default();
+    // The served set holds its samples as text (MetricSet::freeze): ask the engine.
+    let failing = state.engine().failing_collectors();
     let (mode, _) = state.engine().ebpf_mode();
     let failing_text = if failing.is_empty() { String::new() } else { format!("; failing: {}", failing.join(", ")) };
     log::info!("ready: first collection took {:?} ({mode} mode{failing_text})", t.elapsed());

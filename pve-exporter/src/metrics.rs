@@ -158,6 +158,8 @@ pub struct Family {
     pub name: String,
     pub def: &'static Def,
     pub samples: Vec<Sample>,
+    /// Sample lines already written (by [`MetricSet::freeze`]), exposed after `samples`.
+    pub text: String,
 }
 
 impl Family {
@@ -217,7 +219,7 @@ impl MetricSet {
                 Some(i) => i,
                 None => {
                     let name = format!("{}_{}", self.prefix, def.name);
-                    self.families.push(Family { name, def, samples: Vec::new() });
+                    self.families.push(Family { name, def, samples: Vec::new(), text: String::new() });
                     self.families.len() - 1
                 }
             },
@@ -231,6 +233,25 @@ impl MetricSet {
         let mut v: Vec<&Family> = self.families.iter().collect();
         v.sort_by_key(|f| catalog::order(f.def));
         v
+    }
+
+    /// Write every family's samples as their exposition lines and drop the samples. A served
+    /// collection stays in memory until the next one replaces it (as the last good values of
+    /// its groups, issue 15): as text it takes a third of the room (~0.8 against ~2.3 MiB at
+    /// 100 VMs + 100 containers), and writing a scrape is then a copy. The lines are the same
+    /// in both exposition formats; only the HELP and TYPE lines differ, written at exposition.
+    pub fn freeze(&mut self) {
+        for f in &mut self.families {
+            if f.samples.is_empty() {
+                continue;
+            }
+            let mut text = String::with_capacity(f.text.len() + crate::exposition::estimate(f));
+            text.push_str(&f.text);
+            crate::exposition::write_samples(&mut text, f);
+            text.shrink_to_fit();
+            f.text = text;
+            f.samples = Vec::new();
+        }
     }
 
     /// The families, owned (in the order of first use).

@@ -157,12 +157,18 @@ impl Engine {
     }
 
     /// One whole scrape with the default deadline (`--scrape-timeout`). Blocking.
+    /// Its samples are kept as they are (not frozen to text), for callers that look at them.
     pub fn collect(&self) -> MetricSet {
-        (*self.collect_until(Deadline::after(self.config.scrape_timeout))).clone()
+        (*self.collect_inner(Deadline::after(self.config.scrape_timeout), false)).clone()
     }
 
-    /// One whole scrape, answered by `deadline`. Blocking: call it from a blocking thread.
+    /// One whole scrape, answered by `deadline`, its samples frozen to their exposition lines
+    /// ([`MetricSet::freeze`]): what is served. Blocking: call it from a blocking thread.
     pub fn collect_until(&self, deadline: Deadline) -> Arc<MetricSet> {
+        self.collect_inner(deadline, true)
+    }
+
+    fn collect_inner(&self, deadline: Deadline, freeze: bool) -> Arc<MetricSet> {
         let start = Instant::now();
         let files = Arc::new(ScrapeFiles::new(&self.host));
         let shared = Arc::new(super::stages::Shared::default());
@@ -202,6 +208,9 @@ impl Engine {
         }
 
         selfmetrics::collect(&self.ebpf_summary, &runs, start.elapsed(), &mut out);
+        if freeze {
+            out.freeze();
+        }
         let out = Arc::new(out);
         // Kept for a replay only when replays are wanted: holding them costs one collection's
         // memory (~2 MiB at 100 VMs with their NIC and disk series; docs/benchmarks.md).
@@ -335,7 +344,9 @@ impl Engine {
                 if fresh_enough {
                     for def in &l.families {
                         if let Some(f) = l.collection.families().into_iter().find(|f| std::ptr::eq(f.def, *def)) {
-                            out.family(f.def).samples.extend(f.samples.iter().cloned());
+                            let to = out.family(f.def);
+                            to.samples.extend(f.samples.iter().cloned());
+                            to.text.push_str(&f.text);
                         }
                     }
                 }
@@ -395,11 +406,20 @@ fn check_families(c: &dyn Collector, before: &[(&'static Def, usize)], after: &M
 /// Move the families of `part` into `out`.
 fn merge_owned(out: &mut MetricSet, part: MetricSet) {
     for f in part.into_families() {
-        out.family(f.def).samples.extend(f.samples);
+        let to = out.family(f.def);
+        to.samples.extend(f.samples);
+        to.text.push_str(&f.text);
     }
 }
 
 impl EngineState {
+    /// The collectors that failed in the last collection, by name.
+    pub fn failing_collectors(&self) -> Vec<&'static str> {
+        let mut v: Vec<&'static str> = self.failing.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
     pub fn ebpf_mode(&self) -> (String, String) {
         (self.ebpf_summary.mode.clone(), self.ebpf_summary.reason.clone())
     }
