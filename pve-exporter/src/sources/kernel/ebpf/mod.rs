@@ -174,6 +174,14 @@ pub struct EbpfOptions {
 }
 
 /// Start eBPF as `opts.mode` asks. Err only in `on` mode, with the reason.
+/// aya-log's ring buffer (its map name) and the size it gets here. aya-log-ebpf declares 128
+/// KiB; the kernel maps a ring buffer's data twice into the reader, all of it at once, so that
+/// was 264 KiB of the daemon's RSS. The programs log one line per anomaly kind and CPU, the
+/// first time only (shared.rs), and the logger drains the buffer as records come: 16 KiB holds
+/// ~100 of them; a record that does not fit is dropped, its anomaly still counted.
+const AYA_LOGS: &str = "AYA_LOGS";
+const AYA_LOGS_BYTES: u32 = 16 << 10;
+
 pub fn start(host: &HostRoot, opts: &EbpfOptions) -> Result<EbpfStatus, EbpfError> {
     if opts.mode == EbpfMode::Off {
         return Ok(EbpfStatus::procfs("disabled by --ebpf off"));
@@ -367,7 +375,8 @@ fn load(host: &HostRoot, object: &[u8], opts: &EbpfOptions) -> Result<EbpfCounte
     loader
         .map_max_entries(maps::EVENT_ARRAY, sizes.indexed_vms)
         .map_max_entries(maps::UEXIT_ARRAY, sizes.indexed_vms)
-        .map_max_entries(maps::HIST, sizes.hist_keys);
+        .map_max_entries(maps::HIST, sizes.hist_keys)
+        .map_max_entries(AYA_LOGS, AYA_LOGS_BYTES);
     let mut bpf = loader.load(object).map_err(|e| EbpfError::Object(Box::new(e)))?;
     let logger = match aya_log::EbpfLogger::init(&mut bpf) {
         Ok(l) => Some(l),
