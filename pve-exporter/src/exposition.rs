@@ -65,6 +65,25 @@ pub fn render(set: Arc<MetricSet>, format: Format) -> String {
     out
 }
 
+/// Write every family's samples as their exposition lines and drop the samples. A served
+/// collection stays in memory until the next one replaces it (as the last good values of its
+/// groups, issue 15): as text it takes a third of the room (~0.8 against ~2.3 MiB at 100 VMs +
+/// 100 containers), and writing a scrape is then a copy. The lines are the same in both
+/// exposition formats; only the HELP and TYPE lines differ, written by [`render`].
+pub fn freeze(set: &mut MetricSet) {
+    for f in set.families_mut() {
+        if f.samples.is_empty() {
+            continue;
+        }
+        let mut text = String::with_capacity(f.text.len() + estimate(f));
+        text.push_str(&f.text);
+        write_samples(&mut text, f);
+        text.shrink_to_fit();
+        f.text = text;
+        f.samples = Vec::new();
+    }
+}
+
 /// About how long a family's sample lines are (room reserved up front).
 pub fn estimate(fam: &Family) -> usize {
     fam.samples.len() * 96
@@ -78,7 +97,7 @@ fn stem(fam: &Family) -> &str {
     }
 }
 
-/// A family's sample lines (its `samples`; what [`MetricSet::freeze`] wrote is not repeated).
+/// A family's sample lines (its `samples`; what [`freeze`] wrote is not repeated).
 pub fn write_samples(out: &mut String, fam: &Family) {
     let kind = fam.kind();
     let stem = stem(fam);

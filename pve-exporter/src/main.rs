@@ -148,7 +148,7 @@ fn release(engine: Engine) {
 async fn announce(state: AppState, notifier: Notifier, addr: SocketAddr) {
     let t = Instant::now();
     let set = state.scrape(state.default_deadline()).await;
-    // The served set holds its samples as text (MetricSet::freeze): ask the engine.
+    // The served set holds its samples as text (exposition::freeze): ask the engine.
     let failing = state.engine().failing_collectors();
     let (mode, _) = state.engine().ebpf_mode();
     let failing_text = if failing.is_empty() { String::new() } else { format!("; failing: {}", failing.join(", ")) };

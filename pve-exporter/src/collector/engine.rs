@@ -163,7 +163,7 @@ impl Engine {
     }
 
     /// One whole scrape, answered by `deadline`, its samples frozen to their exposition lines
-    /// ([`MetricSet::freeze`]): what is served. Blocking: call it from a blocking thread.
+    /// ([`crate::exposition::freeze`]): what is served. Blocking: call it from a blocking thread.
     pub fn collect_until(&self, deadline: Deadline) -> Arc<MetricSet> {
         self.collect_inner(deadline, true)
     }
@@ -209,7 +209,7 @@ impl Engine {
 
         selfmetrics::collect(&self.ebpf_summary, &runs, start.elapsed(), &mut out);
         if freeze {
-            out.freeze();
+            crate::exposition::freeze(&mut out);
         }
         let out = Arc::new(out);
         // Kept for a replay only when replays are wanted: holding them costs one collection's
