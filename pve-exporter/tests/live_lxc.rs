@@ -7,9 +7,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use common::{Ct, Daemon, host_root, promtool_accepts, require_privileges, sample, send_frames};
+use common::{
+    Ct, Daemon, collector_success as success, host_root, promtool_accepts, require_privileges, sample, send_frames,
+    write_below as write,
+};
 use pve_exporter::{host::HostRoot, sources::kernel::cgroup::Hierarchies};
 
 const MIB: f64 = (1u64 << 20) as f64;
@@ -44,16 +47,6 @@ fn freeze(h: &Hierarchies, ctid: u32, on: bool) {
         assert!(std::time::Instant::now() < deadline, "{} did not reach {text} within 30 s", path.display());
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-}
-
-fn write(root: &Path, rel: &str, text: &str) {
-    let p = root.join(rel);
-    std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-    std::fs::write(&p, text).expect("write");
-}
-
-fn success(text: &str, c: &str) -> Option<f64> {
-    sample(text, "pve_exporter_collector_success", &[("collector", c)])
 }
 
 #[test]

@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Daemon, host_root, promtool_accepts, sample};
+use common::{Daemon, collector_success as success, host_root, promtool_accepts, sample, write_below as write};
 use pve_exporter::{host::HostRoot, sources::kernel::cgroup::Hierarchies};
 
 const MIB: u64 = 1 << 20;
@@ -302,16 +302,6 @@ fn wait_frozen(h: &Hierarchies, on: bool) {
         assert!(Instant::now() < deadline, "container {CTID} did not become frozen={on} within 30 s");
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-fn write(root: &Path, rel: &str, text: &str) {
-    let p = root.join(rel);
-    std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-    std::fs::write(&p, text).expect("write");
-}
-
-fn success(text: &str, c: &str) -> Option<f64> {
-    sample(text, "pve_exporter_collector_success", &[("collector", c)])
 }
 
 #[test]

@@ -356,6 +356,18 @@ pub fn guest_named(name: &str) -> PathBuf {
     link
 }
 
+/// `pve_exporter_collector_success{collector=c}` of a scrape.
+pub fn collector_success(text: &str, c: &str) -> Option<f64> {
+    sample(text, "pve_exporter_collector_success", &[("collector", c)])
+}
+
+/// Write `text` to `rel` below `root`, making its directories.
+pub fn write_below(root: &Path, rel: &str, text: &str) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&p, text).expect("write");
+}
+
 /// The value of the sample `name{labels}` in a text-format scrape; labels must match exactly
 /// those given (in any order), other labels of the sample are ignored.
 pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
