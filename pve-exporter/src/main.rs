@@ -147,26 +147,15 @@ fn release(engine: Engine) {
 /// READY=1 once the first collection has finished: only then does /metrics answer with data.
 async fn announce(state: AppState, notifier: Notifier, addr: SocketAddr) {
     let t = Instant::now();
-    let set = state.scrape(state.default_deadline()).await;
+    // What start-up freed (the kernel's BTF parsed to load the eBPF programs, megabytes) goes
+    // back with the first collection's own trim (server::release_freed_memory).
+    state.scrape(state.default_deadline()).await;
     // The served set holds its samples as text (exposition::freeze): ask the engine.
     let failing = state.engine().failing_collectors();
     let (mode, _) = state.engine().ebpf_mode();
     let failing_text = if failing.is_empty() { String::new() } else { format!("; failing: {}", failing.join(", ")) };
     log::info!("ready: first collection took {:?} ({mode} mode{failing_text})", t.elapsed());
     notifier.notify(&format!("READY=1\nSTATUS=serving on {addr}, {mode} mode{failing_text}"));
-    drop(set);
-    release_startup_memory();
-}
-
-/// Give back the heap pages start-up freed but left resident: loading the eBPF programs parses
-/// the kernel's BTF (megabytes, freed at once) and the first collection reads every process's
-/// command line. Trimmed once here (~2.5 MiB with eBPF, measured); scrapes then reuse a heap of
-/// their own size. Per scrape it would cost more CPU than it saves (docs/benchmarks.md).
-fn release_startup_memory() {
-    // SAFETY: malloc_trim only returns free heap memory to the kernel.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 /// Feed the systemd watchdog from finished collections, so a daemon whose collections hang

@@ -213,7 +213,7 @@ impl Engine {
         }
         let out = Arc::new(out);
         // Kept for a replay only when replays are wanted: holding them costs one collection's
-        // memory (~2 MiB at 100 VMs with their NIC and disk series; docs/benchmarks.md).
+        // memory (frozen to text: ~0.8 MiB at 100 VMs + 100 containers; docs/benchmarks.md).
         if self.config.stale_max_age.is_zero() {
             return out;
         }

@@ -173,7 +173,6 @@ pub struct EbpfOptions {
     pub stats: bool,
 }
 
-/// Start eBPF as `opts.mode` asks. Err only in `on` mode, with the reason.
 /// aya-log's ring buffer (its map name) and the size it gets here. aya-log-ebpf declares 128
 /// KiB; the kernel maps a ring buffer's data twice into the reader, all of it at once, so that
 /// was 264 KiB of the daemon's RSS. The programs log one line per anomaly kind and CPU, the
@@ -182,6 +181,7 @@ pub struct EbpfOptions {
 const AYA_LOGS: &str = "AYA_LOGS";
 const AYA_LOGS_BYTES: u32 = 16 << 10;
 
+/// Start eBPF as `opts.mode` asks. Err only in `on` mode, with the reason.
 pub fn start(host: &HostRoot, opts: &EbpfOptions) -> Result<EbpfStatus, EbpfError> {
     if opts.mode == EbpfMode::Off {
         return Ok(EbpfStatus::procfs("disabled by --ebpf off"));
