@@ -147,6 +147,8 @@ pub fn mountinfo(data: &[u8]) {
 pub fn netlink_dump(data: &[u8]) {
     let mut dump = netlink::Dump::default();
     let _ = netlink::parse_part(data, 1, 0, &|_| true, &mut dump);
+    let (mut rows, mut interrupted) = (Vec::new(), false);
+    let _ = netlink::parse_stats_part(data, 1, 0, &mut rows, &mut interrupted);
 }
 
 pub fn proc_events(data: &[u8]) {

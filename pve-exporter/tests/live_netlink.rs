@@ -151,3 +151,66 @@ fn a_dump_of_many_interfaces_in_several_parts() {
     let after = netlink::dump_links(&|n| n.starts_with("pvenlm")).expect("netlink dump");
     assert!(after.links.is_empty(), "{:?}", after.links.keys().collect::<Vec<_>>());
 }
+
+/// What `LinkWatch` gives for `names`, compared with sysfs as `assert_dump_equals_sysfs` does.
+fn watch_equals_sysfs(watch: &mut netlink::LinkWatch, names: &[String]) -> netlink::Dump {
+    for attempt in 0.. {
+        let before: Vec<_> = names.iter().map(|n| sysfs_counters(n)).collect();
+        let dump = watch.links(&|n| names.iter().any(|x| x == n)).expect("link watch");
+        let after: Vec<_> = names.iter().map(|n| sysfs_counters(n)).collect();
+        if before != after && attempt < 5 {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            continue;
+        }
+        assert_eq!(dump.links.len(), names.len(), "{:?}", dump.links.keys().collect::<Vec<_>>());
+        for (n, sys) in names.iter().zip(&after) {
+            let got = dump.links.get(n).and_then(|l| l.as_ref()).unwrap_or_else(|| panic!("{n} missing"));
+            for (i, file) in NET_STATISTICS.iter().enumerate() {
+                assert_eq!(got.0[i], sys[i], "{n}: {file}");
+            }
+        }
+        return dump;
+    }
+    unreachable!()
+}
+
+/// Each scrape dumps only the counters (RTM_GETSTATS) and names them from the last RTM_GETLINK
+/// dump, which is repeated when the kernel announces a link change: a new interface, a
+/// renamed one and a removed one are seen at the next scrape, by their real names.
+#[test]
+fn the_link_watch_names_counters_and_follows_link_changes() {
+    require_root();
+    let mut watch = netlink::LinkWatch::new();
+    let _a = Veths::new(&["pvenlw0".to_string()], true);
+    let names = ["pvenlw0".to_string(), "pvenlw0p".to_string()];
+    watch_equals_sysfs(&mut watch, &names);
+    let full = watch.full_dumps;
+    assert!(full >= 1, "the first call names every interface");
+    // Unchanged links: the counters move, the names are not dumped again. Another test of
+    // this file may add interfaces meanwhile (each is then one more full dump): a quiet
+    // moment is waited for.
+    let quiet = (0..50).any(|_| {
+        let before = watch.full_dumps;
+        send_frames("pvenlw0", 4, 120);
+        let d = watch_equals_sysfs(&mut watch, &names);
+        assert!(d.names.is_empty() || watch.full_dumps > before);
+        watch.full_dumps == before
+    });
+    assert!(quiet, "every call dumped the links again ({} of them)", watch.full_dumps);
+
+    // Renamed: the counters under the new name only, from the next call on.
+    ip_batch("link set pvenlw0 down\nlink set pvenlw0 name pvenlw9\nlink set pvenlw9 up\n");
+    let renamed = ["pvenlw9".to_string(), "pvenlw0p".to_string()];
+    let d = watch_equals_sysfs(&mut watch, &renamed);
+    assert!(!d.links.contains_key("pvenlw0"));
+    // Added: there at once.
+    let _b = Veths::new(&["pvenlw1".to_string()], false);
+    let d = watch.links(&|n| n.starts_with("pvenlw")).expect("link watch");
+    assert!(d.links.contains_key("pvenlw1") && d.links.contains_key("pvenlw1p"), "{:?}", d.links.keys());
+    // Removed (one end removes the pair): gone.
+    ip_batch("link del pvenlw9\n");
+    let d = watch.links(&|n| n.starts_with("pvenlw")).expect("link watch");
+    let mut left: Vec<&String> = d.links.keys().collect();
+    left.sort();
+    assert_eq!(left, ["pvenlw1", "pvenlw1p"]);
+}

@@ -70,6 +70,8 @@ pub struct StageState {
     ct_files: Mutex<HeldFiles<crate::sources::kernel::cgroup::CgroupKey>>,
     /// Each running container's init: (pid, start since boot), kept while the payload holds it.
     ct_init: Mutex<std::collections::HashMap<String, (u32, Option<Duration>)>>,
+    /// The interfaces' names between scrapes (each scrape dumps only their counters).
+    links: Mutex<netlink::LinkWatch>,
 }
 
 impl StageState {
@@ -87,6 +89,7 @@ impl StageState {
             vcpu_threads: super::VcpuThreadCache::with_budget(host.clone(), fds.clone()),
             guests: GuestReader::new(),
             ct_files: Mutex::new(HeldFiles::new(fds, OnStale::Reopen)),
+            links: Mutex::default(),
             ct_init: Mutex::default(),
         }
     }
@@ -269,7 +272,8 @@ impl<'a> Stages<'a> {
         })
     }
 
-    /// The scrape's one RTM_GETLINK dump (every caller shares it): the guests' interfaces of
+    /// The scrape's one dump of interface counters (every caller shares it; named from the
+    /// last RTM_GETLINK dump, see [`netlink::LinkWatch`]): the guests' interfaces of
     /// PVE's naming (`tap<vmid>i<N>`, `veth<ctid>i<N>`) and what the first caller adds with
     /// `wanted` (libvirt's and plain QEMU's taps); an interface missing from it is read from
     /// sysfs by its caller. None where the host root's /sys is not the daemon's own (a
@@ -282,7 +286,8 @@ impl<'a> Stages<'a> {
                 if !netlink::sees_own_sysfs(self.host) {
                     return None;
                 }
-                match netlink::dump_links(&|n| guest_of_interface(n).is_some() || wanted(n)) {
+                let mut watch = self.state.links.lock().unwrap_or_else(|p| p.into_inner());
+                match watch.links(&|n| guest_of_interface(n).is_some() || wanted(n)) {
                     Ok(d) => Some(d),
                     Err(e) => {
                         static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

@@ -34,6 +34,15 @@ const NLMSG_DONE: u16 = 3;
 const NLMSG_OVERRUN: u16 = 4;
 const RTM_NEWLINK: u16 = 16;
 const RTM_GETLINK: u16 = 18;
+const RTM_NEWSTATS: u16 = 92;
+const RTM_GETSTATS: u16 = 94;
+/// `struct if_stats_msg`: family, two pads, ifindex, filter_mask.
+const IF_STATS_MSG_LEN: usize = 12;
+/// The attribute (and, as bit `1 << (n - 1)`, the filter) of `struct rtnl_link_stats64` in an
+/// RTM_NEWSTATS message.
+const IFLA_STATS_LINK_64: u16 = 1;
+/// The multicast group of link changes (RTMGRP_LINK: new, removed, renamed, up, down).
+const RTMGRP_LINK: u32 = 1;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_MULTI: u16 = 0x2;
 const NLM_F_DUMP_INTR: u16 = 0x10;
@@ -143,6 +152,9 @@ impl LinkStats {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Dump {
     pub links: HashMap<String, Option<LinkStats>>,
+    /// Every interface's name by index, kept or not (what an RTM_GETLINK dump says; empty
+    /// when the counters came from [`LinkWatch`]'s RTM_GETSTATS dump).
+    pub names: HashMap<u32, Box<str>>,
     /// The kernel flagged the dump as interrupted by a change of the interface list
     /// (NLM_F_DUMP_INTR): an interface may be missing from it though it exists.
     pub interrupted: bool,
@@ -152,12 +164,31 @@ pub struct Dump {
 /// (AF_UNSPEC: every interface; no IFLA_EXT_MASK, so no VF info and statistics included).
 pub fn request(seq: u32) -> [u8; NLMSG_HDRLEN + IFINFOMSG_LEN] {
     let mut m = [0u8; NLMSG_HDRLEN + IFINFOMSG_LEN];
-    m[0..4].copy_from_slice(&((NLMSG_HDRLEN + IFINFOMSG_LEN) as u32).to_ne_bytes());
-    m[4..6].copy_from_slice(&RTM_GETLINK.to_ne_bytes());
+    header(&mut m, RTM_GETLINK, seq);
+    m
+}
+
+/// The RTM_GETSTATS dump request: a netlink header and a `struct if_stats_msg` of every
+/// interface (ifindex 0) whose filter asks for IFLA_STATS_LINK_64 only: ~230 bytes per
+/// interface, against 1-3 KiB of RTM_NEWLINK (its IPv4 and IPv6 settings and statistics, which
+/// the kernel sums over every CPU), a tenth of the kernel's work (measured: 0.13 against 1.2 ms
+/// for 305 interfaces).
+pub fn stats_request(seq: u32) -> [u8; NLMSG_HDRLEN + IF_STATS_MSG_LEN] {
+    let mut m = [0u8; NLMSG_HDRLEN + IF_STATS_MSG_LEN];
+    header(&mut m, RTM_GETSTATS, seq);
+    let filter: u32 = 1 << (IFLA_STATS_LINK_64 - 1);
+    m[NLMSG_HDRLEN + 8..].copy_from_slice(&filter.to_ne_bytes());
+    m
+}
+
+/// A dump request's netlink header over the whole of `m`.
+fn header(m: &mut [u8], kind: u16, seq: u32) {
+    let len = m.len() as u32;
+    m[0..4].copy_from_slice(&len.to_ne_bytes());
+    m[4..6].copy_from_slice(&kind.to_ne_bytes());
     m[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
     m[8..12].copy_from_slice(&seq.to_ne_bytes());
     // nlmsg_pid 0: addressed to the kernel.
-    m
 }
 
 fn bad(what: impl std::fmt::Display) -> io::Error {
@@ -176,12 +207,42 @@ fn align4(n: usize) -> usize {
     n.saturating_add(3) & !3
 }
 
-/// Parse one received datagram of the reply to request `seq` on the socket with port id `pid`,
-/// adding the interfaces whose names `keep` accepts to `dump`. Ok(true) when the reply is
-/// complete (NLMSG_DONE, or a single-part answer), Ok(false) when more datagrams follow.
-/// Messages of another request or sender are skipped; a malformed message, NLMSG_ERROR or an
-/// overrun is an error.
+/// Parse one received datagram of the reply to RTM_GETLINK request `seq` on the socket with
+/// port id `pid`, adding the interfaces whose names `keep` accepts to `dump` (and every
+/// interface's name to `dump.names`). Ok(true) when the reply is complete (NLMSG_DONE, or a
+/// single-part answer), Ok(false) when more datagrams follow. Messages of another request or
+/// sender are skipped; a malformed message, NLMSG_ERROR or an overrun is an error.
 pub fn parse_part(buf: &[u8], seq: u32, pid: u32, keep: &dyn Fn(&str) -> bool, dump: &mut Dump) -> io::Result<bool> {
+    let mut interrupted = false;
+    let done = walk(buf, seq, pid, "RTM_GETLINK", RTM_NEWLINK, &mut interrupted, &mut |p| parse_link(p, keep, dump))?;
+    dump.interrupted |= interrupted;
+    Ok(done)
+}
+
+/// Parse one received datagram of the reply to RTM_GETSTATS request `seq` (as [`parse_part`]):
+/// each interface's index and counters (IFLA_STATS_LINK_64) are added to `out`.
+pub fn parse_stats_part(
+    buf: &[u8],
+    seq: u32,
+    pid: u32,
+    out: &mut Vec<(u32, LinkStats)>,
+    interrupted: &mut bool,
+) -> io::Result<bool> {
+    walk(buf, seq, pid, "RTM_GETSTATS", RTM_NEWSTATS, interrupted, &mut |p| parse_stats(p, out))
+}
+
+/// The messages of one datagram: headers, the end of the reply and errors; the payload of each
+/// message of type `kind` goes to `on`.
+fn walk(
+    buf: &[u8],
+    seq: u32,
+    pid: u32,
+    request: &str,
+    kind_wanted: u16,
+    interrupted: &mut bool,
+    on: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<bool> {
+    let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, format!("netlink {request}: {what}"));
     let mut rest = buf;
     while !rest.is_empty() {
         if rest.len() < NLMSG_HDRLEN {
@@ -199,7 +260,7 @@ pub fn parse_part(buf: &[u8], seq: u32, pid: u32, keep: &dyn Fn(&str) -> bool, d
             continue;
         }
         if flags & NLM_F_DUMP_INTR != 0 {
-            dump.interrupted = true;
+            *interrupted = true;
         }
         match kind {
             NLMSG_DONE => {
@@ -214,19 +275,20 @@ pub fn parse_part(buf: &[u8], seq: u32, pid: u32, keep: &dyn Fn(&str) -> bool, d
             }
             NLMSG_ERROR => {
                 if payload.len() < 4 {
-                    return Err(bad("NLMSG_ERROR without an error code"));
+                    return Err(bad("NLMSG_ERROR without an error code".into()));
                 }
                 let code = u32_at(payload, 0) as i32;
                 if code == 0 {
                     // An acknowledgement ends an exchange (not asked for here).
                     return Ok(true);
                 }
+                // The kernel's own errno kept (raw), so callers can tell "not supported".
                 let e = io::Error::from_raw_os_error(code.wrapping_neg());
-                return Err(io::Error::new(e.kind(), format!("netlink RTM_GETLINK: {e}")));
+                return Err(io::Error::new(e.kind(), NetlinkError { request: request.to_string(), errno: e }));
             }
-            NLMSG_OVERRUN => return Err(bad("NLMSG_OVERRUN")),
-            RTM_NEWLINK => {
-                parse_link(payload, keep, dump)?;
+            NLMSG_OVERRUN => return Err(bad("NLMSG_OVERRUN".into())),
+            k if k == kind_wanted => {
+                on(payload)?;
                 if flags & NLM_F_MULTI == 0 {
                     return Ok(true);
                 }
@@ -238,13 +300,27 @@ pub fn parse_part(buf: &[u8], seq: u32, pid: u32, keep: &dyn Fn(&str) -> bool, d
     Ok(false)
 }
 
-/// One RTM_NEWLINK payload: `struct ifinfomsg`, then attributes. Only IFLA_IFNAME and
-/// IFLA_STATS64 are read.
-fn parse_link(payload: &[u8], keep: &dyn Fn(&str) -> bool, dump: &mut Dump) -> io::Result<()> {
-    let Some(mut attrs) = payload.get(IFINFOMSG_LEN..) else {
-        return Err(bad(format!("RTM_NEWLINK of {} bytes, shorter than ifinfomsg", payload.len())));
+/// An NLMSG_ERROR answer: the request and the kernel's errno.
+#[derive(Debug)]
+struct NetlinkError {
+    request: String,
+    errno: io::Error,
+}
+
+impl std::fmt::Display for NetlinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "netlink {}: {}", self.request, self.errno)
+    }
+}
+
+impl std::error::Error for NetlinkError {}
+
+/// The attributes of a message after its fixed header of `header` bytes: (type, data).
+fn attributes<'b>(payload: &'b [u8], header: usize, what: &str) -> io::Result<Vec<(u16, &'b [u8])>> {
+    let Some(mut attrs) = payload.get(header..) else {
+        return Err(bad(format!("{what} of {} bytes, shorter than its header", payload.len())));
     };
-    let (mut name, mut stats) = (None, None);
+    let mut out = Vec::with_capacity(8);
     // Fewer than 4 bytes left cannot be an attribute: padding.
     while attrs.len() >= 4 {
         let len = u16_at(attrs, 0) as usize;
@@ -252,19 +328,41 @@ fn parse_link(payload: &[u8], keep: &dyn Fn(&str) -> bool, dump: &mut Dump) -> i
         if len < 4 || len > attrs.len() {
             return Err(bad(format!("attribute length {len} with {} bytes left", attrs.len())));
         }
-        let data = &attrs[4..len];
+        out.push((kind, &attrs[4..len]));
+        attrs = &attrs[align4(len).min(attrs.len())..];
+    }
+    Ok(out)
+}
+
+/// One RTM_NEWLINK payload: `struct ifinfomsg` (its `ifi_index`), then attributes. Only
+/// IFLA_IFNAME and IFLA_STATS64 are read.
+fn parse_link(payload: &[u8], keep: &dyn Fn(&str) -> bool, dump: &mut Dump) -> io::Result<()> {
+    let (mut name, mut stats) = (None, None);
+    for (kind, data) in attributes(payload, IFINFOMSG_LEN, "RTM_NEWLINK")? {
         match kind {
             IFLA_IFNAME => name = Some(data),
             IFLA_STATS64 => stats = Some(data),
             _ => {}
         }
-        attrs = &attrs[align4(len).min(attrs.len())..];
     }
     // A name is NUL-terminated; one that is not UTF-8 cannot be a NIC's ifname we look for.
     let Some(name) = name.map(|n| n.split(|&b| b == 0).next().unwrap_or(n)) else { return Ok(()) };
     let Ok(name) = std::str::from_utf8(name) else { return Ok(()) };
-    if !name.is_empty() && keep(name) {
+    if name.is_empty() {
+        return Ok(());
+    }
+    dump.names.insert(u32_at(payload, 4), name.into());
+    if keep(name) {
         dump.links.insert(name.to_string(), stats.map(LinkStats::from_stats64));
+    }
+    Ok(())
+}
+
+/// One RTM_NEWSTATS payload: `struct if_stats_msg` (its `ifindex`), then IFLA_STATS_LINK_64.
+fn parse_stats(payload: &[u8], out: &mut Vec<(u32, LinkStats)>) -> io::Result<()> {
+    let attrs = attributes(payload, IF_STATS_MSG_LEN, "RTM_NEWSTATS")?;
+    if let Some((_, data)) = attrs.into_iter().find(|(k, _)| *k == IFLA_STATS_LINK_64) {
+        out.push((u32_at(payload, 4), LinkStats::from_stats64(data)));
     }
     Ok(())
 }
@@ -278,26 +376,156 @@ pub fn sees_own_sysfs(host: &HostRoot) -> bool {
 /// The interfaces of this process's network namespace whose names `keep` accepts, with their
 /// counters: one RTM_GETLINK dump over a new NETLINK_ROUTE socket, limited by [`TIMEOUT`].
 pub fn dump_links(keep: &dyn Fn(&str) -> bool) -> io::Result<Dump> {
-    static SEQ: AtomicU32 = AtomicU32::new(1);
-    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-    let deadline = Instant::now() + TIMEOUT;
-    let sock = Socket::open(TIMEOUT)?;
-    sock.send(&request(seq))?;
-    let mut buf = vec![0u8; RECV_BUF];
+    let seq = next_seq();
+    let sock = Socket::open(TIMEOUT, 0)?;
     let mut dump = Dump::default();
+    exchange(&sock, &request(seq), "RTM_GETLINK", &mut |buf| parse_part(buf, seq, sock.pid, keep, &mut dump))?;
+    Ok(dump)
+}
+
+fn next_seq() -> u32 {
+    static SEQ: AtomicU32 = AtomicU32::new(1);
+    SEQ.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Send a dump request and hand each datagram of the answer to `part` until it says the
+/// answer is complete, within [`TIMEOUT`].
+fn exchange(
+    sock: &Socket,
+    request: &[u8],
+    name: &str,
+    part: &mut dyn FnMut(&[u8]) -> io::Result<bool>,
+) -> io::Result<()> {
+    let deadline = Instant::now() + TIMEOUT;
+    sock.send(request)?;
+    let mut buf = vec![0u8; RECV_BUF];
     loop {
         if let Some(n) = sock.recv(&mut buf)?
-            && parse_part(&buf[..n], seq, sock.pid, keep, &mut dump)?
+            && part(&buf[..n])?
         {
-            return Ok(dump);
+            return Ok(());
         }
         if Instant::now() > deadline {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!("netlink RTM_GETLINK: dump not complete after {TIMEOUT:?}"),
+                format!("netlink {name}: dump not complete after {TIMEOUT:?}"),
             ));
         }
     }
+}
+
+/// Interface counters over the daemon's life: each scrape's counters come from an
+/// RTM_GETSTATS dump (counters only, a tenth of RTM_GETLINK's cost), named from the last
+/// RTM_GETLINK dump. That dump is repeated only when the names may have changed: the kernel
+/// announced a link change on the RTMGRP_LINK group this watch listens to (an interface added,
+/// removed or renamed; state changes too), its announcements overflowed, or the counters name
+/// an index it does not know. A kernel without RTM_GETSTATS (before 4.7), or a socket that
+/// cannot join the group, gets the RTM_GETLINK dump every time.
+#[derive(Default)]
+pub struct LinkWatch {
+    /// The subscribed socket (None: not opened yet, or it failed and is opened again).
+    events: Option<Socket>,
+    names: HashMap<u32, Box<str>>,
+    getstats_unsupported: bool,
+    /// How many RTM_GETLINK dumps this watch made (tests and benchmarks look).
+    pub full_dumps: u64,
+}
+
+impl LinkWatch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The counters of the interfaces `keep` accepts, as [`dump_links`] gives them.
+    pub fn links(&mut self, keep: &dyn Fn(&str) -> bool) -> io::Result<Dump> {
+        // Listening first: a change after this point is seen by the next scrape at the latest.
+        let changed = self.drain();
+        if !changed && !self.names.is_empty() && !self.getstats_unsupported {
+            match self.stats(keep) {
+                Ok(Some(d)) => return Ok(d),
+                Ok(None) => {} // an index without a name: named again below
+                Err(e) if unsupported(&e) => {
+                    log::info!("interface counters: {e}; using RTM_GETLINK dumps");
+                    self.getstats_unsupported = true;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let mut d = dump_links(keep)?;
+        self.full_dumps += 1;
+        self.names = std::mem::take(&mut d.names);
+        Ok(d)
+    }
+
+    /// Whether links may have changed since the last call: announcements were waiting, their
+    /// queue overflowed (ENOBUFS), or there is no subscribed socket.
+    fn drain(&mut self) -> bool {
+        if self.events.is_none() {
+            match Socket::open(TIMEOUT, RTMGRP_LINK) {
+                Ok(s) => self.events = Some(s),
+                Err(e) => {
+                    log::debug!("interface changes: {e}; naming interfaces by RTM_GETLINK on every scrape");
+                    return true;
+                }
+            }
+            return true;
+        }
+        let Some(sock) = &self.events else { return true };
+        // Only whether announcements waited matters, not what they say.
+        let mut buf = [0u8; 1024];
+        let mut changed = false;
+        loop {
+            // SAFETY: `buf` is valid for the call. MSG_TRUNC: a longer datagram is consumed too.
+            let n = unsafe {
+                libc::recv(
+                    sock.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+                )
+            };
+            if n >= 0 {
+                changed = true;
+                continue;
+            }
+            match io::Error::last_os_error().raw_os_error() {
+                Some(libc::EAGAIN) => return changed,
+                Some(libc::EINTR) => {}
+                // The queue overflowed: announcements were lost.
+                Some(libc::ENOBUFS) => changed = true,
+                _ => {
+                    log::debug!("interface changes: {}; listening again", io::Error::last_os_error());
+                    self.events = None;
+                    return true;
+                }
+            }
+        }
+    }
+
+    /// The RTM_GETSTATS dump named by `names`; None when it has an index `names` lacks.
+    fn stats(&mut self, keep: &dyn Fn(&str) -> bool) -> io::Result<Option<Dump>> {
+        let seq = next_seq();
+        let sock = Socket::open(TIMEOUT, 0)?;
+        let mut rows = Vec::with_capacity(self.names.len());
+        let mut interrupted = false;
+        exchange(&sock, &stats_request(seq), "RTM_GETSTATS", &mut |buf| {
+            parse_stats_part(buf, seq, sock.pid, &mut rows, &mut interrupted)
+        })?;
+        let mut dump = Dump { interrupted, ..Dump::default() };
+        for (index, stats) in rows {
+            let Some(name) = self.names.get(&index) else { return Ok(None) };
+            if keep(name) {
+                dump.links.insert(name.to_string(), Some(stats));
+            }
+        }
+        Ok(Some(dump))
+    }
+}
+
+/// An answer that says the kernel does not know the request (RTM_GETSTATS before Linux 4.7).
+fn unsupported(e: &io::Error) -> bool {
+    let errno = e.get_ref().and_then(|i| i.downcast_ref::<NetlinkError>()).and_then(|n| n.errno.raw_os_error());
+    matches!(errno, Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::ENOSYS))
 }
 
 /// A NETLINK_ROUTE socket bound to a port id of its own (closed when dropped).
@@ -312,7 +540,8 @@ fn os_err(what: &str) -> io::Error {
 }
 
 impl Socket {
-    fn open(timeout: Duration) -> io::Result<Socket> {
+    /// A socket whose receives wait at most `timeout`, member of the multicast `groups`.
+    fn open(timeout: Duration, groups: u32) -> io::Result<Socket> {
         // SAFETY: socket(2) takes no pointers; the descriptor is owned from here on.
         let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
         if raw < 0 {
@@ -342,6 +571,7 @@ impl Socket {
         // SAFETY: an all-zero sockaddr_nl is valid (port id 0: the kernel picks one).
         let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        addr.nl_groups = groups;
         let mut len = size_of::<libc::sockaddr_nl>() as libc::socklen_t;
         // SAFETY: `addr` and `len` are valid for the calls and describe the same struct.
         unsafe {
@@ -407,7 +637,7 @@ impl Socket {
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
                         return Err(io::Error::new(
                             io::ErrorKind::TimedOut,
-                            format!("netlink RTM_GETLINK: no answer within {TIMEOUT:?}"),
+                            format!("netlink: no answer within {TIMEOUT:?}"),
                         ));
                     }
                     _ => return Err(e),
@@ -624,6 +854,93 @@ mod tests {
         p.extend_from_slice(&IFLA_IFNAME.to_ne_bytes());
         assert!(parse(&msg(RTM_NEWLINK, NLM_F_MULTI, SEQ, PID, &p)).is_err(), "attribute length below 4");
         assert_eq!(parse(&[]).unwrap(), (false, Dump::default()), "nothing yet");
+    }
+
+    /// An RTM_NEWSTATS part: if_stats_msg of `index`, then the given attributes.
+    fn stats_msg(index: u32, attrs: &[Vec<u8>]) -> Vec<u8> {
+        let mut p = vec![0u8; IF_STATS_MSG_LEN];
+        p[4..8].copy_from_slice(&index.to_ne_bytes());
+        p[8..12].copy_from_slice(&1u32.to_ne_bytes());
+        for a in attrs {
+            p.extend_from_slice(a);
+        }
+        msg(RTM_NEWSTATS, NLM_F_MULTI, SEQ, PID, &p)
+    }
+
+    fn link64(fields: usize) -> Vec<u8> {
+        let data: Vec<u8> = (0..fields).flat_map(|k| (2000 + k as u64).to_ne_bytes()).collect();
+        attr(IFLA_STATS_LINK_64, &data)
+    }
+
+    fn parse_stats(buf: &[u8]) -> io::Result<(bool, Vec<(u32, LinkStats)>, bool)> {
+        let (mut rows, mut intr) = (Vec::new(), false);
+        let done = parse_stats_part(buf, SEQ, PID, &mut rows, &mut intr)?;
+        Ok((done, rows, intr))
+    }
+
+    #[test]
+    fn stats_request_asks_for_the_64_bit_counters_of_every_interface() {
+        let r = stats_request(9);
+        assert_eq!(u32_at(&r, 0), 28);
+        assert_eq!(u16_at(&r, 4), RTM_GETSTATS);
+        assert_eq!(u16_at(&r, 6), NLM_F_REQUEST | NLM_F_DUMP);
+        assert_eq!(u32_at(&r, 8), 9);
+        assert_eq!(u32_at(&r, 12), 0, "to the kernel");
+        assert_eq!(&r[16..24], &[0; 8], "AF_UNSPEC, every interface");
+        assert_eq!(u32_at(&r, 24), 1, "IFLA_STATS_FILTER_BIT(IFLA_STATS_LINK_64)");
+    }
+
+    #[test]
+    fn a_stats_dump_by_index() {
+        // Other attributes (a nested one, as IFLA_STATS_LINK_XSTATS would be) are skipped.
+        let mut b = stats_msg(7, &[attr(0x8000 | 3, &[0; 12]), link64(25)]);
+        b.extend(stats_msg(9, &[link64(23)]));
+        b.extend(stats_msg(11, &[])); // no counters asked for it: nothing
+        b.extend(msg(RTM_NEWSTATS, NLM_F_MULTI, SEQ + 1, PID, &stats_msg(12, &[link64(24)])[NLMSG_HDRLEN..]));
+        let (complete, rows, intr) = parse_stats(&b).unwrap();
+        assert!(!complete && !intr);
+        assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), [7, 9], "foreign sequence number skipped");
+        assert_eq!(rows[0].1.get("rx_bytes"), Some(2002));
+        assert_eq!(rows[0].1.get("rx_nohandler"), Some(2023));
+        assert_eq!(rows[1].1.get("rx_nohandler"), None, "a 4.5 kernel's shorter struct");
+        let mut end = stats_msg(3, &[link64(24)]);
+        end[6..8].copy_from_slice(&(NLM_F_MULTI | NLM_F_DUMP_INTR).to_ne_bytes());
+        end.extend(done());
+        let (complete, rows, intr) = parse_stats(&end).unwrap();
+        assert!(complete && intr && rows.len() == 1);
+        // A kernel without RTM_GETSTATS answers EOPNOTSUPP: told apart from other errors.
+        let e = parse_stats(&msg(NLMSG_ERROR, 0, SEQ, PID, &(-libc::EOPNOTSUPP).to_ne_bytes())).unwrap_err();
+        assert!(unsupported(&e) && e.to_string().contains("RTM_GETSTATS"), "{e}");
+        let e = parse_stats(&msg(NLMSG_ERROR, 0, SEQ, PID, &(-libc::EPERM).to_ne_bytes())).unwrap_err();
+        assert!(!unsupported(&e));
+        assert!(!unsupported(&io::Error::from_raw_os_error(libc::EOPNOTSUPP)), "only the kernel's answer");
+        // Malformed: an error, never a panic.
+        assert!(parse_stats(&msg(RTM_NEWSTATS, NLM_F_MULTI, SEQ, PID, &[0; 8])).is_err(), "short if_stats_msg");
+        let mut good = stats_msg(7, &[link64(24)]);
+        good.extend(done());
+        for cut in 0..good.len() {
+            let _ = parse_stats(&good[..cut]);
+        }
+        for i in 0..good.len() {
+            for v in [0u8, 1, 3, 0x7f, 0xff] {
+                let mut b = good.clone();
+                b[i] = v;
+                let _ = parse_stats(&b);
+            }
+        }
+    }
+
+    #[test]
+    fn a_link_dump_names_every_index() {
+        let mut b = link(&[name("tap1i0"), stats(24)]);
+        let mut other = link(&[name("eno1"), stats(24)]);
+        other[NLMSG_HDRLEN + 4..NLMSG_HDRLEN + 8].copy_from_slice(&2i32.to_ne_bytes());
+        b.extend(other);
+        let mut d = Dump::default();
+        parse_part(&b, SEQ, PID, &|n| n.starts_with("tap"), &mut d).unwrap();
+        assert_eq!(d.links.len(), 1);
+        assert_eq!(d.names.get(&3).map(|n| &**n), Some("tap1i0"));
+        assert_eq!(d.names.get(&2).map(|n| &**n), Some("eno1"), "named though not kept");
     }
 
     #[test]
