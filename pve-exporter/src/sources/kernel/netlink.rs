@@ -872,7 +872,10 @@ mod tests {
         attr(IFLA_STATS_LINK_64, &data)
     }
 
-    fn parse_stats(buf: &[u8]) -> io::Result<(bool, Vec<(u32, LinkStats)>, bool)> {
+    /// (complete, rows, interrupted).
+    type StatsPart = (bool, Vec<(u32, LinkStats)>, bool);
+
+    fn parse_stats(buf: &[u8]) -> io::Result<StatsPart> {
         let (mut rows, mut intr) = (Vec::new(), false);
         let done = parse_stats_part(buf, SEQ, PID, &mut rows, &mut intr)?;
         Ok((done, rows, intr))
