@@ -169,6 +169,24 @@ fn containers_and_stopped_guests_from_real_cgroups_veths_and_mounts() {
     assert!(!t.contains("\"962\"") && !t.contains("qemu/962"), "{t}");
     promtool_accepts(&t);
 
+    // Limits are what PVE writes at start and on `pct set`, which writes the config too: a
+    // limit changed in the cgroup alone is read again only with the config (or after
+    // LIMITS_MAX_AGE); with the config, at the next scrape.
+    let limit_file = match h.v1.get("memory") {
+        Some(m) if !h.v2_controllers.iter().any(|c| c == "memory") => {
+            m.join(format!("lxc/{ctid}/memory.limit_in_bytes"))
+        }
+        _ => h.v2.as_ref().expect("cgroup2").join(format!("lxc/{ctid}/memory.max")),
+    };
+    std::fs::write(&limit_file, (320u64 << 20).to_string()).expect("raise the memory limit");
+    let t = daemon.get("/metrics");
+    assert_eq!(sample(&t, "pve_lxc_memory_limit_bytes", &one), Some(256.0 * MIB), "kept while the config is the same");
+    let conf = std::fs::read_to_string(r.join(format!("etc/pve/lxc/{ctid}.conf"))).expect("config");
+    write(r, &format!("etc/pve/lxc/{ctid}.conf"), &conf.replace("memory: 256", "memory: 320"));
+    let t = daemon.get("/metrics");
+    assert_eq!(sample(&t, "pve_lxc_memory_limit_bytes", &one), Some(320.0 * MIB), "read again with the new config");
+    assert_eq!(success(&t, "lxc"), Some(1.0));
+
     // Frozen (lxc-freeze, a suspended container), then thawed.
     freeze(&h, ctid, true);
     let t = daemon.get("/metrics");

@@ -72,7 +72,27 @@ pub struct StageState {
     ct_init: Mutex<std::collections::HashMap<String, (u32, Option<Duration>)>>,
     /// The interfaces' names between scrapes (each scrape dumps only their counters).
     links: Mutex<netlink::LinkWatch>,
+    /// Each running container's cgroup limits as last read, and what they were read under.
+    ct_limits: Mutex<std::collections::HashMap<String, KnownLimits>>,
 }
+
+/// A container's limits ([`crate::sources::kernel::cgroup::Limits`]) and when they hold: PVE
+/// writes the limit files when the container starts and when its config changes (`pct set`
+/// applies memory, swap and CPU limits to a running container and writes the config), so they
+/// are read again when its init or its config is another one, and at least every
+/// [`LIMITS_MAX_AGE`] for a change made past PVE (`lxc-cgroup`, a hand-written cgroup file).
+struct KnownLimits {
+    pid: u32,
+    /// The parsed config they were read under (a new parse is a changed file; held, so its
+    /// address cannot be taken by another).
+    config: Option<Arc<crate::sources::pve::guest_config::GuestConfig>>,
+    at: Instant,
+    limits: crate::sources::kernel::cgroup::Limits,
+}
+
+/// How long a container's limits are taken as read (see [`KnownLimits`]): the four limit files
+/// are a fifth of a container's cgroup reads on a cgroup v1 host, a quarter on cgroup2.
+pub const LIMITS_MAX_AGE: Duration = Duration::from_secs(60);
 
 impl StageState {
     pub fn new(config: &Config, host: &HostRoot, fds: std::sync::Arc<FdBudget>) -> Self {
@@ -90,6 +110,7 @@ impl StageState {
             guests: GuestReader::new(),
             ct_files: Mutex::new(HeldFiles::new(fds, OnStale::Reopen)),
             links: Mutex::default(),
+            ct_limits: Mutex::default(),
             ct_init: Mutex::default(),
         }
     }
@@ -149,6 +170,7 @@ pub struct Stages<'a> {
     containers: OnceCell<Vec<RunningContainer>>,
     host_links: OnceCell<Option<netlink::Dump>>,
     guest_links: OnceCell<std::collections::HashMap<String, LinkStats>>,
+    ct_configs: OnceCell<std::collections::HashMap<String, Arc<crate::sources::pve::guest_config::GuestConfig>>>,
     /// Each running container's cgroup figures, read once per scrape (`lxc` and `ppe`).
     ct_stats: RefCell<std::collections::HashMap<String, Option<std::rc::Rc<CgroupStats>>>>,
     /// Each running container's root file system (statvfs by `lxc`, used by `ppe`).
@@ -220,6 +242,7 @@ impl<'a> Stages<'a> {
             containers: OnceCell::new(),
             host_links: OnceCell::new(),
             guest_links: OnceCell::new(),
+            ct_configs: OnceCell::new(),
             ct_stats: RefCell::default(),
             ct_rootfs: RefCell::default(),
         }
@@ -268,6 +291,7 @@ impl<'a> Stages<'a> {
             let mut files = CgroupFiles::held(self.host, &mut held);
             let mut init = self.state.ct_init.lock().unwrap_or_else(|p| p.into_inner());
             init.retain(|id, _| ids.contains(id));
+            self.state.ct_limits.lock().unwrap_or_else(|p| p.into_inner()).retain(|id, _| ids.contains(id));
             ids.into_iter().filter_map(|ctid| running_container(self.host, &mut files, h, &mut init, ctid)).collect()
         })
     }
@@ -353,16 +377,55 @@ impl<'a> Stages<'a> {
             return s.clone();
         }
         let h = self.cgroups()?;
+        let pid = self.containers().iter().find(|c| c.ctid == ctid).map(|c| c.pid);
+        let config = self.ct_configs().get(ctid).cloned();
+        let mut known = self.state.ct_limits.lock().unwrap_or_else(|p| p.into_inner());
+        let valid = |k: &KnownLimits| {
+            Some(k.pid) == pid
+                && k.at.elapsed() < LIMITS_MAX_AGE
+                && match (&k.config, &config) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (None, None) => true,
+                    _ => false,
+                }
+        };
+        let limits = known.get(ctid).filter(|k| valid(k)).map(|k| k.limits);
         let mut held = self.state.ct_files.lock().unwrap_or_else(|p| p.into_inner());
+        let before = errors.len();
         let st = crate::sources::kernel::cgroup::read_container(
             &mut CgroupFiles::held(self.host, &mut held),
             h,
             ctid,
             errors,
-        )
-        .map(std::rc::Rc::new);
+            limits.as_ref(),
+        );
+        match (&st, pid) {
+            // Read now and read whole: kept.
+            (Some(st), Some(pid)) if limits.is_none() && errors.len() == before => {
+                let k = KnownLimits { pid, config, at: Instant::now(), limits: st.limits() };
+                known.insert(ctid.to_string(), k);
+            }
+            (None, _) => {
+                known.remove(ctid);
+            }
+            _ => {}
+        }
+        let st = st.map(std::rc::Rc::new);
         self.ct_stats.borrow_mut().insert(ctid.to_string(), st.clone());
         st
+    }
+
+    /// This node's container configs by ctid (for this scrape).
+    fn ct_configs(&self) -> &std::collections::HashMap<String, Arc<crate::sources::pve::guest_config::GuestConfig>> {
+        self.ct_configs.get_or_init(|| {
+            self.guests()
+                .guests
+                .guests
+                .iter()
+                .filter(|g| g.ty == crate::sources::pve::guest_config::GuestType::Lxc)
+                .map(|g| (g.vmid.clone(), g.config.clone()))
+                .collect()
+        })
     }
 
     /// The host's cgroup hierarchies (None: /proc/self/mountinfo unreadable).

@@ -131,7 +131,22 @@ pub struct CgroupStats {
     pub pressure: [Option<Pressure>; 3],
 }
 
+/// A cgroup's limits, as [`read_cgroup`] read them (Some(None) = no limit). PVE writes them
+/// when the guest starts and when its config changes (`pct set` on a running container), so a
+/// caller may keep them between scrapes and hand them back ([`read_cgroup`]'s `known`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Limits {
+    pub memory_max: Option<Option<u64>>,
+    pub swap_max: Option<Option<u64>>,
+    pub cpu_max_cores: Option<Option<f64>>,
+}
+
 impl CgroupStats {
+    /// The limits of these figures.
+    pub fn limits(&self) -> Limits {
+        Limits { memory_max: self.memory_max, swap_max: self.swap_max, cpu_max_cores: self.cpu_max_cores }
+    }
+
     /// What PVE shows as the container's memory: charged memory less the file cache
     /// (pve-common `get_memory_stat`).
     pub fn memory_used(&self) -> Option<u64> {
@@ -357,8 +372,9 @@ pub fn read_container(
     h: &Hierarchies,
     ctid: &str,
     errors: &mut Vec<SourceError>,
+    known: Option<&Limits>,
 ) -> Option<CgroupStats> {
-    read_cgroup(files, h, &format!("lxc/{ctid}"), errors)
+    read_cgroup(files, h, &format!("lxc/{ctid}"), errors, known)
 }
 
 /// The cgroup PVE starts VM `vmid` in (`qemu.slice/<vmid>.scope`).
@@ -366,12 +382,16 @@ pub fn vm_cgroup(vmid: &str) -> String {
     format!("qemu.slice/{vmid}.scope")
 }
 
-/// Read the cgroup `rel` (below each hierarchy's mount) as [`read_container`] does.
+/// Read the cgroup `rel` (below each hierarchy's mount) as [`read_container`] does. With
+/// `known` limits, the limit files (`cpu.max`, `memory.max`, `memory.swap.max`; on cgroup v1
+/// `cpu.cfs_quota_us`, `cpu.cfs_period_us`, `memory.limit_in_bytes`,
+/// `memory.memsw.limit_in_bytes`) are not read: those are the figures.
 pub fn read_cgroup(
     files: &mut CgroupFiles,
     h: &Hierarchies,
     rel: &str,
     errors: &mut Vec<SourceError>,
+    known: Option<&Limits>,
 ) -> Option<CgroupStats> {
     let ctid = rel; // the cgroup's path below each mount
     let host = files.host;
@@ -423,7 +443,9 @@ pub fn read_cgroup(
             st.cpu_system_seconds = k.get("system_usec").map(|u| u as f64 / 1e6);
         }
     }
-    if let Some((m, v2)) = h.find("cpu", "cpu") {
+    if let Some((m, v2)) = h.find("cpu", "cpu")
+        && known.is_none()
+    {
         if v2 {
             if let Some(t) = read(m, "cpu.max") {
                 match parse_cpu_max(&t) {
@@ -455,7 +477,8 @@ pub fn read_cgroup(
                 });
             }
             st.swap_bytes = read(m, "memory.swap.current").and_then(|t| t.trim().parse().ok());
-            for (file, slot) in [("memory.max", &mut st.memory_max), ("memory.swap.max", &mut st.swap_max)] {
+            let limits = [("memory.max", &mut st.memory_max), ("memory.swap.max", &mut st.swap_max)];
+            for (file, slot) in limits.into_iter().filter(|_| known.is_none()) {
                 if let Some(t) = read(m, file) {
                     match parse_limit(&t) {
                         Ok(l) => *slot = Some(l),
@@ -476,10 +499,12 @@ pub fn read_cgroup(
             // memsw files exist only with swap accounting (swapaccount=1): missing is no error.
             let memsw: Option<u64> = read(m, "memory.memsw.usage_in_bytes").and_then(|t| t.trim().parse().ok());
             st.swap_bytes = memsw.zip(usage).map(|(sw, u)| sw.saturating_sub(u));
-            let limit: Option<u64> = read(m, "memory.limit_in_bytes").and_then(|t| t.trim().parse().ok());
-            st.memory_max = limit.map(v1_limit);
-            let swlimit: Option<u64> = read(m, "memory.memsw.limit_in_bytes").and_then(|t| t.trim().parse().ok());
-            st.swap_max = swlimit.zip(limit).map(|(sw, l)| v1_limit(sw).map(|sw| sw.saturating_sub(l)));
+            if known.is_none() {
+                let limit: Option<u64> = read(m, "memory.limit_in_bytes").and_then(|t| t.trim().parse().ok());
+                st.memory_max = limit.map(v1_limit);
+                let swlimit: Option<u64> = read(m, "memory.memsw.limit_in_bytes").and_then(|t| t.trim().parse().ok());
+                st.swap_max = swlimit.zip(limit).map(|(sw, l)| v1_limit(sw).map(|sw| sw.saturating_sub(l)));
+            }
             st.oom_kills = read(m, "memory.oom_control").and_then(|t| parse_flat_keyed(&t).get("oom_kill"));
         }
     }
@@ -515,6 +540,9 @@ pub fn read_cgroup(
     }
     if gone {
         return None;
+    }
+    if let Some(l) = known {
+        (st.memory_max, st.swap_max, st.cpu_max_cores) = (l.memory_max, l.swap_max, l.cpu_max_cores);
     }
     errors.extend(parse_err.into_iter().map(SourceError::from));
     Some(st)
@@ -720,7 +748,7 @@ mod tests {
             v1: BTreeMap::new(),
         };
         let mut errors = Vec::new();
-        let st = read_container(&mut CgroupFiles::by_path(&host), &h, "101", &mut errors).unwrap();
+        let st = read_container(&mut CgroupFiles::by_path(&host), &h, "101", &mut errors, None).unwrap();
         assert_eq!(st.cpu_user_seconds, Some(2.0));
         assert_eq!(st.memory_used(), Some(104_857_600 - 41_943_040));
         assert_eq!(st.memory_kernel, Some(10_485_760));
@@ -737,7 +765,7 @@ mod tests {
         // Stopped mid-scrape: gone, not an error.
         std::fs::remove_dir_all(&cg).unwrap();
         let mut errors = Vec::new();
-        assert!(read_container(&mut CgroupFiles::by_path(&host), &h, "101", &mut errors).is_none());
+        assert!(read_container(&mut CgroupFiles::by_path(&host), &h, "101", &mut errors, None).is_none());
         assert!(errors.is_empty());
     }
 
