@@ -155,7 +155,12 @@ impl Collector for Guest {
             for d in c.disks(g.ty) {
                 if let Some(size) = d.size {
                     out.family(&GUEST_DISK_SIZE_BYTES).push(
-                        [("id", id.clone()), ("type", ty.clone()), ("disk", d.key.into()), ("volume", d.volume.into())],
+                        [
+                            ("id", id.clone()),
+                            ("type", ty.clone()),
+                            ("disk", d.key.clone().into()),
+                            ("volume", d.volume.clone().into()),
+                        ],
                         size,
                     );
                 }

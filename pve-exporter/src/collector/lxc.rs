@@ -114,7 +114,7 @@ impl Lxc {
             for d in c.disks(GuestType::Lxc) {
                 let Some(mp) = d.mountpoint.clone() else { continue };
                 let path = root.join(mp.trim_start_matches('/'));
-                jobs.entry(storage_of(&d.volume)).or_default().push((ct.ctid.clone(), d, path));
+                jobs.entry(storage_of(&d.volume)).or_default().push((ct.ctid.clone(), d.clone(), path));
             }
         }
         let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
