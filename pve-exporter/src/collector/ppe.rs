@@ -199,7 +199,7 @@ impl Collector for Ppe {
                 GuestType::Lxc => {
                     f.maxdisk = c
                         .disks(GuestType::Lxc)
-                        .into_iter()
+                        .iter()
                         .find(|d| d.key == "rootfs")
                         .and_then(|d| d.size)
                         .unwrap_or(4 << 30);

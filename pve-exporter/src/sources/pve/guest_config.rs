@@ -463,7 +463,7 @@ mod tests {
         assert_eq!(c.tags(), "prod;web");
         assert_eq!(c.name(GuestType::Qemu, "100"), "VM 100");
         let sizes: Vec<(String, Option<u64>)> =
-            c.disks(GuestType::Qemu).into_iter().map(|d| (d.key.clone(), d.size)).collect();
+            c.disks(GuestType::Qemu).iter().map(|d| (d.key.clone(), d.size)).collect();
         assert_eq!(
             sizes,
             vec![
