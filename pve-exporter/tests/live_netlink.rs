@@ -91,9 +91,17 @@ fn sysfs_counters(ifname: &str) -> Vec<Option<u64>> {
 /// Compare the dump's counters of `names` with sysfs, read before and after it; retried while
 /// sysfs itself moves between the two reads (nothing should send, but the host is shared).
 fn assert_dump_equals_sysfs(names: &[String]) -> netlink::Dump {
+    dump_equals_sysfs(names, &mut |keep| netlink::dump_links(keep).expect("netlink dump"))
+}
+
+/// A way to dump the counters of the interfaces a filter keeps.
+type DumpWith<'a> = dyn FnMut(&dyn Fn(&str) -> bool) -> netlink::Dump + 'a;
+
+/// As [`assert_dump_equals_sysfs`], for the counters `dump` gives of the interfaces it keeps.
+fn dump_equals_sysfs(names: &[String], dump: &mut DumpWith) -> netlink::Dump {
     for attempt in 0.. {
         let before: Vec<_> = names.iter().map(|n| sysfs_counters(n)).collect();
-        let dump = netlink::dump_links(&|n| names.iter().any(|x| x == n)).expect("netlink dump");
+        let dump = dump(&|n| names.iter().any(|x| x == n));
         let after: Vec<_> = names.iter().map(|n| sysfs_counters(n)).collect();
         if before != after && attempt < 5 {
             std::thread::sleep(std::time::Duration::from_millis(200));
@@ -152,26 +160,11 @@ fn a_dump_of_many_interfaces_in_several_parts() {
     assert!(after.links.is_empty(), "{:?}", after.links.keys().collect::<Vec<_>>());
 }
 
-/// What `LinkWatch` gives for `names`, compared with sysfs as `assert_dump_equals_sysfs` does.
+/// What `LinkWatch` gives for `names`, compared with sysfs.
 fn watch_equals_sysfs(watch: &mut netlink::LinkWatch, names: &[String]) -> netlink::Dump {
-    for attempt in 0.. {
-        let before: Vec<_> = names.iter().map(|n| sysfs_counters(n)).collect();
-        let dump = watch.links(&|n| names.iter().any(|x| x == n)).expect("link watch");
-        let after: Vec<_> = names.iter().map(|n| sysfs_counters(n)).collect();
-        if before != after && attempt < 5 {
-            std::thread::sleep(std::time::Duration::from_millis(200));
-            continue;
-        }
-        assert_eq!(dump.links.len(), names.len(), "{:?}", dump.links.keys().collect::<Vec<_>>());
-        for (n, sys) in names.iter().zip(&after) {
-            let got = dump.links.get(n).and_then(|l| l.as_ref()).unwrap_or_else(|| panic!("{n} missing"));
-            for (i, file) in NET_STATISTICS.iter().enumerate() {
-                assert_eq!(got.0[i], sys[i], "{n}: {file}");
-            }
-        }
-        return dump;
-    }
-    unreachable!()
+    let d = dump_equals_sysfs(names, &mut |keep| watch.links(keep).expect("link watch"));
+    assert_eq!(d.links.len(), names.len(), "{:?}", d.links.keys().collect::<Vec<_>>());
+    d
 }
 
 /// Each scrape dumps only the counters (RTM_GETSTATS) and names them from the last RTM_GETLINK
