@@ -216,13 +216,13 @@ fn emit(
     if let Some(s) = st.swap_bytes {
         out.family(&LXC_SWAP_BYTES).push(one(), s);
     }
-    if let Some(Some(m)) = st.memory_max {
+    if let Some(Some(m)) = st.limits.memory_max {
         out.family(&LXC_MEMORY_LIMIT_BYTES).push(one(), m);
     }
-    if let Some(Some(m)) = st.swap_max {
+    if let Some(Some(m)) = st.limits.swap_max {
         out.family(&LXC_SWAP_LIMIT_BYTES).push(one(), m);
     }
-    if let Some(Some(c)) = st.cpu_max_cores {
+    if let Some(Some(c)) = st.limits.cpu_max_cores {
         out.family(&LXC_CPU_LIMIT_CORES).push(one(), c);
     }
     for (dev, c) in &st.io {

@@ -402,7 +402,7 @@ impl<'a> Stages<'a> {
         match (&st, pid) {
             // Read now and read whole: kept.
             (Some(st), Some(pid)) if limits.is_none() && errors.len() == before => {
-                let k = KnownLimits { pid, config, at: Instant::now(), limits: st.limits() };
+                let k = KnownLimits { pid, config, at: Instant::now(), limits: st.limits };
                 known.insert(ctid.to_string(), k);
             }
             (None, _) => {

@@ -119,10 +119,7 @@ pub struct CgroupStats {
     pub memory_file: Option<u64>,
     pub memory_kernel: Option<u64>,
     pub swap_bytes: Option<u64>,
-    /// Limits: Some(None) = no limit.
-    pub memory_max: Option<Option<u64>>,
-    pub swap_max: Option<Option<u64>>,
-    pub cpu_max_cores: Option<Option<f64>>,
+    pub limits: Limits,
     /// device (`major:minor`) -> counters.
     pub io: BTreeMap<String, IoCounters>,
     pub pids: Option<u64>,
@@ -131,7 +128,7 @@ pub struct CgroupStats {
     pub pressure: [Option<Pressure>; 3],
 }
 
-/// A cgroup's limits, as [`read_cgroup`] read them (Some(None) = no limit). PVE writes them
+/// A cgroup's limits (None: not read; Some(None): no limit). PVE writes them
 /// when the guest starts and when its config changes (`pct set` on a running container), so a
 /// caller may keep them between scrapes and hand them back ([`read_cgroup`]'s `known`).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -142,11 +139,6 @@ pub struct Limits {
 }
 
 impl CgroupStats {
-    /// The limits of these figures.
-    pub fn limits(&self) -> Limits {
-        Limits { memory_max: self.memory_max, swap_max: self.swap_max, cpu_max_cores: self.cpu_max_cores }
-    }
-
     /// What PVE shows as the container's memory: charged memory less the file cache
     /// (pve-common `get_memory_stat`).
     pub fn memory_used(&self) -> Option<u64> {
@@ -449,13 +441,13 @@ pub fn read_cgroup(
         if v2 {
             if let Some(t) = read(m, "cpu.max") {
                 match parse_cpu_max(&t) {
-                    Ok(c) => st.cpu_max_cores = Some(c),
+                    Ok(c) => st.limits.cpu_max_cores = Some(c),
                     Err(e) => parse_err.push(e.input(format!("{ctid}/cpu.max"))),
                 }
             }
         } else if let (Some(q), Some(p)) = (read(m, "cpu.cfs_quota_us"), read(m, "cpu.cfs_period_us")) {
             let (q, p) = (q.trim().parse::<i64>().ok(), p.trim().parse::<f64>().ok());
-            st.cpu_max_cores = match (q, p) {
+            st.limits.cpu_max_cores = match (q, p) {
                 (Some(q), Some(p)) if q > 0 && p > 0.0 => Some(Some(q as f64 / p)),
                 (Some(_), Some(_)) => Some(None),
                 _ => None,
@@ -477,12 +469,15 @@ pub fn read_cgroup(
                 });
             }
             st.swap_bytes = read(m, "memory.swap.current").and_then(|t| t.trim().parse().ok());
-            let limits = [("memory.max", &mut st.memory_max), ("memory.swap.max", &mut st.swap_max)];
-            for (file, slot) in limits.into_iter().filter(|_| known.is_none()) {
-                if let Some(t) = read(m, file) {
-                    match parse_limit(&t) {
-                        Ok(l) => *slot = Some(l),
-                        Err(e) => parse_err.push(e.input(format!("{ctid}/{file}"))),
+            if known.is_none() {
+                for (file, slot) in
+                    [("memory.max", &mut st.limits.memory_max), ("memory.swap.max", &mut st.limits.swap_max)]
+                {
+                    if let Some(t) = read(m, file) {
+                        match parse_limit(&t) {
+                            Ok(l) => *slot = Some(l),
+                            Err(e) => parse_err.push(e.input(format!("{ctid}/{file}"))),
+                        }
                     }
                 }
             }
@@ -501,9 +496,9 @@ pub fn read_cgroup(
             st.swap_bytes = memsw.zip(usage).map(|(sw, u)| sw.saturating_sub(u));
             if known.is_none() {
                 let limit: Option<u64> = read(m, "memory.limit_in_bytes").and_then(|t| t.trim().parse().ok());
-                st.memory_max = limit.map(v1_limit);
+                st.limits.memory_max = limit.map(v1_limit);
                 let swlimit: Option<u64> = read(m, "memory.memsw.limit_in_bytes").and_then(|t| t.trim().parse().ok());
-                st.swap_max = swlimit.zip(limit).map(|(sw, l)| v1_limit(sw).map(|sw| sw.saturating_sub(l)));
+                st.limits.swap_max = swlimit.zip(limit).map(|(sw, l)| v1_limit(sw).map(|sw| sw.saturating_sub(l)));
             }
             st.oom_kills = read(m, "memory.oom_control").and_then(|t| parse_flat_keyed(&t).get("oom_kill"));
         }
@@ -542,7 +537,7 @@ pub fn read_cgroup(
         return None;
     }
     if let Some(l) = known {
-        (st.memory_max, st.swap_max, st.cpu_max_cores) = (l.memory_max, l.swap_max, l.cpu_max_cores);
+        st.limits = *l;
     }
     errors.extend(parse_err.into_iter().map(SourceError::from));
     Some(st)
@@ -753,7 +748,7 @@ mod tests {
         assert_eq!(st.memory_used(), Some(104_857_600 - 41_943_040));
         assert_eq!(st.memory_kernel, Some(10_485_760));
         assert_eq!(
-            (st.memory_max, st.swap_max, st.cpu_max_cores),
+            (st.limits.memory_max, st.limits.swap_max, st.limits.cpu_max_cores),
             (Some(Some(512 << 20)), Some(None), Some(Some(2.0)))
         );
         assert_eq!((st.pids, st.oom_kills), (Some(7), Some(1)));

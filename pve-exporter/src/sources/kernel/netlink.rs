@@ -192,7 +192,7 @@ fn header(m: &mut [u8], kind: u16, seq: u32) {
 }
 
 fn bad(what: impl std::fmt::Display) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("netlink RTM_GETLINK: {what}"))
+    io::Error::new(io::ErrorKind::InvalidData, format!("netlink: {what}"))
 }
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
@@ -315,12 +315,11 @@ impl std::fmt::Display for NetlinkError {
 
 impl std::error::Error for NetlinkError {}
 
-/// The attributes of a message after its fixed header of `header` bytes: (type, data).
-fn attributes<'b>(payload: &'b [u8], header: usize, what: &str) -> io::Result<Vec<(u16, &'b [u8])>> {
+/// Each attribute of a message after its fixed header of `header` bytes, as (type, data).
+fn attributes<'b>(payload: &'b [u8], header: usize, what: &str, mut on: impl FnMut(u16, &'b [u8])) -> io::Result<()> {
     let Some(mut attrs) = payload.get(header..) else {
         return Err(bad(format!("{what} of {} bytes, shorter than its header", payload.len())));
     };
-    let mut out = Vec::with_capacity(8);
     // Fewer than 4 bytes left cannot be an attribute: padding.
     while attrs.len() >= 4 {
         let len = u16_at(attrs, 0) as usize;
@@ -328,23 +327,21 @@ fn attributes<'b>(payload: &'b [u8], header: usize, what: &str) -> io::Result<Ve
         if len < 4 || len > attrs.len() {
             return Err(bad(format!("attribute length {len} with {} bytes left", attrs.len())));
         }
-        out.push((kind, &attrs[4..len]));
+        on(kind, &attrs[4..len]);
         attrs = &attrs[align4(len).min(attrs.len())..];
     }
-    Ok(out)
+    Ok(())
 }
 
 /// One RTM_NEWLINK payload: `struct ifinfomsg` (its `ifi_index`), then attributes. Only
 /// IFLA_IFNAME and IFLA_STATS64 are read.
 fn parse_link(payload: &[u8], keep: &dyn Fn(&str) -> bool, dump: &mut Dump) -> io::Result<()> {
     let (mut name, mut stats) = (None, None);
-    for (kind, data) in attributes(payload, IFINFOMSG_LEN, "RTM_NEWLINK")? {
-        match kind {
-            IFLA_IFNAME => name = Some(data),
-            IFLA_STATS64 => stats = Some(data),
-            _ => {}
-        }
-    }
+    attributes(payload, IFINFOMSG_LEN, "RTM_NEWLINK", |kind, data| match kind {
+        IFLA_IFNAME => name = Some(data),
+        IFLA_STATS64 => stats = Some(data),
+        _ => {}
+    })?;
     // A name is NUL-terminated; one that is not UTF-8 cannot be a NIC's ifname we look for.
     let Some(name) = name.map(|n| n.split(|&b| b == 0).next().unwrap_or(n)) else { return Ok(()) };
     let Ok(name) = std::str::from_utf8(name) else { return Ok(()) };
@@ -360,8 +357,13 @@ fn parse_link(payload: &[u8], keep: &dyn Fn(&str) -> bool, dump: &mut Dump) -> i
 
 /// One RTM_NEWSTATS payload: `struct if_stats_msg` (its `ifindex`), then IFLA_STATS_LINK_64.
 fn parse_stats(payload: &[u8], out: &mut Vec<(u32, LinkStats)>) -> io::Result<()> {
-    let attrs = attributes(payload, IF_STATS_MSG_LEN, "RTM_NEWSTATS")?;
-    if let Some((_, data)) = attrs.into_iter().find(|(k, _)| *k == IFLA_STATS_LINK_64) {
+    let mut stats = None;
+    attributes(payload, IF_STATS_MSG_LEN, "RTM_NEWSTATS", |kind, data| {
+        if kind == IFLA_STATS_LINK_64 {
+            stats = Some(data);
+        }
+    })?;
+    if let Some(data) = stats {
         out.push((u32_at(payload, 4), LinkStats::from_stats64(data)));
     }
     Ok(())
@@ -460,17 +462,13 @@ impl LinkWatch {
     /// Whether links may have changed since the last call: announcements were waiting, their
     /// queue overflowed (ENOBUFS), or there is no subscribed socket.
     fn drain(&mut self) -> bool {
-        if self.events.is_none() {
+        let Some(sock) = &self.events else {
             match Socket::open(TIMEOUT, RTMGRP_LINK) {
                 Ok(s) => self.events = Some(s),
-                Err(e) => {
-                    log::debug!("interface changes: {e}; naming interfaces by RTM_GETLINK on every scrape");
-                    return true;
-                }
+                Err(e) => log::debug!("interface changes: {e}; naming interfaces by RTM_GETLINK on every scrape"),
             }
             return true;
-        }
-        let Some(sock) = &self.events else { return true };
+        };
         // Only whether announcements waited matters, not what they say.
         let mut buf = [0u8; 1024];
         let mut changed = false;
@@ -713,6 +711,21 @@ mod tests {
         Ok((r, d))
     }
 
+    /// Every truncation and every corrupted byte of `good` given to `parse`: Ok or Err, never
+    /// a panic.
+    fn survives_every_cut_and_corruption(good: &[u8], parse: impl Fn(&[u8])) {
+        for cut in 0..good.len() {
+            parse(&good[..cut]);
+        }
+        for i in 0..good.len() {
+            for v in [0u8, 1, 3, 0x7f, 0xff] {
+                let mut b = good.to_vec();
+                b[i] = v;
+                parse(&b);
+            }
+        }
+    }
+
     #[test]
     fn every_sysfs_file_has_its_struct_field() {
         for (i, file) in NET_STATISTICS.iter().enumerate() {
@@ -829,17 +842,7 @@ mod tests {
             b
         };
         assert!(parse(&good).unwrap().0);
-        // Every truncation and every corrupted byte: Ok or Err, never a panic.
-        for cut in 0..good.len() {
-            let _ = parse(&good[..cut]);
-        }
-        for i in 0..good.len() {
-            for v in [0u8, 1, 3, 0x7f, 0xff] {
-                let mut b = good.clone();
-                b[i] = v;
-                let _ = parse(&b);
-            }
-        }
+        survives_every_cut_and_corruption(&good, |b| drop(parse(b)));
         // Specific cases.
         assert!(parse(&[0u8; 15]).is_err(), "short header");
         let mut b = link(&[name("a")]);
@@ -921,16 +924,7 @@ mod tests {
         assert!(parse_stats(&msg(RTM_NEWSTATS, NLM_F_MULTI, SEQ, PID, &[0; 8])).is_err(), "short if_stats_msg");
         let mut good = stats_msg(7, &[link64(24)]);
         good.extend(done());
-        for cut in 0..good.len() {
-            let _ = parse_stats(&good[..cut]);
-        }
-        for i in 0..good.len() {
-            for v in [0u8, 1, 3, 0x7f, 0xff] {
-                let mut b = good.clone();
-                b[i] = v;
-                let _ = parse_stats(&b);
-            }
-        }
+        survives_every_cut_and_corruption(&good, |b| drop(parse_stats(b)));
     }
 
     #[test]
