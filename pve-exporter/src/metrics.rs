@@ -158,8 +158,17 @@ pub struct Family {
     pub name: String,
     pub def: &'static Def,
     pub samples: Vec<Sample>,
-    /// Sample lines already written (by `exposition::freeze`), exposed after `samples`.
+    /// Sample lines written but not yet sealed: by [`Self::push`] in a set that writes its
+    /// samples at once ([`MetricSet::writing`]), or by `exposition::freeze`. Exposed after
+    /// `chunks`, before `samples`.
     pub text: String,
+    /// Sealed sample lines (`exposition::freeze`), exposed first: served as they are, without
+    /// a copy, and shared by every scrape that answers with this collection.
+    pub chunks: Vec<bytes::Bytes>,
+    /// Whether `push` writes the sample's line instead of keeping the sample.
+    writes: bool,
+    /// Lines `push` wrote (debug builds check which families a collector added to).
+    written: usize,
 }
 
 impl Family {
@@ -171,13 +180,33 @@ impl Family {
         self.def.help
     }
 
-    /// Add a sample; its labels are the def's label names, in order.
+    /// Samples in it: kept, written and sealed ones alike (sealed ones are not counted).
+    pub fn pushed(&self) -> usize {
+        self.samples.len() + self.written
+    }
+
+    /// Whether it holds nothing to expose.
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty() && self.text.is_empty() && self.chunks.is_empty()
+    }
+
+    /// Add a sample; its labels are the def's label names, in order. In a writing set the line
+    /// is written now, from the labels as they come, and nothing is kept.
     pub fn push<L, K, V>(&mut self, labels: L, value: impl Into<Value>)
     where
         L: IntoIterator<Item = (K, V)>,
         K: Into<Cow<'static, str>>,
         V: Into<LabelValue>,
     {
+        let value = value.into();
+        // A histogram's labels are written on each of its lines: kept for that.
+        if self.writes && !matches!(value, Value::Histogram(_)) {
+            let mut text = std::mem::take(&mut self.text);
+            crate::exposition::write_pushed(&mut text, self, labels, &value);
+            self.text = text;
+            self.written += 1;
+            return;
+        }
         let labels: Labels = labels.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
         debug_assert!(
             labels.iter().map(|(k, _)| k.as_ref()).eq(self.def.labels.iter().copied()),
@@ -186,7 +215,47 @@ impl Family {
             labels,
             self.def.labels
         );
-        self.samples.push(Sample { labels, value: value.into() });
+        self.push_sample(Sample { labels, value });
+    }
+
+    /// Add a sample made elsewhere (a merge): kept, or written in a writing set.
+    pub fn push_sample(&mut self, s: Sample) {
+        if self.writes {
+            let mut text = std::mem::take(&mut self.text);
+            crate::exposition::write_sample(&mut text, self, &s);
+            self.text = text;
+            self.written += 1;
+        } else {
+            self.samples.push(s);
+        }
+    }
+
+    /// Add the samples, lines and chunks of `other` (of the same family) after its own.
+    pub fn append(&mut self, other: Family) {
+        if self.is_empty() {
+            self.samples = other.samples;
+            self.text = other.text;
+            self.chunks = other.chunks;
+            self.written += other.written;
+            return;
+        }
+        self.append_ref(&other);
+        self.written += other.written;
+    }
+
+    /// [`Self::append`] of a family that is kept elsewhere (sealed chunks are shared, not copied).
+    pub fn append_ref(&mut self, other: &Family) {
+        // Sealed text comes first in the exposition: what this family has not sealed yet goes
+        // after what `other` sealed, so seal it first.
+        let unsealed = !self.text.is_empty() || !self.samples.is_empty();
+        if unsealed && !other.chunks.is_empty() {
+            crate::exposition::seal(self);
+        }
+        self.chunks.extend(other.chunks.iter().cloned());
+        self.text.push_str(&other.text);
+        for s in &other.samples {
+            self.push_sample(s.clone());
+        }
     }
 }
 
@@ -194,6 +263,11 @@ impl Family {
 #[derive(Debug, Clone, Default)]
 pub struct MetricSet {
     prefix: String,
+    /// Whether its families write each sample's line at once ([`Self::writing`]).
+    writes: bool,
+    /// Room to reserve for a written family's lines, by the address of its `Def` (what the
+    /// same family took in the last collection, [`Self::sizes`]).
+    hints: Option<std::sync::Arc<crate::fasthash::FastMap<usize, usize>>>,
     /// In the order of first use; [`Self::families`] gives catalogue order.
     families: Vec<Family>,
     /// Family index by the address of its (static) `Def`: a push is a hash lookup, not a walk
@@ -204,6 +278,34 @@ pub struct MetricSet {
 impl MetricSet {
     pub fn new(prefix: &str) -> Self {
         Self { prefix: prefix.to_string(), ..Self::default() }
+    }
+
+    /// A set whose families write each sample's exposition line when it is pushed and keep
+    /// no samples: what the daemon serves. A scrape of 100 VMs and 100 containers pushes
+    /// ~13 000 samples; kept, each costs its labels and value (~130 bytes, grown by doubling)
+    /// and a second pass to write it ([`crate::exposition::freeze`]).
+    pub fn writing(prefix: &str) -> Self {
+        Self { prefix: prefix.to_string(), writes: true, ..Self::default() }
+    }
+
+    /// Reserve for each family what `hints` says it took the last time (by `Def` address,
+    /// [`Self::sizes`]): written lines then go into a buffer of the right size, not one grown
+    /// by doubling, which with ~90 families growing side by side is a copy of each at every
+    /// step (8 % of a scrape of 100 VMs and 100 containers went to `realloc`).
+    pub fn with_hints(mut self, hints: std::sync::Arc<crate::fasthash::FastMap<usize, usize>>) -> Self {
+        self.hints = Some(hints);
+        self
+    }
+
+    /// Each family's text length (sealed and not), by the address of its `Def`: the hints of
+    /// the next collection.
+    pub fn sizes(&self) -> crate::fasthash::FastMap<usize, usize> {
+        self.families
+            .iter()
+            .map(|f| {
+                (std::ptr::from_ref(f.def) as usize, f.text.len() + f.chunks.iter().map(|c| c.len()).sum::<usize>())
+            })
+            .collect()
     }
 
     pub fn prefix(&self) -> &str {
@@ -219,7 +321,17 @@ impl MetricSet {
                 Some(i) => i,
                 None => {
                     let name = format!("{}_{}", self.prefix, def.name);
-                    self.families.push(Family { name, def, samples: Vec::new(), text: String::new() });
+                    // An eighth more than the last time: a few more guests do not grow it.
+                    let room = self.hints.as_ref().and_then(|h| h.get(&key)).map_or(0, |n| n + n / 8);
+                    self.families.push(Family {
+                        name,
+                        def,
+                        samples: Vec::new(),
+                        text: String::with_capacity(room),
+                        chunks: Vec::new(),
+                        writes: self.writes,
+                        written: 0,
+                    });
                     self.families.len() - 1
                 }
             },

@@ -175,8 +175,47 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
     let cfg = &state.engine.config;
     let deadline = Deadline::after(deadline::scrape_budget(header, cfg.scrape_timeout, cfg.scrape_timeout_offset));
     let set = state.scrape(deadline).await;
-    let body = exposition::render(set, format);
-    ([(header::CONTENT_TYPE, format.content_type())], body).into_response()
+    let parts = exposition::render_parts(&set, format);
+    ([(header::CONTENT_TYPE, format.content_type())], axum::body::Body::new(PartsBody::from(parts))).into_response()
+}
+
+/// A response body of the collection's text as it is kept (sealed chunks shared with the
+/// collection, [`exposition::render_parts`]), of a known length (a `Content-Length` answer,
+/// as a `String` body had). hyper writes the chunks with vectored writes, not copied into
+/// one buffer.
+struct PartsBody {
+    chunks: std::vec::IntoIter<bytes::Bytes>,
+    left: u64,
+}
+
+impl From<exposition::Parts> for PartsBody {
+    fn from(p: exposition::Parts) -> Self {
+        Self { chunks: p.chunks.into_iter(), left: p.len as u64 }
+    }
+}
+
+impl http_body::Body for PartsBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let next = self.chunks.find(|c| !c.is_empty());
+        if let Some(c) = &next {
+            self.left = self.left.saturating_sub(c.len() as u64);
+        }
+        std::task::Poll::Ready(next.map(|c| Ok(http_body::Frame::data(c))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.left)
+    }
 }
 
 /// How long past its deadline a collector group may still be running before `/healthz` says so.

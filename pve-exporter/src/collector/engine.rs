@@ -82,6 +82,9 @@ struct GroupSlot {
     /// Output of a run that finished after its collection had gone out.
     late: Mutex<Option<GroupOutput>>,
     last: Mutex<Option<LastGood>>,
+    /// How long each family's text was in the group's last run: the room its next run
+    /// reserves ([`MetricSet::with_hints`]).
+    sizes: Mutex<Arc<crate::fasthash::FastMap<usize, usize>>>,
 }
 
 /// Long-lived state shared by all scrapes.
@@ -183,7 +186,11 @@ impl Engine {
             .filter(|g| self.collectors.iter().any(|(c, on)| *on && c.group() == **g))
             .map(|&g| (g, self.start_group(g, inner, &files, &shared, freeze)))
             .collect();
-        let mut out = MetricSet::new(&self.config.metrics_prefix);
+        let mut out = if freeze {
+            MetricSet::writing(&self.config.metrics_prefix)
+        } else {
+            MetricSet::new(&self.config.metrics_prefix)
+        };
         // What collectors say of themselves, switched on or not (never waits).
         for (c, _) in &self.collectors {
             c.describe(&self.config, &mut out);
@@ -253,9 +260,17 @@ impl Engine {
         let (me, files, shared) = (self.clone(), files.clone(), shared.clone());
         let job = Box::new(move || {
             let _d = deadline::enter(deadline);
-            let mut set = MetricSet::new(&me.config.metrics_prefix);
-            let runs = me.run_group(g, deadline, &files, &shared, &mut set, freeze);
             let slot = &me.groups[index(g)];
+            let mut set = if freeze {
+                let hints = slot.sizes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                MetricSet::writing(&me.config.metrics_prefix).with_hints(hints)
+            } else {
+                MetricSet::new(&me.config.metrics_prefix)
+            };
+            let runs = me.run_group(g, deadline, &files, &shared, &mut set, freeze);
+            if freeze {
+                *slot.sizes.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(set.sizes());
+            }
             *slot.running.lock().unwrap_or_else(|p| p.into_inner()) = None;
             let out = GroupOutput { set, runs, at: Instant::now() };
             if let Err(mpsc::TrySendError::Full(o) | mpsc::TrySendError::Disconnected(o)) = tx.try_send(out) {
@@ -356,9 +371,7 @@ impl Engine {
                 if fresh_enough {
                     for def in &l.families {
                         if let Some(f) = l.collection.families().into_iter().find(|f| std::ptr::eq(f.def, *def)) {
-                            let to = out.family(f.def);
-                            to.samples.extend(f.samples.iter().cloned());
-                            to.text.push_str(&f.text);
+                            out.family(f.def).append_ref(f);
                         }
                     }
                 }
@@ -401,7 +414,7 @@ impl Engine {
 /// Sample counts per family (debug builds: which families a collector added to).
 #[cfg(debug_assertions)]
 fn counts(set: &MetricSet) -> Vec<(&'static Def, usize)> {
-    set.families().iter().map(|f| (f.def, f.samples.len())).collect()
+    set.families().iter().map(|f| (f.def, f.pushed())).collect()
 }
 
 /// A collector emits only the families it declares (debug builds; the golden tests run them).
@@ -409,7 +422,7 @@ fn counts(set: &MetricSet) -> Vec<(&'static Def, usize)> {
 fn check_families(c: &dyn Collector, before: &[(&'static Def, usize)], after: &MetricSet) {
     for f in after.families() {
         let had = before.iter().find(|(d, _)| std::ptr::eq(*d, f.def)).map_or(0, |(_, n)| *n);
-        if f.samples.len() > had && !c.families().iter().flat_map(|s| s.iter()).any(|d| std::ptr::eq(*d, f.def)) {
+        if f.pushed() > had && !c.families().iter().flat_map(|s| s.iter()).any(|d| std::ptr::eq(*d, f.def)) {
             panic!("collector {} emitted {} without declaring it", c.name(), f.def.name);
         }
     }
@@ -419,14 +432,7 @@ fn check_families(c: &dyn Collector, before: &[(&'static Def, usize)], after: &M
 /// and all, not copied).
 fn merge_owned(out: &mut MetricSet, part: MetricSet) {
     for f in part.into_families() {
-        let to = out.family(f.def);
-        if to.samples.is_empty() && to.text.is_empty() {
-            to.samples = f.samples;
-            to.text = f.text;
-            continue;
-        }
-        to.samples.extend(f.samples);
-        to.text.push_str(&f.text);
+        out.family(f.def).append(f);
     }
 }
 

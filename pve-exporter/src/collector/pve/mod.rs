@@ -542,9 +542,7 @@ fn collect_api(
 /// Add the families of `part` to `out` (in the catalogue's order, after what `out` has).
 fn merge(out: &mut MetricSet, part: &MetricSet) {
     for f in part.families() {
-        let to = out.family(f.def);
-        to.samples.extend(f.samples.iter().cloned());
-        to.text.push_str(&f.text);
+        out.family(f.def).append_ref(f);
     }
 }
 
