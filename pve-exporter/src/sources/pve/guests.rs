@@ -6,7 +6,7 @@
 //! /etc/pve is pmxcfs: the caller runs [`GuestReader::read`] behind the timed pmxcfs gate.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashSet},
     io,
     sync::{Arc, Mutex},
 };
@@ -50,13 +50,17 @@ pub struct Guests {
 /// (type, vmid).
 type GuestKey = (GuestType, String);
 
+/// A guest's config file: its path and its last parse.
+type ConfigFile = (std::path::PathBuf, Arc<ParsedFile<GuestConfig>>);
+
 /// Keeps each parsed file between scrapes.
 #[derive(Debug, Default)]
 pub struct GuestReader {
     vmlist: ParsedFile<Result<Vmlist, ParseError>>,
     members: ParsedFile<Result<Members, ParseError>>,
     manager: ParsedFile<Result<ManagerStatus, ParseError>>,
-    configs: Mutex<HashMap<GuestKey, Arc<ParsedFile<GuestConfig>>>>,
+    /// Each guest's config file: its path (made once, not per scrape) and its last parse.
+    configs: Mutex<crate::fasthash::FastMap<GuestKey, ConfigFile>>,
 }
 
 impl GuestReader {
@@ -106,26 +110,39 @@ impl GuestReader {
         };
         out.ha_nodes = ha.node_status.clone();
         let mut configs = self.configs.lock().unwrap_or_else(|p| p.into_inner());
-        let wanted: HashSet<(GuestType, String)> = ids.iter().cloned().collect();
-        configs.retain(|k, _| wanted.contains(k));
+        if configs.len() != ids.len() || ids.iter().any(|k| !configs.contains_key(k)) {
+            let wanted: HashSet<&GuestKey> = ids.iter().collect();
+            configs.retain(|k, _| wanted.contains(k));
+        }
         for (ty, vmid) in ids {
-            let file = configs.entry((ty, vmid.clone())).or_default().clone();
-            let path = host.path(format!("{}/{vmid}.conf", ty.config_dir()));
-            let config = match file.get(&path, parse_guest_config) {
+            let key = (ty, vmid);
+            let (path, file) = match configs.get(&key) {
+                Some(c) => c,
+                None => {
+                    let path = host.path(format!("{}/{}.conf", ty.config_dir(), key.1));
+                    configs.entry(key.clone()).or_insert((path, Arc::default()))
+                }
+            };
+            let vmid = key.1;
+            let config = match file.get(path, parse_guest_config) {
                 Ok(Some(c)) => c,
                 // Deleted or moved to another node since the list was written: not ours now.
                 Ok(None) => continue,
                 Err(e) if is_gone(&e) => continue,
                 Err(e) => {
-                    out.errors.push(SourceError::io(path, e));
+                    out.errors.push(SourceError::io(path.clone(), e));
                     continue;
                 }
             };
             if config.malformed > 0 {
                 log::debug!("{}: {} malformed line(s) skipped", path.display(), config.malformed);
             }
-            let sid = format!("{}:{vmid}", if ty == GuestType::Qemu { "vm" } else { "ct" });
-            let ha_state = ha.service_status.get(&sid).map(|s| s.state.clone());
+            let ha_state = if ha.service_status.is_empty() {
+                None
+            } else {
+                let sid = format!("{}:{vmid}", if ty == GuestType::Qemu { "vm" } else { "ct" });
+                ha.service_status.get(&sid).map(|s| s.state.clone())
+            };
             out.guests.push(ConfiguredGuest { vmid, ty, config, ha_state });
         }
         Ok(out)
