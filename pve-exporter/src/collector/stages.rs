@@ -56,6 +56,8 @@ pub struct StageState {
     libvirt: LibvirtReader,
     /// Each VM process's stat, status and io, held open by pid.
     process_files: Mutex<HeldFiles<u32>>,
+    /// The cgroup mounts, read again when the kernel reports a mount change.
+    cgroup_mounts: Mutex<crate::sources::kernel::cgroup::HierarchyWatch>,
     /// Each VM's QEMU monitor, its topology cache and limits.
     pub monitor: Monitor,
     /// The thread the monitor exchange runs on, kept between scrapes.
@@ -104,6 +106,7 @@ impl StageState {
             scanner: Mutex::new(ProcScanner::new(host)),
             libvirt: LibvirtReader::new(),
             process_files: Mutex::new(HeldFiles::new(fds.clone(), OnStale::Reopen)),
+            cgroup_mounts: Mutex::default(),
             monitor: Monitor::new(crate::config::monitor_options(config)),
             fetch_worker: Worker::default(),
             vcpu_threads: super::VcpuThreadCache::with_budget(host.clone(), fds.clone()),
@@ -166,7 +169,7 @@ pub struct Stages<'a> {
     guests: OnceCell<GuestList<'a>>,
     /// Shared with the other groups of this collection.
     shared: &'a Shared,
-    cgroups: OnceCell<Option<Hierarchies>>,
+    cgroups: OnceCell<Option<Arc<Hierarchies>>>,
     containers: OnceCell<Vec<RunningContainer>>,
     host_links: OnceCell<Option<netlink::Dump>>,
     guest_links: OnceCell<std::collections::HashMap<String, LinkStats>>,
@@ -431,8 +434,11 @@ impl<'a> Stages<'a> {
     /// The host's cgroup hierarchies (None: /proc/self/mountinfo unreadable).
     pub fn cgroups(&self) -> Option<&Hierarchies> {
         self.cgroups
-            .get_or_init(|| Hierarchies::read(self.host).map_err(|e| log::debug!("cgroup mounts: {e}")).ok())
-            .as_ref()
+            .get_or_init(|| {
+                let mut watch = self.state.cgroup_mounts.lock().unwrap_or_else(|p| p.into_inner());
+                watch.get(self.host).map_err(|e| log::debug!("cgroup mounts: {e}")).ok()
+            })
+            .as_deref()
     }
 
     pub fn state(&self) -> &'a StageState {

@@ -77,7 +77,12 @@ impl Hierarchies {
     /// The host's hierarchies, from `/proc/self/mountinfo` and cgroup2's root `cgroup.controllers`.
     pub fn read(host: &HostRoot) -> io::Result<Self> {
         let text = host.read_to_string("proc/self/mountinfo")?;
-        let (v2, v1) = parse_cgroup_mounts(&text);
+        Ok(Self::from_mountinfo(host, &text))
+    }
+
+    /// The hierarchies of a mountinfo text, with cgroup2's enabled controllers read below `host`.
+    fn from_mountinfo(host: &HostRoot, text: &str) -> Self {
+        let (v2, v1) = parse_cgroup_mounts(text);
         let v2_controllers = match &v2 {
             Some(m) => host
                 .read_to_string(m.join("cgroup.controllers"))
@@ -85,7 +90,7 @@ impl Hierarchies {
                 .unwrap_or_default(),
             None => Vec::new(),
         };
-        Ok(Self { v2, v2_controllers, v1 })
+        Self { v2, v2_controllers, v1 }
     }
 
     /// Where controller `c` (v2 name) is read: (mount, is v2). v1 names: `io` is `blkio`,
@@ -106,6 +111,62 @@ impl Hierarchies {
         v.dedup();
         v
     }
+}
+
+/// The host's hierarchies, kept between scrapes: mountinfo (a few hundred lines on a host of
+/// a hundred containers, ~1 % of a scrape) is read again only when the kernel says the mounts
+/// changed. proc(5): an open `/proc/<pid>/mountinfo` reports `POLLPRI` after a mount or unmount
+/// in its namespace, once per change (`mounts_poll`). A host root whose mountinfo is not a
+/// procfs file (a fixture tree) gives no such signal: read on every call there. Read again at
+/// least every [`MOUNTS_MAX_AGE`] all the same, for what no mount changes (cgroup2's
+/// `cgroup.controllers`).
+#[derive(Debug, Default)]
+pub struct HierarchyWatch {
+    held: Option<(std::fs::File, std::sync::Arc<Hierarchies>, std::time::Instant)>,
+}
+
+/// How long [`HierarchyWatch`] keeps what it read without a mount change.
+pub const MOUNTS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl HierarchyWatch {
+    pub fn get(&mut self, host: &HostRoot) -> io::Result<std::sync::Arc<Hierarchies>> {
+        if let Some((f, h, at)) = &self.held
+            && at.elapsed() < MOUNTS_MAX_AGE
+            && !mounts_changed(f)
+        {
+            return Ok(h.clone());
+        }
+        self.held = None;
+        let path = host.path("proc/self/mountinfo");
+        // Opened before it is read: a change made while it is read is reported next time.
+        let mut f = std::fs::File::open(&path)?;
+        let mut text = String::new();
+        // Not `pread_whole`: mountinfo is a seq_file of one record per mount, handed out a page
+        // at a time.
+        io::Read::read_to_string(&mut f, &mut text)?;
+        let h = std::sync::Arc::new(Hierarchies::from_mountinfo(host, &text));
+        if is_procfs(&f) {
+            self.held = Some((f, h.clone(), std::time::Instant::now()));
+        }
+        Ok(h)
+    }
+}
+
+/// Whether the kernel reported a mount change on `f` (an open mountinfo) since the last ask;
+/// an error of poll counts as a change.
+fn mounts_changed(f: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut p = libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLPRI, revents: 0 };
+    // SAFETY: one valid pollfd, no wait.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n != 0 && (n < 0 || p.revents & (libc::POLLPRI | libc::POLLERR | libc::POLLNVAL) != 0)
+}
+
+fn is_procfs(f: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fstatfs writes into the struct we pass.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::fstatfs(f.as_raw_fd(), &mut st) == 0 && st.f_type == libc::PROC_SUPER_MAGIC }
 }
 
 /// What one container's cgroups say.
@@ -672,6 +733,55 @@ mod tests {
         let h = Hierarchies { v2, v2_controllers: vec!["cpu".into(), "memory".into()], v1 };
         assert_eq!(h.find("memory", "memory"), Some((Path::new("/sys/fs/cgroup"), true)));
         assert_eq!(h.find("io", "blkio"), None);
+    }
+
+    /// In a fixture tree mountinfo is a plain file, which signals nothing: read on every call.
+    #[test]
+    fn a_fixture_mountinfo_is_read_every_time() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("proc/self")).unwrap();
+        std::fs::write(dir.path().join("proc/self/mountinfo"), UNIFIED).unwrap();
+        let host = HostRoot::new(dir.path());
+        let mut w = HierarchyWatch::default();
+        assert_eq!(w.get(&host).unwrap().v2.as_deref(), Some(Path::new("/sys/fs/cgroup")));
+        std::fs::write(dir.path().join("proc/self/mountinfo"), HYBRID).unwrap();
+        assert_eq!(w.get(&host).unwrap().v2.as_deref(), Some(Path::new("/sys/fs/cgroup/unified")));
+    }
+
+    /// The host's own mountinfo is kept until the kernel reports a mount change: a tmpfs
+    /// mounted and unmounted here (root only, as the daemon runs; `cargo xtask test` is).
+    #[test]
+    fn the_hosts_mountinfo_is_read_again_after_a_mount() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("not root: mounting is not allowed, skipped");
+            return;
+        }
+        let host = HostRoot::new("/");
+        let mut w = HierarchyWatch::default();
+        let first = w.get(&host).unwrap();
+        assert!(std::sync::Arc::ptr_eq(&first, &w.get(&host).unwrap()), "no mount changed: kept");
+        let dir = tempfile::tempdir().unwrap();
+        let target = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
+        let mount = |on: bool| {
+            // SAFETY: C strings that outlive the calls.
+            let r = unsafe {
+                if on {
+                    libc::mount(c"tmpfs".as_ptr(), target.as_ptr(), c"tmpfs".as_ptr(), 0, std::ptr::null())
+                } else {
+                    libc::umount(target.as_ptr())
+                }
+            };
+            assert_eq!(r, 0, "{}", io::Error::last_os_error());
+        };
+        mount(true);
+        let second = w.get(&host).unwrap();
+        mount(false);
+        assert!(!std::sync::Arc::ptr_eq(&first, &second), "a mount happened: read again");
+        let third = w.get(&host).unwrap();
+        assert!(!std::sync::Arc::ptr_eq(&second, &third), "an unmount happened: read again");
+        assert!(std::sync::Arc::ptr_eq(&third, &w.get(&host).unwrap()));
+        assert_eq!(*first, *third);
     }
 
     #[test]
