@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::metrics::{Family, HistogramValue, Kind, MetricSet, Sample, Value};
+use crate::metrics::{Family, HistogramValue, Kind, LineWriter, MetricSet, Sample, Value};
 
 pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -156,35 +156,18 @@ pub fn write_samples(out: &mut String, fam: &Family) {
     }
 }
 
-/// One sample's lines, written as it is pushed (a writing set, [`MetricSet::writing`]). A
-/// sample of a family without labels is written without braces (`name 1`), as it is the only
-/// one of its family.
-pub fn write_sample(out: &mut String, fam: &Family, s: &Sample) {
+/// One sample's lines, written as it comes (a writing set: a histogram, a merged sample).
+fn write_sample(out: &mut String, fam: &Family, s: &Sample) {
     let labels = if s.labels.is_empty() { None } else { Some(s.labels.as_slice()) };
     write_line(out, fam.kind(), stem(fam), labels, &s.value);
 }
 
-/// One sample's line, written from its labels as they are pushed (a writing set; never a
-/// histogram): the bytes [`write_line`] writes for the same sample. A family without labels
-/// has its sample written without braces (`name 1`), as it is the only one of its family.
-pub fn write_pushed<L, K, V>(out: &mut String, fam: &Family, labels: L, v: &Value)
-where
-    L: IntoIterator<Item = (K, V)>,
-    K: Into<std::borrow::Cow<'static, str>>,
-    V: Into<crate::metrics::LabelValue>,
-{
-    // The generic part is this loop alone: it is made once per call site of `push` (some
-    // hundred), and what each copy holds is text the daemon maps and touches.
-    start_line(out, fam);
-    let mut n = 0;
-    for (k, v) in labels {
-        write_label(out, fam, n, &k.into(), &v.into());
-        n += 1;
-    }
-    end_line(out, fam, n, v);
-}
+/// What writing sets write their lines with ([`MetricSet::writing`]): the same bytes as
+/// [`write_samples`] gives for the same samples. A sample of a family without labels is
+/// written without braces (`name 1`), as it is the only one of its family.
+pub static WRITER: LineWriter =
+    LineWriter { start: start_line, label: write_label, end: end_line, sample: write_sample, seal };
 
-#[inline(never)]
 fn start_line(out: &mut String, fam: &Family) {
     out.push_str(stem(fam));
     if fam.kind() == Kind::Counter {
@@ -192,8 +175,7 @@ fn start_line(out: &mut String, fam: &Family) {
     }
 }
 
-/// Label `n` of a line ([`write_pushed`]).
-#[inline(never)]
+/// Label `n` of a line.
 fn write_label(out: &mut String, fam: &Family, n: usize, k: &str, v: &str) {
     debug_assert_eq!(
         fam.def.labels.get(n).copied(),
@@ -209,7 +191,6 @@ fn write_label(out: &mut String, fam: &Family, n: usize, k: &str, v: &str) {
     out.push('"');
 }
 
-#[inline(never)]
 fn end_line(out: &mut String, fam: &Family, labels: usize, v: &Value) {
     debug_assert_eq!(
         labels,
@@ -483,7 +464,7 @@ mod tests {
     fn written_and_sealed_lines_are_those_of_the_samples() {
         use crate::catalog::*;
         let kept = Arc::new(varied(MetricSet::new("pve")));
-        let mut written = varied(MetricSet::writing("pve"));
+        let mut written = varied(MetricSet::writing("pve", &WRITER));
         assert!(written.families().iter().all(|f| f.samples.is_empty()), "a writing set keeps no samples");
         freeze(&mut written);
         let written = Arc::new(written);
@@ -494,10 +475,10 @@ mod tests {
         }
         // Merged as the engine does: a family some lines of which were written before a sealed
         // part of it comes in keeps its order (its own lines first).
-        let mut a = MetricSet::writing("pve");
+        let mut a = MetricSet::writing("pve", &WRITER);
         a.family(&KVM_THREADS).push([("id", "1")], 1u64);
         freeze(&mut a);
-        let mut out = MetricSet::writing("pve");
+        let mut out = MetricSet::writing("pve", &WRITER);
         out.family(&KVM_THREADS).push([("id", "0")], 0u64);
         for f in a.into_families() {
             out.family(f.def).append(f);

@@ -54,8 +54,12 @@ pub const MAX_FILE: u64 = 16 << 20;
 /// Read a whole file, failing (`InvalidData`, naming the cap) if it holds more than `cap` bytes
 /// instead of reading on: a file that grows without end, or a huge one, costs one bounded read.
 pub fn read_capped(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
+    read_open_capped(&fs::File::open(path)?, path, cap)
+}
+
+/// [`read_capped`] of a file already open (`path` names it in errors), from where it stands.
+pub fn read_open_capped(f: &fs::File, path: &Path, cap: u64) -> io::Result<Vec<u8>> {
     use io::Read;
-    let f = fs::File::open(path)?;
     let mut buf = Vec::new();
     // One byte past the cap tells "exactly at the cap" from "over it".
     f.take(cap.saturating_add(1)).read_to_end(&mut buf)?;

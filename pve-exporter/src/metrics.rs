@@ -159,14 +159,13 @@ pub struct Family {
     pub def: &'static Def,
     pub samples: Vec<Sample>,
     /// Sample lines written but not yet sealed: by [`Self::push`] in a set that writes its
-    /// samples at once ([`MetricSet::writing`]), or by `exposition::freeze`. Exposed after
-    /// `chunks`, before `samples`.
+    /// samples at once ([`MetricSet::writing`]). Exposed after `chunks`, before `samples`.
     pub text: String,
-    /// Sealed sample lines (`exposition::freeze`), exposed first: served as they are, without
-    /// a copy, and shared by every scrape that answers with this collection.
+    /// Sealed sample lines (the exposition's `freeze`), exposed first: served as they are,
+    /// without a copy, and shared by every scrape that answers with this collection.
     pub chunks: Vec<bytes::Bytes>,
-    /// Whether `push` writes the sample's line instead of keeping the sample.
-    writes: bool,
+    /// How `push` writes the sample's line instead of keeping the sample (a writing set).
+    writer: Option<&'static LineWriter>,
     /// Lines `push` wrote (debug builds check which families a collector added to).
     written: usize,
 }
@@ -180,7 +179,7 @@ impl Family {
         self.def.help
     }
 
-    /// Samples in it: kept, written and sealed ones alike (sealed ones are not counted).
+    /// Samples pushed to it: kept and written ones (lines that came in sealed are not counted).
     pub fn pushed(&self) -> usize {
         self.samples.len() + self.written
     }
@@ -200,9 +199,19 @@ impl Family {
     {
         let value = value.into();
         // A histogram's labels are written on each of its lines: kept for that.
-        if self.writes && !matches!(value, Value::Histogram(_)) {
+        if let Some(w) = self.writer
+            && !matches!(value, Value::Histogram(_))
+        {
+            // The generic part is this loop alone: it is made once per call site of `push`
+            // (some hundred), and what each copy holds is text the daemon maps and touches.
             let mut text = std::mem::take(&mut self.text);
-            crate::exposition::write_pushed(&mut text, self, labels, &value);
+            (w.start)(&mut text, self);
+            let mut n = 0;
+            for (k, v) in labels {
+                (w.label)(&mut text, self, n, &k.into(), &v.into());
+                n += 1;
+            }
+            (w.end)(&mut text, self, n, &value);
             self.text = text;
             self.written += 1;
             return;
@@ -220,9 +229,9 @@ impl Family {
 
     /// Add a sample made elsewhere (a merge): kept, or written in a writing set.
     pub fn push_sample(&mut self, s: Sample) {
-        if self.writes {
+        if let Some(w) = self.writer {
             let mut text = std::mem::take(&mut self.text);
-            crate::exposition::write_sample(&mut text, self, &s);
+            (w.sample)(&mut text, self, &s);
             self.text = text;
             self.written += 1;
         } else {
@@ -248,8 +257,11 @@ impl Family {
         // Sealed text comes first in the exposition: what this family has not sealed yet goes
         // after what `other` sealed, so seal it first.
         let unsealed = !self.text.is_empty() || !self.samples.is_empty();
-        if unsealed && !other.chunks.is_empty() {
-            crate::exposition::seal(self);
+        if unsealed
+            && !other.chunks.is_empty()
+            && let Some(w) = self.writer
+        {
+            (w.seal)(self);
         }
         self.chunks.extend(other.chunks.iter().cloned());
         self.text.push_str(&other.text);
@@ -259,12 +271,26 @@ impl Family {
     }
 }
 
+/// How a writing set writes its samples' lines ([`MetricSet::writing`]). The exposition
+/// supplies it (`exposition::WRITER`): the model holds lines, the exposition alone knows their
+/// format. `start`, each `label` (its index, name and value) and `end` (the label count and
+/// the value) write one sample's line as its labels come; `sample` writes a whole sample (a
+/// histogram, or a merged one); `seal` turns a family's written lines into a chunk.
+#[derive(Debug)]
+pub struct LineWriter {
+    pub start: fn(&mut String, &Family),
+    pub label: fn(&mut String, &Family, usize, &str, &str),
+    pub end: fn(&mut String, &Family, usize, &Value),
+    pub sample: fn(&mut String, &Family, &Sample),
+    pub seal: fn(&mut Family),
+}
+
 /// All families of one scrape, in the order they were first created.
 #[derive(Debug, Clone, Default)]
 pub struct MetricSet {
     prefix: String,
-    /// Whether its families write each sample's line at once ([`Self::writing`]).
-    writes: bool,
+    /// How its families write each sample's line at once ([`Self::writing`]).
+    writer: Option<&'static LineWriter>,
     /// Room to reserve for a written family's lines, by the address of its `Def` (what the
     /// same family took in the last collection, [`Self::sizes`]).
     hints: Option<std::sync::Arc<crate::fasthash::FastMap<usize, usize>>>,
@@ -280,12 +306,12 @@ impl MetricSet {
         Self { prefix: prefix.to_string(), ..Self::default() }
     }
 
-    /// A set whose families write each sample's exposition line when it is pushed and keep
-    /// no samples: what the daemon serves. A scrape of 100 VMs and 100 containers pushes
-    /// ~13 000 samples; kept, each costs its labels and value (~130 bytes, grown by doubling)
-    /// and a second pass to write it ([`crate::exposition::freeze`]).
-    pub fn writing(prefix: &str) -> Self {
-        Self { prefix: prefix.to_string(), writes: true, ..Self::default() }
+    /// A set whose families write each sample's exposition line with `writer` when it is
+    /// pushed and keep no samples: what the daemon serves. A scrape of 100 VMs and 100
+    /// containers pushes ~13 000 samples; kept, each costs its labels and value (~130 bytes,
+    /// grown by doubling) and a second pass to write it.
+    pub fn writing(prefix: &str, writer: &'static LineWriter) -> Self {
+        Self { prefix: prefix.to_string(), writer: Some(writer), ..Self::default() }
     }
 
     /// Reserve for each family what `hints` says it took the last time (by `Def` address,
@@ -329,7 +355,7 @@ impl MetricSet {
                         samples: Vec::new(),
                         text: String::with_capacity(room),
                         chunks: Vec::new(),
-                        writes: self.writes,
+                        writer: self.writer,
                         written: 0,
                     });
                     self.families.len() - 1
@@ -347,7 +373,7 @@ impl MetricSet {
         v
     }
 
-    /// The families in the order of first use, to change in place (exposition::freeze).
+    /// The families in the order of first use, to change in place (the exposition's `freeze`).
     pub fn families_mut(&mut self) -> &mut [Family] {
         &mut self.families
     }

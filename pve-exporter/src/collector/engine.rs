@@ -187,7 +187,7 @@ impl Engine {
             .map(|&g| (g, self.start_group(g, inner, &files, &shared, freeze)))
             .collect();
         let mut out = if freeze {
-            MetricSet::writing(&self.config.metrics_prefix)
+            MetricSet::writing(&self.config.metrics_prefix, &crate::exposition::WRITER)
         } else {
             MetricSet::new(&self.config.metrics_prefix)
         };
@@ -263,7 +263,7 @@ impl Engine {
             let slot = &me.groups[index(g)];
             let mut set = if freeze {
                 let hints = slot.sizes.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                MetricSet::writing(&me.config.metrics_prefix).with_hints(hints)
+                MetricSet::writing(&me.config.metrics_prefix, &crate::exposition::WRITER).with_hints(hints)
             } else {
                 MetricSet::new(&me.config.metrics_prefix)
             };

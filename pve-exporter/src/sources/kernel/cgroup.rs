@@ -139,12 +139,11 @@ impl HierarchyWatch {
         self.held = None;
         let path = host.path("proc/self/mountinfo");
         // Opened before it is read: a change made while it is read is reported next time.
-        let mut f = std::fs::File::open(&path)?;
-        let mut text = String::new();
+        let f = std::fs::File::open(&path)?;
         // Not `pread_whole`: mountinfo is a seq_file of one record per mount, handed out a page
-        // at a time.
-        io::Read::read_to_string(&mut f, &mut text)?;
-        let h = std::sync::Arc::new(Hierarchies::from_mountinfo(host, &text));
+        // at a time. Capped as every host file is.
+        let text = crate::host::read_open_capped(&f, &path, crate::host::MAX_FILE)?;
+        let h = std::sync::Arc::new(Hierarchies::from_mountinfo(host, &String::from_utf8_lossy(&text)));
         if is_procfs(&f) {
             self.held = Some((f, h.clone(), std::time::Instant::now()));
         }
