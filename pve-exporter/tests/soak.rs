@@ -494,6 +494,8 @@ fn idle_half_sent_requests_and_oversized_heads() {
         scrape_on(&mut conn, d.port).expect("a scrape after the oversized heads");
         drop(conn);
         let end = settle(pid, start.threads);
+        // Asked of the outcomes, not of the summary: "200 status 431" (all 200 refused) holds "200".
+        let answered = refused.keys().any(|k| k.starts_with("status 2"));
         let mut refused: Vec<_> = refused.into_iter().map(|(k, v)| format!("{v} {k}")).collect();
         refused.sort();
         report(&[format!(
@@ -517,7 +519,7 @@ fn idle_half_sent_requests_and_oversized_heads() {
         assert!(opened >= s.idle * 9 / 10, "only {opened} connections could be opened");
         // The head time limit (10 s) closed every half-sent request; the cap (512) the excess.
         assert_eq!(closed, opened, "half-sent requests still open after 15 s");
-        assert!(refused.iter().all(|k| !k.contains("200")), "an oversized head was answered: {refused:?}");
+        assert!(!answered, "an oversized head was answered: {refused:?}");
         assert!(end.fds <= start.fds + 2, "descriptors grew: {start:?} → {end:?}");
         // The connections' buffers (some 12 MiB for 2,000) are handed back to the kernel after
         // the next collection (server::release_freed_memory), not kept in the allocator.
