@@ -144,7 +144,7 @@ impl HierarchyWatch {
         // at a time. Capped as every host file is.
         let text = crate::host::read_open_capped(&f, &path, crate::host::MAX_FILE)?;
         let h = std::sync::Arc::new(Hierarchies::from_mountinfo(host, &String::from_utf8_lossy(&text)));
-        if is_procfs(&f) {
+        if crate::sources::proc::scan::is_procfs(host) {
             self.held = Some((f, h.clone(), std::time::Instant::now()));
         }
         Ok(h)
@@ -159,13 +159,6 @@ fn mounts_changed(f: &std::fs::File) -> bool {
     // SAFETY: one valid pollfd, no wait.
     let n = unsafe { libc::poll(&mut p, 1, 0) };
     n != 0 && (n < 0 || p.revents & (libc::POLLPRI | libc::POLLERR | libc::POLLNVAL) != 0)
-}
-
-fn is_procfs(f: &std::fs::File) -> bool {
-    use std::os::fd::AsRawFd;
-    // SAFETY: fstatfs writes into the struct we pass.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    unsafe { libc::fstatfs(f.as_raw_fd(), &mut st) == 0 && st.f_type == libc::PROC_SUPER_MAGIC }
 }
 
 /// What one container's cgroups say.

@@ -248,7 +248,8 @@ impl ProcDir {
     }
 }
 
-fn is_procfs(host: &HostRoot) -> bool {
+/// Whether the host root's `/proc` is procfs (not a fixture tree's plain files).
+pub fn is_procfs(host: &HostRoot) -> bool {
     use std::os::unix::ffi::OsStrExt;
     let Ok(path) = std::ffi::CString::new(host.path("proc").as_os_str().as_bytes()) else { return false };
     // SAFETY: statfs is plain data; zeroed is valid, and statfs(2) fills it.
