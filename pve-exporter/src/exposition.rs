@@ -513,6 +513,9 @@ mod tests {
         m.family(&KVM_THREADS).push([("id", "a\\b\"c\nd")], u64::MAX);
         m.family(&KVM_CTX_SWITCHES).push([("id", "1"), ("type", "voluntary")], 7u64);
         m.family(&KVM_CTX_SWITCHES).push([("id", "1"), ("type", "involuntary")], 0.25);
+        // Borrowed labels, escaped as owned ones are.
+        let id = String::from("2\\\"x");
+        m.family(&KVM_CTX_SWITCHES).push_ref(&[("id", &id), ("type", "voluntary")], 3u64);
         m.family(&SCRAPE_DURATION).push(Vec::<(&str, String)>::new(), 0.0123);
         let h = |sum| crate::metrics::HistogramValue {
             buckets: vec![(1e-6, 3), (0.000_25, 0), (1.0, 2), (f64::INFINITY, 1)],

@@ -227,6 +227,28 @@ impl Family {
         self.push_sample(Sample { labels, value });
     }
 
+    /// [`Self::push`] of labels the caller has as text already (a guest's id, a device name):
+    /// a writing set writes them as they are, with no label value made per sample; a keeping
+    /// set (tests) owns copies. Not generic over the labels, so one copy of it serves every
+    /// call site.
+    pub fn push_ref(&mut self, labels: &[(&'static str, &str)], value: impl Into<Value>) {
+        let value = value.into();
+        if let Some(w) = self.writer
+            && !matches!(value, Value::Histogram(_))
+        {
+            let mut text = std::mem::take(&mut self.text);
+            (w.start)(&mut text, self);
+            for (n, (k, v)) in labels.iter().enumerate() {
+                (w.label)(&mut text, self, n, k, v);
+            }
+            (w.end)(&mut text, self, labels.len(), &value);
+            self.text = text;
+            self.written += 1;
+            return;
+        }
+        self.push(labels.iter().map(|(k, v)| (*k, LabelValue::Owned((*v).to_owned()))), value);
+    }
+
     /// Add a sample made elsewhere (a merge): kept, or written in a writing set.
     pub fn push_sample(&mut self, s: Sample) {
         if let Some(w) = self.writer {

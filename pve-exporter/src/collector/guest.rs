@@ -5,11 +5,7 @@
 use std::collections::HashMap;
 
 use super::{Collector, Context, Error, Group, Need, Setup};
-use crate::{
-    catalog::*,
-    metrics::{LabelValue, MetricSet},
-    sources::pve::guest_config::GuestType,
-};
+use crate::{catalog::*, metrics::MetricSet, sources::pve::guest_config::GuestType};
 
 pub fn new(_: &Setup) -> Box<dyn Collector> {
     Box::new(Guest)
@@ -51,16 +47,17 @@ pub fn host_uptime(cx: &Context) -> Option<f64> {
 }
 
 /// What runs now, by (type, vmid): the process's start since boot.
-pub fn running(cx: &Context) -> HashMap<(GuestType, String), Option<std::time::Duration>> {
-    let mut out = HashMap::new();
+pub fn running<'c>(cx: &'c Context) -> HashMap<(GuestType, &'c str), Option<std::time::Duration>> {
     let list = cx.vms();
+    let cts = cx.containers();
+    let mut out = HashMap::with_capacity(list.vms.len() + cts.len());
     for (vm, st) in list.vms.iter().zip(&list.stats) {
         if vm.source == crate::vm::PVE {
-            out.insert((GuestType::Qemu, vm.id.clone()), st.cpu.map(|c| c.started));
+            out.insert((GuestType::Qemu, vm.id.as_str()), st.cpu.map(|c| c.started));
         }
     }
-    for ct in cx.containers() {
-        out.insert((GuestType::Lxc, ct.ctid.clone()), ct.started);
+    for ct in cts {
+        out.insert((GuestType::Lxc, ct.ctid.as_str()), ct.started);
     }
     out
 }
@@ -88,86 +85,77 @@ impl Collector for Guest {
         // as PVE's status says).
         let qemu_state: HashMap<&str, &str> =
             cx.devices().iter().filter_map(|d| Some((d.id.as_str(), d.status.as_deref()?))).collect();
-        let node: LabelValue = list.guests.node.clone().into();
+        let node = list.guests.node.as_str();
+        let mut levels = itoa::Buffer::new();
         for g in &list.guests.guests {
             let c = &g.config;
-            let id = LabelValue::Shared(g.vmid.as_str().into());
-            let ty: LabelValue = g.ty.as_str().into();
-            let both = || [("id", id.clone()), ("type", ty.clone())];
-            let pool = pools.get(&g.vmid).cloned().unwrap_or_default();
-            let level = |i: usize| pool.levels.get(i).cloned().unwrap_or_default();
-            out.family(&GUEST_CONFIG_INFO).push(
-                [
-                    ("id", id.clone()),
-                    ("type", ty.clone()),
-                    ("name", c.name(g.ty, &g.vmid).into()),
-                    ("node", node.clone()),
-                    ("ostype", c.get("ostype").unwrap_or("").to_string().into()),
-                    ("tags", c.tags().into()),
-                    ("pool", pool.name.clone().into()),
-                    ("pool_levels", pool.levels.len().to_string().into()),
-                    ("pool1", level(0).into()),
-                    ("pool2", level(1).into()),
-                    ("pool3", level(2).into()),
+            // Labels are borrowed from the guest, its config and its pool: written as they are.
+            let id = g.vmid.as_str();
+            let ty = g.ty.as_str();
+            let both = [("id", id), ("type", ty)];
+            let pool = pools.get(&g.vmid);
+            let level = |i: usize| pool.and_then(|p| p.levels.get(i)).map_or("", String::as_str);
+            out.family(&GUEST_CONFIG_INFO).push_ref(
+                &[
+                    ("id", id),
+                    ("type", ty),
+                    ("name", &c.name(g.ty, &g.vmid)),
+                    ("node", node),
+                    ("ostype", c.get("ostype").unwrap_or("")),
+                    ("tags", &c.tags()),
+                    ("pool", pool.map_or("", |p| p.name.as_str())),
+                    ("pool_levels", levels.format(pool.map_or(0, |p| p.levels.len()))),
+                    ("pool1", level(0)),
+                    ("pool2", level(1)),
+                    ("pool3", level(2)),
                 ],
                 1u64,
             );
-            let run = running.get(&(g.ty, g.vmid.clone()));
-            out.family(&GUEST_UP).push(both(), run.is_some());
-            let state: LabelValue = match (run, g.ty) {
-                (None, _) => "stopped".into(),
-                (Some(_), GuestType::Qemu) => {
-                    qemu_state.get(g.vmid.as_str()).map_or("running".into(), |s| s.to_string().into())
-                }
-                (Some(_), GuestType::Lxc) if cx.container_frozen(&g.vmid) => "frozen".into(),
-                (Some(_), GuestType::Lxc) => "running".into(),
+            let run = running.get(&(g.ty, id));
+            out.family(&GUEST_UP).push_ref(&both, run.is_some());
+            let state = match (run, g.ty) {
+                (None, _) => "stopped",
+                (Some(_), GuestType::Qemu) => qemu_state.get(id).copied().unwrap_or("running"),
+                (Some(_), GuestType::Lxc) if cx.container_frozen(&g.vmid) => "frozen",
+                (Some(_), GuestType::Lxc) => "running",
             };
-            out.family(&GUEST_STATE).push([("id", id.clone()), ("type", ty.clone()), ("state", state)], 1u64);
+            out.family(&GUEST_STATE).push_ref(&[("id", id), ("type", ty), ("state", state)], 1u64);
             let up = match (run, uptime) {
                 (Some(Some(started)), Some(now)) => (now - started.as_secs_f64()).max(0.0).floor(),
                 _ => 0.0,
             };
-            out.family(&GUEST_UPTIME).push(both(), up);
-            out.family(&GUEST_TEMPLATE).push(both(), c.template());
-            out.family(&GUEST_ONBOOT).push(both(), c.onboot().unwrap_or(false));
+            out.family(&GUEST_UPTIME).push_ref(&both, up);
+            out.family(&GUEST_TEMPLATE).push_ref(&both, c.template());
+            out.family(&GUEST_ONBOOT).push_ref(&both, c.onboot().unwrap_or(false));
             if let Some(o) = c.startup_order() {
-                out.family(&GUEST_STARTUP_ORDER).push(both(), o);
+                out.family(&GUEST_STARTUP_ORDER).push_ref(&both, o);
             }
-            out.family(&GUEST_PROTECTION).push(both(), c.protection());
+            out.family(&GUEST_PROTECTION).push_ref(&both, c.protection());
             if let Some(l) = c.lock() {
-                out.family(&GUEST_LOCK)
-                    .push([("id", id.clone()), ("type", ty.clone()), ("lock", l.to_string().into())], 1u64);
+                out.family(&GUEST_LOCK).push_ref(&[("id", id), ("type", ty), ("lock", l)], 1u64);
             }
             if let Some(s) = &g.ha_state {
-                out.family(&GUEST_HA_STATE)
-                    .push([("id", id.clone()), ("type", ty.clone()), ("state", s.clone().into())], 1u64);
+                out.family(&GUEST_HA_STATE).push_ref(&[("id", id), ("type", ty), ("state", s)], 1u64);
             }
-            out.family(&GUEST_CPUS).push(both(), c.cpus(g.ty, host_cpus));
-            out.family(&GUEST_MEMORY_BYTES).push(both(), c.memory_bytes());
+            out.family(&GUEST_CPUS).push_ref(&both, c.cpus(g.ty, host_cpus));
+            out.family(&GUEST_MEMORY_BYTES).push_ref(&both, c.memory_bytes());
             if g.ty == GuestType::Qemu
                 && let Some(b) = c.balloon_min_bytes()
             {
-                out.family(&GUEST_BALLOON_MIN_BYTES).push(both(), b);
+                out.family(&GUEST_BALLOON_MIN_BYTES).push_ref(&both, b);
             }
             if g.ty == GuestType::Lxc {
-                out.family(&GUEST_SWAP_BYTES).push(both(), c.swap_bytes());
+                out.family(&GUEST_SWAP_BYTES).push_ref(&both, c.swap_bytes());
             }
             for d in c.disks(g.ty) {
                 if let Some(size) = d.size {
-                    out.family(&GUEST_DISK_SIZE_BYTES).push(
-                        [
-                            ("id", id.clone()),
-                            ("type", ty.clone()),
-                            ("disk", d.key.clone().into()),
-                            ("volume", d.volume.clone().into()),
-                        ],
-                        size,
-                    );
+                    out.family(&GUEST_DISK_SIZE_BYTES)
+                        .push_ref(&[("id", id), ("type", ty), ("disk", &d.key), ("volume", &d.volume)], size);
                 }
             }
-            out.family(&GUEST_SNAPSHOTS).push(both(), c.snapshots.len() as u64);
+            out.family(&GUEST_SNAPSHOTS).push_ref(&both, c.snapshots.len() as u64);
             if let Some(t) = c.newest_snapshot() {
-                out.family(&GUEST_SNAPSHOT_NEWEST).push(both(), t);
+                out.family(&GUEST_SNAPSHOT_NEWEST).push_ref(&both, t);
             }
         }
         Error::all(list.take_errors())

@@ -54,22 +54,24 @@ impl Collector for Kvm {
 
 /// The families of every VM from its process figures.
 fn emit(vms: &[Vm], stats: &[ProcessStats], memtotal: Option<u64>, out: &mut MetricSet) {
+    let (mut pid, mut levels) = (itoa::Buffer::new(), itoa::Buffer::new());
     for (vm, st) in vms.iter().zip(stats) {
-        let vid = shared_id(vm);
-        let id = || [("id", vid.clone())];
-        let pool = vm.pool.clone().unwrap_or_default();
-        let level = |i: usize| pool.levels.get(i).cloned().unwrap_or_default();
-        out.family(&KVM_INFO).push(
-            [
-                ("id", vid.clone()),
-                ("name", vm.name.clone().into()),
-                ("cpu", vm.cpu.clone().into()),
-                ("pid", vm.pid.to_string().into()),
-                ("pool", pool.name.clone().into()),
-                ("pool_levels", pool.levels.len().to_string().into()),
-                ("pool1", level(0).into()),
-                ("pool2", level(1).into()),
-                ("pool3", level(2).into()),
+        // Labels are borrowed from the VM and its pool: written as they are.
+        let id = vm.id.as_str();
+        let one = [("id", id)];
+        let pool = vm.pool.as_ref();
+        let level = |i: usize| pool.and_then(|p| p.levels.get(i)).map_or("", String::as_str);
+        out.family(&KVM_INFO).push_ref(
+            &[
+                ("id", id),
+                ("name", &vm.name),
+                ("cpu", &vm.cpu),
+                ("pid", pid.format(vm.pid)),
+                ("pool", pool.map_or("", |p| p.name.as_str())),
+                ("pool_levels", levels.format(pool.map_or(0, |p| p.levels.len()))),
+                ("pool1", level(0)),
+                ("pool2", level(1)),
+                ("pool3", level(2)),
             ],
             1u64,
         );
@@ -77,15 +79,15 @@ fn emit(vms: &[Vm], stats: &[ProcessStats], memtotal: Option<u64>, out: &mut Met
             && let Some(x) = &vm.extra
         {
             let nova = x.nova.clone().unwrap_or_default();
-            out.family(&KVM_LIBVIRT_INFO).push(
-                [
-                    ("id", vid.clone()),
-                    ("name", vm.name.clone().into()),
-                    ("uuid", x.uuid.clone().into()),
-                    ("nova_instance", nova.name.into()),
-                    ("nova_project", nova.project.into()),
-                    ("nova_project_id", nova.project_id.into()),
-                    ("nova_flavor", nova.flavor.into()),
+            out.family(&KVM_LIBVIRT_INFO).push_ref(
+                &[
+                    ("id", id),
+                    ("name", &vm.name),
+                    ("uuid", &x.uuid),
+                    ("nova_instance", &nova.name),
+                    ("nova_project", &nova.project),
+                    ("nova_project_id", &nova.project_id),
+                    ("nova_flavor", &nova.flavor),
                 ],
                 1u64,
             );
@@ -93,29 +95,29 @@ fn emit(vms: &[Vm], stats: &[ProcessStats], memtotal: Option<u64>, out: &mut Met
         if let Some(cpu) = &st.cpu {
             let f = out.family(&KVM_CPU_SECONDS);
             for (mode, d) in [("user", cpu.user), ("system", cpu.system), ("iowait", cpu.iowait)] {
-                f.push([("id", vid.clone()), ("mode", mode.into())], d.as_secs_f64());
+                f.push_ref(&[("id", id), ("mode", mode)], d.as_secs_f64());
             }
         }
-        out.family(&KVM_VCORES).push(id(), vm.vcores);
-        out.family(&KVM_MAXMEM_BYTES).push(id(), vm.maxmem_bytes);
+        out.family(&KVM_VCORES).push_ref(&one, vm.vcores);
+        out.family(&KVM_MAXMEM_BYTES).push_ref(&one, vm.maxmem_bytes);
         if let Some(status) = &st.status {
             if let Some(rss) = status.memory("vmrss")
                 && vm.maxmem_bytes > 0
             {
-                out.family(&KVM_MEMORY_UTILISATION).push(id(), rss as f64 / vm.maxmem_bytes as f64);
+                out.family(&KVM_MEMORY_UTILISATION).push_ref(&one, rss as f64 / vm.maxmem_bytes as f64);
             }
             if let (Some(rss), Some(total)) = (status.memory("vmrss"), memtotal.filter(|t| *t > 0)) {
-                out.family(&KVM_MEMORY_PERCENT).push(id(), rss as f64 * 100.0 / total as f64);
+                out.family(&KVM_MEMORY_PERCENT).push_ref(&one, rss as f64 * 100.0 / total as f64);
             }
             let f = out.family(&KVM_MEMORY_EXTENDED);
             for (k, v) in &status.memory {
-                f.push([("id", vid.clone()), ("type", LabelValue::from(k.clone()))], *v);
+                f.push_ref(&[("id", id), ("type", k)], *v);
             }
         }
         // Threads from status, else from stat.
         let threads = st.status.as_ref().and_then(|s| s.threads).or(st.cpu.map(|c| c.num_threads));
         if let Some(t) = threads {
-            out.family(&KVM_THREADS).push(id(), t);
+            out.family(&KVM_THREADS).push_ref(&one, t);
         }
         if let Some(status) = &st.status {
             let f = out.family(&KVM_CTX_SWITCHES);
@@ -123,13 +125,13 @@ fn emit(vms: &[Vm], stats: &[ProcessStats], memtotal: Option<u64>, out: &mut Met
                 [("voluntary", status.voluntary_ctxt_switches), ("involuntary", status.nonvoluntary_ctxt_switches)]
             {
                 if let Some(v) = v {
-                    f.push([("id", vid.clone()), ("type", ty.into())], v);
+                    f.push_ref(&[("id", id), ("type", ty)], v);
                 }
             }
         }
         if let Some(io) = &st.io {
             for (def, v) in KVM_IO.iter().zip([io.syscr, io.read_bytes, io.rchar, io.syscw, io.write_bytes, io.wchar]) {
-                out.family(def).push(id(), v);
+                out.family(def).push_ref(&one, v);
             }
         }
     }

@@ -10,7 +10,7 @@ use super::{Collector, Context, Error, Group, Need, Setup, stages::RunningContai
 use crate::{
     catalog::*,
     host::BlockingGate,
-    metrics::{LabelValue, MetricSet},
+    metrics::MetricSet,
     sources::{
         kernel::cgroup,
         pve::guest_config::{ConfigDisk, GuestConfig, GuestType},
@@ -147,17 +147,15 @@ impl Lxc {
                         if d.key == "rootfs" {
                             cx.set_container_rootfs(&ctid, u);
                         }
-                        let labels = || {
-                            [
-                                ("id", LabelValue::from(ctid.clone())),
-                                ("disk", LabelValue::from(d.key.clone())),
-                                ("mountpoint", d.mountpoint.clone().unwrap_or_default().into()),
-                                ("volume", d.volume.clone().into()),
-                            ]
-                        };
-                        out.family(&LXC_FS_SIZE_BYTES).push(labels(), u.size);
-                        out.family(&LXC_FS_USED_BYTES).push(labels(), u.used);
-                        out.family(&LXC_FS_FREE_BYTES).push(labels(), u.free);
+                        let labels = [
+                            ("id", ctid.as_str()),
+                            ("disk", &d.key),
+                            ("mountpoint", d.mountpoint.as_deref().unwrap_or("")),
+                            ("volume", &d.volume),
+                        ];
+                        out.family(&LXC_FS_SIZE_BYTES).push_ref(&labels, u.size);
+                        out.family(&LXC_FS_USED_BYTES).push_ref(&labels, u.used);
+                        out.family(&LXC_FS_FREE_BYTES).push_ref(&labels, u.free);
                     }
                     // The container stopped, or the mount point is not mounted (yet).
                     Err(e) if crate::host::is_gone(&e) => {}
@@ -175,77 +173,80 @@ fn emit(
     pool: Option<&crate::sources::pve::config::PoolInfo>,
     out: &mut MetricSet,
 ) {
-    let id = LabelValue::Shared(ct.ctid.as_str().into());
-    let one = || [("id", id.clone())];
-    let get = |k: &str| config.and_then(|c| c.get(k)).unwrap_or("").to_string();
-    let pool = pool.cloned().unwrap_or_default();
-    let level = |i: usize| pool.levels.get(i).cloned().unwrap_or_default();
-    out.family(&LXC_INFO).push(
-        [
-            ("id", id.clone()),
-            ("name", config.map(|c| c.name(GuestType::Lxc, &ct.ctid)).unwrap_or_default().into()),
-            ("pid", ct.pid.to_string().into()),
-            ("ostype", get("ostype").into()),
-            ("arch", get("arch").into()),
-            ("unprivileged", LabelValue::from(if config.is_some_and(|c| c.unprivileged()) { "1" } else { "0" })),
-            ("tags", config.map(|c| c.tags()).unwrap_or_default().into()),
-            ("pool", pool.name.clone().into()),
-            ("pool_levels", pool.levels.len().to_string().into()),
-            ("pool1", level(0).into()),
-            ("pool2", level(1).into()),
-            ("pool3", level(2).into()),
+    // Labels are borrowed from the container, its config and its pool: written as they are.
+    let id = ct.ctid.as_str();
+    let get = |k: &str| config.and_then(|c| c.get(k)).unwrap_or("");
+    let level = |i: usize| pool.and_then(|p| p.levels.get(i)).map_or("", String::as_str);
+    let name = config.map(|c| c.name(GuestType::Lxc, &ct.ctid)).unwrap_or_default();
+    let tags = config.map(|c| c.tags()).unwrap_or_default();
+    let (mut pid, mut levels) = (itoa::Buffer::new(), itoa::Buffer::new());
+    out.family(&LXC_INFO).push_ref(
+        &[
+            ("id", id),
+            ("name", &name),
+            ("pid", pid.format(ct.pid)),
+            ("ostype", get("ostype")),
+            ("arch", get("arch")),
+            ("unprivileged", if config.is_some_and(|c| c.unprivileged()) { "1" } else { "0" }),
+            ("tags", &tags),
+            ("pool", pool.map_or("", |p| p.name.as_str())),
+            ("pool_levels", levels.format(pool.map_or(0, |p| p.levels.len()))),
+            ("pool1", level(0)),
+            ("pool2", level(1)),
+            ("pool3", level(2)),
         ],
         1u64,
     );
     if let (Some(u), Some(s)) = (st.cpu_user_seconds, st.cpu_system_seconds) {
         let f = out.family(&LXC_CPU_SECONDS);
-        f.push([("id", id.clone()), ("mode", "user".into())], u);
-        f.push([("id", id.clone()), ("mode", "system".into())], s);
+        f.push_ref(&[("id", id), ("mode", "user")], u);
+        f.push_ref(&[("id", id), ("mode", "system")], s);
     }
     let f = out.family(&LXC_MEMORY_BYTES);
     for (ty, v) in
         [("current", st.memory_bytes), ("anon", st.memory_anon), ("file", st.memory_file), ("kernel", st.memory_kernel)]
     {
         if let Some(v) = v {
-            f.push([("id", id.clone()), ("type", ty.into())], v);
+            f.push_ref(&[("id", id), ("type", ty)], v);
         }
     }
+    let one = [("id", id)];
     if let Some(u) = st.memory_used() {
-        out.family(&LXC_MEMORY_USED_BYTES).push(one(), u);
+        out.family(&LXC_MEMORY_USED_BYTES).push_ref(&one, u);
     }
     if let Some(s) = st.swap_bytes {
-        out.family(&LXC_SWAP_BYTES).push(one(), s);
+        out.family(&LXC_SWAP_BYTES).push_ref(&one, s);
     }
     if let Some(Some(m)) = st.limits.memory_max {
-        out.family(&LXC_MEMORY_LIMIT_BYTES).push(one(), m);
+        out.family(&LXC_MEMORY_LIMIT_BYTES).push_ref(&one, m);
     }
     if let Some(Some(m)) = st.limits.swap_max {
-        out.family(&LXC_SWAP_LIMIT_BYTES).push(one(), m);
+        out.family(&LXC_SWAP_LIMIT_BYTES).push_ref(&one, m);
     }
     if let Some(Some(c)) = st.limits.cpu_max_cores {
-        out.family(&LXC_CPU_LIMIT_CORES).push(one(), c);
+        out.family(&LXC_CPU_LIMIT_CORES).push_ref(&one, c);
     }
     for (dev, c) in &st.io {
         for (def, r, w) in [(&LXC_IO_BYTES, c.read_bytes, c.write_bytes), (&LXC_IO_OPERATIONS, c.read_ops, c.write_ops)]
         {
             let f = out.family(def);
-            f.push([("id", id.clone()), ("device", dev.clone().into()), ("direction", "read".into())], r);
-            f.push([("id", id.clone()), ("device", dev.clone().into()), ("direction", "write".into())], w);
+            f.push_ref(&[("id", id), ("device", dev), ("direction", "read")], r);
+            f.push_ref(&[("id", id), ("device", dev), ("direction", "write")], w);
         }
     }
     for (res, p) in ["cpu", "memory", "io"].iter().zip(&st.pressure) {
         let Some(p) = p else { continue };
         for (kind, a) in [("some", p.some), ("full", p.full)] {
             let Some(a) = a else { continue };
-            let labels = || [("id", id.clone()), ("resource", LabelValue::from(*res)), ("kind", kind.into())];
-            out.family(&LXC_PRESSURE_SECONDS).push(labels(), a.total_us as f64 / 1e6);
+            out.family(&LXC_PRESSURE_SECONDS)
+                .push_ref(&[("id", id), ("resource", res), ("kind", kind)], a.total_us as f64 / 1e6);
         }
     }
     if let Some(p) = st.pids {
-        out.family(&LXC_PROCESSES).push(one(), p);
+        out.family(&LXC_PROCESSES).push_ref(&one, p);
     }
     if let Some(o) = st.oom_kills {
-        out.family(&LXC_OOM_KILLS).push(one(), o);
+        out.family(&LXC_OOM_KILLS).push_ref(&one, o);
     }
 }
 
@@ -253,17 +254,19 @@ fn emit(
 const VETH_COUNTERS: [&str; 6] = ["rx_bytes", "tx_bytes", "rx_packets", "tx_packets", "rx_dropped", "tx_dropped"];
 
 fn emit_nics(cx: &Context, ct: &RunningContainer, config: &GuestConfig, out: &mut MetricSet) {
-    let id = LabelValue::Shared(ct.ctid.as_str().into());
     let links = cx.guest_links();
+    let (mut ifname, mut net) = (String::new(), String::new());
     for nic in config.nics() {
-        let ifname = format!("veth{}i{}", ct.ctid, nic.index);
+        use std::fmt::Write;
+        ifname.clear();
+        let _ = write!(ifname, "veth{}i{}", ct.ctid, nic.index);
         // Not up (yet), or the container stopped: no counters, no error.
         let Some(stats) = links.get(&ifname) else { continue };
-        let ifl: LabelValue = ifname.into();
-        let net: LabelValue = format!("net{}", nic.index).into();
+        net.clear();
+        let _ = write!(net, "net{}", nic.index);
         for (def, name) in LXC_NIC.iter().zip(VETH_COUNTERS) {
             if let Some(v) = stats.get(name) {
-                out.family(def).push([("id", id.clone()), ("ifname", ifl.clone()), ("net", net.clone())], v);
+                out.family(def).push_ref(&[("id", &ct.ctid), ("ifname", &ifname), ("net", &net)], v);
             }
         }
     }

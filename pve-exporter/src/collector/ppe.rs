@@ -163,7 +163,7 @@ impl Collector for Ppe {
             let id = format!("{}/{}", g.ty.as_str(), g.vmid);
             let one = || [("id", id.clone())];
             let cpus = c.cpus(g.ty, host_cpus);
-            let running_since = run.get(&(g.ty, g.vmid.clone()));
+            let running_since = run.get(&(g.ty, g.vmid.as_str()));
             let mut f = Figures::default();
             if let Some((rx, tx)) = net.get(&(g.ty, g.vmid.clone())) {
                 // The host's receive is what the guest sent.
@@ -228,7 +228,7 @@ impl Collector for Ppe {
                 [
                     ("id", id.clone()),
                     ("node", node.clone()),
-                    ("name", c.name(g.ty, &g.vmid)),
+                    ("name", c.name(g.ty, &g.vmid).into_owned()),
                     ("type", g.ty.as_str().to_string()),
                     ("template", u8::from(c.template()).to_string()),
                     ("tags", c.tags()),

@@ -209,26 +209,45 @@ pub struct IoCounters {
 
 /// `key value` lines (cpu.stat, memory.stat, memory.events); malformed lines are skipped.
 pub fn parse_flat_keyed(text: &str) -> FlatKeyed<'_> {
-    FlatKeyed(
-        text.lines()
-            .filter_map(|l| {
-                let mut w = l.split_ascii_whitespace();
-                let (k, v) = (w.next()?, w.next()?);
-                Some((k, v.parse().ok()?))
-            })
-            .collect(),
-    )
+    FlatKeyed(text)
 }
 
-/// A flat-keyed file's values. A list, not a map: these files have a few dozen lines and a
-/// reader asks for a handful of keys, so a scan costs less than hashing every key (a scrape
-/// parses some hundred of them).
-#[derive(Debug, Default)]
-pub struct FlatKeyed<'a>(Vec<(&'a str, u64)>);
+/// A flat-keyed file's values, looked up in its text: these files have a few dozen lines and
+/// a reader asks for a handful of keys, so scanning the text costs less than collecting every
+/// line (a scrape reads some hundred of them; a list of all lines was one allocation each).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FlatKeyed<'a>(&'a str);
 
-impl FlatKeyed<'_> {
+impl<'a> FlatKeyed<'a> {
+    /// The well-formed `key value` lines, in order.
+    fn lines(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        self.0.lines().filter_map(|l| {
+            let mut w = l.split_ascii_whitespace();
+            Some((w.next()?, w.next()?))
+        })
+    }
+
     pub fn get(&self, key: &str) -> Option<u64> {
-        self.0.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+        self.lines().find_map(|(k, v)| if k == key { v.parse().ok() } else { None })
+    }
+
+    /// The values of `keys` (the first well-formed line of each), in one pass over the text.
+    pub fn get_many<const N: usize>(&self, keys: [&str; N]) -> [Option<u64>; N] {
+        let mut out = [None; N];
+        let mut left = N;
+        for (k, v) in self.lines() {
+            if let Some(i) = keys.iter().position(|want| *want == k)
+                && out[i].is_none()
+                && let Ok(v) = v.parse::<u64>()
+            {
+                out[i] = Some(v);
+                left -= 1;
+                if left == 0 {
+                    break;
+                }
+            }
+        }
+        out
     }
 
     pub fn contains_key(&self, key: &str) -> bool {
@@ -236,11 +255,11 @@ impl FlatKeyed<'_> {
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.lines().filter(|(_, v)| v.parse::<u64>().is_ok()).count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.len() == 0
     }
 }
 
@@ -303,10 +322,14 @@ pub fn parse_io_stat(text: &str) -> BTreeMap<String, IoCounters> {
 pub fn parse_blkio(text: &str) -> BTreeMap<String, (u64, u64)> {
     let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for line in text.lines() {
-        let w: Vec<&str> = line.split_whitespace().collect();
-        let [dev, op, v] = w[..] else { continue };
+        let mut w = line.split_whitespace();
+        let (Some(dev), Some(op), Some(v), None) = (w.next(), w.next(), w.next(), w.next()) else { continue };
         let Ok(v) = v.parse::<u64>() else { continue };
-        let e = out.entry(dev.to_string()).or_default();
+        // The device's entry exists after its first line: no key allocated per line.
+        if !out.contains_key(dev) {
+            out.insert(dev.to_string(), (0, 0));
+        }
+        let Some(e) = out.get_mut(dev) else { continue };
         match op {
             "Read" => e.0 += v,
             "Write" => e.1 += v,
@@ -355,6 +378,8 @@ const FILES: &[&str] = &[
 pub struct CgroupFiles<'a> {
     host: &'a HostRoot,
     held: Option<&'a mut HeldFiles<CgroupKey>>,
+    /// The text of the last file read by path (or of a held file that was not UTF-8).
+    buf: String,
 }
 
 /// A held cgroup's key: (its hierarchy's mount, hashed; the container's or VM's id).
@@ -381,30 +406,37 @@ pub fn id_of(rel: &str) -> u32 {
 
 impl<'a> CgroupFiles<'a> {
     pub fn by_path(host: &'a HostRoot) -> Self {
-        Self { host, held: None }
+        Self { host, held: None, buf: String::new() }
     }
 
     pub fn held(host: &'a HostRoot, held: &'a mut HeldFiles<CgroupKey>) -> Self {
-        Self { host, held: Some(held) }
+        Self { host, held: Some(held), buf: String::new() }
     }
 
-    /// File `file` of cgroup `rel` below `mount` (a host path).
-    fn read(&mut self, mount: &Path, rel: &str, file: &str) -> io::Result<String> {
+    /// File `file` of cgroup `rel` below `mount`, borrowed until the next read: a held file's
+    /// text is its read buffer's, so reading one allocates nothing. `key` is `rel`'s key below
+    /// `mount` where the caller has it.
+    fn text(&mut self, key: Option<CgroupKey>, mount: &Path, rel: &str, file: &str) -> io::Result<&str> {
         let host = self.host;
-        match &mut self.held {
+        let raw = match &mut self.held {
             Some(held) => {
                 // One key per (mount, cgroup): a controller's files live in its own hierarchy.
-                let key = key_of(mount, rel);
+                let key = key.unwrap_or_else(|| key_of(mount, rel));
                 let slot = FILES.iter().position(|f| *f == file).unwrap_or(FILES.len());
-                // The path only when the file is opened: a held file's read allocates nothing
-                // but the text it returns.
-                let raw = held.read(&key, slot, || host.path(mount.join(rel).join(file)))?;
-                Ok(match std::str::from_utf8(raw) {
-                    Ok(t) => t.to_owned(),
-                    Err(_) => String::from_utf8_lossy(raw).into_owned(),
-                })
+                // The path only when the file is opened.
+                held.read(&key, slot, || host.path(mount.join(rel).join(file)))?
             }
-            None => host.read_to_string(mount.join(rel).join(file)),
+            None => {
+                self.buf = host.read_to_string(mount.join(rel).join(file))?;
+                return Ok(&self.buf);
+            }
+        };
+        match std::str::from_utf8(raw) {
+            Ok(t) => Ok(t),
+            Err(_) => {
+                self.buf = String::from_utf8_lossy(raw).into_owned();
+                Ok(&self.buf)
+            }
         }
     }
 }
@@ -439,66 +471,46 @@ pub fn read_cgroup(
     known: Option<&Limits>,
 ) -> Option<CgroupStats> {
     let ctid = rel; // the cgroup's path below each mount
-    let host = files.host;
+    let mut r = CgroupReader { host: files.host, files, rel, gone: false, errors, keys: Default::default() };
     let mut st = CgroupStats::default();
-    let mut gone = false;
-    let mut read = |mount: &Path, file: &str| -> Option<String> {
-        match files.read(mount, ctid, file) {
-            Ok(t) => Some(t),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                if !host.path(mount.join(ctid)).exists() {
-                    gone = true;
-                }
-                None
-            }
-            // ENODEV: the cgroup was removed while its file was open.
-            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {
-                gone = true;
-                None
-            }
-            Err(e) => {
-                errors.push(SourceError::io(host.path(mount.join(ctid).join(file)), e));
-                None
-            }
-        }
-    };
     let mut parse_err = Vec::new();
     // CPU.
     if let Some((m, v2)) = h.find("cpu", "cpuacct") {
         if v2 {
-            if let Some(t) = read(m, "cpu.stat") {
-                let k = parse_flat_keyed(&t);
-                st.cpu_user_seconds = k.get("user_usec").map(|u| u as f64 / 1e6);
-                st.cpu_system_seconds = k.get("system_usec").map(|u| u as f64 / 1e6);
+            if let Some([u, s]) = r.keyed(m, "cpu.stat", ["user_usec", "system_usec"]) {
+                st.cpu_user_seconds = u.map(|u| u as f64 / 1e6);
+                st.cpu_system_seconds = s.map(|s| s as f64 / 1e6);
             }
-        } else if let (Some(u), Some(s)) = (read(m, "cpuacct.usage_user"), read(m, "cpuacct.usage_sys")) {
-            st.cpu_user_seconds = u.trim().parse::<u64>().ok().map(|n| n as f64 / 1e9);
-            st.cpu_system_seconds = s.trim().parse::<u64>().ok().map(|n| n as f64 / 1e9);
-        } else if let Some(t) = read(m, "cpuacct.stat") {
-            let k = parse_flat_keyed(&t);
+        } else if let (Some(u), Some(s)) =
+            (r.value::<u64>(m, "cpuacct.usage_user"), r.value::<u64>(m, "cpuacct.usage_sys"))
+        {
+            st.cpu_user_seconds = Some(u as f64 / 1e9);
+            st.cpu_system_seconds = Some(s as f64 / 1e9);
+        } else if let Some([u, s]) = r.keyed(m, "cpuacct.stat", ["user", "system"]) {
             let hz = ticks_per_second();
-            st.cpu_user_seconds = k.get("user").map(|u| u as f64 / hz);
-            st.cpu_system_seconds = k.get("system").map(|u| u as f64 / hz);
+            st.cpu_user_seconds = u.map(|u| u as f64 / hz);
+            st.cpu_system_seconds = s.map(|s| s as f64 / hz);
         }
     } else if let Some(m) = &h.v2 {
         // cgroup2 has cpu.stat's usage lines without the cpu controller.
-        if let Some(t) = read(m, "cpu.stat") {
-            let k = parse_flat_keyed(&t);
-            st.cpu_user_seconds = k.get("user_usec").map(|u| u as f64 / 1e6);
-            st.cpu_system_seconds = k.get("system_usec").map(|u| u as f64 / 1e6);
+        if let Some([u, s]) = r.keyed(m, "cpu.stat", ["user_usec", "system_usec"]) {
+            st.cpu_user_seconds = u.map(|u| u as f64 / 1e6);
+            st.cpu_system_seconds = s.map(|s| s as f64 / 1e6);
         }
     }
     if let Some((m, v2)) = h.find("cpu", "cpu")
         && known.is_none()
     {
         if v2 {
-            if let Some(t) = read(m, "cpu.max") {
-                match parse_cpu_max(&t) {
+            if let Some(t) = r.text(m, "cpu.max") {
+                match parse_cpu_max(t) {
                     Ok(c) => st.limits.cpu_max_cores = Some(c),
                     Err(e) => parse_err.push(e.input(format!("{ctid}/cpu.max"))),
                 }
             }
-        } else if let (Some(q), Some(p)) = (read(m, "cpu.cfs_quota_us"), read(m, "cpu.cfs_period_us")) {
+        } else if let (Some(q), Some(p)) =
+            (r.text(m, "cpu.cfs_quota_us").map(str::to_owned), r.text(m, "cpu.cfs_period_us"))
+        {
             let (q, p) = (q.trim().parse::<i64>().ok(), p.trim().parse::<f64>().ok());
             st.limits.cpu_max_cores = match (q, p) {
                 (Some(q), Some(p)) if q > 0 && p > 0.0 => Some(Some(q as f64 / p)),
@@ -510,90 +522,145 @@ pub fn read_cgroup(
     // Memory.
     if let Some((m, v2)) = h.find("memory", "memory") {
         if v2 {
-            st.memory_bytes = read(m, "memory.current").and_then(|t| t.trim().parse().ok());
-            if let Some(t) = read(m, "memory.stat") {
-                let k = parse_flat_keyed(&t);
-                st.memory_anon = k.get("anon");
-                st.memory_file = k.get("file");
-                // `kernel` since 5.18; before, its parts.
-                st.memory_kernel = k.get("kernel").or_else(|| {
-                    let parts = ["kernel_stack", "pagetables", "percpu", "sock", "slab", "vmalloc"];
-                    parts.iter().any(|p| k.contains_key(p)).then(|| parts.iter().filter_map(|p| k.get(p)).sum())
-                });
+            st.memory_bytes = r.value(m, "memory.current");
+            if let Some([anon, file, kernel, parts @ ..]) = r.keyed(
+                m,
+                "memory.stat",
+                ["anon", "file", "kernel", "kernel_stack", "pagetables", "percpu", "sock", "slab", "vmalloc"],
+            ) {
+                st.memory_anon = anon;
+                st.memory_file = file;
+                // `kernel` since 5.18; before, its parts (the six keys after it).
+                st.memory_kernel =
+                    kernel.or_else(|| parts.iter().any(Option::is_some).then(|| parts.iter().flatten().sum()));
             }
-            st.swap_bytes = read(m, "memory.swap.current").and_then(|t| t.trim().parse().ok());
+            st.swap_bytes = r.value(m, "memory.swap.current");
             if known.is_none() {
                 for (file, slot) in
                     [("memory.max", &mut st.limits.memory_max), ("memory.swap.max", &mut st.limits.swap_max)]
                 {
-                    if let Some(t) = read(m, file) {
-                        match parse_limit(&t) {
+                    if let Some(t) = r.text(m, file) {
+                        match parse_limit(t) {
                             Ok(l) => *slot = Some(l),
                             Err(e) => parse_err.push(e.input(format!("{ctid}/{file}"))),
                         }
                     }
                 }
             }
-            st.oom_kills = read(m, "memory.events").and_then(|t| parse_flat_keyed(&t).get("oom_kill"));
+            st.oom_kills = r.keyed(m, "memory.events", ["oom_kill"]).and_then(|[k]| k);
         } else {
-            let usage: Option<u64> = read(m, "memory.usage_in_bytes").and_then(|t| t.trim().parse().ok());
+            let usage: Option<u64> = r.value(m, "memory.usage_in_bytes");
             st.memory_bytes = usage;
-            if let Some(t) = read(m, "memory.stat") {
-                let k = parse_flat_keyed(&t);
-                st.memory_anon = k.get("total_rss");
-                st.memory_file = k.get("total_cache");
+            if let Some([rss, cache]) = r.keyed(m, "memory.stat", ["total_rss", "total_cache"]) {
+                st.memory_anon = rss;
+                st.memory_file = cache;
             }
-            st.memory_kernel = read(m, "memory.kmem.usage_in_bytes").and_then(|t| t.trim().parse().ok());
+            st.memory_kernel = r.value(m, "memory.kmem.usage_in_bytes");
             // memsw files exist only with swap accounting (swapaccount=1): missing is no error.
-            let memsw: Option<u64> = read(m, "memory.memsw.usage_in_bytes").and_then(|t| t.trim().parse().ok());
+            let memsw: Option<u64> = r.value(m, "memory.memsw.usage_in_bytes");
             st.swap_bytes = memsw.zip(usage).map(|(sw, u)| sw.saturating_sub(u));
             if known.is_none() {
-                let limit: Option<u64> = read(m, "memory.limit_in_bytes").and_then(|t| t.trim().parse().ok());
+                let limit: Option<u64> = r.value(m, "memory.limit_in_bytes");
                 st.limits.memory_max = limit.map(v1_limit);
-                let swlimit: Option<u64> = read(m, "memory.memsw.limit_in_bytes").and_then(|t| t.trim().parse().ok());
+                let swlimit: Option<u64> = r.value(m, "memory.memsw.limit_in_bytes");
                 st.limits.swap_max = swlimit.zip(limit).map(|(sw, l)| v1_limit(sw).map(|sw| sw.saturating_sub(l)));
             }
-            st.oom_kills = read(m, "memory.oom_control").and_then(|t| parse_flat_keyed(&t).get("oom_kill"));
+            st.oom_kills = r.keyed(m, "memory.oom_control", ["oom_kill"]).and_then(|[k]| k);
         }
     }
     // Block I/O.
     if let Some((m, v2)) = h.find("io", "blkio") {
         if v2 {
-            if let Some(t) = read(m, "io.stat") {
-                st.io = parse_io_stat(&t);
+            if let Some(t) = r.text(m, "io.stat") {
+                st.io = parse_io_stat(t);
             }
-        } else if let Some(b) = read(m, "blkio.throttle.io_service_bytes_recursive") {
-            let ops = read(m, "blkio.throttle.io_serviced_recursive").map(|t| parse_blkio(&t)).unwrap_or_default();
-            for (dev, (r, w)) in parse_blkio(&b) {
+        } else if let Some(b) = r.text(m, "blkio.throttle.io_service_bytes_recursive").map(parse_blkio) {
+            let ops = r.text(m, "blkio.throttle.io_serviced_recursive").map(parse_blkio).unwrap_or_default();
+            for (dev, (rd, wr)) in b {
                 let (ro, wo) = ops.get(&dev).copied().unwrap_or_default();
-                st.io.insert(dev, IoCounters { read_bytes: r, write_bytes: w, read_ops: ro, write_ops: wo });
+                st.io.insert(dev, IoCounters { read_bytes: rd, write_bytes: wr, read_ops: ro, write_ops: wo });
             }
         }
     }
     if let Some((m, _)) = h.find("pids", "pids") {
-        st.pids = read(m, "pids.current").and_then(|t| t.trim().parse().ok());
+        st.pids = r.value(m, "pids.current");
     }
     // Pressure: cgroup2 only (it is there without any controller enabled).
     if let Some(m) = &h.v2 {
         for (i, (res, file)) in
             [("cpu", "cpu.pressure"), ("memory", "memory.pressure"), ("io", "io.pressure")].iter().enumerate()
         {
-            if let Some(t) = read(m, file) {
-                match parse_pressure(&t) {
+            if let Some(t) = r.text(m, file) {
+                match parse_pressure(t) {
                     Ok(p) => st.pressure[i] = Some(p),
                     Err(e) => parse_err.push(e.input(format!("{ctid}/{res}.pressure"))),
                 }
             }
         }
     }
-    if gone {
+    if r.gone {
         return None;
     }
     if let Some(l) = known {
         st.limits = *l;
     }
-    errors.extend(parse_err.into_iter().map(SourceError::from));
+    r.errors.extend(parse_err.into_iter().map(SourceError::from));
     Some(st)
+}
+
+/// [`read_cgroup`]'s reads of one cgroup: each file's text borrowed in turn, what failed in
+/// `errors`, whether the cgroup is gone (the container stopped mid-scrape).
+struct CgroupReader<'r, 'a> {
+    host: &'a HostRoot,
+    files: &'r mut CgroupFiles<'a>,
+    rel: &'r str,
+    gone: bool,
+    errors: &'r mut Vec<SourceError>,
+    /// The cgroup's key below each mount read so far (a handful), not hashed again per file.
+    keys: smallvec::SmallVec<[(&'r Path, CgroupKey); 8]>,
+}
+
+impl<'r> CgroupReader<'r, '_> {
+    fn key(&mut self, mount: &'r Path) -> CgroupKey {
+        if let Some((_, k)) = self.keys.iter().find(|(m, _)| std::ptr::eq(*m, mount)) {
+            return *k;
+        }
+        let k = key_of(mount, self.rel);
+        self.keys.push((mount, k));
+        k
+    }
+
+    /// The text of `file` below `mount`; None: missing (the cgroup may be gone) or unreadable
+    /// (in `errors`).
+    fn text(&mut self, mount: &'r Path, file: &str) -> Option<&str> {
+        let key = self.key(mount);
+        let e = match self.files.text(Some(key), mount, self.rel, file) {
+            Ok(t) => return Some(t),
+            Err(e) => e,
+        };
+        let host = self.host;
+        if e.kind() == io::ErrorKind::NotFound {
+            if !host.path(mount.join(self.rel)).exists() {
+                self.gone = true;
+            }
+        } else if e.raw_os_error() == Some(libc::ENODEV) {
+            // The cgroup was removed while its file was open.
+            self.gone = true;
+        } else {
+            self.errors.push(SourceError::io(host.path(mount.join(self.rel).join(file)), e));
+        }
+        None
+    }
+
+    /// A file holding one number.
+    fn value<T: std::str::FromStr>(&mut self, mount: &'r Path, file: &str) -> Option<T> {
+        self.text(mount, file)?.trim().parse().ok()
+    }
+
+    /// `keys` of a flat-keyed file.
+    fn keyed<const N: usize>(&mut self, mount: &'r Path, file: &str, keys: [&str; N]) -> Option<[Option<u64>; N]> {
+        Some(parse_flat_keyed(self.text(mount, file)?).get_many(keys))
+    }
 }
 
 /// Memory a cgroup uses as PVE counts it (charged memory less page cache), reading only the
@@ -601,9 +668,8 @@ pub fn read_cgroup(
 pub fn memory_used(files: &mut CgroupFiles, h: &Hierarchies, rel: &str) -> Option<u64> {
     let (m, v2) = h.find("memory", "memory")?;
     let (cur, cache_key) = if v2 { ("memory.current", "file") } else { ("memory.usage_in_bytes", "total_cache") };
-    let current: u64 = files.read(m, rel, cur).ok()?.trim().parse().ok()?;
-    let stat = files.read(m, rel, "memory.stat").ok()?;
-    let cache = parse_flat_keyed(&stat).get(cache_key).unwrap_or(0);
+    let current: u64 = files.text(None, m, rel, cur).ok()?.trim().parse().ok()?;
+    let cache = parse_flat_keyed(files.text(None, m, rel, "memory.stat").ok()?).get(cache_key).unwrap_or(0);
     Some(current.saturating_sub(cache))
 }
 
@@ -613,10 +679,12 @@ pub fn memory_used(files: &mut CgroupFiles, h: &Hierarchies, rel: &str) -> Optio
 pub fn frozen(files: &mut CgroupFiles, h: &Hierarchies, ctid: &str) -> bool {
     let rel = format!("lxc/{ctid}");
     if let Some(m) = h.v1.get("freezer") {
-        return files.read(m, &rel, "ns/freezer.state").is_ok_and(|t| t.trim() == "FROZEN");
+        return files.text(None, m, &rel, "ns/freezer.state").is_ok_and(|t| t.trim() == "FROZEN");
     }
     if let Some(m) = &h.v2 {
-        return files.read(m, &rel, "ns/cgroup.events").is_ok_and(|t| parse_flat_keyed(&t).get("frozen") == Some(1));
+        return files
+            .text(None, m, &rel, "ns/cgroup.events")
+            .is_ok_and(|t| parse_flat_keyed(t).get("frozen") == Some(1));
     }
     false
 }
@@ -630,7 +698,7 @@ fn ticks_per_second() -> f64 {
 pub fn container_pids(files: &mut CgroupFiles, h: &Hierarchies, ctid: &str) -> Vec<u32> {
     let rel = format!("lxc/{ctid}");
     for m in h.v2.iter().chain(h.v1.values()) {
-        let mut pids: Vec<u32> = match files.read(m, &rel, "ns/cgroup.procs") {
+        let mut pids: Vec<u32> = match files.text(None, m, &rel, "ns/cgroup.procs") {
             Ok(t) => t.lines().filter_map(|l| l.trim().parse().ok()).collect(),
             Err(_) => continue,
         };

@@ -205,12 +205,14 @@ impl GuestConfig {
 
     /// The guest's name: a VM's `name`, a container's `hostname` (PVE's defaults `VM <id>` and
     /// `CT<id>` where unset).
-    pub fn name(&self, ty: GuestType, id: &str) -> String {
-        match ty {
-            GuestType::Qemu => self.get("name").map(str::to_string).unwrap_or_else(|| format!("VM {id}")),
-            GuestType::Lxc => {
-                self.get("hostname").map(|h| h.replace(char::is_whitespace, "")).unwrap_or_else(|| format!("CT{id}"))
-            }
+    pub fn name(&self, ty: GuestType, id: &str) -> std::borrow::Cow<'_, str> {
+        use std::borrow::Cow;
+        match (ty, self.get(if ty == GuestType::Qemu { "name" } else { "hostname" })) {
+            (GuestType::Qemu, Some(n)) => Cow::Borrowed(n),
+            (GuestType::Qemu, None) => Cow::Owned(format!("VM {id}")),
+            (GuestType::Lxc, Some(h)) if !h.contains(char::is_whitespace) => Cow::Borrowed(h),
+            (GuestType::Lxc, Some(h)) => Cow::Owned(h.replace(char::is_whitespace, "")),
+            (GuestType::Lxc, None) => Cow::Owned(format!("CT{id}")),
         }
     }
 
