@@ -26,12 +26,15 @@ use std::{
     net::TcpStream,
     path::Path,
     process::{Command, Stdio},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use fixture_scrape::{FIXTURES, Sample, assert_value, check_golden, copy_tree, samples, value};
 use pve_exporter::{
-    exposition::Format,
+    collector::Engine,
+    config::Config,
+    exposition::{self, Format},
     host::{BlockingGate, HostRoot},
     sources::pve::api::{ApiSettings, PveApi, Token, Trust},
 };
@@ -333,6 +336,85 @@ fn vm_pressure_on_a_hybrid_host_and_a_broken_lookup() {
     assert_eq!(success(&t, "vm_pressure"), Some(0.0), "a broken lookup is no success");
     assert!(value(&t, "pve_vm_pressure_cpu_some_ratio", &[("id", "qemu/101")]).is_none());
     assert_value(&t, "pve_vm_pressure_cpu_some_ratio", &[("id", "qemu/100")], 0.125);
+}
+
+/// A QEMU process's cgroup is read once and kept (PVE never moves it), not read every scrape;
+/// a process that did move is found in its new cgroup in the same scrape that finds its old
+/// cgroup gone. The VM's cgroups are real ones (a removed cgroup's open files answer ENODEV,
+/// which a fixture file cannot), reached from the fixture tree through symbolic links.
+#[test]
+fn vm_pressure_follows_a_process_that_moved() {
+    let dir = tree_copy();
+    let p = dir.path();
+    let real = cgroup2_mount().join(format!("pve-exporter-test-moved-{}", std::process::id()));
+    let (old, new) = (real.join("old"), real.join("new"));
+    for d in [&old, &new] {
+        std::fs::create_dir_all(d).expect("a cgroup2 directory (this test runs as root)");
+    }
+    let _cleanup = RemoveCgroups(vec![old.clone(), new.clone(), real.clone()]);
+    let cg = p.join("sys/fs/cgroup");
+    std::fs::remove_dir_all(cg.join("qemu.slice/101.scope")).unwrap();
+    std::os::unix::fs::symlink(&old, cg.join("qemu.slice/101.scope")).unwrap();
+    std::fs::create_dir_all(cg.join("other.slice")).unwrap();
+    std::os::unix::fs::symlink(&new, cg.join("other.slice/101.scope")).unwrap();
+
+    let root = p.to_str().unwrap();
+    let args = [
+        "pve-exporter",
+        "--ebpf",
+        "off",
+        "--root",
+        root,
+        "--collect-running-vms",
+        "false",
+        "--collect-storage",
+        "false",
+    ];
+    let engine = Engine::new(Config::from_args(args).unwrap()).unwrap();
+    let scrape = || exposition::render(Arc::new(engine.collect()), Format::Text);
+    let t = scrape();
+    assert_eq!(success(&t, "vm_pressure"), Some(1.0), "{t}");
+    assert!(value(&t, "pve_vm_pressure_cpu_some_ratio", &[("id", "qemu/101")]).is_some(), "{t}");
+
+    // Kept: what /proc/<pid>/cgroup says now is not read while the cgroup it said is there.
+    std::fs::write(p.join("proc/3101/cgroup"), "garbage\n").unwrap();
+    let t = scrape();
+    assert_eq!(success(&t, "vm_pressure"), Some(1.0), "{t}");
+    assert!(value(&t, "pve_vm_pressure_cpu_some_ratio", &[("id", "qemu/101")]).is_some(), "{t}");
+
+    // Moved, and the old cgroup removed (its held files now answer ENODEV): read again at
+    // once, and the new cgroup's files.
+    std::fs::write(p.join("proc/3101/cgroup"), "0::/other.slice/101.scope\n").unwrap();
+    std::fs::remove_dir(&old).unwrap();
+    let t = scrape();
+    assert_eq!(success(&t, "vm_pressure"), Some(1.0), "{t}");
+    assert!(value(&t, "pve_vm_pressure_cpu_some_ratio", &[("id", "qemu/101")]).is_some(), "{t}");
+    assert_value(&t, "pve_vm_pressure_cpu_some_ratio", &[("id", "qemu/100")], 0.125);
+}
+
+/// The cgroup v2 mount point (`cgroup2` in /proc/self/mountinfo).
+fn cgroup2_mount() -> std::path::PathBuf {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    info.lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            if right.split(' ').next()? != "cgroup2" {
+                return None;
+            }
+            Some(std::path::PathBuf::from(left.split(' ').nth(4)?))
+        })
+        .expect("this test needs a cgroup v2 mount")
+}
+
+/// Removes the test's (empty) cgroups, in order, when dropped.
+struct RemoveCgroups(Vec<std::path::PathBuf>);
+
+impl Drop for RemoveCgroups {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
 }
 
 #[test]

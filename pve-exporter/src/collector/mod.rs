@@ -303,7 +303,7 @@ impl<'a> Context<'a> {
     }
 
     /// Counters of the guests' host interfaces (`tap<vmid>i<N>`, `veth<ctid>i<N>`) by name.
-    pub fn guest_links(&self) -> &std::collections::HashMap<String, crate::sources::kernel::netlink::LinkStats> {
+    pub fn guest_links(&self) -> stages::GuestLinks<'_> {
         self.stages.guest_links()
     }
 

@@ -366,7 +366,7 @@ impl Ppe {
 /// `veth<ctid>i<N>` interfaces (as vmstatus sums /proc/net/dev).
 fn net_by_guest(cx: &Context) -> HashMap<(GuestType, String), (u64, u64)> {
     let mut out: HashMap<(GuestType, String), (u64, u64)> = HashMap::new();
-    for (name, stats) in cx.guest_links() {
+    for (name, stats) in cx.guest_links().iter() {
         let Some((ty, vmid)) = guest_of_interface(name) else { continue };
         let s = out.entry((ty, vmid)).or_default();
         s.0 += stats.get("rx_bytes").unwrap_or(0);

@@ -180,6 +180,38 @@ pub struct Stages<'a> {
     pub ct_rootfs: RefCell<std::collections::HashMap<String, crate::sources::storage::statvfs::Usage>>,
 }
 
+/// The guests' host interfaces (`tap<vmid>i<N>`, `veth<ctid>i<N>`) and their counters, by name.
+#[derive(Clone, Copy)]
+pub enum GuestLinks<'s> {
+    /// The scrape's netlink dump (it may hold other interfaces too: only guests' are answered).
+    Dump(&'s netlink::Dump),
+    /// Read from sysfs (a fixture root, or the dump failed).
+    Read(&'s std::collections::HashMap<String, LinkStats>),
+}
+
+impl<'s> GuestLinks<'s> {
+    fn is_guest(name: &str) -> bool {
+        crate::sources::pve::guest_config::guest_of_interface(name).is_some()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&'s LinkStats> {
+        match *self {
+            GuestLinks::Dump(d) => d.links.get(name)?.as_ref().filter(|_| Self::is_guest(name)),
+            GuestLinks::Read(m) => m.get(name),
+        }
+    }
+
+    /// Every guest interface with its counters.
+    pub fn iter(&self) -> Box<dyn Iterator<Item = (&'s str, &'s LinkStats)> + 's> {
+        match *self {
+            GuestLinks::Dump(d) => Box::new(
+                d.links.iter().filter(|(n, _)| Self::is_guest(n)).filter_map(|(n, s)| Some((n.as_str(), s.as_ref()?))),
+            ),
+            GuestLinks::Read(m) => Box::new(m.iter().map(|(n, s)| (n.as_str(), s))),
+        }
+    }
+}
+
 /// A running container: its cgroup exists and holds processes.
 #[derive(Debug, Clone)]
 pub struct RunningContainer {
@@ -333,19 +365,15 @@ impl<'a> Stages<'a> {
     }
 
     /// The counters of every guest interface of PVE's naming (`tap<vmid>i<N>`,
-    /// `veth<ctid>i<N>`): from the scrape's dump, else the statistics files below the root.
-    pub fn guest_links(&self) -> &std::collections::HashMap<String, LinkStats> {
-        self.guest_links.get_or_init(|| {
-            use crate::sources::pve::guest_config::guest_of_interface;
-            let keep = |n: &str| guest_of_interface(n).is_some();
-            if let Some(d) = self.host_links(&|_| false) {
-                return d
-                    .links
-                    .iter()
-                    .filter(|(n, _)| keep(n))
-                    .filter_map(|(n, s)| Some((n.clone(), s.clone()?)))
-                    .collect();
-            }
+    /// `veth<ctid>i<N>`): from the scrape's dump (looked up in it, not copied), else the
+    /// statistics files below the root.
+    pub fn guest_links(&self) -> GuestLinks<'_> {
+        use crate::sources::pve::guest_config::guest_of_interface;
+        let keep = |n: &str| guest_of_interface(n).is_some();
+        if let Some(d) = self.host_links(&|_| false) {
+            return GuestLinks::Dump(d);
+        }
+        GuestLinks::Read(self.guest_links.get_or_init(|| {
             let Ok(rd) = std::fs::read_dir(self.host.path("sys/class/net")) else { return Default::default() };
             rd.flatten()
                 .filter_map(|e| e.file_name().into_string().ok())
@@ -359,7 +387,7 @@ impl<'a> Stages<'a> {
                     Some((n, LinkStats(v)))
                 })
                 .collect()
-        })
+        }))
     }
 
     /// Whether container `ctid` is frozen.

@@ -89,7 +89,7 @@ struct LocalCtx<'a, 'c> {
     ha: &'a Arc<HaReader>,
     /// The VMs' pressure files and their /proc/<pid>/cgroup, held open by QEMU pid
     /// (vm_pressure).
-    pressure_files: &'a Mutex<HeldFiles<u32>>,
+    pressure_files: &'a Mutex<vm_pressure::PressureFiles>,
     emit: HaEmit<'a>,
     /// The collection's stages: the VMs and the cgroup mounts (collectors whose
     /// `local_reads_vms`).
@@ -153,7 +153,7 @@ pub struct PveState {
     pmxcfs: BlockingGate,
     statvfs: BlockingGate,
     workers: usize,
-    pressure_files: Mutex<HeldFiles<u32>>,
+    pressure_files: Mutex<vm_pressure::PressureFiles>,
     /// API nodes that did not answer in time: their requests are not made again until the
     /// back-off says so (cluster scope, where one down node must not cost every scrape its
     /// time limit).
@@ -289,7 +289,7 @@ impl PveState {
             pmxcfs,
             statvfs: BlockingGate::default(),
             workers: config.pve_api_max_concurrent.into(),
-            pressure_files: Mutex::new(HeldFiles::new(fds, OnStale::Reopen)),
+            pressure_files: Mutex::new(vm_pressure::PressureFiles::new(HeldFiles::new(fds, OnStale::Reopen))),
             node_backoff: Mutex::default(),
             cluster_backoff: Mutex::default(),
         }

@@ -7,11 +7,17 @@
 //! plain QEMU was started) below the cgroup2 mount that mountinfo names (`/sys/fs/cgroup`, or
 //! `/sys/fs/cgroup/unified` on a hybrid host), for every VM the discovery found.
 
-use std::collections::HashSet;
+use std::{
+    collections::{HashMap, HashSet},
+    io,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use super::{ApiCtx, LocalCtx, PveCollector, vm_configs};
 use crate::{
     catalog::*,
+    heldfile::HeldFiles,
     host::{HostRoot, is_gone},
     metrics::MetricSet,
     sources::{
@@ -26,6 +32,45 @@ pub(super) struct VmPressureCollector;
 
 /// The slot of `/proc/<pid>/cgroup` among a VM's held files (0..3: the pressure files).
 const CGROUP_SLOT: usize = pressure::RESOURCES.len();
+
+/// How long a QEMU process's cgroup, once read, is taken as known. PVE starts each VM in its
+/// scope and never moves it; a process moved all the same is read again after this, or at
+/// once when the files of the cgroup it had are gone.
+const CGROUP_MAX_AGE: Duration = Duration::from_secs(60);
+
+/// The VMs' pressure files and their /proc/<pid>/cgroup, held open by QEMU pid, and the
+/// cgroup2 path each process's /proc/<pid>/cgroup last said (read once, not every scrape).
+pub(super) struct PressureFiles {
+    held: HeldFiles<u32>,
+    cgroups: HashMap<u32, (Box<str>, Instant)>,
+}
+
+impl PressureFiles {
+    pub(super) fn new(held: HeldFiles<u32>) -> Self {
+        Self { held, cgroups: HashMap::new() }
+    }
+
+    /// Process `pid`'s cgroup2 path (`/qemu.slice/100.scope`; `/`: the root cgroup): as last
+    /// read unless that is older than [`CGROUP_MAX_AGE`] or `again`. Err: unreadable (`Ok(None)`:
+    /// no cgroup2 line), with the file's path.
+    fn cgroup_of(&mut self, host: &HostRoot, pid: u32, again: bool) -> Result<Option<&str>, (PathBuf, io::Error)> {
+        let fresh = |at: &Instant| at.elapsed() < CGROUP_MAX_AGE;
+        if again || !self.cgroups.get(&pid).is_some_and(|(_, at)| fresh(at)) {
+            let proc_cgroup = || host.path(format!("proc/{pid}/cgroup"));
+            let raw = self.held.read(&pid, CGROUP_SLOT, proc_cgroup).map_err(|e| (proc_cgroup(), e))?;
+            let Some(rel) = pressure::cgroup2_path(&String::from_utf8_lossy(raw)).map(Box::<str>::from) else {
+                self.cgroups.remove(&pid);
+                return Ok(None);
+            };
+            // Moved: the pressure files held are the old cgroup's.
+            if self.cgroups.get(&pid).is_some_and(|(old, _)| *old != rel) {
+                self.held.retain(|k| *k != pid);
+            }
+            self.cgroups.insert(pid, (rel, Instant::now()));
+        }
+        Ok(self.cgroups.get(&pid).map(|(rel, _)| &**rel))
+    }
+}
 
 impl PveCollector for VmPressureCollector {
     fn families(&self) -> &'static [&'static [&'static crate::catalog::Def]] {
@@ -67,9 +112,10 @@ impl PveCollector for VmPressureCollector {
             Err(e) => errors.push(SourceError::io(ctx.host.path("etc/pve/qemu-server"), e)),
         }
         // The files of VMs no longer running are closed; those running are held.
-        let mut held = ctx.pressure_files.lock().unwrap_or_else(|p| p.into_inner());
+        let mut files = ctx.pressure_files.lock().unwrap_or_else(|p| p.into_inner());
         let pids: HashSet<u32> = vms.iter().map(|vm| vm.pid).collect();
-        held.retain(|pid| pids.contains(pid));
+        files.held.retain(|pid| pids.contains(pid));
+        files.cgroups.retain(|pid, _| pids.contains(pid));
         if vms.is_empty() {
             return Error::all_of(errors);
         }
@@ -79,41 +125,54 @@ impl PveCollector for VmPressureCollector {
         };
         let mut found = Vec::new();
         for vm in vms {
-            let proc_cgroup = format!("proc/{}/cgroup", vm.pid);
-            let text = match held.read(&vm.pid, CGROUP_SLOT, || ctx.host.path(&proc_cgroup)) {
-                Ok(raw) => String::from_utf8_lossy(raw).into_owned(),
-                // Stopped since the discovery: not a failure.
-                Err(e) if is_gone(&e) => continue,
-                Err(e) => {
-                    errors.push(SourceError::io(ctx.host.path(&proc_cgroup), e));
-                    continue;
+            // Read again at once when the cgroup it had is gone: the process may have moved.
+            for again in [false, true] {
+                let dir = match files.cgroup_of(ctx.host, vm.pid, again) {
+                    Ok(Some(rel)) => {
+                        // In the root cgroup (a plain QEMU started by hand): the host's
+                        // pressure, not the VM's.
+                        if rel == "/" {
+                            log::debug!("VM {}: its QEMU process is in the root cgroup: no pressure of its own", vm.id);
+                            break;
+                        }
+                        mount.join(rel.trim_start_matches('/'))
+                    }
+                    Ok(None) => {
+                        errors.push(SourceError::io(
+                            ctx.host.path(format!("proc/{}/cgroup", vm.pid)),
+                            std::io::Error::new(std::io::ErrorKind::InvalidData, "no cgroup2 (0::) line"),
+                        ));
+                        break;
+                    }
+                    // Stopped since the discovery: not a failure.
+                    Err((_, e)) if is_gone(&e) => break,
+                    Err((path, e)) => {
+                        errors.push(SourceError::io(path, e));
+                        break;
+                    }
+                };
+                match pressure::read_cgroup_pressure(
+                    ctx.host,
+                    &mut files.held,
+                    vm.pid,
+                    &dir,
+                    vm.id.clone(),
+                    &mut errors,
+                ) {
+                    Some(p) => found.push(p),
+                    None if !again => continue,
+                    // The cgroup is gone: the VM stopped, unless its process is still there
+                    // (then the lookup is wrong, and that must not read as "no VMs").
+                    None if ctx.host.path(format!("proc/{}", vm.pid)).exists() => errors.push(SourceError::io(
+                        ctx.host.path(&dir),
+                        std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            format!("the cgroup of VM {} is not there", vm.id),
+                        ),
+                    )),
+                    None => {}
                 }
-            };
-            let Some(rel) = pressure::cgroup2_path(&text) else {
-                errors.push(SourceError::io(
-                    ctx.host.path(&proc_cgroup),
-                    std::io::Error::new(std::io::ErrorKind::InvalidData, "no cgroup2 (0::) line"),
-                ));
-                continue;
-            };
-            // In the root cgroup (a plain QEMU started by hand): the host's pressure, not the VM's.
-            if rel == "/" {
-                log::debug!("VM {}: its QEMU process is in the root cgroup: no pressure of its own", vm.id);
-                continue;
-            }
-            let dir = mount.join(rel.trim_start_matches('/'));
-            match pressure::read_cgroup_pressure(ctx.host, &mut held, vm.pid, &dir, vm.id.clone(), &mut errors) {
-                Some(p) => found.push(p),
-                // The cgroup is gone: the VM stopped, unless its process is still there (then
-                // the lookup is wrong, and that must not read as "no VMs").
-                None if ctx.host.path(format!("proc/{}", vm.pid)).exists() => errors.push(SourceError::io(
-                    ctx.host.path(&dir),
-                    std::io::Error::new(
-                        std::io::ErrorKind::NotFound,
-                        format!("the cgroup of VM {} is not there", vm.id),
-                    ),
-                )),
-                None => {}
+                break;
             }
         }
         emit(node, &found, out);
