@@ -310,6 +310,34 @@ fn with_agents<T>(root: &Path, n: usize, f: impl FnOnce() -> Result<T>) -> Resul
     r
 }
 
+/// `/etc/pve/.vmlist` as pmxcfs writes it (pve-cluster `cfs_create_vmlist_msg`): every guest
+/// configured below `etc`, on this node (the host name's first label, as PVE names its node).
+/// A PVE node always has it; the exporter lists a node's guests from it.
+fn write_vmlist(etc: &Path) -> Result<()> {
+    let host = fs::read_to_string("/proc/sys/kernel/hostname")?;
+    let node = host.trim().split('.').next().unwrap_or_default().to_string();
+    let mut ids = Vec::new();
+    for (dir, ty) in [("qemu-server", "qemu"), ("lxc", "lxc")] {
+        for e in fs::read_dir(etc.join(dir))? {
+            let name = e?.file_name().to_string_lossy().into_owned();
+            if let Some(id) = name.strip_suffix(".conf").and_then(|i| i.parse::<u32>().ok()) {
+                ids.push((id, ty));
+            }
+        }
+    }
+    ids.sort_unstable();
+    let lines: Vec<String> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, (id, ty))| {
+            format!("\"{id}\": {{ \"node\": \"{node}\", \"type\": \"{ty}\", \"version\": {} }}", i + 1)
+        })
+        .collect();
+    let text = format!("{{\n\"version\": {},\n\"ids\": {{\n{}}}\n\n}}\n", ids.len() + 1, lines.join(",\n"));
+    fs::write(etc.join(".vmlist"), text)?;
+    Ok(())
+}
+
 /// First ctid of the generated containers and first vmid of the stopped VMs.
 const FIRST_CTID: u32 = 3000;
 const FIRST_STOPPED: u32 = 4000;
@@ -369,8 +397,10 @@ fn with_guests<T>(bench: &Bench, root: &Path, n: usize, f: impl FnOnce(&Bench) -
             ),
         )?;
     }
+    write_vmlist(&etc)?;
     println!("    {n} containers up and {} stopped VMs configured in {:.1} s", n / 2, t.elapsed().as_secs_f64());
     let r = f(bench);
+    let _ = fs::remove_file(etc.join(".vmlist"));
     drop(cts);
     for i in 0..n {
         let _ = fs::remove_file(etc.join(format!("lxc/{}.conf", FIRST_CTID + i as u32)));
