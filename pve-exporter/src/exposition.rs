@@ -290,14 +290,39 @@ fn write_histogram(out: &mut String, stem: &str, labels: Option<&[crate::metrics
         cumulative += count;
         out.push_str(stem);
         out.push_str("_bucket");
-        let mut le = dtoa::Buffer::new();
-        let le = if *upper == f64::INFINITY { "+Inf" } else { le.format(*upper) };
         // The family's labels after `le`; a bare histogram has `le` alone.
-        write_labels(out, Some(le), labels.filter(|l| !l.is_empty()).or(None));
+        with_le(*upper, |le| write_labels(out, Some(le), labels.filter(|l| !l.is_empty()).or(None)));
         out.push(' ');
         out.push_str(itoa::Buffer::new().format(cumulative));
         out.push('\n');
     }
+}
+
+/// `f` with bucket bound `upper` as `le` writes it. Histograms of one family share their
+/// bounds (a 100-VM scrape writes ~2,400 bucket lines of a dozen bounds), so the text of the
+/// last bounds seen is kept per thread rather than formatted on every line.
+fn with_le<R>(upper: f64, f: impl FnOnce(&str) -> R) -> R {
+    if upper == f64::INFINITY {
+        return f("+Inf");
+    }
+    thread_local! {
+        static KNOWN: std::cell::RefCell<Vec<(u64, Box<str>)>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    /// Bounds kept: more than any family has; past that, formatted each time.
+    const KEEP: usize = 64;
+    KNOWN.with(|k| {
+        let mut k = k.borrow_mut();
+        let bits = upper.to_bits();
+        if let Some((_, t)) = k.iter().find(|(b, _)| *b == bits) {
+            return f(t);
+        }
+        let mut buf = dtoa::Buffer::new();
+        let t = buf.format(upper);
+        if k.len() < KEEP {
+            k.push((bits, t.into()));
+        }
+        f(t)
+    })
 }
 
 /// Prometheus text format 0.0.4 from OpenMetrics text: drop `# EOF` and `# UNIT`, and name
