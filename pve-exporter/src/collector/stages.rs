@@ -308,7 +308,8 @@ impl<'a> Stages<'a> {
         })
     }
 
-    /// The containers running on this host (from their cgroups, not a process walk).
+    /// The containers running on this host (from their cgroups, not a process walk), in numeric
+    /// order of their ids.
     pub fn containers(&self) -> &[RunningContainer] {
         self.containers.get_or_init(|| {
             let Some(h) = self.cgroups() else { return Vec::new() };
@@ -325,8 +326,10 @@ impl<'a> Stages<'a> {
             held.retain(|k| running.contains(&k.1));
             let mut files = CgroupFiles::held(self.host, &mut held);
             let mut init = self.state.ct_init.lock().unwrap_or_else(|p| p.into_inner());
-            init.retain(|id, _| ids.contains(id));
-            self.state.ct_limits.lock().unwrap_or_else(|p| p.into_inner()).retain(|id, _| ids.contains(id));
+            // `ids` is in numeric order (length, then text): a binary search, not a walk per entry.
+            let listed = |id: &String| ids.binary_search_by(|x| x.len().cmp(&id.len()).then_with(|| x.cmp(id))).is_ok();
+            init.retain(|id, _| listed(id));
+            self.state.ct_limits.lock().unwrap_or_else(|p| p.into_inner()).retain(|id, _| listed(id));
             ids.into_iter().filter_map(|ctid| running_container(self.host, &mut files, h, &mut init, ctid)).collect()
         })
     }
@@ -408,7 +411,12 @@ impl<'a> Stages<'a> {
             return s.clone();
         }
         let h = self.cgroups()?;
-        let pid = self.containers().iter().find(|c| c.ctid == ctid).map(|c| c.pid);
+        // In numeric order, as their cgroups were listed: a binary search per container.
+        let cts = self.containers();
+        let pid = cts
+            .binary_search_by(|c| c.ctid.len().cmp(&ctid.len()).then_with(|| c.ctid.as_str().cmp(ctid)))
+            .ok()
+            .map(|i| cts[i].pid);
         let config = self.ct_configs().get(ctid).cloned();
         let mut known = self.state.ct_limits.lock().unwrap_or_else(|p| p.into_inner());
         let valid = |k: &KnownLimits| {
