@@ -26,7 +26,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Daemon, Guest, dechunk, host_root, require_privileges, sample};
+use common::{Daemon, Guest, cgroup2_mounts, dechunk, host_root, require_privileges, sample};
 use support::{Qemu, VmSpec, link_own_path};
 
 /// Prometheus's default scrape timeout, sent with every scrape.
@@ -784,20 +784,6 @@ fn no_tracefs_serves_procfs_mode_and_says_why() {
 
 // ---------------------------------------------------------------------------------------------
 // Host limits and layouts.
-
-/// The mount points of cgroup2 in this process's /proc/self/mountinfo.
-fn cgroup2_mounts() -> Vec<std::path::PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    info.lines()
-        .filter_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            if right.split(' ').next()? != "cgroup2" {
-                return None;
-            }
-            Some(std::path::PathBuf::from(left.split(' ').nth(4)?))
-        })
-        .collect()
-}
 
 /// A cgroup of its own below the cgroup2 mount, removed (after its processes) when dropped.
 struct TestCgroup(std::path::PathBuf);

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Daemon, Guest, host_root, require_privileges, sample};
+use common::{Daemon, Guest, cgroup2_mount, host_root, require_privileges, sample};
 use pve_exporter::{
     heldfile::{FdBudget, HeldFiles, OnStale},
     host::{HostRoot, is_gone},
@@ -59,20 +59,6 @@ fn held_process_files_of_a_real_child() {
     assert!(is_gone(&e), "{e}");
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(budget.used(), 0);
-}
-
-/// The cgroup v2 mount point (`cgroup2` in /proc/self/mountinfo).
-fn cgroup2_mount() -> PathBuf {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    info.lines()
-        .find_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            if right.split(' ').next()? != "cgroup2" {
-                return None;
-            }
-            Some(PathBuf::from(left.split(' ').nth(4)?))
-        })
-        .expect("this test needs a cgroup v2 mount")
 }
 
 /// Removes a test cgroup (and its scopes) when dropped.

@@ -17,6 +17,7 @@
 //! UPDATE_GOLDEN=1 cargo test -p pve-exporter --test pve
 //! ```
 
+mod common;
 mod fixture_scrape;
 mod pve_server;
 
@@ -30,6 +31,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use common::cgroup2_mount;
 use fixture_scrape::{FIXTURES, Sample, assert_value, check_golden, copy_tree, samples, value};
 use pve_exporter::{
     collector::Engine,
@@ -390,20 +392,6 @@ fn vm_pressure_follows_a_process_that_moved() {
     assert_eq!(success(&t, "vm_pressure"), Some(1.0), "{t}");
     assert!(value(&t, "pve_vm_pressure_cpu_some_ratio", &[("id", "qemu/101")]).is_some(), "{t}");
     assert_value(&t, "pve_vm_pressure_cpu_some_ratio", &[("id", "qemu/100")], 0.125);
-}
-
-/// The cgroup v2 mount point (`cgroup2` in /proc/self/mountinfo).
-fn cgroup2_mount() -> std::path::PathBuf {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    info.lines()
-        .find_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            if right.split(' ').next()? != "cgroup2" {
-                return None;
-            }
-            Some(std::path::PathBuf::from(left.split(' ').nth(4)?))
-        })
-        .expect("this test needs a cgroup v2 mount")
 }
 
 /// Removes the test's (empty) cgroups, in order, when dropped.

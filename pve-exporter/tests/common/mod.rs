@@ -512,3 +512,22 @@ impl Drop for Ct {
         }
     }
 }
+
+/// The mount points of cgroup2 in this process's /proc/self/mountinfo.
+pub fn cgroup2_mounts() -> Vec<std::path::PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    info.lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            if right.split(' ').next()? != "cgroup2" {
+                return None;
+            }
+            Some(std::path::PathBuf::from(left.split(' ').nth(4)?))
+        })
+        .collect()
+}
+
+/// The (first) cgroup2 mount point.
+pub fn cgroup2_mount() -> std::path::PathBuf {
+    cgroup2_mounts().into_iter().next().expect("this test needs a cgroup v2 mount")
+}
