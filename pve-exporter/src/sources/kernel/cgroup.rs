@@ -372,6 +372,40 @@ const FILES: &[&str] = &[
     "ns/freezer.state",
 ];
 
+/// A cgroup file by name, with its slot among a cgroup's held files found when the daemon is
+/// compiled ([`cg!`]): a read does not search [`FILES`] for it.
+#[derive(Debug, Clone, Copy)]
+pub struct CgroupFile {
+    name: &'static str,
+    slot: usize,
+}
+
+/// The slot of `file` in [`FILES`]; a name not listed there does not compile.
+const fn slot_of(file: &str) -> usize {
+    let mut i = 0;
+    while i < FILES.len() {
+        let (a, b) = (FILES[i].as_bytes(), file.as_bytes());
+        if a.len() == b.len() {
+            let mut j = 0;
+            while j < a.len() && a[j] == b[j] {
+                j += 1;
+            }
+            if j == a.len() {
+                return i;
+            }
+        }
+        i += 1;
+    }
+    panic!("a cgroup file missing from FILES")
+}
+
+/// `cg!("memory.stat")`: that file, its slot found at compile time.
+macro_rules! cg {
+    ($name:literal) => {
+        CgroupFile { name: $name, slot: const { slot_of($name) } }
+    };
+}
+
 /// How cgroup files are read: by path each time, or through descriptors held between scrapes
 /// (a cgroup file read through its open descriptor costs no path walk through kernfs, which
 /// is most of the cost of reading a container's ~20 files).
@@ -416,18 +450,17 @@ impl<'a> CgroupFiles<'a> {
     /// File `file` of cgroup `rel` below `mount`, borrowed until the next read: a held file's
     /// text is its read buffer's, so reading one allocates nothing. `key` is `rel`'s key below
     /// `mount` where the caller has it.
-    fn text(&mut self, key: Option<CgroupKey>, mount: &Path, rel: &str, file: &str) -> io::Result<&str> {
+    fn text(&mut self, key: Option<CgroupKey>, mount: &Path, rel: &str, file: CgroupFile) -> io::Result<&str> {
         let host = self.host;
         let raw = match &mut self.held {
             Some(held) => {
                 // One key per (mount, cgroup): a controller's files live in its own hierarchy.
                 let key = key.unwrap_or_else(|| key_of(mount, rel));
-                let slot = FILES.iter().position(|f| *f == file).unwrap_or(FILES.len());
                 // The path only when the file is opened.
-                held.read(&key, slot, || host.path(mount.join(rel).join(file)))?
+                held.read(&key, file.slot, || host.path(mount.join(rel).join(file.name)))?
             }
             None => {
-                self.buf = host.read_to_string(mount.join(rel).join(file))?;
+                self.buf = host.read_to_string(mount.join(rel).join(file.name))?;
                 return Ok(&self.buf);
             }
         };
@@ -477,23 +510,23 @@ pub fn read_cgroup(
     // CPU.
     if let Some((m, v2)) = h.find("cpu", "cpuacct") {
         if v2 {
-            if let Some([u, s]) = r.keyed(m, "cpu.stat", ["user_usec", "system_usec"]) {
+            if let Some([u, s]) = r.keyed(m, cg!("cpu.stat"), ["user_usec", "system_usec"]) {
                 st.cpu_user_seconds = u.map(|u| u as f64 / 1e6);
                 st.cpu_system_seconds = s.map(|s| s as f64 / 1e6);
             }
         } else if let (Some(u), Some(s)) =
-            (r.value::<u64>(m, "cpuacct.usage_user"), r.value::<u64>(m, "cpuacct.usage_sys"))
+            (r.value::<u64>(m, cg!("cpuacct.usage_user")), r.value::<u64>(m, cg!("cpuacct.usage_sys")))
         {
             st.cpu_user_seconds = Some(u as f64 / 1e9);
             st.cpu_system_seconds = Some(s as f64 / 1e9);
-        } else if let Some([u, s]) = r.keyed(m, "cpuacct.stat", ["user", "system"]) {
+        } else if let Some([u, s]) = r.keyed(m, cg!("cpuacct.stat"), ["user", "system"]) {
             let hz = ticks_per_second();
             st.cpu_user_seconds = u.map(|u| u as f64 / hz);
             st.cpu_system_seconds = s.map(|s| s as f64 / hz);
         }
     } else if let Some(m) = &h.v2 {
         // cgroup2 has cpu.stat's usage lines without the cpu controller.
-        if let Some([u, s]) = r.keyed(m, "cpu.stat", ["user_usec", "system_usec"]) {
+        if let Some([u, s]) = r.keyed(m, cg!("cpu.stat"), ["user_usec", "system_usec"]) {
             st.cpu_user_seconds = u.map(|u| u as f64 / 1e6);
             st.cpu_system_seconds = s.map(|s| s as f64 / 1e6);
         }
@@ -502,14 +535,14 @@ pub fn read_cgroup(
         && known.is_none()
     {
         if v2 {
-            if let Some(t) = r.text(m, "cpu.max") {
+            if let Some(t) = r.text(m, cg!("cpu.max")) {
                 match parse_cpu_max(t) {
                     Ok(c) => st.limits.cpu_max_cores = Some(c),
                     Err(e) => parse_err.push(e.input(format!("{ctid}/cpu.max"))),
                 }
             }
         } else if let (Some(q), Some(p)) =
-            (r.text(m, "cpu.cfs_quota_us").map(str::to_owned), r.text(m, "cpu.cfs_period_us"))
+            (r.text(m, cg!("cpu.cfs_quota_us")).map(str::to_owned), r.text(m, cg!("cpu.cfs_period_us")))
         {
             let (q, p) = (q.trim().parse::<i64>().ok(), p.trim().parse::<f64>().ok());
             st.limits.cpu_max_cores = match (q, p) {
@@ -522,10 +555,10 @@ pub fn read_cgroup(
     // Memory.
     if let Some((m, v2)) = h.find("memory", "memory") {
         if v2 {
-            st.memory_bytes = r.value(m, "memory.current");
+            st.memory_bytes = r.value(m, cg!("memory.current"));
             if let Some([anon, file, kernel, parts @ ..]) = r.keyed(
                 m,
-                "memory.stat",
+                cg!("memory.stat"),
                 ["anon", "file", "kernel", "kernel_stack", "pagetables", "percpu", "sock", "slab", "vmalloc"],
             ) {
                 st.memory_anon = anon;
@@ -534,48 +567,48 @@ pub fn read_cgroup(
                 st.memory_kernel =
                     kernel.or_else(|| parts.iter().any(Option::is_some).then(|| parts.iter().flatten().sum()));
             }
-            st.swap_bytes = r.value(m, "memory.swap.current");
+            st.swap_bytes = r.value(m, cg!("memory.swap.current"));
             if known.is_none() {
                 for (file, slot) in
-                    [("memory.max", &mut st.limits.memory_max), ("memory.swap.max", &mut st.limits.swap_max)]
+                    [(cg!("memory.max"), &mut st.limits.memory_max), (cg!("memory.swap.max"), &mut st.limits.swap_max)]
                 {
                     if let Some(t) = r.text(m, file) {
                         match parse_limit(t) {
                             Ok(l) => *slot = Some(l),
-                            Err(e) => parse_err.push(e.input(format!("{ctid}/{file}"))),
+                            Err(e) => parse_err.push(e.input(format!("{ctid}/{}", file.name))),
                         }
                     }
                 }
             }
-            st.oom_kills = r.keyed(m, "memory.events", ["oom_kill"]).and_then(|[k]| k);
+            st.oom_kills = r.keyed(m, cg!("memory.events"), ["oom_kill"]).and_then(|[k]| k);
         } else {
-            let usage: Option<u64> = r.value(m, "memory.usage_in_bytes");
+            let usage: Option<u64> = r.value(m, cg!("memory.usage_in_bytes"));
             st.memory_bytes = usage;
-            if let Some([rss, cache]) = r.keyed(m, "memory.stat", ["total_rss", "total_cache"]) {
+            if let Some([rss, cache]) = r.keyed(m, cg!("memory.stat"), ["total_rss", "total_cache"]) {
                 st.memory_anon = rss;
                 st.memory_file = cache;
             }
-            st.memory_kernel = r.value(m, "memory.kmem.usage_in_bytes");
+            st.memory_kernel = r.value(m, cg!("memory.kmem.usage_in_bytes"));
             // memsw files exist only with swap accounting (swapaccount=1): missing is no error.
-            let memsw: Option<u64> = r.value(m, "memory.memsw.usage_in_bytes");
+            let memsw: Option<u64> = r.value(m, cg!("memory.memsw.usage_in_bytes"));
             st.swap_bytes = memsw.zip(usage).map(|(sw, u)| sw.saturating_sub(u));
             if known.is_none() {
-                let limit: Option<u64> = r.value(m, "memory.limit_in_bytes");
+                let limit: Option<u64> = r.value(m, cg!("memory.limit_in_bytes"));
                 st.limits.memory_max = limit.map(v1_limit);
-                let swlimit: Option<u64> = r.value(m, "memory.memsw.limit_in_bytes");
+                let swlimit: Option<u64> = r.value(m, cg!("memory.memsw.limit_in_bytes"));
                 st.limits.swap_max = swlimit.zip(limit).map(|(sw, l)| v1_limit(sw).map(|sw| sw.saturating_sub(l)));
             }
-            st.oom_kills = r.keyed(m, "memory.oom_control", ["oom_kill"]).and_then(|[k]| k);
+            st.oom_kills = r.keyed(m, cg!("memory.oom_control"), ["oom_kill"]).and_then(|[k]| k);
         }
     }
     // Block I/O.
     if let Some((m, v2)) = h.find("io", "blkio") {
         if v2 {
-            if let Some(t) = r.text(m, "io.stat") {
+            if let Some(t) = r.text(m, cg!("io.stat")) {
                 st.io = parse_io_stat(t);
             }
-        } else if let Some(b) = r.text(m, "blkio.throttle.io_service_bytes_recursive").map(parse_blkio) {
-            let ops = r.text(m, "blkio.throttle.io_serviced_recursive").map(parse_blkio).unwrap_or_default();
+        } else if let Some(b) = r.text(m, cg!("blkio.throttle.io_service_bytes_recursive")).map(parse_blkio) {
+            let ops = r.text(m, cg!("blkio.throttle.io_serviced_recursive")).map(parse_blkio).unwrap_or_default();
             for (dev, (rd, wr)) in b {
                 let (ro, wo) = ops.get(&dev).copied().unwrap_or_default();
                 st.io.insert(dev, IoCounters { read_bytes: rd, write_bytes: wr, read_ops: ro, write_ops: wo });
@@ -583,14 +616,16 @@ pub fn read_cgroup(
         }
     }
     if let Some((m, _)) = h.find("pids", "pids") {
-        st.pids = r.value(m, "pids.current");
+        st.pids = r.value(m, cg!("pids.current"));
     }
     // Pressure: cgroup2 only (it is there without any controller enabled).
     if let Some(m) = &h.v2 {
         for (i, (res, file)) in
-            [("cpu", "cpu.pressure"), ("memory", "memory.pressure"), ("io", "io.pressure")].iter().enumerate()
+            [("cpu", cg!("cpu.pressure")), ("memory", cg!("memory.pressure")), ("io", cg!("io.pressure"))]
+                .iter()
+                .enumerate()
         {
-            if let Some(t) = r.text(m, file) {
+            if let Some(t) = r.text(m, *file) {
                 match parse_pressure(t) {
                     Ok(p) => st.pressure[i] = Some(p),
                     Err(e) => parse_err.push(e.input(format!("{ctid}/{res}.pressure"))),
@@ -632,7 +667,7 @@ impl<'r> CgroupReader<'r, '_> {
 
     /// The text of `file` below `mount`; None: missing (the cgroup may be gone) or unreadable
     /// (in `errors`).
-    fn text(&mut self, mount: &'r Path, file: &str) -> Option<&str> {
+    fn text(&mut self, mount: &'r Path, file: CgroupFile) -> Option<&str> {
         let key = self.key(mount);
         let e = match self.files.text(Some(key), mount, self.rel, file) {
             Ok(t) => return Some(t),
@@ -647,18 +682,23 @@ impl<'r> CgroupReader<'r, '_> {
             // The cgroup was removed while its file was open.
             self.gone = true;
         } else {
-            self.errors.push(SourceError::io(host.path(mount.join(self.rel).join(file)), e));
+            self.errors.push(SourceError::io(host.path(mount.join(self.rel).join(file.name)), e));
         }
         None
     }
 
     /// A file holding one number.
-    fn value<T: std::str::FromStr>(&mut self, mount: &'r Path, file: &str) -> Option<T> {
+    fn value<T: std::str::FromStr>(&mut self, mount: &'r Path, file: CgroupFile) -> Option<T> {
         self.text(mount, file)?.trim().parse().ok()
     }
 
     /// `keys` of a flat-keyed file.
-    fn keyed<const N: usize>(&mut self, mount: &'r Path, file: &str, keys: [&str; N]) -> Option<[Option<u64>; N]> {
+    fn keyed<const N: usize>(
+        &mut self,
+        mount: &'r Path,
+        file: CgroupFile,
+        keys: [&str; N],
+    ) -> Option<[Option<u64>; N]> {
         Some(parse_flat_keyed(self.text(mount, file)?).get_many(keys))
     }
 }
@@ -667,9 +707,10 @@ impl<'r> CgroupReader<'r, '_> {
 /// memory controller's files: the `ppe` collector's VM memory (`qemu.slice/<vmid>.scope`).
 pub fn memory_used(files: &mut CgroupFiles, h: &Hierarchies, rel: &str) -> Option<u64> {
     let (m, v2) = h.find("memory", "memory")?;
-    let (cur, cache_key) = if v2 { ("memory.current", "file") } else { ("memory.usage_in_bytes", "total_cache") };
+    let (cur, cache_key) =
+        if v2 { (cg!("memory.current"), "file") } else { (cg!("memory.usage_in_bytes"), "total_cache") };
     let current: u64 = files.text(None, m, rel, cur).ok()?.trim().parse().ok()?;
-    let cache = parse_flat_keyed(files.text(None, m, rel, "memory.stat").ok()?).get(cache_key).unwrap_or(0);
+    let cache = parse_flat_keyed(files.text(None, m, rel, cg!("memory.stat")).ok()?).get(cache_key).unwrap_or(0);
     Some(current.saturating_sub(cache))
 }
 
@@ -679,11 +720,11 @@ pub fn memory_used(files: &mut CgroupFiles, h: &Hierarchies, rel: &str) -> Optio
 pub fn frozen(files: &mut CgroupFiles, h: &Hierarchies, ctid: &str) -> bool {
     let rel = format!("lxc/{ctid}");
     if let Some(m) = h.v1.get("freezer") {
-        return files.text(None, m, &rel, "ns/freezer.state").is_ok_and(|t| t.trim() == "FROZEN");
+        return files.text(None, m, &rel, cg!("ns/freezer.state")).is_ok_and(|t| t.trim() == "FROZEN");
     }
     if let Some(m) = &h.v2 {
         return files
-            .text(None, m, &rel, "ns/cgroup.events")
+            .text(None, m, &rel, cg!("ns/cgroup.events"))
             .is_ok_and(|t| parse_flat_keyed(t).get("frozen") == Some(1));
     }
     false
@@ -698,7 +739,7 @@ fn ticks_per_second() -> f64 {
 pub fn container_pids(files: &mut CgroupFiles, h: &Hierarchies, ctid: &str) -> Vec<u32> {
     let rel = format!("lxc/{ctid}");
     for m in h.v2.iter().chain(h.v1.values()) {
-        let mut pids: Vec<u32> = match files.text(None, m, &rel, "ns/cgroup.procs") {
+        let mut pids: Vec<u32> = match files.text(None, m, &rel, cg!("ns/cgroup.procs")) {
             Ok(t) => t.lines().filter_map(|l| l.trim().parse().ok()).collect(),
             Err(_) => continue,
         };
