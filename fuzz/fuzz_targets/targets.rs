@@ -67,7 +67,9 @@ pub fn calendar_event(data: &[u8]) {
 
 pub fn cgroup_files(data: &[u8]) {
     let s = text(data);
-    let _ = cgroup::parse_flat_keyed(&s);
+    // Looked up in the text as it is asked: ask it.
+    let k = cgroup::parse_flat_keyed(&s);
+    let _ = (k.get("oom_kill"), k.get_many(["anon", "file", "kernel", "slab"]), k.len());
     let _ = cgroup::parse_limit(&s);
     let _ = cgroup::parse_cpu_max(&s);
     let _ = cgroup::parse_io_stat(&s);

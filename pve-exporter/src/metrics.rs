@@ -204,16 +204,13 @@ impl Family {
         {
             // The generic part is this loop alone: it is made once per call site of `push`
             // (some hundred), and what each copy holds is text the daemon maps and touches.
-            let mut text = std::mem::take(&mut self.text);
-            (w.start)(&mut text, self);
+            let mut text = self.start_written(w);
             let mut n = 0;
             for (k, v) in labels {
                 (w.label)(&mut text, self, n, &k.into(), &v.into());
                 n += 1;
             }
-            (w.end)(&mut text, self, n, &value);
-            self.text = text;
-            self.written += 1;
+            self.end_written(w, text, n, &value);
             return;
         }
         let labels: Labels = labels.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
@@ -236,17 +233,29 @@ impl Family {
         if let Some(w) = self.writer
             && !matches!(value, Value::Histogram(_))
         {
-            let mut text = std::mem::take(&mut self.text);
-            (w.start)(&mut text, self);
+            let mut text = self.start_written(w);
             for (n, (k, v)) in labels.iter().enumerate() {
                 (w.label)(&mut text, self, n, k, v);
             }
-            (w.end)(&mut text, self, labels.len(), &value);
-            self.text = text;
-            self.written += 1;
+            self.end_written(w, text, labels.len(), &value);
             return;
         }
         self.push(labels.iter().map(|(k, v)| (*k, LabelValue::Owned((*v).to_owned()))), value);
+    }
+
+    /// A written line's start: the family's unsealed text, taken while its labels are written
+    /// (the writer reads the family beside it).
+    fn start_written(&mut self, w: &LineWriter) -> String {
+        let mut text = std::mem::take(&mut self.text);
+        (w.start)(&mut text, self);
+        text
+    }
+
+    /// A written line's end after `labels` labels, and the text given back.
+    fn end_written(&mut self, w: &LineWriter, mut text: String, labels: usize, value: &Value) {
+        (w.end)(&mut text, self, labels, value);
+        self.text = text;
+        self.written += 1;
     }
 
     /// Add a sample made elsewhere (a merge): kept, or written in a writing set.

@@ -23,7 +23,7 @@ use crate::{
     host::{HostRoot, Worker, is_gone},
     sources::{
         kernel::{
-            cgroup::{CgroupFiles, CgroupStats, Hierarchies},
+            cgroup::{self, CgroupFiles, CgroupStats, Hierarchies},
             netlink::{self, LinkStats},
         },
         proc::{
@@ -326,8 +326,8 @@ impl<'a> Stages<'a> {
             held.retain(|k| running.contains(&k.1));
             let mut files = CgroupFiles::held(self.host, &mut held);
             let mut init = self.state.ct_init.lock().unwrap_or_else(|p| p.into_inner());
-            // `ids` is in numeric order (length, then text): a binary search, not a walk per entry.
-            let listed = |id: &String| ids.binary_search_by(|x| x.len().cmp(&id.len()).then_with(|| x.cmp(id))).is_ok();
+            // `ids` is in numeric order: a binary search, not a walk per entry.
+            let listed = |id: &String| ids.binary_search_by(|x| cgroup::id_order(x, id)).is_ok();
             init.retain(|id, _| listed(id));
             self.state.ct_limits.lock().unwrap_or_else(|p| p.into_inner()).retain(|id, _| listed(id));
             ids.into_iter().filter_map(|ctid| running_container(self.host, &mut files, h, &mut init, ctid)).collect()
@@ -371,8 +371,6 @@ impl<'a> Stages<'a> {
     /// `veth<ctid>i<N>`): from the scrape's dump (looked up in it, not copied), else the
     /// statistics files below the root.
     pub fn guest_links(&self) -> GuestLinks<'_> {
-        use crate::sources::pve::guest_config::guest_of_interface;
-        let keep = |n: &str| guest_of_interface(n).is_some();
         if let Some(d) = self.host_links(&|_| false) {
             return GuestLinks::Dump(d);
         }
@@ -380,7 +378,7 @@ impl<'a> Stages<'a> {
             let Ok(rd) = std::fs::read_dir(self.host.path("sys/class/net")) else { return Default::default() };
             rd.flatten()
                 .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|n| keep(n))
+                .filter(|n| GuestLinks::is_guest(n))
                 .filter_map(|n| {
                     let stats = crate::sources::kernel::sysfs::net_statistics(self.host, &n).ok()?;
                     let mut v = [None; crate::sources::kernel::sysfs::NET_STATISTICS.len()];
@@ -413,10 +411,7 @@ impl<'a> Stages<'a> {
         let h = self.cgroups()?;
         // In numeric order, as their cgroups were listed: a binary search per container.
         let cts = self.containers();
-        let pid = cts
-            .binary_search_by(|c| c.ctid.len().cmp(&ctid.len()).then_with(|| c.ctid.as_str().cmp(ctid)))
-            .ok()
-            .map(|i| cts[i].pid);
+        let pid = cts.binary_search_by(|c| cgroup::id_order(&c.ctid, ctid)).ok().map(|i| cts[i].pid);
         let config = self.ct_configs().get(ctid).cloned();
         let mut known = self.state.ct_limits.lock().unwrap_or_else(|p| p.into_inner());
         let valid = |k: &KnownLimits| {

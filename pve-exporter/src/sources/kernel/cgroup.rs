@@ -250,10 +250,6 @@ impl<'a> FlatKeyed<'a> {
         out
     }
 
-    pub fn contains_key(&self, key: &str) -> bool {
-        self.get(key).is_some()
-    }
-
     pub fn len(&self) -> usize {
         self.lines().filter(|(_, v)| v.parse::<u64>().is_ok()).count()
     }
@@ -542,14 +538,10 @@ pub fn read_cgroup(
                 }
             }
         } else if let (Some(q), Some(p)) =
-            (r.text(m, cg!("cpu.cfs_quota_us")).map(str::to_owned), r.text(m, cg!("cpu.cfs_period_us")))
+            (r.value::<i64>(m, cg!("cpu.cfs_quota_us")), r.value::<f64>(m, cg!("cpu.cfs_period_us")))
         {
-            let (q, p) = (q.trim().parse::<i64>().ok(), p.trim().parse::<f64>().ok());
-            st.limits.cpu_max_cores = match (q, p) {
-                (Some(q), Some(p)) if q > 0 && p > 0.0 => Some(Some(q as f64 / p)),
-                (Some(_), Some(_)) => Some(None),
-                _ => None,
-            };
+            // A quota of -1: no limit.
+            st.limits.cpu_max_cores = Some((q > 0 && p > 0.0).then(|| q as f64 / p));
         }
     }
     // Memory.
@@ -794,10 +786,15 @@ pub fn container_ids(host: &HostRoot, h: &Hierarchies) -> io::Result<Vec<String>
             break;
         }
     }
-    // Numeric order without parsing (ids have no leading zeros); no clone per comparison.
-    ids.sort_unstable_by(|a, b| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
+    ids.sort_unstable_by(|a, b| id_order(a, b));
     ids.dedup();
     Ok(ids)
+}
+
+/// Numeric order of container ids without parsing them (they have no leading zeros): the
+/// order of [`container_ids`], which callers search with it.
+pub fn id_order(a: &str, b: &str) -> std::cmp::Ordering {
+    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
 }
 
 /// The pid in the container's own PID namespace (the last `NSpid:` field of
@@ -980,7 +977,9 @@ mod tests {
     fn random_input_never_panics() {
         const ALPHABET: &[u8] = b"0189:= max\nrbytesios-_ReadWriteTotal\t8:0 \xff";
         for t in crate::sources::testing::random_texts(ALPHABET, 0x2545_f491_4f6c_dd1d, 3000, 120) {
-            let _ = (parse_cpu_max(&t), parse_limit(&t), parse_io_stat(&t), parse_blkio(&t), parse_flat_keyed(&t));
+            let k = parse_flat_keyed(&t);
+            let _ = (parse_cpu_max(&t), parse_limit(&t), parse_io_stat(&t), parse_blkio(&t), k.get("max"), k.len());
+            let _ = k.get_many(["max", "8:0", "rbytes"]);
             let _ = (ns_pid(&t), parse_cgroup_mounts(&t));
         }
     }
