@@ -64,6 +64,25 @@ impl FdBudget {
 #[derive(Debug)]
 struct Token(Arc<FdBudget>);
 
+/// A descriptor held between scrapes outside [`HeldFiles`] (a pidfd), counted in the budget.
+#[derive(Debug)]
+pub struct BudgetedFd {
+    pub fd: std::os::fd::OwnedFd,
+    _token: Token,
+}
+
+impl FdBudget {
+    /// Hold `open()`'s descriptor if the budget has one left (None: it has not; `open` is not
+    /// called).
+    pub fn hold(
+        self: &Arc<Self>,
+        open: impl FnOnce() -> io::Result<std::os::fd::OwnedFd>,
+    ) -> Option<io::Result<BudgetedFd>> {
+        let token = self.acquire()?;
+        Some(open().map(|fd| BudgetedFd { fd, _token: token }))
+    }
+}
+
 impl Drop for Token {
     fn drop(&mut self) {
         self.0.used.fetch_sub(1, Ordering::AcqRel);

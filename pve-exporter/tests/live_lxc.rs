@@ -195,6 +195,22 @@ fn containers_and_stopped_guests_from_real_cgroups_veths_and_mounts() {
     let t = daemon.get("/metrics");
     assert_eq!(sample(&t, "pve_guest_state", &[("id", &id), ("state", "running")]), Some(1.0));
 
+    // Restarted between two scrapes (no scrape saw it stopped): the new init, not the one the
+    // daemon kept (its pidfd polls readable; without one, the cgroup's list no longer has it).
+    let old_pid = ct.pid;
+    ct.stop(&h, ctid);
+    ct = Ct::start(ctid, &["--rootfs-mib", "48", "--memory-mib", "256"]);
+    assert_ne!(ct.pid, old_pid);
+    let t = daemon.get("/metrics");
+    assert_eq!(success(&t, "lxc"), Some(1.0), "{t}");
+    let pid = ct.pid.to_string();
+    assert_eq!(
+        sample(&t, "pve_lxc_info", &[("id", &id), ("pid", &pid), ("name", "web-ct"), ("unprivileged", "1")]),
+        Some(1.0),
+        "{t}"
+    );
+    assert_eq!(sample(&t, "pve_guest_up", &lxc), Some(1.0));
+
     // Stopped: its cgroups are gone, its series go, nothing failed; its config's stay.
     ct.stop(&h, ctid);
     let t = daemon.get("/metrics");

@@ -27,6 +27,7 @@ use crate::{
             netlink::{self, LinkStats},
         },
         proc::{
+            pidfd,
             process::{self, ProcessStats},
             scan::ProcScanner,
         },
@@ -70,8 +71,8 @@ pub struct StageState {
     guests: Arc<GuestReader>,
     /// Each running container's cgroup files, held open between scrapes (by mount and cgroup).
     ct_files: Mutex<HeldFiles<crate::sources::kernel::cgroup::CgroupKey>>,
-    /// Each running container's init: (pid, start since boot), kept while the payload holds it.
-    ct_init: Mutex<std::collections::HashMap<String, (u32, Option<Duration>)>>,
+    /// Each running container's init, kept while it runs.
+    ct_init: Mutex<ContainerInits>,
     /// The interfaces' names between scrapes (each scrape dumps only their counters).
     links: Mutex<netlink::LinkWatch>,
     /// Each running container's cgroup limits as last read, and what they were read under.
@@ -111,10 +112,10 @@ impl StageState {
             fetch_worker: Worker::default(),
             vcpu_threads: super::VcpuThreadCache::with_budget(host.clone(), fds.clone()),
             guests: GuestReader::new(),
-            ct_files: Mutex::new(HeldFiles::new(fds, OnStale::Reopen)),
+            ct_files: Mutex::new(HeldFiles::new(fds.clone(), OnStale::Reopen)),
             links: Mutex::default(),
             ct_limits: Mutex::default(),
-            ct_init: Mutex::default(),
+            ct_init: Mutex::new(ContainerInits::new(host, fds)),
         }
     }
 }
@@ -328,7 +329,8 @@ impl<'a> Stages<'a> {
             let mut init = self.state.ct_init.lock().unwrap_or_else(|p| p.into_inner());
             // `ids` is in numeric order: a binary search, not a walk per entry.
             let listed = |id: &String| ids.binary_search_by(|x| cgroup::id_order(x, id)).is_ok();
-            init.retain(|id, _| listed(id));
+            init.known.retain(|id, _| listed(id));
+            init.forget_exited();
             self.state.ct_limits.lock().unwrap_or_else(|p| p.into_inner()).retain(|id, _| listed(id));
             ids.into_iter().filter_map(|ctid| running_container(self.host, &mut files, h, &mut init, ctid)).collect()
         })
@@ -571,33 +573,95 @@ impl<'a> Stages<'a> {
 /// Container `ctid` if it runs: its init among the payload's processes (the one that is pid 1
 /// in its namespace; the lowest pid where none says so, as on kernels without NSpid), found
 /// once and kept while the payload holds it.
+/// Each running container's init as last found: its pid, start time, and a pidfd of it where
+/// the host root's /proc is the daemon's own.
+///
+/// Finding the init reads the container's `ns/cgroup.procs` (the kernel walks the cgroup's
+/// tasks) and checks candidates' `status`. With a pidfd of the init that is done once per
+/// container start, not per scrape: one `poll` over every init's pidfd per scrape says which
+/// of them exited (the container stopped or restarted), and only those are looked for again.
+/// Without a pidfd (a fixture root, whose pids are not this machine's; the fd budget spent),
+/// `cgroup.procs` is read every scrape and the kept init checked against it.
+pub struct ContainerInits {
+    known: std::collections::HashMap<String, KnownInit>,
+    /// The host root's /proc is this process's own: pids there are pids here.
+    own_proc: bool,
+    fds: std::sync::Arc<FdBudget>,
+}
+
+struct KnownInit {
+    pid: u32,
+    started: Option<Duration>,
+    /// Open while the init runs (its container does too, with this init).
+    pidfd: Option<crate::heldfile::BudgetedFd>,
+}
+
+impl ContainerInits {
+    fn new(host: &HostRoot, fds: std::sync::Arc<FdBudget>) -> Self {
+        let own_proc = std::fs::canonicalize(host.path("proc")).is_ok_and(|p| p == std::path::Path::new("/proc"));
+        Self { known: Default::default(), own_proc, fds }
+    }
+
+    /// Forget the inits that exited since the last scrape (one poll over their pidfds).
+    fn forget_exited(&mut self) {
+        use std::os::fd::AsFd;
+        let held: Vec<(&String, std::os::fd::BorrowedFd)> =
+            self.known.iter().filter_map(|(id, k)| Some((id, k.pidfd.as_ref()?.fd.as_fd()))).collect();
+        let fds: Vec<_> = held.iter().map(|(_, fd)| *fd).collect();
+        let gone: Vec<String> = match pidfd::exited(&fds) {
+            Ok(exited) => held.iter().zip(exited).filter(|(_, e)| *e).map(|((id, _), _)| (*id).clone()).collect(),
+            // Cannot tell: look for every init again.
+            Err(_) => held.iter().map(|(id, _)| (*id).clone()).collect(),
+        };
+        for id in gone {
+            self.known.remove(&id);
+        }
+    }
+}
+
 fn running_container(
     host: &HostRoot,
     files: &mut CgroupFiles,
     h: &Hierarchies,
-    known: &mut std::collections::HashMap<String, (u32, Option<Duration>)>,
+    inits: &mut ContainerInits,
     ctid: String,
 ) -> Option<RunningContainer> {
     use crate::sources::kernel::cgroup::{container_pids, ns_pid};
+    // Its init's pidfd polled not readable this scrape: that init runs, so does its container.
+    if let Some(k) = inits.known.get(&ctid)
+        && k.pidfd.is_some()
+    {
+        return Some(RunningContainer { ctid, pid: k.pid, started: k.started });
+    }
     let pids = container_pids(files, h, &ctid);
     let first = *pids.first()?;
-    if let Some(&(pid, started)) = known.get(&ctid)
-        && pids.binary_search(&pid).is_ok()
+    if let Some(k) = inits.known.get(&ctid)
+        && pids.binary_search(&k.pid).is_ok()
     {
-        return Some(RunningContainer { ctid, pid, started });
+        return Some(RunningContainer { ctid, pid: k.pid, started: k.started });
     }
-    let pid = pids
+    let init = pids
         .iter()
         .take(8)
         .copied()
-        .find(|pid| host.read_to_string(format!("proc/{pid}/status")).ok().and_then(|s| ns_pid(&s)) == Some(1))
-        .unwrap_or(first);
+        .find(|pid| host.read_to_string(format!("proc/{pid}/status")).ok().and_then(|s| ns_pid(&s)) == Some(1));
+    let pid = init.unwrap_or(first);
+    // A pidfd only of an init found by its namespace pid, and only once the container's list,
+    // read again after the pidfd was opened, still has its pid: the pidfd's process runs (it
+    // has not exited, so nothing else can have its pid) and is in the container, not a process
+    // that took the pid of one that exited between the two reads.
+    let pidfd = init.filter(|_| inits.own_proc).and_then(|pid| {
+        let fd = inits.fds.hold(|| pidfd::open(pid))?.ok()?;
+        let still = container_pids(files, h, &ctid).binary_search(&pid).is_ok();
+        let runs = pidfd::exited(&[std::os::fd::AsFd::as_fd(&fd.fd)]).is_ok_and(|e| e == [false]);
+        (still && runs).then_some(fd)
+    });
     let started = host
         .read(format!("proc/{pid}/stat"))
         .ok()
         .and_then(|t| process::parse_stat(&t, procfs::ticks_per_second()).ok())
         .map(|c| c.started);
-    known.insert(ctid.clone(), (pid, started));
+    inits.known.insert(ctid.clone(), KnownInit { pid, started, pidfd });
     Some(RunningContainer { ctid, pid, started })
 }
 

@@ -15,7 +15,7 @@
 //! |---|---|---|
 //! | CPU user/system | `cpu.stat` user_usec, system_usec | `cpuacct.usage_user`/`_sys` (ns), else `cpuacct.stat` (ticks) |
 //! | memory | `memory.current`, `memory.stat` anon/file/kernel | `memory.usage_in_bytes`, `memory.stat` total_rss/total_cache, `memory.kmem.usage_in_bytes` |
-//! | swap | `memory.swap.current` | `memory.memsw.usage_in_bytes` - usage |
+//! | swap | `memory.swap.current` | `memory.stat` total_swap |
 //! | limits | `memory.max`, `memory.swap.max`, `cpu.max` | `memory.limit_in_bytes`, `memory.memsw.limit_in_bytes` - limit, `cpu.cfs_quota_us`/`cpu.cfs_period_us` |
 //! | block I/O | `io.stat` rbytes/wbytes/rios/wios | `blkio.throttle.io_service_bytes_recursive`, `io_serviced_recursive` |
 //! | processes | `pids.current` | `pids.current` |
@@ -352,7 +352,6 @@ const FILES: &[&str] = &[
     "memory.events",
     "memory.usage_in_bytes",
     "memory.kmem.usage_in_bytes",
-    "memory.memsw.usage_in_bytes",
     "memory.limit_in_bytes",
     "memory.memsw.limit_in_bytes",
     "memory.oom_control",
@@ -576,14 +575,16 @@ pub fn read_cgroup(
         } else {
             let usage: Option<u64> = r.value(m, cg!("memory.usage_in_bytes"));
             st.memory_bytes = usage;
-            if let Some([rss, cache]) = r.keyed(m, cg!("memory.stat"), ["total_rss", "total_cache"]) {
+            // total_swap is there only with swap accounting (swapaccount=1): missing is no
+            // error. It is the swap the memsw counter charges on top of usage (both count
+            // the cgroup's swapped-out pages), without a read of memory.memsw.usage_in_bytes.
+            if let Some([rss, cache, swap]) = r.keyed(m, cg!("memory.stat"), ["total_rss", "total_cache", "total_swap"])
+            {
                 st.memory_anon = rss;
                 st.memory_file = cache;
+                st.swap_bytes = swap;
             }
             st.memory_kernel = r.value(m, cg!("memory.kmem.usage_in_bytes"));
-            // memsw files exist only with swap accounting (swapaccount=1): missing is no error.
-            let memsw: Option<u64> = r.value(m, cg!("memory.memsw.usage_in_bytes"));
-            st.swap_bytes = memsw.zip(usage).map(|(sw, u)| sw.saturating_sub(u));
             if known.is_none() {
                 let limit: Option<u64> = r.value(m, cg!("memory.limit_in_bytes"));
                 st.limits.memory_max = limit.map(v1_limit);
@@ -970,6 +971,90 @@ mod tests {
         let mut errors = Vec::new();
         assert!(read_container(&mut CgroupFiles::by_path(&host), &h, "101", &mut errors, None).is_none());
         assert!(errors.is_empty());
+    }
+
+    /// This machine's layout: memory, CPU, block I/O and pids on v1, pressure on cgroup2; the
+    /// files in the kernel's formats (memory.stat and oom_control as 6.x writes them).
+    #[test]
+    fn reads_a_hybrid_container() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("sys/fs/cgroup");
+        let mut stat = String::new();
+        for (k, v) in [("cache", 0u64), ("rss", 0), ("swap", 0), ("hierarchical_memory_limit", 536_870_912)] {
+            stat += &format!("{k} {v}\n");
+        }
+        for (k, v) in [("cache", 41_943_040u64), ("rss", 52_428_800), ("rss_huge", 0), ("swap", 8_388_608)] {
+            stat += &format!("total_{k} {v}\n");
+        }
+        for (ctl, files) in [
+            (
+                "memory",
+                vec![
+                    ("memory.usage_in_bytes", "104857600\n".to_string()),
+                    ("memory.stat", stat),
+                    ("memory.kmem.usage_in_bytes", "10485760\n".into()),
+                    ("memory.limit_in_bytes", "536870912\n".into()),
+                    ("memory.memsw.limit_in_bytes", "671088640\n".into()),
+                    ("memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n".into()),
+                ],
+            ),
+            (
+                "cpu,cpuacct",
+                vec![
+                    ("cpuacct.usage_user", "2000000000\n".into()),
+                    ("cpuacct.usage_sys", "1000000000\n".into()),
+                    ("cpu.cfs_quota_us", "150000\n".into()),
+                    ("cpu.cfs_period_us", "100000\n".into()),
+                ],
+            ),
+            (
+                "blkio",
+                vec![
+                    ("blkio.throttle.io_service_bytes_recursive", "8:0 Read 10\n8:0 Write 20\nTotal 30\n".into()),
+                    ("blkio.throttle.io_serviced_recursive", "8:0 Read 1\n8:0 Write 2\nTotal 3\n".into()),
+                ],
+            ),
+            ("pids", vec![("pids.current", "7\n".into())]),
+            (
+                "unified",
+                vec![(
+                    "cpu.pressure",
+                    "some avg10=1.00 avg60=0.00 avg300=0.00 total=5\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
+                        .into(),
+                )],
+            ),
+        ] {
+            let cg = base.join(ctl).join("lxc/101");
+            std::fs::create_dir_all(&cg).unwrap();
+            for (f, t) in files {
+                std::fs::write(cg.join(f), t).unwrap();
+            }
+        }
+        let host = HostRoot::new(dir.path());
+        let (v2, v1) = parse_cgroup_mounts(HYBRID);
+        let h = Hierarchies { v2, v2_controllers: Vec::new(), v1 };
+        let mut errors = Vec::new();
+        let st = read_container(&mut CgroupFiles::by_path(&host), &h, "101", &mut errors, None).unwrap();
+        assert_eq!((st.cpu_user_seconds, st.cpu_system_seconds), (Some(2.0), Some(1.0)));
+        assert_eq!(st.memory_bytes, Some(104_857_600));
+        assert_eq!((st.memory_anon, st.memory_file), (Some(52_428_800), Some(41_943_040)));
+        assert_eq!(st.memory_kernel, Some(10_485_760));
+        // Swap: memory.stat's total_swap (the hierarchy's, as usage is).
+        assert_eq!(st.swap_bytes, Some(8_388_608));
+        assert_eq!(
+            (st.limits.memory_max, st.limits.swap_max, st.limits.cpu_max_cores),
+            (Some(Some(512 << 20)), Some(Some(128 << 20)), Some(Some(1.5)))
+        );
+        assert_eq!((st.pids, st.oom_kills), (Some(7), Some(2)));
+        assert_eq!((st.io["8:0"].read_bytes, st.io["8:0"].write_ops), (10, 2));
+        assert!(st.pressure[0].is_some());
+        // The missing memory and io pressure files of this tree are missing files, errors.
+        assert!(errors.iter().all(|e| e.to_string().contains("pressure")), "{errors:?}");
+        // Without swap accounting memory.stat has no swap lines: no swap figure, no error.
+        let cg = base.join("memory/lxc/101");
+        std::fs::write(cg.join("memory.stat"), "total_cache 0\ntotal_rss 8192\n").unwrap();
+        let st = read_container(&mut CgroupFiles::by_path(&host), &h, "101", &mut Vec::new(), None).unwrap();
+        assert_eq!((st.memory_anon, st.swap_bytes), (Some(8192), None));
     }
 
     /// Random text for every parser of cgroup files: none panics.

@@ -3,6 +3,7 @@
 
 pub mod events;
 pub mod node;
+pub mod pidfd;
 pub mod pressure;
 pub mod process;
 pub mod scan;

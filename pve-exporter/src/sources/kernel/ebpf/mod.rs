@@ -11,7 +11,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, OwnedFd},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -34,6 +34,7 @@ use crate::{
         error::ParseError,
         kernel::ebpf::batch::{self as bpf_batch, BatchError},
         kernel::tracefs::{self, TraceFormat},
+        proc::pidfd,
     },
 };
 
@@ -722,16 +723,9 @@ impl EbpfCounters {
         let mut gone = HashSet::new();
         if !self.procs.is_empty() {
             let tgids: Vec<u32> = self.procs.keys().copied().collect();
-            let mut fds: Vec<libc::pollfd> = tgids
-                .iter()
-                .filter_map(|t| self.procs.get(t))
-                .map(|fd| libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 })
-                .collect();
-            // SAFETY: an array of pollfds of descriptors we hold, no waiting.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
-            if n > 0 {
-                // A pidfd is readable once its process has exited.
-                gone.extend(tgids.iter().zip(&fds).filter(|(_, p)| p.revents != 0).map(|(t, _)| *t));
+            let fds: Vec<_> = tgids.iter().filter_map(|t| self.procs.get(t)).map(|fd| fd.as_fd()).collect();
+            if let Ok(exited) = pidfd::exited(&fds) {
+                gone.extend(tgids.iter().zip(exited).filter(|(_, e)| *e).map(|(t, _)| *t));
             }
             for t in &gone {
                 self.procs.remove(t);
@@ -744,14 +738,13 @@ impl EbpfCounters {
                 if pid == 0 || self.procs.contains_key(&pid) {
                     continue;
                 }
-                // SAFETY: pidfd_open has no memory arguments; the descriptor it returns is ours.
-                let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
-                if fd >= 0 {
-                    // SAFETY: a new descriptor nobody else owns.
-                    self.procs.insert(pid, unsafe { OwnedFd::from_raw_fd(fd as i32) });
-                    continue;
-                }
-                let e = std::io::Error::last_os_error();
+                let e = match pidfd::open(pid) {
+                    Ok(fd) => {
+                        self.procs.insert(pid, fd);
+                        continue;
+                    }
+                    Err(e) => e,
+                };
                 match e.raw_os_error() {
                     Some(libc::ESRCH) => {} // exited already: /proc tells
                     _ => {
