@@ -35,6 +35,19 @@ const LIMIT: f64 = 30.0;
 /// The smallest base input (bytes): an input is repeated up to this before it is timed.
 const BASE_BYTES: usize = 16 << 10;
 
+/// Times of `f` on `base` and on `big` (10x `base`) and their ratio.
+fn measure(f: targets::Body, base: &[u8], big: &[u8], min_time: Duration) -> (Duration, Duration, f64) {
+    let t1 = fastest(f, base, 5, min_time);
+    let t10 = fastest(f, big, 3, min_time);
+    // Below a microsecond the parser stopped at the first bytes: nothing to scale.
+    let ratio = if t1 < Duration::from_micros(1) && t10 < Duration::from_micros(10) {
+        1.0
+    } else {
+        t10.as_secs_f64() / t1.as_secs_f64().max(1e-9)
+    };
+    (t1, t10, ratio)
+}
+
 /// The largest base input: libFuzzer's inputs are at most 64 KiB; a larger seed is cut.
 const MAX_BASE_BYTES: usize = 64 << 10;
 
@@ -140,14 +153,20 @@ fn main() -> ExitCode {
             for (how, d) in [("repeated", data), ("one line, repeated", &flat)] {
                 let base = repeat_to(d, BASE_BYTES);
                 let big = base.repeat(10);
-                let t1 = fastest(f, &base, 5, min_time);
-                let t10 = fastest(f, &big, 3, min_time);
-                // Below a microsecond the parser stopped at the first bytes: nothing to scale.
-                let ratio = if t1 < Duration::from_micros(1) && t10 < Duration::from_micros(10) {
-                    1.0
-                } else {
-                    t10.as_secs_f64() / t1.as_secs_f64().max(1e-9)
-                };
+                let (mut t1, mut t10, mut ratio) = measure(f, &base, &big, min_time);
+                // A ratio over the limit is measured again, longer, up to twice: a parser
+                // that is worse than linear is over it every time, while a time of a few
+                // microseconds that a preemption or a cold cache inflated once is not (a 4.8 µs
+                // base gave 31x once on a loaded 2-core machine, 10x when run again).
+                for retry in 1..=2 {
+                    if ratio <= LIMIT {
+                        break;
+                    }
+                    let again = measure(f, &base, &big, min_time * 4 * retry);
+                    if again.2 < ratio {
+                        (t1, t10, ratio) = again;
+                    }
+                }
                 if worst.as_ref().is_none_or(|w| ratio > w.ratio) {
                     worst = Some(Worst { ratio, input: input.clone(), how, base: base.len(), t1, t10 });
                 }
