@@ -96,6 +96,79 @@ fn stamp(meta: &std::fs::Metadata) -> FileStamp {
     FileStamp { mtime: meta.modified().ok(), len: meta.len(), ino: meta.ino() }
 }
 
+/// A directory held open between scrapes, so that the files in it are looked up by name alone:
+/// a `stat` of each guest config by its whole path walks every component from / on every
+/// scrape (on PVE through pmxcfs and its `qemu-server` link into `nodes/<node>/`), 250 walks
+/// at 250 guests. The holder checks once per scrape, by path, that the directory there is
+/// still the one held ([`HeldDir::is_at`]): a directory replaced (or a link pointed elsewhere)
+/// is opened again, never read stale.
+#[derive(Debug)]
+pub struct HeldDir {
+    fd: std::os::fd::OwnedFd,
+    /// (device, inode) of the directory held.
+    id: (u64, u64),
+}
+
+impl HeldDir {
+    /// Open `path` (O_PATH: no read rights needed, nothing read).
+    pub fn open(path: &Path) -> io::Result<Self> {
+        use std::os::{fd::FromRawFd, unix::ffi::OsStrExt};
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"))?;
+        // SAFETY: a NUL-terminated path; the descriptor returned is ours.
+        let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a new descriptor nobody else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let st = fstatat(&fd, c"", libc::AT_EMPTY_PATH)?;
+        Ok(Self { fd, id: (st.st_dev, st.st_ino) })
+    }
+
+    /// Whether `path` names the directory held (one walk of the directory's path).
+    pub fn is_at(&self, path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == self.id)
+    }
+
+    fn stamp(&self, name: &std::ffi::CStr) -> io::Result<FileStamp> {
+        let st = fstatat(&self.fd, name, 0)?;
+        // As std's `modified()` builds it from statx's seconds and nanoseconds.
+        let (sec, nsec) = (st.st_mtime, st.st_mtime_nsec as u32);
+        let mtime = if sec >= 0 {
+            SystemTime::UNIX_EPOCH.checked_add(Duration::new(sec as u64, nsec))
+        } else {
+            SystemTime::UNIX_EPOCH
+                .checked_sub(Duration::new(sec.unsigned_abs(), 0))
+                .and_then(|t| t.checked_add(Duration::new(0, nsec)))
+        };
+        Ok(FileStamp { mtime, len: st.st_size as u64, ino: st.st_ino })
+    }
+
+    fn open_file(&self, name: &std::ffi::CStr) -> io::Result<std::fs::File> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        // SAFETY: a NUL-terminated name below a descriptor we hold; the one returned is ours.
+        let fd = unsafe { libc::openat(self.fd.as_raw_fd(), name.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a new descriptor nobody else owns.
+        Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+    }
+}
+
+fn fstatat(dir: &std::os::fd::OwnedFd, name: &std::ffi::CStr, flags: libc::c_int) -> io::Result<libc::stat> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: stat is plain data the call fills; the name is NUL-terminated.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above, `st` outlives the call.
+    if unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), &mut st, flags) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
 /// A file parsed once per version: parsed again only when its (mtime, size, inode) change.
 #[derive(Debug)]
 pub struct ParsedFile<T> {
@@ -116,18 +189,46 @@ impl<T> ParsedFile<T> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
         };
-        let st = stamp(&meta);
+        self.cached_or(stamp(&meta), path, || std::fs::File::open(path), parse).map(Some)
+    }
+
+    /// [`ParsedFile::get`] of the file `name` in `dir`, which `path` names (in errors).
+    pub fn get_in(
+        &self,
+        dir: &HeldDir,
+        name: &std::ffi::CStr,
+        path: &Path,
+        parse: impl FnOnce(&str) -> T,
+    ) -> io::Result<Option<Arc<T>>> {
+        let st = match dir.stamp(name) {
+            Ok(st) => st,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+        };
+        self.cached_or(st, path, || dir.open_file(name), parse).map(Some)
+    }
+
+    /// The last parse if the file is still at `st`, else `open()` read and parsed.
+    fn cached_or(
+        &self,
+        st: FileStamp,
+        path: &Path,
+        open: impl FnOnce() -> io::Result<std::fs::File>,
+        parse: impl FnOnce(&str) -> T,
+    ) -> io::Result<Arc<T>> {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((s, parsed)) = cache.as_ref()
             && *s == st
         {
-            return Ok(Some(parsed.clone()));
+            return Ok(parsed.clone());
         }
-        let text = crate::host::read_string_capped(path, crate::host::MAX_FILE)
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        let ctx = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+        let raw = crate::host::read_open_capped(&open().map_err(ctx)?, path, crate::host::MAX_FILE).map_err(ctx)?;
+        let text = String::from_utf8(raw)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("{}: not UTF-8 text", path.display())))?;
         let parsed = Arc::new(parse(&text));
         *cache = Some((st, parsed.clone()));
-        Ok(Some(parsed))
+        Ok(parsed)
     }
 }
 

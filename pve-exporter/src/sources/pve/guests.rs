@@ -13,7 +13,7 @@ use std::{
 
 use super::{
     cluster::{Members, Vmlist, parse_members, parse_vmlist},
-    config::ParsedFile,
+    config::{HeldDir, ParsedFile},
     guest_config::{GuestConfig, GuestType, parse_guest_config},
     ha::{ManagerStatus, parse_manager_status},
     storage_cfg::read_node_name,
@@ -50,8 +50,8 @@ pub struct Guests {
 /// (type, vmid).
 type GuestKey = (GuestType, String);
 
-/// A guest's config file: its path and its last parse.
-type ConfigFile = (std::path::PathBuf, Arc<ParsedFile<GuestConfig>>);
+/// A guest's config file: its path, its name in its directory and its last parse.
+type ConfigFile = (std::path::PathBuf, std::ffi::CString, Arc<ParsedFile<GuestConfig>>);
 
 /// Keeps each parsed file between scrapes.
 #[derive(Debug, Default)]
@@ -61,6 +61,8 @@ pub struct GuestReader {
     manager: ParsedFile<Result<ManagerStatus, ParseError>>,
     /// Each guest's config file: its path (made once, not per scrape) and its last parse.
     configs: Mutex<crate::fasthash::FastMap<GuestKey, ConfigFile>>,
+    /// `qemu-server/` and `lxc/`, held open: each config is looked up by its name there.
+    dirs: Mutex<[Option<HeldDir>; 2]>,
 }
 
 impl GuestReader {
@@ -114,17 +116,34 @@ impl GuestReader {
             let wanted: HashSet<&GuestKey> = ids.iter().collect();
             configs.retain(|k, _| wanted.contains(k));
         }
+        // One walk of each config directory's path per scrape, to check that the directory
+        // held is still the one there (else it is opened again), instead of one per config.
+        let mut dirs = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
+        for ty in [GuestType::Qemu, GuestType::Lxc] {
+            let path = host.path(ty.config_dir());
+            let held = &mut dirs[ty as usize];
+            if !held.as_ref().is_some_and(|d| d.is_at(&path)) {
+                *held = HeldDir::open(&path).ok();
+            }
+        }
         for (ty, vmid) in ids {
             let key = (ty, vmid);
-            let (path, file) = match configs.get(&key) {
+            let (path, name, file) = match configs.get(&key) {
                 Some(c) => c,
                 None => {
-                    let path = host.path(format!("{}/{}.conf", ty.config_dir(), key.1));
-                    configs.entry(key.clone()).or_insert((path, Arc::default()))
+                    let name = format!("{}.conf", key.1);
+                    let path = host.path(format!("{}/{name}", ty.config_dir()));
+                    // A vmid from .vmlist is digits: no NUL in the name.
+                    let name = std::ffi::CString::new(name).unwrap_or_default();
+                    configs.entry(key.clone()).or_insert((path, name, Arc::default()))
                 }
             };
             let vmid = key.1;
-            let config = match file.get(path, parse_guest_config) {
+            let read = match &dirs[ty as usize] {
+                Some(dir) => file.get_in(dir, name, path, parse_guest_config),
+                None => file.get(path, parse_guest_config),
+            };
+            let config = match read {
                 Ok(Some(c)) => c,
                 // Deleted or moved to another node since the list was written: not ours now.
                 Ok(None) => continue,
@@ -249,5 +268,53 @@ mod tests {
         let g = r.read(&HostRoot::new(p)).unwrap();
         assert_eq!(g.guests.len(), 2);
         assert_eq!(g.errors.len(), 1);
+    }
+    /// Configs are looked up by name in their held directory; a directory replaced since (or a
+    /// link to it pointed elsewhere, as pmxcfs's `qemu-server` into `nodes/<node>/`) is opened
+    /// again, never read stale; a config rewritten in place is parsed again.
+    #[test]
+    fn configs_through_held_directories_follow_changes() {
+        let d = tree();
+        let p = d.path();
+        let host = HostRoot::new(p);
+        let r = GuestReader::new();
+        let name = |g: &Guests| g.guests.iter().map(|g| g.config.name(g.ty, &g.vmid).into_owned()).collect::<Vec<_>>();
+        assert_eq!(name(&r.read(&host).unwrap()), vec!["web", "ct"]);
+        // Rewritten in place (a new size; pmxcfs writes in place).
+        std::fs::write(
+            p.join("etc/pve/qemu-server/100.conf"),
+            "name: web-renamed
+memory: 1024
+",
+        )
+        .unwrap();
+        assert_eq!(name(&r.read(&host).unwrap()), vec!["web-renamed", "ct"]);
+        // The directory replaced by another one: the new one's config, not the held one's.
+        std::fs::rename(p.join("etc/pve/qemu-server"), p.join("etc/pve/old-qemu-server")).unwrap();
+        std::fs::create_dir(p.join("etc/pve/qemu-server")).unwrap();
+        std::fs::write(
+            p.join("etc/pve/qemu-server/100.conf"),
+            "name: new-dir
+",
+        )
+        .unwrap();
+        assert_eq!(name(&r.read(&host).unwrap()), vec!["new-dir", "ct"]);
+        // A link (as pmxcfs's) pointed to another directory.
+        std::fs::create_dir_all(p.join("etc/pve/nodes/pve1/lxc")).unwrap();
+        std::fs::write(
+            p.join("etc/pve/nodes/pve1/lxc/101.conf"),
+            "hostname: linked
+",
+        )
+        .unwrap();
+        std::fs::remove_dir_all(p.join("etc/pve/lxc")).unwrap();
+        std::os::unix::fs::symlink("nodes/pve1/lxc", p.join("etc/pve/lxc")).unwrap();
+        assert_eq!(name(&r.read(&host).unwrap()), vec!["new-dir", "linked"]);
+        // A config removed: its guest is gone, no error; the directory gone: no guests of it.
+        std::fs::remove_file(p.join("etc/pve/qemu-server/100.conf")).unwrap();
+        let g = r.read(&host).unwrap();
+        assert_eq!((name(&g), g.errors.len()), (vec!["linked".to_string()], 0));
+        std::fs::remove_file(p.join("etc/pve/lxc")).unwrap();
+        assert!(r.read(&host).unwrap().guests.is_empty());
     }
 }
