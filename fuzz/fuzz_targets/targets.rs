@@ -128,6 +128,7 @@ pub fn kernel_small_files(data: &[u8]) {
     let _ = kvm_debugfs::parse_vcpu_dir_name(&s);
     let _ = kvm_debugfs::parse_stat_value(&s);
     let _ = sysfs::parse_counter(&s);
+    let _ = sysfs::parse_cpulist(&s);
 }
 
 pub fn libvirt_xml(data: &[u8]) {

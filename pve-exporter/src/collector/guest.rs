@@ -162,13 +162,25 @@ impl Collector for Guest {
     }
 }
 
-/// The host's CPUs as PVE counts them (`$cpuinfo->{cpus}`: `processor` lines of
-/// /proc/cpuinfo below the root), else the CPUs online.
+/// The host's CPUs as PVE counts them (`$cpuinfo->{cpus}`: the `processor` lines of
+/// /proc/cpuinfo, one per online CPU): the kernel's list of online CPUs below the root
+/// (`/sys/devices/system/cpu/online`, a few bytes), else /proc/cpuinfo itself (a fixture root
+/// without that list), else the CPUs online here. /proc/cpuinfo is formatted anew on every
+/// read, ~10 µs per CPU on this machine: over a millisecond per scrape on a 128-thread host.
 pub fn host_cpus(cx: &Context) -> u64 {
-    cx.files
-        .read("proc/cpuinfo")
+    cpus_of(cx.files)
+}
+
+fn cpus_of(files: &crate::host::ScrapeFiles) -> u64 {
+    files
+        .read("sys/devices/system/cpu/online")
         .ok()
-        .map(|t| String::from_utf8_lossy(&t).lines().filter(|l| l.starts_with("processor")).count() as u64)
+        .and_then(|t| crate::sources::kernel::sysfs::parse_cpulist(std::str::from_utf8(&t).ok()?))
+        .filter(|n| *n > 0)
+        .or_else(|| {
+            let t = files.read("proc/cpuinfo").ok()?;
+            Some(String::from_utf8_lossy(&t).lines().filter(|l| l.starts_with("processor")).count() as u64)
+        })
         .filter(|n| *n > 0)
         .unwrap_or_else(num_cpus)
 }
@@ -183,3 +195,33 @@ pub fn num_cpus() -> u64 {
 
 /// The catalogue sections this collector fills.
 static FAMILIES: &[&[&Def]] = &[GUEST_FAMILIES];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::{HostRoot, ScrapeFiles};
+
+    #[test]
+    fn host_cpus_from_the_online_list_else_cpuinfo() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        std::fs::create_dir_all(p.join("proc")).unwrap();
+        std::fs::write(p.join("proc/cpuinfo"), "processor\t: 0\nvendor_id\t: x\n\nprocessor\t: 1\nvendor_id\t: x\n\n")
+            .unwrap();
+        let host = HostRoot::new(p);
+        // A fixture root without the list: /proc/cpuinfo's processors.
+        assert_eq!(cpus_of(&ScrapeFiles::new(&host)), 2);
+        // With it (every host has it): the list, and cpuinfo is not read.
+        std::fs::create_dir_all(p.join("sys/devices/system/cpu")).unwrap();
+        std::fs::write(p.join("sys/devices/system/cpu/online"), "0-3,6\n").unwrap();
+        std::fs::remove_file(p.join("proc/cpuinfo")).unwrap();
+        assert_eq!(cpus_of(&ScrapeFiles::new(&host)), 5);
+        // A list that does not parse: cpuinfo, else the CPUs online here.
+        std::fs::write(p.join("sys/devices/system/cpu/online"), "garbage\n").unwrap();
+        assert_eq!(cpus_of(&ScrapeFiles::new(&host)), num_cpus());
+        // This machine: the list and cpuinfo agree.
+        let real = ScrapeFiles::new(&HostRoot::new("/"));
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+        assert_eq!(cpus_of(&real), cpuinfo.lines().filter(|l| l.starts_with("processor")).count() as u64);
+    }
+}

@@ -45,6 +45,19 @@ pub fn parse_counter(text: &str) -> Option<u64> {
     text.trim().parse().ok()
 }
 
+/// How many CPUs a kernel CPU list names (`/sys/devices/system/cpu/online`: `0-63`,
+/// `0,2-5,8`; the kernel's `%*pbl`, ascending ranges joined by commas). None when it is not
+/// one (empty, a range backwards, not numbers).
+pub fn parse_cpulist(text: &str) -> Option<u64> {
+    let mut n: u64 = 0;
+    for part in text.trim().split(',') {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b): (u64, u64) = (a.parse().ok()?, b.parse().ok()?);
+        n = n.checked_add(b.checked_sub(a)?.checked_add(1)?)?;
+    }
+    Some(n)
+}
+
 /// The statistics of interface `ifname`, as (index into [`NET_STATISTICS`], value), for every
 /// known file that exists. Err(NotFound) when the interface is gone; a single unreadable file
 /// is an error too (with the file named).
@@ -192,6 +205,19 @@ pub fn dev_path_resolves(host: &HostRoot, path: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn cpu_lists_as_the_kernel_writes_them() {
+        assert_eq!(parse_cpulist("0-1\n"), Some(2));
+        assert_eq!(parse_cpulist("0\n"), Some(1));
+        assert_eq!(parse_cpulist("0-63\n"), Some(64));
+        // CPUs taken offline leave holes.
+        assert_eq!(parse_cpulist("0,2-5,8,10-11\n"), Some(8));
+        for bad in ["", "\n", "a", "3-1", "0-", "-1", "0,,1", "1-2-3", "0-18446744073709551615"] {
+            assert_eq!(parse_cpulist(bad), None, "{bad:?}");
+        }
+    }
+
     use super::*;
 
     #[test]
