@@ -33,6 +33,14 @@ impl HostRoot {
         &self.root
     }
 
+    /// Whether `rel` below the root is this machine's own `/<rel>` (the root is `/`, or a test
+    /// tree links it there): what it names (pids, interfaces) are this process's too. A fixture
+    /// tree's copy is not.
+    pub fn is_own(&self, rel: &str) -> bool {
+        let own = Path::new("/").join(rel.trim_start_matches('/'));
+        fs::canonicalize(self.path(rel)).is_ok_and(|p| p == own)
+    }
+
     /// Read a whole (small) file below the root, at most [`MAX_FILE`] bytes.
     pub fn read(&self, rel: impl AsRef<Path>) -> io::Result<Vec<u8>> {
         read_capped(&self.path(rel), MAX_FILE)

@@ -570,9 +570,6 @@ impl<'a> Stages<'a> {
     }
 }
 
-/// Container `ctid` if it runs: its init among the payload's processes (the one that is pid 1
-/// in its namespace; the lowest pid where none says so, as on kernels without NSpid), found
-/// once and kept while the payload holds it.
 /// Each running container's init as last found: its pid, start time, and a pidfd of it where
 /// the host root's /proc is the daemon's own.
 ///
@@ -598,8 +595,7 @@ struct KnownInit {
 
 impl ContainerInits {
     fn new(host: &HostRoot, fds: std::sync::Arc<FdBudget>) -> Self {
-        let own_proc = std::fs::canonicalize(host.path("proc")).is_ok_and(|p| p == std::path::Path::new("/proc"));
-        Self { known: Default::default(), own_proc, fds }
+        Self { known: Default::default(), own_proc: host.is_own("proc"), fds }
     }
 
     /// Forget the inits that exited since the last scrape (one poll over their pidfds).
@@ -619,6 +615,9 @@ impl ContainerInits {
     }
 }
 
+/// Container `ctid` if it runs: its init among the payload's processes (the one that is pid 1
+/// in its namespace; the lowest pid where none says so, as on kernels without NSpid), found
+/// once and kept while it runs ([`ContainerInits`]).
 fn running_container(
     host: &HostRoot,
     files: &mut CgroupFiles,

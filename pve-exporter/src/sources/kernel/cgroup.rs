@@ -573,8 +573,7 @@ pub fn read_cgroup(
             }
             st.oom_kills = r.keyed(m, cg!("memory.events"), ["oom_kill"]).and_then(|[k]| k);
         } else {
-            let usage: Option<u64> = r.value(m, cg!("memory.usage_in_bytes"));
-            st.memory_bytes = usage;
+            st.memory_bytes = r.value(m, cg!("memory.usage_in_bytes"));
             // total_swap is there only with swap accounting (swapaccount=1): missing is no
             // error. It is the swap the memsw counter charges on top of usage (both count
             // the cgroup's swapped-out pages), without a read of memory.memsw.usage_in_bytes.

@@ -10,7 +10,6 @@ use std::{
     collections::HashMap,
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    path::Path,
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
@@ -372,7 +371,7 @@ fn parse_stats(payload: &[u8], out: &mut Vec<(u32, LinkStats)>) -> io::Result<()
 /// Whether the host root's `/sys/class/net` is this process's own (root `/`, or a root whose
 /// `sys` links to `/sys`): only then does a netlink dump show what sysfs below the root would.
 pub fn sees_own_sysfs(host: &HostRoot) -> bool {
-    std::fs::canonicalize(host.path("sys/class/net")).is_ok_and(|p| p == Path::new("/sys/class/net"))
+    host.is_own("sys/class/net")
 }
 
 /// The interfaces of this process's network namespace whose names `keep` accepts, with their
@@ -653,6 +652,7 @@ impl Socket {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     const SEQ: u32 = 7;
     const NLMSG_NOOP: u16 = 1;

@@ -112,18 +112,10 @@ pub struct HeldDir {
 impl HeldDir {
     /// Open `path` (O_PATH: no read rights needed, nothing read).
     pub fn open(path: &Path) -> io::Result<Self> {
-        use std::os::{fd::FromRawFd, unix::ffi::OsStrExt};
-        let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"))?;
-        // SAFETY: a NUL-terminated path; the descriptor returned is ours.
-        let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a new descriptor nobody else owns.
-        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-        let st = fstatat(&fd, c"", libc::AT_EMPTY_PATH)?;
-        Ok(Self { fd, id: (st.st_dev, st.st_ino) })
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        let dir = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH | libc::O_DIRECTORY).open(path)?;
+        let meta = dir.metadata()?;
+        Ok(Self { id: (meta.dev(), meta.ino()), fd: dir.into() })
     }
 
     /// Whether `path` names the directory held (one walk of the directory's path).

@@ -269,6 +269,7 @@ mod tests {
         assert_eq!(g.guests.len(), 2);
         assert_eq!(g.errors.len(), 1);
     }
+
     /// Configs are looked up by name in their held directory; a directory replaced since (or a
     /// link to it pointed elsewhere, as pmxcfs's `qemu-server` into `nodes/<node>/`) is opened
     /// again, never read stale; a config rewritten in place is parsed again.
