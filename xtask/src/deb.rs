@@ -58,10 +58,9 @@ pub fn build(opts: &Options) -> Result<PathBuf> {
     let binary = match &opts.binary {
         Some(b) => b.clone(),
         None => {
-            crate::step("cargo build --release -p pve-exporter");
-            let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            run_cmd(Command::new(cargo).args(["build", "--release", "-p", NAME]).current_dir(&root))?;
-            target_dir(&root).join("release").join(NAME)
+            // The measured build (docs/benchmarks.md): release, with the recorded profile.
+            crate::step("cargo build --release -p pve-exporter (profile-guided, target/pgo)");
+            crate::pgo::release_build(&[NAME])?.join(NAME)
         }
     };
     let version = env!("CARGO_PKG_VERSION");

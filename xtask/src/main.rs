@@ -4,6 +4,7 @@ mod bench;
 mod deb;
 mod demo;
 mod fuzz;
+mod pgo;
 mod soak;
 
 use std::{
@@ -27,7 +28,8 @@ usage: cargo xtask <task> [args]
                    fuzz smoke run and scaling check, the short soak, and the benchmarks in
                    their quick mode
   bench [--quick] [host|ebpf|parsers|all]
-                   the benchmarks of docs/benchmarks.md (release build; results also in
+                   the benchmarks of docs/benchmarks.md (profile-guided release build, as
+                   `xtask deb` packages it, in target/pgo; results also in
                    target/bench/); --quick is the test suite's small, fast mode
   fuzz [TARGET ...] [--seconds N] [--runs N] [--jobs N] [--smoke] [--scaling]
                    the parsers' fuzz targets (fuzz/, cargo-fuzz on nightly), each for N
@@ -41,7 +43,10 @@ usage: cargo xtask <task> [args]
                    is the test suite's variant, --hours N repeats load and churn (release
                    checks); figures in target/soak/report.md
   deb [--binary PATH] [--out DIR]
-                   build the Debian package (release build; target/debian/ by default)";
+                   build the Debian package (the profile-guided release build, target/pgo;
+                   the package in target/debian/ by default)
+  pgo              record pgo/pve-exporter.profdata again: an instrumented daemon through
+                   the bench host's cases (real QEMUs, containers, agents, a fixture tree)";
 
 /// Debian packages the build and the tests use.
 const APT_PACKAGES: &[&str] = &[
@@ -100,6 +105,10 @@ fn real_main() -> Result<()> {
             setup()?;
             soak::run(&passthrough)
         }
+        "pgo" => {
+            setup()?;
+            pgo::generate()
+        }
         "deb" => deb::build(&deb::Options::parse(&passthrough)?).map(|_| ()),
         "help" | "-h" | "--help" => {
             println!("{USAGE}");
@@ -113,7 +122,7 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
 }
 
-fn step(what: &str) {
+pub fn step(what: &str) {
     println!("==> {what}");
 }
 

@@ -108,6 +108,15 @@ pub fn run(bench: &Bench) -> Result<()> {
     bench.report("host", &md)
 }
 
+/// What `cargo xtask pgo` records: every case of the host bench at 100 QEMUs (the monitor
+/// exchange, guest agents, `--qm-mode off`, containers and stopped guests) and the fixture
+/// tree, fewer scrapes, no report.
+pub fn profile_workload(bench: &Bench) -> Result<()> {
+    qemu_host(bench, 100, 2, 60)?;
+    fixture_host(bench, 100, 2, 60)?;
+    Ok(())
+}
+
 fn machine() -> String {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();

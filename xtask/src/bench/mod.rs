@@ -14,6 +14,8 @@
 mod ebpf;
 mod host;
 
+pub use host::profile_workload;
+
 use std::{
     fs,
     io::{BufRead, BufReader, Read, Write},
@@ -66,18 +68,10 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     let ws = workspace_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    // Release, as operators run it; the eBPF programs are embedded by the build script.
-    run_cmd(Command::new(&cargo).current_dir(&ws).args([
-        "build",
-        "--release",
-        "-p",
-        "pve-exporter",
-        "-p",
-        "pve-test-guest",
-        "--bins",
-    ]))?;
-    let target = target_dir(&ws);
-    let bench = Bench { quick, bin: target.join("release"), dir: target.join("bench") };
+    // The release build that is shipped (`cargo xtask deb`): with the recorded profile. The
+    // eBPF programs are embedded by the build script.
+    let bin = crate::pgo::release_build(&["pve-exporter", "pve-test-guest"])?;
+    let bench = Bench { quick, bin, dir: target_dir(&ws).join("bench") };
     fs::create_dir_all(&bench.dir)?;
     for part in parts {
         println!("==> bench {part}{}", if quick { " (quick)" } else { "" });
