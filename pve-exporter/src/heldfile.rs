@@ -112,7 +112,11 @@ pub enum OnStale {
 pub struct HeldFiles<K> {
     budget: Arc<FdBudget>,
     on_stale: OnStale,
-    entries: crate::fasthash::FastMap<K, Vec<Option<Held>>>,
+    /// Per key, the slots it holds a file in. A list of the held slots, not a vector indexed
+    /// by slot: a key holds a few files of a long list (a v1 memory cgroup its 6 of the 30
+    /// cgroup file slots), and 100 containers have ~600 keys, whose vectors grown to their
+    /// highest slot took ~290 KB of the heap between scrapes (docs/benchmarks.md, seventh pass).
+    entries: crate::fasthash::FastMap<K, Vec<(usize, Held)>>,
     buf: Vec<u8>,
 }
 
@@ -126,16 +130,12 @@ impl<K: Hash + Eq + Clone> HeldFiles<K> {
     /// those of open and read, without the path (callers add their context).
     pub fn read(&mut self, key: &K, slot: usize, path: impl FnOnce() -> std::path::PathBuf) -> io::Result<&[u8]> {
         let files = self.entries.entry(key.clone()).or_default();
-        if files.len() <= slot {
-            files.resize_with(slot + 1, || None);
-        }
-        if let Some(h) = &files[slot] {
+        if let Some((_, h)) = files.iter().find(|(s, _)| *s == slot) {
             match pread_whole(&h.file, &mut self.buf) {
                 Ok(n) => return Ok(&self.buf[..n]),
                 Err(e) if is_stale(&e) => {
                     // The object behind the key went away: its other files are stale too.
                     files.clear();
-                    files.resize_with(slot + 1, || None);
                     if self.on_stale == OnStale::Fail {
                         return Err(e);
                     }
@@ -146,7 +146,7 @@ impl<K: Hash + Eq + Clone> HeldFiles<K> {
         let file = File::open(path())?;
         let n = pread_whole(&file, &mut self.buf)?;
         if let Some(token) = self.budget.acquire() {
-            files[slot] = Some(Held { file, _token: token });
+            files.push((slot, Held { file, _token: token }));
         }
         Ok(&self.buf[..n])
     }
@@ -162,16 +162,13 @@ impl<K: Hash + Eq + Clone> HeldFiles<K> {
         path: impl FnOnce() -> std::path::PathBuf,
     ) -> io::Result<Metadata> {
         let files = self.entries.entry(key.clone()).or_default();
-        if files.len() <= slot {
-            files.resize_with(slot + 1, || None);
-        }
-        if let Some(h) = &files[slot] {
+        if let Some((_, h)) = files.iter().find(|(s, _)| *s == slot) {
             return h.file.metadata();
         }
         let file = File::open(path())?;
         let m = file.metadata()?;
         if let Some(token) = self.budget.acquire() {
-            files[slot] = Some(Held { file, _token: token });
+            files.push((slot, Held { file, _token: token }));
         }
         Ok(m)
     }
@@ -180,14 +177,11 @@ impl<K: Hash + Eq + Clone> HeldFiles<K> {
     /// replacing what the slot held. Errors are ignored: the read by path reports them.
     pub fn hold(&mut self, key: &K, slot: usize, path: &Path) {
         let files = self.entries.entry(key.clone()).or_default();
-        if files.len() <= slot {
-            files.resize_with(slot + 1, || None);
-        }
-        files[slot] = None;
+        files.retain(|(s, _)| *s != slot);
         if let Some(token) = self.budget.acquire()
             && let Ok(file) = File::open(path)
         {
-            files[slot] = Some(Held { file, _token: token });
+            files.push((slot, Held { file, _token: token }));
         }
     }
 
@@ -203,7 +197,7 @@ impl<K: Hash + Eq + Clone> HeldFiles<K> {
 
     /// Files this set holds open.
     pub fn held(&self) -> usize {
-        self.entries.values().map(|f| f.iter().flatten().count()).sum()
+        self.entries.values().map(Vec::len).sum()
     }
 }
 
