@@ -86,7 +86,7 @@ pub fn cluster_files(data: &[u8]) {
 pub fn guest_config(data: &[u8]) {
     let s = text(data);
     let c = guest_config::parse_guest_config(&s);
-    for (_, v) in &c.main {
+    for (_, v) in c.main.iter() {
         let _ = guest_config::parse_size(v);
     }
 }
