@@ -96,8 +96,7 @@ pub fn make_demo_root(root: &Path) -> Result<()> {
 }
 
 pub fn run(ws: &Path, daemon_args: &[String], force_demo: bool) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run_cmd(Command::new(&cargo).current_dir(ws).args([
+    run_cmd(Command::new(crate::cargo_bin()).current_dir(ws).args([
         "build",
         "-p",
         "pve-exporter",

@@ -233,8 +233,13 @@ fn setup() -> Result<()> {
     Ok(())
 }
 
+/// The cargo that runs xtask (`CARGO`), else the one on the PATH.
+pub fn cargo_bin() -> String {
+    env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
 fn cargo(args: &[&str]) -> Result<()> {
-    let mut c = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    let mut c = Command::new(cargo_bin());
     c.args(args).current_dir(workspace_root());
     run_cmd(&mut c)
 }

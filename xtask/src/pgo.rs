@@ -19,21 +19,24 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{bench, run_cmd, workspace_root};
+use crate::{bench, cargo_bin, run_cmd, workspace_root};
 
 /// The recorded profile, relative to the workspace root.
 pub const PROFILE: &str = "pgo/pve-exporter.profdata";
 
-fn cargo() -> String {
-    env::var("CARGO").unwrap_or_else(|_| "cargo".into())
-}
-
-/// `RUSTFLAGS` as the caller has them, plus `extra`.
-fn rustflags(extra: &str) -> String {
-    match env::var("RUSTFLAGS") {
-        Ok(f) if !f.trim().is_empty() => format!("{f} {extra}"),
-        _ => extra.to_string(),
+/// Build `packages` (release, their binaries) into `target` with `flags` added to the
+/// caller's `RUSTFLAGS`.
+fn build(packages: &[&str], flags: &str, target: &Path) -> Result<()> {
+    let rustflags = match env::var("RUSTFLAGS") {
+        Ok(f) if !f.trim().is_empty() => format!("{f} {flags}"),
+        _ => flags.to_string(),
+    };
+    let mut c = Command::new(cargo_bin());
+    c.current_dir(workspace_root()).args(["build", "--release", "--bins"]);
+    for p in packages {
+        c.args(["-p", p]);
     }
+    run_cmd(c.env("RUSTFLAGS", rustflags).env("CARGO_TARGET_DIR", target))
 }
 
 /// Build `packages` (release) with the recorded profile, in a target directory of their own
@@ -46,19 +49,10 @@ pub fn release_build(packages: &[&str]) -> Result<PathBuf> {
         bail!("{} is missing: record it with `cargo xtask pgo`", profile.display());
     }
     let target = bench::target_dir(&ws).join("pgo");
-    let mut c = Command::new(cargo());
-    c.current_dir(&ws).args(["build", "--release", "--bins"]);
-    for p in packages {
-        c.args(["-p", p]);
-    }
     // Functions without a count (new since the recording, or never run) are not worth a
     // warning each; changed ones are (LLVM's hash-mismatch warning stays on).
-    c.env(
-        "RUSTFLAGS",
-        rustflags(&format!("-Cprofile-use={} -Cllvm-args=-pgo-warn-missing-function=false", profile.display())),
-    )
-    .env("CARGO_TARGET_DIR", &target);
-    run_cmd(&mut c)?;
+    let flags = format!("-Cprofile-use={} -Cllvm-args=-pgo-warn-missing-function=false", profile.display());
+    build(packages, &flags, &target)?;
     Ok(target.join("release"))
 }
 
@@ -91,13 +85,7 @@ pub fn generate() -> Result<()> {
     }
     fs::create_dir_all(&raw)?;
     crate::step("instrumented release build (-Cprofile-generate)");
-    run_cmd(
-        Command::new(cargo())
-            .current_dir(&ws)
-            .args(["build", "--release", "--bins", "-p", "pve-exporter", "-p", "pve-test-guest"])
-            .env("RUSTFLAGS", rustflags(&format!("-Cprofile-generate={}", raw.display())))
-            .env("CARGO_TARGET_DIR", &target),
-    )?;
+    build(&["pve-exporter", "pve-test-guest"], &format!("-Cprofile-generate={}", raw.display()), &target)?;
     // Only the daemon's runs: the build scripts, instrumented too, wrote theirs already.
     fs::remove_dir_all(&raw)?;
     fs::create_dir_all(&raw)?;

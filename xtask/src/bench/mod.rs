@@ -67,7 +67,6 @@ pub fn run(args: &[String]) -> Result<()> {
         bail!("unknown bench part {p:?}\n{USAGE}");
     }
     let ws = workspace_root();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     // The release build that is shipped (`cargo xtask deb`): with the recorded profile. The
     // eBPF programs are embedded by the build script.
     let bin = crate::pgo::release_build(&["pve-exporter", "pve-test-guest"])?;
@@ -79,7 +78,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "host" => host::run(&bench)?,
             "ebpf" => ebpf::run(&bench)?,
             "parsers" => {
-                let mut c = Command::new(&cargo);
+                let mut c = Command::new(crate::cargo_bin());
                 c.current_dir(&ws).args(["bench", "-p", "pve-exporter", "--bench", "parsers"]);
                 if quick {
                     // Criterion's test mode: each benchmark runs once (it still has to work).
