@@ -285,18 +285,24 @@ impl Family {
 
     /// [`Self::append`] of a family that is kept elsewhere (sealed chunks are shared, not copied).
     pub fn append_ref(&mut self, other: &Family) {
+        self.append_parts(&other.chunks, &other.text, &other.samples);
+    }
+
+    /// Add sealed `chunks` (shared, not copied), written lines `text` and `samples`, in that
+    /// order (a family's own exposition order), after what it has.
+    pub fn append_parts(&mut self, chunks: &[bytes::Bytes], text: &str, samples: &[Sample]) {
         // Sealed text comes first in the exposition: what this family has not sealed yet goes
-        // after what `other` sealed, so seal it first.
+        // after the chunks added, so seal it first.
         let unsealed = !self.text.is_empty() || !self.samples.is_empty();
         if unsealed
-            && !other.chunks.is_empty()
+            && !chunks.is_empty()
             && let Some(w) = self.writer
         {
             (w.seal)(self);
         }
-        self.chunks.extend(other.chunks.iter().cloned());
-        self.text.push_str(&other.text);
-        for s in &other.samples {
+        self.chunks.extend(chunks.iter().cloned());
+        self.text.push_str(text);
+        for s in samples {
             self.push_sample(s.clone());
         }
     }
@@ -407,6 +413,11 @@ impl MetricSet {
     /// The families in the order of first use, to change in place (the exposition's `freeze`).
     pub fn families_mut(&mut self) -> &mut [Family] {
         &mut self.families
+    }
+
+    /// The families in the order of first use (a family keeps its place as others are added).
+    pub fn families_by_use(&self) -> &[Family] {
+        &self.families
     }
 
     /// The families, owned (in the order of first use).

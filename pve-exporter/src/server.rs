@@ -145,12 +145,14 @@ const KEEP_FREED: usize = 512 << 10;
 
 /// Hand memory freed since the last collection back to the kernel.
 /// glibc keeps freed memory in its arenas for reuse and returns only what lies at the top of a
-/// heap. Between two collections the free part is the collection before the last (replaced by
-/// this one as the last good values) and this one's temporaries: ~3.7 MiB at 100 VMs + 100
+/// heap. Between two collections the free part is each collector's values from the run before
+/// (let go as the collector ran again; collector/engine.rs) that the next collectors'
+/// text did not reuse, and this collection's temporaries: 1–1.5 MiB at 100 VMs + 100
 /// containers, which would otherwise stay in the RSS between scrapes for good; so would a burst
 /// of connections (2,000 idle ones hold some 12 MiB of buffers, measured by `cargo xtask soak`).
-/// The price is the page faults of the next collection, which takes those pages back: ~1 ms of
-/// system CPU per scrape at that size (docs/benchmarks.md, "Memory between scrapes").
+/// The price is the page faults of the next collection, which takes those pages back: ~180 per
+/// scrape at that size, a few % of its CPU (docs/benchmarks.md, "eighth pass"); keeping 1.5 MiB
+/// instead took them to ~5 and added 0.3–1 MiB of RSS for no CPU this machine could measure.
 pub fn release_freed_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallinfo2 and malloc_trim have no preconditions; they lock the arenas themselves.

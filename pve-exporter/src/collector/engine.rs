@@ -6,10 +6,11 @@
 //! thread of its own: `vms` (discovery, per-VM files, eBPF maps, the monitors), `storage` and
 //! `pve`. Every wait inside a group ends by the deadline; the collection waits for each group
 //! until the deadline and no longer. A group that has not answered by then (it hangs where no
-//! time limit reaches: a read of a process stuck in the kernel, say) contributes its last good
-//! values while they are at most `--stale-max-age` old, else nothing, with its collectors'
-//! success 0 and `pve_exporter_collector_data_age_seconds` telling the age. A group still
-//! running from an earlier collection is not started again until it returns.
+//! time limit reaches: a read of a process stuck in the kernel, say) contributes, collector by
+//! collector, what its collectors finished in this collection (as fresh values) and, for the
+//! others, their last good values while they are at most `--stale-max-age` old, else nothing,
+//! with those collectors' success 0 and `pve_exporter_collector_data_age_seconds` telling the
+//! age. A group still running from an earlier collection is not started again until it returns.
 
 use std::{
     cell::{Cell, RefCell},
@@ -58,19 +59,52 @@ fn index(g: Group) -> usize {
 struct GroupOutput {
     set: MetricSet,
     runs: Vec<CollectorRun>,
+}
+
+/// One collector's last good values: what it added to each family in its last run (sealed
+/// chunks are shared with the collection they went out with, not copied), for a replay.
+/// Kept per collector, not per collection, and replaced as soon as the collector has run
+/// again: the text of the last collection is let go collector by collector while the next is
+/// written, and the allocator gives the freed memory to the next collector's text instead of
+/// taking fresh pages (holding the whole last collection until the next was done cost ~220
+/// page faults and ~5 % of a scrape's CPU at 100 VMs + 100 containers; docs/benchmarks.md).
+struct Kept {
+    chunks: Vec<(&'static Def, bytes::Bytes)>,
+    /// Kept samples (a set that keeps them, [`Engine::collect`]); a serving set has none.
+    samples: Vec<(&'static Def, crate::metrics::Sample)>,
+    runs: Vec<CollectorRun>,
     /// When it was collected.
     at: Instant,
 }
 
-/// A group's last good values, kept in the collection they went out with (no copy is made
-/// unless they are replayed).
-struct LastGood {
-    /// The collection that holds them.
-    collection: Arc<MetricSet>,
-    /// The group's families in it.
-    families: Vec<&'static Def>,
-    runs: Vec<CollectorRun>,
-    at: Instant,
+impl Kept {
+    /// What was added to `set` since `marks` (each family's chunk and sample count, in the
+    /// order of first use, [`marks`]).
+    fn since(set: &MetricSet, marks: &[(usize, usize)], runs: Vec<CollectorRun>) -> Kept {
+        let (mut chunks, mut samples) = (Vec::new(), Vec::new());
+        for (i, f) in set.families_by_use().iter().enumerate() {
+            let (c, n) = marks.get(i).copied().unwrap_or((0, 0));
+            chunks.extend(f.chunks.get(c..).unwrap_or_default().iter().map(|b| (f.def, b.clone())));
+            samples.extend(f.samples.get(n..).unwrap_or_default().iter().map(|s| (f.def, s.clone())));
+        }
+        Kept { chunks, samples, runs, at: Instant::now() }
+    }
+
+    /// Add its values to `out`.
+    fn replay(&self, out: &mut MetricSet) {
+        for (def, b) in &self.chunks {
+            out.family(def).append_parts(std::slice::from_ref(b), "", &[]);
+        }
+        for (def, s) in &self.samples {
+            out.family(def).push_sample(s.clone());
+        }
+    }
+}
+
+/// Each family's chunk and sample count in `set`, in the order of first use (into `into`).
+fn marks(set: &MetricSet, into: &mut Vec<(usize, usize)>) {
+    into.clear();
+    into.extend(set.families_by_use().iter().map(|f| (f.chunks.len(), f.samples.len())));
 }
 
 /// A group's thread and what the collections know of it.
@@ -79,9 +113,10 @@ struct GroupSlot {
     worker: Worker,
     /// The deadline of the collection the group works for, while it runs.
     running: Mutex<Option<Deadline>>,
-    /// Output of a run that finished after its collection had gone out.
-    late: Mutex<Option<GroupOutput>>,
-    last: Mutex<Option<LastGood>>,
+    /// Each collector's last good values, in the group's run order ([`Engine::order`]); kept
+    /// only while `--stale-max-age` is not zero. The group's thread replaces each as soon as
+    /// its collector is done, also in a run that finishes after its collection went out.
+    kept: Mutex<Vec<Option<Kept>>>,
     /// How long each family's text was in the group's last run: the room its next run
     /// reserves ([`MetricSet::with_hints`]).
     sizes: Mutex<Arc<crate::fasthash::FastMap<usize, usize>>>,
@@ -196,7 +231,6 @@ impl Engine {
             c.describe(&self.config, &mut out);
         }
         let mut runs = Vec::new();
-        let mut fresh: Vec<(Group, Vec<&'static Def>, Vec<CollectorRun>, Instant)> = Vec::new();
         // A group is waited for past its own deadline by half the reserve at most: the other
         // half is for replaying what did not answer and merging, so that the collection is
         // done before the scrape's deadline (the HTTP side answers then with whatever it has).
@@ -205,12 +239,10 @@ impl Engine {
             let answer = rx.and_then(|rx| rx.recv_timeout(wait_until.left()).ok());
             match answer {
                 Some(o) => {
-                    let families: Vec<&'static Def> = o.set.families().iter().map(|f| f.def).collect();
                     merge_owned(&mut out, o.set);
-                    runs.extend(o.runs.iter().cloned());
-                    fresh.push((g, families, o.runs, o.at));
+                    runs.extend(o.runs);
                 }
-                None => self.replay(g, &mut out, &mut runs),
+                None => self.replay(g, start, &mut out, &mut runs),
             }
         }
 
@@ -218,17 +250,7 @@ impl Engine {
         if freeze {
             crate::exposition::freeze(&mut out);
         }
-        let out = Arc::new(out);
-        // Kept for a replay only when replays are wanted: holding them costs one collection's
-        // memory (frozen to text: ~0.8 MiB at 100 VMs + 100 containers; docs/benchmarks.md).
-        if self.config.stale_max_age.is_zero() {
-            return out;
-        }
-        for (g, families, runs, at) in fresh {
-            let last = LastGood { collection: out.clone(), families, runs, at };
-            *self.groups[index(g)].last.lock().unwrap_or_else(|p| p.into_inner()) = Some(last);
-        }
-        out
+        Arc::new(out)
     }
 
     /// Start group `g` on its thread for the collection of `deadline`; None when it is still
@@ -272,15 +294,13 @@ impl Engine {
                 *slot.sizes.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(set.sizes());
             }
             *slot.running.lock().unwrap_or_else(|p| p.into_inner()) = None;
-            let out = GroupOutput { set, runs, at: Instant::now() };
-            if let Err(mpsc::TrySendError::Full(o) | mpsc::TrySendError::Disconnected(o)) = tx.try_send(out) {
-                // Its collection went out without it: kept for the next replay.
+            if tx.try_send(GroupOutput { set, runs }).is_err() {
+                // Its collection went out without it; each collector's values are kept already.
                 log::debug!(
                     "collector group {}: answered {:?} after its deadline",
                     g.name(),
                     deadline.instant().elapsed()
                 );
-                *slot.late.lock().unwrap_or_else(|p| p.into_inner()) = Some(o);
             }
         });
         match slot.worker.run(g.name(), job) {
@@ -310,13 +330,13 @@ impl Engine {
         out: &mut MetricSet,
         freeze: bool,
     ) -> Vec<CollectorRun> {
-        let mine: Vec<&dyn Collector> =
-            self.collectors.iter().filter(|(c, on)| *on && c.group() == g).map(|(c, _)| c.as_ref()).collect();
-        let background = |c: &&dyn Collector| c.needs().contains(&Need::Monitor);
-        let stages = Stages::new(&self.stages, &self.config, &self.host, deadline, mine.iter().any(background), shared);
-        let order = mine.iter().filter(|c| !background(c)).chain(mine.iter().filter(|c| background(c)));
+        let order = self.order(g);
+        let background = order.iter().any(|c| c.needs().contains(&Need::Monitor));
+        let stages = Stages::new(&self.stages, &self.config, &self.host, deadline, background, shared);
+        let keep = !self.config.stale_max_age.is_zero();
+        let mut before = Vec::new();
         let mut runs: Vec<(usize, CollectorRun)> = Vec::new();
-        for c in order {
+        for (i, c) in order.into_iter().enumerate() {
             let cx = Context {
                 engine: self,
                 config: &self.config,
@@ -328,11 +348,14 @@ impl Engine {
                 after: RefCell::new(Vec::new()),
                 own_run: Cell::new(true),
             };
+            if keep {
+                marks(out, &mut before);
+            }
             #[cfg(debug_assertions)]
-            let before = counts(out);
+            let had = counts(out);
             let (duration, r) = run_timed(|| c.collect(&cx, out));
             #[cfg(debug_assertions)]
-            check_families(*c, &before, out);
+            check_families(c, &had, out);
             if freeze {
                 crate::exposition::freeze(out);
             }
@@ -344,53 +367,69 @@ impl Engine {
                 mine.push(run);
             }
             mine.extend(cx.after.take());
+            if keep {
+                let kept = Kept::since(out, &before, mine.clone());
+                let mut all = self.groups[index(g)].kept.lock().unwrap_or_else(|p| p.into_inner());
+                if all.len() <= i {
+                    all.resize_with(i + 1, || None);
+                }
+                // The values it replaces are let go here, while the collection is written.
+                all[i] = Some(kept);
+            }
             runs.extend(mine.into_iter().map(|r| (at, r)));
         }
         runs.sort_by_key(|(at, _)| *at);
         runs.into_iter().map(|(_, r)| r).collect()
     }
 
-    /// Group `g` did not answer by the deadline: its last good values if recent enough, else
-    /// nothing; its collectors failed in this collection either way.
-    fn replay(&self, g: Group, out: &mut MetricSet, runs: &mut Vec<CollectorRun>) {
-        let slot = &self.groups[index(g)];
+    /// The switched-on collectors of group `g` in the order they run: those that wait for a
+    /// background stage (the monitors) after the others, so that it runs while they do.
+    fn order(&self, g: Group) -> Vec<&dyn Collector> {
+        let mine = || self.collectors.iter().filter(move |(c, on)| *on && c.group() == g).map(|(c, _)| c.as_ref());
+        let background = |c: &&dyn Collector| c.needs().contains(&Need::Monitor);
+        mine().filter(|c| !background(c)).chain(mine().filter(background)).collect()
+    }
+
+    /// Group `g` did not answer by the deadline of the collection started at `start`: what
+    /// its collectors finished in this collection, as it is; for the others, their last good
+    /// values if recent enough, else nothing, and a failure in this collection either way.
+    fn replay(&self, g: Group, start: Instant, out: &mut MetricSet, runs: &mut Vec<CollectorRun>) {
         let now = Instant::now();
-        let mut last = slot.last.lock().unwrap_or_else(|p| p.into_inner());
-        // A run that finished late is newer than what the last collection holds.
-        if let Some(late) = slot.late.lock().unwrap_or_else(|p| p.into_inner()).take()
-            && last.as_ref().is_none_or(|l| late.at > l.at)
-        {
-            let families = late.set.families().iter().map(|f| f.def).collect();
-            *last = Some(LastGood { collection: Arc::new(late.set), families, runs: late.runs, at: late.at });
-        }
+        let kept = self.groups[index(g)].kept.lock().unwrap_or_else(|p| p.into_inner());
         let why = format!("collector group {} did not answer before the scrape's deadline", g.name());
-        match last.as_ref() {
-            Some(l) => {
-                let age = now.saturating_duration_since(l.at);
-                let fresh_enough = age <= self.config.stale_max_age;
-                if fresh_enough {
-                    for def in &l.families {
-                        if let Some(f) = l.collection.families().into_iter().find(|f| std::ptr::eq(f.def, *def)) {
-                            out.family(f.def).append_ref(f);
-                        }
+        let failed = |name: &'static str, age: Duration, runs: &mut Vec<CollectorRun>| {
+            runs.push(CollectorRun { name, duration: Duration::ZERO, success: false, age });
+            self.note_failure(name, &why);
+        };
+        let mut mine: Vec<(usize, CollectorRun)> = Vec::new();
+        let mut replayed = Vec::new();
+        for (i, c) in self.order(g).into_iter().enumerate() {
+            let at = position(c.name());
+            replayed.clear();
+            match kept.get(i).and_then(Option::as_ref) {
+                // Done in this collection: fresh values, its runs as they went.
+                Some(k) if k.at >= start => {
+                    k.replay(out);
+                    replayed.extend(k.runs.iter().cloned());
+                }
+                Some(k) => {
+                    let age = now.saturating_duration_since(k.at);
+                    let fresh_enough = age <= self.config.stale_max_age;
+                    if fresh_enough {
+                        k.replay(out);
+                    }
+                    for r in &k.runs {
+                        failed(r.name, if fresh_enough { age } else { Duration::ZERO }, &mut replayed);
                     }
                 }
-                for r in &l.runs {
-                    let age = if fresh_enough { age } else { Duration::ZERO };
-                    runs.push(CollectorRun { name: r.name, duration: Duration::ZERO, success: false, age });
-                    self.note_failure(r.name, &why);
-                }
+                // Never done (the group has not finished a run since the start, or nothing is
+                // kept: `--stale-max-age 0`).
+                None => failed(c.name(), Duration::ZERO, &mut replayed),
             }
-            None => {
-                runs.push(CollectorRun {
-                    name: g.name(),
-                    duration: Duration::ZERO,
-                    success: false,
-                    age: Duration::ZERO,
-                });
-                self.note_failure(g.name(), &why);
-            }
+            mine.extend(replayed.drain(..).map(|r| (at, r)));
         }
+        mine.sort_by_key(|(at, _)| *at);
+        runs.extend(mine.into_iter().map(|(_, r)| r));
     }
 
     /// What `/healthz` reports: collector groups running past their collection's deadline by
@@ -529,6 +568,82 @@ mod tests {
         // A --collector flag wins over the deprecated alias.
         let c = Config::from_args(["pve-exporter", "--collect-storage", "false", "--collector.storage_zfs"]).unwrap();
         assert!(!c.collector_enabled("storage") && c.collector_enabled("storage_zfs"));
+    }
+
+    /// Two collectors' parts of one set, kept one by one and replayed in order, give the same
+    /// exposition: sealed text (what is served) and kept samples alike.
+    #[test]
+    fn kept_parts_replay_to_the_same_exposition() {
+        use crate::{
+            catalog::{KVM_CPU_SECONDS, KVM_THREADS, KVM_VCORES},
+            exposition::{Format, WRITER, freeze, render},
+        };
+        for writing in [true, false] {
+            let new = || if writing { MetricSet::writing("pve", &WRITER) } else { MetricSet::new("pve") };
+            let (mut set, mut before) = (new(), Vec::new());
+            // The first collector: two families.
+            marks(&set, &mut before);
+            set.family(&KVM_THREADS).push([("id", "100")], 3u64);
+            set.family(&KVM_VCORES).push([("id", "100")], 2u64);
+            freeze(&mut set);
+            let first = Kept::since(&set, &before, Vec::new());
+            // The second: one of the same families and a new one.
+            marks(&set, &mut before);
+            set.family(&KVM_THREADS).push([("id", "101")], 5u64);
+            set.family(&KVM_CPU_SECONDS).push([("id", "101"), ("mode", "user")], 1.5);
+            freeze(&mut set);
+            let second = Kept::since(&set, &before, Vec::new());
+            assert_eq!(first.chunks.len() + first.samples.len(), 2, "one part per family");
+            let mut again = new();
+            first.replay(&mut again);
+            second.replay(&mut again);
+            freeze(&mut again);
+            let (want, got) = (render(Arc::new(set), Format::Text), render(Arc::new(again), Format::Text));
+            assert!(want.contains(r#"pve_kvm_threads{id="101"} 5"#), "{want}");
+            assert_eq!(got, want);
+        }
+    }
+
+    /// A group that did not answer: a collector done in this collection serves its values as
+    /// fresh; one done before, its last values with their age and a failure; one whose values
+    /// are older than `--stale-max-age`, nothing and a failure without an age; one never done,
+    /// a failure.
+    #[test]
+    fn a_group_that_did_not_answer_replays_collector_by_collector() {
+        use crate::catalog::{KVM_THREADS, KVM_VCORES};
+        let cfg = Config::from_args(["pve-exporter", "--ebpf", "off", "--root", "/nonexistent"]).unwrap();
+        let engine = Engine::new(cfg).unwrap();
+        let order: Vec<&'static str> = engine.order(Group::Vms).iter().map(|c| c.name()).collect();
+        assert!(order.len() >= 4, "{order:?}");
+        let part = |def: &'static Def, v: u64, name: &'static str, success: bool, at: Instant| {
+            let mut set = MetricSet::new("pve");
+            set.family(def).push([("id", "100")], v);
+            let run = CollectorRun { name, duration: Duration::from_millis(1), success, age: Duration::ZERO };
+            Kept { at, ..Kept::since(&set, &[], vec![run]) }
+        };
+        let now = Instant::now();
+        let (old, too_old) = (now - Duration::from_secs(30), now - Duration::from_secs(200));
+        let start = now - Duration::from_secs(1);
+        *engine.groups[index(Group::Vms)].kept.lock().unwrap() = vec![
+            Some(part(&KVM_THREADS, 7, order[0], true, now)),
+            Some(part(&KVM_VCORES, 2, order[1], true, old)),
+            Some(part(&KVM_THREADS, 9, order[2], true, too_old)),
+        ];
+        let (mut out, mut runs) = (MetricSet::new("pve"), Vec::new());
+        engine.replay(Group::Vms, start, &mut out, &mut runs);
+        let values = |name: &str| -> Vec<String> {
+            out.get(name).map(|f| f.samples.iter().map(|s| format!("{:?}", s.value)).collect()).unwrap_or_default()
+        };
+        assert_eq!(values("pve_kvm_threads"), ["Int(7)"], "fresh values only, not the too old ones");
+        assert_eq!(values("pve_kvm_vcores"), ["Int(2)"]);
+        let run = |name: &str| runs.iter().find(|r| r.name == name).unwrap_or_else(|| panic!("{name}: {runs:?}"));
+        assert!(run(order[0]).success && run(order[0]).age.is_zero());
+        assert!(!run(order[1]).success && run(order[1]).age >= Duration::from_secs(30));
+        assert!(!run(order[2]).success && run(order[2]).age.is_zero());
+        for name in &order[3..] {
+            assert!(!run(name).success && run(name).age.is_zero(), "{name}");
+        }
+        assert_eq!(runs.len(), order.len(), "{runs:?}");
     }
 
     /// A switched-off collector is not run and not reported; the others are, in registry order.
