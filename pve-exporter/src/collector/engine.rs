@@ -66,8 +66,8 @@ struct GroupOutput {
 /// Kept per collector, not per collection, and replaced as soon as the collector has run
 /// again: the text of the last collection is let go collector by collector while the next is
 /// written, and the allocator gives the freed memory to the next collector's text instead of
-/// taking fresh pages (holding the whole last collection until the next was done cost ~220
-/// page faults and ~5 % of a scrape's CPU at 100 VMs + 100 containers; docs/benchmarks.md).
+/// taking fresh pages (holding the whole last collection until the next was done cost ~270
+/// page faults per scrape at 100 VMs + 100 containers, ~180 since; docs/benchmarks.md).
 struct Kept {
     chunks: Vec<(&'static Def, bytes::Bytes)>,
     /// Kept samples (a set that keeps them, [`Engine::collect`]); a serving set has none.
@@ -397,20 +397,19 @@ impl Engine {
         let now = Instant::now();
         let kept = self.groups[index(g)].kept.lock().unwrap_or_else(|p| p.into_inner());
         let why = format!("collector group {} did not answer before the scrape's deadline", g.name());
-        let failed = |name: &'static str, age: Duration, runs: &mut Vec<CollectorRun>| {
-            runs.push(CollectorRun { name, duration: Duration::ZERO, success: false, age });
+        let mut mine: Vec<(usize, CollectorRun)> = Vec::new();
+        let mut failed = |at: usize, name: &'static str, age: Duration| {
+            mine.push((at, CollectorRun { name, duration: Duration::ZERO, success: false, age }));
             self.note_failure(name, &why);
         };
-        let mut mine: Vec<(usize, CollectorRun)> = Vec::new();
-        let mut replayed = Vec::new();
+        let mut fresh = Vec::new();
         for (i, c) in self.order(g).into_iter().enumerate() {
             let at = position(c.name());
-            replayed.clear();
             match kept.get(i).and_then(Option::as_ref) {
                 // Done in this collection: fresh values, its runs as they went.
                 Some(k) if k.at >= start => {
                     k.replay(out);
-                    replayed.extend(k.runs.iter().cloned());
+                    fresh.extend(k.runs.iter().map(|r| (at, r.clone())));
                 }
                 Some(k) => {
                     let age = now.saturating_duration_since(k.at);
@@ -419,15 +418,14 @@ impl Engine {
                         k.replay(out);
                     }
                     for r in &k.runs {
-                        failed(r.name, if fresh_enough { age } else { Duration::ZERO }, &mut replayed);
+                        failed(at, r.name, if fresh_enough { age } else { Duration::ZERO });
                     }
                 }
-                // Never done (the group has not finished a run since the start, or nothing is
-                // kept: `--stale-max-age 0`).
-                None => failed(c.name(), Duration::ZERO, &mut replayed),
+                // Never done since the daemon started, or nothing is kept (`--stale-max-age 0`).
+                None => failed(at, c.name(), Duration::ZERO),
             }
-            mine.extend(replayed.drain(..).map(|r| (at, r)));
         }
+        mine.extend(fresh);
         mine.sort_by_key(|(at, _)| *at);
         runs.extend(mine.into_iter().map(|(_, r)| r));
     }
