@@ -170,6 +170,7 @@ pub fn proc_files(data: &[u8]) {
     let _ = node::parse_loadavg(&s);
     let _ = node::swap_from_meminfo(data);
     let _ = node::memory_from_meminfo(data);
+    let _ = node::vmstat_value(data, "oom_kill");
     let _ = node::parse_pages_sharing(&s);
     let _ = node::secure_boot_from_efivar(data);
 }

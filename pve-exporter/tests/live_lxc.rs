@@ -49,6 +49,26 @@ fn freeze(h: &Hierarchies, ctid: u32, on: bool) {
     }
 }
 
+/// One real OOM kill charged to `lxc/<ctid>`: a process that grows without end (`tail` keeps
+/// the line /dev/zero never ends) in the container's memory cgroup, over its limit. Where
+/// memory is on cgroup v1 the process goes into `lxc/<ctid>` itself, as v1 counts a kill
+/// only in the victim's own cgroup; on cgroup2 into `lxc/<ctid>/ns` (a kill counts up the
+/// tree, and `lxc/<ctid>` may hold no process of its own).
+fn oom_kill_in(h: &Hierarchies, ctid: u32) {
+    let dir = match h.v1.get("memory") {
+        Some(m) if !h.v2_controllers.iter().any(|c| c == "memory") => m.join(format!("lxc/{ctid}")),
+        _ => h.v2.as_ref().expect("cgroup2").join(format!("lxc/{ctid}/ns")),
+    };
+    let procs = dir.join("cgroup.procs");
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("echo $$ > {} && exec tail /dev/zero", procs.display()))
+        .status()
+        .expect("sh");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "killed by the OOM killer: {status:?}");
+}
+
 #[test]
 fn containers_and_stopped_guests_from_real_cgroups_veths_and_mounts() {
     require_privileges();
@@ -194,6 +214,35 @@ fn containers_and_stopped_guests_from_real_cgroups_veths_and_mounts() {
     assert_eq!(sample(&t, "pve_guest_state", &[("id", &id), ("state", "frozen")]), Some(1.0), "{t}");
     let t = daemon.get("/metrics");
     assert_eq!(sample(&t, "pve_guest_state", &[("id", &id), ("state", "running")]), Some(1.0));
+
+    // A real OOM kill in the container: counted at the next scrape, though the count was
+    // taken as unchanged (not read) while the host's OOM kills (/proc/vmstat) stayed the same.
+    let t = daemon.get("/metrics");
+    assert_eq!(sample(&t, "pve_lxc_oom_kills_total", &one), Some(0.0), "{t}");
+    oom_kill_in(&h, ctid);
+    let t = daemon.get("/metrics");
+    assert_eq!(sample(&t, "pve_lxc_oom_kills_total", &one), Some(1.0), "{t}");
+    // CPU stall in the container (two busy processes on one CPU): its pressure total moves at
+    // the next scrape, as the host's does.
+    let cpu_some = [("id", id.as_str()), ("resource", "cpu"), ("kind", "some")];
+    let before = sample(&t, "pve_lxc_pressure_stalled_seconds_total", &cpu_some).expect("cpu some");
+    let procs = h.v2.as_ref().expect("cgroup2").join(format!("lxc/{ctid}/ns/cgroup.procs"));
+    let busy: Vec<_> = (0..2)
+        .map(|_| {
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("echo $$ > {} && exec taskset -c 0 timeout 0.5 yes", procs.display()))
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("sh")
+        })
+        .collect();
+    for mut b in busy {
+        b.wait().expect("wait");
+    }
+    let t = daemon.get("/metrics");
+    let after = sample(&t, "pve_lxc_pressure_stalled_seconds_total", &cpu_some).expect("cpu some");
+    assert!(after > before, "{after} after {before}");
 
     // Restarted between two scrapes (no scrape saw it stopped): the new init, not the one the
     // daemon kept (its pidfd polls readable; without one, the cgroup's list no longer has it).

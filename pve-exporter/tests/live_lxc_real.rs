@@ -253,7 +253,7 @@ fn memory_current(h: &Hierarchies) -> u64 {
     cgroup_value(h, "memory", "memory.current", "memory", "memory.usage_in_bytes")
 }
 
-/// User CPU time of `lxc/<CTID>` in seconds: cgroup2's `cpu.stat` or v1's `cpuacct.usage_user`.
+/// User CPU time of `lxc/<CTID>` in seconds: cgroup2's `cpu.stat` or v1's `cpuacct.stat`.
 fn cpu_user_seconds(h: &Hierarchies) -> f64 {
     if h.v2_controllers.iter().any(|c| c == "cpu") || !h.v1.contains_key("cpuacct") {
         let path = h.v2.as_ref().expect("cgroup2").join(format!("lxc/{CTID}/cpu.stat"));
@@ -261,9 +261,12 @@ fn cpu_user_seconds(h: &Hierarchies) -> f64 {
         let usec = text.lines().find_map(|l| l.strip_prefix("user_usec ")).expect("user_usec");
         usec.trim().parse::<u64>().expect("number") as f64 / 1e6
     } else {
-        let path = h.v1["cpuacct"].join(format!("lxc/{CTID}/cpuacct.usage_user"));
+        let path = h.v1["cpuacct"].join(format!("lxc/{CTID}/cpuacct.stat"));
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        text.trim().parse::<u64>().expect("number") as f64 / 1e9
+        let ticks = text.lines().find_map(|l| l.strip_prefix("user ")).expect("user");
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        ticks.trim().parse::<u64>().expect("number") as f64 / hz as f64
     }
 }
 

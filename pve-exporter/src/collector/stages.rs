@@ -77,6 +77,67 @@ pub struct StageState {
     links: Mutex<netlink::LinkWatch>,
     /// Each running container's cgroup limits as last read, and what they were read under.
     ct_limits: Mutex<std::collections::HashMap<String, KnownLimits>>,
+    /// Each running container's counters that move only with the host's, as last read.
+    ct_quiet: Mutex<std::collections::HashMap<String, KnownQuiet>>,
+    /// The host's own counters of those, held open.
+    host_counters: Mutex<HostCounterFiles>,
+}
+
+/// A container's figures that change only when the host's do, each with the host's figure
+/// read before it. While the host's is the same, the container's file is not read again:
+/// - OOM kills (`memory.events`, v1 `memory.oom_control`): the kernel counts each kill in the
+///   victim's memory cgroup and in /proc/vmstat's `oom_kill`, in one place (mm/oom_kill.c
+///   `__oom_kill_process`);
+/// - pressure stall totals (`{cpu,memory,io}.pressure`): a task stalled in a cgroup is
+///   stalled in each ancestor up to the root (kernel/sched/psi.c walks the groups up to
+///   `psi_system`), whose `some` total is /proc/pressure/*'s; a cgroup's `full` time is part
+///   of its `some` time. The files show µs: a container's total can move by less than 1 µs
+///   unseen, until the host's moves.
+///
+/// On a host whose memory is not short, the memory pressure and OOM files of every container
+/// are read once; CPU and I/O pressure are read again whenever the host stalled at all since.
+/// 300 of the 1 200 cgroup reads per scrape at 100 containers on an idle bench host, for
+/// four reads of the host's files.
+struct KnownQuiet {
+    pid: u32,
+    oom_kills: Option<(u64, u64)>,
+    pressure: [Option<(u64, crate::sources::proc::pressure::Pressure)>; 3],
+}
+
+/// /proc/vmstat and /proc/pressure/{cpu,memory,io}, opened on first use where the host root's
+/// /proc is the daemon's own.
+#[derive(Default)]
+struct HostCounterFiles {
+    opened: bool,
+    vmstat: Option<std::fs::File>,
+    pressure: [Option<std::fs::File>; 3],
+}
+
+/// `oom_kill` of /proc/vmstat. Read to the end: /proc/vmstat is a seq_file of one record per
+/// line, which hands out at most a page per read (~4 KiB of its ~180 lines; `oom_kill` is
+/// past the middle), so [`crate::heldfile::pread_whole`]'s one short read is not the end here.
+fn vmstat_oom_kills(f: &std::fs::File, buf: &mut Vec<u8>) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    buf.clear();
+    buf.resize(16 << 10, 0);
+    let mut n = 0;
+    loop {
+        if n == buf.len() {
+            return None; // not the file it should be
+        }
+        match f.read_at(&mut buf[n..], n as u64).ok()? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    crate::sources::proc::node::vmstat_value(&buf[..n], "oom_kill")
+}
+
+/// The host's counters of one scrape ([`KnownQuiet`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct HostTotals {
+    oom_kills: Option<u64>,
+    pressure_some_us: [Option<u64>; 3],
 }
 
 /// A container's limits ([`crate::sources::kernel::cgroup::Limits`]) and when they hold: PVE
@@ -115,6 +176,8 @@ impl StageState {
             ct_files: Mutex::new(HeldFiles::new(fds.clone(), OnStale::Reopen)),
             links: Mutex::default(),
             ct_limits: Mutex::default(),
+            ct_quiet: Mutex::default(),
+            host_counters: Mutex::default(),
             ct_init: Mutex::new(ContainerInits::new(host, fds)),
         }
     }
@@ -177,6 +240,9 @@ pub struct Stages<'a> {
     ct_configs: OnceCell<std::collections::HashMap<String, Arc<crate::sources::pve::guest_config::GuestConfig>>>,
     /// Each running container's cgroup figures, read once per scrape (`lxc` and `ppe`).
     ct_stats: RefCell<std::collections::HashMap<String, Option<std::rc::Rc<CgroupStats>>>>,
+    /// The host's OOM kill count and pressure totals, read once per scrape before any
+    /// container's files ([`KnownQuiet`]).
+    host_totals: OnceCell<HostTotals>,
     /// Each running container's root file system (statvfs by `lxc`, used by `ppe`).
     pub ct_rootfs: RefCell<std::collections::HashMap<String, crate::sources::storage::statvfs::Usage>>,
 }
@@ -280,6 +346,7 @@ impl<'a> Stages<'a> {
             guest_links: OnceCell::new(),
             ct_configs: OnceCell::new(),
             ct_stats: RefCell::default(),
+            host_totals: OnceCell::new(),
             ct_rootfs: RefCell::default(),
         }
     }
@@ -332,6 +399,7 @@ impl<'a> Stages<'a> {
             init.known.retain(|id, _| listed(id));
             init.forget_exited();
             self.state.ct_limits.lock().unwrap_or_else(|p| p.into_inner()).retain(|id, _| listed(id));
+            self.state.ct_quiet.lock().unwrap_or_else(|p| p.into_inner()).retain(|id, _| listed(id));
             ids.into_iter().filter_map(|ctid| running_container(self.host, &mut files, h, &mut init, ctid)).collect()
         })
     }
@@ -426,6 +494,14 @@ impl<'a> Stages<'a> {
                 }
         };
         let limits = known.get(ctid).filter(|k| valid(k)).map(|k| k.limits);
+        let host = self.host_totals();
+        let mut quiet = self.state.ct_quiet.lock().unwrap_or_else(|p| p.into_inner());
+        let q = quiet.get(ctid).filter(|k| Some(k.pid) == pid);
+        // Taken only while the host's figure is the one read before the container's.
+        let oom_kills = q.and_then(|k| k.oom_kills).filter(|(h, _)| Some(*h) == host.oom_kills).map(|(_, v)| v);
+        let pressure = std::array::from_fn(|i| {
+            q.and_then(|k| k.pressure[i]).filter(|(h, _)| Some(*h) == host.pressure_some_us[i]).map(|(_, p)| p)
+        });
         let mut held = self.state.ct_files.lock().unwrap_or_else(|p| p.into_inner());
         let before = errors.len();
         let st = crate::sources::kernel::cgroup::read_container(
@@ -433,8 +509,22 @@ impl<'a> Stages<'a> {
             h,
             ctid,
             errors,
-            limits.as_ref(),
+            cgroup::Known { limits: limits.as_ref(), oom_kills, pressure },
         );
+        match (&st, pid) {
+            // Each figure with the host's read before it (a taken one's is the same).
+            (Some(st), Some(pid)) => {
+                let k = KnownQuiet {
+                    pid,
+                    oom_kills: host.oom_kills.zip(st.oom_kills),
+                    pressure: std::array::from_fn(|i| host.pressure_some_us[i].zip(st.pressure[i])),
+                };
+                quiet.insert(ctid.to_string(), k);
+            }
+            _ => {
+                quiet.remove(ctid);
+            }
+        }
         match (&st, pid) {
             // Read now and read whole: kept.
             (Some(st), Some(pid)) if limits.is_none() && errors.len() == before => {
@@ -449,6 +539,36 @@ impl<'a> Stages<'a> {
         let st = st.map(std::rc::Rc::new);
         self.ct_stats.borrow_mut().insert(ctid.to_string(), st.clone());
         st
+    }
+
+    /// The host's OOM kill count and pressure totals for this scrape ([`KnownQuiet`]), read
+    /// once, before any container's files; nothing where the host root's /proc is not the
+    /// daemon's own (a fixture tree's files do not move with its cgroups).
+    fn host_totals(&self) -> HostTotals {
+        *self.host_totals.get_or_init(|| {
+            let mut f = self.state.host_counters.lock().unwrap_or_else(|p| p.into_inner());
+            if !f.opened {
+                f.opened = true;
+                if self.host.is_own("proc") {
+                    f.vmstat = std::fs::File::open("/proc/vmstat").ok();
+                    for (slot, res) in f.pressure.iter_mut().zip(["cpu", "memory", "io"]) {
+                        *slot = std::fs::File::open(format!("/proc/pressure/{res}")).ok();
+                    }
+                }
+            }
+            let mut buf = Vec::new();
+            let some_us = |file: &Option<std::fs::File>, buf: &mut Vec<u8>| {
+                let n = crate::heldfile::pread_whole(file.as_ref()?, buf).ok()?;
+                let text = std::str::from_utf8(&buf[..n]).ok()?;
+                Some(crate::sources::proc::pressure::parse_pressure(text).ok()?.some?.total_us)
+            };
+            let pressure_some_us = [
+                some_us(&f.pressure[0], &mut buf),
+                some_us(&f.pressure[1], &mut buf),
+                some_us(&f.pressure[2], &mut buf),
+            ];
+            HostTotals { oom_kills: f.vmstat.as_ref().and_then(|v| vmstat_oom_kills(v, &mut buf)), pressure_some_us }
+        })
     }
 
     /// This node's container configs by ctid (for this scrape).

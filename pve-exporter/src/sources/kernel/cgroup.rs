@@ -13,7 +13,7 @@
 //!
 //! | what | v2 | v1 |
 //! |---|---|---|
-//! | CPU user/system | `cpu.stat` user_usec, system_usec | `cpuacct.usage_user`/`_sys` (ns), else `cpuacct.stat` (ticks) |
+//! | CPU user/system | `cpu.stat` user_usec, system_usec | `cpuacct.stat` user, system (clock ticks) |
 //! | memory | `memory.current`, `memory.stat` anon/file/kernel | `memory.usage_in_bytes`, `memory.stat` total_rss/total_cache, `memory.kmem.usage_in_bytes` |
 //! | swap | `memory.swap.current` | `memory.stat` total_swap |
 //! | limits | `memory.max`, `memory.swap.max`, `cpu.max` | `memory.limit_in_bytes`, `memory.memsw.limit_in_bytes` - limit, `cpu.cfs_quota_us`/`cpu.cfs_period_us` |
@@ -338,8 +338,6 @@ pub fn parse_blkio(text: &str) -> BTreeMap<String, (u64, u64)> {
 /// Every cgroup file this module reads, by name: its slot among a cgroup's held files.
 const FILES: &[&str] = &[
     "cpu.stat",
-    "cpuacct.usage_user",
-    "cpuacct.usage_sys",
     "cpuacct.stat",
     "cpu.max",
     "cpu.cfs_quota_us",
@@ -477,9 +475,21 @@ pub fn read_container(
     h: &Hierarchies,
     ctid: &str,
     errors: &mut Vec<SourceError>,
-    known: Option<&Limits>,
+    known: Known,
 ) -> Option<CgroupStats> {
     read_cgroup(files, h, &format!("lxc/{ctid}"), errors, known)
+}
+
+/// What a caller already knows of a cgroup, taken as read ([`read_cgroup`]): those files are
+/// not read.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Known<'a> {
+    /// Its limits.
+    pub limits: Option<&'a Limits>,
+    /// Its OOM kill count (`memory.events` / `memory.oom_control` `oom_kill`), known unchanged.
+    pub oom_kills: Option<u64>,
+    /// Its cpu, memory, io pressure, known unchanged.
+    pub pressure: [Option<Pressure>; 3],
 }
 
 /// The cgroup PVE starts VM `vmid` in (`qemu.slice/<vmid>.scope`).
@@ -490,14 +500,16 @@ pub fn vm_cgroup(vmid: &str) -> String {
 /// Read the cgroup `rel` (below each hierarchy's mount) as [`read_container`] does. With
 /// `known` limits, the limit files (`cpu.max`, `memory.max`, `memory.swap.max`; on cgroup v1
 /// `cpu.cfs_quota_us`, `cpu.cfs_period_us`, `memory.limit_in_bytes`,
-/// `memory.memsw.limit_in_bytes`) are not read: those are the figures.
+/// `memory.memsw.limit_in_bytes`) are not read: those are the figures; so with a known OOM
+/// kill count.
 pub fn read_cgroup(
     files: &mut CgroupFiles,
     h: &Hierarchies,
     rel: &str,
     errors: &mut Vec<SourceError>,
-    known: Option<&Limits>,
+    known: Known,
 ) -> Option<CgroupStats> {
+    let Known { limits: known, oom_kills: known_oom, pressure: known_pressure } = known;
     let ctid = rel; // the cgroup's path below each mount
     let mut r = CgroupReader { host: files.host, files, rel, gone: false, errors, keys: Default::default() };
     let mut st = CgroupStats::default();
@@ -509,12 +521,11 @@ pub fn read_cgroup(
                 st.cpu_user_seconds = u.map(|u| u as f64 / 1e6);
                 st.cpu_system_seconds = s.map(|s| s as f64 / 1e6);
             }
-        } else if let (Some(u), Some(s)) =
-            (r.value::<u64>(m, cg!("cpuacct.usage_user")), r.value::<u64>(m, cg!("cpuacct.usage_sys")))
-        {
-            st.cpu_user_seconds = Some(u as f64 / 1e9);
-            st.cpu_system_seconds = Some(s as f64 / 1e9);
         } else if let Some([u, s]) = r.keyed(m, cg!("cpuacct.stat"), ["user", "system"]) {
+            // One file, as pve-common's `get_cpu_stat` reads it, not `cpuacct.usage_user` and
+            // `_sys`: those split the time by the same tick samples, in ns (no finer), and
+            // cost a second read per container. cpuacct.stat scales the split to the exact
+            // run time (the kernel's cputime_adjust), in clock ticks.
             let hz = ticks_per_second();
             st.cpu_user_seconds = u.map(|u| u as f64 / hz);
             st.cpu_system_seconds = s.map(|s| s as f64 / hz);
@@ -571,7 +582,10 @@ pub fn read_cgroup(
                     }
                 }
             }
-            st.oom_kills = r.keyed(m, cg!("memory.events"), ["oom_kill"]).and_then(|[k]| k);
+            st.oom_kills = match known_oom {
+                Some(k) => Some(k),
+                None => r.keyed(m, cg!("memory.events"), ["oom_kill"]).and_then(|[k]| k),
+            };
         } else {
             st.memory_bytes = r.value(m, cg!("memory.usage_in_bytes"));
             // total_swap is there only with swap accounting (swapaccount=1): missing is no
@@ -590,7 +604,10 @@ pub fn read_cgroup(
                 let swlimit: Option<u64> = r.value(m, cg!("memory.memsw.limit_in_bytes"));
                 st.limits.swap_max = swlimit.zip(limit).map(|(sw, l)| v1_limit(sw).map(|sw| sw.saturating_sub(l)));
             }
-            st.oom_kills = r.keyed(m, cg!("memory.oom_control"), ["oom_kill"]).and_then(|[k]| k);
+            st.oom_kills = match known_oom {
+                Some(k) => Some(k),
+                None => r.keyed(m, cg!("memory.oom_control"), ["oom_kill"]).and_then(|[k]| k),
+            };
         }
     }
     // Block I/O.
@@ -617,7 +634,9 @@ pub fn read_cgroup(
                 .iter()
                 .enumerate()
         {
-            if let Some(t) = r.text(m, *file) {
+            if let Some(p) = known_pressure[i] {
+                st.pressure[i] = Some(p);
+            } else if let Some(t) = r.text(m, *file) {
                 match parse_pressure(t) {
                     Ok(p) => st.pressure[i] = Some(p),
                     Err(e) => parse_err.push(e.input(format!("{ctid}/{res}.pressure"))),
@@ -951,7 +970,7 @@ mod tests {
             v1: BTreeMap::new(),
         };
         let mut errors = Vec::new();
-        let st = read_container(&mut CgroupFiles::by_path(&host), &h, "101", &mut errors, None).unwrap();
+        let st = read_container(&mut CgroupFiles::by_path(&host), &h, "101", &mut errors, Known::default()).unwrap();
         assert_eq!(st.cpu_user_seconds, Some(2.0));
         assert_eq!(st.memory_used(), Some(104_857_600 - 41_943_040));
         assert_eq!(st.memory_kernel, Some(10_485_760));
@@ -968,7 +987,7 @@ mod tests {
         // Stopped mid-scrape: gone, not an error.
         std::fs::remove_dir_all(&cg).unwrap();
         let mut errors = Vec::new();
-        assert!(read_container(&mut CgroupFiles::by_path(&host), &h, "101", &mut errors, None).is_none());
+        assert!(read_container(&mut CgroupFiles::by_path(&host), &h, "101", &mut errors, Known::default()).is_none());
         assert!(errors.is_empty());
     }
 
@@ -1000,8 +1019,7 @@ mod tests {
             (
                 "cpu,cpuacct",
                 vec![
-                    ("cpuacct.usage_user", "2000000000\n".into()),
-                    ("cpuacct.usage_sys", "1000000000\n".into()),
+                    ("cpuacct.stat", "user 200\nsystem 100\n".into()),
                     ("cpu.cfs_quota_us", "150000\n".into()),
                     ("cpu.cfs_period_us", "100000\n".into()),
                 ],
@@ -1033,7 +1051,7 @@ mod tests {
         let (v2, v1) = parse_cgroup_mounts(HYBRID);
         let h = Hierarchies { v2, v2_controllers: Vec::new(), v1 };
         let mut errors = Vec::new();
-        let st = read_container(&mut CgroupFiles::by_path(&host), &h, "101", &mut errors, None).unwrap();
+        let st = read_container(&mut CgroupFiles::by_path(&host), &h, "101", &mut errors, Known::default()).unwrap();
         assert_eq!((st.cpu_user_seconds, st.cpu_system_seconds), (Some(2.0), Some(1.0)));
         assert_eq!(st.memory_bytes, Some(104_857_600));
         assert_eq!((st.memory_anon, st.memory_file), (Some(52_428_800), Some(41_943_040)));
@@ -1052,8 +1070,19 @@ mod tests {
         // Without swap accounting memory.stat has no swap lines: no swap figure, no error.
         let cg = base.join("memory/lxc/101");
         std::fs::write(cg.join("memory.stat"), "total_cache 0\ntotal_rss 8192\n").unwrap();
-        let st = read_container(&mut CgroupFiles::by_path(&host), &h, "101", &mut Vec::new(), None).unwrap();
+        let st =
+            read_container(&mut CgroupFiles::by_path(&host), &h, "101", &mut Vec::new(), Known::default()).unwrap();
         assert_eq!((st.memory_anon, st.swap_bytes), (Some(8192), None));
+        // An OOM kill count and pressure the caller knows are unchanged: taken, their files
+        // not read.
+        std::fs::remove_file(cg.join("memory.oom_control")).unwrap();
+        std::fs::remove_file(base.join("unified/lxc/101/cpu.pressure")).unwrap();
+        let mut errors = Vec::new();
+        let p = Pressure { some: Some(Default::default()), full: None };
+        let known = Known { limits: None, oom_kills: Some(9), pressure: [Some(p), Some(p), Some(p)] };
+        let st = read_container(&mut CgroupFiles::by_path(&host), &h, "101", &mut errors, known).unwrap();
+        assert_eq!((st.oom_kills, st.pressure), (Some(9), [Some(p); 3]));
+        assert!(errors.is_empty(), "{errors:?}");
     }
 
     /// Random text for every parser of cgroup files: none panics.

@@ -82,6 +82,16 @@ pub fn meminfo_bytes(text: &[u8], key: &str) -> Result<u64, ParseError> {
     })
 }
 
+/// One counter of `/proc/vmstat` (`<name> <n>` lines), e.g. `oom_kill`: the kernel's OOM
+/// kills since boot, counted where each kill also counts in the victim's memory cgroup
+/// (mm/oom_kill.c `__oom_kill_process`). None: no such line (before 4.13) or not a number.
+pub fn vmstat_value(text: &[u8], key: &str) -> Option<u64> {
+    text.split(|b| *b == b'\n').find_map(|l| {
+        let rest = l.strip_prefix(key.as_bytes())?.strip_prefix(b" ")?;
+        std::str::from_utf8(rest).ok()?.trim().parse().ok()
+    })
+}
+
 /// Swap of `/proc/meminfo`; used = total - free, as PVE computes it.
 pub fn swap_from_meminfo(text: &[u8]) -> Result<Swap, ParseError> {
     let (total, free) = (meminfo_bytes(text, "SwapTotal")?, meminfo_bytes(text, "SwapFree")?);
@@ -225,6 +235,15 @@ mod tests {
             busy_cpu_seconds(&format!("cpu  {0} {0} {0} 0 0 {0} {0} {0}\n", u64::MAX)).map(|b| b > 0.0),
             Some(true)
         );
+    }
+
+    #[test]
+    fn vmstat_counters() {
+        let text = b"nr_free_pages 123\noom_kill_x 9\noom_kill 4\npgfault 77\n";
+        assert_eq!(vmstat_value(text, "oom_kill"), Some(4), "the whole name, not a prefix of another");
+        assert_eq!(vmstat_value(text, "pgfault"), Some(77));
+        assert_eq!(vmstat_value(b"nr_free_pages 1\n", "oom_kill"), None, "before 4.13");
+        assert_eq!(vmstat_value(b"oom_kill -1\noom_kill \xff\n", "oom_kill"), None);
     }
 
     #[test]
