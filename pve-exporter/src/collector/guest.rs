@@ -102,7 +102,7 @@ impl Collector for Guest {
                     ("name", &c.name(g.ty, &g.vmid)),
                     ("node", node),
                     ("ostype", c.get("ostype").unwrap_or("")),
-                    ("tags", &c.tags()),
+                    ("tags", c.tags()),
                     ("pool", pool.map_or("", |p| p.name.as_str())),
                     ("pool_levels", levels.format(pool.map_or(0, |p| p.levels.len()))),
                     ("pool1", level(0)),

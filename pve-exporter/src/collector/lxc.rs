@@ -4,7 +4,11 @@
 //! statvfs through `/proc/<init>/root/<mount point>` (what PVE shows as the CT's disk usage),
 //! each container's on a thread of its own with a time limit, as an NFS mount point can hang.
 
-use std::{collections::HashMap, sync::Mutex, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use super::{Collector, Context, Error, Group, Need, Setup, stages::RunningContainer};
 use crate::{
@@ -13,7 +17,7 @@ use crate::{
     metrics::MetricSet,
     sources::{
         kernel::cgroup,
-        pve::guest_config::{ConfigDisk, GuestConfig, GuestType},
+        pve::guest_config::{GuestConfig, GuestType},
         storage::statvfs::{self, Usage},
     },
 };
@@ -56,19 +60,19 @@ impl Collector for Lxc {
         }
         let cts = cx.containers();
         let list = cx.guests();
-        let configs: HashMap<&str, &GuestConfig> = list
+        let configs: HashMap<&str, &Arc<GuestConfig>> = list
             .guests
             .guests
             .iter()
             .filter(|g| g.ty == GuestType::Lxc)
-            .map(|g| (g.vmid.as_str(), g.config.as_ref()))
+            .map(|g| (g.vmid.as_str(), &g.config))
             .collect();
         let pools = cx.pools();
         // File systems first, on their threads, while the cgroups are read here.
         let pending = self.start_statvfs(cx, cts, &configs);
         let mut errors = Vec::new();
         for ct in cts {
-            let config = configs.get(ct.ctid.as_str()).copied();
+            let config = configs.get(ct.ctid.as_str()).map(|c| c.as_ref());
             let mut errs = Vec::new();
             let Some(st) = cx.container_stats(&ct.ctid, &mut errs) else {
                 continue; // stopped mid-scrape
@@ -79,22 +83,24 @@ impl Collector for Lxc {
                 emit_nics(cx, ct, c, out);
             }
         }
-        self.finish_statvfs(cx, pending, out, &mut errors);
+        self.finish_statvfs(cx, cts, pending, out, &mut errors);
         Error::all(errors)
     }
 }
 
-/// One container's mount point to size: (ctid, disk, path through the init's root).
-type FsJob = (String, ConfigDisk, std::path::PathBuf);
-type FsResult = Vec<(String, ConfigDisk, std::io::Result<Usage>)>;
+/// One container's mount point to size: the container (its place in the scrape's list), its
+/// config and the disk's place in it, the path through the init's root. Indices and a shared
+/// config, not copies: a few hundred allocations less per scrape at 100 containers.
+type FsJob = (usize, Arc<GuestConfig>, usize, std::path::PathBuf);
+type FsResult = Vec<(usize, Arc<GuestConfig>, usize, std::io::Result<Usage>)>;
 type Pending = (String, std::io::Result<crate::host::Pending<FsResult>>);
 
 /// The storage a volume is on (`local-lvm:vm-101-disk-0` -> `local-lvm`); a bind mount's host
 /// path is its own. A hung NFS or CIFS server hangs every mount point on it, and only those.
-fn storage_of(volume: &str) -> String {
+fn storage_of(volume: &str) -> std::borrow::Cow<'_, str> {
     match volume.split_once(':') {
-        Some((storage, _)) if !volume.starts_with('/') => storage.to_string(),
-        _ => format!("bind:{volume}"),
+        Some((storage, _)) if !volume.starts_with('/') => std::borrow::Cow::Borrowed(storage),
+        _ => std::borrow::Cow::Owned(format!("bind:{volume}")),
     }
 }
 
@@ -105,16 +111,26 @@ impl Lxc {
         &self,
         cx: &Context,
         cts: &[RunningContainer],
-        configs: &HashMap<&str, &GuestConfig>,
+        configs: &HashMap<&str, &Arc<GuestConfig>>,
     ) -> Vec<Pending> {
         let mut jobs: std::collections::BTreeMap<String, Vec<FsJob>> = Default::default();
-        for ct in cts {
+        let proc = cx.host.path("proc");
+        let mut pid = itoa::Buffer::new();
+        for (i, ct) in cts.iter().enumerate() {
             let Some(c) = configs.get(ct.ctid.as_str()) else { continue };
-            let root = cx.host.path(format!("proc/{}/root", ct.pid));
-            for d in c.disks(GuestType::Lxc) {
-                let Some(mp) = d.mountpoint.clone() else { continue };
-                let path = root.join(mp.trim_start_matches('/'));
-                jobs.entry(storage_of(&d.volume)).or_default().push((ct.ctid.clone(), d.clone(), path));
+            for (k, d) in c.disks(GuestType::Lxc).iter().enumerate() {
+                let Some(mp) = &d.mountpoint else { continue };
+                let mut path = proc.join(pid.format(ct.pid));
+                path.push("root");
+                path.push(mp.trim_start_matches('/'));
+                let job = (i, Arc::clone(c), k, path);
+                let storage = storage_of(&d.volume);
+                match jobs.get_mut(storage.as_ref()) {
+                    Some(list) => list.push(job),
+                    None => {
+                        jobs.insert(storage.into_owned(), vec![job]);
+                    }
+                }
             }
         }
         let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
@@ -123,7 +139,7 @@ impl Lxc {
             .map(|(storage, list)| {
                 let gate = gates.entry(storage.clone()).or_default().clone();
                 let job = move || {
-                    list.into_iter().map(|(ctid, d, path)| (ctid, d, statvfs::statvfs(&path))).collect::<FsResult>()
+                    list.into_iter().map(|(i, c, k, path)| (i, c, k, statvfs::statvfs(&path))).collect::<FsResult>()
                 };
                 let started = gate.start(&format!("statvfs-{storage}"), self.timeout, job);
                 (storage, started)
@@ -131,7 +147,14 @@ impl Lxc {
             .collect()
     }
 
-    fn finish_statvfs(&self, cx: &Context, pending: Vec<Pending>, out: &mut MetricSet, errors: &mut Vec<Error>) {
+    fn finish_statvfs(
+        &self,
+        cx: &Context,
+        cts: &[RunningContainer],
+        pending: Vec<Pending>,
+        out: &mut MetricSet,
+        errors: &mut Vec<Error>,
+    ) {
         let until = cx.deadline.cap_instant(self.timeout);
         for (storage, p) in pending {
             let rows = match p.and_then(|p| p.wait(until)) {
@@ -141,11 +164,13 @@ impl Lxc {
                     continue;
                 }
             };
-            for (ctid, d, r) in rows {
+            for (i, c, k, r) in rows {
+                let (Some(ct), Some(d)) = (cts.get(i), c.disks(GuestType::Lxc).get(k)) else { continue };
+                let ctid = &ct.ctid;
                 match r {
                     Ok(u) => {
                         if d.key == "rootfs" {
-                            cx.set_container_rootfs(&ctid, u);
+                            cx.set_container_rootfs(ctid, u);
                         }
                         let labels = [
                             ("id", ctid.as_str()),
@@ -178,7 +203,7 @@ fn emit(
     let get = |k: &str| config.and_then(|c| c.get(k)).unwrap_or("");
     let level = |i: usize| pool.and_then(|p| p.levels.get(i)).map_or("", String::as_str);
     let name = config.map(|c| c.name(GuestType::Lxc, &ct.ctid)).unwrap_or_default();
-    let tags = config.map(|c| c.tags()).unwrap_or_default();
+    let tags = config.map_or("", |c| c.tags());
     let (mut pid, mut levels) = (itoa::Buffer::new(), itoa::Buffer::new());
     out.family(&LXC_INFO).push_ref(
         &[
@@ -188,7 +213,7 @@ fn emit(
             ("ostype", get("ostype")),
             ("arch", get("arch")),
             ("unprivileged", if config.is_some_and(|c| c.unprivileged()) { "1" } else { "0" }),
-            ("tags", &tags),
+            ("tags", tags),
             ("pool", pool.map_or("", |p| p.name.as_str())),
             ("pool_levels", levels.format(pool.map_or(0, |p| p.levels.len()))),
             ("pool1", level(0)),

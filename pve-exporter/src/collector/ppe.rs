@@ -231,7 +231,7 @@ impl Collector for Ppe {
                     ("name", c.name(g.ty, &g.vmid).into_owned()),
                     ("type", g.ty.as_str().to_string()),
                     ("template", u8::from(c.template()).to_string()),
-                    ("tags", c.tags()),
+                    ("tags", c.tags().to_string()),
                 ],
                 1u64,
             );

@@ -237,7 +237,6 @@ pub struct Stages<'a> {
     containers: OnceCell<Vec<RunningContainer>>,
     host_links: OnceCell<Option<netlink::Dump>>,
     guest_links: OnceCell<std::collections::HashMap<String, LinkStats>>,
-    ct_configs: OnceCell<std::collections::HashMap<String, Arc<crate::sources::pve::guest_config::GuestConfig>>>,
     /// Each running container's cgroup figures, read once per scrape (`lxc` and `ppe`).
     ct_stats: RefCell<std::collections::HashMap<String, Option<std::rc::Rc<CgroupStats>>>>,
     /// The host's OOM kill count and pressure totals, read once per scrape before any
@@ -344,7 +343,6 @@ impl<'a> Stages<'a> {
             containers: OnceCell::new(),
             host_links: OnceCell::new(),
             guest_links: OnceCell::new(),
-            ct_configs: OnceCell::new(),
             ct_stats: RefCell::default(),
             host_totals: OnceCell::new(),
             ct_rootfs: RefCell::default(),
@@ -482,7 +480,7 @@ impl<'a> Stages<'a> {
         // In numeric order, as their cgroups were listed: a binary search per container.
         let cts = self.containers();
         let pid = cts.binary_search_by(|c| cgroup::id_order(&c.ctid, ctid)).ok().map(|i| cts[i].pid);
-        let config = self.ct_configs().get(ctid).cloned();
+        let config = self.ct_config(ctid);
         let mut known = self.state.ct_limits.lock().unwrap_or_else(|p| p.into_inner());
         let valid = |k: &KnownLimits| {
             Some(k.pid) == pid
@@ -571,17 +569,16 @@ impl<'a> Stages<'a> {
         })
     }
 
-    /// This node's container configs by ctid (for this scrape).
-    fn ct_configs(&self) -> &std::collections::HashMap<String, Arc<crate::sources::pve::guest_config::GuestConfig>> {
-        self.ct_configs.get_or_init(|| {
-            self.guests()
-                .guests
-                .guests
-                .iter()
-                .filter(|g| g.ty == crate::sources::pve::guest_config::GuestType::Lxc)
-                .map(|g| (g.vmid.clone(), g.config.clone()))
-                .collect()
-        })
+    /// Container `ctid`'s config: looked up in the guest list, which is sorted by vmid as
+    /// numbers sort (length, then text), not copied into a map per scrape.
+    fn ct_config(&self, ctid: &str) -> Option<Arc<crate::sources::pve::guest_config::GuestConfig>> {
+        let list = &self.guests().guests.guests;
+        let start = list.partition_point(|g| (g.vmid.len(), g.vmid.as_str()) < (ctid.len(), ctid));
+        list[start..]
+            .iter()
+            .take_while(|g| g.vmid == ctid)
+            .find(|g| g.ty == crate::sources::pve::guest_config::GuestType::Lxc)
+            .map(|g| g.config.clone())
     }
 
     /// The host's cgroup hierarchies (None: /proc/self/mountinfo unreadable).

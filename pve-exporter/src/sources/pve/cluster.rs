@@ -56,7 +56,9 @@ impl Vmlist {
     /// The guests on `node`, sorted by vmid (numerically).
     pub fn on_node(&self, node: &str) -> Vec<&VmlistEntry> {
         let mut v: Vec<&VmlistEntry> = self.guests.iter().filter(|g| g.node == node).collect();
-        v.sort_by_key(|g| (g.vmid.len(), g.vmid.clone()));
+        // Compared in place: a key of (length, clone) was two allocations per comparison,
+        // some hundreds per scrape.
+        v.sort_by(|a, b| (a.vmid.len(), &a.vmid).cmp(&(b.vmid.len(), &b.vmid)));
         v
     }
 }

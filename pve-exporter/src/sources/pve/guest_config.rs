@@ -38,6 +38,8 @@ pub struct GuestConfig {
     disks: [std::sync::OnceLock<Vec<ConfigDisk>>; 2],
     /// [`GuestConfig::nics`], likewise.
     nics: std::sync::OnceLock<Vec<ConfigNic>>,
+    /// [`GuestConfig::tags`], likewise (a label of three collectors' series per guest).
+    tags: std::sync::OnceLock<String>,
 }
 
 impl PartialEq for GuestConfig {
@@ -292,12 +294,19 @@ impl GuestConfig {
 
     /// Tags as PVE stores them (`a;b`, older configs `a,b` or `a b`), sorted and joined with
     /// `;` (PVE's API form).
-    pub fn tags(&self) -> String {
-        let mut t: Vec<&str> =
-            self.get("tags").unwrap_or("").split([';', ',', ' ']).map(str::trim).filter(|t| !t.is_empty()).collect();
-        t.sort_unstable();
-        t.dedup();
-        t.join(";")
+    pub fn tags(&self) -> &str {
+        self.tags.get_or_init(|| {
+            let mut t: Vec<&str> = self
+                .get("tags")
+                .unwrap_or("")
+                .split([';', ',', ' '])
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .collect();
+            t.sort_unstable();
+            t.dedup();
+            t.join(";")
+        })
     }
 
     /// Configured CPUs as PVE counts them for `maxcpu`: a VM's `vcpus`, else sockets x cores
