@@ -276,6 +276,12 @@ impl<'a> Context<'a> {
         self.stages.vms(self)
     }
 
+    /// This scrape's listing of /etc/pve (the `pve_config` stage the VM list is made from);
+    /// None where the stage did not read it (off, not a PVE source, pmxcfs failed).
+    pub fn pve_config(&self) -> Option<&crate::sources::pve::config::PveConfig> {
+        self.stages.pve_config(self).1.as_ref()
+    }
+
     /// Every VM's devices from its monitor, waited for until the deadline.
     pub fn devices(&self) -> &[crate::sources::qemu::monitor::VmDevices] {
         self.stages.devices(self)

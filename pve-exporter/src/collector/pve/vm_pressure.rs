@@ -105,7 +105,20 @@ impl PveCollector for VmPressureCollector {
         let mut vms: Vec<&Vm> = cx.vms().vms.iter().collect();
         // The API lists the VMs configured on this node; a VM running here without its config
         // is migrating in and belongs to the other node until the migration ends.
-        match vm_configs(ctx) {
+        // The listing the VM list was made from in this scrape where there is one (not a second
+        // walk of the directory and trip through the pmxcfs gate), else its own.
+        let own;
+        let configs = match cx.pve_config() {
+            Some(c) => Ok(c.vm_configs.as_ref()),
+            None => match vm_configs(ctx) {
+                Ok(c) => {
+                    own = c;
+                    Ok(own.as_ref())
+                }
+                Err(e) => Err(e),
+            },
+        };
+        match configs {
             Ok(Some(configs)) => vms.retain(|vm| vm.source != vm::PVE || configs.contains(&vm.id)),
             Ok(None) => {}
             // Every running VM is reported then, without the config check.
