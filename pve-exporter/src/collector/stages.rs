@@ -560,11 +560,7 @@ impl<'a> Stages<'a> {
                 let text = std::str::from_utf8(&buf[..n]).ok()?;
                 Some(crate::sources::proc::pressure::parse_pressure(text).ok()?.some?.total_us)
             };
-            let pressure_some_us = [
-                some_us(&f.pressure[0], &mut buf),
-                some_us(&f.pressure[1], &mut buf),
-                some_us(&f.pressure[2], &mut buf),
-            ];
+            let pressure_some_us = std::array::from_fn(|i| some_us(&f.pressure[i], &mut buf));
             HostTotals { oom_kills: f.vmstat.as_ref().and_then(|v| vmstat_oom_kills(v, &mut buf)), pressure_some_us }
         })
     }

@@ -107,16 +107,10 @@ impl PveCollector for VmPressureCollector {
         // is migrating in and belongs to the other node until the migration ends.
         // The listing the VM list was made from in this scrape where there is one (not a second
         // walk of the directory and trip through the pmxcfs gate), else its own.
-        let own;
+        let mut own = None;
         let configs = match cx.pve_config() {
             Some(c) => Ok(c.vm_configs.as_ref()),
-            None => match vm_configs(ctx) {
-                Ok(c) => {
-                    own = c;
-                    Ok(own.as_ref())
-                }
-                Err(e) => Err(e),
-            },
+            None => vm_configs(ctx).map(|c| own.insert(c).as_ref()),
         };
         match configs {
             Ok(Some(configs)) => vms.retain(|vm| vm.source != vm::PVE || configs.contains(&vm.id)),

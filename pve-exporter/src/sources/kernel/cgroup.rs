@@ -582,10 +582,7 @@ pub fn read_cgroup(
                     }
                 }
             }
-            st.oom_kills = match known_oom {
-                Some(k) => Some(k),
-                None => r.keyed(m, cg!("memory.events"), ["oom_kill"]).and_then(|[k]| k),
-            };
+            st.oom_kills = known_oom.or_else(|| r.keyed(m, cg!("memory.events"), ["oom_kill"]).and_then(|[k]| k));
         } else {
             st.memory_bytes = r.value(m, cg!("memory.usage_in_bytes"));
             // total_swap is there only with swap accounting (swapaccount=1): missing is no
@@ -604,10 +601,7 @@ pub fn read_cgroup(
                 let swlimit: Option<u64> = r.value(m, cg!("memory.memsw.limit_in_bytes"));
                 st.limits.swap_max = swlimit.zip(limit).map(|(sw, l)| v1_limit(sw).map(|sw| sw.saturating_sub(l)));
             }
-            st.oom_kills = match known_oom {
-                Some(k) => Some(k),
-                None => r.keyed(m, cg!("memory.oom_control"), ["oom_kill"]).and_then(|[k]| k),
-            };
+            st.oom_kills = known_oom.or_else(|| r.keyed(m, cg!("memory.oom_control"), ["oom_kill"]).and_then(|[k]| k));
         }
     }
     // Block I/O.

@@ -244,6 +244,9 @@ mod tests {
         assert_eq!(vmstat_value(text, "pgfault"), Some(77));
         assert_eq!(vmstat_value(b"nr_free_pages 1\n", "oom_kill"), None, "before 4.13");
         assert_eq!(vmstat_value(b"oom_kill -1\noom_kill \xff\n", "oom_kill"), None);
+        // A whole /proc/vmstat of a 6.18 kernel (this machine's, after six OOM kills).
+        let real = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/hosts/pve-cluster/proc/vmstat"));
+        assert_eq!(vmstat_value(real, "oom_kill"), Some(6));
     }
 
     #[test]
