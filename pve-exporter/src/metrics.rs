@@ -375,29 +375,35 @@ impl MetricSet {
         &self.prefix
     }
 
+    /// An empty set that writes its lines as this one does (its prefix, writer and hints);
+    /// None when this one keeps its samples.
+    pub fn empty_like(&self) -> Option<MetricSet> {
+        Some(Self { hints: self.hints.clone(), ..Self::writing(&self.prefix, self.writer?) })
+    }
+
     pub fn family(&mut self, def: &'static Def) -> &mut Family {
         let key = std::ptr::from_ref(def) as usize;
-        let i = match self.index.get(&key) {
-            Some(&i) => i,
-            // A second `Def` of the same name (not a catalogue static) shares the family.
-            None => match self.families.iter().position(|f| f.def.name == def.name) {
-                Some(i) => i,
-                None => {
-                    let name = format!("{}_{}", self.prefix, def.name);
-                    // An eighth more than the last time: a few more guests do not grow it.
-                    let room = self.hints.as_ref().and_then(|h| h.get(&key)).map_or(0, |n| n + n / 8);
-                    self.families.push(Family {
-                        name,
-                        def,
-                        samples: Vec::new(),
-                        text: String::with_capacity(room),
-                        chunks: Vec::new(),
-                        writer: self.writer,
-                        written: 0,
-                    });
-                    self.families.len() - 1
-                }
-            },
+        if let Some(&i) = self.index.get(&key) {
+            return &mut self.families[i];
+        }
+        // A second `Def` of the same name (not a catalogue static) shares the family.
+        let i = match self.families.iter().position(|f| f.def.name == def.name) {
+            Some(i) => i,
+            None => {
+                let name = format!("{}_{}", self.prefix, def.name);
+                // An eighth more than the last time: a few more guests do not grow it.
+                let room = self.hints.as_ref().and_then(|h| h.get(&key)).map_or(0, |n| n + n / 8);
+                self.families.push(Family {
+                    name,
+                    def,
+                    samples: Vec::new(),
+                    text: String::with_capacity(room),
+                    chunks: Vec::new(),
+                    writer: self.writer,
+                    written: 0,
+                });
+                self.families.len() - 1
+            }
         };
         self.index.insert(key, i);
         &mut self.families[i]

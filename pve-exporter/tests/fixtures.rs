@@ -453,3 +453,97 @@ fn bad_guest_configs_vmlist_and_cgroup_files_cost_only_their_own_series() {
     }
     assert_value(&t, "pve_guest_up", &[("id", "700"), ("type", "lxc")], 1.0);
 }
+
+/// The `guest` collector keeps the lines that follow from the configs between served
+/// collections while no file of /etc/pve they come from changed (collector/guest.rs,
+/// `ConfigLines`). After each kind of change, the served lines (`collect_until`, what the HTTP
+/// side sends) are those a fresh collection writes from its samples (`collect`, which keeps
+/// nothing between collections), and show the change.
+#[test]
+fn kept_guest_lines_follow_every_change_of_etc_pve() {
+    use std::{sync::Arc, time::Duration};
+
+    use pve_exporter::{collector::Engine, config::Config, deadline::Deadline, exposition};
+    const KEPT: [&str; 14] = [
+        "pve_guest_config_info",
+        "pve_guest_template",
+        "pve_guest_onboot",
+        "pve_guest_startup_order",
+        "pve_guest_protection",
+        "pve_guest_lock",
+        "pve_guest_ha_state",
+        "pve_guest_cpus",
+        "pve_guest_memory_bytes",
+        "pve_guest_balloon_min_bytes",
+        "pve_guest_swap_bytes",
+        "pve_guest_disk_size_bytes",
+        "pve_guest_snapshots",
+        "pve_guest_snapshot_newest_timestamp_seconds",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(&Path::new(fixture_scrape::FIXTURES).join("hosts/pve-backup"), dir.path());
+    let p = dir.path().join("etc/pve");
+    let root = dir.path().to_str().unwrap();
+    let engine = Engine::new(Config::from_args(["pve-exporter", "--ebpf", "off", "--root", root]).unwrap()).unwrap();
+    let kept = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| KEPT.iter().any(|k| l.strip_prefix(k).is_some_and(|r| r.starts_with('{'))))
+            .map(String::from)
+            .collect()
+    };
+    let served =
+        || kept(&exposition::render(engine.collect_until(Deadline::after(Duration::from_secs(10))), Format::Text));
+    // Served twice (the second from the kept lines), and as a fresh collection writes them.
+    let check = |what: &str| -> String {
+        let (first, second) = (served(), served());
+        let fresh = kept(&exposition::render(Arc::new(engine.collect()), Format::Text));
+        assert_eq!(first, fresh, "{what}: served after the change");
+        assert_eq!(second, fresh, "{what}: served from the kept lines");
+        first.join("\n")
+    };
+    let t = check("unchanged");
+    assert!(t.contains(r#"pve_guest_memory_bytes{id="100",type="qemu"} 4294967296"#), "{t}");
+    assert!(t.contains(r#"pve_guest_config_info{id="103",type="qemu""#), "{t}");
+
+    // A config edited in place (as pmxcfs writes): more memory and a lock.
+    let conf = p.join("qemu-server/100.conf");
+    let text = std::fs::read_to_string(&conf).unwrap().replace("memory: 4096", "memory: 8192");
+    std::fs::write(&conf, format!("lock: backup\n{text}")).unwrap();
+    let t = check("a config edited");
+    assert!(t.contains(r#"pve_guest_memory_bytes{id="100",type="qemu"} 8589934592"#), "{t}");
+    assert!(t.contains(r#"pve_guest_lock{id="100",type="qemu",lock="backup"} 1"#), "{t}");
+
+    // A guest moved to another pool (user.cfg).
+    let users = p.join("user.cfg");
+    let text = std::fs::read_to_string(&users)
+        .unwrap()
+        .replace(":100,105,200::", ":105,200::")
+        .replace(":103,104::", ":100,103,104::");
+    std::fs::write(&users, text).unwrap();
+    let t = check("user.cfg's pools changed");
+    assert!(
+        t.contains(
+            r#"pve_guest_config_info{id="100",type="qemu",name="web01",node="pve1",ostype="l26",tags="",pool="lab""#
+        ),
+        "{t}"
+    );
+
+    // HA takes a guest (ha/manager_status).
+    std::fs::create_dir_all(p.join("ha")).unwrap();
+    std::fs::write(
+        p.join("ha/manager_status"),
+        r#"{"master_node":"pve1","node_status":{"pve1":"online"},"service_status":{"vm:101":{"node":"pve1","state":"started","uid":"x"}}}"#,
+    )
+    .unwrap();
+    let t = check("HA manages a guest");
+    assert!(t.contains(r#"pve_guest_ha_state{id="101",type="qemu",state="started"} 1"#), "{t}");
+
+    // A guest gone from this node's list (.vmlist): moved to pve2.
+    let vmlist = p.join(".vmlist");
+    let text =
+        std::fs::read_to_string(&vmlist).unwrap().replace(r#""103": { "node": "pve1""#, r#""103": { "node": "pve2""#);
+    std::fs::write(&vmlist, text).unwrap();
+    let t = check("a guest left the node");
+    assert!(!t.contains(r#"id="103""#), "{t}");
+    assert!(t.contains(r#"id="101""#), "{t}");
+}

@@ -2,16 +2,51 @@
 //! not, from /etc/pve (`.vmlist`, each config, the HA manager status) and whether its process
 //! runs (the VM list, the containers' cgroups).
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use super::{Collector, Context, Error, Group, Need, Setup};
-use crate::{catalog::*, metrics::MetricSet, sources::pve::guest_config::GuestType};
+use crate::{
+    catalog::*,
+    fasthash::FastMap,
+    metrics::MetricSet,
+    sources::pve::{config::PoolInfo, guest_config::GuestType, guests::Guests},
+};
 
 pub fn new(_: &Setup) -> Box<dyn Collector> {
-    Box::new(Guest)
+    Box::new(Guest { kept: Mutex::default() })
 }
 
-struct Guest;
+struct Guest {
+    /// The lines of the last scrape's families that follow from the configs alone.
+    kept: Mutex<Option<ConfigLines>>,
+}
+
+type Pools = Arc<HashMap<String, PoolInfo>>;
+
+/// The lines of the families a guest's config, its pool, the node's name, the HA manager's
+/// state and the host's CPU count make ([`write_config_lines`]), as sealed chunks, with what
+/// they were written from. The guest reader gives the same `Arc<Guests>` while no file of
+/// /etc/pve it reads changed, and user.cfg's parse is shared the same way: while both are the
+/// ones held here and the CPU count is the same, these are the lines, and writing them again
+/// (~2 500 of the ~3 600 lines at 100 VMs, 100 containers and 50 stopped guests) is skipped.
+struct ConfigLines {
+    guests: Arc<Guests>,
+    pools: Pools,
+    host_cpus: u64,
+    chunks: Vec<(&'static Def, bytes::Bytes)>,
+}
+
+impl ConfigLines {
+    fn made_of(&self, guests: &Arc<Guests>, pools: &Pools, host_cpus: u64) -> bool {
+        // Held here, neither can have been freed and another put at its address.
+        Arc::ptr_eq(&self.guests, guests)
+            && (Arc::ptr_eq(&self.pools, pools) || (self.pools.is_empty() && pools.is_empty()))
+            && self.host_cpus == host_cpus
+    }
+}
 
 /// This node's configured guests, for a collector that needs /etc/pve: NotApplicable off PVE;
 /// /etc/pve's failure (reported by the first collector that asks) when it did not answer.
@@ -47,10 +82,10 @@ pub fn host_uptime(cx: &Context) -> Option<f64> {
 }
 
 /// What runs now, by (type, vmid): the process's start since boot.
-pub fn running<'c>(cx: &'c Context) -> HashMap<(GuestType, &'c str), Option<std::time::Duration>> {
+pub fn running<'c>(cx: &'c Context) -> FastMap<(GuestType, &'c str), Option<std::time::Duration>> {
     let list = cx.vms();
     let cts = cx.containers();
-    let mut out = HashMap::with_capacity(list.vms.len() + cts.len());
+    let mut out = FastMap::with_capacity_and_hasher(list.vms.len() + cts.len(), Default::default());
     for (vm, st) in list.vms.iter().zip(&list.stats) {
         if vm.source == crate::vm::PVE {
             out.insert((GuestType::Qemu, vm.id.as_str()), st.cpu.map(|c| c.started));
@@ -83,34 +118,13 @@ impl Collector for Guest {
         let pools = cx.pools();
         // QEMU's own run state where its monitor answered (else a running process is `running`,
         // as PVE's status says).
-        let qemu_state: HashMap<&str, &str> =
+        let qemu_state: FastMap<&str, &str> =
             cx.devices().iter().filter_map(|d| Some((d.id.as_str(), d.status.as_deref()?))).collect();
-        let node = list.guests.node.as_str();
-        let mut levels = itoa::Buffer::new();
+        self.config_lines(&list.guests, &pools, host_cpus, out);
         for g in &list.guests.guests {
-            let c = &g.config;
-            // Labels are borrowed from the guest, its config and its pool: written as they are.
             let id = g.vmid.as_str();
             let ty = g.ty.as_str();
             let both = [("id", id), ("type", ty)];
-            let pool = pools.get(&g.vmid);
-            let level = |i: usize| pool.and_then(|p| p.levels.get(i)).map_or("", String::as_str);
-            out.family(&GUEST_CONFIG_INFO).push_ref(
-                &[
-                    ("id", id),
-                    ("type", ty),
-                    ("name", &c.name(g.ty, &g.vmid)),
-                    ("node", node),
-                    ("ostype", c.get("ostype").unwrap_or("")),
-                    ("tags", c.tags()),
-                    ("pool", pool.map_or("", |p| p.name.as_str())),
-                    ("pool_levels", levels.format(pool.map_or(0, |p| p.levels.len()))),
-                    ("pool1", level(0)),
-                    ("pool2", level(1)),
-                    ("pool3", level(2)),
-                ],
-                1u64,
-            );
             let run = running.get(&(g.ty, id));
             out.family(&GUEST_UP).push_ref(&both, run.is_some());
             let state = match (run, g.ty) {
@@ -125,40 +139,95 @@ impl Collector for Guest {
                 _ => 0.0,
             };
             out.family(&GUEST_UPTIME).push_ref(&both, up);
-            out.family(&GUEST_TEMPLATE).push_ref(&both, c.template());
-            out.family(&GUEST_ONBOOT).push_ref(&both, c.onboot().unwrap_or(false));
-            if let Some(o) = c.startup_order() {
-                out.family(&GUEST_STARTUP_ORDER).push_ref(&both, o);
-            }
-            out.family(&GUEST_PROTECTION).push_ref(&both, c.protection());
-            if let Some(l) = c.lock() {
-                out.family(&GUEST_LOCK).push_ref(&[("id", id), ("type", ty), ("lock", l)], 1u64);
-            }
-            if let Some(s) = &g.ha_state {
-                out.family(&GUEST_HA_STATE).push_ref(&[("id", id), ("type", ty), ("state", s)], 1u64);
-            }
-            out.family(&GUEST_CPUS).push_ref(&both, c.cpus(g.ty, host_cpus));
-            out.family(&GUEST_MEMORY_BYTES).push_ref(&both, c.memory_bytes());
-            if g.ty == GuestType::Qemu
-                && let Some(b) = c.balloon_min_bytes()
-            {
-                out.family(&GUEST_BALLOON_MIN_BYTES).push_ref(&both, b);
-            }
-            if g.ty == GuestType::Lxc {
-                out.family(&GUEST_SWAP_BYTES).push_ref(&both, c.swap_bytes());
-            }
-            for d in c.disks(g.ty) {
-                if let Some(size) = d.size {
-                    out.family(&GUEST_DISK_SIZE_BYTES)
-                        .push_ref(&[("id", id), ("type", ty), ("disk", &d.key), ("volume", &d.volume)], size);
-                }
-            }
-            out.family(&GUEST_SNAPSHOTS).push_ref(&both, c.snapshots.len() as u64);
-            if let Some(t) = c.newest_snapshot() {
-                out.family(&GUEST_SNAPSHOT_NEWEST).push_ref(&both, t);
-            }
         }
         Error::all(list.take_errors())
+    }
+}
+
+impl Guest {
+    /// The families that follow from the configs ([`ConfigLines`]): the kept lines while they
+    /// hold, else written now (and kept, where `out` writes its lines).
+    fn config_lines(&self, guests: &Arc<Guests>, pools: &Pools, host_cpus: u64, out: &mut MetricSet) {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(mut set) = out.empty_like() else {
+            // A set that keeps its samples (not what is served): its samples, written now.
+            write_config_lines(guests, pools, host_cpus, out);
+            return;
+        };
+        if !kept.as_ref().is_some_and(|k| k.made_of(guests, pools, host_cpus)) {
+            write_config_lines(guests, pools, host_cpus, &mut set);
+            crate::exposition::freeze(&mut set);
+            let chunks =
+                set.into_families().into_iter().flat_map(|f| f.chunks.into_iter().map(move |c| (f.def, c))).collect();
+            *kept = Some(ConfigLines { guests: guests.clone(), pools: pools.clone(), host_cpus, chunks });
+        }
+        for (def, chunk) in kept.iter().flat_map(|k| &k.chunks) {
+            out.family(def).append_parts(std::slice::from_ref(chunk), "", &[]);
+        }
+    }
+}
+
+/// The lines of each guest that follow from its config, its pool, the node's name, the HA
+/// manager's state and the host's CPU count.
+fn write_config_lines(guests: &Guests, pools: &Pools, host_cpus: u64, out: &mut MetricSet) {
+    let node = guests.node.as_str();
+    let mut levels = itoa::Buffer::new();
+    for g in &guests.guests {
+        let c = &g.config;
+        // Labels are borrowed from the guest, its config and its pool: written as they are.
+        let id = g.vmid.as_str();
+        let ty = g.ty.as_str();
+        let both = [("id", id), ("type", ty)];
+        let pool = pools.get(&g.vmid);
+        let level = |i: usize| pool.and_then(|p| p.levels.get(i)).map_or("", String::as_str);
+        out.family(&GUEST_CONFIG_INFO).push_ref(
+            &[
+                ("id", id),
+                ("type", ty),
+                ("name", &c.name(g.ty, &g.vmid)),
+                ("node", node),
+                ("ostype", c.get("ostype").unwrap_or("")),
+                ("tags", c.tags()),
+                ("pool", pool.map_or("", |p| p.name.as_str())),
+                ("pool_levels", levels.format(pool.map_or(0, |p| p.levels.len()))),
+                ("pool1", level(0)),
+                ("pool2", level(1)),
+                ("pool3", level(2)),
+            ],
+            1u64,
+        );
+        out.family(&GUEST_TEMPLATE).push_ref(&both, c.template());
+        out.family(&GUEST_ONBOOT).push_ref(&both, c.onboot().unwrap_or(false));
+        if let Some(o) = c.startup_order() {
+            out.family(&GUEST_STARTUP_ORDER).push_ref(&both, o);
+        }
+        out.family(&GUEST_PROTECTION).push_ref(&both, c.protection());
+        if let Some(l) = c.lock() {
+            out.family(&GUEST_LOCK).push_ref(&[("id", id), ("type", ty), ("lock", l)], 1u64);
+        }
+        if let Some(s) = &g.ha_state {
+            out.family(&GUEST_HA_STATE).push_ref(&[("id", id), ("type", ty), ("state", s)], 1u64);
+        }
+        out.family(&GUEST_CPUS).push_ref(&both, c.cpus(g.ty, host_cpus));
+        out.family(&GUEST_MEMORY_BYTES).push_ref(&both, c.memory_bytes());
+        if g.ty == GuestType::Qemu
+            && let Some(b) = c.balloon_min_bytes()
+        {
+            out.family(&GUEST_BALLOON_MIN_BYTES).push_ref(&both, b);
+        }
+        if g.ty == GuestType::Lxc {
+            out.family(&GUEST_SWAP_BYTES).push_ref(&both, c.swap_bytes());
+        }
+        for d in c.disks(g.ty) {
+            if let Some(size) = d.size {
+                out.family(&GUEST_DISK_SIZE_BYTES)
+                    .push_ref(&[("id", id), ("type", ty), ("disk", &d.key), ("volume", &d.volume)], size);
+            }
+        }
+        out.family(&GUEST_SNAPSHOTS).push_ref(&both, c.snapshots.len() as u64);
+        if let Some(t) = c.newest_snapshot() {
+            out.family(&GUEST_SNAPSHOT_NEWEST).push_ref(&both, t);
+        }
     }
 }
 

@@ -359,9 +359,9 @@ impl<'a> Stages<'a> {
                 let r =
                     self.state.pve_config.gate().call("pmxcfs", self.config.pmxcfs_timeout, move || reader.read(&host));
                 match r.and_then(|r| r) {
-                    Ok(mut guests) => {
-                        let errors = std::mem::take(&mut guests.errors).into_iter().map(Error::from).collect();
-                        SharedGuests { guests: Arc::new(guests), read: true, errors: Mutex::new(errors) }
+                    Ok((guests, errors)) => {
+                        let errors = errors.into_iter().map(Error::from).collect();
+                        SharedGuests { guests, read: true, errors: Mutex::new(errors) }
                     }
                     Err(e) => SharedGuests {
                         guests: Arc::new(Guests::default()),

@@ -6,7 +6,7 @@
 //! /etc/pve is pmxcfs: the caller runs [`GuestReader::read`] behind the timed pmxcfs gate.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::BTreeMap,
     io,
     sync::{Arc, Mutex},
 };
@@ -43,9 +43,11 @@ pub struct Guests {
     pub guests: Vec<ConfiguredGuest>,
     /// Nodes' HA states (`online`, `maintenance`, ...) of the manager status.
     pub ha_nodes: BTreeMap<String, String>,
-    /// What could not be read (the guests it concerns are missing, the rest are there).
-    pub errors: Vec<SourceError>,
 }
+
+/// One read of the guests: what could be read, and what could not (the guests it concerns
+/// are missing, the rest are there).
+pub type GuestsRead = (Arc<Guests>, Vec<SourceError>);
 
 /// (type, vmid).
 type GuestKey = (GuestType, String);
@@ -59,10 +61,60 @@ pub struct GuestReader {
     vmlist: ParsedFile<Result<Vmlist, ParseError>>,
     members: ParsedFile<Result<Members, ParseError>>,
     manager: ParsedFile<Result<ManagerStatus, ParseError>>,
-    /// Each guest's config file: its path (made once, not per scrape) and its last parse.
-    configs: Mutex<crate::fasthash::FastMap<GuestKey, ConfigFile>>,
+    /// Each listed guest's config file (its path, made once, not per scrape, and its last
+    /// parse), in the order of the list they were arranged for.
+    configs: Mutex<(Option<GuestKeys>, Vec<ConfigFile>)>,
     /// `qemu-server/` and `lxc/`, held open: each config is looked up by its name there.
     dirs: Mutex<[Option<HeldDir>; 2]>,
+    /// This node's guests of the last `.vmlist` parse, for the node they were listed for.
+    listed: Mutex<Option<Listed>>,
+    /// The last read, given again while its files are unchanged.
+    last: Mutex<Option<LastRead>>,
+}
+
+type VmlistParse = Result<Vmlist, ParseError>;
+/// This node's guests, in vmid order.
+type GuestKeys = Arc<[GuestKey]>;
+/// A `.vmlist` parse, the node its guests were taken for, and those guests.
+type Listed = (Arc<VmlistParse>, String, GuestKeys);
+type MembersParse = Result<Members, ParseError>;
+type ManagerParse = Result<ManagerStatus, ParseError>;
+
+/// A read's guests and the parses they were made from, each held (so that no other parse can
+/// be at its address since, and a pointer comparison says "unchanged").
+#[derive(Debug)]
+struct LastRead {
+    members: Option<Arc<MembersParse>>,
+    manager: Option<Arc<ManagerParse>>,
+    ids: Arc<[GuestKey]>,
+    guests: Arc<Guests>,
+}
+
+impl LastRead {
+    /// Whether a read of these parses, this node name and these configs (by their place in
+    /// `ids`) makes the same guests as this one.
+    fn made_of(
+        &self,
+        members: &Option<Arc<MembersParse>>,
+        manager: &Option<Arc<ManagerParse>>,
+        ids: &Arc<[GuestKey]>,
+        node: &str,
+        found: &[(usize, Arc<GuestConfig>)],
+    ) -> bool {
+        fn same<T>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
+            match (a, b) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+        }
+        same(&self.members, members)
+            && same(&self.manager, manager)
+            && (Arc::ptr_eq(&self.ids, ids) || self.ids == *ids)
+            && self.guests.node == node
+            && self.guests.guests.len() == found.len()
+            && self.guests.guests.iter().zip(found).all(|(g, (i, c))| Arc::ptr_eq(&g.config, c) && g.vmid == ids[*i].1)
+    }
 }
 
 impl GuestReader {
@@ -71,50 +123,56 @@ impl GuestReader {
     }
 
     /// Read /etc/pve (blocking: run it behind the pmxcfs gate). Fails only when /etc/pve
-    /// cannot be listed at all; a file that cannot be read costs what it concerns.
-    pub fn read(&self, host: &HostRoot) -> io::Result<Guests> {
-        let mut out = Guests::default();
-        let members = match self.members.get(&host.path("etc/pve/.members"), parse_members) {
-            Ok(Some(m)) => match m.as_ref() {
-                Ok(m) => Some(m.clone()),
-                Err(e) => {
-                    out.errors.push(e.clone().input("/etc/pve/.members").into());
-                    None
-                }
-            },
-            Ok(None) => None,
+    /// cannot be listed at all; a file that cannot be read costs what it concerns. When every
+    /// file is as the last read found it, that read's guests are given again (the same `Arc`):
+    /// what is built from them can be kept by it (the `guest` collector's lines).
+    pub fn read(&self, host: &HostRoot) -> io::Result<GuestsRead> {
+        let mut errors = Vec::new();
+        let members_file = match self.members.get(&host.path("etc/pve/.members"), parse_members) {
+            Ok(m) => m,
             Err(e) => {
-                out.errors.push(SourceError::io(host.path("etc/pve/.members"), e));
+                errors.push(SourceError::io(host.path("etc/pve/.members"), e));
                 None
             }
         };
-        out.node = members
-            .as_ref()
-            .map(|m| m.nodename.clone())
-            .filter(|n| !n.is_empty())
-            .or_else(|| read_node_name(host))
-            .unwrap_or_default();
-        out.members = members;
-        let ids = self.ids(host, &out.node, &mut out.errors)?;
-        let ha = match self.manager.get(&host.path("etc/pve/ha/manager_status"), parse_manager_status) {
-            Ok(Some(m)) => match m.as_ref() {
-                Ok(m) => m.clone(),
-                Err(e) => {
-                    out.errors.push(e.clone().input("/etc/pve/ha/manager_status").into());
-                    ManagerStatus::default()
-                }
-            },
-            Ok(None) => ManagerStatus::default(),
+        let members = match members_file.as_deref() {
+            Some(Ok(m)) => Some(m),
+            Some(Err(e)) => {
+                errors.push(e.clone().input("/etc/pve/.members").into());
+                None
+            }
+            None => None,
+        };
+        let node = match members.map(|m| m.nodename.as_str()).filter(|n| !n.is_empty()) {
+            Some(n) => n.to_string(),
+            None => read_node_name(host).unwrap_or_default(),
+        };
+        let ids = self.ids(host, &node, &mut errors)?;
+        let manager_file = match self.manager.get(&host.path("etc/pve/ha/manager_status"), parse_manager_status) {
+            Ok(m) => m,
             Err(e) => {
-                out.errors.push(SourceError::io(host.path("etc/pve/ha/manager_status"), e));
-                ManagerStatus::default()
+                errors.push(SourceError::io(host.path("etc/pve/ha/manager_status"), e));
+                None
             }
         };
-        out.ha_nodes = ha.node_status.clone();
+        let default_ha = ManagerStatus::default();
+        let ha = match manager_file.as_deref() {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                errors.push(e.clone().input("/etc/pve/ha/manager_status").into());
+                &default_ha
+            }
+            None => &default_ha,
+        };
         let mut configs = self.configs.lock().unwrap_or_else(|p| p.into_inner());
-        if configs.len() != ids.len() || ids.iter().any(|k| !configs.contains_key(k)) {
-            let wanted: HashSet<&GuestKey> = ids.iter().collect();
-            configs.retain(|k, _| wanted.contains(k));
+        if !configs.0.as_ref().is_some_and(|listed| Arc::ptr_eq(listed, &ids)) {
+            // Another list: each config file is kept where its guest still is, in the new
+            // list's order (one lookup per guest when the list changed, none otherwise).
+            let (listed, files) = &mut *configs;
+            let mut had: crate::fasthash::FastMap<GuestKey, ConfigFile> =
+                listed.take().map(|l| l.iter().cloned().zip(files.drain(..)).collect()).unwrap_or_default();
+            *files = ids.iter().map(|key| had.remove(key).unwrap_or_else(|| config_file(host, key))).collect();
+            *listed = Some(ids.clone());
         }
         // One walk of each config directory's path per scrape, to check that the directory
         // held is still the one there (else it is opened again), instead of one per config.
@@ -126,59 +184,81 @@ impl GuestReader {
                 *held = HeldDir::open(&path).ok();
             }
         }
-        for (ty, vmid) in ids {
-            let key = (ty, vmid);
-            let (path, name, file) = match configs.get(&key) {
-                Some(c) => c,
-                None => {
-                    let name = format!("{}.conf", key.1);
-                    let path = host.path(format!("{}/{name}", ty.config_dir()));
-                    // A vmid from .vmlist is digits: no NUL in the name.
-                    let name = std::ffi::CString::new(name).unwrap_or_default();
-                    configs.entry(key.clone()).or_insert((path, name, Arc::default()))
-                }
-            };
-            let vmid = key.1;
-            let read = match &dirs[ty as usize] {
+        // Each listed guest's parsed config, by its place in `ids`.
+        let mut found: Vec<(usize, Arc<GuestConfig>)> = Vec::with_capacity(ids.len());
+        for (i, (key, (path, name, file))) in ids.iter().zip(&configs.1).enumerate() {
+            let read = match &dirs[key.0 as usize] {
                 Some(dir) => file.get_in(dir, name, path, parse_guest_config),
                 None => file.get(path, parse_guest_config),
             };
-            let config = match read {
-                Ok(Some(c)) => c,
-                // Deleted or moved to another node since the list was written: not ours now.
-                Ok(None) => continue,
-                Err(e) if is_gone(&e) => continue,
-                Err(e) => {
-                    out.errors.push(SourceError::io(path.clone(), e));
-                    continue;
+            match read {
+                Ok(Some(c)) => {
+                    if c.malformed > 0 {
+                        log::debug!("{}: {} malformed line(s) skipped", path.display(), c.malformed);
+                    }
+                    found.push((i, c));
                 }
-            };
-            if config.malformed > 0 {
-                log::debug!("{}: {} malformed line(s) skipped", path.display(), config.malformed);
+                // Deleted or moved to another node since the list was written: not ours now.
+                Ok(None) => {}
+                Err(e) if is_gone(&e) => {}
+                Err(e) => errors.push(SourceError::io(path.clone(), e)),
             }
-            let ha_state = if ha.service_status.is_empty() {
-                None
-            } else {
-                let sid = format!("{}:{vmid}", if ty == GuestType::Qemu { "vm" } else { "ct" });
-                ha.service_status.get(&sid).map(|s| s.state.clone())
-            };
-            out.guests.push(ConfiguredGuest { vmid, ty, config, ha_state });
         }
-        Ok(out)
+        drop((configs, dirs));
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if errors.is_empty()
+            && let Some(l) = last.as_ref()
+            && l.made_of(&members_file, &manager_file, &ids, &node, &found)
+        {
+            return Ok((l.guests.clone(), errors));
+        }
+        let guests = found
+            .into_iter()
+            .map(|(i, config)| {
+                let (ty, vmid) = ids[i].clone();
+                let ha_state = if ha.service_status.is_empty() {
+                    None
+                } else {
+                    let sid = format!("{}:{vmid}", if ty == GuestType::Qemu { "vm" } else { "ct" });
+                    ha.service_status.get(&sid).map(|s| s.state.clone())
+                };
+                ConfiguredGuest { vmid, ty, config, ha_state }
+            })
+            .collect();
+        let out = Arc::new(Guests { node, members: members.cloned(), guests, ha_nodes: ha.node_status.clone() });
+        // A read with errors is not given again: a file that failed may answer next time.
+        *last = errors.is_empty().then(|| LastRead {
+            members: members_file,
+            manager: manager_file,
+            ids,
+            guests: out.clone(),
+        });
+        Ok((out, errors))
     }
 
     /// (type, vmid) of this node's guests, sorted: from `.vmlist`, else (no pmxcfs status
     /// file: a fixture tree, a node whose pmxcfs has not written it) from the config
     /// directories.
-    fn ids(&self, host: &HostRoot, node: &str, errors: &mut Vec<SourceError>) -> io::Result<Vec<(GuestType, String)>> {
+    fn ids(&self, host: &HostRoot, node: &str, errors: &mut Vec<SourceError>) -> io::Result<Arc<[GuestKey]>> {
         let path = host.path("etc/pve/.vmlist");
         let from_list = match self.vmlist.get(&path, parse_vmlist) {
-            Ok(Some(l)) => match l.as_ref() {
+            Ok(Some(file)) => match file.as_ref() {
                 Ok(l) => {
-                    if !l.unknown.is_empty() {
-                        log::debug!("/etc/pve/.vmlist: entries of unknown type skipped: {:?}", l.unknown);
+                    // The same parse on the same node: the same list (held with the parse it
+                    // was made from), not some hundred vmids copied again.
+                    let mut listed = self.listed.lock().unwrap_or_else(|p| p.into_inner());
+                    match listed.as_ref() {
+                        Some((f, n, ids)) if Arc::ptr_eq(f, &file) && n == node => Some(ids.clone()),
+                        _ => {
+                            if !l.unknown.is_empty() {
+                                log::debug!("/etc/pve/.vmlist: entries of unknown type skipped: {:?}", l.unknown);
+                            }
+                            let ids: Arc<[GuestKey]> =
+                                l.on_node(node).into_iter().map(|g| (g.ty, g.vmid.clone())).collect();
+                            *listed = Some((file.clone(), node.to_string(), ids.clone()));
+                            Some(ids)
+                        }
                     }
-                    Some(l.on_node(node).into_iter().map(|g| (g.ty, g.vmid.clone())).collect::<Vec<_>>())
                 }
                 Err(e) => {
                     errors.push(e.clone().input("/etc/pve/.vmlist").into());
@@ -206,8 +286,17 @@ impl GuestReader {
             ids.extend(super::config::vmids_from_listing(names).into_iter().map(|id| (ty, id)));
         }
         ids.sort_by(|a, b| (a.1.len(), &a.1, a.0).cmp(&(b.1.len(), &b.1, b.0)));
-        Ok(ids)
+        Ok(ids.into())
     }
+}
+
+/// Guest `key`'s config file, not read yet.
+fn config_file(host: &HostRoot, key: &GuestKey) -> ConfigFile {
+    let name = format!("{}.conf", key.1);
+    let path = host.path(format!("{}/{name}", key.0.config_dir()));
+    // A vmid from .vmlist is digits: no NUL in the name.
+    let name = std::ffi::CString::new(name).unwrap_or_default();
+    (path, name, Arc::default())
 }
 
 #[cfg(test)]
@@ -229,11 +318,11 @@ mod tests {
     #[test]
     fn from_config_directories_without_vmlist() {
         let d = tree();
-        let g = GuestReader::new().read(&HostRoot::new(d.path())).unwrap();
+        let (g, errors) = GuestReader::new().read(&HostRoot::new(d.path())).unwrap();
         assert_eq!(g.node, "pve1");
         let ids: Vec<(&str, GuestType)> = g.guests.iter().map(|g| (g.vmid.as_str(), g.ty)).collect();
         assert_eq!(ids, vec![("100", GuestType::Qemu), ("101", GuestType::Lxc)]);
-        assert!(g.errors.is_empty(), "{:?}", g.errors);
+        assert!(errors.is_empty(), "{errors:?}");
     }
 
     #[test]
@@ -255,19 +344,19 @@ mod tests {
         )
         .unwrap();
         let r = GuestReader::new();
-        let g = r.read(&HostRoot::new(p)).unwrap();
+        let (g, errors) = r.read(&HostRoot::new(p)).unwrap();
         // 102 is listed but its config is gone (deleted since): not a failure.
         let ids: Vec<&str> = g.guests.iter().map(|g| g.vmid.as_str()).collect();
         assert_eq!(ids, vec!["100", "101"]);
         assert_eq!(g.guests[0].ha_state.as_deref(), Some("started"));
         assert_eq!(g.guests[1].ha_state, None);
         assert_eq!(g.ha_nodes.get("pve1").map(String::as_str), Some("online"));
-        assert!(g.errors.is_empty(), "{:?}", g.errors);
+        assert!(errors.is_empty(), "{errors:?}");
         // A .vmlist that does not parse: the config directories, and the error said.
         std::fs::write(p.join("etc/pve/.vmlist"), "{ not json").unwrap();
-        let g = r.read(&HostRoot::new(p)).unwrap();
+        let (g, errors) = r.read(&HostRoot::new(p)).unwrap();
         assert_eq!(g.guests.len(), 2);
-        assert_eq!(g.errors.len(), 1);
+        assert_eq!(errors.len(), 1);
     }
 
     /// Configs are looked up by name in their held directory; a directory replaced since (or a
@@ -280,7 +369,10 @@ mod tests {
         let host = HostRoot::new(p);
         let r = GuestReader::new();
         let name = |g: &Guests| g.guests.iter().map(|g| g.config.name(g.ty, &g.vmid).into_owned()).collect::<Vec<_>>();
-        assert_eq!(name(&r.read(&host).unwrap()), vec!["web", "ct"]);
+        let first = r.read(&host).unwrap().0;
+        assert_eq!(name(&first), vec!["web", "ct"]);
+        // Nothing changed: the same guests, not a copy (what the `guest` collector keeps by).
+        assert!(Arc::ptr_eq(&first, &r.read(&host).unwrap().0));
         // Rewritten in place (a new size; pmxcfs writes in place).
         std::fs::write(
             p.join("etc/pve/qemu-server/100.conf"),
@@ -289,7 +381,9 @@ memory: 1024
 ",
         )
         .unwrap();
-        assert_eq!(name(&r.read(&host).unwrap()), vec!["web-renamed", "ct"]);
+        let renamed = r.read(&host).unwrap().0;
+        assert_eq!(name(&renamed), vec!["web-renamed", "ct"]);
+        assert!(!Arc::ptr_eq(&first, &renamed));
         // The directory replaced by another one: the new one's config, not the held one's.
         std::fs::rename(p.join("etc/pve/qemu-server"), p.join("etc/pve/old-qemu-server")).unwrap();
         std::fs::create_dir(p.join("etc/pve/qemu-server")).unwrap();
@@ -299,7 +393,7 @@ memory: 1024
 ",
         )
         .unwrap();
-        assert_eq!(name(&r.read(&host).unwrap()), vec!["new-dir", "ct"]);
+        assert_eq!(name(&r.read(&host).unwrap().0), vec!["new-dir", "ct"]);
         // A link (as pmxcfs's) pointed to another directory.
         std::fs::create_dir_all(p.join("etc/pve/nodes/pve1/lxc")).unwrap();
         std::fs::write(
@@ -310,12 +404,12 @@ memory: 1024
         .unwrap();
         std::fs::remove_dir_all(p.join("etc/pve/lxc")).unwrap();
         std::os::unix::fs::symlink("nodes/pve1/lxc", p.join("etc/pve/lxc")).unwrap();
-        assert_eq!(name(&r.read(&host).unwrap()), vec!["new-dir", "linked"]);
+        assert_eq!(name(&r.read(&host).unwrap().0), vec!["new-dir", "linked"]);
         // A config removed: its guest is gone, no error; the directory gone: no guests of it.
         std::fs::remove_file(p.join("etc/pve/qemu-server/100.conf")).unwrap();
-        let g = r.read(&host).unwrap();
-        assert_eq!((name(&g), g.errors.len()), (vec!["linked".to_string()], 0));
+        let (g, errors) = r.read(&host).unwrap();
+        assert_eq!((name(&g), errors.len()), (vec!["linked".to_string()], 0));
         std::fs::remove_file(p.join("etc/pve/lxc")).unwrap();
-        assert!(r.read(&host).unwrap().guests.is_empty());
+        assert!(r.read(&host).unwrap().0.guests.is_empty());
     }
 }
