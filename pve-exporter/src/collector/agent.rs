@@ -140,7 +140,7 @@ impl Collector for AgentCollector {
     }
     fn collect(&self, cx: &Context, out: &mut MetricSet) -> Result<(), Error> {
         let list = super::guest::node_guests(cx)?;
-        let configs: HashMap<&str, _> = list
+        let configs: crate::fasthash::FastMap<&str, _> = list
             .guests
             .guests
             .iter()

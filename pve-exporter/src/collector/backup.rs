@@ -24,6 +24,7 @@ use std::{
 use super::{Collector, Context, Error, Group, Need, Setup};
 use crate::{
     catalog::*,
+    fasthash::FastMap,
     host::{BlockingGate, HostRoot},
     metrics::{LabelValue, MetricSet},
     sources::pve::{
@@ -166,9 +167,9 @@ impl BackupCollector {
         finished.sort_by_key(|t| t.info.starttime);
         finished.dedup_by(|a, b| a.upid == b.upid);
 
-        let mine: HashMap<&str, GuestType> = guests.iter().copied().collect();
-        let mut last: HashMap<String, Outcome> = HashMap::new();
-        let mut last_ok: HashMap<String, i64> = HashMap::new();
+        let mine: FastMap<&str, GuestType> = guests.iter().copied().collect();
+        let mut last: FastMap<String, Outcome> = FastMap::default();
+        let mut last_ok: FastMap<String, i64> = FastMap::default();
         {
             let mut logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
             let seen: HashSet<&str> = finished.iter().map(|t| t.upid.as_str()).collect();
@@ -263,7 +264,7 @@ impl BackupCollector {
                 .collect()
         };
         let deadline = Instant::now() + crate::deadline::cap(self.timeout);
-        let mine: HashMap<&str, GuestType> = guests.iter().copied().collect();
+        let mine: FastMap<&str, GuestType> = guests.iter().copied().collect();
         let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
         for ((storage, dir), p) in dumps.iter().zip(pending) {
             let listing = match p.and_then(|p| p.wait(deadline)).and_then(|r| r) {
@@ -280,7 +281,7 @@ impl BackupCollector {
                 d.listing = Some(listing.clone());
             }
             // Per guest: (newest time, its size, count).
-            let mut per: HashMap<&str, (i64, u64, u64)> = HashMap::new();
+            let mut per: FastMap<&str, (i64, u64, u64)> = FastMap::default();
             for (a, size) in &listing.files {
                 let Some(&ty) = mine.get(a.vmid.as_str()) else { continue };
                 // A vmid reused by a guest of the other type: its archives are not this guest's.

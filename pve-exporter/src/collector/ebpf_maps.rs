@@ -1,7 +1,7 @@
 //! Per-VM families from the eBPF maps, and the programs' own overhead. The maps are keyed by
 //! QEMU pid; this is where pids become VMs.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use pve_exporter_common::{
     HALT_INVALID, HALT_POLLED, HALT_WAITED, HIST_EXIT_HANDLING, HIST_RUNQUEUE_WAIT, Hist, programs,
@@ -38,7 +38,8 @@ pub fn collect(
     counters.sync_vms(&pids);
     let snap = counters.read()?;
     // One shared `id` value per VM: the rows below clone it, not the string.
-    let by_pid: HashMap<u32, LabelValue> = vms.iter().map(|v| (v.pid, super::kvm::shared_id(v))).collect();
+    let by_pid: crate::fasthash::FastMap<u32, LabelValue> =
+        vms.iter().map(|v| (v.pid, super::kvm::shared_id(v))).collect();
     let id = |tgid: u32| by_pid.get(&tgid).cloned();
 
     // (id, label value, value) rows sorted for a stable output.
@@ -68,7 +69,7 @@ pub fn collect(
     }
 
     // Several raw reasons can share a label (an unknown isa); merge them.
-    let mut exits: HashMap<(LabelValue, String), (u64, u64)> = HashMap::new();
+    let mut exits: crate::fasthash::FastMap<(LabelValue, String), (u64, u64)> = Default::default();
     for (&(tgid, isa, reason), v) in &snap.exits {
         if let Some(vm) = id(tgid) {
             let e = exits.entry((vm, counters.exit_reasons.label(isa, reason))).or_default();

@@ -13,6 +13,7 @@ use std::{
 use super::{Collector, Context, Error, Group, Need, Setup, stages::RunningContainer};
 use crate::{
     catalog::*,
+    fasthash::FastMap,
     host::BlockingGate,
     metrics::MetricSet,
     sources::{
@@ -60,7 +61,7 @@ impl Collector for Lxc {
         }
         let cts = cx.containers();
         let list = cx.guests();
-        let configs: HashMap<&str, &Arc<GuestConfig>> = list
+        let configs: FastMap<&str, &Arc<GuestConfig>> = list
             .guests
             .guests
             .iter()
@@ -71,6 +72,8 @@ impl Collector for Lxc {
         // File systems first, on their threads, while the cgroups are read here.
         let pending = self.start_statvfs(cx, cts, &configs);
         let mut errors = Vec::new();
+        // The NIC labels' text, written anew per NIC into the same room.
+        let mut names = (String::new(), String::new());
         for ct in cts {
             let config = configs.get(ct.ctid.as_str()).map(|c| c.as_ref());
             let mut errs = Vec::new();
@@ -80,7 +83,7 @@ impl Collector for Lxc {
             errors.extend(errs.into_iter().map(|e| Error::source(format!("container {}", ct.ctid), e)));
             emit(ct, config, &st, pools.get(&ct.ctid), out);
             if let Some(c) = config {
-                emit_nics(cx, ct, c, out);
+                emit_nics(cx, ct, c, &mut names, out);
             }
         }
         self.finish_statvfs(cx, cts, pending, out, &mut errors);
@@ -111,7 +114,7 @@ impl Lxc {
         &self,
         cx: &Context,
         cts: &[RunningContainer],
-        configs: &HashMap<&str, &Arc<GuestConfig>>,
+        configs: &FastMap<&str, &Arc<GuestConfig>>,
     ) -> Vec<Pending> {
         let mut jobs: std::collections::BTreeMap<String, Vec<FsJob>> = Default::default();
         let proc = cx.host.path("proc");
@@ -275,23 +278,32 @@ fn emit(
     }
 }
 
-/// The veth counters exported per NIC, in the order of `catalog::LXC_NIC`.
-const VETH_COUNTERS: [&str; 6] = ["rx_bytes", "tx_bytes", "rx_packets", "tx_packets", "rx_dropped", "tx_dropped"];
+/// The veth counters exported per NIC, in the order of `catalog::LXC_NIC`, by their place in
+/// the link's statistics.
+const VETH_COUNTERS: [usize; 6] = {
+    use crate::sources::kernel::netlink::statistic_index as at;
+    [at("rx_bytes"), at("tx_bytes"), at("rx_packets"), at("tx_packets"), at("rx_dropped"), at("tx_dropped")]
+};
 
-fn emit_nics(cx: &Context, ct: &RunningContainer, config: &GuestConfig, out: &mut MetricSet) {
+fn emit_nics(
+    cx: &Context,
+    ct: &RunningContainer,
+    config: &GuestConfig,
+    (ifname, net): &mut (String, String),
+    out: &mut MetricSet,
+) {
     let links = cx.guest_links();
-    let (mut ifname, mut net) = (String::new(), String::new());
     for nic in config.nics() {
         use std::fmt::Write;
         ifname.clear();
         let _ = write!(ifname, "veth{}i{}", ct.ctid, nic.index);
         // Not up (yet), or the container stopped: no counters, no error.
-        let Some(stats) = links.get(&ifname) else { continue };
+        let Some(stats) = links.get(ifname) else { continue };
         net.clear();
         let _ = write!(net, "net{}", nic.index);
-        for (def, name) in LXC_NIC.iter().zip(VETH_COUNTERS) {
-            if let Some(v) = stats.get(name) {
-                out.family(def).push_ref(&[("id", &ct.ctid), ("ifname", &ifname), ("net", &net)], v);
+        for (def, i) in LXC_NIC.iter().zip(VETH_COUNTERS) {
+            if let Some(v) = stats.at(i) {
+                out.family(def).push_ref(&[("id", &ct.ctid), ("ifname", ifname), ("net", net)], v);
             }
         }
     }

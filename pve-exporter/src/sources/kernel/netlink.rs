@@ -132,6 +132,11 @@ impl LinkStats {
         NET_STATISTICS.iter().position(|n| *n == name).and_then(|i| self.0[i])
     }
 
+    /// The counter at `i` of [`NET_STATISTICS`] ([`statistic_index`]: no search per read).
+    pub fn at(&self, i: usize) -> Option<u64> {
+        self.0.get(i).copied().flatten()
+    }
+
     fn from_stats64(data: &[u8]) -> LinkStats {
         let mut v = [None; NET_STATISTICS.len()];
         // Only whole fields: an older kernel's shorter struct lacks the last ones.
@@ -647,6 +652,19 @@ impl Socket {
             return Ok((from.nl_pid == 0).then_some(n));
         }
     }
+}
+
+/// The place of sysfs counter `name` in [`NET_STATISTICS`], found at compile time (a name not
+/// there does not compile).
+pub const fn statistic_index(name: &str) -> usize {
+    let mut i = 0;
+    while i < NET_STATISTICS.len() {
+        if str_eq(NET_STATISTICS[i], name) {
+            return i;
+        }
+        i += 1;
+    }
+    panic!("not a counter of NET_STATISTICS")
 }
 
 #[cfg(test)]
