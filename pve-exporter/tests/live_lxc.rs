@@ -244,6 +244,17 @@ fn containers_and_stopped_guests_from_real_cgroups_veths_and_mounts() {
     let after = sample(&t, "pve_lxc_pressure_stalled_seconds_total", &cpu_some).expect("cpu some");
     assert!(after > before, "{after} after {before}");
 
+    // The config edited in place (a new hostname) and edited back: each next scrape's info
+    // lines say so (the lines kept between scrapes are written again when a config changes).
+    let conf = r.join(format!("etc/pve/lxc/{ctid}.conf"));
+    let original = std::fs::read_to_string(&conf).expect("config");
+    for name in ["web-ct-renamed", "web-ct"] {
+        std::fs::write(&conf, original.replace("hostname: web-ct", &format!("hostname: {name}"))).expect("config");
+        let t = daemon.get("/metrics");
+        assert_eq!(sample(&t, "pve_lxc_info", &[("id", &id), ("pid", &pid), ("name", name)]), Some(1.0), "{t}");
+        assert_eq!(sample(&t, "pve_guest_config_info", &[("id", &id), ("name", name)]), Some(1.0), "{t}");
+    }
+
     // Restarted between two scrapes (no scrape saw it stopped): the new init, not the one the
     // daemon kept (its pidfd polls readable; without one, the cgroup's list no longer has it).
     let old_pid = ct.pid;

@@ -24,7 +24,8 @@ struct Guest {
     kept: Mutex<Option<ConfigLines>>,
 }
 
-type Pools = Arc<HashMap<String, PoolInfo>>;
+/// user.cfg's pools by vmid, as the `pve_config` stage shares them.
+pub type Pools = Arc<HashMap<String, PoolInfo>>;
 
 /// The lines of the families a guest's config, its pool, the node's name, the HA manager's
 /// state and the host's CPU count make ([`write_config_lines`]), as sealed chunks, with what

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use super::{Collector, Context, Error, Group, Need, Setup, stages::RunningContainer};
+use super::{Collector, Context, Error, Group, Need, Setup, guest::Pools, stages::RunningContainer};
 use crate::{
     catalog::*,
     fasthash::FastMap,
@@ -18,13 +18,16 @@ use crate::{
     metrics::MetricSet,
     sources::{
         kernel::cgroup,
-        pve::guest_config::{GuestConfig, GuestType},
+        pve::{
+            guest_config::{GuestConfig, GuestType},
+            guests::Guests,
+        },
         storage::statvfs::{self, Usage},
     },
 };
 
 pub fn new(setup: &Setup) -> Box<dyn Collector> {
-    Box::new(Lxc { timeout: setup.config.storage_timeout, gates: Mutex::default() })
+    Box::new(Lxc { timeout: setup.config.storage_timeout, gates: Mutex::default(), info: Mutex::default() })
 }
 
 struct Lxc {
@@ -33,6 +36,28 @@ struct Lxc {
     /// One gate per storage: a hung storage holds its own thread and costs the file system
     /// figures of the mount points on it, no others.
     gates: Mutex<HashMap<String, BlockingGate>>,
+    /// The last scrape's `pve_lxc_info` lines.
+    info: Mutex<Option<InfoLines>>,
+}
+
+/// The `pve_lxc_info` lines of every running container, sealed, with what they were written
+/// from: the containers and their inits, the guests (configs) and user.cfg's pools, each
+/// held (the guest reader gives the same `Arc` while /etc/pve is unchanged, as for the
+/// `guest` collector's `ConfigLines`). While all hold, they are the lines.
+struct InfoLines {
+    cts: Vec<(String, u32)>,
+    guests: Arc<Guests>,
+    pools: Pools,
+    chunk: bytes::Bytes,
+}
+
+impl InfoLines {
+    fn made_of(&self, cts: &[RunningContainer], guests: &Arc<Guests>, pools: &Pools) -> bool {
+        Arc::ptr_eq(&self.guests, guests)
+            && (Arc::ptr_eq(&self.pools, pools) || (self.pools.is_empty() && pools.is_empty()))
+            && self.cts.len() == cts.len()
+            && self.cts.iter().zip(cts).all(|((id, pid), ct)| *id == ct.ctid && *pid == ct.pid)
+    }
 }
 
 impl Collector for Lxc {
@@ -74,18 +99,23 @@ impl Collector for Lxc {
         let mut errors = Vec::new();
         // The NIC labels' text, written anew per NIC into the same room.
         let mut names = (String::new(), String::new());
+        // Which containers were read (one that stopped mid-scrape has no series).
+        let mut read = Vec::with_capacity(cts.len());
         for ct in cts {
             let config = configs.get(ct.ctid.as_str()).map(|c| c.as_ref());
             let mut errs = Vec::new();
             let Some(st) = cx.container_stats(&ct.ctid, &mut errs) else {
+                read.push(false);
                 continue; // stopped mid-scrape
             };
+            read.push(true);
             errors.extend(errs.into_iter().map(|e| Error::source(format!("container {}", ct.ctid), e)));
-            emit(ct, config, &st, pools.get(&ct.ctid), out);
+            emit(ct, &st, out);
             if let Some(c) = config {
                 emit_nics(cx, ct, c, &mut names, out);
             }
         }
+        self.info_lines(cts, &read, &configs, &list.guests, &pools, out);
         self.finish_statvfs(cx, cts, pending, out, &mut errors);
         Error::all(errors)
     }
@@ -108,6 +138,38 @@ fn storage_of(volume: &str) -> std::borrow::Cow<'_, str> {
 }
 
 impl Lxc {
+    /// `pve_lxc_info` of the containers `read`: the kept lines while they hold (all read),
+    /// else written now (and kept, where `out` writes its lines and all were read).
+    fn info_lines(
+        &self,
+        cts: &[RunningContainer],
+        read: &[bool],
+        configs: &FastMap<&str, &Arc<GuestConfig>>,
+        guests: &Arc<Guests>,
+        pools: &Pools,
+        out: &mut MetricSet,
+    ) {
+        let write = |out: &mut MetricSet| {
+            for (ct, _) in cts.iter().zip(read).filter(|(_, r)| **r) {
+                emit_info(ct, configs.get(ct.ctid.as_str()).map(|c| c.as_ref()), pools.get(&ct.ctid), out);
+            }
+        };
+        let (Some(mut set), true) = (out.empty_like(), read.iter().all(|r| *r)) else {
+            return write(out);
+        };
+        let mut kept = self.info.lock().unwrap_or_else(|p| p.into_inner());
+        if !kept.as_ref().is_some_and(|k| k.made_of(cts, guests, pools)) {
+            write(&mut set);
+            crate::exposition::freeze(&mut set);
+            let chunk = set.into_families().into_iter().flat_map(|f| f.chunks).next().unwrap_or_default();
+            let cts = cts.iter().map(|ct| (ct.ctid.clone(), ct.pid)).collect();
+            *kept = Some(InfoLines { cts, guests: guests.clone(), pools: pools.clone(), chunk });
+        }
+        if let Some(k) = kept.as_ref().filter(|k| !k.chunk.is_empty()) {
+            out.family(&LXC_INFO).append_parts(std::slice::from_ref(&k.chunk), "", &[]);
+        }
+    }
+
     /// statvfs of every running container's mount points, one job per storage on that
     /// storage's gate (a thread kept between scrapes): all started now, waited for later.
     fn start_statvfs(
@@ -194,14 +256,14 @@ impl Lxc {
     }
 }
 
-fn emit(
+/// A container's `pve_lxc_info` line. Labels are borrowed from the container, its config and
+/// its pool: written as they are.
+fn emit_info(
     ct: &RunningContainer,
     config: Option<&GuestConfig>,
-    st: &cgroup::CgroupStats,
     pool: Option<&crate::sources::pve::config::PoolInfo>,
     out: &mut MetricSet,
 ) {
-    // Labels are borrowed from the container, its config and its pool: written as they are.
     let id = ct.ctid.as_str();
     let get = |k: &str| config.and_then(|c| c.get(k)).unwrap_or("");
     let level = |i: usize| pool.and_then(|p| p.levels.get(i)).map_or("", String::as_str);
@@ -225,6 +287,11 @@ fn emit(
         ],
         1u64,
     );
+}
+
+/// A container's figures from its cgroups.
+fn emit(ct: &RunningContainer, st: &cgroup::CgroupStats, out: &mut MetricSet) {
+    let id = ct.ctid.as_str();
     if let (Some(u), Some(s)) = (st.cpu_user_seconds, st.cpu_system_seconds) {
         let f = out.family(&LXC_CPU_SECONDS);
         f.push_ref(&[("id", id), ("mode", "user")], u);
