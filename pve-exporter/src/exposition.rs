@@ -165,8 +165,45 @@ fn write_sample(out: &mut String, fam: &Family, s: &Sample) {
 /// What writing sets write their lines with ([`MetricSet::writing`]): the same bytes as
 /// [`write_samples`] gives for the same samples. A sample of a family without labels is
 /// written without braces (`name 1`), as it is the only one of its family.
-pub static WRITER: LineWriter =
-    LineWriter { start: start_line, label: write_label, end: end_line, sample: write_sample, seal };
+pub static WRITER: LineWriter = LineWriter {
+    start: start_line,
+    line: write_line_ref,
+    label: write_label,
+    end: end_line,
+    sample: write_sample,
+    seal,
+};
+
+/// A whole line of borrowed labels: the bytes of [`start_line`], each [`write_label`] and
+/// [`end_line`], in one call with room reserved once.
+fn write_line_ref(out: &mut String, fam: &Family, labels: &[(&'static str, &str)], v: &Value) {
+    debug_assert!(
+        labels.iter().map(|(k, _)| *k).eq(fam.def.labels.iter().copied()),
+        "{}: labels {labels:?} differ from the catalogue's {:?}",
+        fam.name,
+        fam.def.labels
+    );
+    let stem = stem(fam);
+    // Name, `_total`, each `,k="v"`, braces, value (at most 24 bytes) and newline.
+    out.reserve(stem.len() + 34 + labels.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>());
+    out.push_str(stem);
+    if fam.kind() == Kind::Counter {
+        out.push_str("_total");
+    }
+    for (n, (k, v)) in labels.iter().enumerate() {
+        out.push(if n == 0 { '{' } else { ',' });
+        out.push_str(k);
+        out.push_str("=\"");
+        push_escaped(out, v);
+        out.push('"');
+    }
+    if !labels.is_empty() {
+        out.push('}');
+    }
+    out.push(' ');
+    write_value(out, v);
+    out.push('\n');
+}
 
 fn start_line(out: &mut String, fam: &Family) {
     out.push_str(stem(fam));

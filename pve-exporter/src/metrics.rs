@@ -233,11 +233,10 @@ impl Family {
         if let Some(w) = self.writer
             && !matches!(value, Value::Histogram(_))
         {
-            let mut text = self.start_written(w);
-            for (n, (k, v)) in labels.iter().enumerate() {
-                (w.label)(&mut text, self, n, k, v);
-            }
-            self.end_written(w, text, labels.len(), &value);
+            let mut text = std::mem::take(&mut self.text);
+            (w.line)(&mut text, self, labels, &value);
+            self.text = text;
+            self.written += 1;
             return;
         }
         self.push(labels.iter().map(|(k, v)| (*k, LabelValue::Owned((*v).to_owned()))), value);
@@ -311,11 +310,14 @@ impl Family {
 /// How a writing set writes its samples' lines ([`MetricSet::writing`]). The exposition
 /// supplies it (`exposition::WRITER`): the model holds lines, the exposition alone knows their
 /// format. `start`, each `label` (its index, name and value) and `end` (the label count and
-/// the value) write one sample's line as its labels come; `sample` writes a whole sample (a
-/// histogram, or a merged one); `seal` turns a family's written lines into a chunk.
+/// the value) write one sample's line as its labels come; `line` writes a line of borrowed
+/// labels at once (one call, not one per label: most lines are written so); `sample` writes
+/// a whole sample (a histogram, or a merged one); `seal` turns a family's written lines into a
+/// chunk.
 #[derive(Debug)]
 pub struct LineWriter {
     pub start: fn(&mut String, &Family),
+    pub line: fn(&mut String, &Family, &[(&'static str, &str)], &Value),
     pub label: fn(&mut String, &Family, usize, &str, &str),
     pub end: fn(&mut String, &Family, usize, &Value),
     pub sample: fn(&mut String, &Family, &Sample),
