@@ -193,10 +193,7 @@ impl super::Collector for EbpfMaps {
         // vCPU threads of the VMs, for the run-queue program (as the vcpu collector listed
         // and checked them just now).
         let threads = &cx.stage_state().vcpu_threads;
-        let vcpus: Vec<(u32, u32)> = vms
-            .iter()
-            .flat_map(|vm| threads.listed(vm.pid).unwrap_or_default().into_iter().map(move |t| (vm.pid, t.tid)))
-            .collect();
+        let vcpus = threads.listed(vms.iter().map(|vm| vm.pid));
         collect(cx.host, counters, vms, &vcpus, out).map_err(|e| super::Error::source("eBPF maps", e))
     }
 }

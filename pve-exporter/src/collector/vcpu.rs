@@ -105,17 +105,25 @@ impl VcpuThreadCache {
         Ok(entry(entries, files, dirs, &self.host, pid, 0)?.threads.clone())
     }
 
-    /// The vCPU threads of `pid` as listed by this scrape's [`Self::schedstat`] (which checked
-    /// the listing just now), else as [`Self::get`] finds them.
-    pub fn listed(&self, pid: u32) -> io::Result<Vec<VcpuThread>> {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        match inner.entries.get(&pid) {
-            Some(e) => Ok(e.threads.clone()),
-            None => {
-                drop(inner);
-                self.get(pid)
-            }
+    /// The vCPU threads (pid, tid) of each of `pids` as listed by this scrape's
+    /// [`Self::schedstat`] (which checked the listing just now), else as [`Self::get`] finds
+    /// them; a process gone has none. One lock and one list for all.
+    pub fn listed(&self, pids: impl Iterator<Item = u32>) -> Vec<(u32, u32)> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let Inner { entries, files, dirs } = &mut *inner;
+        let mut out = Vec::new();
+        for pid in pids {
+            let threads = if entries.contains_key(&pid) {
+                &entries[&pid].threads
+            } else {
+                match entry(entries, files, dirs, &self.host, pid, 0) {
+                    Ok(e) => &e.threads,
+                    Err(_) => continue,
+                }
+            };
+            out.extend(threads.iter().map(|t| (pid, t.tid)));
         }
+        out
     }
 
     /// Forget `pid`'s listing (and close its files).
@@ -248,13 +256,12 @@ fn collect(cache: &VcpuThreadCache, vms: &[Vm], out: &mut MetricSet) -> Result<(
                 continue;
             }
         };
-        let vid = super::kvm::shared_id(vm);
-        let id = || [("id", vid.clone())];
-        out.family(&KVM_VCPU_THREADS).push(id(), threads as u64);
+        let id = [("id", vm.id.as_str())];
+        out.family(&KVM_VCPU_THREADS).push_ref(&id, threads as u64);
         if threads > 0 {
-            out.family(&KVM_VCPU_RUN_SECONDS).push(id(), sum.run_ns as f64 / 1e9);
-            out.family(&KVM_VCPU_WAIT_SECONDS).push(id(), sum.wait_ns as f64 / 1e9);
-            out.family(&KVM_VCPU_TIMESLICES).push(id(), sum.timeslices);
+            out.family(&KVM_VCPU_RUN_SECONDS).push_ref(&id, sum.run_ns as f64 / 1e9);
+            out.family(&KVM_VCPU_WAIT_SECONDS).push_ref(&id, sum.wait_ns as f64 / 1e9);
+            out.family(&KVM_VCPU_TIMESLICES).push_ref(&id, sum.timeslices);
         }
     }
     Error::all(errors)
