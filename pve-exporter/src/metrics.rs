@@ -377,10 +377,33 @@ impl MetricSet {
         &self.prefix
     }
 
-    /// An empty set that writes its lines as this one does (its prefix, writer and hints);
-    /// None when this one keeps its samples.
-    pub fn empty_like(&self) -> Option<MetricSet> {
-        Some(Self { hints: self.hints.clone(), ..Self::writing(&self.prefix, self.writer?) })
+    /// Whether it writes each sample's line as it is pushed ([`Self::writing`]): what is
+    /// served; a set that keeps its samples does not.
+    pub fn writes(&self) -> bool {
+        self.writer.is_some()
+    }
+
+    /// The lines `write` pushes, written as this set writes them (its prefix, writer and
+    /// hints) and sealed, by family: lines a collector keeps between collections while what
+    /// they were written from holds ([`Self::append_sealed`] adds them). None when this set
+    /// keeps its samples.
+    pub fn sealed(&self, write: impl FnOnce(&mut MetricSet)) -> Option<Vec<(&'static Def, bytes::Bytes)>> {
+        let w = self.writer?;
+        let mut set = Self { hints: self.hints.clone(), ..Self::writing(&self.prefix, w) };
+        write(&mut set);
+        let mut out = Vec::new();
+        for mut f in set.families {
+            (w.seal)(&mut f);
+            out.extend(f.chunks.into_iter().map(|c| (f.def, c)));
+        }
+        Some(out)
+    }
+
+    /// Add sealed lines (shared, not copied) to their families.
+    pub fn append_sealed(&mut self, chunks: &[(&'static Def, bytes::Bytes)]) {
+        for (def, chunk) in chunks {
+            self.family(def).append_parts(std::slice::from_ref(chunk), "", &[]);
+        }
     }
 
     pub fn family(&mut self, def: &'static Def) -> &mut Family {

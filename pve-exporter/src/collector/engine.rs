@@ -92,9 +92,7 @@ impl Kept {
 
     /// Add its values to `out`.
     fn replay(&self, out: &mut MetricSet) {
-        for (def, b) in &self.chunks {
-            out.family(def).append_parts(std::slice::from_ref(b), "", &[]);
-        }
+        out.append_sealed(&self.chunks);
         for (def, s) in &self.samples {
             out.family(def).push_sample(s.clone());
         }

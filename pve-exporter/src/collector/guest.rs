@@ -27,26 +27,48 @@ struct Guest {
 /// user.cfg's pools by vmid, as the `pve_config` stage shares them.
 pub type Pools = Arc<HashMap<String, PoolInfo>>;
 
-/// The lines of the families a guest's config, its pool, the node's name, the HA manager's
-/// state and the host's CPU count make ([`write_config_lines`]), as sealed chunks, with what
-/// they were written from. The guest reader gives the same `Arc<Guests>` while no file of
-/// /etc/pve it reads changed, and user.cfg's parse is shared the same way: while both are the
-/// ones held here and the CPU count is the same, these are the lines, and writing them again
-/// (~2 500 of the ~3 600 lines at 100 VMs, 100 containers and 50 stopped guests) is skipped.
-struct ConfigLines {
+/// What lines kept between scrapes were written from in /etc/pve: the guests and user.cfg's
+/// pools. The guest reader gives the same `Arc<Guests>` while no file of /etc/pve it reads
+/// changed, and user.cfg's parse is shared the same way; both are held here, so neither can
+/// have been freed and another put at its address, and the same address is the same files.
+pub struct EtcPve {
     guests: Arc<Guests>,
     pools: Pools,
+}
+
+impl EtcPve {
+    pub fn new(guests: &Arc<Guests>, pools: &Pools) -> Self {
+        Self { guests: guests.clone(), pools: pools.clone() }
+    }
+
+    /// Whether `guests` and `pools` are the ones these are.
+    pub fn holds(&self, guests: &Arc<Guests>, pools: &Pools) -> bool {
+        Arc::ptr_eq(&self.guests, guests)
+            && (Arc::ptr_eq(&self.pools, pools) || (self.pools.is_empty() && pools.is_empty()))
+    }
+}
+
+/// The lines of the families a guest's config, its pool, the node's name, the HA manager's
+/// state and the host's CPU count make ([`write_config_lines`]), sealed, with what they were
+/// written from: while that holds, these are the lines, and writing them again (~2 500 of
+/// the ~3 600 lines at 100 VMs, 100 containers and 50 stopped guests) is skipped.
+struct ConfigLines {
+    from: EtcPve,
     host_cpus: u64,
     chunks: Vec<(&'static Def, bytes::Bytes)>,
 }
 
-impl ConfigLines {
-    fn made_of(&self, guests: &Arc<Guests>, pools: &Pools, host_cpus: u64) -> bool {
-        // Held here, neither can have been freed and another put at its address.
-        Arc::ptr_eq(&self.guests, guests)
-            && (Arc::ptr_eq(&self.pools, pools) || (self.pools.is_empty() && pools.is_empty()))
-            && self.host_cpus == host_cpus
-    }
+/// A guest's pool labels (`pool`, `pool_levels` and the levels of a nested pool,
+/// `pool1`..`pool3`), borrowed from its pool; `levels` holds the count's text.
+pub fn pool_labels<'a>(pool: Option<&'a PoolInfo>, levels: &'a mut itoa::Buffer) -> [(&'static str, &'a str); 5] {
+    let level = |i: usize| pool.and_then(|p| p.levels.get(i)).map_or("", String::as_str);
+    [
+        ("pool", pool.map_or("", |p| p.name.as_str())),
+        ("pool_levels", levels.format(pool.map_or(0, |p| p.levels.len()))),
+        ("pool1", level(0)),
+        ("pool2", level(1)),
+        ("pool3", level(2)),
+    ]
 }
 
 /// This node's configured guests, for a collector that needs /etc/pve: NotApplicable off PVE;
@@ -149,21 +171,17 @@ impl Guest {
     /// The families that follow from the configs ([`ConfigLines`]): the kept lines while they
     /// hold, else written now (and kept, where `out` writes its lines).
     fn config_lines(&self, guests: &Arc<Guests>, pools: &Pools, host_cpus: u64, out: &mut MetricSet) {
-        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(mut set) = out.empty_like() else {
+        if !out.writes() {
             // A set that keeps its samples (not what is served): its samples, written now.
-            write_config_lines(guests, pools, host_cpus, out);
-            return;
-        };
-        if !kept.as_ref().is_some_and(|k| k.made_of(guests, pools, host_cpus)) {
-            write_config_lines(guests, pools, host_cpus, &mut set);
-            crate::exposition::freeze(&mut set);
-            let chunks =
-                set.into_families().into_iter().flat_map(|f| f.chunks.into_iter().map(move |c| (f.def, c))).collect();
-            *kept = Some(ConfigLines { guests: guests.clone(), pools: pools.clone(), host_cpus, chunks });
+            return write_config_lines(guests, pools, host_cpus, out);
         }
-        for (def, chunk) in kept.iter().flat_map(|k| &k.chunks) {
-            out.family(def).append_parts(std::slice::from_ref(chunk), "", &[]);
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        if !kept.as_ref().is_some_and(|k| k.from.holds(guests, pools) && k.host_cpus == host_cpus) {
+            let chunks = out.sealed(|set| write_config_lines(guests, pools, host_cpus, set)).unwrap_or_default();
+            *kept = Some(ConfigLines { from: EtcPve::new(guests, pools), host_cpus, chunks });
+        }
+        if let Some(k) = kept.as_ref() {
+            out.append_sealed(&k.chunks);
         }
     }
 }
@@ -179,8 +197,7 @@ fn write_config_lines(guests: &Guests, pools: &Pools, host_cpus: u64, out: &mut 
         let id = g.vmid.as_str();
         let ty = g.ty.as_str();
         let both = [("id", id), ("type", ty)];
-        let pool = pools.get(&g.vmid);
-        let level = |i: usize| pool.and_then(|p| p.levels.get(i)).map_or("", String::as_str);
+        let [pool, pool_levels, pool1, pool2, pool3] = pool_labels(pools.get(&g.vmid), &mut levels);
         out.family(&GUEST_CONFIG_INFO).push_ref(
             &[
                 ("id", id),
@@ -189,11 +206,11 @@ fn write_config_lines(guests: &Guests, pools: &Pools, host_cpus: u64, out: &mut 
                 ("node", node),
                 ("ostype", c.get("ostype").unwrap_or("")),
                 ("tags", c.tags()),
-                ("pool", pool.map_or("", |p| p.name.as_str())),
-                ("pool_levels", levels.format(pool.map_or(0, |p| p.levels.len()))),
-                ("pool1", level(0)),
-                ("pool2", level(1)),
-                ("pool3", level(2)),
+                pool,
+                pool_levels,
+                pool1,
+                pool2,
+                pool3,
             ],
             1u64,
         );

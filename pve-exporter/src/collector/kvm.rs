@@ -59,19 +59,18 @@ fn emit(vms: &[Vm], stats: &[ProcessStats], memtotal: Option<u64>, out: &mut Met
         // Labels are borrowed from the VM and its pool: written as they are.
         let id = vm.id.as_str();
         let one = [("id", id)];
-        let pool = vm.pool.as_ref();
-        let level = |i: usize| pool.and_then(|p| p.levels.get(i)).map_or("", String::as_str);
+        let [pool, pool_levels, pool1, pool2, pool3] = super::guest::pool_labels(vm.pool.as_ref(), &mut levels);
         out.family(&KVM_INFO).push_ref(
             &[
                 ("id", id),
                 ("name", &vm.name),
                 ("cpu", &vm.cpu),
                 ("pid", pid.format(vm.pid)),
-                ("pool", pool.map_or("", |p| p.name.as_str())),
-                ("pool_levels", levels.format(pool.map_or(0, |p| p.levels.len()))),
-                ("pool1", level(0)),
-                ("pool2", level(1)),
-                ("pool3", level(2)),
+                pool,
+                pool_levels,
+                pool1,
+                pool2,
+                pool3,
             ],
             1u64,
         );

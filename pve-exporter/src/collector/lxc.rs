@@ -10,7 +10,11 @@ use std::{
     time::Duration,
 };
 
-use super::{Collector, Context, Error, Group, Need, Setup, guest::Pools, stages::RunningContainer};
+use super::{
+    Collector, Context, Error, Group, Need, Setup,
+    guest::{EtcPve, Pools},
+    stages::RunningContainer,
+};
 use crate::{
     catalog::*,
     fasthash::FastMap,
@@ -41,20 +45,17 @@ struct Lxc {
 }
 
 /// The `pve_lxc_info` lines of every running container, sealed, with what they were written
-/// from: the containers and their inits, the guests (configs) and user.cfg's pools, each
-/// held (the guest reader gives the same `Arc` while /etc/pve is unchanged, as for the
-/// `guest` collector's `ConfigLines`). While all hold, they are the lines.
+/// from: the containers and their inits, and /etc/pve (their configs and pools, as the
+/// `guest` collector's kept lines). While all hold, they are the lines.
 struct InfoLines {
     cts: Vec<(String, u32)>,
-    guests: Arc<Guests>,
-    pools: Pools,
-    chunk: bytes::Bytes,
+    from: EtcPve,
+    chunks: Vec<(&'static Def, bytes::Bytes)>,
 }
 
 impl InfoLines {
     fn made_of(&self, cts: &[RunningContainer], guests: &Arc<Guests>, pools: &Pools) -> bool {
-        Arc::ptr_eq(&self.guests, guests)
-            && (Arc::ptr_eq(&self.pools, pools) || (self.pools.is_empty() && pools.is_empty()))
+        self.from.holds(guests, pools)
             && self.cts.len() == cts.len()
             && self.cts.iter().zip(cts).all(|((id, pid), ct)| *id == ct.ctid && *pid == ct.pid)
     }
@@ -154,19 +155,19 @@ impl Lxc {
                 emit_info(ct, configs.get(ct.ctid.as_str()).map(|c| c.as_ref()), pools.get(&ct.ctid), out);
             }
         };
-        let (Some(mut set), true) = (out.empty_like(), read.iter().all(|r| *r)) else {
+        // A set that keeps its samples (not what is served), or a container that stopped
+        // mid-scrape: the lines written now.
+        if !out.writes() || !read.iter().all(|r| *r) {
             return write(out);
-        };
+        }
         let mut kept = self.info.lock().unwrap_or_else(|p| p.into_inner());
         if !kept.as_ref().is_some_and(|k| k.made_of(cts, guests, pools)) {
-            write(&mut set);
-            crate::exposition::freeze(&mut set);
-            let chunk = set.into_families().into_iter().flat_map(|f| f.chunks).next().unwrap_or_default();
+            let chunks = out.sealed(write).unwrap_or_default();
             let cts = cts.iter().map(|ct| (ct.ctid.clone(), ct.pid)).collect();
-            *kept = Some(InfoLines { cts, guests: guests.clone(), pools: pools.clone(), chunk });
+            *kept = Some(InfoLines { cts, from: EtcPve::new(guests, pools), chunks });
         }
-        if let Some(k) = kept.as_ref().filter(|k| !k.chunk.is_empty()) {
-            out.family(&LXC_INFO).append_parts(std::slice::from_ref(&k.chunk), "", &[]);
+        if let Some(k) = kept.as_ref() {
+            out.append_sealed(&k.chunks);
         }
     }
 
@@ -266,10 +267,10 @@ fn emit_info(
 ) {
     let id = ct.ctid.as_str();
     let get = |k: &str| config.and_then(|c| c.get(k)).unwrap_or("");
-    let level = |i: usize| pool.and_then(|p| p.levels.get(i)).map_or("", String::as_str);
     let name = config.map(|c| c.name(GuestType::Lxc, &ct.ctid)).unwrap_or_default();
     let tags = config.map_or("", |c| c.tags());
     let (mut pid, mut levels) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let [pool, pool_levels, pool1, pool2, pool3] = super::guest::pool_labels(pool, &mut levels);
     out.family(&LXC_INFO).push_ref(
         &[
             ("id", id),
@@ -279,11 +280,11 @@ fn emit_info(
             ("arch", get("arch")),
             ("unprivileged", if config.is_some_and(|c| c.unprivileged()) { "1" } else { "0" }),
             ("tags", tags),
-            ("pool", pool.map_or("", |p| p.name.as_str())),
-            ("pool_levels", levels.format(pool.map_or(0, |p| p.levels.len()))),
-            ("pool1", level(0)),
-            ("pool2", level(1)),
-            ("pool3", level(2)),
+            pool,
+            pool_levels,
+            pool1,
+            pool2,
+            pool3,
         ],
         1u64,
     );
